@@ -1,0 +1,174 @@
+"""One config object for the mount and the headless node.
+
+Sources, lowest precedence first: built-in defaults, the TOML file (``--config``, else
+``/etc/dhtfs/dhtfs.toml`` when it exists), then ``-o key=value`` options / command-line flags.
+Every key has the same name in all three places. Unknown keys and bad values raise
+``ConfigError`` with a one-line message naming the key.
+
+Generic mount(8) options (rw, defaults, _netdev, nofail, noauto, user, …) are accepted and
+ignored, so fstab lines work unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from dhtfs.errors import ConfigError
+
+DEFAULT_CONFIG_PATH = Path("/etc/dhtfs/dhtfs.toml")
+DEFAULT_STATE_ROOT = Path("/var/lib/dhtfs")
+
+GENERIC_MOUNT_OPTIONS = frozenset(
+    {
+        "rw", "ro", "defaults", "auto", "noauto", "user", "nouser", "users", "_netdev",
+        "nofail", "exec", "noexec", "suid", "nosuid", "dev", "nodev", "async", "sync",
+        "atime", "noatime", "relatime", "strictatime", "nodiratime", "x-systemd.automount",
+    }
+)
+_GENERIC_PREFIXES = ("x-systemd.", "x-", "comment=")
+
+_SIZE_UNITS = {
+    "": 1, "b": 1,
+    "k": 1024, "kb": 1000, "kib": 1024,
+    "m": 1024**2, "mb": 1000**2, "mib": 1024**2,
+    "g": 1024**3, "gb": 1000**3, "gib": 1024**3,
+    "t": 1024**4, "tb": 1000**4, "tib": 1024**4,
+}
+MIN_CHUNK_SIZE = 4096
+MAX_CHUNK_SIZE = 64 * 1024**2
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Validated settings. ``swarm`` names the state subdirectory and the mDNS service."""
+
+    swarm: str = "default"
+    state: Path | None = None          # None: DEFAULT_STATE_ROOT / swarm
+    key: str = ""                      # "" = <state>/master.key, "ephemeral", or a path
+    chunk_size: int = 1024 * 1024
+    cache_size: int = 256 * 1024 * 1024   # decrypted chunk cache in memory
+    debug: bool = False
+    allow_other: bool = True
+    # The DHT node (headless node and, later, the mount's node).
+    ca: Path | None = None
+    cert: Path | None = None
+    cert_key: Path | None = None
+    listen: str = ""
+    bootstrap: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def state_dir(self) -> Path:
+        return self.state if self.state is not None else DEFAULT_STATE_ROOT / self.swarm
+
+
+def parse_size(key: str, text: str | int) -> int:
+    """``"1M"``, ``"64KiB"``, ``"1048576"`` → bytes; ConfigError names ``key`` otherwise."""
+    if isinstance(text, int):
+        value = text
+    else:
+        m = re.fullmatch(r"\s*(\d+)\s*([a-zA-Z]*)\s*", text)
+        if not m or m.group(2).lower() not in _SIZE_UNITS:
+            raise ConfigError(f"{key}={text}: not a size (examples: 1048576, 1M, 256MiB)")
+        value = int(m.group(1)) * _SIZE_UNITS[m.group(2).lower()]
+    if value < 0:
+        raise ConfigError(f"{key}={text}: must not be negative")
+    return value
+
+
+def _parse_bool(key: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("", "1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{key}={value}: expected true or false")
+
+
+def _coerce(key: str, value: Any) -> Any:
+    if key in ("chunk_size", "cache_size"):
+        return parse_size(key, value)
+    if key in ("debug", "allow_other"):
+        return _parse_bool(key, value)
+    if key in ("state", "ca", "cert", "cert_key"):
+        if not str(value):
+            raise ConfigError(f"{key}: needs a path")
+        return Path(str(value)).expanduser()
+    if key == "bootstrap":
+        items = value if isinstance(value, list | tuple) else str(value).split(",")
+        return tuple(str(v).strip() for v in items if str(v).strip())
+    if key in ("swarm", "key", "listen"):
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"unknown option {key!r}")
+
+
+_KEYS = {f.name for f in fields(Config)}
+
+
+def apply_options(config: Config, options: dict[str, Any]) -> Config:
+    """Return ``config`` with ``options`` applied and the result validated."""
+    changes: dict[str, Any] = {}
+    for raw_key, value in options.items():
+        key = raw_key.replace("-", "_")
+        if key not in _KEYS:
+            raise ConfigError(
+                f"unknown option {raw_key!r} (known: {', '.join(sorted(_KEYS))})"
+            )
+        changes[key] = _coerce(key, value)
+    result = replace(config, **changes)
+    validate(result)
+    return result
+
+
+def validate(config: Config) -> None:
+    if not MIN_CHUNK_SIZE <= config.chunk_size <= MAX_CHUNK_SIZE:
+        raise ConfigError(
+            f"chunk_size={config.chunk_size}: must be between {MIN_CHUNK_SIZE} and "
+            f"{MAX_CHUNK_SIZE} bytes"
+        )
+    if not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", config.swarm):
+        raise ConfigError(f"swarm={config.swarm!r}: use 1-64 letters, digits, '.', '_' or '-'")
+
+
+def parse_mount_options(text: str) -> dict[str, Any]:
+    """Split ``-o a=b,c`` into a dict, dropping generic mount(8) options."""
+    options: dict[str, Any] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, value = item.partition("=")
+        if name in GENERIC_MOUNT_OPTIONS or item.startswith(_GENERIC_PREFIXES):
+            continue
+        options[name] = value if sep else True
+    return options
+
+
+def load_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except PermissionError:
+        raise ConfigError(f"config file {path} is not readable") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path}: {exc}") from None
+    return data
+
+
+def load_config(config_path: Path | None, options: dict[str, Any]) -> Config:
+    """Defaults ← TOML file ← ``options``; the file is optional only when not named."""
+    config = Config()
+    if config_path is None and DEFAULT_CONFIG_PATH.exists() and not os.environ.get(
+        "DHTFS_NO_SYSTEM_CONFIG"
+    ):
+        config_path = DEFAULT_CONFIG_PATH
+    if config_path is not None:
+        config = apply_options(config, load_toml(config_path))
+    return apply_options(config, options)

@@ -1,0 +1,1 @@
+"""The filesystem half: namespace (op log + apply), inodes, file contents, FUSE ops."""

@@ -1,0 +1,198 @@
+"""Content-addressed chunk store, encrypted at rest.
+
+Layout: ``<root>/ab/cdef…`` where ``abcdef…`` is the hex SHA-256 of the chunk's plaintext.
+Each file is ``VERSION(1) ‖ nonce(12) ‖ AES-256-GCM(ciphertext ‖ tag)`` with the chunk ID as
+associated data, so a file renamed to another ID, or sealed under another key, fails to open.
+
+Invariants:
+- a chunk file is complete or absent: written to a unique temp name, then renamed;
+- plaintext never touches the disk; only sealed bytes are written;
+- equal content is stored once (``put`` of a present ID is a no-op);
+- ``put`` does not fsync; ``sync(ids)`` makes the named chunks durable against power loss
+  (file and directory fsync). A process crash loses nothing already ``put``: the kernel holds it.
+- every method is synchronous and thread-safe; callers on the trio thread use
+  ``trio.to_thread.run_sync`` for anything larger than a few KiB.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import threading
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from dhtfs.errors import ChunkCorrupt, ChunkMissing
+from dhtfs.node.masterkey import MasterKey
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+NONCE_BYTES = 12
+TAG_BYTES = 16
+HEADER_BYTES = 1 + NONCE_BYTES
+ID_BYTES = 32
+
+
+def chunk_id_of(plaintext: bytes | memoryview) -> bytes:
+    """The chunk ID: SHA-256 of the plaintext."""
+    return hashlib.sha256(plaintext).digest()
+
+
+def seal(aead: AESGCM, chunk_id: bytes, plaintext: bytes | memoryview) -> bytes:
+    """Encrypt ``plaintext`` into the on-disk format, bound to ``chunk_id``."""
+    nonce = os.urandom(NONCE_BYTES)
+    return bytes((FORMAT_VERSION,)) + nonce + aead.encrypt(nonce, bytes(plaintext), chunk_id)
+
+
+def unseal(aead: AESGCM, chunk_id: bytes, blob: bytes) -> bytes:
+    """Decrypt a sealed chunk; raises ChunkCorrupt if the format, tag or binding is wrong."""
+    if len(blob) < HEADER_BYTES + TAG_BYTES or blob[0] != FORMAT_VERSION:
+        raise ChunkCorrupt(chunk_id, "truncated or unknown format")
+    try:
+        return aead.decrypt(blob[1:HEADER_BYTES], blob[HEADER_BYTES:], chunk_id)
+    except InvalidTag:
+        raise ChunkCorrupt(chunk_id, "authentication tag does not verify") from None
+
+
+class ChunkStore:
+    """Encrypted chunk files under one directory. See the module docstring for invariants."""
+
+    def __init__(self, root: Path, master: MasterKey) -> None:
+        self.root = root
+        self._aead = AESGCM(master.key)
+        self._lock = threading.Lock()
+        self._tmp_seq = 0
+        root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(root, 0o700)
+        self._remove_stale_temps()
+        if master.ephemeral:
+            self._discard_unreadable()
+
+    # -- paths ---------------------------------------------------------------------------------
+
+    def path_of(self, chunk_id: bytes) -> Path:
+        """Where the sealed file of ``chunk_id`` lives (whether or not it exists)."""
+        if len(chunk_id) != ID_BYTES:
+            raise ValueError(f"chunk id must be {ID_BYTES} bytes, got {len(chunk_id)}")
+        h = chunk_id.hex()
+        return self.root / h[:2] / h[2:]
+
+    # -- operations ----------------------------------------------------------------------------
+
+    def has(self, chunk_id: bytes) -> bool:
+        return self.path_of(chunk_id).exists()
+
+    def put(self, chunk_id: bytes, plaintext: bytes | memoryview) -> bool:
+        """Store ``plaintext`` under ``chunk_id``; True if it was new. Caller vouches for the ID."""
+        path = self.path_of(chunk_id)
+        if path.exists():
+            return False
+        self._write_atomically(path, seal(self._aead, chunk_id, plaintext))
+        return True
+
+    def put_verified(self, chunk_id: bytes, plaintext: bytes | memoryview) -> bool:
+        """Like ``put``, but first checks that ``chunk_id`` is the SHA-256 of ``plaintext``."""
+        if chunk_id_of(plaintext) != chunk_id:
+            raise ChunkCorrupt(chunk_id, "content does not hash to its id")
+        return self.put(chunk_id, plaintext)
+
+    def get(self, chunk_id: bytes) -> bytes:
+        """The plaintext of ``chunk_id``; ChunkMissing or ChunkCorrupt otherwise."""
+        try:
+            blob = self.path_of(chunk_id).read_bytes()
+        except FileNotFoundError:
+            raise ChunkMissing(chunk_id, "not stored on this node") from None
+        return unseal(self._aead, chunk_id, blob)
+
+    def remove(self, chunk_id: bytes) -> bool:
+        """Delete a chunk; True if it was present."""
+        try:
+            self.path_of(chunk_id).unlink()
+            return True
+        except FileNotFoundError:
+            return False
+
+    def sync(self, chunk_ids: Iterable[bytes]) -> None:
+        """fsync the named chunk files and their directories (power-loss durability)."""
+        dirs: set[Path] = set()
+        for chunk_id in chunk_ids:
+            path = self.path_of(chunk_id)
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:
+                continue
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            dirs.add(path.parent)
+        for d in dirs:
+            _fsync_dir(d)
+
+    def ids(self) -> Iterator[bytes]:
+        """Every stored chunk ID (order unspecified)."""
+        for sub in self.root.iterdir():
+            if len(sub.name) != 2 or not sub.is_dir():
+                continue
+            for f in sub.iterdir():
+                if len(f.name) == 2 * ID_BYTES - 2 and "." not in f.name:
+                    yield bytes.fromhex(sub.name + f.name)
+
+    def usage(self) -> tuple[int, int]:
+        """(number of chunks, bytes on disk)."""
+        count = size = 0
+        for chunk_id in self.ids():
+            count += 1
+            try:
+                size += self.path_of(chunk_id).stat().st_size
+            except FileNotFoundError:
+                pass
+        return count, size
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _write_atomically(self, path: Path, blob: bytes) -> None:
+        with self._lock:
+            self._tmp_seq += 1
+            seq = self._tmp_seq
+        path.parent.mkdir(exist_ok=True, mode=0o700)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.{seq}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            view = memoryview(blob)
+            while view:
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+
+    def _remove_stale_temps(self) -> None:
+        for tmp in self.root.glob("*/*.tmp"):
+            tmp.unlink(missing_ok=True)
+
+    def _discard_unreadable(self) -> None:
+        count = sum(1 for _ in self.ids())
+        if count:
+            log.warning(
+                "ephemeral key: discarding %d chunks sealed by an earlier key in %s "
+                "(the swarm refills what it still needs)",
+                count,
+                self.root,
+            )
+            for sub in self.root.iterdir():
+                if sub.is_dir():
+                    shutil.rmtree(sub)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
