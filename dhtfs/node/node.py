@@ -1,0 +1,543 @@
+"""The DHT node: Kademlia RPC handlers, lookups, chunk placement and latency-ranked reads.
+
+A ``Node`` sees the world only through a ``dhtfs.node.network.Network`` (real TLS transport or
+the simulator) and a chunk store (``has/get/put_verified/remove/ids``). Messages are defined in
+``dhtfs.node.rpc``. Behaviour, with the paper's sections:
+
+- every incoming request refreshes the (authenticated) caller in the routing table; every
+  outgoing call feeds the peer's RTT EWMA on success and its failure streak otherwise (2.2);
+  a full bucket pings its least-recently-seen contact (from ``run_maintenance``) before
+  evicting it for the newcomer waiting in the replacement cache (2.2, 4.1);
+- lookups: ``dhtfs.node.lookup`` (alpha continuously in flight, adaptive per-RPC timeouts) (2.3);
+- ``put_chunk``: store locally, push the bytes to the R XOR-closest nodes (placement by XOR
+  only), and announce ourselves as a provider to the k closest. Success, see ``PutResult``;
+- ``get_chunk``: local store, else FIND_PROVIDERS, providers ranked by RTT EWMA, a hedged second
+  request when the first is slower than expected, fallback on failure, SHA-256 verification of
+  every answer (a peer serving bad bytes is penalized, i.e. ranked last from then on);
+- ``run_maintenance``: eviction pings, refresh of buckets untouched for ``refresh_interval``
+  (2.3), republish of provider records for every chunk held here every ``republish_interval``
+  (< ``provider_ttl``, so records never lapse while we live), expiry of others' records.
+
+Provider records: ADD_PROVIDER always names the caller (authenticated), never a third party. A
+node also answers FIND_PROVIDERS with itself when it holds the chunk, so the R replicas are
+found at once, before their first explicit announcement.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import trio
+
+from dhtfs.errors import ChunkCorrupt, ChunkMissing, NetworkError, RemoteError
+from dhtfs.node import rpc
+from dhtfs.node.ids import distance, random_id_in_bucket, sha256_id
+from dhtfs.node.lookup import Answer, LookupResult, iterative_lookup
+from dhtfs.node.network import Contact, Message, Network
+from dhtfs.node.routing import RoutingTable
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+@dataclass(slots=True)
+class PutResult:
+    """Where ``put_chunk`` placed a chunk.
+
+    ``replicas``: the remote nodes among the R XOR-closest that acknowledged PUT_CHUNK (if those
+    fail, the next closest are tried, so a replica may come from further down the k closest).
+    ``local_slot``: this node is itself among the R closest, so its copy fills one slot.
+    ``copies`` = R slots filled; ``complete`` when ``copies >= min(R, nodes known + 1)``, i.e.
+    R copies, or every node the lookup found when the swarm is smaller than R.
+    ``put_chunk`` never fails for lack of replicas (the local copy is durable); callers that must
+    wait for replication (fsync) check ``complete``.
+    """
+
+    chunk_id: bytes
+    replicas: list[Contact] = field(default_factory=list)
+    local_slot: bool = False
+    announced: int = 0          # ADD_PROVIDER acknowledgements
+    wanted: int = 0             # min(R, nodes known + 1)
+
+    @property
+    def copies(self) -> int:
+        return len(self.replicas) + (1 if self.local_slot else 0)
+
+    @property
+    def complete(self) -> bool:
+        return self.copies >= self.wanted
+
+
+class Node:
+    """One Kademlia node. See the module docstring; message schemas in ``dhtfs.node.rpc``."""
+
+    def __init__(
+        self,
+        network: Network,
+        store: Any,
+        *,
+        k: int = 20,
+        alpha: int = 3,
+        replication: int = 3,
+        provider_ttl: float = 6 * 3600.0,
+        republish_interval: float | None = None,
+        refresh_interval: float = 3600.0,
+        rpc_timeout: float = 5.0,
+        fetch_timeout: float = 30.0,
+        soft_timeout_floor: float = 0.2,
+        soft_timeout_ceiling: float = 2.0,
+        soft_timeout_unknown: float = 1.0,
+        offload_threshold: int | None = 256 * 1024,
+        cache_fetched: bool = True,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.network = network
+        self.store = store
+        self.k = k
+        self.alpha = alpha
+        self.replication = replication
+        self.provider_ttl = provider_ttl
+        self.republish_interval = (
+            republish_interval if republish_interval is not None else provider_ttl / 2
+        )
+        if not 0 < self.republish_interval < provider_ttl:
+            raise ValueError("republish_interval must be positive and below provider_ttl")
+        self.refresh_interval = refresh_interval
+        self.rpc_timeout = rpc_timeout
+        self.fetch_timeout = fetch_timeout
+        self.soft_timeout_floor = soft_timeout_floor
+        self.soft_timeout_ceiling = soft_timeout_ceiling
+        self.soft_timeout_unknown = soft_timeout_unknown
+        self.offload_threshold = offload_threshold
+        self.cache_fetched = cache_fetched
+        self.id: bytes = network.local.node_id
+        self.rng = rng if rng is not None else random.Random(self.id)
+        self.routing = RoutingTable(self.id, k=k, clock=trio.current_time)
+        # key -> provider node id -> (contact, expiry time)
+        self._providers: dict[bytes, dict[bytes, tuple[Contact, float]]] = {}
+        # chunk id -> when we last announced ourselves as its provider
+        self._announced: dict[bytes, float] = {}
+        self._ping_send, self._ping_recv = trio.open_memory_channel[tuple[Contact, Contact]](64)
+        self._pinging: set[bytes] = set()
+
+    @property
+    def contact(self) -> Contact:
+        return self.network.local
+
+    # -- plumbing ------------------------------------------------------------------------------
+
+    async def _offload(self, size: int, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn`` in a worker thread when ``size`` passes the offload threshold."""
+        if self.offload_threshold is not None and size >= self.offload_threshold:
+            return await trio.to_thread.run_sync(fn, *args)
+        return fn(*args)
+
+    def _seen(self, peer: Contact, rtt: float | None) -> None:
+        if peer.node_id == self.id:
+            return
+        if rtt is not None:
+            self.routing.record_rtt(peer.node_id, rtt)
+        oldest = self.routing.update(peer)
+        if oldest is not None and oldest.node_id not in self._pinging:
+            try:
+                self._ping_send.send_nowait((oldest, peer))
+                self._pinging.add(oldest.node_id)
+            except trio.WouldBlock:
+                pass            # the newcomer stays in the replacement cache
+
+    def _failed(self, peer: Contact) -> None:
+        if self.routing.record_failure(peer.node_id):
+            self.routing.remove(peer.node_id)
+
+    def record_rtt(self, peer: Contact, rtt: float) -> None:
+        """An RTT measured outside ``call`` (e.g. a transport keepalive) feeds the EWMA too."""
+        self._seen(peer, rtt)
+
+    async def _call(self, peer: Contact, method: str, args: Message, timeout: float) -> Message:
+        t0 = trio.current_time()
+        try:
+            answer = await self.network.call(peer, method, args, timeout=timeout)
+        except RemoteError:
+            self._seen(peer, trio.current_time() - t0)     # alive, it just refused
+            raise
+        except NetworkError:
+            self._failed(peer)
+            raise
+        self._seen(peer, trio.current_time() - t0)
+        return answer
+
+    def soft_timeout(self, peer: Contact) -> float:
+        """How long a lookup waits on ``peer`` before freeing its slot: 4 x RTT EWMA, clamped."""
+        rtt = self.routing.rtt(peer.node_id)
+        if rtt is None:
+            return self.soft_timeout_unknown
+        return min(self.soft_timeout_ceiling, max(self.soft_timeout_floor, 4 * rtt))
+
+    def hedge_delay(self, peer: Contact) -> float:
+        """When to hedge a GET_CHUNK to the next provider: past 3 x RTT EWMA (+20 ms)."""
+        rtt = self.routing.rtt(peer.node_id)
+        if rtt is None:
+            return 0.5
+        return min(2.0, max(0.05, 3 * rtt + 0.02))
+
+    # -- incoming RPCs -------------------------------------------------------------------------
+
+    async def handle(self, caller: Contact, method: str, args: Message) -> Message:
+        """The ``RequestHandler``: validate, refresh the caller in routing, answer."""
+        if method not in rpc.METHODS:
+            raise RemoteError(f"unknown method {method!r}")
+        if not isinstance(args, dict):
+            raise RemoteError(f"{method}: arguments must be a map")
+        self._seen(caller, None)
+        if method == rpc.PING:
+            return {}
+        if method == rpc.FIND_NODE:
+            target = rpc.req_id(args, "target", method)
+            found = self.routing.closest(target, self.k, exclude=(caller.node_id,))
+            return {"contacts": rpc.contacts_to_wire(found)}
+        if method == rpc.FIND_PROVIDERS:
+            key = rpc.req_id(args, "key", method)
+            found = self.routing.closest(key, self.k, exclude=(caller.node_id,))
+            provs = self.local_providers(key)[: rpc.MAX_CONTACTS]
+            return {
+                "providers": rpc.contacts_to_wire(provs),
+                "contacts": rpc.contacts_to_wire(found),
+            }
+        if method == rpc.ADD_PROVIDER:
+            key = rpc.req_id(args, "key", method)
+            ttl = rpc.req_ttl(args, method)
+            self.add_provider(key, caller, ttl)
+            return {"ok": True}
+        if method == rpc.PUT_CHUNK:
+            cid = rpc.req_id(args, "id", method)
+            data = rpc.req_data(args, method)
+            try:
+                new = await self._offload(len(data), self.store.put_verified, cid, data)
+            except ChunkCorrupt:
+                raise RemoteError(f"{method}: data does not hash to its id") from None
+            self._announced.setdefault(cid, trio.current_time())
+            return {"stored": bool(new)}
+        # GET_CHUNK
+        cid = rpc.req_id(args, "id", method)
+        return {"data": await self._local_get(cid)}
+
+    async def _local_get(self, cid: bytes) -> bytes | None:
+        if not self.store.has(cid):
+            return None
+        try:
+            return await self._offload(self.offload_threshold or 0, self.store.get, cid)
+        except ChunkMissing:
+            return None
+        except ChunkCorrupt:
+            log.warning("dropping corrupt local chunk %s", cid.hex()[:16])
+            self.store.remove(cid)
+            self._announced.pop(cid, None)
+            return None
+
+    # -- provider records ----------------------------------------------------------------------
+
+    def add_provider(self, key: bytes, provider: Contact, ttl: float) -> None:
+        """Record ``provider`` for ``key`` until now + min(ttl, provider_ttl)."""
+        recs = self._providers.setdefault(key, {})
+        recs.pop(provider.node_id, None)
+        recs[provider.node_id] = (provider, trio.current_time() + min(ttl, self.provider_ttl))
+        while len(recs) > rpc.MAX_CONTACTS - 1:
+            del recs[next(iter(recs))]          # oldest announcement goes first
+
+    def local_providers(self, key: bytes) -> list[Contact]:
+        """Unexpired providers we know for ``key``, plus ourselves if we hold it."""
+        now = trio.current_time()
+        out = [c for c, exp in self._providers.get(key, {}).values() if exp > now]
+        if self.store.has(key):
+            out.insert(0, self.contact)
+        return out
+
+    def expire_providers(self) -> int:
+        """Drop expired provider records; returns how many went."""
+        now = trio.current_time()
+        dropped = 0
+        for key in list(self._providers):
+            recs = self._providers[key]
+            for nid in [n for n, (_, exp) in recs.items() if exp <= now]:
+                del recs[nid]
+                dropped += 1
+            if not recs:
+                del self._providers[key]
+        return dropped
+
+    # -- lookups -------------------------------------------------------------------------------
+
+    async def lookup(
+        self, target: bytes, *, providers: bool = False, stop_early: bool = True
+    ) -> LookupResult:
+        """Iterative FIND_NODE (or FIND_PROVIDERS when ``providers``) for ``target``."""
+        method = rpc.FIND_PROVIDERS if providers else rpc.FIND_NODE
+        argname = "key" if providers else "target"
+
+        async def query(c: Contact, timeout: float) -> Answer:
+            ans = await self._call(c, method, {argname: target}, timeout)
+            contacts = rpc.ans_contacts(ans, "contacts", method)
+            if not providers:
+                return Answer(contacts)
+            provs = rpc.ans_contacts(ans, "providers", method)
+            return Answer(contacts, provs or None)
+
+        result = await iterative_lookup(
+            target,
+            self.routing.closest(target, self.k),
+            query,
+            own_id=self.id,
+            k=self.k,
+            alpha=self.alpha,
+            soft_timeout=self.soft_timeout,
+            hard_timeout=self.rpc_timeout,
+            stop=(lambda a: True) if providers and stop_early else None,
+        )
+        for c in result.abandoned:
+            self._failed(c)
+        self.routing.touch_target(target)
+        return result
+
+    async def find_node(self, target: bytes) -> list[Contact]:
+        """The k live nodes XOR-closest to ``target`` (not including this node)."""
+        return (await self.lookup(target)).closest
+
+    async def find_providers(self, key: bytes, *, stop_early: bool = True) -> list[Contact]:
+        """Known providers of ``key`` (ours and the network's), deduplicated, unranked."""
+        result = await self.lookup(key, providers=True, stop_early=stop_early)
+        return _dedupe([*self.local_providers(key), *(c for f in result.found for c in f)])
+
+    # -- joining -------------------------------------------------------------------------------
+
+    async def bootstrap(self, seeds: Iterable[Contact]) -> int:
+        """Join through ``seeds``: ping them, look up our own ID, then refresh every bucket
+        beyond our nearest neighbour (paper 2.3). Returns the routing table size."""
+        async with trio.open_nursery() as nursery:
+            for s in seeds:
+                if s.node_id != self.id:
+                    nursery.start_soon(self._ping_quietly, s)
+        await self.lookup(self.id)
+        await self.refresh_buckets(max_age=0.0)
+        return len(self.routing)
+
+    async def join_addresses(self, addresses: Iterable[tuple[str, int]]) -> int:
+        """Bootstrap from addresses whose node IDs are unknown (``Network.contact_at``)."""
+        seeds: list[Contact] = []
+
+        async def learn(host: str, port: int) -> None:
+            try:
+                seeds.append(await self.network.contact_at(host, port, timeout=self.rpc_timeout))
+            except NetworkError as e:
+                log.warning("bootstrap address %s:%d: %s", host, port, e)
+
+        async with trio.open_nursery() as nursery:
+            for host, port in addresses:
+                nursery.start_soon(learn, host, port)
+        return await self.bootstrap(seeds)
+
+    async def _ping_quietly(self, peer: Contact) -> bool:
+        try:
+            await self._call(peer, rpc.PING, {}, self.rpc_timeout)
+            return True
+        except NetworkError:
+            return False
+
+    async def refresh_buckets(self, max_age: float | None = None) -> int:
+        """Look up a random ID in every bucket untouched for ``max_age`` (default
+        ``refresh_interval``). Returns the number of buckets refreshed."""
+        stale = self.routing.stale_buckets(self.refresh_interval if max_age is None else max_age)
+        for index in stale:
+            await self.lookup(random_id_in_bucket(self.id, index, self.rng))
+        return len(stale)
+
+    # -- chunks --------------------------------------------------------------------------------
+
+    async def put_chunk(self, data: bytes) -> bytes:
+        """Store ``data`` here and on the R closest nodes; returns its ID. See ``PutResult``."""
+        return (await self.put_chunk_detailed(data)).chunk_id
+
+    async def put_chunk_detailed(self, data: bytes) -> PutResult:
+        cid = await self._offload(len(data), sha256_id, data)
+        await self._offload(len(data), self.store.put_verified, cid, data)
+        closest = await self.find_node(cid)
+        own_d = distance(self.id, cid)
+        rank = sum(1 for c in closest if distance(c.node_id, cid) < own_d)
+        res = PutResult(cid, local_slot=rank < self.replication)
+        res.wanted = min(self.replication, len(closest) + 1)
+        need = self.replication - (1 if res.local_slot else 0)
+        candidates = iter(closest)
+        args = {"id": cid, "data": data}
+
+        async def push() -> None:
+            for c in candidates:            # shared iterator: a failure moves on to the next
+                try:
+                    await self._call(c, rpc.PUT_CHUNK, args, self.fetch_timeout)
+                except NetworkError:
+                    continue
+                res.replicas.append(c)
+                return
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(min(need, len(closest))):
+                nursery.start_soon(push)
+            nursery.start_soon(self._announce_to, cid, closest, res)
+        return res
+
+    async def _announce_to(
+        self, key: bytes, targets: list[Contact], res: PutResult | None = None
+    ) -> int:
+        """ADD_PROVIDER (ourselves) on each of ``targets``; returns the acknowledgements."""
+        acks = 0
+        args = {"key": key, "ttl": self.provider_ttl}
+
+        async def one(c: Contact) -> None:
+            nonlocal acks
+            try:
+                await self._call(c, rpc.ADD_PROVIDER, args, self.rpc_timeout)
+                acks += 1
+            except NetworkError:
+                pass
+
+        async with trio.open_nursery() as nursery:
+            for c in targets:
+                nursery.start_soon(one, c)
+        self._announced[key] = trio.current_time()
+        if res is not None:
+            res.announced = acks
+        return acks
+
+    async def announce(self, key: bytes) -> int:
+        """Look up the k closest to ``key`` and announce ourselves as its provider there."""
+        return await self._announce_to(key, await self.find_node(key))
+
+    async def get_chunk(self, chunk_id: bytes) -> bytes:
+        """The chunk's bytes, verified; from here, else from the fastest provider that has it.
+        Raises ``ChunkMissing`` when no provider can serve it."""
+        local = await self._local_get(chunk_id)
+        if local is not None:
+            return local
+        tried: set[bytes] = {self.id}
+        for stop_early in (True, False):
+            provs = [p for p in await self.find_providers(chunk_id, stop_early=stop_early)
+                     if p.node_id not in tried]
+            if not provs:
+                continue
+            tried.update(p.node_id for p in provs)
+            data = await self._fetch(chunk_id, self.routing.rank_providers(provs))
+            if data is not None:
+                if self.cache_fetched:
+                    await self._offload(len(data), self.store.put_verified, chunk_id, data)
+                    self._announced.setdefault(chunk_id, -math.inf)
+                return data
+        raise ChunkMissing(chunk_id, "no reachable provider has it")
+
+    async def _fetch(self, cid: bytes, providers: list[Contact]) -> bytes | None:
+        """Try ``providers`` in order; hedge to the next when one is slower than its expected
+        time, move on at once when one fails; first verified answer wins."""
+        send, recv = trio.open_memory_channel[tuple[Contact, bytes | None]](len(providers))
+        result: bytes | None = None
+
+        async def fetch_one(p: Contact) -> None:
+            data: bytes | None = None
+            try:
+                ans = await self._call(p, rpc.GET_CHUNK, {"id": cid}, self.fetch_timeout)
+                data = rpc.ans_data(ans, rpc.GET_CHUNK)
+            except NetworkError:
+                pass
+            if data is not None and await self._offload(len(data), sha256_id, data) != cid:
+                log.warning("peer %s served bytes that do not hash to %s", p, cid.hex()[:16])
+                self.routing.penalize(p.node_id)
+                data = None
+            await send.send((p, data))
+
+        nxt = 0
+        running = 0
+        hedge_at = -math.inf
+        async with trio.open_nursery() as nursery:
+            while True:
+                if running == 0 and nxt >= len(providers):
+                    break
+                if running == 0 or (nxt < len(providers) and hedge_at <= trio.current_time()):
+                    p = providers[nxt]
+                    nxt += 1
+                    running += 1
+                    hedge_at = trio.current_time() + self.hedge_delay(p)
+                    nursery.start_soon(fetch_one, p)
+                    continue
+                got = None
+                with trio.move_on_at(hedge_at if nxt < len(providers) else math.inf):
+                    got = await recv.receive()
+                if got is None:
+                    continue
+                running -= 1
+                if got[1] is not None:
+                    result = got[1]
+                    break
+                hedge_at = -math.inf        # a failure: fall back to the next one now
+            nursery.cancel_scope.cancel()
+        return result
+
+    # -- maintenance ---------------------------------------------------------------------------
+
+    async def run_maintenance(self) -> None:
+        """Eviction pings, bucket refresh, provider republish and expiry; runs until cancelled."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._ping_loop)
+            nursery.start_soon(self._refresh_loop)
+            nursery.start_soon(self._republish_loop)
+            nursery.start_soon(self._expire_loop)
+
+    async def _ping_loop(self) -> None:
+        async for oldest, _newcomer in self._ping_recv:
+            try:
+                if not await self._ping_quietly(oldest):
+                    self.routing.remove(oldest.node_id)     # the newcomer takes its place
+            finally:
+                self._pinging.discard(oldest.node_id)
+
+    def _jitter(self, period: float) -> float:
+        return period * (0.75 + 0.5 * self.rng.random())
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            await trio.sleep(self._jitter(self.refresh_interval / 4))
+            await self.refresh_buckets()
+
+    async def _republish_loop(self) -> None:
+        while True:
+            await trio.sleep(self._jitter(self.republish_interval / 4))
+            await self.republish()
+
+    async def republish(self) -> int:
+        """Announce every chunk held here whose last announcement is older than
+        ``republish_interval``. Returns how many were announced."""
+        now = trio.current_time()
+        ids = await self._offload(self.offload_threshold or 0, lambda: list(self.store.ids()))
+        held = set(ids)
+        for cid in [c for c in self._announced if c not in held]:
+            del self._announced[cid]
+        due = [c for c in ids if now - self._announced.get(c, -math.inf) >= self.republish_interval]
+        for cid in due:
+            await self.announce(cid)
+        return len(due)
+
+    async def _expire_loop(self) -> None:
+        while True:
+            await trio.sleep(min(60.0, self.provider_ttl / 4))
+            self.expire_providers()
+
+
+def _dedupe(contacts: Iterable[Contact]) -> list[Contact]:
+    seen: set[bytes] = set()
+    out = []
+    for c in contacts:
+        if c.node_id not in seen:
+            seen.add(c.node_id)
+            out.append(c)
+    return out

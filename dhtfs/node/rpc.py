@@ -1,0 +1,131 @@
+"""The DHT's RPC messages: method names, argument and answer schemas, and strict validation.
+
+Every message is a msgpack-able dict. IDs are raw 32-byte ``bytes``; a contact on the wire is
+the list ``[node_id: bytes(32), host: str, port: int]``. The caller of every request is the
+*authenticated* contact handed to the handler by the network (never a field of the message), so
+a node can only announce itself as a provider.
+
+=============== ================================== ==========================================
+method          args                               answer
+=============== ================================== ==========================================
+PING            {}                                 {}
+FIND_NODE       {"target": id}                     {"contacts": [contact, ...]}  (≤ k closest)
+FIND_PROVIDERS  {"key": id}                        {"providers": [contact, ...],
+                                                    "contacts": [contact, ...]}
+ADD_PROVIDER    {"key": id, "ttl": float}          {"ok": True}   (provider = the caller)
+PUT_CHUNK       {"id": id, "data": bytes}          {"stored": bool}  (False: already had it)
+GET_CHUNK       {"id": id}                         {"data": bytes | None}  (None: not here)
+=============== ================================== ==========================================
+
+Limits: at most ``MAX_CONTACTS`` contacts per answer, chunk data at most ``MAX_CHUNK_BYTES``,
+provider TTL in (0, ``MAX_PROVIDER_TTL``]. Anything else — a missing or extra-typed field, a
+wrong length, an unknown method — is rejected with ``RemoteError`` by the handler, and an
+answer that does not match its schema raises ``ProtocolError`` on the calling side.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dhtfs.errors import ProtocolError, RemoteError
+from dhtfs.node.ids import ID_BYTES
+from dhtfs.node.network import Contact
+
+PING = "PING"
+FIND_NODE = "FIND_NODE"
+FIND_PROVIDERS = "FIND_PROVIDERS"
+ADD_PROVIDER = "ADD_PROVIDER"
+PUT_CHUNK = "PUT_CHUNK"
+GET_CHUNK = "GET_CHUNK"
+METHODS = frozenset({PING, FIND_NODE, FIND_PROVIDERS, ADD_PROVIDER, PUT_CHUNK, GET_CHUNK})
+
+MAX_CONTACTS = 64
+MAX_CHUNK_BYTES = 64 * 1024 * 1024
+MAX_PROVIDER_TTL = 7 * 24 * 3600.0
+MAX_HOST_LEN = 255
+
+
+# -- encoding ----------------------------------------------------------------------------------
+
+
+def contact_to_wire(c: Contact) -> list[Any]:
+    return [c.node_id, c.host, c.port]
+
+
+def contacts_to_wire(cs: list[Contact]) -> list[list[Any]]:
+    return [[c.node_id, c.host, c.port] for c in cs]
+
+
+def contact_from_wire(v: Any) -> Contact:
+    """Decode one contact; ``ValueError`` when it is malformed."""
+    if not isinstance(v, (list, tuple)) or len(v) != 3:
+        raise ValueError("contact must be [node_id, host, port]")
+    nid, host, port = v
+    if not isinstance(nid, bytes) or len(nid) != ID_BYTES:
+        raise ValueError("contact node id must be 32 bytes")
+    if not isinstance(host, str) or not host or len(host) > MAX_HOST_LEN:
+        raise ValueError("contact host must be a non-empty string")
+    if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
+        raise ValueError("contact port must be an int in 0..65535")
+    return Contact(nid, host, port)
+
+
+# -- validation of requests (far side: raise RemoteError) ---------------------------------------
+
+
+def _field(args: Any, name: str, method: str) -> Any:
+    if not isinstance(args, dict):
+        raise RemoteError(f"{method}: arguments must be a map")
+    if name not in args:
+        raise RemoteError(f"{method}: missing argument {name!r}")
+    return args[name]
+
+
+def req_id(args: Any, name: str, method: str) -> bytes:
+    """A 32-byte ID argument."""
+    v = _field(args, name, method)
+    if not isinstance(v, bytes) or len(v) != ID_BYTES:
+        raise RemoteError(f"{method}: {name!r} must be {ID_BYTES} bytes")
+    return v
+
+
+def req_data(args: Any, method: str) -> bytes:
+    v = _field(args, "data", method)
+    if not isinstance(v, (bytes, bytearray, memoryview)):
+        raise RemoteError(f"{method}: 'data' must be bytes")
+    if len(v) > MAX_CHUNK_BYTES:
+        raise RemoteError(f"{method}: chunk larger than {MAX_CHUNK_BYTES} bytes")
+    return bytes(v)
+
+
+def req_ttl(args: Any, method: str) -> float:
+    v = _field(args, "ttl", method)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= MAX_PROVIDER_TTL:
+        raise RemoteError(f"{method}: 'ttl' must be a number in (0, {MAX_PROVIDER_TTL:g}]")
+    return float(v)
+
+
+# -- validation of answers (our side: raise ProtocolError) --------------------------------------
+
+
+def ans_contacts(answer: Any, name: str, method: str) -> list[Contact]:
+    if not isinstance(answer, dict):
+        raise ProtocolError(f"{method}: answer must be a map")
+    v = answer.get(name)
+    if not isinstance(v, list) or len(v) > MAX_CONTACTS:
+        raise ProtocolError(f"{method}: {name!r} must be a list of at most {MAX_CONTACTS}")
+    try:
+        return [contact_from_wire(x) for x in v]
+    except ValueError as e:
+        raise ProtocolError(f"{method}: bad contact: {e}") from None
+
+
+def ans_data(answer: Any, method: str) -> bytes | None:
+    if not isinstance(answer, dict) or "data" not in answer:
+        raise ProtocolError(f"{method}: answer must be a map with 'data'")
+    v = answer["data"]
+    if v is None or isinstance(v, bytes):
+        return v
+    if isinstance(v, (bytearray, memoryview)):
+        return bytes(v)
+    raise ProtocolError(f"{method}: 'data' must be bytes or nil")

@@ -1,0 +1,48 @@
+"""A chunk store in memory, for the simulator: the same contract as ``ChunkStore``, no disk,
+no encryption (simulated nodes share one process, and nothing leaves it)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from dhtfs.errors import ChunkCorrupt, ChunkMissing
+from dhtfs.node.ids import sha256_id
+
+
+class MemoryStore:
+    """``has/get/put/put_verified/remove/ids`` over a dict. Invariant: every stored value hashes
+    to its key, unless written by ``put`` (which, like ``ChunkStore.put``, trusts the caller)."""
+
+    __slots__ = ("_chunks",)
+
+    def __init__(self) -> None:
+        self._chunks: dict[bytes, bytes] = {}
+
+    def has(self, chunk_id: bytes) -> bool:
+        return chunk_id in self._chunks
+
+    def get(self, chunk_id: bytes) -> bytes:
+        try:
+            return self._chunks[chunk_id]
+        except KeyError:
+            raise ChunkMissing(chunk_id, "not stored on this node") from None
+
+    def put(self, chunk_id: bytes, data: bytes) -> bool:
+        if chunk_id in self._chunks:
+            return False
+        self._chunks[chunk_id] = bytes(data)
+        return True
+
+    def put_verified(self, chunk_id: bytes, data: bytes) -> bool:
+        if sha256_id(data) != chunk_id:
+            raise ChunkCorrupt(chunk_id, "content does not hash to its id")
+        return self.put(chunk_id, data)
+
+    def remove(self, chunk_id: bytes) -> bool:
+        return self._chunks.pop(chunk_id, None) is not None
+
+    def ids(self) -> Iterator[bytes]:
+        return iter(list(self._chunks))
+
+    def __len__(self) -> int:
+        return len(self._chunks)
