@@ -25,19 +25,49 @@ DEFAULT_STATE_ROOT = Path("/var/lib/dhtfs")
 
 GENERIC_MOUNT_OPTIONS = frozenset(
     {
-        "rw", "ro", "defaults", "auto", "noauto", "user", "nouser", "users", "_netdev",
-        "nofail", "exec", "noexec", "suid", "nosuid", "dev", "nodev", "async", "sync",
-        "atime", "noatime", "relatime", "strictatime", "nodiratime", "x-systemd.automount",
+        "rw",
+        "ro",
+        "defaults",
+        "auto",
+        "noauto",
+        "user",
+        "nouser",
+        "users",
+        "_netdev",
+        "nofail",
+        "exec",
+        "noexec",
+        "suid",
+        "nosuid",
+        "dev",
+        "nodev",
+        "async",
+        "sync",
+        "atime",
+        "noatime",
+        "relatime",
+        "strictatime",
+        "nodiratime",
+        "x-systemd.automount",
     }
 )
 _GENERIC_PREFIXES = ("x-systemd.", "x-", "comment=")
 
 _SIZE_UNITS = {
-    "": 1, "b": 1,
-    "k": 1024, "kb": 1000, "kib": 1024,
-    "m": 1024**2, "mb": 1000**2, "mib": 1024**2,
-    "g": 1024**3, "gb": 1000**3, "gib": 1024**3,
-    "t": 1024**4, "tb": 1000**4, "tib": 1024**4,
+    "": 1,
+    "b": 1,
+    "k": 1024,
+    "kb": 1000,
+    "kib": 1024,
+    "m": 1024**2,
+    "mb": 1000**2,
+    "mib": 1024**2,
+    "g": 1024**3,
+    "gb": 1000**3,
+    "gib": 1024**3,
+    "t": 1024**4,
+    "tb": 1000**4,
+    "tib": 1024**4,
 }
 MIN_CHUNK_SIZE = 4096
 MAX_CHUNK_SIZE = 64 * 1024**2
@@ -48,10 +78,10 @@ class Config:
     """Validated settings. ``swarm`` names the state subdirectory and the mDNS service."""
 
     swarm: str = "default"
-    state: Path | None = None          # None: DEFAULT_STATE_ROOT / swarm
-    key: str = ""                      # "" = <state>/master.key, "ephemeral", or a path
+    state: Path | None = None  # None: DEFAULT_STATE_ROOT / swarm
+    key: str = ""  # "" = <state>/master.key, "ephemeral", or a path
     chunk_size: int = 1024 * 1024
-    cache_size: int = 256 * 1024 * 1024   # decrypted chunk cache in memory
+    cache_size: int = 256 * 1024 * 1024  # decrypted chunk cache in memory
     debug: bool = False
     allow_other: bool = True
     # The DHT node (headless node and, later, the mount's node).
@@ -119,9 +149,7 @@ def apply_options(config: Config, options: dict[str, Any]) -> Config:
     for raw_key, value in options.items():
         key = raw_key.replace("-", "_")
         if key not in _KEYS:
-            raise ConfigError(
-                f"unknown option {raw_key!r} (known: {', '.join(sorted(_KEYS))})"
-            )
+            raise ConfigError(f"unknown option {raw_key!r} (known: {', '.join(sorted(_KEYS))})")
         changes[key] = _coerce(key, value)
     result = replace(config, **changes)
     validate(result)
@@ -165,8 +193,10 @@ def load_toml(path: Path) -> dict[str, Any]:
 def load_config(config_path: Path | None, options: dict[str, Any]) -> Config:
     """Defaults ← TOML file ← ``options``; the file is optional only when not named."""
     config = Config()
-    if config_path is None and DEFAULT_CONFIG_PATH.exists() and not os.environ.get(
-        "DHTFS_NO_SYSTEM_CONFIG"
+    if (
+        config_path is None
+        and DEFAULT_CONFIG_PATH.exists()
+        and not os.environ.get("DHTFS_NO_SYSTEM_CONFIG")
     ):
         config_path = DEFAULT_CONFIG_PATH
     if config_path is not None:

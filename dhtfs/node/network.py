@@ -59,9 +59,7 @@ class Network(Protocol):
         """This node's own contact (the address peers should dial)."""
         ...
 
-    async def call(
-        self, peer: Contact, method: str, args: Message, *, timeout: float
-    ) -> Message:
+    async def call(self, peer: Contact, method: str, args: Message, *, timeout: float) -> Message:
         """Send one request to ``peer`` and wait for its answer. See the module contract."""
         ...
 

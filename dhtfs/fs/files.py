@@ -1,0 +1,317 @@
+"""File contents: write buffers, background sealing of full chunks, reads, truncate.
+
+One ``OpenFile`` per inode with open handles (all handles of an inode share it), so that every
+reader sees every writer's bytes at once, as on a local filesystem.
+
+Where chunk ``i``'s bytes are, first match wins: ``buffers[i]`` (plaintext being written, in
+memory only), ``sealing[i]`` (being hashed + encrypted + stored by a background task), then
+``ids[i]`` (a stored chunk; ``None`` is a hole, read as zeros). A chunk's plaintext may be
+shorter than its span (``min(chunk_size, size - i*chunk_size)``); the rest reads as zeros.
+
+Invariants:
+- plaintext is only ever in memory; the chunk store writes sealed bytes;
+- at most ``max_sealing`` chunks are in flight (backpressure on the writer) and at most
+  ``max_buffers`` partially written chunks are held per file before the oldest is sealed;
+- ``flush`` returns once every buffered byte is in a stored chunk and the new version is
+  committed as a content op (durable against a crash of this process);
+- the chunk size of a file never changes while it holds chunks.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import trio
+
+from dhtfs.errors import ChunkError, NamespaceError
+from dhtfs.fs.namespace import ObjectRow, pack_chunks
+from dhtfs.node.chunkstore import ChunkStore, chunk_id_of
+
+log = logging.getLogger(__name__)
+
+THREAD_THRESHOLD = 64 * 1024  # hash/encrypt larger buffers off the trio thread
+
+
+class ChunkCache:
+    """LRU of decrypted chunk plaintext, bounded in bytes."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._items: OrderedDict[bytes, bytes] = OrderedDict()
+        self._bytes = 0
+
+    def get(self, chunk_id: bytes) -> bytes | None:
+        data = self._items.get(chunk_id)
+        if data is not None:
+            self._items.move_to_end(chunk_id)
+        return data
+
+    def put(self, chunk_id: bytes, data: bytes) -> None:
+        if len(data) > self.capacity or chunk_id in self._items:
+            return
+        self._items[chunk_id] = data
+        self._bytes += len(data)
+        while self._bytes > self.capacity:
+            _, old = self._items.popitem(last=False)
+            self._bytes -= len(old)
+
+
+@dataclass(eq=False)
+class OpenFile:
+    """The live content of one inode while it has open handles (or is being changed)."""
+
+    obj: bytes
+    size: int
+    chunk_size: int
+    ids: list[bytes | None]
+    base: tuple[int, bytes]
+    mtime: int
+    handles: int = 0
+    dirty: bool = False
+    buffers: dict[int, bytearray] = field(default_factory=dict)
+    sealing: dict[int, bytes] = field(default_factory=dict)
+    pending: int = 0
+    idle: trio.Event = field(default_factory=trio.Event)
+    error: OSError | None = None
+
+    def __post_init__(self) -> None:
+        self.idle.set()
+
+    def span(self, index: int) -> int:
+        return max(0, min(self.chunk_size, self.size - index * self.chunk_size))
+
+    def stored_ids(self) -> list[bytes]:
+        return [i for i in self.ids if i is not None]
+
+
+class FileContents:
+    """Reads and writes file contents through the chunk store. Lives on the trio thread."""
+
+    def __init__(
+        self,
+        store: ChunkStore,
+        cache: ChunkCache,
+        default_chunk_size: int,
+        commit: Callable[[OpenFile], tuple[int, bytes]],
+        *,
+        max_sealing: int = 4,
+        max_buffers: int = 32,
+    ) -> None:
+        self.store = store
+        self.cache = cache
+        self.default_chunk_size = default_chunk_size
+        self._commit = commit
+        self._sealing_slots = trio.Semaphore(max_sealing)
+        self._limiter = trio.CapacityLimiter(max(2, max_sealing))
+        self.max_buffers = max_buffers
+        self.nursery: trio.Nursery | None = None
+        self.open_files: dict[bytes, OpenFile] = {}
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def load(self, row: ObjectRow) -> OpenFile:
+        """The OpenFile for ``row``, shared if already open."""
+        of = self.open_files.get(row.obj)
+        if of is None:
+            of = OpenFile(
+                obj=row.obj,
+                size=row.size,
+                chunk_size=row.chunk_size or self.default_chunk_size,
+                ids=row.chunk_list(),
+                base=(row.content_ts, row.content_node),
+                mtime=row.mtime,
+            )
+            self.open_files[row.obj] = of
+        return of
+
+    def release(self, of: OpenFile) -> None:
+        """Forget ``of`` once nothing holds it (call after a final flush)."""
+        if of.handles <= 0 and not of.dirty and not of.buffers and not of.pending:
+            self.open_files.pop(of.obj, None)
+
+    # -- reading -------------------------------------------------------------------------------
+
+    async def read(self, of: OpenFile, offset: int, length: int) -> bytes:
+        end = min(offset + length, of.size)
+        if offset >= end:
+            return b""
+        cs = of.chunk_size
+        pieces: list[bytes] = []
+        pos = offset
+        while pos < end:
+            index, start = divmod(pos, cs)
+            n = min(cs - start, end - pos)
+            plain = await self._plaintext(of, index)
+            piece = bytes(plain[start : start + n]) if plain is not None else b""
+            if len(piece) < n:
+                piece += bytes(n - len(piece))
+            pieces.append(piece)
+            pos += n
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+    async def _plaintext(self, of: OpenFile, index: int) -> bytes | bytearray | None:
+        buf = of.buffers.get(index)
+        if buf is not None:
+            return buf
+        sealing = of.sealing.get(index)
+        if sealing is not None:
+            return sealing
+        chunk_id = of.ids[index] if index < len(of.ids) else None
+        if chunk_id is None:
+            return None
+        return await self.get_chunk(chunk_id)
+
+    async def get_chunk(self, chunk_id: bytes) -> bytes:
+        """Plaintext of a stored chunk (cached); EIO if it is missing or fails to verify."""
+        data = self.cache.get(chunk_id)
+        if data is not None:
+            return data
+        try:
+            data = await trio.to_thread.run_sync(self.store.get, chunk_id, limiter=self._limiter)
+        except ChunkError as exc:
+            log.error("read failed: %s", exc)
+            raise NamespaceError(errno.EIO, str(exc)) from exc
+        self.cache.put(chunk_id, data)
+        return data
+
+    # -- writing -------------------------------------------------------------------------------
+
+    async def write(self, of: OpenFile, offset: int, data: bytes) -> int:
+        if of.error is not None:
+            raise self._take_error(of)
+        cs = of.chunk_size
+        view = memoryview(data)
+        pos = 0
+        while pos < len(view):
+            index, start = divmod(offset + pos, cs)
+            n = min(cs - start, len(view) - pos)
+            buf = of.buffers.get(index)
+            if buf is None:
+                buf = await self._open_buffer(of, index, whole=start == 0 and n == cs)
+            if len(buf) < start:
+                buf.extend(bytes(start - len(buf)))
+            buf[start : start + n] = view[pos : pos + n]
+            pos += n
+            if start + n == cs:
+                await self._seal_soon(of, index)
+        new_end = offset + len(view)
+        if new_end > of.size:
+            of.size = new_end
+        needed = -(-of.size // cs)
+        if len(of.ids) < needed:
+            of.ids.extend([None] * (needed - len(of.ids)))
+        of.mtime = time.time_ns()
+        of.dirty = True
+        if len(of.buffers) > self.max_buffers:
+            await self._seal_soon(of, min(of.buffers))
+        return len(view)
+
+    async def _open_buffer(self, of: OpenFile, index: int, *, whole: bool) -> bytearray:
+        if whole:
+            buf = bytearray()
+        else:
+            plain = await self._plaintext(of, index)
+            buf = bytearray(plain) if plain is not None else bytearray()
+        of.buffers[index] = buf
+        return buf
+
+    async def truncate(self, of: OpenFile, size: int) -> None:
+        cs = of.chunk_size
+        if size < of.size:
+            keep = -(-size // cs)
+            for index in [i for i in of.buffers if i >= keep]:
+                del of.buffers[index]
+            for index in [i for i in of.sealing if i >= keep]:
+                del of.sealing[index]
+            del of.ids[keep:]
+            tail = size - (keep - 1) * cs if keep else 0
+            if keep and tail < cs:
+                index = keep - 1
+                buf = of.buffers.get(index)
+                if buf is None and (index in of.sealing or of.ids[index] is not None):
+                    buf = await self._open_buffer(of, index, whole=False)
+                if buf is not None:
+                    del buf[tail:]
+        else:
+            needed = -(-size // cs)
+            of.ids.extend([None] * (needed - len(of.ids)))
+        of.size = size
+        if size == 0 and not of.ids:
+            of.chunk_size = self.default_chunk_size
+        of.mtime = time.time_ns()
+        of.dirty = True
+
+    async def flush(self, of: OpenFile) -> None:
+        """Seal every buffer, wait for all sealing, commit the version if it changed."""
+        while of.buffers or of.pending:
+            for index in sorted(of.buffers):
+                if index in of.buffers:
+                    await self._seal_soon(of, index)
+            await of.idle.wait()
+        if of.error is not None:
+            raise self._take_error(of)
+        if of.dirty:
+            of.dirty = False
+            try:
+                of.base = self._commit(of)
+            except BaseException:
+                of.dirty = True
+                raise
+
+    def content_blob(self, of: OpenFile) -> bytes:
+        return pack_chunks(of.ids)
+
+    # -- sealing -------------------------------------------------------------------------------
+
+    async def _seal_soon(self, of: OpenFile, index: int) -> None:
+        """Hand buffer ``index`` to a background sealer (waits for a free slot)."""
+        await self._sealing_slots.acquire()
+        buf = of.buffers.pop(index, None)
+        if buf is None:
+            self._sealing_slots.release()
+            return
+        data = bytes(buf)
+        of.sealing[index] = data
+        if of.pending == 0:
+            of.idle = trio.Event()
+        of.pending += 1
+        assert self.nursery is not None, "FileContents.nursery must be set by the service"
+        self.nursery.start_soon(self._seal, of, index, data)
+
+    async def _seal(self, of: OpenFile, index: int, data: bytes) -> None:
+        try:
+            if len(data) > THREAD_THRESHOLD:
+                chunk_id = await trio.to_thread.run_sync(
+                    self._hash_and_store, data, limiter=self._limiter
+                )
+            else:
+                chunk_id = self._hash_and_store(data)
+            self.cache.put(chunk_id, data)
+            if of.sealing.get(index) is data:
+                del of.sealing[index]
+                if index < len(of.ids):
+                    of.ids[index] = chunk_id
+        except OSError as exc:
+            log.error("storing a chunk failed: %s", exc)
+            of.error = exc
+            of.sealing.pop(index, None)
+        finally:
+            self._sealing_slots.release()
+            of.pending -= 1
+            if of.pending == 0:
+                of.idle.set()
+
+    def _hash_and_store(self, data: bytes) -> bytes:
+        chunk_id = chunk_id_of(data)
+        self.store.put(chunk_id, data)
+        return chunk_id
+
+    @staticmethod
+    def _take_error(of: OpenFile) -> NamespaceError:
+        exc, of.error = of.error, None
+        return NamespaceError(exc.errno if exc and exc.errno else errno.EIO, str(exc))

@@ -1,0 +1,525 @@
+"""The namespace: SQLite tables holding the tree, and the one deterministic apply function.
+
+Tables (one SQLite file, WAL mode):
+
+- ``objects``: one row per file/dir/symlink/special object, keyed by a 16-byte global ID.
+  Content is ``size`` + ``chunk_size`` + ``chunks`` (concatenated 32-byte chunk IDs, all-zero
+  for a hole). ``content_ts``/``content_node`` name the op that wrote the current content.
+- ``links``: names. ``(parent, name) → obj``, keyed by a global link ID; a directory has exactly
+  one link, a file may have several (hard links). ``id`` (SQLite rowid) is a stable readdir
+  offset: a rename updates the row in place. ``lts``/``lnode`` is the op that last named it.
+- ``xattrs``: ``(obj, name) → value``.
+- ``oplog``: every op ever applied, ordered by ``(ts, node)``, with its undo record.
+- ``meta``: this node's ID and other scalars.
+
+Apply rules (Kleppmann et al., "A highly-available move operation for replicated trees"):
+ops are applied in ``(ts, node)`` order. An op older than the newest applied one is inserted
+by undoing every newer op (restoring before-images), applying it, and redoing them. Hence the
+state is a function of the *set* of ops, whatever order they arrived in. Each change is total:
+if it cannot apply it is skipped, the same way on every node:
+
+- a link or move into a missing parent, or one that would make a directory cycle: skipped;
+- a name clash: the later op takes the name; the entry it displaces is renamed
+  ``NAME.conflict-<node>-<ts>`` after the op that had named it;
+- a content write whose base is not the current content (concurrent writers): the current
+  content is kept beside the file as ``NAME.conflict-<node>-<ts>``, then overwritten;
+- unlinking a directory that still has children: skipped (the children are not lost).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgpack
+
+from dhtfs.fs.ops import ROOT_OBJ, Change, Op, decode_op, encode_op
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS objects (
+    obj BLOB PRIMARY KEY,
+    kind INTEGER NOT NULL,
+    mode INTEGER NOT NULL,
+    uid INTEGER NOT NULL,
+    gid INTEGER NOT NULL,
+    rdev INTEGER NOT NULL DEFAULT 0,
+    target BLOB,
+    atime INTEGER NOT NULL,
+    mtime INTEGER NOT NULL,
+    ctime INTEGER NOT NULL,
+    size INTEGER NOT NULL DEFAULT 0,
+    chunk_size INTEGER NOT NULL DEFAULT 0,
+    chunks BLOB NOT NULL DEFAULT x'',
+    content_ts INTEGER NOT NULL DEFAULT 0,
+    content_node BLOB NOT NULL DEFAULT x''
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS links (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    link BLOB NOT NULL UNIQUE,
+    parent BLOB NOT NULL,
+    name BLOB NOT NULL,
+    obj BLOB NOT NULL,
+    lts INTEGER NOT NULL,
+    lnode BLOB NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS links_by_name ON links(parent, name);
+CREATE INDEX IF NOT EXISTS links_by_parent ON links(parent, id);
+CREATE INDEX IF NOT EXISTS links_by_obj ON links(obj);
+CREATE TABLE IF NOT EXISTS xattrs (
+    obj BLOB NOT NULL,
+    name BLOB NOT NULL,
+    value BLOB NOT NULL,
+    PRIMARY KEY (obj, name)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS oplog (
+    ts INTEGER NOT NULL,
+    node BLOB NOT NULL,
+    body BLOB NOT NULL,
+    undo BLOB NOT NULL,
+    PRIMARY KEY (ts, node)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB);
+"""
+
+OBJECT_COLUMNS = (
+    "obj",
+    "kind",
+    "mode",
+    "uid",
+    "gid",
+    "rdev",
+    "target",
+    "atime",
+    "mtime",
+    "ctime",
+    "size",
+    "chunk_size",
+    "chunks",
+    "content_ts",
+    "content_node",
+)
+LINK_COLUMNS = ("id", "link", "parent", "name", "obj", "lts", "lnode")
+CHUNK_ID_BYTES = 32
+HOLE = bytes(CHUNK_ID_BYTES)
+
+
+@dataclass(slots=True)
+class ObjectRow:
+    """An ``objects`` row. ``kind`` is the S_IFMT bits; ``mode`` the permission bits."""
+
+    obj: bytes
+    kind: int
+    mode: int
+    uid: int
+    gid: int
+    rdev: int
+    target: bytes | None
+    atime: int
+    mtime: int
+    ctime: int
+    size: int
+    chunk_size: int
+    chunks: bytes
+    content_ts: int
+    content_node: bytes
+
+    @property
+    def is_dir(self) -> bool:
+        return self.kind == stat.S_IFDIR
+
+    def chunk_list(self) -> list[bytes | None]:
+        """Chunk IDs in order; None for a hole."""
+        c = self.chunks
+        return [
+            None if c[i : i + CHUNK_ID_BYTES] == HOLE else c[i : i + CHUNK_ID_BYTES]
+            for i in range(0, len(c), CHUNK_ID_BYTES)
+        ]
+
+
+def pack_chunks(ids: list[bytes | None]) -> bytes:
+    return b"".join(HOLE if i is None else i for i in ids)
+
+
+def conflict_name(name: bytes, node: bytes, ts: int) -> bytes:
+    return name + f".conflict-{node.hex()[:8]}-{ts}".encode()
+
+
+def connect(path: Path | str) -> sqlite3.Connection:
+    """Open (and create) the namespace database with the pragmas dhtfs relies on."""
+    db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    db.execute("PRAGMA foreign_keys=OFF")
+    db.executescript(SCHEMA)
+    return db
+
+
+class _Tx:
+    """Mutations of one op, each preceded by a before-image for undo."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+        self.undo: list[list[Any]] = []
+        self._seen: set[tuple[str, Any]] = set()
+
+    def _capture(self, table: str, key: tuple[Any, ...]) -> None:
+        if (table, key) in self._seen:
+            return
+        self._seen.add((table, key))
+        if table == "objects":
+            row = self.db.execute("SELECT * FROM objects WHERE obj=?", key).fetchone()
+        elif table == "links":
+            row = self.db.execute("SELECT * FROM links WHERE link=?", key).fetchone()
+        else:
+            row = self.db.execute("SELECT * FROM xattrs WHERE obj=? AND name=?", key).fetchone()
+        self.undo.append([table, list(key), list(row) if row else None])
+
+    def insert_object(self, values: dict[str, Any]) -> None:
+        self._capture("objects", (values["obj"],))
+        cols = ",".join(values)
+        self.db.execute(
+            f"INSERT OR REPLACE INTO objects({cols}) VALUES ({','.join('?' * len(values))})",
+            tuple(values.values()),
+        )
+
+    def update_object(self, obj: bytes, fields: dict[str, Any]) -> None:
+        self._capture("objects", (obj,))
+        sets = ",".join(f"{k}=?" for k in fields)
+        self.db.execute(f"UPDATE objects SET {sets} WHERE obj=?", (*fields.values(), obj))
+
+    def put_link(self, link: bytes, parent: bytes, name: bytes, obj: bytes, op: Op) -> None:
+        self._capture("links", (link,))
+        cur = self.db.execute(
+            "UPDATE links SET parent=?, name=?, obj=?, lts=?, lnode=? WHERE link=?",
+            (parent, name, obj, op.ts, op.node, link),
+        )
+        if cur.rowcount == 0:
+            self.db.execute(
+                "INSERT INTO links(link, parent, name, obj, lts, lnode) VALUES (?,?,?,?,?,?)",
+                (link, parent, name, obj, op.ts, op.node),
+            )
+
+    def rename_link(self, link: bytes, name: bytes) -> None:
+        self._capture("links", (link,))
+        self.db.execute("UPDATE links SET name=? WHERE link=?", (name, link))
+
+    def delete_link(self, link: bytes) -> None:
+        self._capture("links", (link,))
+        self.db.execute("DELETE FROM links WHERE link=?", (link,))
+
+    def set_xattr(self, obj: bytes, name: bytes, value: bytes | None) -> None:
+        self._capture("xattrs", (obj, name))
+        if value is None:
+            self.db.execute("DELETE FROM xattrs WHERE obj=? AND name=?", (obj, name))
+        else:
+            self.db.execute(
+                "INSERT OR REPLACE INTO xattrs(obj, name, value) VALUES (?,?,?)",
+                (obj, name, value),
+            )
+
+
+def _restore(db: sqlite3.Connection, undo: list[list[Any]]) -> None:
+    for table, key, row in reversed(undo):
+        if table == "objects":
+            db.execute("DELETE FROM objects WHERE obj=?", key)
+        elif table == "links":
+            db.execute("DELETE FROM links WHERE link=?", key)
+        else:
+            db.execute("DELETE FROM xattrs WHERE obj=? AND name=?", key)
+        if row is not None:
+            db.execute(f"INSERT INTO {table} VALUES ({','.join('?' * len(row))})", tuple(row))
+
+
+class Namespace:
+    """The tree in SQLite plus ``apply``. Not thread-safe: use from one thread (the trio one)."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+        self._ensure_root()
+
+    # -- apply ---------------------------------------------------------------------------------
+
+    def apply(self, op: Op) -> bool:
+        """Apply ``op`` in its place in the total order; False if it was already applied."""
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            if db.execute("SELECT 1 FROM oplog WHERE ts=? AND node=?", (op.ts, op.node)).fetchone():
+                db.execute("COMMIT")
+                return False
+            later = db.execute(
+                "SELECT ts, node, body, undo FROM oplog WHERE ts>? OR (ts=? AND node>?) "
+                "ORDER BY ts DESC, node DESC",
+                (op.ts, op.ts, op.node),
+            ).fetchall()
+            for _ts, _node, _body, undo in later:
+                _restore(db, msgpack.unpackb(undo, raw=False))
+            self._apply_one(op)
+            for _ts, _node, body, _undo in reversed(later):
+                db.execute("DELETE FROM oplog WHERE ts=? AND node=?", (_ts, _node))
+                self._apply_one(decode_op(body))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return True
+
+    def _apply_one(self, op: Op) -> None:
+        tx = _Tx(self.db)
+        for change in op.changes:
+            _CHANGE_APPLIERS[change["c"]](self, tx, op, change)
+        self.db.execute(
+            "INSERT INTO oplog(ts, node, body, undo) VALUES (?,?,?,?)",
+            (op.ts, op.node, encode_op(op), msgpack.packb(tx.undo, use_bin_type=True)),
+        )
+
+    def _mkobj(self, tx: _Tx, op: Op, c: Change) -> None:
+        t = c["time"]
+        tx.insert_object(
+            {
+                "obj": c["obj"],
+                "kind": c["kind"],
+                "mode": c["mode"],
+                "uid": c["uid"],
+                "gid": c["gid"],
+                "rdev": c.get("rdev", 0),
+                "target": c.get("target"),
+                "atime": t,
+                "mtime": t,
+                "ctime": t,
+                "content_ts": op.ts,
+                "content_node": op.node,
+            }
+        )
+
+    def _link(self, tx: _Tx, op: Op, c: Change) -> None:
+        obj = self.get_object(c["obj"])
+        if obj is None or not self._is_live_dir(c["parent"]):
+            return
+        if (
+            obj.is_dir
+            and self.db.execute(
+                "SELECT 1 FROM links WHERE obj=? AND link<>?", (c["obj"], c["link"])
+            ).fetchone()
+        ):
+            return  # a directory has one name
+        self._make_room(tx, c["parent"], c["name"], c["link"])
+        tx.put_link(c["link"], c["parent"], c["name"], c["obj"], op)
+
+    def _move(self, tx: _Tx, op: Op, c: Change) -> None:
+        row = self.db.execute("SELECT obj FROM links WHERE link=?", (c["link"],)).fetchone()
+        if row is None or not self._is_live_dir(c["parent"]):
+            return
+        obj = self.get_object(row[0])
+        if obj is not None and obj.is_dir and self._is_ancestor(obj.obj, c["parent"]):
+            return  # would make a cycle
+        replace = c.get("replace")
+        if replace is not None:
+            hit = self.db.execute(
+                "SELECT obj FROM links WHERE link=? AND parent=? AND name=?",
+                (replace, c["parent"], c["name"]),
+            ).fetchone()
+            if hit is not None and not self._has_children(hit[0]):
+                tx.delete_link(replace)
+        self._make_room(tx, c["parent"], c["name"], c["link"])
+        tx.put_link(c["link"], c["parent"], c["name"], row[0], op)
+
+    def _unlink(self, tx: _Tx, op: Op, c: Change) -> None:
+        row = self.db.execute("SELECT obj FROM links WHERE link=?", (c["link"],)).fetchone()
+        if row is None or self._has_children(row[0]):
+            return
+        tx.delete_link(c["link"])
+
+    def _attr(self, tx: _Tx, op: Op, c: Change) -> None:
+        fields = {k: v for k, v in c["fields"].items() if k in _SETTABLE_ATTRS}
+        if fields and self.get_object(c["obj"]) is not None:
+            tx.update_object(c["obj"], fields)
+
+    def _content(self, tx: _Tx, op: Op, c: Change) -> None:
+        current = self.get_object(c["obj"])
+        if current is None:
+            return
+        base = c.get("base")
+        if base is not None and tuple(base) != (current.content_ts, current.content_node):
+            self._keep_conflict_copy(tx, op, current)
+        tx.update_object(
+            c["obj"],
+            {
+                "size": c["size"],
+                "chunk_size": c["chunk_size"],
+                "chunks": c["chunks"],
+                "mtime": c["mtime"],
+                "ctime": c["ctime"],
+                "content_ts": op.ts,
+                "content_node": op.node,
+            },
+        )
+
+    def _xattr(self, tx: _Tx, op: Op, c: Change) -> None:
+        if self.get_object(c["obj"]) is not None:
+            tx.set_xattr(c["obj"], c["name"], c["value"])
+
+    # -- conflict handling ---------------------------------------------------------------------
+
+    def _make_room(self, tx: _Tx, parent: bytes, name: bytes, link: bytes) -> None:
+        """If another link holds ``(parent, name)``, rename it after the op that named it."""
+        row = self.db.execute(
+            "SELECT link, lts, lnode FROM links WHERE parent=? AND name=? AND link<>?",
+            (parent, name, link),
+        ).fetchone()
+        if row is not None:
+            tx.rename_link(row[0], self._free_name(parent, conflict_name(name, row[2], row[1])))
+
+    def _free_name(self, parent: bytes, name: bytes) -> bytes:
+        candidate, n = name, 1
+        while self.lookup(parent, candidate) is not None:
+            n += 1
+            candidate = name + f"~{n}".encode()
+        return candidate
+
+    def _keep_conflict_copy(self, tx: _Tx, op: Op, loser: ObjectRow) -> None:
+        link = self.db.execute(
+            "SELECT parent, name FROM links WHERE obj=? ORDER BY link LIMIT 1", (loser.obj,)
+        ).fetchone()
+        if link is None:
+            return
+        seed = b"conflict" + op.ts.to_bytes(8, "big") + op.node + loser.obj
+        copy_id = hashlib.sha256(seed).digest()[:16]
+        values = {col: getattr(loser, col) for col in OBJECT_COLUMNS}
+        values["obj"] = copy_id
+        tx.insert_object(values)
+        name = self._free_name(
+            link[0], conflict_name(link[1], loser.content_node, loser.content_ts)
+        )
+        tx.put_link(hashlib.sha256(seed + b"link").digest()[:16], link[0], name, copy_id, op)
+
+    # -- queries -------------------------------------------------------------------------------
+
+    def get_object(self, obj: bytes) -> ObjectRow | None:
+        row = self.db.execute("SELECT * FROM objects WHERE obj=?", (obj,)).fetchone()
+        return ObjectRow(*row) if row else None
+
+    def lookup(self, parent: bytes, name: bytes) -> tuple[bytes, bytes] | None:
+        """``(link, obj)`` of ``name`` in directory ``parent``."""
+        row = self.db.execute(
+            "SELECT link, obj FROM links WHERE parent=? AND name=?", (parent, name)
+        ).fetchone()
+        return (row[0], row[1]) if row else None
+
+    def children(self, parent: bytes, after: int = 0, limit: int = 1000) -> list[tuple]:
+        """``(id, name, obj)`` of entries in ``parent`` with ``id > after``, in id order."""
+        return self.db.execute(
+            "SELECT id, name, obj FROM links WHERE parent=? AND id>? ORDER BY id LIMIT ?",
+            (parent, after, limit),
+        ).fetchall()
+
+    def parent_of(self, obj: bytes) -> bytes | None:
+        row = self.db.execute("SELECT parent FROM links WHERE obj=? LIMIT 1", (obj,)).fetchone()
+        return row[0] if row else None
+
+    def link_count(self, obj: bytes) -> int:
+        return self.db.execute("SELECT count(*) FROM links WHERE obj=?", (obj,)).fetchone()[0]
+
+    def subdir_count(self, obj: bytes) -> int:
+        return self.db.execute(
+            "SELECT count(*) FROM links JOIN objects ON links.obj=objects.obj "
+            "WHERE links.parent=? AND objects.kind=?",
+            (obj, stat.S_IFDIR),
+        ).fetchone()[0]
+
+    def xattr(self, obj: bytes, name: bytes) -> bytes | None:
+        row = self.db.execute(
+            "SELECT value FROM xattrs WHERE obj=? AND name=?", (obj, name)
+        ).fetchone()
+        return row[0] if row else None
+
+    def xattr_names(self, obj: bytes) -> list[bytes]:
+        return [r[0] for r in self.db.execute("SELECT name FROM xattrs WHERE obj=?", (obj,))]
+
+    def last_ts(self) -> int:
+        return self.db.execute("SELECT coalesce(max(ts), 0) FROM oplog").fetchone()[0]
+
+    def linked_chunk_blobs(self) -> Iterator[bytes]:
+        """The chunk lists of every object that still has a name."""
+        for (chunks,) in self.db.execute(
+            "SELECT chunks FROM objects WHERE length(chunks)>0 AND obj IN (SELECT obj FROM links)"
+        ):
+            yield chunks
+
+    def tree(self) -> dict[bytes, Any]:
+        """The visible tree as nested dicts (for tests and fsck): name → attrs or subtree."""
+        return self._subtree(ROOT_OBJ)
+
+    def _subtree(self, parent: bytes) -> dict[bytes, Any]:
+        out: dict[bytes, Any] = {}
+        for _id, name, obj in self.db.execute(
+            "SELECT id, name, obj FROM links WHERE parent=? ORDER BY name", (parent,)
+        ).fetchall():
+            row = self.get_object(obj)
+            if row is None:
+                continue
+            if row.is_dir:
+                out[name] = self._subtree(obj)
+            else:
+                out[name] = (row.kind, row.mode, row.size, row.chunks, row.target, obj)
+        return out
+
+    def meta_get(self, key: str) -> bytes | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def meta_set(self, key: str, value: bytes) -> None:
+        self.db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?,?)", (key, value))
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _is_live_dir(self, obj: bytes) -> bool:
+        row = self.get_object(obj)
+        if row is None or not row.is_dir:
+            return False
+        return obj == ROOT_OBJ or self.parent_of(obj) is not None
+
+    def _has_children(self, obj: bytes) -> bool:
+        return (
+            self.db.execute("SELECT 1 FROM links WHERE parent=? LIMIT 1", (obj,)).fetchone()
+            is not None
+        )
+
+    def _is_ancestor(self, ancestor: bytes, obj: bytes) -> bool:
+        """True if ``ancestor`` is ``obj`` or above it (directories have one parent)."""
+        seen = 0
+        while True:
+            if obj == ancestor:
+                return True
+            if obj == ROOT_OBJ:
+                return False
+            parent = self.parent_of(obj)
+            seen += 1
+            if parent is None or seen > 100_000:
+                return False
+            obj = parent
+
+    def _ensure_root(self) -> None:
+        if self.get_object(ROOT_OBJ) is None:
+            self.db.execute(
+                "INSERT INTO objects(obj, kind, mode, uid, gid, atime, mtime, ctime) "
+                "VALUES (?,?,?,?,?,?,?,?)",
+                (ROOT_OBJ, stat.S_IFDIR, 0o755, 0, 0, 0, 0, 0),
+            )
+
+
+_SETTABLE_ATTRS = frozenset({"mode", "uid", "gid", "atime", "mtime", "ctime"})
+_CHANGE_APPLIERS = {
+    "mkobj": Namespace._mkobj,
+    "link": Namespace._link,
+    "move": Namespace._move,
+    "unlink": Namespace._unlink,
+    "attr": Namespace._attr,
+    "content": Namespace._content,
+    "xattr": Namespace._xattr,
+}

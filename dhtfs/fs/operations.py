@@ -1,0 +1,400 @@
+"""The pyfuse3 handlers: map inodes to objects, call Tree/FileContents, map errors to errnos.
+
+Handlers hold no logic of their own. Every handler runs inside ``_errno_mapped``: any
+exception other than FUSEError would kill the mount, so NamespaceError and OSError become their
+errno and anything unexpected becomes EIO with the traceback logged.
+
+The kernel enforces permissions (``default_permissions``); entry and attribute timeouts are
+short because other nodes change the tree too.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import os
+import stat
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import pyfuse3
+import trio
+
+from dhtfs.errors import DhtfsError, NamespaceError
+from dhtfs.fs.files import FileContents, OpenFile
+from dhtfs.fs.inodes import InodeMap
+from dhtfs.fs.namespace import ObjectRow
+from dhtfs.fs.tree import Tree
+from dhtfs.fs.xattrs import VIRTUAL_NAMES, check_settable, virtual_value
+
+log = logging.getLogger(__name__)
+
+ENTRY_TIMEOUT = 1.0
+ATTR_TIMEOUT = 1.0
+BLKSIZE = 128 * 1024
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _errno_mapped(fn: F) -> F:
+    @functools.wraps(fn)
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return await fn(*args, **kwargs)
+        except pyfuse3.FUSEError:
+            raise
+        except NamespaceError as exc:
+            raise pyfuse3.FUSEError(exc.errno) from None
+        except OSError as exc:
+            log.warning("%s failed: %s", fn.__name__, exc)
+            raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
+        except DhtfsError as exc:
+            log.error("%s failed: %s", fn.__name__, exc)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+        except Exception:
+            log.exception("%s failed unexpectedly; returning EIO", fn.__name__)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+class Operations(pyfuse3.Operations):
+    """FUSE request handlers over one Tree and one FileContents."""
+
+    supports_dot_lookup = True
+    enable_writeback_cache = False
+    enable_acl = False
+
+    def __init__(self, tree: Tree, contents: FileContents, inodes: InodeMap, state_dir: str):
+        super().__init__()
+        self.tree = tree
+        self.contents = contents
+        self.inodes = inodes
+        self.state_dir = state_dir
+        self._handles: dict[int, OpenFile] = {}
+        self._next_fh = 1
+        self._kernel_version: dict[bytes, tuple[int, bytes]] = {}
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _obj(self, ino: int) -> bytes:
+        obj = self.inodes.obj_of(ino)
+        if obj is None:
+            raise NamespaceError(errno.ENOENT)
+        return obj
+
+    def _attrs(self, row: ObjectRow, ino: int | None = None) -> pyfuse3.EntryAttributes:
+        a = pyfuse3.EntryAttributes()
+        a.st_ino = ino if ino is not None else self.inodes.ino_of(row.obj)
+        a.generation = 0
+        a.entry_timeout = ENTRY_TIMEOUT
+        a.attr_timeout = ATTR_TIMEOUT
+        a.st_mode = row.kind | row.mode
+        a.st_uid = row.uid
+        a.st_gid = row.gid
+        a.st_rdev = row.rdev
+        a.st_atime_ns = row.atime
+        a.st_ctime_ns = row.ctime
+        a.st_blksize = BLKSIZE
+        of = self.contents.open_files.get(row.obj)
+        if row.is_dir:
+            a.st_nlink = 2 + self.tree.ns.subdir_count(row.obj)
+            a.st_size = 4096
+            a.st_blocks = 8
+            a.st_mtime_ns = row.mtime
+        else:
+            a.st_nlink = self.tree.ns.link_count(row.obj)
+            if of is not None:
+                size, mtime, cs = of.size, of.mtime, of.chunk_size
+                stored = sum(1 for i in of.ids if i is not None) + len(of.buffers)
+            elif row.kind == stat.S_IFLNK:
+                size, mtime, cs, stored = len(row.target or b""), row.mtime, 0, 0
+            else:
+                size, mtime, cs = row.size, row.mtime, row.chunk_size
+                stored = sum(1 for c in row.chunk_list() if c is not None)
+            a.st_size = size
+            a.st_mtime_ns = mtime
+            a.st_blocks = (min(size, stored * cs) + 511) // 512 if cs else (size + 511) // 512
+        return a
+
+    def _entry(self, obj: bytes) -> pyfuse3.EntryAttributes:
+        row = self.tree.require(obj)
+        attrs = self._attrs(row)
+        self.inodes.remember(attrs.st_ino)
+        return attrs
+
+    def _new_fh(self, of: OpenFile) -> int:
+        fh = self._next_fh
+        self._next_fh += 1
+        self._handles[fh] = of
+        of.handles += 1
+        return fh
+
+    def _file(self, fh: int) -> OpenFile:
+        of = self._handles.get(fh)
+        if of is None:
+            raise NamespaceError(errno.EBADF)
+        return of
+
+    def _commit_content(self, of: OpenFile) -> tuple[int, bytes]:
+        op = self.tree.set_content(
+            of.obj, of.size, of.chunk_size, self.contents.content_blob(of), of.base, of.mtime
+        )
+        self._kernel_version[of.obj] = op.op_id
+        return op.op_id
+
+    # -- lookups and attributes ----------------------------------------------------------------
+
+    @_errno_mapped
+    async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None):
+        parent = self._obj(parent_inode)
+        if name == b".":
+            return self._entry(parent)
+        if name == b"..":
+            return self._entry(self.tree.ns.parent_of(parent) or parent)
+        _link, obj = self.tree.require_entry(parent, name)
+        return self._entry(obj)
+
+    @_errno_mapped
+    async def forget(self, inode_list: list[tuple[int, int]]) -> None:
+        for ino, count in inode_list:
+            self.inodes.forget(ino, count)
+
+    @_errno_mapped
+    async def getattr(self, inode: int, ctx: Any = None):
+        return self._attrs(self.tree.require(self._obj(inode)), inode)
+
+    @_errno_mapped
+    async def setattr(self, inode: int, attr, fields, fh, ctx):
+        obj = self._obj(inode)
+        row = self.tree.require(obj)
+        now = time.time_ns()
+        changes: dict[str, int] = {}
+        if fields.update_mode:
+            changes["mode"] = stat.S_IMODE(attr.st_mode)
+        if fields.update_uid:
+            changes["uid"] = attr.st_uid
+        if fields.update_gid:
+            changes["gid"] = attr.st_gid
+        if fields.update_atime:
+            changes["atime"] = attr.st_atime_ns
+        if fields.update_mtime:
+            changes["mtime"] = attr.st_mtime_ns
+        if fields.update_size:
+            if row.is_dir:
+                raise NamespaceError(errno.EISDIR)
+            of = self.contents.load(row)
+            await self.contents.truncate(of, attr.st_size)
+            if "mtime" in changes:
+                of.mtime = changes["mtime"]
+            await self.contents.flush(of)
+            self.contents.release(of)
+        if changes:
+            changes["ctime"] = now
+            if "mtime" in changes and obj in self.contents.open_files:
+                self.contents.open_files[obj].mtime = changes["mtime"]
+            self.tree.set_attrs(obj, changes)
+        return self._attrs(self.tree.require(obj), inode)
+
+    @_errno_mapped
+    async def readlink(self, inode: int, ctx: Any = None) -> bytes:
+        row = self.tree.require(self._obj(inode))
+        if row.kind != stat.S_IFLNK:
+            raise NamespaceError(errno.EINVAL)
+        return row.target or b""
+
+    # -- creating and removing names -----------------------------------------------------------
+
+    @_errno_mapped
+    async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx):
+        obj = self.tree.create(
+            self._obj(parent_inode), name, stat.S_IFMT(mode), mode, ctx.uid, ctx.gid, rdev=rdev
+        )
+        return self._entry(obj)
+
+    @_errno_mapped
+    async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx):
+        obj = self.tree.create(self._obj(parent_inode), name, stat.S_IFDIR, mode, ctx.uid, ctx.gid)
+        return self._entry(obj)
+
+    @_errno_mapped
+    async def symlink(self, parent_inode: int, name: bytes, target: bytes, ctx):
+        obj = self.tree.create(
+            self._obj(parent_inode), name, stat.S_IFLNK, 0o777, ctx.uid, ctx.gid, target=target
+        )
+        return self._entry(obj)
+
+    @_errno_mapped
+    async def create(self, parent_inode: int, name: bytes, mode: int, flags: int, ctx):
+        obj = self.tree.create(self._obj(parent_inode), name, stat.S_IFREG, mode, ctx.uid, ctx.gid)
+        row = self.tree.require(obj)
+        of = self.contents.load(row)
+        fh = self._new_fh(of)
+        self._kernel_version[obj] = of.base
+        return pyfuse3.FileInfo(fh=fh, keep_cache=True), self._entry(obj)
+
+    @_errno_mapped
+    async def link(self, inode: int, new_parent_inode: int, new_name: bytes, ctx):
+        obj = self._obj(inode)
+        self.tree.link(obj, self._obj(new_parent_inode), new_name)
+        return self._entry(obj)
+
+    @_errno_mapped
+    async def unlink(self, parent_inode: int, name: bytes, ctx) -> None:
+        self.tree.remove(self._obj(parent_inode), name, directory=False)
+
+    @_errno_mapped
+    async def rmdir(self, parent_inode: int, name: bytes, ctx) -> None:
+        self.tree.remove(self._obj(parent_inode), name, directory=True)
+
+    @_errno_mapped
+    async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
+        self.tree.rename(
+            self._obj(parent_inode_old), name_old, self._obj(parent_inode_new), name_new, flags
+        )
+
+    # -- file contents -------------------------------------------------------------------------
+
+    @_errno_mapped
+    async def open(self, inode: int, flags: int, ctx):
+        row = self.tree.require(self._obj(inode))
+        if row.is_dir:
+            raise NamespaceError(errno.EISDIR)
+        of = self.contents.load(row)
+        if flags & os.O_TRUNC and of.size:
+            await self.contents.truncate(of, 0)
+        keep = self._kernel_version.get(row.obj) == (row.content_ts, row.content_node)
+        self._kernel_version[row.obj] = (row.content_ts, row.content_node)
+        return pyfuse3.FileInfo(fh=self._new_fh(of), keep_cache=keep)
+
+    @_errno_mapped
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        return await self.contents.read(self._file(fh), off, size)
+
+    @_errno_mapped
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        return await self.contents.write(self._file(fh), off, buf)
+
+    @_errno_mapped
+    async def flush(self, fh: int) -> None:
+        await self.contents.flush(self._file(fh))
+
+    @_errno_mapped
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        of = self._file(fh)
+        await self.contents.flush(of)
+        await self.durable([of])
+
+    async def durable(self, files: list[OpenFile]) -> None:
+        """Make the named files' chunks and the committed metadata survive power loss."""
+        ids = [i for of in files for i in of.stored_ids()]
+        wal = os.path.join(self.state_dir, "namespace.db-wal")
+
+        def sync() -> None:
+            self.contents.store.sync(ids)
+            try:
+                fd = os.open(wal, os.O_RDONLY)
+            except FileNotFoundError:
+                return
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+        await trio.to_thread.run_sync(sync)
+
+    @_errno_mapped
+    async def release(self, fh: int) -> None:
+        of = self._handles.pop(fh, None)
+        if of is None:
+            return
+        of.handles -= 1
+        try:
+            await self.contents.flush(of)
+        finally:
+            self.contents.release(of)
+
+    # -- directories ---------------------------------------------------------------------------
+
+    @_errno_mapped
+    async def opendir(self, inode: int, ctx):
+        self.tree.require_dir(self._obj(inode))
+        return inode
+
+    @_errno_mapped
+    async def readdir(self, fh: int, start_id: int, token) -> None:
+        parent = self._obj(fh)
+        after = start_id
+        while True:
+            batch = self.tree.ns.children(parent, after, 256)
+            if not batch:
+                return
+            for row_id, name, obj in batch:
+                row = self.tree.ns.get_object(obj)
+                if row is None:
+                    after = row_id
+                    continue
+                attrs = self._attrs(row)
+                if not pyfuse3.readdir_reply(token, name, attrs, row_id):
+                    return
+                self.inodes.remember(attrs.st_ino)
+                after = row_id
+
+    @_errno_mapped
+    async def releasedir(self, fh: int) -> None:
+        return None
+
+    @_errno_mapped
+    async def fsyncdir(self, fh: int, datasync: bool) -> None:
+        await self.durable([])
+
+    @_errno_mapped
+    async def statfs(self, ctx):
+        st = os.statvfs(self.state_dir)
+        s = pyfuse3.StatvfsData()
+        s.f_bsize = st.f_bsize
+        s.f_frsize = st.f_frsize
+        s.f_blocks = st.f_blocks
+        s.f_bfree = st.f_bfree
+        s.f_bavail = st.f_bavail
+        count = self.tree.ns.db.execute("SELECT count(*) FROM objects").fetchone()[0]
+        s.f_files = count + st.f_ffree
+        s.f_ffree = st.f_ffree
+        s.f_favail = st.f_favail
+        s.f_namemax = 255
+        return s
+
+    # -- extended attributes -------------------------------------------------------------------
+
+    @_errno_mapped
+    async def setxattr(self, inode: int, name: bytes, value: bytes, ctx) -> None:
+        check_settable(name, value)
+        self.tree.set_xattr(self._obj(inode), name, value)
+
+    @_errno_mapped
+    async def removexattr(self, inode: int, name: bytes, ctx) -> None:
+        check_settable(name)
+        self.tree.set_xattr(self._obj(inode), name, None)
+
+    @_errno_mapped
+    async def getxattr(self, inode: int, name: bytes, ctx) -> bytes:
+        obj = self._obj(inode)
+        row = self.tree.require(obj)
+        of = self.contents.open_files.get(obj)
+        value = virtual_value(name, row, of.ids if of is not None else row.chunk_list())
+        if value is None:
+            value = self.tree.ns.xattr(obj, name)
+        if value is None:
+            raise NamespaceError(errno.ENODATA)
+        return value
+
+    @_errno_mapped
+    async def listxattr(self, inode: int, ctx) -> list[bytes]:
+        obj = self._obj(inode)
+        row = self.tree.require(obj)
+        names = self.tree.ns.xattr_names(obj)
+        if row.kind == stat.S_IFREG:
+            names.extend(VIRTUAL_NAMES)
+        return names

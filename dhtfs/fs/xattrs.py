@@ -1,0 +1,40 @@
+"""Extended attributes: stored ``user.*`` (and ``trusted.*``/``security.*``) names, plus the
+read-only virtual ``user.dhtfs.*`` names that show how a file is stored.
+
+Invariants: virtual names cannot be set or removed (EPERM); ``system.*`` (POSIX ACLs) is not
+supported (EOPNOTSUPP), so tools fall back to plain mode bits.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+
+from dhtfs.errors import NamespaceError
+from dhtfs.fs.namespace import ObjectRow
+
+VIRTUAL_PREFIX = b"user.dhtfs."
+VIRTUAL_NAMES = (b"user.dhtfs.id", b"user.dhtfs.chunk_size", b"user.dhtfs.chunks")
+MAX_VALUE = 64 * 1024
+
+
+def check_settable(name: bytes, value: bytes | None = None) -> None:
+    if name.startswith(VIRTUAL_PREFIX):
+        raise NamespaceError(errno.EPERM, "user.dhtfs.* attributes are read-only")
+    if name.startswith(b"system."):
+        raise NamespaceError(errno.EOPNOTSUPP)
+    if not name.startswith((b"user.", b"trusted.", b"security.")):
+        raise NamespaceError(errno.EOPNOTSUPP)
+    if value is not None and len(value) > MAX_VALUE:
+        raise NamespaceError(errno.E2BIG)
+
+
+def virtual_value(name: bytes, row: ObjectRow, chunk_ids: list[bytes | None]) -> bytes | None:
+    """The value of a ``user.dhtfs.*`` name, or None if ``name`` is not one."""
+    if name == b"user.dhtfs.id":
+        return row.obj.hex().encode()
+    if name == b"user.dhtfs.chunk_size":
+        return str(row.chunk_size).encode()
+    if name == b"user.dhtfs.chunks":
+        return json.dumps([c.hex() if c else None for c in chunk_ids]).encode()
+    return None

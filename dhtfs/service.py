@@ -1,0 +1,213 @@
+"""One mount = one process = one ``trio.run`` = one nursery (see DESIGN.md, Process model).
+
+``run_mount`` opens the state directory (exclusive lock, master key, chunk store, namespace),
+mounts, reports readiness, and serves FUSE requests until unmounted or told to stop by
+SIGTERM/SIGINT. On the way out it flushes every open file, then unmounts, so no stale
+"Transport endpoint is not connected" mount is left behind by a clean stop.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyfuse3
+import trio
+
+from dhtfs import systemd
+from dhtfs.config import Config
+from dhtfs.errors import ConfigError
+from dhtfs.fs.files import ChunkCache, FileContents
+from dhtfs.fs.inodes import InodeMap
+from dhtfs.fs.namespace import CHUNK_ID_BYTES, HOLE, Namespace, connect
+from dhtfs.fs.operations import Operations
+from dhtfs.fs.tree import Tree, load_or_create_node_id
+from dhtfs.node.chunkstore import ChunkStore
+from dhtfs.node.masterkey import load_master_key, verify_key_check
+
+log = logging.getLogger(__name__)
+
+GC_INTERVAL = 300.0
+GC_GRACE_SECONDS = 600.0
+
+
+@dataclass
+class LocalFilesystem:
+    """Everything a mount serves from, opened from the state directory."""
+
+    config: Config
+    lock_fd: int
+    store: ChunkStore
+    namespace: Namespace
+    tree: Tree
+    inodes: InodeMap
+    contents: FileContents
+    operations: Operations
+
+    def close(self) -> None:
+        self.namespace.db.close()
+        os.close(self.lock_fd)
+
+
+def open_state(config: Config) -> LocalFilesystem:
+    """Open (creating if needed) the state directory; ConfigError/KeyFileError on problems."""
+    state = config.state_dir
+    try:
+        state.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(state, 0o700)
+    except OSError as exc:
+        raise ConfigError(f"cannot create state directory {state}: {exc.strerror}") from None
+    lock_fd = os.open(state / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(lock_fd)
+        raise ConfigError(
+            f"state directory {state} is in use by another dhtfs process "
+            "(one mount per state directory; use -o state=DIR for another)"
+        ) from None
+    try:
+        master = load_master_key(config.key, state)
+        verify_key_check(master, state)
+        store = ChunkStore(state / "chunks", master)
+        db = connect(state / "namespace.db")
+        os.chmod(state / "namespace.db", 0o600)
+        namespace = Namespace(db)
+        tree = Tree(namespace, load_or_create_node_id(namespace))
+        inodes = InodeMap(db)
+        contents = FileContents(
+            store, ChunkCache(config.cache_size), config.chunk_size, commit=lambda of: (0, b"")
+        )
+        operations = Operations(tree, contents, inodes, str(state))
+        contents._commit = operations._commit_content
+    except BaseException:
+        os.close(lock_fd)
+        raise
+    return LocalFilesystem(config, lock_fd, store, namespace, tree, inodes, contents, operations)
+
+
+def referenced_chunks(fs: LocalFilesystem) -> set[bytes]:
+    """Chunks that a named object, or an object the kernel or a handle still holds, uses."""
+    refs: set[bytes] = set()
+    for blob in fs.namespace.linked_chunk_blobs():
+        refs.update(blob[i : i + CHUNK_ID_BYTES] for i in range(0, len(blob), CHUNK_ID_BYTES))
+    for obj in fs.inodes.known_objects():
+        row = fs.namespace.get_object(obj)
+        if row is not None:
+            refs.update(c for c in row.chunk_list() if c is not None)
+    for of in fs.contents.open_files.values():
+        refs.update(of.stored_ids())
+    refs.discard(HOLE)
+    return refs
+
+
+def collect_garbage(fs: LocalFilesystem, grace_seconds: float) -> int:
+    """Delete chunk files nothing references and older than the grace period; returns count."""
+    refs = referenced_chunks(fs)
+    cutoff = time.time() - grace_seconds
+    removed = 0
+    for chunk_id in list(fs.store.ids()):
+        if chunk_id in refs:
+            continue
+        try:
+            if fs.store.path_of(chunk_id).stat().st_mtime > cutoff:
+                continue
+        except FileNotFoundError:
+            continue
+        fs.store.remove(chunk_id)
+        removed += 1
+    if removed:
+        log.info("garbage collection removed %d unreferenced chunks", removed)
+    return removed
+
+
+def fuse_options(config: Config) -> set[str]:
+    options = set(pyfuse3.default_options)
+    options |= {f"fsname=dhtfs:{config.swarm}", "subtype=dhtfs", "default_permissions"}
+    if config.allow_other:
+        options.add("allow_other")
+    if config.debug:
+        options.add("debug")
+    return options
+
+
+async def _stop_on_signal(task_status=trio.TASK_STATUS_IGNORED) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        task_status.started()
+        async for signum in signals:
+            log.warning("received %s: flushing and unmounting", signal.Signals(signum).name)
+            pyfuse3.terminate()
+            return
+
+
+async def _gc_loop(fs: LocalFilesystem) -> None:
+    while True:
+        await trio.sleep(GC_INTERVAL)
+        collect_garbage(fs, GC_GRACE_SECONDS)
+
+
+async def serve(fs: LocalFilesystem, mountpoint: Path, ready: Callable[[], None]) -> None:
+    """Mount, call ``ready()``, serve until unmounted or signalled, then flush and unmount."""
+    collect_garbage(fs, grace_seconds=0)  # nothing is being written before the mount
+    try:
+        pyfuse3.init(fs.operations, str(mountpoint), fuse_options(fs.config))
+    except RuntimeError as exc:
+        raise ConfigError(f"cannot mount on {mountpoint}: {exc}") from None
+    unmounted = False
+    try:
+        async with trio.open_nursery() as nursery:
+            fs.contents.nursery = nursery
+            await nursery.start(_stop_on_signal)
+            nursery.start_soon(_gc_loop, fs)
+            ready()
+            systemd.notify("READY=1")
+            try:
+                await pyfuse3.main()
+            finally:
+                systemd.notify("STOPPING=1")
+                with trio.CancelScope(shield=True), trio.move_on_after(60):
+                    await _flush_all(fs)
+            nursery.cancel_scope.cancel()
+        pyfuse3.close(unmount=True)
+        unmounted = True
+    finally:
+        if not unmounted:
+            pyfuse3.close(unmount=True)
+
+
+async def _flush_all(fs: LocalFilesystem) -> None:
+    for of in list(fs.contents.open_files.values()):
+        try:
+            await fs.contents.flush(of)
+        except Exception as exc:  # keep flushing the others
+            log.error("flushing a file at shutdown failed: %s", exc)
+
+
+def check_mountpoint(mountpoint: Path) -> Path:
+    """Resolve and validate a mount point; ConfigError with a one-line reason otherwise."""
+    try:
+        st = os.stat(mountpoint)
+    except FileNotFoundError:
+        raise ConfigError(f"mount point {mountpoint} does not exist (mkdir -p it first)") from None
+    except OSError as exc:
+        if exc.errno == errno.ENOTCONN:
+            raise ConfigError(
+                f"{mountpoint} holds a stale mount whose daemon died; "
+                f"run: fusermount3 -u {mountpoint}"
+            ) from None
+        raise ConfigError(f"cannot use mount point {mountpoint}: {exc.strerror}") from None
+    import stat as stat_mod
+
+    if not stat_mod.S_ISDIR(st.st_mode):
+        raise ConfigError(f"mount point {mountpoint} is not a directory")
+    resolved = mountpoint.resolve()
+    if os.path.ismount(resolved):
+        raise ConfigError(f"{resolved} is already a mount point (umount it first)")
+    return resolved

@@ -1,0 +1,66 @@
+"""``umount.dhtfs MOUNTPOINT``: unmount (every file was flushed at its close), then wait,
+bounded, for the daemon to finish and exit."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from dhtfs.mount import RUN_DIR
+
+PROG = "umount.dhtfs"
+WAIT_SECONDS = 60.0
+
+
+def _daemon_pid(mountpoint: Path) -> int | None:
+    for record in RUN_DIR.glob("*.json") if RUN_DIR.is_dir() else []:
+        try:
+            data = json.loads(record.read_text())
+        except (OSError, ValueError):
+            continue
+        if data.get("mountpoint") == str(mountpoint):
+            return int(data["pid"])
+    return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog=PROG, description="Flush and unmount a dhtfs mount.")
+    p.add_argument("mountpoint", type=Path)
+    p.add_argument("-l", "--lazy", action="store_true", help="detach even if busy")
+    p.add_argument("-v", "-n", "-f", action="store_true", dest="ignored")
+    args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    mountpoint = Path(os.path.abspath(args.mountpoint))
+    pid = _daemon_pid(mountpoint)
+    cmd = ["fusermount3", "-u"] + (["-z"] if args.lazy else []) + [str(mountpoint)]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0:
+        reason = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "failed"
+        print(f"{PROG}: {reason}", file=sys.stderr)
+        return 1
+    if pid is not None:
+        deadline = time.monotonic() + WAIT_SECONDS
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if _alive(pid):
+            print(f"{PROG}: unmounted, but daemon {pid} is still finishing", file=sys.stderr)
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

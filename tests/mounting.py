@@ -1,0 +1,103 @@
+"""Real mounts in subprocesses for tests: start, wait until live, always clean up.
+
+One ``mount.dhtfs -f`` process per mount (pyfuse3 allows one filesystem per process). Waiting
+is polling ``/proc/mounts`` under a deadline, never a fixed sleep.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+VENV_BIN = Path(sys.executable).parent
+MOUNT = str(VENV_BIN / "mount.dhtfs")
+UMOUNT = str(VENV_BIN / "umount.dhtfs")
+DEADLINE = 30.0
+
+
+def is_mounted(path: Path) -> bool:
+    target = str(path)
+    with open("/proc/mounts") as fh:
+        return any(line.split()[1] == target for line in fh)
+
+
+def wait_for(condition, what: str, timeout: float = DEADLINE) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.01)
+
+
+@dataclass
+class Mount:
+    """A live dhtfs mount served by ``proc`` (``mount.dhtfs -f``)."""
+
+    mountpoint: Path
+    state: Path
+    options: list[str] = field(default_factory=list)
+    proc: subprocess.Popen | None = None
+    log: Path | None = None
+
+    def start(self) -> Mount:
+        self.mountpoint.mkdir(parents=True, exist_ok=True)
+        self.log = self.state.parent / f"{self.state.name}.log"
+        opts = ",".join([f"state={self.state}", *self.options])
+        env = dict(os.environ, DHTFS_NO_SYSTEM_CONFIG="1")
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [MOUNT, str(self.mountpoint), "-f", "-o", opts],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
+        try:
+            wait_for(
+                lambda: is_mounted(self.mountpoint) or self.proc.poll() is not None,
+                f"mount of {self.mountpoint}",
+            )
+        except TimeoutError:
+            self.kill()
+            raise
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"mount.dhtfs exited {self.proc.returncode}: {self.log_text()}")
+        return self
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log and self.log.exists() else ""
+
+    def stop(self, timeout: float = DEADLINE) -> int:
+        """Unmount cleanly (SIGTERM → flush → unmount); returns the daemon's exit status."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+                raise
+        cleanup(self.mountpoint)
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        """SIGKILL the daemon and remove the stale mount it leaves."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(DEADLINE)
+        cleanup(self.mountpoint)
+
+
+def cleanup(mountpoint: Path) -> None:
+    """Unmount whatever is (still) at ``mountpoint``; lazily if it is stale or busy."""
+    if is_mounted(mountpoint):
+        subprocess.run(
+            ["fusermount3", "-u", "-z", str(mountpoint)],
+            check=False,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )

@@ -1,0 +1,204 @@
+"""Namespace apply rules: order independence (property), conflicts, cycles, tombstones."""
+
+from __future__ import annotations
+
+import stat
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dhtfs.fs.namespace import Namespace, connect, pack_chunks
+from dhtfs.fs.ops import ROOT_OBJ, Op
+
+NODES = [bytes([n]) * 32 for n in (1, 2, 3)]
+OBJS = [bytes([0xA0 + i]) * 16 for i in range(6)]
+LINKS = [bytes([0xB0 + i]) * 16 for i in range(8)]
+NAMES = [b"a", b"b", b"c"]
+
+
+def fresh() -> Namespace:
+    return Namespace(connect(":memory:"))
+
+
+def state(ns: Namespace) -> tuple:
+    objects = ns.db.execute("SELECT * FROM objects ORDER BY obj").fetchall()
+    links = ns.db.execute("SELECT link, parent, name, obj FROM links ORDER BY link").fetchall()
+    xattrs = ns.db.execute("SELECT * FROM xattrs ORDER BY obj, name").fetchall()
+    return ns.tree(), objects, links, xattrs
+
+
+parents = st.sampled_from([ROOT_OBJ, *OBJS[:3]])  # OBJS[:3] are directories
+change = st.one_of(
+    st.builds(
+        lambda i: {
+            "c": "mkobj",
+            "obj": OBJS[i],
+            "kind": stat.S_IFDIR if i < 3 else stat.S_IFREG,
+            "mode": 0o755,
+            "uid": 0,
+            "gid": 0,
+            "time": 1,
+        },
+        st.integers(0, len(OBJS) - 1),
+    ),
+    st.builds(
+        lambda l, p, n, o: {"c": "link", "link": l, "parent": p, "name": n, "obj": o},
+        st.sampled_from(LINKS),
+        parents,
+        st.sampled_from(NAMES),
+        st.sampled_from(OBJS),
+    ),
+    st.builds(
+        lambda l, p, n, r: {"c": "move", "link": l, "parent": p, "name": n, "replace": r},
+        st.sampled_from(LINKS),
+        parents,
+        st.sampled_from(NAMES),
+        st.one_of(st.none(), st.sampled_from(LINKS)),
+    ),
+    st.builds(lambda l: {"c": "unlink", "link": l}, st.sampled_from(LINKS)),
+    st.builds(
+        lambda o, m: {"c": "attr", "obj": o, "fields": {"mode": m}},
+        st.sampled_from(OBJS),
+        st.integers(0, 0o777),
+    ),
+    st.builds(
+        lambda o, s, b: {
+            "c": "content",
+            "obj": o,
+            "size": s,
+            "chunk_size": 4096,
+            "chunks": pack_chunks([bytes([s % 251 + 1]) * 32]),
+            "mtime": 5,
+            "ctime": 5,
+            "base": b,
+        },
+        st.sampled_from(OBJS[3:]),
+        st.integers(1, 100),
+        st.one_of(st.none(), st.tuples(st.integers(0, 30), st.sampled_from(NODES))),
+    ),
+    st.builds(
+        lambda o, n, v: {"c": "xattr", "obj": o, "name": n, "value": v},
+        st.sampled_from(OBJS),
+        st.sampled_from([b"user.x", b"user.y"]),
+        st.one_of(st.none(), st.binary(max_size=4)),
+    ),
+)
+ops_strategy = st.lists(
+    st.builds(
+        lambda ts, node, changes: Op(ts, node, tuple(changes)),
+        st.integers(1, 30),
+        st.sampled_from(NODES),
+        st.lists(change, min_size=1, max_size=3),
+    ),
+    max_size=25,
+    unique_by=lambda op: (op.ts, op.node),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(ops=ops_strategy, data=st.data())
+def test_any_order_gives_the_same_tree(ops: list[Op], data: st.DataObject) -> None:
+    in_order = fresh()
+    for op in sorted(ops, key=lambda o: o.op_id):
+        in_order.apply(op)
+    shuffled_ops = data.draw(st.permutations(ops))
+    shuffled = fresh()
+    for op in shuffled_ops:
+        shuffled.apply(op)
+    # Duplicates are ignored.
+    for op in shuffled_ops[:3]:
+        assert not shuffled.apply(op)
+    assert state(shuffled) == state(in_order)
+
+
+def mkdir(obj: bytes, link: bytes, parent: bytes, name: bytes, ts: int, node=NODES[0]) -> Op:
+    return Op(
+        ts,
+        node,
+        (
+            {
+                "c": "mkobj",
+                "obj": obj,
+                "kind": stat.S_IFDIR,
+                "mode": 0o755,
+                "uid": 0,
+                "gid": 0,
+                "time": ts,
+            },
+            {"c": "link", "link": link, "parent": parent, "name": name, "obj": obj},
+        ),
+    )
+
+
+def test_move_that_would_make_a_cycle_is_discarded_on_every_order() -> None:
+    a, b = OBJS[0], OBJS[1]
+    base = [mkdir(a, LINKS[0], ROOT_OBJ, b"a", 1), mkdir(b, LINKS[1], ROOT_OBJ, b"b", 2)]
+    a_into_b = Op(10, NODES[1], ({"c": "move", "link": LINKS[0], "parent": b, "name": b"a"},))
+    b_into_a = Op(11, NODES[2], ({"c": "move", "link": LINKS[1], "parent": a, "name": b"b"},))
+    trees = []
+    for order in ([a_into_b, b_into_a], [b_into_a, a_into_b]):
+        ns = fresh()
+        for op in [*base, *order]:
+            ns.apply(op)
+        trees.append(ns.tree())
+    assert trees[0] == trees[1]
+    assert set(trees[0]) == {b"b"} and set(trees[0][b"b"]) == {b"a"}  # the later move lost
+
+
+def test_concurrent_writes_keep_the_loser_as_conflict_copy() -> None:
+    f = OBJS[4]
+    create = Op(
+        1,
+        NODES[0],
+        (
+            {
+                "c": "mkobj",
+                "obj": f,
+                "kind": stat.S_IFREG,
+                "mode": 0o644,
+                "uid": 0,
+                "gid": 0,
+                "time": 1,
+            },
+            {"c": "link", "link": LINKS[0], "parent": ROOT_OBJ, "name": b"f", "obj": f},
+        ),
+    )
+
+    def write(ts: int, node: bytes, fill: int) -> Op:
+        return Op(
+            ts,
+            node,
+            (
+                {
+                    "c": "content",
+                    "obj": f,
+                    "size": 10,
+                    "chunk_size": 4096,
+                    "chunks": pack_chunks([bytes([fill]) * 32]),
+                    "mtime": ts,
+                    "ctime": ts,
+                    "base": (1, NODES[0]),
+                },
+            ),
+        )
+
+    w1, w2 = write(5, NODES[1], 1), write(6, NODES[2], 2)
+    trees = []
+    for order in ([w1, w2], [w2, w1]):
+        ns = fresh()
+        for op in [create, *order]:
+            ns.apply(op)
+        trees.append(ns.tree())
+    assert trees[0] == trees[1]
+    names = sorted(trees[0])
+    assert names[0] == b"f" and names[1] == b"f.conflict-02020202-5"
+    assert trees[0][b"f"][3] == bytes([2]) * 32  # the later write won the name
+    assert trees[0][names[1]][3] == bytes([1]) * 32  # the earlier write is kept
+
+
+def test_rmdir_of_a_directory_that_gained_a_child_is_skipped() -> None:
+    ns = fresh()
+    ns.apply(mkdir(OBJS[0], LINKS[0], ROOT_OBJ, b"d", 1))
+    ns.apply(Op(5, NODES[0], ({"c": "unlink", "link": LINKS[0]},)))
+    ns.apply(mkdir(OBJS[1], LINKS[1], OBJS[0], b"child", 3, NODES[1]))  # arrives late
+    assert ns.tree() == {b"d": {b"child": {}}}
