@@ -42,20 +42,20 @@ change = st.one_of(
         st.integers(0, len(OBJS) - 1),
     ),
     st.builds(
-        lambda l, p, n, o: {"c": "link", "link": l, "parent": p, "name": n, "obj": o},
+        lambda lk, p, n, o: {"c": "link", "link": lk, "parent": p, "name": n, "obj": o},
         st.sampled_from(LINKS),
         parents,
         st.sampled_from(NAMES),
         st.sampled_from(OBJS),
     ),
     st.builds(
-        lambda l, p, n, r: {"c": "move", "link": l, "parent": p, "name": n, "replace": r},
+        lambda lk, p, n, r: {"c": "move", "link": lk, "parent": p, "name": n, "replace": r},
         st.sampled_from(LINKS),
         parents,
         st.sampled_from(NAMES),
         st.one_of(st.none(), st.sampled_from(LINKS)),
     ),
-    st.builds(lambda l: {"c": "unlink", "link": l}, st.sampled_from(LINKS)),
+    st.builds(lambda lk: {"c": "unlink", "link": lk}, st.sampled_from(LINKS)),
     st.builds(
         lambda o, m: {"c": "attr", "obj": o, "fields": {"mode": m}},
         st.sampled_from(OBJS),
