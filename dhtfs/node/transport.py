@@ -1,0 +1,460 @@
+"""The real ``Network``: persistent, mutually authenticated TLS 1.3 connections over TCP.
+
+One connection per peer pair (whoever dials first; a simultaneous dial may leave two, each
+still correct), multiplexing requests by id with the ``dhtfs.node.wire`` codec.
+
+Security invariants:
+- both sides present a certificate; the TLS layer verifies it chains to the swarm CA and is
+  within its validity, and proves key possession (TLS 1.3 CertificateVerify); we then re-check
+  the certificate with ``pki.verify_node_cert`` and derive the peer's node ID from its key;
+- no request is read, and no frame sent, before that succeeds; a refusal is logged with its
+  reason (``refused peer ...``) and counted in ``Transport.refusals``;
+- a dialer that expected a node ID gets ``AuthError`` if the key behind the address differs.
+
+Robustness invariants:
+- every ``call`` finishes within its ``timeout`` (connecting and handshaking included), raising
+  a ``NetworkError`` subclass otherwise;
+- a malformed, oversized or unexpected frame closes that connection only; pending calls on it
+  fail with ``ProtocolError`` (or ``PeerUnreachable`` if it simply dropped);
+- handler exceptions become ERROR answers; the server never dies of them;
+- all tasks live in the ``serve`` nursery: connections end when ``serve`` is cancelled;
+- bytes are written by one writer task per connection, so a caller cancelled by its deadline
+  never tears a TLS record (trio's SSLStream breaks if ``send_all`` is cancelled).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import ssl
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from dhtfs.errors import (
+    AuthError,
+    CallTimeout,
+    NetworkError,
+    PeerUnreachable,
+    ProtocolError,
+    RemoteError,
+)
+from dhtfs.node import pki, wire
+from dhtfs.node.network import Contact, Message, RequestHandler
+
+log = logging.getLogger(__name__)
+
+RECEIVE_BYTES = 256 * 1024
+WILDCARD_HOSTS = ("", "0.0.0.0", "::")
+
+
+@contextlib.contextmanager
+def deadline(seconds: float, what: str) -> Iterator[None]:
+    """The one deadline helper: run the block for at most ``seconds``, else ``CallTimeout``."""
+    with trio.move_on_after(seconds) as scope:
+        yield
+    if scope.cancelled_caught:
+        raise CallTimeout(f"{what}: no answer within {seconds:.3g}s")
+
+
+def tls_context(identity: pki.Identity, *, server_side: bool) -> ssl.SSLContext:
+    """TLS 1.3 only, client certificates required, trust anchored at the swarm CA only."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER if server_side else ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.check_hostname = False  # identity is the node ID, checked after the handshake
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.load_verify_locations(cafile=str(identity.ca_cert))
+    ctx.load_cert_chain(str(identity.cert), str(identity.key))
+    return ctx
+
+
+@dataclass
+class _Pending:
+    event: trio.Event = field(default_factory=trio.Event)
+    answer: Message | None = None
+    error: NetworkError | None = None
+
+
+@dataclass
+class _Dial:
+    event: trio.Event = field(default_factory=trio.Event)
+    conn: _Connection | None = None
+    error: NetworkError | None = None
+
+
+class _FrameStream:
+    """Whole frames out of a byte stream (``wire.FrameReader`` over ``receive_some``)."""
+
+    def __init__(self, stream: trio.abc.Stream, max_frame: int) -> None:
+        self.stream = stream
+        self.reader = wire.FrameReader(max_frame)
+        self.ready: deque[bytes] = deque()
+
+    async def receive(self) -> wire.Frame | None:
+        """The next frame, or None at a clean EOF between frames."""
+        while not self.ready:
+            try:
+                data = await self.stream.receive_some(RECEIVE_BYTES)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                raise PeerUnreachable(f"connection lost: {_tls_reason(exc)}") from None
+            if not data:
+                if self.reader.pending_bytes:
+                    raise ProtocolError("connection closed in the middle of a frame")
+                return None
+            self.ready.extend(self.reader.feed(data))
+        return wire.decode_body(self.ready.popleft())
+
+
+class _Connection:
+    """One authenticated connection. ``run`` owns its reader, writer and handler tasks."""
+
+    def __init__(
+        self, transport: Transport, frames: _FrameStream, peer: Contact, outbound: bool
+    ) -> None:
+        self.transport = transport
+        self.frames = frames
+        self.peer = peer
+        self.outbound = outbound
+        self.pending: dict[int, _Pending] = {}
+        self.last_id = 0
+        self.closed = False
+        self.scope = trio.CancelScope()
+        self.out_send, self.out_recv = trio.open_memory_channel[bytes](64)
+        self.handler_slots = trio.Semaphore(transport.max_handlers_per_connection)
+
+    async def request(self, method: str, args: Message) -> Message:
+        """Send one request and wait for its answer (the caller holds the deadline)."""
+        if self.closed:
+            raise PeerUnreachable(f"connection to {self.peer} is closed")
+        self.last_id += 1
+        rid = self.last_id
+        frame = wire.encode_request(rid, method, args, self.transport.max_frame)
+        pending = self.pending[rid] = _Pending()
+        try:
+            try:
+                await self.out_send.send(frame)
+            except (trio.ClosedResourceError, trio.BrokenResourceError):
+                raise PeerUnreachable(f"connection to {self.peer} is closed") from None
+            await pending.event.wait()
+        finally:
+            self.pending.pop(rid, None)
+        if pending.error is not None:
+            raise pending.error
+        assert pending.answer is not None
+        return pending.answer
+
+    async def run(self) -> None:
+        """Serve the connection until EOF, error or cancellation; then fail pending calls."""
+        reason: NetworkError = PeerUnreachable(f"connection to {self.peer} closed")
+        try:
+            with self.scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._writer)
+                    try:
+                        await self._reader(nursery)
+                    except ProtocolError as exc:
+                        log.warning("closing connection to %s: %s", self.peer, exc)
+                        self.transport.protocol_errors += 1
+                        reason = ProtocolError(f"{self.peer}: {exc}")
+                    except PeerUnreachable as exc:
+                        log.debug("connection to %s lost: %s", self.peer, exc)
+                    nursery.cancel_scope.cancel()
+        finally:
+            self.closed = True
+            self.transport._forget(self)
+            for pending in self.pending.values():
+                pending.error = reason
+                pending.event.set()
+            self.out_recv.close()
+            await trio.aclose_forcefully(self.frames.stream)
+
+    async def _writer(self) -> None:
+        async for data in self.out_recv:
+            try:
+                await self.frames.stream.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self.scope.cancel()
+                return
+
+    async def _reader(self, nursery: trio.Nursery) -> None:
+        while True:
+            frame = await self.frames.receive()
+            if frame is None:
+                return
+            if frame.kind == wire.REQUEST:
+                await self.handler_slots.acquire()
+                nursery.start_soon(self._serve_request, frame)
+            elif frame.kind in (wire.RESPONSE, wire.ERROR):
+                pending = self.pending.get(frame.request_id)
+                if pending is None:
+                    if frame.request_id > self.last_id:
+                        raise ProtocolError(f"answer to request {frame.request_id} never sent")
+                    continue  # late answer to a call that already timed out
+                if frame.kind == wire.RESPONSE:
+                    pending.answer = frame.payload
+                else:
+                    pending.error = RemoteError(f"{self.peer}: {frame.message}")
+                pending.event.set()
+            else:
+                raise ProtocolError("unexpected HELLO after the handshake")
+
+    async def _serve_request(self, frame: wire.Frame) -> None:
+        try:
+            rid, max_frame = frame.request_id, self.transport.max_frame
+            handler = self.transport.handler
+            try:
+                if handler is None:
+                    raise RemoteError("node is not ready")
+                answer = await handler(self.peer, frame.method, frame.payload or {})
+                if not isinstance(answer, dict):
+                    raise TypeError(f"handler returned {type(answer).__name__}, not a dict")
+                data = wire.encode_response(rid, answer, max_frame)
+            except RemoteError as exc:
+                data = wire.encode_error(rid, str(exc) or type(exc).__name__, max_frame)
+            except Exception as exc:
+                log.exception("handler for %s from %s failed", frame.method, self.peer)
+                data = wire.encode_error(rid, f"{type(exc).__name__}: {exc}", max_frame)
+            with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
+                await self.out_send.send(data)
+        finally:
+            self.handler_slots.release()
+
+    def close(self) -> None:
+        self.scope.cancel()
+
+
+class Transport:
+    """``Network`` over TLS. Construct, set ``handler``, then ``await nursery.start(serve)``."""
+
+    def __init__(
+        self,
+        identity: pki.Identity,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        handler: RequestHandler | None = None,
+        max_frame: int = wire.DEFAULT_MAX_FRAME,
+        connect_timeout: float = 5.0,
+        handshake_timeout: float = 5.0,
+        max_handlers_per_connection: int = 64,
+    ) -> None:
+        self.identity = identity
+        self.host = host
+        self.port = port
+        self.handler = handler
+        self.max_frame = max_frame
+        self.connect_timeout = connect_timeout
+        self.handshake_timeout = handshake_timeout
+        self.max_handlers_per_connection = max_handlers_per_connection
+        self._server_ctx = tls_context(identity, server_side=True)
+        self._client_ctx = tls_context(identity, server_side=False)
+        self._ca = pki.load_cert(identity.ca_cert)
+        self._conns: dict[bytes, _Connection] = {}
+        self._dialing: dict[Any, _Dial] = {}
+        self._nursery: trio.Nursery | None = None
+        self._local: Contact | None = None
+        self.refusals = 0
+        self.protocol_errors = 0
+
+    # -- Network ---------------------------------------------------------------------------------
+
+    @property
+    def local(self) -> Contact:
+        if self._local is None:
+            raise RuntimeError("transport is not serving yet")
+        return self._local
+
+    async def call(self, peer: Contact, method: str, args: Message, *, timeout: float) -> Message:
+        with deadline(timeout, f"{method} to {peer}"):
+            conn = await self._connection(peer.node_id, peer.host, peer.port)
+            return await conn.request(method, args)
+        raise AssertionError("unreachable")  # deadline() raises CallTimeout
+
+    async def contact_at(self, host: str, port: int, *, timeout: float) -> Contact:
+        with deadline(timeout, f"contact at {host}:{port}"):
+            conn = await self._connection(None, host, port)
+            return Contact(conn.peer.node_id, host, port)
+        raise AssertionError("unreachable")
+
+    # -- serving ---------------------------------------------------------------------------------
+
+    async def serve(self, *, task_status: trio.TaskStatus[Contact] = trio.TASK_STATUS_IGNORED):
+        """Listen, accept and dial until cancelled; ``started`` with the real local contact."""
+        listeners = await trio.open_tcp_listeners(self.port, host=self.host or None)
+        try:
+            sock = listeners[0].socket
+            port = sock.getsockname()[1]
+            host = self.host if self.host not in WILDCARD_HOSTS else "127.0.0.1"
+            self._local = Contact(self.identity.node_id, host, port)
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                for listener in listeners:
+                    nursery.start_soon(self._accept_loop, listener, nursery)
+                task_status.started(self._local)
+        finally:
+            self._nursery = None
+            for listener in listeners:
+                await trio.aclose_forcefully(listener)
+
+    async def _accept_loop(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:  # EMFILE and friends: back off, keep serving
+                log.warning("accept failed: %s", exc)
+                await trio.sleep(0.1)
+                continue
+            nursery.start_soon(self._inbound, stream)
+
+    async def _inbound(self, tcp: trio.SocketStream) -> None:
+        try:
+            remote_ip = tcp.socket.getpeername()[0]
+        except OSError:
+            await trio.aclose_forcefully(tcp)
+            return
+        conn = None
+        with trio.move_on_after(self.handshake_timeout):
+            try:
+                tls = trio.SSLStream(tcp, self._server_ctx, server_side=True)
+                node_id = await self._handshake(tls)
+                frames = _FrameStream(tls, self.max_frame)
+                hello = await frames.receive()
+                if hello is None or hello.kind != wire.HELLO:
+                    raise ProtocolError("first frame is not HELLO")
+                await tls.send_all(wire.encode_hello(self.local.host, self.local.port))
+                host = hello.host if hello.host not in WILDCARD_HOSTS else remote_ip
+                conn = _Connection(self, frames, Contact(node_id, host, hello.port), False)
+            except (AuthError, ProtocolError, PeerUnreachable) as exc:
+                self._refuse(remote_ip, str(exc))
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                self._refuse(remote_ip, _tls_reason(exc))
+            except Exception as exc:  # anything a hostile peer can provoke: refuse, keep serving
+                self._refuse(remote_ip, f"{type(exc).__name__}: {exc}")
+        if conn is None:
+            await trio.aclose_forcefully(tcp)
+            return
+        self._register(conn)
+        await conn.run()
+
+    def _refuse(self, who: str, reason: str) -> None:
+        self.refusals += 1
+        log.warning("refused peer %s: %s", who, reason)
+
+    async def _handshake(self, tls: trio.SSLStream, expected_id: bytes | None = None) -> bytes:
+        """TLS handshake, then our own check of the peer certificate; returns its node ID."""
+        await tls.do_handshake()
+        der = tls.getpeercert(binary_form=True)
+        if not der:
+            raise AuthError("peer presented no certificate")
+        try:
+            cert = pki.x509.load_der_x509_certificate(der)
+        except ValueError:
+            raise AuthError("peer certificate does not parse") from None
+        return pki.verify_node_cert(cert, self._ca, expected_id=expected_id)
+
+    # -- dialing ---------------------------------------------------------------------------------
+
+    async def _connection(self, node_id: bytes | None, host: str, port: int) -> _Connection:
+        if node_id is not None:
+            conn = self._conns.get(node_id)
+            if conn is not None and not conn.closed:
+                return conn
+        if self._nursery is None:
+            raise PeerUnreachable("transport is not serving")
+        key = node_id if node_id is not None else (host, port)
+        dial = self._dialing.get(key)
+        if dial is None:
+            dial = self._dialing[key] = _Dial()
+            self._nursery.start_soon(self._dial, key, node_id, host, port, dial)
+        await dial.event.wait()
+        if dial.error is not None:
+            raise type(dial.error)(str(dial.error))
+        assert dial.conn is not None
+        return dial.conn
+
+    async def _dial(
+        self, key: Any, node_id: bytes | None, host: str, port: int, dial: _Dial
+    ) -> None:
+        conn = None
+        try:
+            with trio.move_on_after(self.connect_timeout + self.handshake_timeout):
+                conn = await self._open(node_id, host, port)
+            if conn is None:
+                raise CallTimeout(f"connect to {host}:{port}: timed out")
+        except NetworkError as exc:
+            dial.error = exc
+        except OSError as exc:
+            dial.error = PeerUnreachable(f"cannot connect to {host}:{port}: {exc.strerror or exc}")
+        except Exception as exc:
+            log.debug("dial %s:%s failed", host, port, exc_info=True)
+            dial.error = PeerUnreachable(f"cannot connect to {host}:{port}: {exc!r}")
+        finally:
+            self._dialing.pop(key, None)
+            if conn is not None:
+                self._register(conn)
+                dial.conn = conn
+            dial.event.set()
+        if conn is not None:
+            await conn.run()
+
+    async def _open(self, node_id: bytes | None, host: str, port: int) -> _Connection:
+        local = None if self.host in WILDCARD_HOSTS else self.host
+        tcp = await trio.open_tcp_stream(host, port, local_address=local)
+        try:
+            tls = trio.SSLStream(tcp, self._client_ctx, server_side=False)
+            try:
+                peer_id = await self._handshake(tls, node_id)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                reason = _tls_reason(exc)
+                raise AuthError(f"{host}:{port}: TLS handshake failed: {reason}") from None
+            except AuthError as exc:
+                raise AuthError(f"{host}:{port}: {exc}") from None
+            frames = _FrameStream(tls, self.max_frame)
+            try:
+                await tls.send_all(wire.encode_hello(self.local.host, self.local.port))
+                hello = await frames.receive()
+            except (PeerUnreachable, trio.BrokenResourceError) as exc:
+                # TLS 1.3: the server checks our certificate after our handshake completes.
+                raise AuthError(
+                    f"{host}:{port}: peer closed the connection during the handshake "
+                    f"(did it refuse our certificate? {exc})"
+                ) from None
+            if hello is None or hello.kind != wire.HELLO:
+                raise ProtocolError(f"{host}:{port}: first frame is not HELLO")
+        except BaseException:
+            await trio.aclose_forcefully(tcp)
+            raise
+        return _Connection(self, frames, Contact(peer_id, host, port), True)
+
+    # -- pool ------------------------------------------------------------------------------------
+
+    def _register(self, conn: _Connection) -> None:
+        current = self._conns.get(conn.peer.node_id)
+        if current is None or current.closed:
+            self._conns[conn.peer.node_id] = conn
+
+    def _forget(self, conn: _Connection) -> None:
+        if self._conns.get(conn.peer.node_id) is conn:
+            del self._conns[conn.peer.node_id]
+
+    def connected_peers(self) -> list[Contact]:
+        return [c.peer for c in self._conns.values() if not c.closed]
+
+    def disconnect(self, node_id: bytes) -> None:
+        """Close the connection to ``node_id`` if any (tests, penalties)."""
+        conn = self._conns.get(node_id)
+        if conn is not None:
+            conn.close()
+
+
+def _tls_reason(exc: BaseException) -> str:
+    cause = exc.__cause__ or exc.__context__
+    if isinstance(cause, ssl.SSLError):
+        return getattr(cause, "verify_message", None) or cause.reason or str(cause)
+    return str(cause or exc) or type(exc).__name__
+
+
+__all__ = ["Transport", "deadline", "tls_context"]

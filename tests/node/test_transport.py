@@ -1,0 +1,277 @@
+"""The TLS transport between in-process nodes on 127.0.0.x: auth, multiplexing, robustness."""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import msgpack
+import pytest
+import trio
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from nodehelpers import IdentityFactory, make_identity, make_self_signed
+
+from dhtfs.errors import AuthError, CallTimeout, PeerUnreachable, ProtocolError, RemoteError
+from dhtfs.node import wire
+from dhtfs.node.network import Contact, Message
+from dhtfs.node.pki import Identity
+from dhtfs.node.transport import Transport, tls_context
+
+
+async def echo(caller: Contact, method: str, args: Message) -> Message:
+    if method == "boom":
+        raise ValueError("kaboom")
+    if method == "refuse":
+        raise RemoteError("no thanks")
+    if method == "sleep":
+        await trio.sleep(args["s"])
+    if method == "bad":
+        return "not a dict"  # type: ignore[return-value]
+    return {"method": method, "args": args, "caller": caller.node_id, "port": caller.port}
+
+
+@asynccontextmanager
+async def serving(ident: Identity, host: str = "127.0.0.1", **kw) -> AsyncIterator[Transport]:
+    t = Transport(ident, host, 0, handler=echo, **kw)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(t.serve)
+        yield t
+        nursery.cancel_scope.cancel()
+
+
+async def test_call_round_trip_and_authenticated_caller(identity: IdentityFactory) -> None:
+    async with serving(identity(), "127.0.0.2") as a, serving(identity(), "127.0.0.3") as b:
+        assert a.local.port != 0 and a.local.host == "127.0.0.2"
+        answer = await b.call(a.local, "PING", {"x": b"\x00" * 3}, timeout=5)
+        assert answer == {"method": "PING", "args": {"x": b"\x00" * 3},
+                          "caller": b.identity.node_id, "port": b.local.port}
+        # the same connection serves the other direction
+        back = await a.call(b.local, "PONG", {}, timeout=5)
+        assert back["caller"] == a.identity.node_id
+        assert len(a.connected_peers()) == 1 and len(b.connected_peers()) == 1
+        assert a.connected_peers()[0] == b.local
+
+
+async def test_contact_at_learns_node_id(identity: IdentityFactory) -> None:
+    async with serving(identity()) as a, serving(identity()) as b:
+        c = await b.contact_at(a.local.host, a.local.port, timeout=5)
+        assert c == a.local
+
+
+async def test_multiplexed_concurrent_calls(identity: IdentityFactory) -> None:
+    async with serving(identity()) as a, serving(identity()) as b:
+        results: dict[int, Message] = {}
+
+        async def one(i: int) -> None:
+            results[i] = await b.call(a.local, "sleep", {"s": (i % 5) * 0.01, "i": i}, timeout=10)
+
+        async with trio.open_nursery() as n:
+            for i in range(100):
+                n.start_soon(one, i)
+        assert all(results[i]["args"]["i"] == i for i in range(100))
+        assert len(b.connected_peers()) == 1
+
+
+async def test_handler_errors_become_remote_errors(identity: IdentityFactory) -> None:
+    async with serving(identity()) as a, serving(identity()) as b:
+        with pytest.raises(RemoteError, match="kaboom"):
+            await b.call(a.local, "boom", {}, timeout=5)
+        with pytest.raises(RemoteError, match="no thanks"):
+            await b.call(a.local, "refuse", {}, timeout=5)
+        with pytest.raises(RemoteError, match="not a dict"):
+            await b.call(a.local, "bad", {}, timeout=5)
+        assert (await b.call(a.local, "ok", {}, timeout=5))["method"] == "ok"
+
+
+async def test_timeout_leaves_connection_usable(identity: IdentityFactory) -> None:
+    async with serving(identity()) as a, serving(identity()) as b:
+        t0 = trio.current_time()
+        with pytest.raises(CallTimeout):
+            await b.call(a.local, "sleep", {"s": 0.5}, timeout=0.1)
+        assert trio.current_time() - t0 < 0.4
+        assert (await b.call(a.local, "ok", {}, timeout=5))["method"] == "ok"
+        await trio.sleep(0.5)  # let the late answer arrive: it must be ignored, not fatal
+        assert (await b.call(a.local, "ok2", {}, timeout=5))["method"] == "ok2"
+        assert a.protocol_errors == 0 and b.protocol_errors == 0
+
+
+async def test_foreign_and_self_signed_refused(
+    identity: IdentityFactory, foreign_ca: Path, swarm_ca: Path, tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="dhtfs.node.transport")
+    # a foreign node trusts our CA (so it would accept us) but has a cert from another CA
+    foreign = make_identity(foreign_ca, tmp_path, trust=swarm_ca / "ca.crt")
+    selfie = make_self_signed(tmp_path, swarm_ca / "ca.crt")
+    async with serving(identity()) as a:
+        for intruder in (foreign, selfie):
+            async with serving(intruder) as x:
+                with pytest.raises(AuthError):
+                    await x.call(a.local, "PING", {}, timeout=5)
+        assert a.refusals == 2
+        assert sum("refused peer" in r.getMessage() for r in caplog.records) == 2
+        # and in the other direction: we refuse a server with a foreign certificate
+        async with serving(foreign) as x:
+            with pytest.raises(AuthError):
+                await a.contact_at(x.local.host, x.local.port, timeout=5)
+        # still serving the swarm
+        async with serving(identity()) as b:
+            assert (await b.call(a.local, "ok", {}, timeout=5))["method"] == "ok"
+
+
+async def test_node_id_mismatch(identity: IdentityFactory) -> None:
+    async with serving(identity()) as a, serving(identity()) as b:
+        liar = Contact(bytes(32), a.local.host, a.local.port)
+        with pytest.raises(AuthError, match="node id mismatch"):
+            await b.call(liar, "PING", {}, timeout=5)
+
+
+async def test_silent_peer_times_out(identity: IdentityFactory) -> None:
+    async with serving(identity()) as b:
+        listener = (await trio.open_tcp_listeners(0, host="127.0.0.4"))[0]
+        port = listener.socket.getsockname()[1]
+        accepted = []
+        async with trio.open_nursery() as n:
+            async def accept_forever() -> None:
+                while True:
+                    accepted.append(await listener.accept())  # and never answer
+            n.start_soon(accept_forever)
+            t0 = trio.current_time()
+            with pytest.raises(CallTimeout):
+                await b.call(Contact(bytes(32), "127.0.0.4", port), "PING", {}, timeout=0.3)
+            with pytest.raises(CallTimeout):
+                await b.contact_at("127.0.0.4", port, timeout=0.3)
+            assert trio.current_time() - t0 < 1.0
+            n.cancel_scope.cancel()
+        for s in accepted:
+            await s.aclose()
+        await listener.aclose()
+
+
+async def test_unreachable(identity: IdentityFactory) -> None:
+    async with serving(identity()) as b:
+        listener = (await trio.open_tcp_listeners(0, host="127.0.0.5"))[0]
+        port = listener.socket.getsockname()[1]
+        await listener.aclose()
+        with pytest.raises(PeerUnreachable):
+            await b.call(Contact(bytes(32), "127.0.0.5", port), "PING", {}, timeout=3)
+
+
+async def _tls_client(ident: Identity, target: Contact) -> trio.SSLStream:
+    tcp = await trio.open_tcp_stream(target.host, target.port)
+    tls = trio.SSLStream(tcp, tls_context(ident, server_side=False), server_side=False)
+    await tls.do_handshake()
+    return tls
+
+
+def _rejected(stream_bytes: bytes) -> bool:
+    """Whether a receiver must reject this byte stream (rather than wait for more)."""
+    reader = wire.FrameReader()
+    try:
+        bodies = reader.feed(stream_bytes)
+        frames = [wire.decode_body(b) for b in bodies]
+    except ProtocolError:
+        return True
+    kinds = [f.kind for f in frames]
+    return wire.HELLO in kinds[1:] or wire.RESPONSE in kinds or wire.ERROR in kinds
+
+
+async def _raw_session(ident: Identity, target: Contact, payload: bytes, tls: bool) -> None:
+    """Send ``payload`` (after the TLS handshake if ``tls``); if the server must reject it,
+    wait until it closes the connection, else close ours."""
+    with trio.fail_after(10):
+        if tls:
+            stream: trio.abc.Stream = await _tls_client(ident, target)
+        else:
+            stream = await trio.open_tcp_stream(target.host, target.port)
+        try:
+            await stream.send_all(payload)
+            if not tls:
+                await stream.send_eof()  # type: ignore[attr-defined]
+            if not tls or _rejected(payload):
+                while await stream.receive_some(65536):
+                    pass
+        except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError):
+            pass
+        finally:
+            await trio.aclose_forcefully(stream)
+
+
+garbage = st.one_of(
+    st.binary(min_size=1, max_size=300),
+    st.builds(lambda b: wire.LENGTH.pack(len(b)) + b, st.binary(min_size=1, max_size=300)),
+    st.builds(lambda n: wire.LENGTH.pack(n), st.integers(wire.DEFAULT_MAX_FRAME + 1, 2**32 - 1)),
+    st.builds(
+        lambda o: (lambda b: wire.LENGTH.pack(len(b)) + b)(msgpack.packb(o, use_bin_type=True)),
+        st.lists(st.integers(0, 5) | st.text(max_size=5), max_size=6),
+    ),
+)
+
+
+@pytest.mark.slow
+async def test_malformed_frames_leave_server_serving(identity: IdentityFactory) -> None:
+    client_ident = identity()
+    async with serving(identity()) as a, serving(identity()) as b:
+        payloads: list[bytes] = []
+
+        @settings(max_examples=40, deadline=None, database=None,
+                  suppress_health_check=list(HealthCheck))
+        @given(garbage)
+        def collect(p: bytes) -> None:
+            payloads.append(p)
+
+        collect()
+        hello = wire.encode_hello("127.0.0.1", 9)
+        for p in payloads:
+            await _raw_session(client_ident, a.local, hello + p, tls=True)   # after auth
+            await _raw_session(client_ident, a.local, p, tls=False)          # pre-handshake
+        # an answer to a request never made, and a second HELLO, are unexpected frames
+        await _raw_session(client_ident, a.local, hello + wire.encode_response(99, {}), tls=True)
+        await _raw_session(client_ident, a.local, hello + hello, tls=True)
+        # garbage inside the first frame counts as a refusal, later garbage as a protocol error
+        expected = sum(_rejected(hello + p) for p in payloads) + 2
+        assert a.protocol_errors + a.refusals >= expected + len(payloads)
+        assert (await b.call(a.local, "ok", {}, timeout=5))["method"] == "ok"
+
+
+async def test_peer_sending_garbage_fails_pending_calls(identity: IdentityFactory) -> None:
+    """A server answering with garbage: our pending call fails fast, nothing else breaks."""
+    server_ident = identity()
+    async with serving(identity()) as b:
+        listener = (await trio.open_tcp_listeners(0, host="127.0.0.6"))[0]
+        port = listener.socket.getsockname()[1]
+
+        async def evil() -> None:
+            tcp = await listener.accept()
+            tls = trio.SSLStream(tcp, tls_context(server_ident, server_side=True),
+                                 server_side=True)
+            await tls.do_handshake()
+            await tls.receive_some(65536)  # their HELLO
+            await tls.send_all(wire.encode_hello("127.0.0.6", port))
+            await tls.receive_some(65536)  # the request
+            await tls.send_all(wire.LENGTH.pack(5) + b"\xc1\xc1\xc1\xc1\xc1")
+            await trio.sleep_forever()
+
+        async with trio.open_nursery() as n:
+            n.start_soon(evil)
+            peer = Contact(server_ident.node_id, "127.0.0.6", port)
+            with pytest.raises(ProtocolError):
+                await b.call(peer, "PING", {}, timeout=5)
+            n.cancel_scope.cancel()
+        await listener.aclose()
+
+
+async def test_big_frames_and_limit(identity: IdentityFactory) -> None:
+    async with serving(identity(), max_frame=2 * 1024 * 1024) as a, serving(
+        identity(), max_frame=2 * 1024 * 1024
+    ) as b:
+        data = bytes(range(256)) * 4096
+        answer = await b.call(a.local, "put", {"data": data}, timeout=10)
+        assert answer["args"]["data"] == data
+        with pytest.raises(ProtocolError, match="exceeds"):
+            await b.call(a.local, "put", {"data": data * 3}, timeout=10)
+        assert (await b.call(a.local, "ok", {}, timeout=5))["method"] == "ok"
