@@ -1,0 +1,61 @@
+"""The benchmark script runs end to end on dhtfs and prints well-formed figure lines.
+
+Not a timed test: tiny sizes, one run, and no assertion on the values beyond "positive".
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.mount
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "scripts" / "bench" / "fs.py"
+FIGURE = re.compile(r"^figure: (\w+)=(\d+(?:\.\d+)?) (MB/s|files/s|entries/s)$")
+EXPECTED = {
+    f"dhtfs_{name}" for name in ("seq_write", "seq_read_cold", "seq_read_warm", "cp", "ls", "rm")
+}
+
+
+def bench_mounts() -> list[str]:
+    with open("/proc/mounts") as fh:
+        return [line for line in fh if "/dhtfs-bench-" in line.split()[1]]
+
+
+def test_quick_dhtfs_figures() -> None:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--quick",
+            "--runs",
+            "1",
+            "--only",
+            "dhtfs",
+            "--size-mib",
+            "8",
+            "--files",
+            "50",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    figures: dict[str, float] = {}
+    for line in proc.stdout.splitlines():
+        if line.startswith("# ") or not line:
+            continue
+        match = FIGURE.match(line)
+        assert match, f"malformed line: {line!r}"
+        figures[match[1]] = float(match[2])
+    assert set(figures) == EXPECTED
+    assert all(value > 0 for value in figures.values()), figures
+    assert not bench_mounts()
