@@ -1,0 +1,98 @@
+"""Helpers for the real-mount tier: run tools, compare trees, act as an unprivileged user."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+
+from tests.mounting import VENV_BIN
+
+NOBODY = 65534
+ENV = dict(os.environ, DHTFS_NO_SYSTEM_CONFIG="1", LC_ALL="C")
+
+
+def sh(
+    args: Sequence[str | os.PathLike[str]],
+    *,
+    cwd: Path | None = None,
+    check: bool = True,
+    input: bytes | None = None,
+    timeout: float = 120,
+) -> subprocess.CompletedProcess[str]:
+    """Run a tool; on failure the assertion message carries its stderr."""
+    result = subprocess.run(
+        [str(a) for a in args],
+        cwd=cwd,
+        input=input.decode() if input is not None else None,
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=timeout,
+    )
+    if check:
+        assert result.returncode == 0, f"{args} exited {result.returncode}: {result.stderr}"
+    return result
+
+
+def as_user(
+    uid: int, args: Sequence[str | os.PathLike[str]], *, gid: int | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run ``args`` as ``uid`` (no supplementary groups); never raises on failure."""
+    prefix = ["setpriv", f"--reuid={uid}", f"--regid={gid if gid is not None else uid}"]
+    return sh([*prefix, "--clear-groups", *args], check=False)
+
+
+def dhtfs_cmd(name: str) -> str:
+    return str(VENV_BIN / name)
+
+
+def snapshot(root: Path, *, times: bool = True, owners: bool = True) -> dict[str, tuple]:
+    """Everything ``cp -a``/``rsync -a``/``tar`` should preserve, keyed by relative path."""
+    out: dict[str, tuple] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in [*dirnames, *filenames]:
+            path = Path(dirpath) / name
+            st = path.lstat()
+            entry: list[object] = [stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode)]
+            if owners:
+                entry += [st.st_uid, st.st_gid]
+            if stat.S_ISLNK(st.st_mode):
+                entry.append(os.readlink(path))
+            elif stat.S_ISREG(st.st_mode):
+                entry += [st.st_size, path.read_bytes()]
+            if times and not stat.S_ISLNK(st.st_mode):
+                entry.append(st.st_mtime_ns)
+            out[str(path.relative_to(root))] = tuple(entry)
+    return out
+
+
+def make_tree(root: Path) -> None:
+    """A small tree with modes, times, symlinks, empty and multi-chunk files."""
+    root.mkdir(parents=True)
+    (root / "empty").write_bytes(b"")
+    (root / "small.txt").write_text("hello dhtfs\n")
+    (root / "big.bin").write_bytes(os.urandom(2 * 1024 * 1024 + 4097))
+    script = root / "run.sh"
+    script.write_text("#!/bin/sh\necho hi\n")
+    script.chmod(0o755)
+    secret = root / "secret"
+    secret.write_bytes(b"s" * 100)
+    secret.chmod(0o600)
+    sub = root / "sub" / "deeper"
+    sub.mkdir(parents=True)
+    (sub / "leaf").write_bytes(os.urandom(70_000))
+    (root / "sub" / "ro").write_text("read only\n")
+    (root / "sub" / "ro").chmod(0o444)
+    (root / "link-rel").symlink_to("small.txt")
+    (root / "sub" / "link-up").symlink_to("../big.bin")
+    (root / "dangling").symlink_to("no/such/target")
+    (root / "private").mkdir(mode=0o700)
+    (root / "private" / "f").write_text("p")
+    base = 1_600_000_000_000_000_000
+    for i, path in enumerate(sorted(root.rglob("*"), key=lambda p: -len(p.parts))):
+        if not path.is_symlink():
+            os.utime(path, ns=(base + i * 1_000_000_123, base + i * 7_000_000_321))
+    os.utime(root, ns=(base, base))
