@@ -44,6 +44,7 @@ from dhtfs.errors import (
 )
 from dhtfs.node import pki, wire
 from dhtfs.node.network import Contact, Message, RequestHandler
+from dhtfs.node.tls import TLSStream, tls_context
 
 log = logging.getLogger(__name__)
 
@@ -58,17 +59,6 @@ def deadline(seconds: float, what: str) -> Iterator[None]:
         yield
     if scope.cancelled_caught:
         raise CallTimeout(f"{what}: no answer within {seconds:.3g}s")
-
-
-def tls_context(identity: pki.Identity, *, server_side: bool) -> ssl.SSLContext:
-    """TLS 1.3 only, client certificates required, trust anchored at the swarm CA only."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER if server_side else ssl.PROTOCOL_TLS_CLIENT)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
-    ctx.check_hostname = False  # identity is the node ID, checked after the handshake
-    ctx.verify_mode = ssl.CERT_REQUIRED
-    ctx.load_verify_locations(cafile=str(identity.ca_cert))
-    ctx.load_cert_chain(str(identity.cert), str(identity.key))
-    return ctx
 
 
 @dataclass
@@ -88,7 +78,7 @@ class _Dial:
 class _FrameStream:
     """Whole frames out of a byte stream (``wire.FrameReader`` over ``receive_some``)."""
 
-    def __init__(self, stream: trio.abc.Stream, max_frame: int) -> None:
+    def __init__(self, stream: TLSStream, max_frame: int) -> None:
         self.stream = stream
         self.reader = wire.FrameReader(max_frame)
         self.ready: deque[bytes] = deque()
@@ -98,7 +88,7 @@ class _FrameStream:
         while not self.ready:
             try:
                 data = await self.stream.receive_some(RECEIVE_BYTES)
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError) as exc:
                 raise PeerUnreachable(f"connection lost: {_tls_reason(exc)}") from None
             if not data:
                 if self.reader.pending_bytes:
@@ -175,7 +165,7 @@ class _Connection:
         async for data in self.out_recv:
             try:
                 await self.frames.stream.send_all(data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
+            except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError):
                 self.scope.cancel()
                 return
 
@@ -318,7 +308,7 @@ class Transport:
         conn = None
         with trio.move_on_after(self.handshake_timeout):
             try:
-                tls = trio.SSLStream(tcp, self._server_ctx, server_side=True)
+                tls = TLSStream(tcp, self._server_ctx, server_side=True)
                 node_id = await self._handshake(tls)
                 frames = _FrameStream(tls, self.max_frame)
                 hello = await frames.receive()
@@ -329,7 +319,7 @@ class Transport:
                 conn = _Connection(self, frames, Contact(node_id, host, hello.port), False)
             except (AuthError, ProtocolError, PeerUnreachable) as exc:
                 self._refuse(remote_ip, str(exc))
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError) as exc:
                 self._refuse(remote_ip, _tls_reason(exc))
             except Exception as exc:  # anything a hostile peer can provoke: refuse, keep serving
                 self._refuse(remote_ip, f"{type(exc).__name__}: {exc}")
@@ -343,10 +333,10 @@ class Transport:
         self.refusals += 1
         log.warning("refused peer %s: %s", who, reason)
 
-    async def _handshake(self, tls: trio.SSLStream, expected_id: bytes | None = None) -> bytes:
+    async def _handshake(self, tls: TLSStream, expected_id: bytes | None = None) -> bytes:
         """TLS handshake, then our own check of the peer certificate; returns its node ID."""
-        await tls.do_handshake()
-        der = tls.getpeercert(binary_form=True)
+        await tls.handshake()
+        der = tls.getpeercert_der()
         if not der:
             raise AuthError("peer presented no certificate")
         try:
@@ -404,10 +394,10 @@ class Transport:
         local = None if self.host in WILDCARD_HOSTS else self.host
         tcp = await trio.open_tcp_stream(host, port, local_address=local)
         try:
-            tls = trio.SSLStream(tcp, self._client_ctx, server_side=False)
+            tls = TLSStream(tcp, self._client_ctx, server_side=False)
             try:
                 peer_id = await self._handshake(tls, node_id)
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError) as exc:
                 reason = _tls_reason(exc)
                 raise AuthError(f"{host}:{port}: TLS handshake failed: {reason}") from None
             except AuthError as exc:
@@ -416,13 +406,16 @@ class Transport:
             try:
                 await tls.send_all(wire.encode_hello(self.local.host, self.local.port))
                 hello = await frames.receive()
-            except (PeerUnreachable, trio.BrokenResourceError) as exc:
+            except (PeerUnreachable, trio.BrokenResourceError, ssl.SSLError) as exc:
                 # TLS 1.3: the server checks our certificate after our handshake completes.
                 raise AuthError(
                     f"{host}:{port}: peer closed the connection during the handshake "
                     f"(did it refuse our certificate? {exc})"
                 ) from None
-            if hello is None or hello.kind != wire.HELLO:
+            if hello is None:
+                raise AuthError(f"{host}:{port}: peer closed the connection during the handshake "
+                                "(did it refuse our certificate?)")
+            if hello.kind != wire.HELLO:
                 raise ProtocolError(f"{host}:{port}: first frame is not HELLO")
         except BaseException:
             await trio.aclose_forcefully(tcp)
@@ -451,9 +444,11 @@ class Transport:
 
 
 def _tls_reason(exc: BaseException) -> str:
-    cause = exc.__cause__ or exc.__context__
+    cause = exc if isinstance(exc, ssl.SSLError) else (exc.__cause__ or exc.__context__)
     if isinstance(cause, ssl.SSLError):
-        return getattr(cause, "verify_message", None) or cause.reason or str(cause)
+        return (
+            getattr(cause, "verify_message", None) or getattr(cause, "reason", None) or str(cause)
+        )
     return str(cause or exc) or type(exc).__name__
 
 
