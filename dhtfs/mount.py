@@ -110,6 +110,7 @@ def run_daemon(config: Config, mountpoint: Path, ready_fd: int | None) -> int:
                 os.close(ready_fd)
 
     record = None
+    os.umask(0o077)  # state files (db, WAL, logs) are root-only; FUSE modes come from requests
     try:
         fs = open_state(config)
         try:

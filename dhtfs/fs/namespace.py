@@ -64,11 +64,13 @@ CREATE TABLE IF NOT EXISTS links (
     parent BLOB NOT NULL,
     name BLOB NOT NULL,
     obj BLOB NOT NULL,
+    kind INTEGER NOT NULL,
     lts INTEGER NOT NULL,
     lnode BLOB NOT NULL
 );
 CREATE UNIQUE INDEX IF NOT EXISTS links_by_name ON links(parent, name);
 CREATE INDEX IF NOT EXISTS links_by_parent ON links(parent, id);
+CREATE INDEX IF NOT EXISTS links_by_kind ON links(parent, kind);
 CREATE INDEX IF NOT EXISTS links_by_obj ON links(obj);
 CREATE TABLE IF NOT EXISTS xattrs (
     obj BLOB NOT NULL,
@@ -103,7 +105,7 @@ OBJECT_COLUMNS = (
     "content_ts",
     "content_node",
 )
-LINK_COLUMNS = ("id", "link", "parent", "name", "obj", "lts", "lnode")
+LINK_COLUMNS = ("id", "link", "parent", "name", "obj", "kind", "lts", "lnode")
 CHUNK_ID_BYTES = 32
 HOLE = bytes(CHUNK_ID_BYTES)
 
@@ -192,16 +194,20 @@ class _Tx:
         sets = ",".join(f"{k}=?" for k in fields)
         self.db.execute(f"UPDATE objects SET {sets} WHERE obj=?", (*fields.values(), obj))
 
-    def put_link(self, link: bytes, parent: bytes, name: bytes, obj: bytes, op: Op) -> None:
+    def put_link(
+        self, link: bytes, parent: bytes, name: bytes, obj: bytes, kind: int, op: Op
+    ) -> None:
+        """Create or move a link; ``kind`` (the object's S_IFMT) is kept for subdir counts."""
         self._capture("links", (link,))
         cur = self.db.execute(
-            "UPDATE links SET parent=?, name=?, obj=?, lts=?, lnode=? WHERE link=?",
-            (parent, name, obj, op.ts, op.node, link),
+            "UPDATE links SET parent=?, name=?, obj=?, kind=?, lts=?, lnode=? WHERE link=?",
+            (parent, name, obj, kind, op.ts, op.node, link),
         )
         if cur.rowcount == 0:
             self.db.execute(
-                "INSERT INTO links(link, parent, name, obj, lts, lnode) VALUES (?,?,?,?,?,?)",
-                (link, parent, name, obj, op.ts, op.node),
+                "INSERT INTO links(link, parent, name, obj, kind, lts, lnode) "
+                "VALUES (?,?,?,?,?,?,?)",
+                (link, parent, name, obj, kind, op.ts, op.node),
             )
 
     def rename_link(self, link: bytes, name: bytes) -> None:
@@ -241,22 +247,41 @@ class Namespace:
     def __init__(self, db: sqlite3.Connection) -> None:
         self.db = db
         self._ensure_root()
+        newest = db.execute("SELECT ts, node FROM oplog ORDER BY ts DESC, node DESC LIMIT 1")
+        row = newest.fetchone()
+        self._newest: tuple[int, bytes] = (row[0], row[1]) if row else (0, b"")
 
     # -- apply ---------------------------------------------------------------------------------
 
     def apply(self, op: Op) -> bool:
         """Apply ``op`` in its place in the total order; False if it was already applied."""
         db = self.db
+        if op.op_id > self._newest:
+            # The common case (every local op): nothing to deduplicate, undo or redo.
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                self._apply_one(op)
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            self._newest = op.op_id
+            return True
         db.execute("BEGIN IMMEDIATE")
         try:
             if db.execute("SELECT 1 FROM oplog WHERE ts=? AND node=?", (op.ts, op.node)).fetchone():
                 db.execute("COMMIT")
                 return False
-            later = db.execute(
-                "SELECT ts, node, body, undo FROM oplog WHERE ts>? OR (ts=? AND node>?) "
-                "ORDER BY ts DESC, node DESC",
-                (op.ts, op.ts, op.node),
-            ).fetchall()
+            # A range scan on the primary key; ops at the same ts but a lower node drop out.
+            later = [
+                row
+                for row in db.execute(
+                    "SELECT ts, node, body, undo FROM oplog WHERE ts>=? "
+                    "ORDER BY ts DESC, node DESC",
+                    (op.ts,),
+                )
+                if (row[0], row[1]) > (op.ts, op.node)
+            ]
             for _ts, _node, _body, undo in later:
                 _restore(db, msgpack.unpackb(undo, raw=False))
             self._apply_one(op)
@@ -309,14 +334,13 @@ class Namespace:
         ):
             return  # a directory has one name
         self._make_room(tx, c["parent"], c["name"], c["link"])
-        tx.put_link(c["link"], c["parent"], c["name"], c["obj"], op)
+        tx.put_link(c["link"], c["parent"], c["name"], c["obj"], obj.kind, op)
 
     def _move(self, tx: _Tx, op: Op, c: Change) -> None:
-        row = self.db.execute("SELECT obj FROM links WHERE link=?", (c["link"],)).fetchone()
+        row = self.db.execute("SELECT obj, kind FROM links WHERE link=?", (c["link"],)).fetchone()
         if row is None or not self._is_live_dir(c["parent"]):
             return
-        obj = self.get_object(row[0])
-        if obj is not None and obj.is_dir and self._is_ancestor(obj.obj, c["parent"]):
+        if row[1] == stat.S_IFDIR and self._is_ancestor(row[0], c["parent"]):
             return  # would make a cycle
         replace = c.get("replace")
         if replace is not None:
@@ -327,7 +351,7 @@ class Namespace:
             if hit is not None and not self._has_children(hit[0]):
                 tx.delete_link(replace)
         self._make_room(tx, c["parent"], c["name"], c["link"])
-        tx.put_link(c["link"], c["parent"], c["name"], row[0], op)
+        tx.put_link(c["link"], c["parent"], c["name"], row[0], row[1], op)
 
     def _unlink(self, tx: _Tx, op: Op, c: Change) -> None:
         row = self.db.execute("SELECT obj FROM links WHERE link=?", (c["link"],)).fetchone()
@@ -396,7 +420,9 @@ class Namespace:
         name = self._free_name(
             link[0], conflict_name(link[1], loser.content_node, loser.content_ts)
         )
-        tx.put_link(hashlib.sha256(seed + b"link").digest()[:16], link[0], name, copy_id, op)
+        tx.put_link(
+            hashlib.sha256(seed + b"link").digest()[:16], link[0], name, copy_id, loser.kind, op
+        )
 
     # -- queries -------------------------------------------------------------------------------
 
@@ -427,9 +453,7 @@ class Namespace:
 
     def subdir_count(self, obj: bytes) -> int:
         return self.db.execute(
-            "SELECT count(*) FROM links JOIN objects ON links.obj=objects.obj "
-            "WHERE links.parent=? AND objects.kind=?",
-            (obj, stat.S_IFDIR),
+            "SELECT count(*) FROM links WHERE parent=? AND kind=?", (obj, stat.S_IFDIR)
         ).fetchone()[0]
 
     def xattr(self, obj: bytes, name: bytes) -> bytes | None:
