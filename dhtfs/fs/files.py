@@ -186,6 +186,11 @@ class FileContents:
             raise self._take_error(of)
         cs = of.chunk_size
         view = memoryview(data)
+        # Slots for every chunk this write touches exist before any is sealed: a sealer that
+        # finishes early must find ``ids[index]`` to record its chunk id in.
+        needed = -(-max(of.size, offset + len(view)) // cs)
+        if len(of.ids) < needed:
+            of.ids.extend([None] * (needed - len(of.ids)))
         pos = 0
         while pos < len(view):
             index, start = divmod(offset + pos, cs)
