@@ -1,0 +1,1 @@
+"""``dhtfs`` command groups; each module has ``register(subparsers)`` (see ``dhtfs.cli``)."""

@@ -1,0 +1,199 @@
+"""The local control socket of a running node: how the ``dhtfs`` CLI (and tests, benchmarks)
+ask a node to do things.
+
+A Unix stream socket (mode 0600, in the 0700 state directory: root only), speaking the same
+``dhtfs.node.wire`` frames as the network (REQUEST/RESPONSE/ERROR; no HELLO, no TLS: the
+kernel vouches for the caller). One process may host several nodes (benchmarks); requests then
+carry ``"node": index``.
+
+Methods (args → answer):
+    status     {}                    → {"node_id", "listen", "peers", "chunks"}
+    put        {"data": bytes}        → {"id", "replicas", "complete"}
+    get        {"id": bytes}          → {"data": bytes}       (error: chunk missing)
+    providers  {"id": bytes}          → {"providers": [[node_id, host, port], ...]}
+    peers      {}                    → {"peers": [[node_id, host, port, rtt|None, penalties]]}
+
+Invariants: every request runs under ``REQUEST_TIMEOUT``; a bad request gets an ERROR answer
+and the connection stays open; a malformed frame closes that client only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from dhtfs.errors import DhtfsError, NetworkError, ProtocolError, RemoteError
+from dhtfs.node import wire
+from dhtfs.node.network import Message
+
+log = logging.getLogger(__name__)
+
+CONTROL_SOCKET_NAME = "control.sock"
+REQUEST_TIMEOUT = 120.0
+
+
+class ControlServer:
+    """Answers control requests for ``nodes`` (``dhtfs.node.node.Node`` instances)."""
+
+    def __init__(self, nodes: Sequence[Any]) -> None:
+        self.nodes = list(nodes)
+
+    def _node(self, args: Message) -> Any:
+        index = args.get("node", 0)
+        if type(index) is not int or not 0 <= index < len(self.nodes):
+            raise RemoteError(f"no node {index!r} here")
+        return self.nodes[index]
+
+    async def handle(self, method: str, args: Message) -> Message:
+        node = self._node(args)
+        if method == "status":
+            c = node.contact
+            return {
+                "node_id": c.node_id,
+                "listen": f"{c.host}:{c.port}",
+                "peers": len(node.routing),
+                "chunks": await trio.to_thread.run_sync(lambda: sum(1 for _ in node.store.ids())),
+            }
+        if method == "put":
+            data = args.get("data")
+            if not isinstance(data, bytes):
+                raise RemoteError("put: data must be bytes")
+            res = await node.put_chunk_detailed(data)
+            return {"id": res.chunk_id, "replicas": res.copies, "complete": res.complete}
+        if method == "get":
+            cid = _chunk_id(args)
+            return {"data": await node.get_chunk(cid)}
+        if method == "providers":
+            provs = await node.find_providers(_chunk_id(args), stop_early=False)
+            return {"providers": [[p.node_id, p.host, p.port] for p in provs]}
+        if method == "peers":
+            out = []
+            for c in node.routing.contacts():
+                st = node.routing.stats(c.node_id)
+                out.append([c.node_id, c.host, c.port, st.rtt_ewma if st else None,
+                            st.penalties if st else 0])
+            return {"peers": out}
+        raise RemoteError(f"unknown control method {method!r}")
+
+    async def serve(
+        self, path: Path, *, task_status: trio.TaskStatus[Path] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Listen on ``path`` (replacing a stale socket) until cancelled."""
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
+        old_umask = os.umask(0o177)
+        try:
+            await sock.bind(str(path))
+        finally:
+            os.umask(old_umask)
+        os.chmod(path, 0o600)
+        sock.listen(64)
+        listener = trio.SocketListener(sock)
+        try:
+            async with trio.open_nursery() as nursery:
+                task_status.started(path)
+                while True:
+                    stream = await listener.accept()
+                    nursery.start_soon(self._client, stream)
+        finally:
+            await trio.aclose_forcefully(listener)
+            with contextlib.suppress(OSError):
+                path.unlink()
+
+    async def _client(self, stream: trio.SocketStream) -> None:
+        reader = wire.FrameReader()
+        try:
+            async with trio.open_nursery() as nursery:
+                send_lock = trio.Lock()
+                while True:
+                    data = await stream.receive_some(256 * 1024)
+                    if not data:
+                        break
+                    for body in reader.feed(data):
+                        frame = wire.decode_body(body)
+                        if frame.kind != wire.REQUEST:
+                            raise ProtocolError("control: only requests are accepted")
+                        nursery.start_soon(self._answer, stream, send_lock, frame)
+        except ProtocolError as exc:
+            log.warning("control client dropped: %s", exc)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    async def _answer(self, stream: trio.SocketStream, lock: trio.Lock, frame: wire.Frame) -> None:
+        rid = frame.request_id
+        try:
+            with trio.fail_after(REQUEST_TIMEOUT):
+                answer = await self.handle(frame.method, frame.payload or {})
+            out = wire.encode_response(rid, answer)
+        except DhtfsError as exc:  # RemoteError, ChunkMissing, NetworkError, ...
+            out = wire.encode_error(rid, f"{type(exc).__name__}: {exc}")
+        except trio.TooSlowError:
+            out = wire.encode_error(rid, f"timed out after {REQUEST_TIMEOUT}s")
+        except Exception as exc:
+            log.exception("control %s failed", frame.method)
+            out = wire.encode_error(rid, f"internal error: {type(exc).__name__}: {exc}")
+        async with lock:
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                await stream.send_all(out)
+
+
+def _chunk_id(args: Message) -> bytes:
+    cid = args.get("id")
+    if not isinstance(cid, bytes) or len(cid) != 32:
+        raise RemoteError("id must be 32 bytes")
+    return cid
+
+
+class ControlClient:
+    """A connection to a node's control socket; ``call`` is one request under a deadline."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.reader = wire.FrameReader()
+        self.next_id = 0
+        self.lock = trio.Lock()
+
+    @classmethod
+    async def connect(cls, path: Path) -> ControlClient:
+        try:
+            stream = await trio.open_unix_socket(str(path))
+        except OSError as exc:
+            raise NetworkError(
+                f"cannot reach the node's control socket {path}: {exc.strerror or exc}"
+            ) from None
+        return cls(stream)
+
+    async def call(self, method: str, args: Message | None = None, *,
+                   timeout: float = REQUEST_TIMEOUT) -> Message:
+        """One request at a time per client (open more clients for concurrency)."""
+        async with self.lock:
+            self.next_id += 1
+            with trio.move_on_after(timeout) as scope:
+                await self.stream.send_all(wire.encode_request(self.next_id, method, args or {}))
+                while True:
+                    data = await self.stream.receive_some(256 * 1024)
+                    if not data:
+                        raise NetworkError("the node closed its control connection")
+                    bodies = self.reader.feed(data)
+                    if bodies:
+                        frame = wire.decode_body(bodies[0])
+                        break
+            if scope.cancelled_caught:
+                await trio.aclose_forcefully(self.stream)
+                raise NetworkError(f"control {method}: no answer within {timeout}s")
+        if frame.kind == wire.ERROR:
+            raise RemoteError(frame.message)
+        assert frame.payload is not None
+        return frame.payload
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()

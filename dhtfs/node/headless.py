@@ -1,0 +1,136 @@
+"""A storage node without a mount: transport + Kademlia node + encrypted chunk store.
+
+``run(config)`` is what ``dhtfs node`` runs. Start-up order (each step fails with a one-line
+``DhtfsError`` before anything listens): identity (certificate chains to the CA, key matches),
+state directory (0700), master key (+ key check), chunk store, then in one nursery: listener,
+node, control socket, a readiness line, bootstrap (retried while the table is empty),
+maintenance. SIGTERM/SIGINT cancel the nursery; ``run`` then returns 0.
+
+Readiness: once listening and bootstrapped, one line on stdout (flushed)::
+
+    ready node_id=<64 hex> listen=<host>:<port> control=<path>
+
+``listen`` is the real port (``--listen HOST:0`` binds an ephemeral one).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable
+
+import trio
+
+from dhtfs.config import Config
+from dhtfs.errors import ConfigError
+from dhtfs.node import pki
+from dhtfs.node.chunkstore import ChunkStore
+from dhtfs.node.control import CONTROL_SOCKET_NAME, ControlServer
+from dhtfs.node.masterkey import load_master_key, verify_key_check
+from dhtfs.node.node import Node
+from dhtfs.node.transport import Transport
+
+log = logging.getLogger(__name__)
+
+JOIN_RETRY_SECONDS = 5.0
+
+
+def parse_address(text: str, what: str, *, default_port: int | None = None) -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT`` too) → (host, port); ConfigError naming ``what``."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep:
+        if default_port is None:
+            raise ConfigError(f"{what}={text!r}: expected HOST:PORT")
+        host, port_text = text, str(default_port)
+    host = host.strip("[]")
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ConfigError(f"{what}={text!r}: port must be a number") from None
+    if not 0 <= port < 65536 or not host:
+        raise ConfigError(f"{what}={text!r}: expected HOST:PORT with a port below 65536")
+    return host, port
+
+
+def load_identity(config: Config) -> pki.Identity:
+    missing = [k for k in ("ca", "cert", "cert_key") if getattr(config, k) is None]
+    if missing:
+        raise ConfigError(f"node needs {', '.join(missing)} (see: dhtfs ca init / ca issue)")
+    assert config.ca and config.cert and config.cert_key
+    return pki.Identity.load(config.ca, config.cert, config.cert_key)
+
+
+def open_store(config: Config) -> ChunkStore:
+    state = config.state_dir
+    try:
+        state.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(state, 0o700)
+    except OSError as exc:
+        raise ConfigError(f"state directory {state}: {exc.strerror}") from None
+    master = load_master_key(config.key, state)
+    verify_key_check(master, state)
+    return ChunkStore(state / "chunks", master)
+
+
+async def _keep_joined(node: Node, seeds: list[tuple[str, int]]) -> None:
+    """Bootstrap again while the routing table is empty (e.g. seeds started after us)."""
+    while True:
+        await trio.sleep(JOIN_RETRY_SECONDS)
+        if len(node.routing) == 0:
+            await node.join_addresses(seeds)
+
+
+async def serve_node(
+    config: Config,
+    *,
+    announce: Callable[[str], None] | None = None,
+    handle_signals: bool = True,
+) -> int:
+    """Run the node until SIGTERM/SIGINT (or cancellation). Returns the exit status."""
+    identity = load_identity(config)
+    store = open_store(config)
+    host, port = parse_address(config.listen or "0.0.0.0:0", "listen")
+    seeds = [parse_address(b, "bootstrap") for b in config.bootstrap]
+    transport = Transport(identity, host, port)
+    async with trio.open_nursery() as nursery:
+        if handle_signals:
+            nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
+        local = await nursery.start(transport.serve)
+        node = Node(transport, store)
+        transport.handler = node.handle
+        control_path = config.state_dir / CONTROL_SOCKET_NAME
+        await nursery.start(ControlServer([node]).serve, control_path)
+        if seeds:
+            size = await node.join_addresses(seeds)
+            log.info("bootstrapped: %d contacts", size)
+            nursery.start_soon(_keep_joined, node, seeds)
+        nursery.start_soon(node.run_maintenance)
+        line = f"ready node_id={identity.node_id.hex()} listen={local.host}:{local.port} " \
+               f"control={control_path}"
+        log.info("%s", line)
+        (announce or _print)(line)
+    return 0
+
+
+def _print(line: str) -> None:
+    print(line, flush=True)
+
+
+async def _stop_on_signal(scope: trio.CancelScope) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            log.info("received %s, stopping", signal.Signals(signum).name)
+            scope.cancel()
+            return
+
+
+def run(config: Config) -> int:
+    """Blocking entry for ``dhtfs node``."""
+    status = trio.run(serve_node, config)
+    sys.stdout.flush()
+    return status
+
+
+__all__ = ["parse_address", "run", "serve_node"]
