@@ -28,4 +28,10 @@ extra=""
 for tool in mount.dhtfs umount.dhtfs dhtfs; do
   ln -sf "$PWD/.venv/bin/$tool" "/usr/local/sbin/$tool" 2>/dev/null || true
 done
+# mount(8) runs /sbin/mount.<type>: this makes `mount -t dhtfs` and fstab lines work.
+for tool in mount.dhtfs umount.dhtfs; do
+  if [ ! -e "/sbin/$tool" ] || [ -L "/sbin/$tool" ]; then
+    ln -sf "$PWD/.venv/bin/$tool" "/sbin/$tool" 2>/dev/null || true
+  fi
+done
 echo "setup: done (.venv ready; mount.dhtfs, umount.dhtfs, dhtfs linked into /usr/local/sbin)" >&2
