@@ -1,0 +1,87 @@
+"""Permission checks as the kernel's default_permissions enforces them, for an ordinary user."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.mount.helpers import NOBODY, as_user
+from tests.mounting import Mount
+
+pytestmark = pytest.mark.mount
+
+OTHER = 65533  # a second unprivileged uid for the sticky-directory case
+
+
+def _write(path: Path, text: str = "x") -> list[str]:
+    return ["sh", "-c", f'printf %s "{text}" > "{path}"']
+
+
+def test_unprivileged_cannot_touch_root_files(public_mount: Mount) -> None:
+    """nobody cannot write a 0644 root file, create in a 0755 root dir, or read a 0600 file."""
+    m = public_mount.mountpoint
+    f = m / "rootfile"
+    f.write_text("root data")
+    f.chmod(0o644)
+    (m / "rootdir").mkdir(mode=0o755)
+    secret = m / "secret"
+    secret.write_text("s")
+    secret.chmod(0o600)
+
+    assert as_user(NOBODY, ["cat", f]).stdout == "root data"
+    denied = as_user(NOBODY, _write(f, "evil"))
+    assert denied.returncode != 0 and "Permission denied" in denied.stderr
+    assert f.read_text() == "root data"
+    assert as_user(NOBODY, ["truncate", "-s", "0", f]).returncode != 0
+    assert as_user(NOBODY, ["touch", m / "rootdir" / "new"]).returncode != 0
+    assert as_user(NOBODY, ["mkdir", m / "rootdir" / "newdir"]).returncode != 0
+    assert as_user(NOBODY, ["touch", m / "at-root"]).returncode != 0
+    assert as_user(NOBODY, ["rm", "-f", f]).returncode != 0
+    assert as_user(NOBODY, ["cat", secret]).returncode != 0
+    assert as_user(NOBODY, ["chmod", "666", f]).returncode != 0
+    assert as_user(NOBODY, ["setfattr", "-n", "user.x", "-v", "1", f]).returncode != 0
+    assert sorted(os.listdir(m / "rootdir")) == []
+    assert f.exists()
+    assert f.read_text() == "root data"
+
+
+def test_unprivileged_can_use_open_dir(public_mount: Mount) -> None:
+    """In a 0777 directory nobody creates, writes and removes files it owns."""
+    m = public_mount.mountpoint
+    shared = m / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    mine = shared / "mine"
+    assert as_user(NOBODY, _write(mine, "hello")).returncode == 0
+    st = mine.stat()
+    assert (st.st_uid, st.st_gid) == (NOBODY, NOBODY)
+    assert mine.read_text() == "hello"
+    assert as_user(NOBODY, ["mkdir", shared / "sub"]).returncode == 0
+    assert (shared / "sub").stat().st_uid == NOBODY
+    assert as_user(NOBODY, ["chmod", "600", mine]).returncode == 0
+    assert as_user(NOBODY, ["cat", mine]).stdout == "hello"
+    assert as_user(OTHER, ["cat", mine]).returncode != 0
+    assert as_user(NOBODY, ["mv", mine, shared / "renamed"]).returncode == 0
+    assert as_user(NOBODY, ["rm", shared / "renamed"]).returncode == 0
+    assert sorted(os.listdir(shared)) == ["sub"]
+
+
+def test_sticky_directory(public_mount: Mount) -> None:
+    """In a 1777 directory users may only remove or rename their own entries."""
+    m = public_mount.mountpoint
+    tmp = m / "tmp"
+    tmp.mkdir()
+    tmp.chmod(0o1777)
+    theirs = tmp / "theirs"
+    assert as_user(OTHER, _write(theirs)).returncode == 0
+    (tmp / "roots").write_text("r")
+    assert as_user(NOBODY, ["rm", "-f", theirs]).returncode != 0
+    assert as_user(NOBODY, ["mv", theirs, tmp / "stolen"]).returncode != 0
+    assert as_user(NOBODY, ["rm", "-f", tmp / "roots"]).returncode != 0
+    assert theirs.exists() and (tmp / "roots").exists()
+    assert as_user(NOBODY, _write(tmp / "own")).returncode == 0
+    assert as_user(NOBODY, ["rm", tmp / "own"]).returncode == 0
+    assert as_user(OTHER, ["rm", theirs]).returncode == 0
+    assert sorted(os.listdir(tmp)) == ["roots"]
