@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import itertools
+import ssl
 from collections.abc import Callable
 from pathlib import Path
 
+import msgpack
+import trio
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from hypothesis import strategies as st
 
-from dhtfs.node import pki
+from dhtfs.errors import ProtocolError
+from dhtfs.node import pki, wire
+from dhtfs.node.network import Contact
+from dhtfs.node.pki import Identity
+from dhtfs.node.transport import tls_context
 
 _names = itertools.count()
 
@@ -39,3 +47,70 @@ def make_self_signed(out: Path, trust: Path) -> pki.Identity:
     )
     key_path.chmod(0o600)
     return pki.Identity(trust, cert_path, key_path, pki.node_id_of(cert))
+
+
+async def tls_client(ident: Identity, target: Contact) -> trio.SSLStream:
+    tcp = await trio.open_tcp_stream(target.host, target.port)
+    tls = trio.SSLStream(tcp, tls_context(ident, server_side=False), server_side=False)
+    await tls.do_handshake()
+    return tls
+
+
+def rejected(stream_bytes: bytes) -> bool:
+    """Whether a receiver must reject this byte stream (rather than wait for more)."""
+    reader = wire.FrameReader()
+    try:
+        bodies = reader.feed(stream_bytes)
+        frames = [wire.decode_body(b) for b in bodies]
+    except ProtocolError:
+        return True
+    kinds = [f.kind for f in frames]
+    return wire.HELLO in kinds[1:] or wire.RESPONSE in kinds or wire.ERROR in kinds
+
+
+async def raw_session(ident: Identity, target: Contact, payload: bytes, tls: bool) -> None:
+    """Send ``payload`` (after the TLS handshake if ``tls``); if the server must reject it,
+    wait until it closes the connection, else close ours."""
+    with trio.fail_after(10):
+        if tls:
+            stream: trio.abc.Stream = await tls_client(ident, target)
+        else:
+            stream = await trio.open_tcp_stream(target.host, target.port)
+        try:
+            await stream.send_all(payload)
+            if not tls:
+                await stream.send_eof()  # type: ignore[attr-defined]
+            if not tls or rejected(payload):
+                while await stream.receive_some(65536):
+                    pass
+        except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError):
+            pass
+        finally:
+            await trio.aclose_forcefully(stream)
+
+
+garbage = st.one_of(
+    st.binary(min_size=1, max_size=300),
+    st.builds(lambda b: wire.LENGTH.pack(len(b)) + b, st.binary(min_size=1, max_size=300)),
+    st.builds(lambda n: wire.LENGTH.pack(n), st.integers(wire.DEFAULT_MAX_FRAME + 1, 2**32 - 1)),
+    st.builds(
+        lambda o: (lambda b: wire.LENGTH.pack(len(b)) + b)(msgpack.packb(o, use_bin_type=True)),
+        st.lists(st.integers(0, 5) | st.text(max_size=5), max_size=6),
+    ),
+)
+
+
+def draw_garbage(n: int) -> list[bytes]:
+    """``n`` hostile byte strings drawn by hypothesis from ``garbage``."""
+    from hypothesis import HealthCheck, given, settings
+
+    payloads: list[bytes] = []
+
+    @settings(max_examples=n, deadline=None, database=None,
+              suppress_health_check=list(HealthCheck))
+    @given(garbage)
+    def collect(p: bytes) -> None:
+        payloads.append(p)
+
+    collect()
+    return payloads

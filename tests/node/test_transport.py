@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import logging
-import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-import msgpack
 import pytest
 import trio
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-from nodehelpers import IdentityFactory, make_identity, make_self_signed
+from nodehelpers import (
+    IdentityFactory,
+    draw_garbage,
+    make_identity,
+    make_self_signed,
+    raw_session,
+    rejected,
+)
 
 from dhtfs.errors import AuthError, CallTimeout, PeerUnreachable, ProtocolError, RemoteError
 from dhtfs.node import wire
@@ -161,79 +164,20 @@ async def test_unreachable(identity: IdentityFactory) -> None:
             await b.call(Contact(bytes(32), "127.0.0.5", port), "PING", {}, timeout=3)
 
 
-async def _tls_client(ident: Identity, target: Contact) -> trio.SSLStream:
-    tcp = await trio.open_tcp_stream(target.host, target.port)
-    tls = trio.SSLStream(tcp, tls_context(ident, server_side=False), server_side=False)
-    await tls.do_handshake()
-    return tls
-
-
-def _rejected(stream_bytes: bytes) -> bool:
-    """Whether a receiver must reject this byte stream (rather than wait for more)."""
-    reader = wire.FrameReader()
-    try:
-        bodies = reader.feed(stream_bytes)
-        frames = [wire.decode_body(b) for b in bodies]
-    except ProtocolError:
-        return True
-    kinds = [f.kind for f in frames]
-    return wire.HELLO in kinds[1:] or wire.RESPONSE in kinds or wire.ERROR in kinds
-
-
-async def _raw_session(ident: Identity, target: Contact, payload: bytes, tls: bool) -> None:
-    """Send ``payload`` (after the TLS handshake if ``tls``); if the server must reject it,
-    wait until it closes the connection, else close ours."""
-    with trio.fail_after(10):
-        if tls:
-            stream: trio.abc.Stream = await _tls_client(ident, target)
-        else:
-            stream = await trio.open_tcp_stream(target.host, target.port)
-        try:
-            await stream.send_all(payload)
-            if not tls:
-                await stream.send_eof()  # type: ignore[attr-defined]
-            if not tls or _rejected(payload):
-                while await stream.receive_some(65536):
-                    pass
-        except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError):
-            pass
-        finally:
-            await trio.aclose_forcefully(stream)
-
-
-garbage = st.one_of(
-    st.binary(min_size=1, max_size=300),
-    st.builds(lambda b: wire.LENGTH.pack(len(b)) + b, st.binary(min_size=1, max_size=300)),
-    st.builds(lambda n: wire.LENGTH.pack(n), st.integers(wire.DEFAULT_MAX_FRAME + 1, 2**32 - 1)),
-    st.builds(
-        lambda o: (lambda b: wire.LENGTH.pack(len(b)) + b)(msgpack.packb(o, use_bin_type=True)),
-        st.lists(st.integers(0, 5) | st.text(max_size=5), max_size=6),
-    ),
-)
-
-
 @pytest.mark.slow
 async def test_malformed_frames_leave_server_serving(identity: IdentityFactory) -> None:
     client_ident = identity()
     async with serving(identity()) as a, serving(identity()) as b:
-        payloads: list[bytes] = []
-
-        @settings(max_examples=40, deadline=None, database=None,
-                  suppress_health_check=list(HealthCheck))
-        @given(garbage)
-        def collect(p: bytes) -> None:
-            payloads.append(p)
-
-        collect()
+        payloads = draw_garbage(40)
         hello = wire.encode_hello("127.0.0.1", 9)
         for p in payloads:
-            await _raw_session(client_ident, a.local, hello + p, tls=True)   # after auth
-            await _raw_session(client_ident, a.local, p, tls=False)          # pre-handshake
+            await raw_session(client_ident, a.local, hello + p, tls=True)   # after auth
+            await raw_session(client_ident, a.local, p, tls=False)          # pre-handshake
         # an answer to a request never made, and a second HELLO, are unexpected frames
-        await _raw_session(client_ident, a.local, hello + wire.encode_response(99, {}), tls=True)
-        await _raw_session(client_ident, a.local, hello + hello, tls=True)
+        await raw_session(client_ident, a.local, hello + wire.encode_response(99, {}), tls=True)
+        await raw_session(client_ident, a.local, hello + hello, tls=True)
         # garbage inside the first frame counts as a refusal, later garbage as a protocol error
-        expected = sum(_rejected(hello + p) for p in payloads) + 2
+        expected = sum(rejected(hello + p) for p in payloads) + 2
         assert a.protocol_errors + a.refusals >= expected + len(payloads)
         assert (await b.call(a.local, "ok", {}, timeout=5))["method"] == "ok"
 
