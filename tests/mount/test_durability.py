@@ -1,0 +1,140 @@
+"""kill -9 of the daemon loses nothing that close() or fsync() acknowledged."""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.mount.helpers import ENV
+from tests.mounting import MOUNT, Mount, is_mounted, wait_for
+
+pytestmark = pytest.mark.mount
+
+MIB = 1024 * 1024
+
+
+def _expected_files() -> dict[str, bytes]:
+    return {
+        "empty": b"",
+        "tiny": b"x",
+        "small.txt": b"hello\n" * 100,
+        "one-chunk": os.urandom(MIB),
+        "multi": os.urandom(3 * MIB + 12345),
+        "dir/nested/deep": os.urandom(200_000),
+        "dir/dedup-a": b"\x07" * (2 * MIB),
+        "dir/dedup-b": b"\x07" * (2 * MIB),
+    }
+
+
+def _write_closed(root: Path, files: dict[str, bytes]) -> None:
+    for name, data in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+
+
+def _sigkill(m: Mount) -> None:
+    """SIGKILL the daemon and leave its stale mount in place."""
+    assert m.proc is not None
+    m.proc.send_signal(signal.SIGKILL)
+    m.proc.wait(30)
+
+
+def test_kill9_after_close_and_fsync(mount: Mount) -> None:
+    """Files closed, renamed, fsynced (still open) or changed in place survive kill -9."""
+    root = mount.mountpoint
+    closed = _expected_files()
+    _write_closed(root, closed)
+    (root / "dir" / "renamed-from").write_bytes(b"rename me")
+    os.rename(root / "dir" / "renamed-from", root / "renamed-to")
+    closed["renamed-to"] = b"rename me"
+    (root / "gone").write_bytes(b"deleted")
+    (root / "gone").unlink()
+    with open(root / "multi", "r+b") as fh:  # an in-place change to an existing file
+        fh.seek(MIB - 3)
+        fh.write(b"PATCHED")
+    patched = bytearray(closed["multi"])
+    patched[MIB - 3 : MIB + 4] = b"PATCHED"
+    closed["multi"] = bytes(patched)
+    os.truncate(root / "small.txt", 50)
+    closed["small.txt"] = closed["small.txt"][:50]
+    os.chmod(root / "tiny", 0o600)
+
+    synced = {"synced-a": os.urandom(2 * MIB + 1), "synced-b": b"fsynced but open\n"}
+    fds = []
+    try:
+        for name, data in synced.items():
+            fd = os.open(root / name, os.O_WRONLY | os.O_CREAT, 0o644)
+            fds.append(fd)
+            os.write(fd, data)
+            os.fsync(fd)
+        mount.kill()
+    finally:
+        for fd in fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+    mount.start()
+    for name, data in {**closed, **synced}.items():
+        assert (root / name).read_bytes() == data, name
+    assert not (root / "gone").exists()
+    assert not (root / "dir" / "renamed-from").exists()
+    assert (root / "tiny").stat().st_mode & 0o777 == 0o600
+    assert sorted(os.listdir(root)) == sorted(
+        ["dir", "empty", "tiny", "small.txt", "one-chunk", "multi", "renamed-to", *synced]
+    )
+
+
+def test_kill9_repeatedly(mount: Mount) -> None:
+    """Several crash/restart cycles in a row, each adding files, lose none of them."""
+    expected: dict[str, bytes] = {}
+    for round_ in range(3):
+        for i in range(5):
+            name = f"r{round_}-{i}"
+            expected[name] = os.urandom(100_000 * (i + 1))
+            (mount.mountpoint / name).write_bytes(expected[name])
+        mount.kill()
+        mount.start()
+        for name, data in expected.items():
+            assert (mount.mountpoint / name).read_bytes() == data, name
+
+
+def test_stale_mount_cleaned_by_next_mount(mount: Mount) -> None:
+    """After kill -9 the mount point is stale (ENOTCONN); the next mount.dhtfs cleans it up."""
+    (mount.mountpoint / "f").write_bytes(b"before the crash")
+    _sigkill(mount)
+    assert is_mounted(mount.mountpoint)
+    with pytest.raises(OSError) as info:
+        os.stat(mount.mountpoint)
+    assert info.value.errno == errno.ENOTCONN
+    # Mount.start would stat the stale mount point itself; start the daemon by hand.
+    assert mount.log is not None
+    with open(mount.log, "ab") as log:
+        mount.proc = subprocess.Popen(
+            [MOUNT, str(mount.mountpoint), "-f", "-o", f"state={mount.state}"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=ENV,
+        )
+
+    def live() -> bool:
+        if mount.proc is not None and mount.proc.poll() is not None:
+            raise AssertionError(f"mount.dhtfs exited: {mount.log_text()}")
+        try:
+            os.stat(mount.mountpoint)
+        except OSError:
+            return False
+        return is_mounted(mount.mountpoint) and (mount.mountpoint / "f").exists()
+
+    wait_for(live, "the new mount over the stale one")
+    assert (mount.mountpoint / "f").read_bytes() == b"before the crash"
+    with open("/proc/mounts") as fh:
+        entries = [ln for ln in fh if ln.split()[1] == str(mount.mountpoint)]
+    assert len(entries) == 1
+    assert "removing the stale mount" in mount.log_text()
