@@ -111,6 +111,7 @@ class FileContents:
         self.max_buffers = max_buffers
         self.nursery: trio.Nursery | None = None
         self.open_files: dict[bytes, OpenFile] = {}
+        self._fetching: dict[bytes, trio.Event] = {}
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -147,6 +148,8 @@ class FileContents:
             index, start = divmod(pos, cs)
             n = min(cs - start, end - pos)
             plain = await self._plaintext(of, index)
+            if start + n == cs or start == 0:
+                self._prefetch(of, index + 1)
             piece = bytes(plain[start : start + n]) if plain is not None else b""
             if len(piece) < n:
                 piece += bytes(n - len(piece))
@@ -167,17 +170,45 @@ class FileContents:
         return await self.get_chunk(chunk_id)
 
     async def get_chunk(self, chunk_id: bytes) -> bytes:
-        """Plaintext of a stored chunk (cached); EIO if it is missing or fails to verify."""
+        """Plaintext of a stored chunk (cached); EIO if it is missing or fails to verify.
+
+        Concurrent calls for one chunk share one fetch.
+        """
         data = self.cache.get(chunk_id)
         if data is not None:
             return data
+        waiting = self._fetching.get(chunk_id)
+        if waiting is not None:
+            await waiting.wait()
+            data = self.cache.get(chunk_id)
+            if data is not None:
+                return data
+        done = self._fetching[chunk_id] = trio.Event()
         try:
             data = await trio.to_thread.run_sync(self.store.get, chunk_id, limiter=self._limiter)
         except ChunkError as exc:
             log.error("read failed: %s", exc)
             raise NamespaceError(errno.EIO, str(exc)) from exc
+        finally:
+            del self._fetching[chunk_id]
+            done.set()
         self.cache.put(chunk_id, data)
         return data
+
+    def _prefetch(self, of: OpenFile, index: int) -> None:
+        """Start fetching chunk ``index`` in the background (sequential read-ahead)."""
+        if self.nursery is None or index >= len(of.ids) or index in of.buffers:
+            return
+        chunk_id = of.ids[index]
+        if chunk_id is None or chunk_id in self._fetching or self.cache.get(chunk_id) is not None:
+            return
+        self.nursery.start_soon(self._prefetch_one, chunk_id)
+
+    async def _prefetch_one(self, chunk_id: bytes) -> None:
+        try:
+            await self.get_chunk(chunk_id)
+        except NamespaceError:
+            pass  # the reader that needs it will get the error
 
     # -- writing -------------------------------------------------------------------------------
 
@@ -195,6 +226,16 @@ class FileContents:
         while pos < len(view):
             index, start = divmod(offset + pos, cs)
             n = min(cs - start, len(view) - pos)
+            if n == cs and index not in of.buffers:
+                # A whole chunk in one request: seal the request's bytes, no buffer round trip.
+                whole = (
+                    data
+                    if n == len(view) and isinstance(data, bytes)
+                    else bytes(view[pos : pos + n])
+                )
+                await self._seal_bytes(of, index, whole)
+                pos += n
+                continue
             buf = of.buffers.get(index)
             if buf is None:
                 buf = await self._open_buffer(of, index, whole=start == 0 and n == cs)
@@ -280,7 +321,16 @@ class FileContents:
         if buf is None:
             self._sealing_slots.release()
             return
-        data = bytes(buf)
+        self._start_seal(of, index, bytes(buf))
+
+    async def _seal_bytes(self, of: OpenFile, index: int, data: bytes) -> None:
+        """Seal ``data`` as chunk ``index`` in the background (waits for a free slot)."""
+        await self._sealing_slots.acquire()
+        of.buffers.pop(index, None)
+        self._start_seal(of, index, data)
+
+    def _start_seal(self, of: OpenFile, index: int, data: bytes) -> None:
+        """Start sealing; the caller holds one sealing slot, which the sealer releases."""
         of.sealing[index] = data
         if of.pending == 0:
             of.idle = trio.Event()
