@@ -190,7 +190,10 @@ class FileContents:
             log.error("read failed: %s", exc)
             raise NamespaceError(errno.EIO, str(exc)) from exc
         finally:
-            del self._fetching[chunk_id]
+            # After a failed fetch, several waiters may each retry and replace the entry;
+            # remove only our own.
+            if self._fetching.get(chunk_id) is done:
+                del self._fetching[chunk_id]
             done.set()
         self.cache.put(chunk_id, data)
         return data
