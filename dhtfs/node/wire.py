@@ -184,30 +184,53 @@ def decode(data: bytes, max_frame: int = DEFAULT_MAX_FRAME) -> Frame:
 class FrameReader:
     """Reassembles frames from a byte stream fed in arbitrary pieces.
 
-    ``feed(data)`` returns the complete frame bodies now available; a header announcing more
-    than ``max_frame`` raises ``ProtocolError`` at once, before the body arrives.
+    ``feed(data)`` returns the complete frame bodies now available (memoryviews into an
+    internal buffer: decode them before the next ``feed``, or copy them); a header announcing
+    more than ``max_frame`` raises ``ProtocolError`` at once, before the body arrives.
+    Each byte is copied at most twice (pieces are joined only once a frame is complete).
     """
 
     def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
         self.max_frame = max_frame
-        self._buf = bytearray()
-        self._need: int | None = None  # body length of the frame in progress
+        self._pieces: list[bytes] = []
+        self._have = 0
+        self._need: int | None = None  # total length (header + body) of the frame in progress
 
     @property
     def pending_bytes(self) -> int:
-        return len(self._buf)
+        return self._have
 
-    def feed(self, data: bytes | bytearray | memoryview) -> list[bytes]:
-        self._buf += data
-        out: list[bytes] = []
+    def _joined(self) -> bytes:
+        if len(self._pieces) != 1:
+            self._pieces = [b"".join(self._pieces)]
+        return self._pieces[0]
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[memoryview]:
+        if data:
+            self._pieces.append(bytes(data) if not isinstance(data, bytes) else data)
+            self._have += len(data)
+        if self._need is None:
+            if self._have < HEADER_BYTES:
+                return []
+            self._need = HEADER_BYTES + body_length(self._joined()[:HEADER_BYTES], self.max_frame)
+        if self._have < self._need:
+            return []
+        buf = self._joined()
+        view = memoryview(buf)
+        out: list[memoryview] = []
+        pos = 0
         while True:
-            if self._need is None:
-                if len(self._buf) < HEADER_BYTES:
-                    return out
-                self._need = body_length(self._buf[:HEADER_BYTES], self.max_frame)
-            end = HEADER_BYTES + self._need
-            if len(self._buf) < end:
-                return out
-            out.append(bytes(self._buf[HEADER_BYTES:end]))
-            del self._buf[:end]
+            assert self._need is not None
+            end = pos + self._need
+            out.append(view[pos + HEADER_BYTES : end])
+            pos = end
             self._need = None
+            if len(buf) - pos < HEADER_BYTES:
+                break
+            self._need = HEADER_BYTES + body_length(view[pos : pos + HEADER_BYTES], self.max_frame)
+            if len(buf) - pos < self._need:
+                break
+        rest = buf[pos:]
+        self._pieces = [rest] if rest else []
+        self._have = len(rest)
+        return out
