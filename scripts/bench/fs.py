@@ -173,6 +173,10 @@ class Target:
     def teardown(self) -> None:
         raise NotImplementedError
 
+    def daemon_pid(self) -> int | None:
+        """The pid of the daemon serving the mount, when we started it ourselves."""
+        return None
+
 
 class TmpfsTarget(Target):
     name = "tmpfs"
@@ -237,6 +241,10 @@ class DhtfsTarget(Target):
     def setup(self) -> None:
         mount_tmpfs(self.statefs)
         self._start()
+
+    def daemon_pid(self) -> int | None:
+        proc = self.mount.proc
+        return proc.pid if proc is not None and proc.poll() is None else None
 
     def cold(self) -> None:
         self._stop()
@@ -332,27 +340,48 @@ class Params:
     only: list[str]
 
 
+def process_cpu(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` (all its threads) so far."""
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def bench_target(
     target: Target, params: Params, data: memoryview, tree: Path, ndirs: int
-) -> dict[str, float]:
-    """One run on a fresh mount of ``target``; returns figure suffix → value."""
+) -> tuple[dict[str, float], dict[str, float]]:
+    """One run on a fresh mount of ``target``.
+
+    Returns (figure suffix → value, figure suffix → CPU seconds the daemon used in that step;
+    the latter only for targets with a daemon we started, i.e. dhtfs).
+    """
     out: dict[str, float] = {}
+    cpu: dict[str, float] = {}
+
+    def step(key: str, amount: float, fn: Callable[[], float]) -> None:
+        pid = target.daemon_pid()
+        before = process_cpu(pid) if pid else 0.0
+        out[key] = amount / fn()
+        if pid:
+            cpu[key] = process_cpu(pid) - before
+
     target.setup()
     try:
         big = target.root / "big"
-        out["seq_write"] = params.size / MB / seq_write(big, data)
+        size_mb = params.size / MB
+        step("seq_write", size_mb, lambda: seq_write(big, data))
         target.cold()
-        out["seq_read_cold"] = params.size / MB / seq_read(big, data)
-        out["seq_read_warm"] = params.size / MB / seq_read(big, data)
+        step("seq_read_cold", size_mb, lambda: seq_read(big, data))
+        step("seq_read_warm", size_mb, lambda: seq_read(big, data))
         dest = target.root / "tree"
-        out["cp"] = params.nfiles / timed_cmd(["cp", "-r", str(tree), str(dest)])
-        out["ls"] = (params.nfiles + ndirs) / timed_cmd(["ls", "-lR", str(dest)])
-        out["rm"] = params.nfiles / timed_cmd(["rm", "-rf", str(dest)])
+        step("cp", params.nfiles, lambda: timed_cmd(["cp", "-r", str(tree), str(dest)]))
+        step("ls", params.nfiles + ndirs, lambda: timed_cmd(["ls", "-lR", str(dest)]))
+        step("rm", params.nfiles, lambda: timed_cmd(["rm", "-rf", str(dest)]))
         if dest.exists():
             raise BenchError(f"{dest} still exists after rm -rf")
     finally:
         target.teardown()
-    return out
+    return out, cpu
 
 
 def header(params: Params) -> None:
@@ -423,11 +452,12 @@ def main(argv: list[str] | None = None) -> int:
             results: dict[str, list[float]] = {}
             for i in range(1, params.runs + 1):
                 for target in targets:
-                    figures = bench_target(target, params, data, tree, ndirs)
+                    figures, cpu = bench_target(target, params, data, tree, ndirs)
                     for key, value in figures.items():
                         name = f"{target.name}_{key}"
                         results.setdefault(name, []).append(value)
-                        note(f"run {i} {name}={value:.1f} {UNITS[key]}")
+                        extra = f" (daemon cpu {cpu[key]:.2f} s)" if key in cpu else ""
+                        note(f"run {i} {name}={value:.1f} {UNITS[key]}{extra}")
             for key in UNITS:
                 for target in targets:
                     name = f"{target.name}_{key}"
