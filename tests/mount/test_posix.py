@@ -406,3 +406,82 @@ def test_chunk_sized_writes_read_back(tmp_path: Path) -> None:
             m.stop()
         except Exception:
             m.kill()
+
+
+def test_unlinked_open_file_stays_usable(small_mount: Mount) -> None:
+    """An unlinked file stays readable and writable through an open descriptor."""
+    m = small_mount.mountpoint
+    f = m / "tmpfile"
+    data = os.urandom(3 * SMALL_CHUNK + 10)
+    fd = os.open(f, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, data)
+        f.unlink()
+        assert not f.exists()
+        assert os.listdir(m) == []
+        os.write(fd, b"more")
+        assert os.pread(fd, len(data) + 10, 0) == data + b"more"
+        assert os.fstat(fd).st_nlink == 0
+        assert os.fstat(fd).st_size == len(data) + 4
+    finally:
+        os.close(fd)
+    assert os.listdir(m) == []
+
+
+def test_renamed_open_file_keeps_writing(mount: Mount) -> None:
+    """Writes through a descriptor land in the file under its new name after a rename."""
+    m = mount.mountpoint
+    (m / "d").mkdir()
+    with open(m / "a", "wb") as fh:
+        fh.write(b"one ")
+        fh.flush()
+        os.rename(m / "a", m / "d" / "b")
+        fh.write(b"two")
+    assert (m / "d" / "b").read_bytes() == b"one two"
+    assert not (m / "a").exists()
+
+
+def test_shared_content_between_descriptors(mount: Mount) -> None:
+    """A reader sees a writer's bytes at once, before the writer closes (local semantics)."""
+    f = mount.mountpoint / "f"
+    with open(f, "wb", buffering=0) as w, open(f, "rb", buffering=0) as r:
+        w.write(b"abc")
+        assert r.read() == b"abc"
+        w.write(os.urandom(2 * 1024 * 1024))
+        assert os.fstat(r.fileno()).st_size == 2 * 1024 * 1024 + 3
+
+
+def test_namespace_errors(mount: Mount) -> None:
+    """The usual errnos: EEXIST, ENOTEMPTY, ENOTDIR, EISDIR, ENAMETOOLONG, ENOENT."""
+    m = mount.mountpoint
+    (m / "d" / "sub").mkdir(parents=True)
+    (m / "f").write_text("f")
+    assert _errno_of(os.open, m / "f", os.O_CREAT | os.O_EXCL | os.O_WRONLY) == errno.EEXIST
+    assert _errno_of(os.mkdir, m / "d") == errno.EEXIST
+    assert _errno_of(os.rmdir, m / "d") == errno.ENOTEMPTY
+    assert _errno_of(os.rmdir, m / "f") == errno.ENOTDIR
+    assert _errno_of(os.unlink, m / "d") == errno.EISDIR
+    assert _errno_of(os.open, m / "d", os.O_WRONLY) == errno.EISDIR
+    assert _errno_of(os.mkdir, m / "f" / "x") == errno.ENOTDIR
+    assert _errno_of(os.open, m / ("n" * 256), os.O_CREAT | os.O_WRONLY) == errno.ENAMETOOLONG
+    assert _errno_of(os.stat, m / "missing") == errno.ENOENT
+    (m / ("n" * 255)).write_text("longest name")
+    assert (m / ("n" * 255)).read_text() == "longest name"
+    os.mkfifo(m / "fifo")
+    assert stat.S_ISFIFO(os.lstat(m / "fifo").st_mode)
+
+
+def test_large_directory_listing_and_rm_rf(mount: Mount) -> None:
+    """Listing a directory of 1500 entries is complete; rm -rf removes it all."""
+    d = mount.mountpoint / "many"
+    d.mkdir()
+    names = {f"file-{i:05d}-{'x' * (i % 40)}" for i in range(1500)}
+    for name in names:
+        (d / name).write_bytes(b"")
+    assert set(os.listdir(d)) == names
+    listing = sh(["ls", "-la", d]).stdout.splitlines()
+    assert sum(1 for line in listing if line.startswith("-rw-r--r-- 1 ")) == 1500
+    assert int(sh(["sh", "-c", f"find {d} -type f | wc -l"]).stdout) == 1500
+    sh(["rm", "-rf", d])
+    assert not d.exists()
+    assert os.listdir(mount.mountpoint) == []
