@@ -85,3 +85,32 @@ def test_sticky_directory(public_mount: Mount) -> None:
     assert as_user(NOBODY, ["rm", tmp / "own"]).returncode == 0
     assert as_user(OTHER, ["rm", theirs]).returncode == 0
     assert sorted(os.listdir(tmp)) == ["roots"]
+
+
+def test_group_and_execute_bits(public_mount: Mount) -> None:
+    """Group bits grant by gid; execute and search bits are enforced."""
+    m = public_mount.mountpoint
+    team = m / "team"
+    team.write_text("t")
+    os.chown(team, 0, 4242)
+    team.chmod(0o664)
+    assert as_user(NOBODY, _write(team, "member"), gid=4242).returncode == 0
+    assert team.read_text() == "member"
+    assert as_user(NOBODY, _write(team, "outsider")).returncode != 0
+    assert team.read_text() == "member"
+
+    script = m / "script"
+    script.write_text("#!/bin/sh\necho ran\n")
+    script.chmod(0o644)
+    assert as_user(NOBODY, [script]).returncode != 0
+    script.chmod(0o755)
+    assert as_user(NOBODY, [script]).stdout == "ran\n"
+
+    closed = m / "closed"
+    closed.mkdir()
+    (closed / "inside").write_text("i")
+    closed.chmod(0o744)  # readable, not searchable, by others
+    assert as_user(NOBODY, ["cat", closed / "inside"]).returncode != 0
+    closed.chmod(0o711)  # searchable, not readable
+    assert as_user(NOBODY, ["cat", closed / "inside"]).stdout == "i"
+    assert as_user(NOBODY, ["ls", closed]).returncode != 0
