@@ -268,3 +268,35 @@ def test_sigterm_flushes_and_unmounts(mount: Mount) -> None:
     assert "SIGTERM" in log
     mount.start()
     assert (mount.mountpoint / "open").read_bytes() == data
+
+
+def test_sigint_stops_foreground_mount(mount: Mount) -> None:
+    """SIGINT (Ctrl-C on mount.dhtfs -f) stops cleanly as SIGTERM does."""
+    (mount.mountpoint / "f").write_bytes(b"kept")
+    assert mount.proc is not None
+    mount.proc.send_signal(signal.SIGINT)
+    assert mount.proc.wait(30) == 0
+    assert not is_mounted(mount.mountpoint)
+    os.stat(mount.mountpoint)
+    assert "Traceback" not in mount.log_text()
+    mount.start()
+    assert (mount.mountpoint / "f").read_bytes() == b"kept"
+
+
+def test_sigterm_to_daemon(mnt: Path, tmp_path: Path) -> None:
+    """SIGTERM to a background daemon (as systemd stops it) unmounts and exits, no stale mount."""
+    state = tmp_path / "state"
+    sh([MOUNT, mnt, "-o", f"state={state}"], timeout=60)
+    (mnt / "f").write_bytes(b"x" * 100_000)
+    pid = daemon_pid(mnt)
+    assert pid is not None
+    os.kill(pid, signal.SIGTERM)
+    wait_for(lambda: not alive(pid), "the daemon to exit")
+    assert not is_mounted(mnt)
+    os.stat(mnt)
+    assert daemon_pid(mnt) is None  # its record is removed
+    log = (state / "dhtfs.log").read_text()
+    assert "SIGTERM" in log and "Traceback" not in log
+    sh([MOUNT, mnt, "-o", f"state={state}"], timeout=60)
+    assert (mnt / "f").read_bytes() == b"x" * 100_000
+    sh([UMOUNT, mnt], timeout=90)
