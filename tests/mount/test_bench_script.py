@@ -5,6 +5,7 @@ Not a timed test: tiny sizes, one run, and no assertion on the values beyond "po
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -22,12 +23,12 @@ EXPECTED = {
 }
 
 
-def bench_mounts() -> list[str]:
+def mounts_under(root: Path) -> list[str]:
     with open("/proc/mounts") as fh:
-        return [line for line in fh if "/dhtfs-bench-" in line.split()[1]]
+        return [line for line in fh if line.split()[1].startswith(f"{root}/")]
 
 
-def test_quick_dhtfs_figures() -> None:
+def test_quick_dhtfs_figures(tmp_path: Path) -> None:
     proc = subprocess.run(
         [
             sys.executable,
@@ -46,6 +47,7 @@ def test_quick_dhtfs_figures() -> None:
         text=True,
         timeout=120,
         cwd=REPO,
+        env={**os.environ, "TMPDIR": str(tmp_path)},  # its mounts live under tmp_path
         check=False,
     )
     assert proc.returncode == 0, proc.stderr
@@ -58,4 +60,4 @@ def test_quick_dhtfs_figures() -> None:
         figures[match[1]] = float(match[2])
     assert set(figures) == EXPECTED
     assert all(value > 0 for value in figures.values()), figures
-    assert not bench_mounts()
+    assert not mounts_under(tmp_path)
