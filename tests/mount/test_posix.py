@@ -485,3 +485,22 @@ def test_large_directory_listing_and_rm_rf(mount: Mount) -> None:
     sh(["rm", "-rf", d])
     assert not d.exists()
     assert os.listdir(mount.mountpoint) == []
+
+
+def test_shared_mmap_writes_persist(mount: Mount) -> None:
+    """Stores through a shared writable mmap reach the file and survive a remount."""
+    import mmap
+
+    f = mount.mountpoint / "mm"
+    data = bytearray(os.urandom(3 * 1024 * 1024))
+    f.write_bytes(data)
+    edits = {1000: b"0123456789", 2 * 1024 * 1024 - 5: b"ABCDEFGHIJ"}  # one straddles chunks
+    with open(f, "r+b") as fh, mmap.mmap(fh.fileno(), 0) as mm:
+        for off, text in edits.items():
+            mm[off : off + len(text)] = text
+            data[off : off + len(text)] = text
+        mm.flush()
+    assert f.read_bytes() == bytes(data)
+    mount.stop()
+    mount.start()
+    assert f.read_bytes() == bytes(data)
