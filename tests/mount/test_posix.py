@@ -6,6 +6,7 @@ import ctypes
 import errno
 import hashlib
 import json
+import mmap
 import os
 import stat
 from pathlib import Path
@@ -489,8 +490,6 @@ def test_large_directory_listing_and_rm_rf(mount: Mount) -> None:
 
 def test_shared_mmap_writes_persist(mount: Mount) -> None:
     """Stores through a shared writable mmap reach the file and survive a remount."""
-    import mmap
-
     f = mount.mountpoint / "mm"
     data = bytearray(os.urandom(3 * 1024 * 1024))
     f.write_bytes(data)
