@@ -207,28 +207,40 @@ class Operations(pyfuse3.Operations):
 
     # -- creating and removing names -----------------------------------------------------------
 
+    def _new_group(self, parent: bytes, mode: int, ctx: Any) -> tuple[int, int]:
+        """(gid, mode) of a new entry: a set-group-ID directory passes on its group, and to
+        subdirectories the bit itself (Linux/BSD semantics; the kernel leaves this to us)."""
+        row = self.tree.require(parent)
+        if not row.mode & stat.S_ISGID:
+            return ctx.gid, mode
+        return row.gid, mode | stat.S_ISGID if stat.S_ISDIR(mode) else mode
+
     @_errno_mapped
     async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx):
-        obj = self.tree.create(
-            self._obj(parent_inode), name, stat.S_IFMT(mode), mode, ctx.uid, ctx.gid, rdev=rdev
-        )
+        parent = self._obj(parent_inode)
+        gid, mode = self._new_group(parent, mode, ctx)
+        obj = self.tree.create(parent, name, stat.S_IFMT(mode), mode, ctx.uid, gid, rdev=rdev)
         return self._entry(obj)
 
     @_errno_mapped
     async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx):
-        obj = self.tree.create(self._obj(parent_inode), name, stat.S_IFDIR, mode, ctx.uid, ctx.gid)
+        parent = self._obj(parent_inode)
+        gid, mode = self._new_group(parent, stat.S_IFDIR | mode, ctx)
+        obj = self.tree.create(parent, name, stat.S_IFDIR, mode, ctx.uid, gid)
         return self._entry(obj)
 
     @_errno_mapped
     async def symlink(self, parent_inode: int, name: bytes, target: bytes, ctx):
-        obj = self.tree.create(
-            self._obj(parent_inode), name, stat.S_IFLNK, 0o777, ctx.uid, ctx.gid, target=target
-        )
+        parent = self._obj(parent_inode)
+        gid, _mode = self._new_group(parent, stat.S_IFLNK | 0o777, ctx)
+        obj = self.tree.create(parent, name, stat.S_IFLNK, 0o777, ctx.uid, gid, target=target)
         return self._entry(obj)
 
     @_errno_mapped
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int, ctx):
-        obj = self.tree.create(self._obj(parent_inode), name, stat.S_IFREG, mode, ctx.uid, ctx.gid)
+        parent = self._obj(parent_inode)
+        gid, mode = self._new_group(parent, stat.S_IFREG | mode, ctx)
+        obj = self.tree.create(parent, name, stat.S_IFREG, mode, ctx.uid, gid)
         row = self.tree.require(obj)
         of = self.contents.load(row)
         fh = self._new_fh(of)
