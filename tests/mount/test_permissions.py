@@ -114,3 +114,47 @@ def test_group_and_execute_bits(public_mount: Mount) -> None:
     closed.chmod(0o711)  # searchable, not readable
     assert as_user(NOBODY, ["cat", closed / "inside"]).stdout == "i"
     assert as_user(NOBODY, ["ls", closed]).returncode != 0
+
+
+def test_setgid_directory_inheritance(public_mount: Mount) -> None:
+    """In a set-group-ID directory new entries take its group; subdirectories keep the bit."""
+    m = public_mount.mountpoint
+    proj = m / "proj"
+    proj.mkdir()
+    os.chown(proj, 0, 4242)
+    proj.chmod(0o2777)
+    (proj / "f").write_text("x")
+    (proj / "sub").mkdir()
+    os.symlink("f", proj / "l")
+    os.mkfifo(proj / "p")
+    assert as_user(NOBODY, _write(proj / "theirs")).returncode == 0
+    for name in ("f", "sub", "l", "p", "theirs"):
+        assert (proj / name).lstat().st_gid == 4242, name
+    assert (proj / "sub").stat().st_mode & 0o2000
+    assert not (proj / "f").stat().st_mode & 0o2000
+    assert (proj / "theirs").stat().st_uid == NOBODY
+    (proj / "sub" / "deeper").mkdir()
+    assert (proj / "sub" / "deeper").stat().st_gid == 4242
+    plain = m / "plain"
+    plain.mkdir()
+    os.chown(plain, 0, 4242)
+    (plain / "g").write_text("g")
+    assert (plain / "g").stat().st_gid == 0
+
+
+def test_unprivileged_write_clears_setuid(public_mount: Mount) -> None:
+    """As on ext4: an unprivileged write or truncate of a set-user-ID file clears S_ISUID and
+    S_ISGID; root's own write keeps them."""
+    f = public_mount.mountpoint / "suid"
+    f.write_text("x")
+    f.chmod(0o6777)
+    with open(f, "a") as fh:
+        fh.write("r")
+    assert f.stat().st_mode & 0o7777 == 0o6777
+    assert as_user(NOBODY, ["sh", "-c", f'echo y >> "{f}"']).returncode == 0
+    assert f.read_text() == "xry\n"
+    assert f.stat().st_mode & 0o7777 == 0o777
+    f.chmod(0o6777)
+    assert as_user(NOBODY, ["truncate", "-s", "1", f]).returncode == 0
+    assert f.read_text() == "x"
+    assert f.stat().st_mode & 0o7777 == 0o777
