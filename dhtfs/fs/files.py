@@ -299,7 +299,10 @@ class FileContents:
         """Seal every buffer, wait for all sealing, commit the version if it changed."""
         while of.buffers or of.pending:
             for index in sorted(of.buffers):
-                if index in of.buffers:
+                buf = of.buffers.get(index)
+                if buf is not None and len(buf) <= THREAD_THRESHOLD:
+                    self._seal_inline(of, index, buf)
+                elif buf is not None:
                     await self._seal_soon(of, index)
             await of.idle.wait()
         if of.error is not None:
@@ -363,6 +366,21 @@ class FileContents:
             of.pending -= 1
             if of.pending == 0:
                 of.idle.set()
+
+    def _seal_inline(self, of: OpenFile, index: int, buf: bytearray) -> None:
+        """Seal a small buffer on this thread (cheaper than a task and a thread hop)."""
+        del of.buffers[index]
+        of.sealing.pop(index, None)  # an older seal in flight must not overwrite this one
+        data = bytes(buf)
+        try:
+            chunk_id = self._hash_and_store(data)
+        except OSError as exc:
+            log.error("storing a chunk failed: %s", exc)
+            of.error = exc
+            return
+        self.cache.put(chunk_id, data)
+        if index < len(of.ids):
+            of.ids[index] = chunk_id
 
     def _hash_and_store(self, data: bytes) -> bytes:
         chunk_id = chunk_id_of(data)

@@ -181,12 +181,28 @@ class _Tx:
             row = self.db.execute("SELECT * FROM xattrs WHERE obj=? AND name=?", key).fetchone()
         self.undo.append([table, list(key), list(row) if row else None])
 
+    def _record_new(self, table: str, key: tuple[Any, ...]) -> None:
+        """Undo image of a row this op created: it did not exist before."""
+        if (table, key) not in self._seen:
+            self._seen.add((table, key))
+            self.undo.append([table, list(key), None])
+
     def insert_object(self, values: dict[str, Any]) -> None:
-        self._capture("objects", (values["obj"],))
         cols = ",".join(values)
+        marks = ",".join("?" * len(values))
+        key = (values["obj"],)
+        if (("objects", key)) not in self._seen:
+            try:  # a fresh ID (the common case) needs no before-image
+                self.db.execute(
+                    f"INSERT INTO objects({cols}) VALUES ({marks})", tuple(values.values())
+                )
+                self._record_new("objects", key)
+                return
+            except sqlite3.IntegrityError:
+                pass
+        self._capture("objects", key)
         self.db.execute(
-            f"INSERT OR REPLACE INTO objects({cols}) VALUES ({','.join('?' * len(values))})",
-            tuple(values.values()),
+            f"INSERT OR REPLACE INTO objects({cols}) VALUES ({marks})", tuple(values.values())
         )
 
     def update_object(self, obj: bytes, fields: dict[str, Any]) -> None:
@@ -197,7 +213,21 @@ class _Tx:
     def put_link(
         self, link: bytes, parent: bytes, name: bytes, obj: bytes, kind: int, op: Op
     ) -> None:
-        """Create or move a link; ``kind`` (the object's S_IFMT) is kept for subdir counts."""
+        """Create or move a link; ``kind`` (the object's S_IFMT) is kept for subdir counts.
+
+        The caller has made room at ``(parent, name)``, so an insert can only clash on ``link``.
+        """
+        if ("links", (link,)) not in self._seen:
+            try:  # a new link (the common case) needs no before-image
+                self.db.execute(
+                    "INSERT INTO links(link, parent, name, obj, kind, lts, lnode) "
+                    "VALUES (?,?,?,?,?,?,?)",
+                    (link, parent, name, obj, kind, op.ts, op.node),
+                )
+                self._record_new("links", (link,))
+                return
+            except sqlite3.IntegrityError:
+                pass
         self._capture("links", (link,))
         cur = self.db.execute(
             "UPDATE links SET parent=?, name=?, obj=?, kind=?, lts=?, lnode=? WHERE link=?",
@@ -443,6 +473,18 @@ class Namespace:
             "SELECT id, name, obj FROM links WHERE parent=? AND id>? ORDER BY id LIMIT ?",
             (parent, after, limit),
         ).fetchall()
+
+    def children_with_objects(
+        self, parent: bytes, after: int = 0, limit: int = 1000
+    ) -> list[tuple[int, bytes, ObjectRow]]:
+        """Like ``children`` but with each entry's object row, in one query."""
+        cols = ",".join(f"o.{c}" for c in OBJECT_COLUMNS)
+        rows = self.db.execute(
+            f"SELECT l.id, l.name, {cols} FROM links l JOIN objects o ON o.obj=l.obj "
+            "WHERE l.parent=? AND l.id>? ORDER BY l.id LIMIT ?",
+            (parent, after, limit),
+        ).fetchall()
+        return [(r[0], r[1], ObjectRow(*r[2:])) for r in rows]
 
     def parent_of(self, obj: bytes) -> bytes | None:
         row = self.db.execute("SELECT parent FROM links WHERE obj=? LIMIT 1", (obj,)).fetchone()

@@ -27,7 +27,7 @@ from dhtfs.fs.files import FileContents, OpenFile
 from dhtfs.fs.inodes import InodeMap
 from dhtfs.fs.namespace import ObjectRow
 from dhtfs.fs.tree import Tree
-from dhtfs.fs.xattrs import VIRTUAL_NAMES, check_settable, virtual_value
+from dhtfs.fs.xattrs import VIRTUAL_NAMES, VIRTUAL_PREFIX, check_settable, virtual_value
 
 log = logging.getLogger(__name__)
 
@@ -340,14 +340,10 @@ class Operations(pyfuse3.Operations):
         parent = self._obj(fh)
         after = start_id
         while True:
-            batch = self.tree.ns.children(parent, after, 256)
+            batch = self.tree.ns.children_with_objects(parent, after, 256)
             if not batch:
                 return
-            for row_id, name, obj in batch:
-                row = self.tree.ns.get_object(obj)
-                if row is None:
-                    after = row_id
-                    continue
+            for row_id, name, row in batch:
                 attrs = self._attrs(row)
                 if not pyfuse3.readdir_reply(token, name, attrs, row_id):
                     return
@@ -392,7 +388,14 @@ class Operations(pyfuse3.Operations):
 
     @_errno_mapped
     async def getxattr(self, inode: int, name: bytes, ctx) -> bytes:
+        if name.startswith(b"system."):
+            raise NamespaceError(errno.ENODATA)  # never stored (ls asks for ACLs on every entry)
         obj = self._obj(inode)
+        if not name.startswith(VIRTUAL_PREFIX):
+            value = self.tree.ns.xattr(obj, name)
+            if value is None:
+                raise NamespaceError(errno.ENODATA)
+            return value
         row = self.tree.require(obj)
         of = self.contents.open_files.get(obj)
         value = virtual_value(name, row, of.ids if of is not None else row.chunk_list())

@@ -68,6 +68,8 @@ class ChunkStore:
         self._aead = AESGCM(master.key)
         self._lock = threading.Lock()
         self._tmp_seq = 0
+        self._root_str = str(root)
+        self._dirs: set[str] = set()  # subdirectories known to exist
         root.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(root, 0o700)
         self._remove_stale_temps()
@@ -90,10 +92,23 @@ class ChunkStore:
 
     def put(self, chunk_id: bytes, plaintext: bytes | memoryview) -> bool:
         """Store ``plaintext`` under ``chunk_id``; True if it was new. Caller vouches for the ID."""
-        path = self.path_of(chunk_id)
-        if path.exists():
+        if len(chunk_id) != ID_BYTES:
+            raise ValueError(f"chunk id must be {ID_BYTES} bytes, got {len(chunk_id)}")
+        h = chunk_id.hex()
+        directory = f"{self._root_str}/{h[:2]}"
+        path = f"{directory}/{h[2:]}"
+        if os.path.exists(path):
             return False
-        self._write_atomically(path, seal(self._aead, chunk_id, plaintext))
+        # Seal straight into one buffer: version ‖ nonce ‖ ciphertext ‖ tag, no concatenation.
+        blob = bytearray(HEADER_BYTES + len(plaintext) + TAG_BYTES)
+        blob[0] = FORMAT_VERSION
+        nonce = os.urandom(NONCE_BYTES)
+        blob[1:HEADER_BYTES] = nonce
+        self._aead.encrypt_into(nonce, plaintext, chunk_id, memoryview(blob)[HEADER_BYTES:])
+        if directory not in self._dirs:
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+            self._dirs.add(directory)
+        self._write_atomically(path, blob)
         return True
 
     def put_verified(self, chunk_id: bytes, plaintext: bytes | memoryview) -> bool:
@@ -157,12 +172,11 @@ class ChunkStore:
 
     # -- internals -----------------------------------------------------------------------------
 
-    def _write_atomically(self, path: Path, blob: bytes) -> None:
+    def _write_atomically(self, path: str, blob: bytes | bytearray) -> None:
         with self._lock:
             self._tmp_seq += 1
             seq = self._tmp_seq
-        path.parent.mkdir(exist_ok=True, mode=0o700)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.{seq}.tmp")
+        tmp = f"{path}.{os.getpid()}.{seq}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             view = memoryview(blob)
