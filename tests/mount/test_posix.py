@@ -10,6 +10,7 @@ import mmap
 import os
 import random
 import stat
+import threading
 from pathlib import Path
 
 import pytest
@@ -553,3 +554,33 @@ def test_random_io_matches_local_file(tmp_path: Path, seed: int) -> None:
             m.stop()
         except Exception:
             m.kill()
+
+
+def test_parallel_writers_and_readers(small_mount: Mount) -> None:
+    """Several threads writing and re-reading their own files at once lose and mix nothing."""
+    expected: dict[str, bytes] = {}
+    errors: list[BaseException] = []
+
+    def worker(k: int) -> None:
+        try:
+            for i in range(8):
+                data = os.urandom((k * 7919 + i * 104_729) % 1_500_000)
+                path = small_mount.mountpoint / f"w{k}-{i}"
+                with open(path, "wb") as fh:
+                    for j in range(0, len(data), 100_000):
+                        fh.write(data[j : j + 100_000])
+                expected[path.name] = data
+                assert path.read_bytes() == data, path.name
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert small_mount.stop() == 0
+    small_mount.start()
+    for name, data in expected.items():
+        assert (small_mount.mountpoint / name).read_bytes() == data, name
