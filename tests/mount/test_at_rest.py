@@ -29,9 +29,41 @@ def _stopped(m: Mount) -> None:
     assert m.stop() == 0
 
 
-def test_no_plaintext_in_state_dir(mount: Mount) -> None:
-    """A random marker written through the mount appears in no byte of any state file."""
+def _scan(mount: Mount, needles: list[bytes]) -> tuple[int, set[str]]:
+    """Assert no needle occurs in any state file or the log; (bytes scanned, file names)."""
+    scanned = 0
+    names: set[str] = set()
+    assert mount.log is not None
+    for path in [*_all_files(mount.state), mount.log]:
+        try:
+            blob = path.read_bytes()
+        except FileNotFoundError:  # a temp file that went away meanwhile
+            continue
+        scanned += len(blob)
+        names.add(path.name)
+        for needle in needles:
+            assert needle not in blob, f"plaintext found in {path}"
+    return scanned, names
+
+
+@pytest.mark.parametrize("debug", [False, True], ids=["quiet", "debug-log"])
+def test_no_plaintext_in_state_dir(tmp_path: Path, debug: bool) -> None:
+    """A random marker written through the mount appears in no byte of any state file
+    (chunks, SQLite db and WAL while mounted and after unmount, logs, even at debug level)."""
+    mount = Mount(tmp_path / "mnt", tmp_path / "state", options=["debug"] if debug else [])
+    mount.start()
+    try:
+        _write_markers(mount)
+    finally:
+        try:
+            mount.stop()
+        except Exception:
+            mount.kill()
+
+
+def _write_markers(mount: Mount) -> None:
     marker = secrets.token_hex(32).encode()  # 64 random hex characters
+    needles = [marker, marker[:24], marker[40:]]
     root = mount.mountpoint
     (root / "only-marker").write_bytes(marker)
     (root / "repeated").write_bytes(marker * 40_000)  # 2.4 MiB over several chunks
@@ -47,18 +79,13 @@ def test_no_plaintext_in_state_dir(mount: Mount) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     assert (root / "only-marker").read_bytes() == marker
-    _stopped(mount)
-
-    needles = [marker, marker[:24], marker[40:]]
-    scanned = 0
-    assert mount.log is not None
-    for path in [*_all_files(mount.state), mount.log]:
-        blob = path.read_bytes()
-        scanned += len(blob)
-        for needle in needles:
-            assert needle not in blob, f"plaintext found in {path}"
+    scanned, names = _scan(mount, needles)  # while mounted: the WAL is live
     assert scanned > 3 * MIB  # the encrypted chunks were there to scan
-    assert any(p.name == "namespace.db" for p in _all_files(mount.state))
+    assert {"namespace.db", "namespace.db-wal"} <= names
+    _stopped(mount)
+    scanned, names = _scan(mount, needles)
+    assert scanned > 3 * MIB
+    assert "namespace.db" in names
 
 
 def test_state_modes_and_key_file(tmp_path: Path) -> None:
