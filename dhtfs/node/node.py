@@ -10,7 +10,8 @@ the simulator) and a chunk store (``has/get/put_verified/remove/ids``). Messages
   evicting it for the newcomer waiting in the replacement cache (2.2, 4.1);
 - lookups: ``dhtfs.node.lookup`` (alpha continuously in flight, adaptive per-RPC timeouts) (2.3);
 - ``put_chunk``: store locally, push the bytes to the R XOR-closest nodes (placement by XOR
-  only), and announce ourselves as a provider to the k closest. Success, see ``PutResult``;
+  only), then announce ourselves and the replicas that acknowledged as providers to the k
+  closest (see ``rpc`` on replica hints). Success, see ``PutResult``;
 - ``get_chunk``: local store, else FIND_PROVIDERS, providers ranked by RTT EWMA, a hedged second
   request when the first is slower than expected, fallback on failure, SHA-256 verification of
   every answer (a peer serving bad bytes is penalized, i.e. ranked last from then on);
@@ -18,9 +19,8 @@ the simulator) and a chunk store (``has/get/put_verified/remove/ids``). Messages
   (2.3), republish of provider records for every chunk held here every ``republish_interval``
   (< ``provider_ttl``, so records never lapse while we live), expiry of others' records.
 
-Provider records: ADD_PROVIDER always names the caller (authenticated), never a third party. A
-node also answers FIND_PROVIDERS with itself when it holds the chunk, so the R replicas are
-found at once, before their first explicit announcement.
+Provider records: ADD_PROVIDER names the caller (authenticated), plus at most a few replica
+hints. A node also answers FIND_PROVIDERS with itself when it holds the chunk.
 """
 
 from __future__ import annotations
@@ -212,6 +212,9 @@ class Node:
         if method == rpc.ADD_PROVIDER:
             key = rpc.req_id(args, "key", method)
             ttl = rpc.req_ttl(args, method)
+            for hint in rpc.req_replicas(args, method):
+                if hint.node_id != self.id:
+                    self.add_provider(key, hint, ttl)
             self.add_provider(key, caller, ttl)
             return {"ok": True}
         if method == rpc.PUT_CHUNK:
@@ -386,15 +389,18 @@ class Node:
         async with trio.open_nursery() as nursery:
             for _ in range(min(need, len(closest))):
                 nursery.start_soon(push)
-            nursery.start_soon(self._announce_to, cid, closest, res)
+        await self._announce_to(cid, closest, res)
         return res
 
     async def _announce_to(
         self, key: bytes, targets: list[Contact], res: PutResult | None = None
     ) -> int:
-        """ADD_PROVIDER (ourselves) on each of ``targets``; returns the acknowledgements."""
+        """ADD_PROVIDER (ourselves, and the replicas of ``res``) on each of ``targets``;
+        returns the acknowledgements."""
         acks = 0
-        args = {"key": key, "ttl": self.provider_ttl}
+        args: Message = {"key": key, "ttl": self.provider_ttl}
+        if res is not None and res.replicas:
+            args["replicas"] = rpc.contacts_to_wire(res.replicas[: rpc.MAX_REPLICA_HINTS])
 
         async def one(c: Contact) -> None:
             nonlocal acks

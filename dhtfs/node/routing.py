@@ -78,6 +78,7 @@ class RoutingTable:
         self._own_int = to_int(own_id)
         self._buckets: list[Bucket | None] = [None] * ID_BITS
         self._stats: OrderedDict[bytes, ContactStats] = OrderedDict()
+        self._created = self._clock()
 
     # -- membership ----------------------------------------------------------------------------
 
@@ -214,7 +215,7 @@ class RoutingTable:
         out = []
         for i in range(nonempty[0], ID_BITS):
             b = self._buckets[i]
-            last = b.last_touched if b is not None else float("-inf")
+            last = b.last_touched if b is not None else self._created
             if now - last >= max_age:
                 out.append(i)
         return out

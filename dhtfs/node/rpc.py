@@ -3,7 +3,10 @@
 Every message is a msgpack-able dict. IDs are raw 32-byte ``bytes``; a contact on the wire is
 the list ``[node_id: bytes(32), host: str, port: int]``. The caller of every request is the
 *authenticated* contact handed to the handler by the network (never a field of the message), so
-a node can only announce itself as a provider.
+a node announces itself as a provider. The optional ``replicas`` of ADD_PROVIDER (at most
+``MAX_REPLICA_HINTS``) names the nodes that just acknowledged a PUT_CHUNK of that key from the
+caller: they are recorded as providers too, as hints — harmless if false, since every fetched
+chunk is hash-verified and a peer serving bad bytes is penalized.
 
 =============== ================================== ==========================================
 method          args                               answer
@@ -12,7 +15,8 @@ PING            {}                                 {}
 FIND_NODE       {"target": id}                     {"contacts": [contact, ...]}  (≤ k closest)
 FIND_PROVIDERS  {"key": id}                        {"providers": [contact, ...],
                                                     "contacts": [contact, ...]}
-ADD_PROVIDER    {"key": id, "ttl": float}          {"ok": True}   (provider = the caller)
+ADD_PROVIDER    {"key": id, "ttl": float,          {"ok": True}   (provider = the caller)
+                 "replicas"?: [contact, ...]}
 PUT_CHUNK       {"id": id, "data": bytes}          {"stored": bool}  (False: already had it)
 GET_CHUNK       {"id": id}                         {"data": bytes | None}  (None: not here)
 =============== ================================== ==========================================
@@ -40,6 +44,7 @@ GET_CHUNK = "GET_CHUNK"
 METHODS = frozenset({PING, FIND_NODE, FIND_PROVIDERS, ADD_PROVIDER, PUT_CHUNK, GET_CHUNK})
 
 MAX_CONTACTS = 64
+MAX_REPLICA_HINTS = 8
 MAX_CHUNK_BYTES = 64 * 1024 * 1024
 MAX_PROVIDER_TTL = 7 * 24 * 3600.0
 MAX_HOST_LEN = 255
@@ -61,11 +66,11 @@ def contact_from_wire(v: Any) -> Contact:
     if not isinstance(v, (list, tuple)) or len(v) != 3:
         raise ValueError("contact must be [node_id, host, port]")
     nid, host, port = v
-    if not isinstance(nid, bytes) or len(nid) != ID_BYTES:
+    if type(nid) is not bytes or len(nid) != ID_BYTES:
         raise ValueError("contact node id must be 32 bytes")
-    if not isinstance(host, str) or not host or len(host) > MAX_HOST_LEN:
+    if type(host) is not str or not host or len(host) > MAX_HOST_LEN:
         raise ValueError("contact host must be a non-empty string")
-    if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
+    if type(port) is not int or not 0 <= port <= 65535:
         raise ValueError("contact port must be an int in 0..65535")
     return Contact(nid, host, port)
 
@@ -103,6 +108,17 @@ def req_ttl(args: Any, method: str) -> float:
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= MAX_PROVIDER_TTL:
         raise RemoteError(f"{method}: 'ttl' must be a number in (0, {MAX_PROVIDER_TTL:g}]")
     return float(v)
+
+
+def req_replicas(args: Any, method: str) -> list[Contact]:
+    """The optional ``replicas`` list of ADD_PROVIDER (empty when absent)."""
+    v = args.get("replicas", [])
+    if not isinstance(v, list) or len(v) > MAX_REPLICA_HINTS:
+        raise RemoteError(f"{method}: 'replicas' must be a list of at most {MAX_REPLICA_HINTS}")
+    try:
+        return [contact_from_wire(x) for x in v]
+    except ValueError as e:
+        raise RemoteError(f"{method}: bad replica contact: {e}") from None
 
 
 # -- validation of answers (our side: raise ProtocolError) --------------------------------------

@@ -1,0 +1,333 @@
+"""Real Node code over the in-memory network, under trio's virtual clock."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+import pytest
+import trio
+from conftest import ids_of, xor_sorted
+from trio.testing import MockClock
+
+from dhtfs.errors import ChunkMissing, RemoteError
+from dhtfs.node import rpc
+from dhtfs.node.ids import from_int, random_id, sha256_id
+from dhtfs.node.network import Contact, Message
+from dhtfs.node.node import Node
+from dhtfs.sim.network import SimWorld
+from dhtfs.sim.swarm import Swarm
+
+MakeSwarm = Callable[..., Swarm]
+
+
+def blob(i: int, size: int = 3000) -> bytes:
+    return random.Random(i).randbytes(size)
+
+
+async def test_lookups_converge_to_true_k_closest(
+    autojump_clock: MockClock, make_swarm: MakeSwarm
+) -> None:
+    sw = make_swarm()
+    await sw.grow(60)
+    rng = random.Random(1)
+    for _ in range(25):
+        node = rng.choice(list(sw.nodes.values()))
+        target = random_id(rng)
+        res = await node.lookup(target)
+        want = xor_sorted([i for i in sw.nodes if i != node.id], target)[: node.k]
+        assert ids_of(res.closest) == want
+        assert 1 <= res.hops <= 4
+
+
+async def test_put_then_get_from_every_node(
+    autojump_clock: MockClock, make_swarm: MakeSwarm
+) -> None:
+    sw = make_swarm()
+    await sw.grow(40)
+    nodes = list(sw.nodes.values())
+    puts = []
+    for i, origin in enumerate(nodes[:3]):
+        res = await origin.put_chunk_detailed(blob(i))
+        assert res.chunk_id == sha256_id(blob(i))
+        assert res.complete and res.copies == 3
+        # Placement by XOR only: the replicas are the R closest nodes other than the origin.
+        holders = set(ids_of(res.replicas)) | ({origin.id} if res.local_slot else set())
+        assert holders == set(xor_sorted(list(sw.nodes), res.chunk_id)[:3])
+        assert res.announced >= len(nodes) // 2
+        puts.append((res.chunk_id, blob(i)))
+    for node in nodes:
+        for cid, data in puts:
+            assert await node.get_chunk(cid) == data
+            assert node.store.has(cid)  # cached locally after a fetch
+
+
+async def test_small_swarm_put_counts_what_exists(
+    autojump_clock: MockClock, make_swarm: MakeSwarm
+) -> None:
+    sw = make_swarm()
+    a = await sw.spawn()
+    res = await a.put_chunk_detailed(b"alone")
+    assert res.copies == 1 and res.wanted == 1 and res.complete
+    b = await sw.spawn()
+    await sw.join(b)
+    res = await a.put_chunk_detailed(b"two of us")
+    assert res.copies == 2 and res.wanted == 2 and res.complete
+    assert await b.get_chunk(res.chunk_id) == b"two of us"
+
+
+class TamperingNode(Node):
+    """Serves every chunk with one byte flipped."""
+
+    gets = 0
+
+    async def handle(self, caller: Contact, method: str, args: Message) -> Message:
+        answer = await super().handle(caller, method, args)
+        if method == rpc.GET_CHUNK and answer.get("data"):
+            TamperingNode.gets += 1
+            data = answer["data"]
+            answer = {"data": bytes([data[0] ^ 1]) + data[1:]}
+        return answer
+
+
+async def test_tampered_bytes_are_penalized_and_avoided(
+    autojump_clock: MockClock, make_swarm: MakeSwarm, world: SimWorld
+) -> None:
+    sw = make_swarm()
+    await sw.grow(30)
+    evil = await sw.spawn(node_cls=TamperingNode)
+    await sw.join(evil)
+    TamperingNode.gets = 0
+    reader = sw.random_alive(exclude=(evil.id,))[0]
+    data = blob(99)
+    cid = sha256_id(data)
+    evil.store.put_verified(cid, data)
+    await evil.announce(cid)
+    origin = sw.random_alive(exclude=(evil.id, reader.id))[0]
+    res = await origin.put_chunk_detailed(data)
+    # The honest holders are slow links; the evil node is the fastest provider.
+    for h in [origin.id, *ids_of(res.replicas)]:
+        world.extra_delay[h] = 0.4
+    for _ in range(30):
+        reader.routing.record_rtt(evil.id, 0.01)
+    provs = await reader.find_providers(cid, stop_early=False)
+    assert evil.id in ids_of(provs)
+    assert reader.routing.rank_providers(provs)[0].node_id == evil.id
+    assert await reader.get_chunk(cid) == data
+    assert TamperingNode.gets == 1
+    stats = reader.routing.stats(evil.id)
+    assert stats is not None and stats.penalties == 1
+    assert reader.routing.rank_providers(provs)[-1].node_id == evil.id
+    reader.store.remove(cid)
+    assert await reader.get_chunk(cid) == data
+    assert TamperingNode.gets == 1  # not asked again while others serve
+
+
+async def test_silent_nodes_do_not_stall_lookups(
+    autojump_clock: MockClock, make_swarm: MakeSwarm, world: SimWorld
+) -> None:
+    sw = make_swarm(rpc_timeout=10.0)
+    await sw.grow(80)
+    rng = random.Random(3)
+    for victim in rng.sample(list(sw.nodes), 20):
+        sw.kill(victim)  # silent: calls to them hang until deadline
+    for _ in range(20):
+        node = rng.choice(list(sw.nodes.values()))
+        target = random_id(rng)
+        t0 = trio.current_time()
+        res = await node.lookup(target)
+        elapsed = trio.current_time() - t0
+        assert elapsed < node.rpc_timeout / 2, elapsed  # never waits out a hard timeout
+        # Answers are the k closest *known* (dead ones included until evicted), so right after
+        # a mass kill the k-th live node may not be named by anyone yet; the first half is.
+        want = xor_sorted([i for i in sw.nodes if i != node.id], target)[: node.k // 2]
+        assert ids_of(res.closest[: node.k // 2]) == want
+        assert all(c.node_id in sw.nodes for c in res.closest)
+    assert world.stats.to_dead > 0
+
+
+async def test_hedged_get_beats_a_slow_provider(
+    autojump_clock: MockClock, make_swarm: MakeSwarm, world: SimWorld
+) -> None:
+    sw = make_swarm(cache_fetched=False)
+    await sw.grow(30)
+    nodes = list(sw.nodes.values())
+    res = await nodes[0].put_chunk_detailed(blob(5))
+    holders = ids_of(res.replicas)
+    reader = next(n for n in nodes[1:] if n.id not in holders)
+    slow = holders[0]
+    for _ in range(30):
+        reader.routing.record_rtt(slow, 0.01)  # its history says it is fast...
+    world.extra_delay[slow] = 20.0  # ...but now it takes 20 s to answer
+    provs = reader.routing.rank_providers(await reader.find_providers(res.chunk_id))
+    assert provs[0].node_id == slow
+    t0 = trio.current_time()
+    assert await reader.get_chunk(res.chunk_id) == blob(5)
+    assert trio.current_time() - t0 < 2.0
+
+
+async def test_get_of_unknown_chunk_raises_missing(
+    autojump_clock: MockClock, make_swarm: MakeSwarm
+) -> None:
+    sw = make_swarm()
+    await sw.grow(20)
+    node = sw.random_alive()[0]
+    t0 = trio.current_time()
+    with pytest.raises(ChunkMissing):
+        await node.get_chunk(sha256_id(b"nobody has this"))
+    assert trio.current_time() - t0 < 5.0
+
+
+async def test_bad_requests_are_remote_errors(
+    autojump_clock: MockClock, make_swarm: MakeSwarm
+) -> None:
+    sw = make_swarm()
+    a, b = await sw.spawn(), await sw.spawn()
+    good = bytes(32)
+    bad_calls: list[tuple[str, object]] = [
+        ("NOPE", {}),
+        (rpc.PING, []),
+        (rpc.FIND_NODE, {}),
+        (rpc.FIND_NODE, {"target": b"short"}),
+        (rpc.FIND_NODE, {"target": "x" * 32}),
+        (rpc.FIND_PROVIDERS, {"key": 5}),
+        (rpc.ADD_PROVIDER, {"key": good}),
+        (rpc.ADD_PROVIDER, {"key": good, "ttl": -1}),
+        (rpc.ADD_PROVIDER, {"key": good, "ttl": True}),
+        (rpc.PUT_CHUNK, {"id": good, "data": b"does not hash to zero"}),
+        (rpc.PUT_CHUNK, {"id": good, "data": "str"}),
+        (rpc.GET_CHUNK, {"id": None}),
+    ]
+    for method, args in bad_calls:
+        with pytest.raises(RemoteError):
+            await a.handle(b.contact, method, args)  # type: ignore[arg-type]
+        with pytest.raises(RemoteError):
+            await b.network.call(a.contact, method, args, timeout=1.0)  # type: ignore[arg-type]
+    assert b.id in a.routing  # the caller was still seen alive
+    assert (await a.handle(b.contact, rpc.GET_CHUNK, {"id": good})) == {"data": None}
+
+
+async def test_eviction_pings_the_least_recently_seen(
+    autojump_clock: MockClock, make_swarm: MakeSwarm
+) -> None:
+    """A full bucket keeps a live old contact; a dead one is replaced by the newcomer."""
+    sw = make_swarm(k=2, maintenance=True)
+    own = await sw.spawn(from_int(0))
+    far = [await sw.spawn(from_int((1 << 255) | i)) for i in range(1, 5)]
+    for f in far[:2]:
+        own.routing.update(f.contact)
+    await far[2].network.call(own.contact, rpc.PING, {}, timeout=1)  # bucket full: ping far[0]
+    await trio.sleep(1)
+    assert ids_of(own.routing.bucket_contacts(255)) == [far[1].id, far[0].id]
+    assert ids_of(own.routing.replacement_contacts(255)) == [far[2].id]
+    sw.kill(far[1].id)
+    await far[3].network.call(own.contact, rpc.PING, {}, timeout=1)  # ping far[1]: dead
+    await trio.sleep(10)
+    assert ids_of(own.routing.bucket_contacts(255)) == [far[0].id, far[3].id]
+
+
+async def test_provider_records_expire_and_are_republished(
+    autojump_clock: MockClock, make_swarm: MakeSwarm
+) -> None:
+    ttl = 120.0
+    sw = make_swarm(maintenance=True, provider_ttl=ttl, refresh_interval=600.0)
+    await sw.grow(25)
+    origin, reader = sw.random_alive(2)
+    res = await origin.put_chunk_detailed(blob(7))
+    cid = res.chunk_id
+    recorders = [n for n in sw.nodes.values() if origin.id in ids_of(n.local_providers(cid))]
+    assert len(recorders) >= 10
+    assert await reader.get_chunk(cid) == blob(7)
+    # Republish keeps records alive well past the TTL, and the reader's cached copy gets
+    # announced too (CDN-like spread).
+    await trio.sleep(3 * ttl)
+    for n in recorders:
+        assert origin.id in ids_of(n.local_providers(cid))
+    provs = await sw.random_alive(exclude=(origin.id, reader.id))[0].find_providers(
+        cid, stop_early=False
+    )
+    assert {origin.id, reader.id} <= set(ids_of(provs))
+    # Once the origin dies its records are not renewed, and expire within one TTL.
+    sw.kill(origin.id)
+    await trio.sleep(ttl + 61)
+    for n in recorders:
+        if n.id in sw.nodes:
+            assert origin.id not in ids_of(n.local_providers(cid))
+            assert all(origin.id not in recs for recs in n._providers.values())
+
+
+async def test_three_hundred_nodes(autojump_clock: MockClock, make_swarm: MakeSwarm) -> None:
+    """300 nodes (oracle-seeded tables, then 20 real joins): lookups exact, put/get work."""
+    sw = make_swarm()
+    for _ in range(280):
+        await sw.spawn()
+    sw.seed_tables()
+    await sw.grow(20)
+    rng = random.Random(11)
+    hops = []
+    for _ in range(40):
+        node = rng.choice(list(sw.nodes.values()))
+        target = random_id(rng)
+        res = await node.lookup(target)
+        want = xor_sorted([i for i in sw.nodes if i != node.id], target)[:1]
+        assert ids_of(res.closest[:1]) == want
+        hops.append(res.hops)
+    assert sorted(hops)[len(hops) // 2] <= 3
+    nodes = list(sw.nodes.values())
+    cids = [await rng.choice(nodes).put_chunk(blob(100 + i)) for i in range(5)]
+    for node in rng.sample(nodes, 30):
+        for i, cid in enumerate(cids):
+            assert await node.get_chunk(cid) == blob(100 + i)
+
+
+async def test_churn(autojump_clock: MockClock, make_swarm: MakeSwarm) -> None:
+    """30% of nodes replaced over 3 simulated minutes: lookups still find the closest live
+    node, and every chunk that still has a live holder can be read."""
+    sw = make_swarm(maintenance=True)
+    await sw.grow(80)
+    rng = random.Random(5)
+    nodes = list(sw.nodes.values())
+    cids = [await rng.choice(nodes).put_chunk(blob(200 + i)) for i in range(8)]
+    for _ in range(24):
+        sw.kill(rng.choice(list(sw.nodes)))
+        await sw.join(await sw.spawn())
+        await trio.sleep(7.5)
+    ok = 0
+    for _ in range(30):
+        node = rng.choice(list(sw.nodes.values()))
+        target = random_id(rng)
+        res = await node.lookup(target)
+        want = xor_sorted([i for i in sw.nodes if i != node.id], target)[:1]
+        ok += ids_of(res.closest[:1]) == want
+    assert ok >= 29
+    readable = 0
+    for i, cid in enumerate(cids):
+        if any(n.store.has(cid) for n in sw.nodes.values()):
+            readable += 1
+            node = rng.choice(list(sw.nodes.values()))
+            assert await node.get_chunk(cid) == blob(200 + i)
+    assert readable >= 6
+
+
+async def test_partition_then_heal(
+    autojump_clock: MockClock, make_swarm: MakeSwarm, world: SimWorld
+) -> None:
+    sw = make_swarm()
+    await sw.grow(40)
+    ids = list(sw.nodes)
+    left, right = set(ids[:20]), set(ids[20:])
+    world.partition([left, right])
+    a = sw.nodes[ids[0]]
+    b = sw.nodes[ids[-1]]
+    data = blob(300)
+    cid = sha256_id(data)
+    res = await a.put_chunk_detailed(data)
+    assert set(ids_of(res.replicas)) <= left  # placed on the reachable side only
+    target = random_id(random.Random(9))
+    found = await a.find_node(target)
+    assert set(ids_of(found)) <= left
+    assert ids_of(found[:1]) == xor_sorted([i for i in left if i != a.id], target)[:1]
+    with pytest.raises(ChunkMissing):
+        await b.get_chunk(cid)
+    world.heal()
+    assert await b.get_chunk(cid) == data
