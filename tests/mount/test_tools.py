@@ -165,3 +165,29 @@ def test_dd_one_gib(mount: Mount) -> None:
     mount.start()  # unreferenced chunks are collected at start: the GiB is freed again
     on_disk = sum(f.stat().st_size for f in (mount.state / "chunks").rglob("*") if f.is_file())
     assert on_disk < 1024 * 1024
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="listxattr lists the read-only virtual user.dhtfs.* names, so rsync -X, "
+    "cp --preserve=xattr and tar --xattrs copy them and fail (EPERM) setting them on the copy, "
+    "and cp -a leaks them onto other filesystems. Fix: list them no more (readable by name); "
+    "tests/fs/test_operations.py currently asserts they are listed, so left to the lead",
+)
+def test_xattr_copying_tools(mount: Mount, tmp_path: Path) -> None:
+    """rsync -aX, cp --preserve=xattr and tar --xattrs copy user.* xattrs within the mount
+    cleanly, and nothing dhtfs-internal leaks onto a local copy."""
+    m = mount.mountpoint
+    (m / "d").mkdir()
+    (m / "d" / "f").write_bytes(os.urandom(10_000))
+    os.setxattr(m / "d" / "f", "user.tag", b"v")
+    sh(["rsync", "-aX", f"{m / 'd'}/", f"{m / 'rsynced'}/"])
+    assert os.getxattr(m / "rsynced" / "f", "user.tag") == b"v"
+    sh(["cp", "--preserve=xattr", m / "d" / "f", m / "cp-copy"])
+    assert os.getxattr(m / "cp-copy", "user.tag") == b"v"
+    sh(["tar", "--xattrs", "-cf", tmp_path / "x.tar", "-C", m / "d", "f"])
+    (m / "untar").mkdir()
+    assert sh(["tar", "--xattrs", "-xf", tmp_path / "x.tar", "-C", m / "untar"]).stderr == ""
+    assert os.getxattr(m / "untar" / "f", "user.tag") == b"v"
+    sh(["cp", "-a", m / "d" / "f", tmp_path / "local"])
+    assert os.listxattr(tmp_path / "local") == ["user.tag"]
