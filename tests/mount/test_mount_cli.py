@@ -300,3 +300,23 @@ def test_sigterm_to_daemon(mnt: Path, tmp_path: Path) -> None:
     sh([MOUNT, mnt, "-o", f"state={state}"], timeout=60)
     assert (mnt / "f").read_bytes() == b"x" * 100_000
     sh([UMOUNT, mnt], timeout=90)
+
+
+def test_umount_busy(mnt: Path, tmp_path: Path) -> None:
+    """umount.dhtfs of a busy mount fails with one line and leaves it mounted and working."""
+    sh([MOUNT, mnt, "-o", f"state={tmp_path / 'state'}"], timeout=60)
+    (mnt / "f").write_text("busy")
+    holder = subprocess.Popen(["sleep", "60"], cwd=mnt)
+    try:
+        result = sh([UMOUNT, mnt], check=False)
+        assert result.returncode != 0
+        assert "Traceback" not in result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("umount.dhtfs: "), result.stderr
+        assert is_mounted(mnt)
+        assert (mnt / "f").read_text() == "busy"
+    finally:
+        holder.kill()
+        holder.wait()
+    sh([UMOUNT, mnt], timeout=90)
+    assert not is_mounted(mnt)
