@@ -7,6 +7,7 @@ import os
 import random
 import sqlite3
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -191,3 +192,27 @@ def test_xattr_copying_tools(mount: Mount, tmp_path: Path) -> None:
     assert os.getxattr(m / "untar" / "f", "user.tag") == b"v"
     sh(["cp", "-a", m / "d" / "f", tmp_path / "local"])
     assert os.listxattr(tmp_path / "local") == ["user.tag"]
+
+
+SQLITE_WRITER = """
+import sqlite3, sys
+db = sqlite3.connect(sys.argv[1], timeout=60)
+for i in range(20):
+    with db:
+        db.execute("INSERT INTO t VALUES (?, ?)", (sys.argv[2], i))
+"""
+
+
+@pytest.mark.parametrize("journal", ["delete", "wal"])
+def test_sqlite_concurrent_processes(mount: Mount, journal: str) -> None:
+    """Three processes writing one SQLite database at once (kernel locks, shared mmap in WAL
+    mode) leave every row and a sound database."""
+    path = mount.mountpoint / "shared.db"
+    sh(["sqlite3", path, f"PRAGMA journal_mode={journal}; CREATE TABLE t (who TEXT, i INT);"])
+    writers = [
+        subprocess.Popen([sys.executable, "-c", SQLITE_WRITER, str(path), str(k)], env=ENV)
+        for k in range(3)
+    ]
+    assert [w.wait(timeout=120) for w in writers] == [0, 0, 0]
+    out = sh(["sqlite3", path, "PRAGMA integrity_check; SELECT who, count(*) FROM t GROUP BY who;"])
+    assert out.stdout.split() == ["ok", "0|20", "1|20", "2|20"]
