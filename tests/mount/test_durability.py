@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 import signal
 import subprocess
@@ -164,3 +165,38 @@ def test_kill9_during_unfinished_write(mount: Mount) -> None:
     assert len(data) >= len(old)
     assert data[: len(old)] == old
     assert (root / "other").read_bytes() == other
+
+
+def test_gc_keeps_shared_chunks_and_frees_the_rest(mount: Mount) -> None:
+    """After deletes and overwrites, the restart-time collection leaves exactly the chunks that
+    live files use: shared (deduplicated) chunks stay, every file reads back intact."""
+    root = mount.mountpoint
+    shared = os.urandom(MIB)
+    (root / "a").write_bytes(shared + os.urandom(MIB))
+    (root / "b").write_bytes(shared + os.urandom(1000))
+    os.link(root / "b", root / "b-link")
+    (root / "c").write_bytes(os.urandom(3 * MIB))
+    (root / "a").unlink()
+    (root / "b").unlink()  # b-link keeps it
+    with open(root / "c", "r+b") as fh:
+        fh.seek(MIB)
+        fh.write(os.urandom(MIB))  # replaces c's second chunk
+    (root / "d").write_bytes(os.urandom(MIB))
+    os.truncate(root / "d", 10)
+    expected = {name: (root / name).read_bytes() for name in ("b-link", "c", "d")}
+    assert mount.stop() == 0
+    mount.start()
+    for name, data in expected.items():
+        assert (root / name).read_bytes() == data, name
+    live = {
+        cid
+        for name in expected
+        for cid in json.loads(os.getxattr(root / name, "user.dhtfs.chunks"))
+        if cid is not None
+    }
+    on_disk = {
+        p.parent.name + p.name
+        for p in (mount.state / "chunks").glob("*/*")
+        if len(p.parent.name + p.name) == 64
+    }
+    assert on_disk == live
