@@ -583,3 +583,19 @@ def test_parallel_writers_and_readers(small_mount: Mount) -> None:
     small_mount.start()
     for name, data in expected.items():
         assert (small_mount.mountpoint / name).read_bytes() == data, name
+
+
+def test_cp_sparse_file_stays_sparse(small_mount: Mount, tmp_path: Path) -> None:
+    """cp --sparse=always of a sparse image into the mount keeps the holes and the bytes."""
+    src = tmp_path / "image"
+    size = 200 * 1024 * 1024
+    with open(src, "wb") as fh:
+        fh.write(b"boot" * 1000)
+        fh.seek(size // 2)
+        fh.write(os.urandom(100_000))
+        fh.truncate(size)
+    dst = small_mount.mountpoint / "image"
+    sh(["cp", "--sparse=always", src, dst])
+    assert dst.stat().st_size == size
+    assert dst.stat().st_blocks * 512 < 2 * 1024 * 1024
+    sh(["cmp", src, dst])
