@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from tests.mount.helpers import NOBODY, as_user
-from tests.mounting import Mount
+from tests.mounting import Mount, is_mounted
 
 pytestmark = pytest.mark.mount
 
@@ -158,3 +160,24 @@ def test_unprivileged_write_clears_setuid(public_mount: Mount) -> None:
     assert as_user(NOBODY, ["truncate", "-s", "1", f]).returncode == 0
     assert f.read_text() == "x"
     assert f.stat().st_mode & 0o7777 == 0o777
+
+
+def test_allow_other_off_keeps_others_out(tmp_path: Path) -> None:
+    """With allow_other=false only the mounting user gets in, even to a 0777 directory."""
+    top = Path(tempfile.mkdtemp(prefix="dhtfs-private-", dir="/tmp"))
+    os.chmod(top, 0o755)
+    m = Mount(top / "mnt", tmp_path / "state", options=["allow_other=false"])
+    try:
+        m.start()
+        (m.mountpoint / "open").mkdir(mode=0o777)
+        (m.mountpoint / "open").chmod(0o777)
+        assert as_user(NOBODY, ["ls", m.mountpoint / "open"]).returncode != 0
+        assert as_user(NOBODY, ["touch", m.mountpoint / "open" / "x"]).returncode != 0
+        assert os.listdir(m.mountpoint / "open") == []
+    finally:
+        try:
+            m.stop()
+        except Exception:
+            m.kill()
+        if not is_mounted(m.mountpoint):
+            shutil.rmtree(top, ignore_errors=True)
