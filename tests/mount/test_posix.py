@@ -599,3 +599,73 @@ def test_cp_sparse_file_stays_sparse(small_mount: Mount, tmp_path: Path) -> None
     assert dst.stat().st_size == size
     assert dst.stat().st_blocks * 512 < 2 * 1024 * 1024
     sh(["cmp", src, dst])
+
+
+def _tree_state(root: Path) -> dict[str, tuple]:
+    """Names, kinds, contents, link targets and hard-link groups under ``root``."""
+    out: dict[str, tuple] = {}
+    inodes: dict[int, str] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in sorted([*dirnames, *filenames]):
+            path = Path(dirpath) / name
+            rel = str(path.relative_to(root))
+            st = path.lstat()
+            if stat.S_ISLNK(st.st_mode):
+                out[rel] = ("link", os.readlink(path))
+            elif stat.S_ISDIR(st.st_mode):
+                out[rel] = ("dir", st.st_nlink)
+            else:
+                first = inodes.setdefault(st.st_ino, rel)
+                out[rel] = ("file", path.read_bytes(), st.st_nlink, first)
+    return out
+
+
+@pytest.mark.parametrize("seed", [7, 8])
+def test_random_namespace_ops_match_local(mount: Mount, tmp_path: Path, seed: int) -> None:
+    """Random mkdir/create/link/symlink/rename/unlink/rmdir give the same tree (and the same
+    errnos) as on a local filesystem, also after a remount."""
+    rng = random.Random(seed)
+    local = tmp_path / "local"
+    local.mkdir()
+    roots = (local, mount.mountpoint)
+    names = ["a", "b", "c", "d/e", "d/f", "d/g/h", "g", "d/g", "d"]
+
+    def apply(root: Path, op: str, x: str, y: str, payload: bytes) -> object:
+        px, py = root / x, root / y
+        try:
+            if op == "mkdir":
+                px.mkdir()
+            elif op == "write":
+                px.write_bytes(payload)
+            elif op == "link":
+                os.link(px, py)
+            elif op == "symlink":
+                os.symlink(y, px)
+            elif op == "rename":
+                os.rename(px, py)
+            elif op == "unlink":
+                px.unlink()
+            elif op == "rmdir":
+                px.rmdir()
+        except OSError as exc:
+            return exc.errno
+        return None
+
+    ops = ["mkdir", "write", "link", "symlink", "rename", "unlink", "rmdir"]
+    succeeded: set[str] = set()
+    for step in range(300):
+        op = rng.choice(ops)
+        x, y = rng.choice(names), rng.choice(names)
+        payload = rng.randbytes(rng.choice([0, 10, 5000]))
+        results = [apply(root, op, x, y, payload) for root in roots]
+        assert results[0] == results[1], (step, op, x, y)
+        if results[0] is None:
+            succeeded.add(op)
+        if step % 50 == 49:
+            assert _tree_state(mount.mountpoint) == _tree_state(local), step
+    assert succeeded == set(ops)  # every kind of operation was exercised
+    expected = _tree_state(local)
+    assert _tree_state(mount.mountpoint) == expected
+    assert mount.stop() == 0
+    mount.start()
+    assert _tree_state(mount.mountpoint) == expected
