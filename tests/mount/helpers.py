@@ -49,7 +49,7 @@ def dhtfs_cmd(name: str) -> str:
     return str(VENV_BIN / name)
 
 
-def snapshot(root: Path, *, times: bool = True, owners: bool = True) -> dict[str, tuple]:
+def snapshot(root: Path) -> dict[str, tuple]:
     """Everything ``cp -a``/``rsync -a``/``tar`` should preserve, keyed by relative path."""
     out: dict[str, tuple] = {}
     for dirpath, dirnames, filenames in os.walk(root):
@@ -57,14 +57,11 @@ def snapshot(root: Path, *, times: bool = True, owners: bool = True) -> dict[str
             path = Path(dirpath) / name
             st = path.lstat()
             entry: list[object] = [stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode)]
-            if owners:
-                entry += [st.st_uid, st.st_gid]
+            entry += [st.st_uid, st.st_gid, st.st_mtime_ns]
             if stat.S_ISLNK(st.st_mode):
                 entry.append(os.readlink(path))
             elif stat.S_ISREG(st.st_mode):
                 entry += [st.st_size, path.read_bytes()]
-            if times and not stat.S_ISLNK(st.st_mode):
-                entry.append(st.st_mtime_ns)
             out[str(path.relative_to(root))] = tuple(entry)
     return out
 
@@ -93,6 +90,6 @@ def make_tree(root: Path) -> None:
     (root / "private" / "f").write_text("p")
     base = 1_600_000_000_000_000_000
     for i, path in enumerate(sorted(root.rglob("*"), key=lambda p: -len(p.parts))):
-        if not path.is_symlink():
-            os.utime(path, ns=(base + i * 1_000_000_123, base + i * 7_000_000_321))
+        times = (base + i * 1_000_000_123, base + i * 7_000_000_321)
+        os.utime(path, ns=times, follow_symlinks=False)
     os.utime(root, ns=(base, base))
