@@ -7,11 +7,12 @@ import json
 import os
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from tests.mount.helpers import ENV
+from tests.mount.helpers import ENV, sh
 from tests.mounting import MOUNT, Mount, is_mounted, wait_for
 
 pytestmark = pytest.mark.mount
@@ -200,3 +201,44 @@ def test_gc_keeps_shared_chunks_and_frees_the_rest(mount: Mount) -> None:
         if len(p.parent.name + p.name) == 64
     }
     assert on_disk == live
+
+
+SQLITE_LOOP = """
+import os, sqlite3, sys
+db = sqlite3.connect(sys.argv[1])
+db.execute("PRAGMA journal_mode=" + sys.argv[2])
+db.execute("PRAGMA synchronous=FULL")
+db.execute("CREATE TABLE IF NOT EXISTS t (i INTEGER PRIMARY KEY, b BLOB)")
+n = 0
+while True:
+    with db:
+        db.execute("INSERT INTO t (b) VALUES (?)", (os.urandom(3000),))
+    n += 1
+    print(n, flush=True)
+"""
+
+
+@pytest.mark.parametrize("journal", ["delete", "wal"])
+def test_kill9_under_sqlite_keeps_committed_transactions(mount: Mount, journal: str) -> None:
+    """SQLite never closes its files; its commits (fsync) survive kill -9 of the daemon, and
+    the database is sound afterwards."""
+    db = mount.mountpoint / "k.db"
+    app = subprocess.Popen(
+        [sys.executable, "-c", SQLITE_LOOP, str(db), journal],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert app.stdout is not None
+    try:
+        committed = 0
+        while committed < 60:
+            committed = int(app.stdout.readline())
+        mount.kill()
+    finally:
+        app.kill()
+        app.wait()
+    mount.start()
+    out = sh(["sqlite3", db, "PRAGMA integrity_check; SELECT count(*) FROM t;"]).stdout.split()
+    assert out[0] == "ok"
+    assert int(out[1]) >= committed
