@@ -27,7 +27,7 @@ from dhtfs.fs.files import FileContents, OpenFile
 from dhtfs.fs.inodes import InodeMap
 from dhtfs.fs.namespace import ObjectRow
 from dhtfs.fs.tree import Tree
-from dhtfs.fs.xattrs import VIRTUAL_NAMES, VIRTUAL_PREFIX, check_settable, virtual_value
+from dhtfs.fs.xattrs import VIRTUAL_PREFIX, check_settable, virtual_value
 
 log = logging.getLogger(__name__)
 
@@ -407,9 +407,8 @@ class Operations(pyfuse3.Operations):
 
     @_errno_mapped
     async def listxattr(self, inode: int, ctx) -> list[bytes]:
+        # The virtual user.dhtfs.* names are readable by name but not listed: xattr-copying
+        # tools (cp -a, rsync -X, tar --xattrs) would otherwise try to set them on copies.
         obj = self._obj(inode)
-        row = self.tree.require(obj)
-        names = self.tree.ns.xattr_names(obj)
-        if row.kind == stat.S_IFREG:
-            names.extend(VIRTUAL_NAMES)
-        return names
+        self.tree.require(obj)
+        return self.tree.ns.xattr_names(obj)

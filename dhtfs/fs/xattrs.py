@@ -1,8 +1,9 @@
 """Extended attributes: stored ``user.*`` (and ``trusted.*``/``security.*``) names, plus the
 read-only virtual ``user.dhtfs.*`` names that show how a file is stored.
 
-Invariants: virtual names cannot be set or removed (EPERM); ``system.*`` (POSIX ACLs) is not
-supported (EOPNOTSUPP), so tools fall back to plain mode bits.
+Invariants: virtual names cannot be set or removed (EPERM) and are not listed (so that tools
+which copy xattrs do not try to); ``system.*`` (POSIX ACLs) is not supported (EOPNOTSUPP), so
+tools fall back to plain mode bits.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from dhtfs.errors import NamespaceError
 from dhtfs.fs.namespace import ObjectRow
 
 VIRTUAL_PREFIX = b"user.dhtfs."
-VIRTUAL_NAMES = (b"user.dhtfs.id", b"user.dhtfs.chunk_size", b"user.dhtfs.chunks")
 MAX_VALUE = 64 * 1024
 
 

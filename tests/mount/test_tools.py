@@ -168,13 +168,6 @@ def test_dd_one_gib(mount: Mount) -> None:
     assert on_disk < 1024 * 1024
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="listxattr lists the read-only virtual user.dhtfs.* names, so rsync -X, "
-    "cp --preserve=xattr and tar --xattrs copy them and fail (EPERM) setting them on the copy, "
-    "and cp -a leaks them onto other filesystems. Fix: list them no more (readable by name); "
-    "tests/fs/test_operations.py currently asserts they are listed, so left to the lead",
-)
 def test_xattr_copying_tools(mount: Mount, tmp_path: Path) -> None:
     """rsync -aX, cp --preserve=xattr and tar --xattrs copy user.* xattrs within the mount
     cleanly, and nothing dhtfs-internal leaks onto a local copy."""
