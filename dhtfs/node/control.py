@@ -12,6 +12,7 @@ Methods (args → answer):
     get        {"id": bytes}          → {"data": bytes}       (error: chunk missing)
     providers  {"id": bytes}          → {"providers": [[node_id, host, port], ...]}
     peers      {}                    → {"peers": [[node_id, host, port, rtt|None, penalties]]}
+    refresh    {}                    → {"buckets": n}   (refresh every bucket now)
 
 Invariants: every request runs under ``REQUEST_TIMEOUT``; a bad request gets an ERROR answer
 and the connection stays open; a malformed frame closes that client only.
@@ -79,6 +80,8 @@ class ControlServer:
                 out.append([c.node_id, c.host, c.port, st.rtt_ewma if st else None,
                             st.penalties if st else 0])
             return {"peers": out}
+        if method == "refresh":
+            return {"buckets": await node.refresh_buckets(max_age=0.0)}
         raise RemoteError(f"unknown control method {method!r}")
 
     async def serve(

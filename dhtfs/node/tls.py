@@ -36,6 +36,8 @@ def tls_context(identity: pki.Identity, *, server_side: bool) -> ssl.SSLContext:
     ctx.verify_mode = ssl.CERT_REQUIRED
     ctx.load_verify_locations(cafile=str(identity.ca_cert))
     ctx.load_cert_chain(str(identity.cert), str(identity.key))
+    if server_side:
+        ctx.num_tickets = 0  # connections are persistent; no resumption, ~1 ms less per accept
     return ctx
 
 

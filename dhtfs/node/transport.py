@@ -247,6 +247,7 @@ class Transport:
         self._nursery: trio.Nursery | None = None
         self._local: Contact | None = None
         self.refusals = 0
+        self.aborted = 0
         self.protocol_errors = 0
 
     # -- Network ---------------------------------------------------------------------------------
@@ -319,8 +320,17 @@ class Transport:
                 conn = _Connection(self, frames, Contact(node_id, host, hello.port), False)
             except (AuthError, ProtocolError, PeerUnreachable) as exc:
                 self._refuse(remote_ip, str(exc))
-            except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError) as exc:
+            except ssl.SSLCertVerificationError as exc:
                 self._refuse(remote_ip, _tls_reason(exc))
+            except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError) as exc:
+                cause = exc.__cause__
+                if isinstance(exc, ssl.SSLEOFError) or (
+                    isinstance(cause, OSError) and not isinstance(cause, ssl.SSLError)
+                ):  # the peer hung up (its own deadline, a port scan): not a verdict on it
+                    self.aborted += 1
+                    log.info("handshake with %s aborted: %s", remote_ip, _tls_reason(exc))
+                else:
+                    self._refuse(remote_ip, _tls_reason(exc))
             except Exception as exc:  # anything a hostile peer can provoke: refuse, keep serving
                 self._refuse(remote_ip, f"{type(exc).__name__}: {exc}")
         if conn is None:

@@ -83,13 +83,14 @@ async def worker_main(args: argparse.Namespace) -> None:
             node = Node(transport, store)
             transport.handler = node.handle
             nodes.append(node)
-        seed = args.seed or f"{nodes[0].contact.host}:{nodes[0].contact.port}"
-        seed_host, seed_port = seed.rsplit(":", 1)
-        limiter = trio.CapacityLimiter(16)
+        own = f"{nodes[0].contact.host}:{nodes[0].contact.port}"
+        seeds = [(h, int(p)) for h, p in (a.rsplit(":", 1) for a in (args.seed or own).split(","))]
+        limiter = trio.CapacityLimiter(8)
+        rng = random.Random(own)
 
         async def join(node: Node) -> None:
             async with limiter:
-                await node.join_addresses([(seed_host, int(seed_port))])
+                await node.join_addresses([rng.choice(seeds)])
 
         async with trio.open_nursery() as joins:
             for node in nodes if args.seed else nodes[1:]:
@@ -98,7 +99,7 @@ async def worker_main(args: argparse.Namespace) -> None:
         await nursery.start(ControlServer(nodes).serve, control)
         for node in nodes:
             nursery.start_soon(node.run_maintenance)
-        print(f"ready control={control} nodes={len(nodes)} seed={seed}", flush=True)
+        print(f"ready control={control} nodes={len(nodes)} seed={own}", flush=True)
 
 
 # -- driver ------------------------------------------------------------------------------------
@@ -110,7 +111,7 @@ def start_workers(n: int, workers: int, tmp: Path) -> list[tuple[subprocess.Pope
     procs: list[tuple[subprocess.Popen, Path, int]] = []
     per = [n // workers + (1 if w < n % workers else 0) for w in range(workers)]
     index = 0
-    seed = ""
+    seeds: list[str] = []  # node 0 of every worker started so far: joins spread over them
     for w in range(workers):
         wdir = tmp / f"w{w}"
         wdir.mkdir()
@@ -122,20 +123,36 @@ def start_workers(n: int, workers: int, tmp: Path) -> list[tuple[subprocess.Pope
         (wdir / "idents").write_text("\n".join(lines) + "\n")
         argv = [sys.executable, __file__, "--worker", "--dir", str(wdir), "--ca",
                 str(ca_dir / "ca.crt"), "--idents", str(wdir / "idents")]
-        if seed:
-            argv += ["--seed", seed]
+        if seeds:
+            argv += ["--seed", ",".join(seeds)]
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, cwd=REPO)
         procs.append((proc, wdir / "control.sock", per[w]))
-        if not seed:  # the others join through worker 0's first node
-            line = proc.stdout.readline()
-            if not line.startswith("ready"):
-                raise RuntimeError(f"worker 0 failed: {line!r}")
-            seed = line.split("seed=")[1].strip()
-    for proc, _, _ in procs[1:]:
+        # one worker at a time: a 2-core machine cannot do hundreds of joins (each a few
+        # lookups and dozens of fresh TLS handshakes) at once without RPCs timing out
         line = proc.stdout.readline()
         if not line.startswith("ready"):
-            raise RuntimeError(f"a worker failed: {line!r}")
+            raise RuntimeError(f"worker {w} failed: {line!r}")
+        seeds.append(line.split("seed=")[1].strip())
     return procs
+
+
+async def refresh_all(procs: list[tuple[subprocess.Popen, Path, int]]) -> None:
+    """Once all are up, every node refreshes every bucket (what the periodic refresh would do
+    later): nodes that joined early learn of those that joined after them."""
+    from dhtfs.node.control import ControlClient
+
+    async def worker(path: Path, indexes: list[int]) -> None:
+        client = await ControlClient.connect(path)
+        try:
+            for i in indexes:
+                await client.call("refresh", {"node": i}, timeout=120)
+        finally:
+            await client.aclose()
+
+    async with trio.open_nursery() as nursery:
+        for _, path, count in procs:
+            for lane in range(2):
+                nursery.start_soon(worker, path, list(range(lane, count, 2)))
 
 
 def stop_workers(procs: list[tuple[subprocess.Popen, Path, int]]) -> None:
@@ -164,6 +181,7 @@ class Phase:
     ids: list[bytes | None] = field(default_factory=list)
     puts: list[tuple[bool, float]] = field(default_factory=list)
     gets: list[tuple[bool, float]] = field(default_factory=list)
+    errors: dict[str, int] = field(default_factory=dict)
 
 
 async def run_jobs(phase: Phase, jobs: list[int], op: str) -> None:
@@ -194,8 +212,10 @@ async def run_jobs(phase: Phase, jobs: list[int], op: str) -> None:
                     ans = await clients[path].call(
                         "get", {"id": phase.ids[j], "node": idx}, timeout=60)
                     good = ans["data"] == phase.blobs[j]
-            except Exception:
+            except Exception as exc:
                 good = False
+                what = f"{op}: {str(exc)[:40]}"
+                phase.errors[what] = phase.errors.get(what, 0) + 1
                 await trio.aclose_forcefully(clients.pop(path).stream)
             elapsed = time.perf_counter() - t0
             (phase.puts if op == "put" else phase.gets).append((good, elapsed))
@@ -216,6 +236,8 @@ async def drive(procs: list[tuple[subprocess.Popen, Path, int]], n: int, ops: in
                     nursery.start_soon(run_jobs, phase, list(range(w, ops, CONCURRENCY)), op)
         summarize(f"dhtfs_n{n}_put_{label}", phase.puts)
         summarize(f"dhtfs_n{n}_get_{label}", phase.gets)
+        for what, count in sorted(phase.errors.items()):
+            print(f"# n={n} {label} {count} x {what}", file=sys.stderr)
 
 
 # -- the kademlia library reference -------------------------------------------------------------
@@ -337,6 +359,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true")
     p.add_argument("--sizes", default="64,256", help="comma-separated N values")
+    p.add_argument("--no-sim", action="store_true", help="skip scripts/bench/dht_sim.py")
     p.add_argument("--ops", type=int, help="operations per kind (default 200, quick 40)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--tput-server", action="store_true", help=argparse.SUPPRESS)
@@ -365,8 +388,10 @@ def main() -> int:
             ndir.mkdir()
             t0 = time.perf_counter()
             procs = start_workers(n, 4 if n <= 64 else 8, ndir)
-            figure(f"dhtfs_n{n}_startup", time.perf_counter() - t0, "s")
             try:
+                if not args.quick:
+                    trio.run(refresh_all, procs)
+                figure(f"dhtfs_n{n}_startup", time.perf_counter() - t0, "s")
                 trio.run(drive, procs, n, ops)
             finally:
                 stop_workers(procs)
@@ -374,7 +399,7 @@ def main() -> int:
                            check=False, cwd=REPO)
     figure("dht_bench_wall", time.perf_counter() - t_start, "s")
     sim = REPO / "scripts" / "bench" / "dht_sim.py"
-    if sim.exists():
+    if sim.exists() and not args.no_sim:
         flags = ["--quick"] if args.quick else []
         out = subprocess.run([sys.executable, str(sim), *flags], capture_output=True, text=True,
                              cwd=REPO, check=False)

@@ -64,7 +64,7 @@ class Swarm:
         state = self.root / name
         state.mkdir(parents=True)
         out, err = state.with_suffix(".out"), state.with_suffix(".err")
-        argv = [sys.executable, "-m", "dhtfs.cli", "node", "--state", str(state),
+        argv = [sys.executable, "-m", "dhtfs.cli", "-v", "node", "--state", str(state),
                 "--ca", str(ident.ca_cert), "--cert", str(ident.cert), "--key", str(ident.key),
                 "--listen", f"{host}:0", "--master-key", "ephemeral", *extra]
         for b in bootstrap:

@@ -101,7 +101,7 @@ async def test_foreign_and_self_signed_nodes_refused(
     for i, ident in enumerate(intruders):
         x = swarm.start(ident, f"127.0.0.{100 + i}", [seed.address])
         assert x.proc.wait(30) == 1
-        assert x.log().startswith("dhtfs: error: certificate") and "Traceback" not in x.log()
+        assert "dhtfs: error: certificate" in x.log() and "Traceback" not in x.log()
     # a hostile implementation that skips that check is refused by the swarm
     for i, ident in enumerate(intruders):
         transport = Transport(ident, f"127.0.0.{100 + i}", 0)
@@ -150,7 +150,7 @@ async def test_malformed_frames_leave_process_serving(
         await raw_session(ident, peer, hello + p, tls=True)
         await raw_session(ident, peer, p, tls=False)
     log = target.log()
-    assert log.count("refused peer") >= len(payloads)
+    assert log.count("refused peer") + log.count("aborted") >= len(payloads)
     assert log.count("closing connection") >= sum(rejected(hello + p) for p in payloads) // 2
     assert target.proc.poll() is None
     # still serving: the control socket, and a real authenticated RPC from a new peer
