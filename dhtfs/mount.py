@@ -152,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_RDWR)
         for fd in (0, 1, 2):
             os.dup2(devnull, fd)
+        os.umask(0o077)  # before the log file is created
         setup_logging(config.debug, file=config.state_dir / "dhtfs.log")
         os._exit(run_daemon(config, mountpoint, write_fd))
     os.close(write_fd)

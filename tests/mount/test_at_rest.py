@@ -203,3 +203,22 @@ def test_corrupt_chunks_give_eio(mount: Mount) -> None:
     # The mount survives: writes and reads still work.
     (root / "after").write_bytes(b"still serving")
     assert (root / "after").read_bytes() == b"still serving"
+
+
+def test_daemon_mode_log_file_is_private(tmp_path: Path) -> None:
+    """In daemon mode the log goes to <state>/dhtfs.log, readable by root only."""
+    import subprocess
+
+    from tests.mounting import MOUNT, UMOUNT, cleanup
+
+    state, mnt = tmp_path / "state", tmp_path / "mnt"
+    mnt.mkdir()
+    try:
+        subprocess.run([MOUNT, str(mnt), "-o", f"state={state}"], check=True, timeout=30)
+        (mnt / "f").write_bytes(b"x")
+    finally:
+        subprocess.run([UMOUNT, str(mnt)], check=False, timeout=90)
+        cleanup(mnt)
+    log = state / "dhtfs.log"
+    assert log.exists()
+    assert stat.S_IMODE(log.stat().st_mode) & 0o077 == 0
