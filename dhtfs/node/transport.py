@@ -315,7 +315,7 @@ class Transport:
                 hello = await frames.receive()
                 if hello is None or hello.kind != wire.HELLO:
                     raise ProtocolError("first frame is not HELLO")
-                await tls.send_all(wire.encode_hello(self.local.host, self.local.port))
+                await tls.send_all(wire.encode_hello(self._advertised_host, self.local.port))
                 host = hello.host if hello.host not in WILDCARD_HOSTS else remote_ip
                 conn = _Connection(self, frames, Contact(node_id, host, hello.port), False)
             except (AuthError, ProtocolError, PeerUnreachable) as exc:
@@ -414,7 +414,7 @@ class Transport:
                 raise AuthError(f"{host}:{port}: {exc}") from None
             frames = _FrameStream(tls, self.max_frame)
             try:
-                await tls.send_all(wire.encode_hello(self.local.host, self.local.port))
+                await tls.send_all(wire.encode_hello(self._advertised_host, self.local.port))
                 hello = await frames.receive()
             except (PeerUnreachable, trio.BrokenResourceError, ssl.SSLError) as exc:
                 # TLS 1.3: the server checks our certificate after our handshake completes.
@@ -431,6 +431,12 @@ class Transport:
             await trio.aclose_forcefully(tcp)
             raise
         return _Connection(self, frames, Contact(peer_id, host, port), True)
+
+    @property
+    def _advertised_host(self) -> str:
+        """The host our HELLO names: empty when listening on a wildcard address, so the peer
+        uses the address it sees us connect from."""
+        return "" if self.host in WILDCARD_HOSTS else self.host
 
     # -- pool ------------------------------------------------------------------------------------
 

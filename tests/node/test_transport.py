@@ -59,6 +59,15 @@ async def test_call_round_trip_and_authenticated_caller(identity: IdentityFactor
         assert a.connected_peers()[0] == b.local
 
 
+async def test_wildcard_listener_is_seen_at_its_source_address(
+    identity: IdentityFactory,
+) -> None:
+    async with serving(identity(), "127.0.0.2") as a, serving(identity(), "0.0.0.0") as b:
+        answer = await b.call(a.local, "PING", {}, timeout=5)
+        assert answer["caller"] == b.identity.node_id and answer["port"] == b.local.port
+        assert a.connected_peers()[0].host == "127.0.0.1"  # the source address b dialed from
+
+
 async def test_contact_at_learns_node_id(identity: IdentityFactory) -> None:
     async with serving(identity()) as a, serving(identity()) as b:
         c = await b.contact_at(a.local.host, a.local.port, timeout=5)
