@@ -113,6 +113,7 @@ async def iterative_lookup(
     order.sort(key=lambda e: e.dist)
 
     max_outstanding = 4 * alpha + k
+    active: set[_Entry] = set()       # queried, not answered, within their soft timeout
     send, recv = trio.open_memory_channel[tuple[_Entry, Answer | None]](max_outstanding)
     outstanding = 0
 
@@ -133,39 +134,36 @@ async def iterative_lookup(
                 window.append(e)
                 if len(window) >= k:
                     break
-            active = sum(1 for e in entries.values() if e.state == ACTIVE)
             if not stopped:
                 for e in window:
-                    if active >= alpha or outstanding >= max_outstanding:
+                    if len(active) >= alpha or outstanding >= max_outstanding:
                         break
                     if e.state == NEW:
                         e.state = ACTIVE
                         e.soft_deadline = trio.current_time() + soft_timeout(e.contact)
-                        active += 1
+                        active.add(e)
                         outstanding += 1
                         result.queries += 1
                         nursery.start_soon(run_query, e)
             if stopped or all(e.state == DONE for e in window):
                 break
-            if active == 0 and outstanding == 0:
+            if not active and outstanding == 0:
                 break       # nothing in flight and nothing left to ask
-            next_soft = min(
-                (e.soft_deadline for e in entries.values() if e.state == ACTIVE),
-                default=math.inf,
-            )
+            next_soft = min((e.soft_deadline for e in active), default=math.inf)
             got = None
             with trio.move_on_at(next_soft):
                 got = await recv.receive()
             if got is None:
                 now = trio.current_time()
-                for e in entries.values():
-                    if e.state == ACTIVE and e.soft_deadline <= now:
-                        e.state = SLOW
-                        result.slow += 1
+                for e in [e for e in active if e.soft_deadline <= now]:
+                    e.state = SLOW
+                    active.discard(e)
+                    result.slow += 1
                 continue
             while got is not None:
                 e, ans = got
                 outstanding -= 1
+                active.discard(e)
                 if ans is None:
                     e.state = FAILED
                     result.failures += 1

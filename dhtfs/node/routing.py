@@ -22,7 +22,6 @@ that served bytes not matching their hash. ``rank_providers`` orders by them.
 
 from __future__ import annotations
 
-import heapq
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -77,6 +76,7 @@ class RoutingTable:
         self._clock = clock or (lambda: 0.0)
         self._own_int = to_int(own_id)
         self._buckets: list[Bucket | None] = [None] * ID_BITS
+        self._indices: list[int] = []          # indices of the buckets created so far
         self._stats: OrderedDict[bytes, ContactStats] = OrderedDict()
         self._created = self._clock()
 
@@ -86,6 +86,7 @@ class RoutingTable:
         b = self._buckets[index]
         if b is None and create:
             b = self._buckets[index] = Bucket(self._clock())
+            self._indices.append(index)
         return b
 
     def update(self, contact: Contact) -> Contact | None:
@@ -175,18 +176,34 @@ class RoutingTable:
     def closest(
         self, target: bytes, count: int | None = None, exclude: Iterable[bytes] = ()
     ) -> list[Contact]:
-        """The ``count`` (default k) known contacts XOR-closest to ``target``, closest first."""
+        """The ``count`` (default k) known contacts XOR-closest to ``target``, closest first.
+
+        Bucket j holds contacts c with 2**j <= d(own, c) < 2**(j+1); their distances to the
+        target, D ^ d(own, c) with D = d(own, target), then fill the aligned interval
+        [((D >> j) ^ 1) << j, + 2**j). These intervals are disjoint, so walking the buckets in
+        order of interval start visits contacts in distance bands, and only as many buckets as
+        needed for ``count`` contacts are sorted.
+        """
         n = self.k if count is None else count
+        if n <= 0:
+            return []
         t = to_int(target)
+        dd = self._own_int ^ t
         skip = set(exclude)
-        pool = (
-            c
-            for b in self._buckets
-            if b is not None
-            for c in b.contacts.values()
-            if c.node_id not in skip
-        )
-        return heapq.nsmallest(n, pool, key=lambda c: to_int(c.node_id) ^ t)
+        buckets = self._buckets
+        order = sorted(self._indices, key=lambda j: ((dd >> j) ^ 1) << j)
+        out: list[Contact] = []
+        for j in order:
+            b = buckets[j]
+            assert b is not None
+            if not b.contacts:
+                continue
+            band = [c for c in b.contacts.values() if c.node_id not in skip]
+            band.sort(key=lambda c: int.from_bytes(c.node_id, "big") ^ t)
+            out.extend(band)
+            if len(out) >= n:
+                break
+        return out[:n]
 
     # -- refresh bookkeeping (section 2.3) -----------------------------------------------------
 

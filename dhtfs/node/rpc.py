@@ -61,8 +61,16 @@ def contacts_to_wire(cs: list[Contact]) -> list[list[Any]]:
     return [[c.node_id, c.host, c.port] for c in cs]
 
 
+_contact_cache: dict[tuple[bytes, str, int], Contact] = {}
+_CONTACT_CACHE_MAX = 8192
+
+
 def contact_from_wire(v: Any) -> Contact:
-    """Decode one contact; ``ValueError`` when it is malformed."""
+    """Decode one contact; ``ValueError`` when it is malformed.
+
+    Recently decoded contacts are interned (a bounded cache keyed by the validated triple):
+    lookups decode the same contacts over and over, and ``Contact`` objects are immutable.
+    """
     if not isinstance(v, (list, tuple)) or len(v) != 3:
         raise ValueError("contact must be [node_id, host, port]")
     nid, host, port = v
@@ -72,7 +80,13 @@ def contact_from_wire(v: Any) -> Contact:
         raise ValueError("contact host must be a non-empty string")
     if type(port) is not int or not 0 <= port <= 65535:
         raise ValueError("contact port must be an int in 0..65535")
-    return Contact(nid, host, port)
+    key = (nid, host, port)
+    c = _contact_cache.get(key)
+    if c is None:
+        if len(_contact_cache) >= _CONTACT_CACHE_MAX:
+            _contact_cache.clear()
+        c = _contact_cache[key] = Contact(nid, host, port)
+    return c
 
 
 # -- validation of requests (far side: raise RemoteError) ---------------------------------------
