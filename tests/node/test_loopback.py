@@ -162,29 +162,61 @@ async def test_malformed_frames_leave_process_serving(
         nursery.cancel_scope.cancel()
 
 
-async def test_silent_peer_does_not_stall_lookups(
+async def test_silent_peers_do_not_stall_lookups(
     swarm: Swarm, swarm_ca: Path, tmp_path: Path
 ) -> None:
+    """Two peers join, then go silent: one keeps its TLS connections and reads requests but
+    never answers; the other is replaced by a bare TCP listener that accepts and says nothing
+    (so dialing it hangs in the TLS handshake). Every node's lookups must still be quick."""
     nodes = swarm.nodes[:N_NODES]
     blob = os.urandom(4096)
     cid = (await control(nodes[2], "put", data=blob))["id"]
-    store = ChunkStore(tmp_path / "chunks", load_master_key("ephemeral", tmp_path))
-    ident = make_identity(swarm_ca, tmp_path)
-    async with joined_node(ident, "127.0.0.200", store, nodes[0]) as (_node, transport):
-        async def known_widely() -> bool:
-            count = 0
-            for n in nodes:
-                peers = (await control(n, "peers"))["peers"]
-                count += any(p[0] == ident.node_id for p in peers)
-            return count >= N_NODES // 2
+    idents = [make_identity(swarm_ca, tmp_path), make_identity(swarm_ca, tmp_path)]
+    hosts = ["127.0.0.200", "127.0.0.201"]
+    stopped = trio.Event()
+    mute_scope = trio.CancelScope()
 
-        await wait_for(known_widely, 20, "the silent node to be in most routing tables")
+    async def run_node(i: int, task_status: trio.TaskStatus[Transport]) -> None:
+        store = ChunkStore(tmp_path / f"chunks{i}", load_master_key("ephemeral", tmp_path))
+        try:
+            with mute_scope if i == 1 else trio.CancelScope():
+                async with joined_node(idents[i], hosts[i], store, nodes[0]) as (_, transport):
+                    task_status.started(transport)
+                    await trio.sleep_forever()
+        finally:
+            if i == 1:
+                stopped.set()
+
+    held: list[trio.SocketStream] = []
+    async with trio.open_nursery() as nursery:
+        quiet = await nursery.start(run_node, 0)
+        mute = await nursery.start(run_node, 1)
+
+        async def known_widely() -> bool:
+            counts = [0, 0]
+            for n in nodes:
+                peers = {p[0] for p in (await control(n, "peers"))["peers"]}
+                for i in (0, 1):
+                    counts[i] += idents[i].node_id in peers
+            return min(counts) >= N_NODES // 2
+
+        await wait_for(known_widely, 20, "the silent nodes to be in most routing tables")
 
         async def never_answer(caller: Contact, method: str, args: dict) -> dict:
             await trio.sleep_forever()
             raise AssertionError
 
-        transport.handler = never_answer  # accepts connections, reads requests, never answers
+        quiet.handler = never_answer
+        port = mute.local.port
+        mute_scope.cancel()
+        await stopped.wait()
+        listener = (await trio.open_tcp_listeners(port, host=hosts[1]))[0]
+
+        async def accept_and_ignore() -> None:
+            while True:
+                held.append(await listener.accept())
+
+        nursery.start_soon(accept_and_ignore)
         for n in nodes:
             t0 = time.monotonic()
             provs = (await control(n, "providers", id=os.urandom(32)))["providers"]
@@ -193,7 +225,12 @@ async def test_silent_peer_does_not_stall_lookups(
             elapsed = time.monotonic() - t0
             assert got["data"] == blob
             # the node's hard RPC timeout is 5 s; a stalled lookup would take at least that
-            assert elapsed < 4.5, f"{n.name}: lookups took {elapsed:.1f}s with a silent peer"
+            assert elapsed < 4.5, f"{n.name}: lookups took {elapsed:.1f}s with silent peers"
+        assert held, "nobody dialed the mute address: that half proved nothing"
+        nursery.cancel_scope.cancel()
+    for stream in held:
+        await trio.aclose_forcefully(stream)
+    await trio.aclose_forcefully(listener)
 
 
 class TamperingStore:
@@ -231,7 +268,7 @@ async def test_tampered_bytes_are_detected_and_penalized(
     cid = chunk_id_of(blob)
     inner = ChunkStore(tmp_path / "chunks", load_master_key("ephemeral", tmp_path))
     ident = make_identity(swarm_ca, tmp_path)
-    async with joined_node(ident, "127.0.0.201", TamperingStore(inner), nodes[0]) as (node, _):
+    async with joined_node(ident, "127.0.0.202", TamperingStore(inner), nodes[0]) as (node, _):
         inner.put(cid, blob)
         assert await node.announce(cid) > 0  # the liar is the only provider
         with pytest.raises(RemoteError, match="ChunkMissing"):
