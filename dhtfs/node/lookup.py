@@ -14,8 +14,9 @@ Algorithm:
   as failed for now, so one silent peer costs at most its soft timeout, never the lookup's
   deadline. The call itself continues until ``hard_timeout``; a late answer is still used;
 - termination: the k closest contacts seen (excluding failed and slow ones) have all answered,
-  or ``stop`` says so (FIND_PROVIDERS stops at the first answer carrying providers), or no
-  candidates remain. Outstanding calls are cancelled on return.
+  or ``stop(contact, answer)`` says so after an answer carrying something (FIND_PROVIDERS
+  stops early, see ``Node.find_providers``), or no candidates remain. Outstanding calls are
+  cancelled on return.
 
 Hops: every shortlist entry remembers the hop level at which it was learned (0 for the
 initiator's own routing table, h for a contact returned by a query at level h); a query sent to
@@ -86,7 +87,7 @@ async def iterative_lookup(
     alpha: int = 3,
     soft_timeout: Callable[[Contact], float] = lambda c: 1.0,
     hard_timeout: float = 5.0,
-    stop: Callable[[Answer], bool] | None = None,
+    stop: Callable[[Contact, Answer], bool] | None = None,
 ) -> LookupResult:
     """Run one iterative lookup for ``target``; see the module docstring.
 
@@ -178,7 +179,7 @@ async def iterative_lookup(
                         result.found.append(ans.found)
                         if found_hop is None:
                             found_hop = e.hop + 1
-                        if stop is not None and stop(ans):
+                        if stop is not None and stop(e.contact, ans):
                             stopped = True
                 try:
                     got = recv.receive_nowait()

@@ -90,6 +90,7 @@ class Node:
         refresh_interval: float = 3600.0,
         rpc_timeout: float = 5.0,
         fetch_timeout: float = 30.0,
+        min_bandwidth: float = 1024 * 1024,
         soft_timeout_floor: float = 0.2,
         soft_timeout_ceiling: float = 2.0,
         soft_timeout_unknown: float = 1.0,
@@ -111,6 +112,7 @@ class Node:
         self.refresh_interval = refresh_interval
         self.rpc_timeout = rpc_timeout
         self.fetch_timeout = fetch_timeout
+        self.min_bandwidth = min_bandwidth
         self.soft_timeout_floor = soft_timeout_floor
         self.soft_timeout_ceiling = soft_timeout_ceiling
         self.soft_timeout_unknown = soft_timeout_unknown
@@ -178,6 +180,11 @@ class Node:
         if rtt is None:
             return self.soft_timeout_unknown
         return min(self.soft_timeout_ceiling, max(self.soft_timeout_floor, 4 * rtt))
+
+    def transfer_timeout(self, nbytes: int) -> float:
+        """Deadline for moving ``nbytes`` in one RPC: ``rpc_timeout`` plus the time at
+        ``min_bandwidth``, at most ``fetch_timeout``."""
+        return min(self.fetch_timeout, self.rpc_timeout + nbytes / self.min_bandwidth)
 
     def hedge_delay(self, peer: Contact) -> float:
         """When to hedge a GET_CHUNK to the next provider: past 3 x RTT EWMA (+20 ms)."""
@@ -300,12 +307,25 @@ class Node:
             alpha=self.alpha,
             soft_timeout=self.soft_timeout,
             hard_timeout=self.rpc_timeout,
-            stop=(lambda a: True) if providers and stop_early else None,
+            stop=self._enough_providers(target) if providers and stop_early else None,
         )
         for c in result.abandoned:
             self._failed(c)
         self.routing.touch_target(target)
         return result
+
+    def _enough_providers(self, key: bytes) -> Callable[[Contact, Answer], bool]:
+        """FIND_PROVIDERS may stop early once an answering node says it holds the chunk itself
+        (a provider proven alive just now), or once ``replication`` distinct providers are
+        named (records may be stale; several are unlikely to be all dead)."""
+        named: set[bytes] = set()
+
+        def stop(answerer: Contact, answer: Answer) -> bool:
+            provs = answer.found or []
+            named.update(p.node_id for p in provs)
+            return answerer.node_id in named or len(named) >= self.replication
+
+        return stop
 
     async def find_node(self, target: bytes) -> list[Contact]:
         """The k live nodes XOR-closest to ``target`` (not including this node)."""
@@ -380,7 +400,7 @@ class Node:
         async def push() -> None:
             for c in candidates:            # shared iterator: a failure moves on to the next
                 try:
-                    await self._call(c, rpc.PUT_CHUNK, args, self.fetch_timeout)
+                    await self._call(c, rpc.PUT_CHUNK, args, self.transfer_timeout(len(data)))
                 except NetworkError:
                     continue
                 res.replicas.append(c)

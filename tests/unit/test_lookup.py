@@ -160,7 +160,7 @@ async def test_stop_early_and_found_hop(autojump_clock: trio.testing.MockClock) 
         return Answer(peers[max(0, peers.index(c) - 5) :][:10], found)
 
     res = await iterative_lookup(
-        from_int(0), peers[30:33], query, own_id=from_int(2**255), k=K, stop=lambda a: True
+        from_int(0), peers[30:33], query, own_id=from_int(2**255), k=K, stop=lambda c, a: True
     )
     assert res.found == [["yes"]]
     assert res.hops >= 2
