@@ -51,6 +51,8 @@ class TLSStream:
         self._obj = ctx.wrap_bio(self._in, self._out, server_side=server_side)
         self._send_lock = trio.Lock()
         self._eof = False
+        self._rbuf = bytearray(SOCKET_READ_BYTES)
+        self._rview = memoryview(self._rbuf)
 
     def getpeercert_der(self) -> bytes | None:
         return self._obj.getpeercert(binary_form=True)
@@ -64,11 +66,14 @@ class TLSStream:
 
     async def _fill(self) -> bool:
         """Read from the socket into the TLS engine; False at TCP EOF."""
-        data = await self.tcp.receive_some(SOCKET_READ_BYTES)
-        if not data:
+        try:
+            n = await self.tcp.socket.recv_into(self._rbuf)
+        except OSError as exc:
+            raise trio.BrokenResourceError(f"socket error: {exc}") from exc
+        if not n:
             self._in.write_eof()
             return False
-        self._in.write(data)
+        self._in.write(self._rview[:n])
         return True
 
     async def handshake(self) -> None:
@@ -82,10 +87,11 @@ class TLSStream:
                     raise ssl.SSLEOFError("connection closed during the TLS handshake") from None
         await self._flush()
 
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        """All the plaintext available now (at least one byte), or ``b""`` at EOF."""
+    async def receive_pieces(self) -> list[bytes]:
+        """All the plaintext available now, one piece per TLS record (at least one byte);
+        ``[]`` at EOF. Pieces are not joined: the frame reader joins once per frame."""
         if self._eof:
-            return b""
+            return []
         pieces: list[bytes] = []
         while True:
             try:
@@ -107,7 +113,11 @@ class TLSStream:
             pieces.append(piece)
         if self._out.pending:
             await self._flush()
-        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        return pieces
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        """All the plaintext available now (at least one byte), or ``b""`` at EOF."""
+        return b"".join(await self.receive_pieces())
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         async with self._send_lock:

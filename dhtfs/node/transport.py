@@ -48,7 +48,6 @@ from dhtfs.node.tls import TLSStream, tls_context
 
 log = logging.getLogger(__name__)
 
-RECEIVE_BYTES = 256 * 1024
 WILDCARD_HOSTS = ("", "0.0.0.0", "::")
 
 
@@ -87,14 +86,15 @@ class _FrameStream:
         """The next frame, or None at a clean EOF between frames."""
         while not self.ready:
             try:
-                data = await self.stream.receive_some(RECEIVE_BYTES)
+                pieces = await self.stream.receive_pieces()
             except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError) as exc:
                 raise PeerUnreachable(f"connection lost: {_tls_reason(exc)}") from None
-            if not data:
+            if not pieces:
                 if self.reader.pending_bytes:
                     raise ProtocolError("connection closed in the middle of a frame")
                 return None
-            self.ready.extend(self.reader.feed(data))
+            for piece in pieces:
+                self.ready.extend(self.reader.feed(piece))
         return wire.decode_body(self.ready.popleft())
 
 
