@@ -36,7 +36,7 @@ from dhtfs.sim.network import SimWorld
 from dhtfs.sim.swarm import Swarm
 
 DEFINITIONS = """\
-# lookup success: a FIND_PROVIDERS lookup (stops at the first answer naming providers), from a
+# lookup success: a FIND_PROVIDERS lookup (stopping early as Node.find_providers does), from a
 #   random live node, for a chunk put earlier that some live node still holds, returns at least
 #   one provider that is alive and holds the chunk (checked against the simulator's ground truth).
 # findnode success: a FIND_NODE lookup for a random ID returns, first, the live node

@@ -331,3 +331,41 @@ async def test_partition_then_heal(
         await b.get_chunk(cid)
     world.heal()
     assert await b.get_chunk(cid) == data
+
+
+class RefusingNode(Node):
+    """Answers lookups but refuses to store chunks (say, its disk is full)."""
+
+    async def handle(self, caller: Contact, method: str, args: Message) -> Message:
+        if method == rpc.PUT_CHUNK:
+            raise RemoteError("PUT_CHUNK: no space left")
+        return await super().handle(caller, method, args)
+
+
+async def test_put_moves_on_when_a_replica_target_fails(
+    autojump_clock: MockClock, make_swarm: MakeSwarm
+) -> None:
+    """The closest node refuses the chunk: the push moves on to the next closest."""
+    sw = make_swarm()
+    await sw.grow(30)
+    data = blob(400)
+    cid = sha256_id(data)
+    refuser = await sw.spawn(from_int(int.from_bytes(cid, "big") ^ 1), node_cls=RefusingNode)
+    await sw.join(refuser)
+    origin = sw.random_alive(exclude=(refuser.id,))[0]
+    res = await origin.put_chunk_detailed(data)
+    assert res.complete and res.copies == 3
+    assert refuser.id not in ids_of(res.replicas) and not refuser.store.has(cid)
+    live = [i for i in xor_sorted(list(sw.nodes), cid) if i != refuser.id][:3]
+    holders = set(ids_of(res.replicas)) | ({origin.id} if res.local_slot else set())
+    assert holders == set(live)
+
+
+async def test_join_by_address(autojump_clock: MockClock, make_swarm: MakeSwarm) -> None:
+    sw = make_swarm()
+    await sw.grow(15)
+    seed = sw.random_alive()[0]
+    newcomer = await sw.spawn()
+    size = await newcomer.join_addresses([(seed.contact.host, seed.contact.port), ("sim", 9999)])
+    assert size >= 10
+    assert newcomer.id in seed.routing
