@@ -78,13 +78,14 @@ class RoutingTable:
         self._buckets: list[Bucket | None] = [None] * ID_BITS
         self._indices: list[int] = []          # indices of the buckets created so far
         self._stats: OrderedDict[bytes, ContactStats] = OrderedDict()
-        self._created = self._clock()
+        self._created: float | None = None    # set on first use (may be built outside trio)
 
     # -- membership ----------------------------------------------------------------------------
 
     def _bucket(self, index: int, create: bool = True) -> Bucket | None:
         b = self._buckets[index]
         if b is None and create:
+            self._created_at()
             b = self._buckets[index] = Bucket(self._clock())
             self._indices.append(index)
         return b
@@ -207,6 +208,11 @@ class RoutingTable:
 
     # -- refresh bookkeeping (section 2.3) -----------------------------------------------------
 
+    def _created_at(self) -> float:
+        if self._created is None:
+            self._created = self._clock()
+        return self._created
+
     def touch_bucket(self, index: int) -> None:
         """Mark bucket ``index`` as refreshed now (a lookup in its range just ran)."""
         b = self._bucket(index)
@@ -232,7 +238,7 @@ class RoutingTable:
         out = []
         for i in range(nonempty[0], ID_BITS):
             b = self._buckets[i]
-            last = b.last_touched if b is not None else self._created
+            last = b.last_touched if b is not None else self._created_at()
             if now - last >= max_age:
                 out.append(i)
         return out
