@@ -51,8 +51,6 @@ class TLSStream:
         self._obj = ctx.wrap_bio(self._in, self._out, server_side=server_side)
         self._send_lock = trio.Lock()
         self._eof = False
-        self._rbuf = bytearray(SOCKET_READ_BYTES)
-        self._rview = memoryview(self._rbuf)
 
     def getpeercert_der(self) -> bytes | None:
         return self._obj.getpeercert(binary_form=True)
@@ -66,14 +64,13 @@ class TLSStream:
 
     async def _fill(self) -> bool:
         """Read from the socket into the TLS engine; False at TCP EOF."""
-        try:
-            n = await self.tcp.socket.recv_into(self._rbuf)
-        except OSError as exc:
-            raise trio.BrokenResourceError(f"socket error: {exc}") from exc
-        if not n:
+        # A fresh bytes object per read, not a per-connection buffer: a node keeps hundreds
+        # of idle connections, and 256 KiB each would be hundreds of MiB.
+        data = await self.tcp.receive_some(SOCKET_READ_BYTES)
+        if not data:
             self._in.write_eof()
             return False
-        self._in.write(self._rview[:n])
+        self._in.write(data)
         return True
 
     async def handshake(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -103,6 +104,8 @@ def test_node_from_toml_and_chunk_verbs(tmp_path: Path, swarm_ca: Path) -> None:
         # nothing but sealed bytes on disk
         sealed = [p for p in (state / "chunks").rglob("*") if p.is_file()]
         assert len(sealed) == 1 and blob[:64] not in sealed[0].read_bytes()
-        assert swarm.stop(node) == 0
+        node.proc.send_signal(signal.SIGINT)  # Ctrl-C: a clean stop too
+        assert node.proc.wait(10) == 0
+        assert not node.control.exists()
     finally:
         swarm.close()
