@@ -105,10 +105,10 @@ class ControlServer:
                 while True:
                     stream = await listener.accept()
                     nursery.start_soon(self._client, stream)
-        finally:
-            await trio.aclose_forcefully(listener)
+        finally:  # synchronous first: under cancellation every await raises Cancelled
             with contextlib.suppress(OSError):
                 path.unlink()
+            listener.socket.close()
 
     async def _client(self, stream: trio.SocketStream) -> None:
         reader = wire.FrameReader()

@@ -285,10 +285,10 @@ class Transport:
                 for listener in listeners:
                     nursery.start_soon(self._accept_loop, listener, nursery)
                 task_status.started(self._local)
-        finally:
+        finally:  # synchronous: under cancellation every await raises Cancelled
             self._nursery = None
             for listener in listeners:
-                await trio.aclose_forcefully(listener)
+                listener.socket.close()
 
     async def _accept_loop(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
         while True:
