@@ -221,6 +221,7 @@ async def test_eviction_pings_the_least_recently_seen(
     assert ids_of(own.routing.bucket_contacts(255)) == [far[1].id, far[0].id]
     assert ids_of(own.routing.replacement_contacts(255)) == [far[2].id]
     sw.kill(far[1].id)
+    await trio.sleep(own.routing.ping_interval)  # one eviction ping per bucket per interval
     await far[3].network.call(own.contact, rpc.PING, {}, timeout=1)  # ping far[1]: dead
     await trio.sleep(10)
     assert ids_of(own.routing.bucket_contacts(255)) == [far[0].id, far[3].id]

@@ -37,7 +37,7 @@ def check_invariants(rt: RoutingTable) -> None:
 
 
 def test_update_fills_then_reports_least_recently_seen() -> None:
-    rt = RoutingTable(OWN, k=4)
+    rt = RoutingTable(OWN, k=4, ping_interval=0)
     cs = in_bucket(10, 6)
     for c in cs[:4]:
         assert rt.update(c) is None
@@ -49,6 +49,20 @@ def test_update_fills_then_reports_least_recently_seen() -> None:
     ]
     assert rt.replacement_contacts(10) == [cs[4], cs[5]]
     check_invariants(rt)
+
+
+def test_eviction_pings_are_throttled_per_bucket() -> None:
+    now = [0.0]
+    rt = RoutingTable(OWN, k=2, clock=lambda: now[0], ping_interval=30)
+    a, b, c, d = in_bucket(9, 4)
+    rt.update(a)
+    rt.update(b)
+    assert rt.update(c) == a
+    now[0] = 10.0
+    assert rt.update(d) is None                 # checked 10 s ago: no new ping
+    assert rt.replacement_contacts(9) == [c, d]
+    now[0] = 31.0
+    assert rt.update(d) == a
 
 
 def test_remove_promotes_most_recent_replacement() -> None:
@@ -85,7 +99,7 @@ def test_own_id_is_never_stored() -> None:
 def test_bucket_invariants_under_random_operations(ops: list[tuple[bool, int]], k: int) -> None:
     """Whatever the sequence of sightings and removals, buckets stay within k, contacts sit in
     the right bucket, and no id is both in a bucket and in a replacement cache."""
-    rt = RoutingTable(OWN, k=k)
+    rt = RoutingTable(OWN, k=k, ping_interval=0)
     for add, n in ops:
         c = contact(n + 1)
         if add:
