@@ -25,6 +25,7 @@ Robustness invariants:
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 import ssl
 from collections import deque
@@ -401,8 +402,7 @@ class Transport:
             await conn.run()
 
     async def _open(self, node_id: bytes | None, host: str, port: int) -> _Connection:
-        local = None if self.host in WILDCARD_HOSTS else self.host
-        tcp = await trio.open_tcp_stream(host, port, local_address=local)
+        tcp = await self._connect_tcp(host, port)
         try:
             tls = TLSStream(tcp, self._client_ctx, server_side=False)
             try:
@@ -437,6 +437,26 @@ class Transport:
         """The host our HELLO names: empty when listening on a wildcard address, so the peer
         uses the address it sees us connect from."""
         return "" if self.host in WILDCARD_HOSTS else self.host
+
+    async def _connect_tcp(self, host: str, port: int) -> trio.SocketStream:
+        """TCP connect from our listening address. Numeric addresses (what routing holds) skip
+        ``open_tcp_stream``'s resolver and happy-eyeballs nursery: joins open thousands."""
+        local = None if self.host in WILDCARD_HOSTS else self.host
+        try:
+            family = ipaddress.ip_address(host).version
+        except ValueError:
+            return await trio.open_tcp_stream(host, port, local_address=local)
+        sock = trio.socket.socket(
+            trio.socket.AF_INET6 if family == 6 else trio.socket.AF_INET, trio.socket.SOCK_STREAM
+        )
+        try:
+            if local is not None:
+                await sock.bind((local, 0))
+            await sock.connect((host, port))
+        except BaseException:
+            sock.close()
+            raise
+        return trio.SocketStream(sock)
 
     # -- pool ------------------------------------------------------------------------------------
 
