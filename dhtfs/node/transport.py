@@ -19,7 +19,12 @@ Robustness invariants:
 - handler exceptions become ERROR answers; the server never dies of them;
 - all tasks live in the ``serve`` nursery: connections end when ``serve`` is cancelled;
 - bytes are written by one writer task per connection, so a caller cancelled by its deadline
-  never tears a TLS record (trio's SSLStream breaks if ``send_all`` is cancelled).
+  never cuts a TLS record in half (which would break the stream for every other call on it);
+- at most ``max_handlers_per_connection`` requests of one peer run at once; past that the
+  connection stops reading (backpressure), other peers are unaffected. Handlers must not call
+  back the same peer and wait for it (nothing in ``dhtfs.node.node`` does).
+
+The TLS layer is ``dhtfs.node.tls.TLSStream`` (not ``trio.SSLStream``: see there, throughput).
 """
 
 from __future__ import annotations
