@@ -5,7 +5,9 @@ the simulator) and a chunk store (``has/get/put_verified/remove/ids``). Messages
 ``dhtfs.node.rpc``. Behaviour, with the paper's sections:
 
 - every incoming request refreshes the (authenticated) caller in the routing table; every
-  outgoing call feeds the peer's RTT EWMA on success and its failure streak otherwise (2.2);
+  outgoing call feeds the peer's RTT EWMA on success and its failure streak otherwise (2.2).
+  An incoming request carries no RTT sample of its own: a transport that measures one (say, a
+  keepalive) hands it to ``record_rtt``;
   a full bucket pings its least-recently-seen contact (from ``run_maintenance``) before
   evicting it for the newcomer waiting in the replacement cache (2.2, 4.1);
 - lookups: ``dhtfs.node.lookup`` (alpha continuously in flight, adaptive per-RPC timeouts) (2.3);
