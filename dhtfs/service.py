@@ -30,7 +30,7 @@ from dhtfs.fs.namespace import CHUNK_ID_BYTES, HOLE, Namespace, connect
 from dhtfs.fs.operations import Operations
 from dhtfs.fs.tree import Tree, load_or_create_node_id
 from dhtfs.node.chunkstore import ChunkStore
-from dhtfs.node.masterkey import load_master_key, verify_key_check
+from dhtfs.node.statedir import open_chunk_store, prepare_state_dir
 
 log = logging.getLogger(__name__)
 
@@ -59,11 +59,7 @@ class LocalFilesystem:
 def open_state(config: Config) -> LocalFilesystem:
     """Open (creating if needed) the state directory; ConfigError/KeyFileError on problems."""
     state = config.state_dir
-    try:
-        state.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.chmod(state, 0o700)
-    except OSError as exc:
-        raise ConfigError(f"cannot create state directory {state}: {exc.strerror}") from None
+    prepare_state_dir(state)
     lock_fd = os.open(state / "lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -74,9 +70,7 @@ def open_state(config: Config) -> LocalFilesystem:
             "(one mount per state directory; use -o state=DIR for another)"
         ) from None
     try:
-        master = load_master_key(config.key, state)
-        verify_key_check(master, state)
-        store = ChunkStore(state / "chunks", master)
+        store = open_chunk_store(state, config.key)
         db = connect(state / "namespace.db")
         os.chmod(state / "namespace.db", 0o600)
         namespace = Namespace(db)

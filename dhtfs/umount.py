@@ -17,7 +17,8 @@ PROG = "umount.dhtfs"
 WAIT_SECONDS = 60.0
 
 
-def _daemon_pid(mountpoint: Path) -> int | None:
+def daemon_pid(mountpoint: Path) -> int | None:
+    """The pid mount.dhtfs recorded for ``mountpoint``, if any."""
     for record in RUN_DIR.glob("*.json") if RUN_DIR.is_dir() else []:
         try:
             data = json.loads(record.read_text())
@@ -28,7 +29,8 @@ def _daemon_pid(mountpoint: Path) -> int | None:
     return None
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """True while ``pid`` runs; a zombie counts as exited."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -49,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-v", "-n", "-f", action="store_true", dest="ignored")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     mountpoint = Path(os.path.abspath(args.mountpoint))
-    pid = _daemon_pid(mountpoint)
+    pid = daemon_pid(mountpoint)
     cmd = ["fusermount3", "-u"] + (["-z"] if args.lazy else []) + [str(mountpoint)]
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0:
@@ -58,9 +60,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if pid is not None:
         deadline = time.monotonic() + WAIT_SECONDS
-        while _alive(pid) and time.monotonic() < deadline:
+        while process_alive(pid) and time.monotonic() < deadline:
             time.sleep(0.05)
-        if _alive(pid):
+        if process_alive(pid):
             print(f"{PROG}: unmounted, but daemon {pid} is still finishing", file=sys.stderr)
             return 1
     return 0

@@ -28,6 +28,7 @@ from dhtfs.fs.inodes import InodeMap
 from dhtfs.fs.namespace import ObjectRow
 from dhtfs.fs.tree import Tree
 from dhtfs.fs.xattrs import VIRTUAL_PREFIX, check_settable, virtual_value
+from dhtfs.node.durable import fsync_file
 
 log = logging.getLogger(__name__)
 
@@ -306,14 +307,7 @@ class Operations(pyfuse3.Operations):
 
         def sync() -> None:
             self.contents.store.sync(ids)
-            try:
-                fd = os.open(wal, os.O_RDONLY)
-            except FileNotFoundError:
-                return
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            fsync_file(wal)
 
         await trio.to_thread.run_sync(sync)
 

@@ -28,6 +28,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from dhtfs.errors import ChunkCorrupt, ChunkMissing
+from dhtfs.node.durable import fsync_dir, fsync_file
 from dhtfs.node.masterkey import MasterKey
 
 log = logging.getLogger(__name__)
@@ -138,17 +139,10 @@ class ChunkStore:
         dirs: set[Path] = set()
         for chunk_id in chunk_ids:
             path = self.path_of(chunk_id)
-            try:
-                fd = os.open(path, os.O_RDONLY)
-            except FileNotFoundError:
-                continue
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            dirs.add(path.parent)
+            if fsync_file(path):
+                dirs.add(path.parent)
         for d in dirs:
-            _fsync_dir(d)
+            fsync_dir(d)
 
     def ids(self) -> Iterator[bytes]:
         """Every stored chunk ID (order unspecified)."""
@@ -202,11 +196,3 @@ class ChunkStore:
             for sub in self.root.iterdir():
                 if sub.is_dir():
                     shutil.rmtree(sub)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -16,7 +16,6 @@ Readiness: once listening and bootstrapped, one line on stdout (flushed)::
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import sys
 from collections.abc import Callable
@@ -28,8 +27,8 @@ from dhtfs.errors import ConfigError
 from dhtfs.node import pki
 from dhtfs.node.chunkstore import ChunkStore
 from dhtfs.node.control import CONTROL_SOCKET_NAME, ControlServer
-from dhtfs.node.masterkey import load_master_key, verify_key_check
 from dhtfs.node.node import Node
+from dhtfs.node.statedir import open_chunk_store, prepare_state_dir
 from dhtfs.node.transport import Transport
 
 log = logging.getLogger(__name__)
@@ -63,15 +62,8 @@ def load_identity(config: Config) -> pki.Identity:
 
 
 def open_store(config: Config) -> ChunkStore:
-    state = config.state_dir
-    try:
-        state.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.chmod(state, 0o700)
-    except OSError as exc:
-        raise ConfigError(f"state directory {state}: {exc.strerror}") from None
-    master = load_master_key(config.key, state)
-    verify_key_check(master, state)
-    return ChunkStore(state / "chunks", master)
+    prepare_state_dir(config.state_dir)
+    return open_chunk_store(config.state_dir, config.key)
 
 
 async def _keep_joined(node: Node, seeds: list[tuple[str, int]]) -> None:

@@ -21,6 +21,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from dhtfs.errors import KeyFileError
+from dhtfs.node.durable import fsync_dir
 
 KEY_BYTES = 32
 KEY_FILE_NAME = "master.key"
@@ -63,7 +64,7 @@ def _create_key_file(path: Path) -> None:
         finally:
             os.close(fd)
         os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     except OSError as exc:
         raise KeyFileError(f"cannot create key file {path}: {exc.strerror}") from exc
     log.info("created master key file %s", path)
@@ -114,11 +115,3 @@ def verify_key_check(master: MasterKey, state_dir: Path) -> None:
     finally:
         os.close(fd)
     os.replace(tmp, check)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

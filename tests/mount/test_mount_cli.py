@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from dhtfs.umount import daemon_pid, process_alive
 from tests.mount.helpers import dhtfs_cmd, sh
 from tests.mounting import Mount, cleanup, is_mounted, wait_for
 
@@ -20,28 +21,6 @@ pytestmark = pytest.mark.mount
 
 MOUNT = dhtfs_cmd("mount.dhtfs")
 UMOUNT = dhtfs_cmd("umount.dhtfs")
-RUN_DIR = Path("/run/dhtfs")
-
-
-def daemon_pid(mountpoint: Path) -> int | None:
-    """The pid mount.dhtfs recorded for ``mountpoint`` (what umount.dhtfs waits for)."""
-    for record in RUN_DIR.glob("*.json") if RUN_DIR.is_dir() else []:
-        try:
-            data = json.loads(record.read_text())
-        except (OSError, ValueError):
-            continue
-        if data.get("mountpoint") == str(mountpoint):
-            return int(data["pid"])
-    return None
-
-
-def alive(pid: int) -> bool:
-    """True while ``pid`` runs (a zombie has exited; init reaps it when it likes)."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rpartition(")")[2].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 @contextmanager
@@ -54,7 +33,7 @@ def cleaned(mountpoint: Path) -> Iterator[None]:
         cleanup(mountpoint)
         if pid is not None:
             try:
-                wait_for(lambda: not alive(pid), f"daemon {pid} to exit", timeout=20)
+                wait_for(lambda: not process_alive(pid), f"daemon {pid} to exit", timeout=20)
             except TimeoutError:
                 os.kill(pid, signal.SIGKILL)
 
@@ -151,10 +130,10 @@ def test_daemon_mode_and_umount(mnt: Path, tmp_path: Path) -> None:
     assert is_mounted(mnt)  # live on return, no polling
     (mnt / "f").write_text("daemonized")
     pid = daemon_pid(mnt)
-    assert pid is not None and alive(pid)
+    assert pid is not None and process_alive(pid)
     assert sh([UMOUNT, mnt], timeout=90).returncode == 0
     assert not is_mounted(mnt)
-    assert not alive(pid)
+    assert not process_alive(pid)
     os.stat(mnt)  # no "Transport endpoint is not connected"
     assert os.listdir(mnt) == []
     log = (state / "dhtfs.log").read_text() if (state / "dhtfs.log").exists() else ""
@@ -291,7 +270,7 @@ def test_sigterm_to_daemon(mnt: Path, tmp_path: Path) -> None:
     pid = daemon_pid(mnt)
     assert pid is not None
     os.kill(pid, signal.SIGTERM)
-    wait_for(lambda: not alive(pid), "the daemon to exit")
+    wait_for(lambda: not process_alive(pid), "the daemon to exit")
     assert not is_mounted(mnt)
     os.stat(mnt)
     assert daemon_pid(mnt) is None  # its record is removed
