@@ -13,6 +13,7 @@ import fcntl
 import logging
 import os
 import signal
+import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,6 +37,8 @@ log = logging.getLogger(__name__)
 
 GC_INTERVAL = 300.0
 GC_GRACE_SECONDS = 600.0
+# Longest a metadata change waits for its WAL commit when no close()/fsync() commits it first.
+COMMIT_DELAY = 0.05
 
 
 @dataclass
@@ -52,6 +55,7 @@ class LocalFilesystem:
     operations: Operations
 
     def close(self) -> None:
+        self.namespace.commit()
         self.namespace.db.close()
         os.close(self.lock_fd)
 
@@ -141,6 +145,29 @@ async def _stop_on_signal(task_status=trio.TASK_STATUS_IGNORED) -> None:
             return
 
 
+async def _commit_loop(fs: LocalFilesystem, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """Commit metadata changes no close()/fsync() committed, at most COMMIT_DELAY after the
+    first of them (group commit: a burst of mkdir/rename/unlink shares one WAL commit)."""
+    opened = trio.Event()
+
+    def on_begin() -> None:
+        opened.set()
+
+    fs.namespace.on_begin = on_begin
+    task_status.started()
+    try:
+        while True:
+            await opened.wait()
+            opened = trio.Event()
+            await trio.sleep(COMMIT_DELAY)
+            try:
+                fs.namespace.commit()
+            except sqlite3.Error as exc:  # the next handler's commit reports it as EIO
+                log.error("committing metadata failed: %s", exc)
+    finally:
+        fs.namespace.on_begin = None
+
+
 async def _gc_loop(fs: LocalFilesystem) -> None:
     while True:
         await trio.sleep(GC_INTERVAL)
@@ -159,6 +186,7 @@ async def serve(fs: LocalFilesystem, mountpoint: Path, ready: Callable[[], None]
         async with trio.open_nursery() as nursery:
             fs.contents.nursery = nursery
             await nursery.start(_stop_on_signal)
+            await nursery.start(_commit_loop, fs)
             nursery.start_soon(_gc_loop, fs)
             ready()
             systemd.notify("READY=1")
@@ -168,6 +196,7 @@ async def serve(fs: LocalFilesystem, mountpoint: Path, ready: Callable[[], None]
                 systemd.notify("STOPPING=1")
                 with trio.CancelScope(shield=True), trio.move_on_after(60):
                     await _flush_all(fs)
+                fs.namespace.commit()
             nursery.cancel_scope.cancel()
         pyfuse3.close(unmount=True)
         unmounted = True

@@ -236,7 +236,7 @@ class FileContents:
                     if n == len(view) and isinstance(data, bytes)
                     else bytes(view[pos : pos + n])
                 )
-                await self._seal_bytes(of, index, whole)
+                await self._seal_bytes(of, index, whole, cache=False)
                 pos += n
                 continue
             buf = of.buffers.get(index)
@@ -247,7 +247,7 @@ class FileContents:
             buf[start : start + n] = view[pos : pos + n]
             pos += n
             if start + n == cs:
-                await self._seal_soon(of, index)
+                await self._seal_soon(of, index, cache=False)
         new_end = offset + len(view)
         if new_end > of.size:
             of.size = new_end
@@ -320,31 +320,37 @@ class FileContents:
 
     # -- sealing -------------------------------------------------------------------------------
 
-    async def _seal_soon(self, of: OpenFile, index: int) -> None:
-        """Hand buffer ``index`` to a background sealer (waits for a free slot)."""
+    async def _seal_soon(self, of: OpenFile, index: int, *, cache: bool = True) -> None:
+        """Hand buffer ``index`` to a background sealer (waits for a free slot).
+
+        ``cache``: keep the plaintext in the chunk cache. Chunks completed by sequential
+        writing are not (streaming writes would evict everything read, and retaining every
+        written chunk costs a fresh page of memory per 4 KiB written); partial chunks sealed
+        at flush are, since the next write to the file likely modifies them again.
+        """
         await self._sealing_slots.acquire()
         buf = of.buffers.pop(index, None)
         if buf is None:
             self._sealing_slots.release()
             return
-        self._start_seal(of, index, bytes(buf))
+        self._start_seal(of, index, bytes(buf), cache)
 
-    async def _seal_bytes(self, of: OpenFile, index: int, data: bytes) -> None:
+    async def _seal_bytes(self, of: OpenFile, index: int, data: bytes, *, cache: bool) -> None:
         """Seal ``data`` as chunk ``index`` in the background (waits for a free slot)."""
         await self._sealing_slots.acquire()
         of.buffers.pop(index, None)
-        self._start_seal(of, index, data)
+        self._start_seal(of, index, data, cache)
 
-    def _start_seal(self, of: OpenFile, index: int, data: bytes) -> None:
+    def _start_seal(self, of: OpenFile, index: int, data: bytes, cache: bool) -> None:
         """Start sealing; the caller holds one sealing slot, which the sealer releases."""
         of.sealing[index] = data
         if of.pending == 0:
             of.idle = trio.Event()
         of.pending += 1
         assert self.nursery is not None, "FileContents.nursery must be set by the service"
-        self.nursery.start_soon(self._seal, of, index, data)
+        self.nursery.start_soon(self._seal, of, index, data, cache)
 
-    async def _seal(self, of: OpenFile, index: int, data: bytes) -> None:
+    async def _seal(self, of: OpenFile, index: int, data: bytes, cache: bool) -> None:
         try:
             if len(data) > THREAD_THRESHOLD:
                 chunk_id = await trio.to_thread.run_sync(
@@ -352,7 +358,8 @@ class FileContents:
                 )
             else:
                 chunk_id = self._hash_and_store(data)
-            self.cache.put(chunk_id, data)
+            if cache:
+                self.cache.put(chunk_id, data)
             if of.sealing.get(index) is data:
                 del of.sealing[index]
                 if index < len(of.ids):

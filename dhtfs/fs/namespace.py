@@ -12,6 +12,13 @@ Tables (one SQLite file, WAL mode):
 - ``oplog``: every op ever applied, ordered by ``(ts, node)``, with its undo record.
 - ``meta``: this node's ID and other scalars.
 
+Transactions (group commit): ``apply`` runs each op inside a savepoint of one open SQLite
+transaction, so a failing op leaves no trace and ops applied before it stay. ``commit()`` ends
+the transaction; it is the point from which the ops survive a crash of this process (WAL,
+``synchronous=NORMAL``; power loss needs an fsync of the WAL on top). The filesystem commits
+when a file is closed or fsynced, and a background task commits whatever else is pending within
+a short interval, so a burst of creates, renames or unlinks shares one WAL commit.
+
 Apply rules (Kleppmann et al., "A highly-available move operation for replicated trees"):
 ops are applied in ``(ts, node)`` order. An op older than the newest applied one is inserted
 by undoing every newer op (restoring before-images), applying it, and redoing them. Hence the
@@ -31,7 +38,7 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -107,12 +114,16 @@ OBJECT_COLUMNS = (
 )
 LINK_COLUMNS = ("id", "link", "parent", "name", "obj", "kind", "lts", "lnode")
 CHUNK_ID_BYTES = 32
+ROW_CACHE_ENTRIES = 65536
 HOLE = bytes(CHUNK_ID_BYTES)
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, frozen=True)
 class ObjectRow:
-    """An ``objects`` row. ``kind`` is the S_IFMT bits; ``mode`` the permission bits."""
+    """An ``objects`` row. ``kind`` is the S_IFMT bits; ``mode`` the permission bits.
+
+    Frozen: rows are shared through the namespace's row cache.
+    """
 
     obj: bytes
     kind: int
@@ -162,10 +173,15 @@ def connect(path: Path | str) -> sqlite3.Connection:
 
 
 class _Tx:
-    """Mutations of one op, each preceded by a before-image for undo."""
+    """Mutations of one op, each preceded by a before-image for undo.
 
-    def __init__(self, db: sqlite3.Connection) -> None:
+    Every write to ``objects`` goes through here or ``_restore``, and drops the row from the
+    namespace's row cache (``rows``).
+    """
+
+    def __init__(self, db: sqlite3.Connection, rows: dict[bytes, ObjectRow]) -> None:
         self.db = db
+        self.rows = rows
         self.undo: list[list[Any]] = []
         self._seen: set[tuple[str, Any]] = set()
 
@@ -191,6 +207,7 @@ class _Tx:
         cols = ",".join(values)
         marks = ",".join("?" * len(values))
         key = (values["obj"],)
+        self.rows.pop(values["obj"], None)
         if (("objects", key)) not in self._seen:
             try:  # a fresh ID (the common case) needs no before-image
                 self.db.execute(
@@ -207,6 +224,7 @@ class _Tx:
 
     def update_object(self, obj: bytes, fields: dict[str, Any]) -> None:
         self._capture("objects", (obj,))
+        self.rows.pop(obj, None)
         sets = ",".join(f"{k}=?" for k in fields)
         self.db.execute(f"UPDATE objects SET {sets} WHERE obj=?", (*fields.values(), obj))
 
@@ -259,9 +277,10 @@ class _Tx:
             )
 
 
-def _restore(db: sqlite3.Connection, undo: list[list[Any]]) -> None:
+def _restore(db: sqlite3.Connection, rows: dict[bytes, ObjectRow], undo: list[list[Any]]) -> None:
     for table, key, row in reversed(undo):
         if table == "objects":
+            rows.pop(key[0], None)
             db.execute("DELETE FROM objects WHERE obj=?", key)
         elif table == "links":
             db.execute("DELETE FROM links WHERE link=?", key)
@@ -276,56 +295,86 @@ class Namespace:
 
     def __init__(self, db: sqlite3.Connection) -> None:
         self.db = db
+        # Cache of object rows (the hottest query); every write to ``objects`` drops its entry.
+        self._rows: dict[bytes, ObjectRow] = {}
+        # Objects that have (or had, this session) an xattr: the others need no query, which
+        # matters because the kernel asks for security.capability before every write.
+        self._xattr_objs: set[bytes] = {r[0] for r in db.execute("SELECT DISTINCT obj FROM xattrs")}
+        self.on_begin: Callable[[], None] | None = None  # told when a transaction opens
         self._ensure_root()
         newest = db.execute("SELECT ts, node FROM oplog ORDER BY ts DESC, node DESC LIMIT 1")
         row = newest.fetchone()
         self._newest: tuple[int, bytes] = (row[0], row[1]) if row else (0, b"")
 
+    # -- transactions --------------------------------------------------------------------------
+
+    @property
+    def pending(self) -> bool:
+        """True while applied ops wait for ``commit()``."""
+        return self.db.in_transaction
+
+    def commit(self) -> None:
+        """End the open transaction: applied ops now survive a crash of this process."""
+        if self.db.in_transaction:
+            self.db.execute("COMMIT")
+
+    def _begin(self) -> None:
+        if not self.db.in_transaction:
+            self.db.execute("BEGIN IMMEDIATE")
+            if self.on_begin is not None:
+                self.on_begin()
+
     # -- apply ---------------------------------------------------------------------------------
 
     def apply(self, op: Op) -> bool:
-        """Apply ``op`` in its place in the total order; False if it was already applied."""
+        """Apply ``op`` in its place in the total order; False if it was already applied.
+
+        The op joins the open transaction (see the module docstring) inside a savepoint: if
+        it fails, its partial changes are rolled back and the exception propagates.
+        """
+        db = self.db
+        self._begin()
+        db.execute("SAVEPOINT op")
+        try:
+            applied = self._apply_in_order(op)
+            db.execute("RELEASE op")
+        except BaseException:
+            self._rows.clear()  # rows read inside the failed op may be rolled back
+            if db.in_transaction:
+                db.execute("ROLLBACK TO op")
+                db.execute("RELEASE op")
+            raise
+        if op.op_id > self._newest:
+            self._newest = op.op_id
+        return applied
+
+    def _apply_in_order(self, op: Op) -> bool:
         db = self.db
         if op.op_id > self._newest:
             # The common case (every local op): nothing to deduplicate, undo or redo.
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                self._apply_one(op)
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            self._newest = op.op_id
-            return True
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            if db.execute("SELECT 1 FROM oplog WHERE ts=? AND node=?", (op.ts, op.node)).fetchone():
-                db.execute("COMMIT")
-                return False
-            # A range scan on the primary key; ops at the same ts but a lower node drop out.
-            later = [
-                row
-                for row in db.execute(
-                    "SELECT ts, node, body, undo FROM oplog WHERE ts>=? "
-                    "ORDER BY ts DESC, node DESC",
-                    (op.ts,),
-                )
-                if (row[0], row[1]) > (op.ts, op.node)
-            ]
-            for _ts, _node, _body, undo in later:
-                _restore(db, msgpack.unpackb(undo, raw=False))
             self._apply_one(op)
-            for _ts, _node, body, _undo in reversed(later):
-                db.execute("DELETE FROM oplog WHERE ts=? AND node=?", (_ts, _node))
-                self._apply_one(decode_op(body))
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
+            return True
+        if db.execute("SELECT 1 FROM oplog WHERE ts=? AND node=?", (op.ts, op.node)).fetchone():
+            return False
+        # A range scan on the primary key; ops at the same ts but a lower node drop out.
+        later = [
+            row
+            for row in db.execute(
+                "SELECT ts, node, body, undo FROM oplog WHERE ts>=? ORDER BY ts DESC, node DESC",
+                (op.ts,),
+            )
+            if (row[0], row[1]) > (op.ts, op.node)
+        ]
+        for _ts, _node, _body, undo in later:
+            _restore(db, self._rows, msgpack.unpackb(undo, raw=False))
+        self._apply_one(op)
+        for _ts, _node, body, _undo in reversed(later):
+            db.execute("DELETE FROM oplog WHERE ts=? AND node=?", (_ts, _node))
+            self._apply_one(decode_op(body))
         return True
 
     def _apply_one(self, op: Op) -> None:
-        tx = _Tx(self.db)
+        tx = _Tx(self.db, self._rows)
         for change in op.changes:
             _CHANGE_APPLIERS[change["c"]](self, tx, op, change)
         self.db.execute(
@@ -416,6 +465,7 @@ class Namespace:
 
     def _xattr(self, tx: _Tx, op: Op, c: Change) -> None:
         if self.get_object(c["obj"]) is not None:
+            self._xattr_objs.add(c["obj"])
             tx.set_xattr(c["obj"], c["name"], c["value"])
 
     # -- conflict handling ---------------------------------------------------------------------
@@ -457,8 +507,16 @@ class Namespace:
     # -- queries -------------------------------------------------------------------------------
 
     def get_object(self, obj: bytes) -> ObjectRow | None:
-        row = self.db.execute("SELECT * FROM objects WHERE obj=?", (obj,)).fetchone()
-        return ObjectRow(*row) if row else None
+        row = self._rows.get(obj)
+        if row is None:
+            found = self.db.execute("SELECT * FROM objects WHERE obj=?", (obj,)).fetchone()
+            if found is None:
+                return None
+            row = ObjectRow(*found)
+            if len(self._rows) >= ROW_CACHE_ENTRIES:
+                self._rows.clear()
+            self._rows[obj] = row
+        return row
 
     def lookup(self, parent: bytes, name: bytes) -> tuple[bytes, bytes] | None:
         """``(link, obj)`` of ``name`` in directory ``parent``."""
@@ -498,13 +556,22 @@ class Namespace:
             "SELECT count(*) FROM links WHERE parent=? AND kind=?", (obj, stat.S_IFDIR)
         ).fetchone()[0]
 
+    def has_xattrs(self, obj: bytes) -> bool:
+        """False if ``obj`` certainly has no xattr (True may be stale: removals are not
+        tracked)."""
+        return obj in self._xattr_objs
+
     def xattr(self, obj: bytes, name: bytes) -> bytes | None:
+        if obj not in self._xattr_objs:
+            return None
         row = self.db.execute(
             "SELECT value FROM xattrs WHERE obj=? AND name=?", (obj, name)
         ).fetchone()
         return row[0] if row else None
 
     def xattr_names(self, obj: bytes) -> list[bytes]:
+        if obj not in self._xattr_objs:
+            return []
         return [r[0] for r in self.db.execute("SELECT name FROM xattrs WHERE obj=?", (obj,))]
 
     def last_ts(self) -> int:

@@ -14,6 +14,7 @@ import errno
 import functools
 import logging
 import os
+import sqlite3
 import stat
 import time
 from collections.abc import Callable
@@ -25,7 +26,7 @@ import trio
 from dhtfs.errors import DhtfsError, NamespaceError
 from dhtfs.fs.files import FileContents, OpenFile
 from dhtfs.fs.inodes import InodeMap
-from dhtfs.fs.namespace import ObjectRow
+from dhtfs.fs.namespace import Namespace, ObjectRow
 from dhtfs.fs.tree import Tree
 from dhtfs.fs.xattrs import VIRTUAL_PREFIX, check_settable, virtual_value
 from dhtfs.node.durable import fsync_file
@@ -40,10 +41,15 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _errno_mapped(fn: F) -> F:
+    """Map every exception of a handler to an errno, and commit the namespace before replying
+    (a change the kernel was told about survives a crash of this process), except for
+    handlers marked ``_commit_deferred``."""
+    deferred = getattr(fn, "_commit_deferred", False)
+
     @functools.wraps(fn)
-    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+    async def wrapper(self: Operations, *args: Any, **kwargs: Any) -> Any:
         try:
-            return await fn(*args, **kwargs)
+            return await fn(self, *args, **kwargs)
         except pyfuse3.FUSEError:
             raise
         except NamespaceError as exc:
@@ -57,8 +63,45 @@ def _errno_mapped(fn: F) -> F:
         except Exception:
             log.exception("%s failed unexpectedly; returning EIO", fn.__name__)
             raise pyfuse3.FUSEError(errno.EIO) from None
+        finally:
+            if not deferred and self.tree.ns.pending:
+                _commit(self.tree.ns)  # also after a failure: earlier ops were acknowledged
 
     return wrapper  # type: ignore[return-value]
+
+
+def _commit(ns: Namespace) -> None:
+    try:
+        ns.commit()
+    except sqlite3.Error as exc:
+        log.error("committing metadata failed: %s (is the state directory's disk full?)", exc)
+        raise pyfuse3.FUSEError(errno.EIO) from None
+
+
+def _commit_deferred(fn: F) -> F:
+    """Let ``fn``'s changes wait for the next commit: for create, whose handle's flush or
+    release (or the service's commit task) always follows and commits."""
+    fn._commit_deferred = True  # type: ignore[attr-defined]
+    return fn
+
+
+def _direct_io(flags: int, row: ObjectRow, has_xattrs: bool) -> bool:
+    """Whether a handle bypasses the page cache (FOPEN_DIRECT_IO): write-only handles of
+    files with no set-ID bits and no xattrs.
+
+    A write-only handle cannot read or mmap, so caching its writes gains nothing, and the
+    direct path saves a copy into the page cache and the security.capability getxattr the
+    kernel sends before every cached write. That getxattr is how the kernel clears set-ID
+    bits and file capabilities on an unprivileged write (file_remove_privs); on the direct
+    path it leaves that to the server through a write flag pyfuse3 does not pass on, hence
+    files with set-ID bits or xattrs keep the cached path. The kernel drops cached pages of
+    a directly written range, so readers on other handles stay coherent.
+    """
+    return (
+        flags & os.O_ACCMODE == os.O_WRONLY
+        and not row.mode & (stat.S_ISUID | stat.S_ISGID)
+        and not has_xattrs
+    )
 
 
 class Operations(pyfuse3.Operations):
@@ -238,6 +281,7 @@ class Operations(pyfuse3.Operations):
         return self._entry(obj)
 
     @_errno_mapped
+    @_commit_deferred
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int, ctx):
         parent = self._obj(parent_inode)
         gid, mode = self._new_group(parent, stat.S_IFREG | mode, ctx)
@@ -246,7 +290,9 @@ class Operations(pyfuse3.Operations):
         of = self.contents.load(row)
         fh = self._new_fh(of)
         self._kernel_version[obj] = of.base
-        return pyfuse3.FileInfo(fh=fh, keep_cache=True), self._entry(obj)
+        direct = _direct_io(flags, row, has_xattrs=False)
+        info = pyfuse3.FileInfo(fh=fh, keep_cache=True, direct_io=direct)
+        return info, self._entry(obj)
 
     @_errno_mapped
     async def link(self, inode: int, new_parent_inode: int, new_name: bytes, ctx):
@@ -280,7 +326,8 @@ class Operations(pyfuse3.Operations):
             await self.contents.truncate(of, 0)
         keep = self._kernel_version.get(row.obj) == (row.content_ts, row.content_node)
         self._kernel_version[row.obj] = (row.content_ts, row.content_node)
-        return pyfuse3.FileInfo(fh=self._new_fh(of), keep_cache=keep)
+        direct = _direct_io(flags, row, self.tree.ns.has_xattrs(row.obj))
+        return pyfuse3.FileInfo(fh=self._new_fh(of), keep_cache=keep, direct_io=direct)
 
     @_errno_mapped
     async def read(self, fh: int, off: int, size: int) -> bytes:
@@ -301,7 +348,8 @@ class Operations(pyfuse3.Operations):
         await self.durable([of])
 
     async def durable(self, files: list[OpenFile]) -> None:
-        """Make the named files' chunks and the committed metadata survive power loss."""
+        """Make the named files' chunks and all applied metadata survive power loss."""
+        self.tree.ns.commit()
         ids = [i for of in files for i in of.stored_ids()]
         wal = os.path.join(self.state_dir, "namespace.db-wal")
 

@@ -453,6 +453,25 @@ def test_shared_content_between_descriptors(mount: Mount) -> None:
         assert os.fstat(r.fileno()).st_size == 2 * 1024 * 1024 + 3
 
 
+def test_write_only_handle_keeps_cached_readers_coherent(small_mount: Mount) -> None:
+    """Write-only handles bypass the page cache (direct I/O); a reader whose pages are cached
+    must still see what they overwrite, in place and past a chunk boundary."""
+    f = small_mount.mountpoint / "f"
+    old = os.urandom(3 * 4096 + 100)
+    f.write_bytes(old)
+    with open(f, "rb", buffering=0) as r:
+        assert r.read() == old  # now in the page cache
+        new = os.urandom(5000)
+        fd = os.open(f, os.O_WRONLY)
+        try:
+            assert os.pwrite(fd, new, 2048) == len(new)
+        finally:
+            os.close(fd)
+        assert os.pread(r.fileno(), len(old), 0) == old[:2048] + new + old[2048 + len(new) :]
+    with open(f, "rb") as r2:
+        assert r2.read() == old[:2048] + new + old[2048 + len(new) :]
+
+
 def test_namespace_errors(mount: Mount) -> None:
     """The usual errnos: EEXIST, ENOTEMPTY, ENOTDIR, EISDIR, ENAMETOOLONG, ENOENT."""
     m = mount.mountpoint
