@@ -40,11 +40,33 @@ BLKSIZE = 128 * 1024
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+# Handlers that commit the namespace before they reply, so that what the kernel was told
+# survives a crash of this process. The others change nothing durable, or (create) are
+# always followed by a flush/release of their handle, which commits; the service's commit
+# task bounds the wait in any case.
+COMMITTING_HANDLERS = frozenset(
+    {
+        "mknod",
+        "mkdir",
+        "symlink",
+        "link",
+        "unlink",
+        "rmdir",
+        "rename",
+        "setattr",
+        "setxattr",
+        "removexattr",
+        "flush",
+        "fsync",
+        "fsyncdir",
+        "release",
+    }
+)
+
+
 def _errno_mapped(fn: F) -> F:
-    """Map every exception of a handler to an errno, and commit the namespace before replying
-    (a change the kernel was told about survives a crash of this process), except for
-    handlers marked ``_commit_deferred``."""
-    deferred = getattr(fn, "_commit_deferred", False)
+    """Map every exception of a handler to an errno; commit as COMMITTING_HANDLERS says."""
+    deferred = fn.__name__ not in COMMITTING_HANDLERS
 
     @functools.wraps(fn)
     async def wrapper(self: Operations, *args: Any, **kwargs: Any) -> Any:
@@ -76,13 +98,6 @@ def _commit(ns: Namespace) -> None:
     except sqlite3.Error as exc:
         log.error("committing metadata failed: %s (is the state directory's disk full?)", exc)
         raise pyfuse3.FUSEError(errno.EIO) from None
-
-
-def _commit_deferred(fn: F) -> F:
-    """Let ``fn``'s changes wait for the next commit: for create, whose handle's flush or
-    release (or the service's commit task) always follows and commits."""
-    fn._commit_deferred = True  # type: ignore[attr-defined]
-    return fn
 
 
 def _direct_io(flags: int, row: ObjectRow, has_xattrs: bool) -> bool:
@@ -281,7 +296,6 @@ class Operations(pyfuse3.Operations):
         return self._entry(obj)
 
     @_errno_mapped
-    @_commit_deferred
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int, ctx):
         parent = self._obj(parent_inode)
         gid, mode = self._new_group(parent, stat.S_IFREG | mode, ctx)
