@@ -37,10 +37,16 @@ class InodeMap:
         self._ino_by_obj: dict[bytes, int] = {ROOT_OBJ: pyfuse3.ROOT_INODE}
         self.lookups: dict[int, int] = {}
 
-    def ino_of(self, obj: bytes) -> int:
+    def ino_of(self, obj: bytes, *, new: bool = False) -> int:
+        """The inode number of ``obj``, allocated on first use. ``new``: the object was just
+        created here, so it cannot have a number yet (saves a query)."""
         ino = self._ino_by_obj.get(obj)
         if ino is None:
-            row = self.db.execute("SELECT ino FROM inodes WHERE obj=?", (obj,)).fetchone()
+            row = (
+                None
+                if new
+                else self.db.execute("SELECT ino FROM inodes WHERE obj=?", (obj,)).fetchone()
+            )
             if row is None:
                 ino = self.db.execute("INSERT INTO inodes(obj) VALUES (?)", (obj,)).lastrowid
             else:

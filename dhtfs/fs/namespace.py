@@ -175,13 +175,17 @@ def connect(path: Path | str) -> sqlite3.Connection:
 class _Tx:
     """Mutations of one op, each preceded by a before-image for undo.
 
-    Every write to ``objects`` goes through here or ``_restore``, and drops the row from the
-    namespace's row cache (``rows``).
+    Every write to ``objects`` goes through here or ``_restore`` and drops the row from the
+    namespace's row cache (``rows``); every move or removal of a link empties its set of
+    directories known to be live (``live_dirs``; adding a link never kills a directory).
     """
 
-    def __init__(self, db: sqlite3.Connection, rows: dict[bytes, ObjectRow]) -> None:
+    def __init__(
+        self, db: sqlite3.Connection, rows: dict[bytes, ObjectRow], live_dirs: set[bytes]
+    ) -> None:
         self.db = db
         self.rows = rows
+        self.live_dirs = live_dirs
         self.undo: list[list[Any]] = []
         self._seen: set[tuple[str, Any]] = set()
 
@@ -190,6 +194,10 @@ class _Tx:
             return
         self._seen.add((table, key))
         if table == "objects":
+            cached = self.rows.get(key[0])
+            if cached is not None:
+                self.undo.append([table, list(key), [getattr(cached, c) for c in OBJECT_COLUMNS]])
+                return
             row = self.db.execute("SELECT * FROM objects WHERE obj=?", key).fetchone()
         elif table == "links":
             row = self.db.execute("SELECT * FROM links WHERE link=?", key).fetchone()
@@ -247,6 +255,7 @@ class _Tx:
             except sqlite3.IntegrityError:
                 pass
         self._capture("links", (link,))
+        self.live_dirs.clear()
         cur = self.db.execute(
             "UPDATE links SET parent=?, name=?, obj=?, kind=?, lts=?, lnode=? WHERE link=?",
             (parent, name, obj, kind, op.ts, op.node, link),
@@ -264,6 +273,7 @@ class _Tx:
 
     def delete_link(self, link: bytes) -> None:
         self._capture("links", (link,))
+        self.live_dirs.clear()
         self.db.execute("DELETE FROM links WHERE link=?", (link,))
 
     def set_xattr(self, obj: bytes, name: bytes, value: bytes | None) -> None:
@@ -277,7 +287,13 @@ class _Tx:
             )
 
 
-def _restore(db: sqlite3.Connection, rows: dict[bytes, ObjectRow], undo: list[list[Any]]) -> None:
+def _restore(
+    db: sqlite3.Connection,
+    rows: dict[bytes, ObjectRow],
+    live_dirs: set[bytes],
+    undo: list[list[Any]],
+) -> None:
+    live_dirs.clear()
     for table, key, row in reversed(undo):
         if table == "objects":
             rows.pop(key[0], None)
@@ -297,6 +313,7 @@ class Namespace:
         self.db = db
         # Cache of object rows (the hottest query); every write to ``objects`` drops its entry.
         self._rows: dict[bytes, ObjectRow] = {}
+        self._live_dirs: set[bytes] = set()  # directories known to be reachable (see _Tx)
         # Objects that have (or had, this session) an xattr: the others need no query, which
         # matters because the kernel asks for security.capability before every write.
         self._xattr_objs: set[bytes] = {r[0] for r in db.execute("SELECT DISTINCT obj FROM xattrs")}
@@ -340,6 +357,7 @@ class Namespace:
             db.execute("RELEASE op")
         except BaseException:
             self._rows.clear()  # rows read inside the failed op may be rolled back
+            self._live_dirs.clear()
             if db.in_transaction:
                 db.execute("ROLLBACK TO op")
                 db.execute("RELEASE op")
@@ -366,7 +384,7 @@ class Namespace:
             if (row[0], row[1]) > (op.ts, op.node)
         ]
         for _ts, _node, _body, undo in later:
-            _restore(db, self._rows, msgpack.unpackb(undo, raw=False))
+            _restore(db, self._rows, self._live_dirs, msgpack.unpackb(undo, raw=False))
         self._apply_one(op)
         for _ts, _node, body, _undo in reversed(later):
             db.execute("DELETE FROM oplog WHERE ts=? AND node=?", (_ts, _node))
@@ -374,7 +392,7 @@ class Namespace:
         return True
 
     def _apply_one(self, op: Op) -> None:
-        tx = _Tx(self.db, self._rows)
+        tx = _Tx(self.db, self._rows, self._live_dirs)
         for change in op.changes:
             _CHANGE_APPLIERS[change["c"]](self, tx, op, change)
         self.db.execute(
@@ -403,7 +421,7 @@ class Namespace:
 
     def _link(self, tx: _Tx, op: Op, c: Change) -> None:
         obj = self.get_object(c["obj"])
-        if obj is None or not self._is_live_dir(c["parent"]):
+        if obj is None or not self.is_live_dir(c["parent"]):
             return
         if (
             obj.is_dir
@@ -417,7 +435,7 @@ class Namespace:
 
     def _move(self, tx: _Tx, op: Op, c: Change) -> None:
         row = self.db.execute("SELECT obj, kind FROM links WHERE link=?", (c["link"],)).fetchone()
-        if row is None or not self._is_live_dir(c["parent"]):
+        if row is None or not self.is_live_dir(c["parent"]):
             return
         if row[1] == stat.S_IFDIR and self._is_ancestor(row[0], c["parent"]):
             return  # would make a cycle
@@ -611,11 +629,17 @@ class Namespace:
 
     # -- helpers -------------------------------------------------------------------------------
 
-    def _is_live_dir(self, obj: bytes) -> bool:
+    def is_live_dir(self, obj: bytes) -> bool:
+        """True if ``obj`` is a directory that still has its name (or is the root)."""
+        if obj in self._live_dirs:
+            return True
         row = self.get_object(obj)
         if row is None or not row.is_dir:
             return False
-        return obj == ROOT_OBJ or self.parent_of(obj) is not None
+        if obj == ROOT_OBJ or self.parent_of(obj) is not None:
+            self._live_dirs.add(obj)
+            return True
+        return False
 
     def _has_children(self, obj: bytes) -> bool:
         return (

@@ -144,9 +144,11 @@ class Operations(pyfuse3.Operations):
             raise NamespaceError(errno.ENOENT)
         return obj
 
-    def _attrs(self, row: ObjectRow, ino: int | None = None) -> pyfuse3.EntryAttributes:
+    def _attrs(
+        self, row: ObjectRow, ino: int | None = None, *, new: bool = False
+    ) -> pyfuse3.EntryAttributes:
         a = pyfuse3.EntryAttributes()
-        a.st_ino = ino if ino is not None else self.inodes.ino_of(row.obj)
+        a.st_ino = ino if ino is not None else self.inodes.ino_of(row.obj, new=new)
         a.generation = 0
         a.entry_timeout = ENTRY_TIMEOUT
         a.attr_timeout = ATTR_TIMEOUT
@@ -178,9 +180,10 @@ class Operations(pyfuse3.Operations):
             a.st_blocks = (min(size, stored * cs) + 511) // 512 if cs else (size + 511) // 512
         return a
 
-    def _entry(self, obj: bytes) -> pyfuse3.EntryAttributes:
+    def _entry(self, obj: bytes, *, new: bool = False) -> pyfuse3.EntryAttributes:
+        """Attributes for an entry reply (counts a kernel lookup); ``new``: just created."""
         row = self.tree.require(obj)
-        attrs = self._attrs(row)
+        attrs = self._attrs(row, new=new)
         self.inodes.remember(attrs.st_ino)
         return attrs
 
@@ -279,21 +282,21 @@ class Operations(pyfuse3.Operations):
         parent = self._obj(parent_inode)
         gid, mode = self._new_group(parent, mode, ctx)
         obj = self.tree.create(parent, name, stat.S_IFMT(mode), mode, ctx.uid, gid, rdev=rdev)
-        return self._entry(obj)
+        return self._entry(obj, new=True)
 
     @_errno_mapped
     async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx):
         parent = self._obj(parent_inode)
         gid, mode = self._new_group(parent, stat.S_IFDIR | mode, ctx)
         obj = self.tree.create(parent, name, stat.S_IFDIR, mode, ctx.uid, gid)
-        return self._entry(obj)
+        return self._entry(obj, new=True)
 
     @_errno_mapped
     async def symlink(self, parent_inode: int, name: bytes, target: bytes, ctx):
         parent = self._obj(parent_inode)
         gid, _mode = self._new_group(parent, stat.S_IFLNK | 0o777, ctx)
         obj = self.tree.create(parent, name, stat.S_IFLNK, 0o777, ctx.uid, gid, target=target)
-        return self._entry(obj)
+        return self._entry(obj, new=True)
 
     @_errno_mapped
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int, ctx):
@@ -306,7 +309,7 @@ class Operations(pyfuse3.Operations):
         self._kernel_version[obj] = of.base
         direct = _direct_io(flags, row, has_xattrs=False)
         info = pyfuse3.FileInfo(fh=fh, keep_cache=True, direct_io=direct)
-        return info, self._entry(obj)
+        return info, self._entry(obj, new=True)
 
     @_errno_mapped
     async def link(self, inode: int, new_parent_inode: int, new_name: bytes, ctx):

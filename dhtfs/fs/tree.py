@@ -211,7 +211,7 @@ class Tree:
         row = self.require(obj)
         if not row.is_dir:
             raise NamespaceError(errno.ENOTDIR)
-        if obj != ROOT_OBJ and self.ns.parent_of(obj) is None:
+        if not self.ns.is_live_dir(obj):
             raise NamespaceError(errno.ENOENT)  # removed directory
         return row
 
