@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 ENTRY_TIMEOUT = 1.0
 ATTR_TIMEOUT = 1.0
+DOT_OFFSET, DOTDOT_OFFSET = 1, 2  # readdir offsets of "." and ".."; links follow
 BLKSIZE = 128 * 1024
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -396,15 +397,27 @@ class Operations(pyfuse3.Operations):
 
     @_errno_mapped
     async def readdir(self, fh: int, start_id: int, token) -> None:
+        """``.`` (offset 1), ``..`` (offset 2), then the links in rowid order at offset
+        rowid + 2: offsets stay valid whatever is added, renamed or removed meanwhile."""
         parent = self._obj(fh)
-        after = start_id
+        if start_id < DOT_OFFSET:
+            attrs = self._attrs(self.tree.require(parent), fh)
+            if not pyfuse3.readdir_reply(token, b".", attrs, DOT_OFFSET):
+                return
+        if start_id < DOTDOT_OFFSET:
+            up = self.tree.ns.parent_of(parent) or parent
+            # readdirplus counts no kernel lookup for "." and "..": nothing to remember.
+            attrs = self._attrs(self.tree.require(up))
+            if not pyfuse3.readdir_reply(token, b"..", attrs, DOTDOT_OFFSET):
+                return
+        after = max(start_id - DOTDOT_OFFSET, 0)
         while True:
             batch = self.tree.ns.children_with_objects(parent, after, 256)
             if not batch:
                 return
             for row_id, name, row in batch:
                 attrs = self._attrs(row)
-                if not pyfuse3.readdir_reply(token, name, attrs, row_id):
+                if not pyfuse3.readdir_reply(token, name, attrs, row_id + DOTDOT_OFFSET):
                     return
                 self.inodes.remember(attrs.st_ino)
                 after = row_id

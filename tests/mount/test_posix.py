@@ -472,6 +472,19 @@ def test_write_only_handle_keeps_cached_readers_coherent(small_mount: Mount) -> 
         assert r2.read() == old[:2048] + new + old[2048 + len(new) :]
 
 
+def test_readdir_lists_dot_and_dotdot(mount: Mount) -> None:
+    """``ls -ai`` shows ``.`` and ``..`` with the directory's and its parent's inodes."""
+    sub = mount.mountpoint / "sub"
+    (sub / "inner").mkdir(parents=True)
+    (sub / "f").write_text("x")
+    out = sh(["ls", "-ai", str(sub)])
+    inodes = {name: int(ino) for ino, name in (ln.split() for ln in out.stdout.splitlines())}
+    assert set(inodes) == {".", "..", "inner", "f"}
+    assert inodes["."] == sub.stat().st_ino
+    assert inodes[".."] == mount.mountpoint.stat().st_ino
+    assert inodes["inner"] == (sub / "inner").stat().st_ino
+
+
 def test_namespace_errors(mount: Mount) -> None:
     """The usual errnos: EEXIST, ENOTEMPTY, ENOTDIR, EISDIR, ENAMETOOLONG, ENOENT."""
     m = mount.mountpoint
