@@ -14,9 +14,13 @@ the simulator) and a chunk store (``has/get/put_verified/remove/ids``). Messages
 - ``put_chunk``: store locally, push the bytes to the R XOR-closest nodes (placement by XOR
   only), then announce ourselves and the replicas that acknowledged as providers to the k
   closest (see ``rpc`` on replica hints). Success, see ``PutResult``;
-- ``get_chunk``: local store, else FIND_PROVIDERS, providers ranked by RTT EWMA, a hedged second
-  request when the first is slower than expected, fallback on failure, SHA-256 verification of
-  every answer (a peer serving bad bytes is penalized, i.e. ranked last from then on);
+- ``get_chunk``: local store, else FIND_PROVIDERS asking for the bytes inline (``find_value``:
+  Kademlia's FIND_VALUE for chunks up to ``inline_max``, so a small chunk comes back from the
+  first holder the lookup reaches), else the providers it named, ranked by RTT EWMA, a hedged
+  second request when the first is slower than expected, fallback on failure. SHA-256
+  verification of every answer, inline or not (a peer serving bad bytes is penalized, i.e.
+  ranked last from then on). A fetched chunk is cached here (in the background while
+  ``run_maintenance`` runs, so the reader does not wait for the disk);
 - ``run_maintenance``: eviction pings, refresh of buckets untouched for ``refresh_interval``
   (2.3), republish of provider records for every chunk held here every ``republish_interval``
   (< ``provider_ttl``, so records never lapse while we live), expiry of others' records.
@@ -35,8 +39,9 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -44,14 +49,20 @@ import trio
 
 from dhtfs.errors import ChunkCorrupt, ChunkMissing, NetworkError, RemoteError
 from dhtfs.node import rpc
+from dhtfs.node.chunkstore import HEADER_BYTES, TAG_BYTES
 from dhtfs.node.ids import distance, random_id_in_bucket, sha256_id
-from dhtfs.node.lookup import Answer, LookupResult, iterative_lookup
+from dhtfs.node.lookup import Answer, LookupResult, Query, iterative_lookup
 from dhtfs.node.network import Contact, Message, Network
 from dhtfs.node.routing import RoutingTable
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+SEAL_OVERHEAD = HEADER_BYTES + TAG_BYTES
+"""Bytes a sealed chunk file adds to its plaintext (``dhtfs.node.chunkstore``)."""
+MAX_BACKGROUND = 64
+"""Background jobs (cache writes, announcements) at once; past that they run inline."""
 
 
 @dataclass(slots=True)
@@ -104,6 +115,7 @@ class Node:
         soft_timeout_unknown: float = 1.0,
         offload_threshold: int | None = 256 * 1024,
         cache_fetched: bool = True,
+        inline_max: int = rpc.MAX_INLINE_BYTES,
         rng: random.Random | None = None,
     ) -> None:
         self.network = network
@@ -126,6 +138,7 @@ class Node:
         self.soft_timeout_unknown = soft_timeout_unknown
         self.offload_threshold = offload_threshold
         self.cache_fetched = cache_fetched
+        self.inline_max = min(inline_max, rpc.MAX_INLINE_BYTES)
         self.id: bytes = network.local.node_id
         self.rng = rng if rng is not None else random.Random(self.id)
         self.routing = RoutingTable(self.id, k=k, clock=trio.current_time)
@@ -135,6 +148,8 @@ class Node:
         self._announced: dict[bytes, float] = {}
         self._ping_send, self._ping_recv = trio.open_memory_channel[tuple[Contact, Contact]](64)
         self._pinging: set[bytes] = set()
+        self._background: trio.Nursery | None = None     # set while run_maintenance runs
+        self._background_jobs = 0
 
     @property
     def contact(self) -> Contact:
@@ -218,6 +233,13 @@ class Node:
             return {"contacts": rpc.contacts_to_wire(found)}
         if method == rpc.FIND_PROVIDERS:
             key = rpc.req_id(args, "key", method)
+            inline = rpc.req_inline(args, method)
+            if inline:
+                data = await self._local_get(key, limit=inline)
+                if data is not None:
+                    provs = self.local_providers(key)[: rpc.MAX_CONTACTS]
+                    return {"providers": rpc.contacts_to_wire(provs), "contacts": [],
+                            "data": data}
             found = self.routing.closest(key, self.k, exclude=(caller.node_id,))
             provs = self.local_providers(key)[: rpc.MAX_CONTACTS]
             return {
@@ -245,11 +267,29 @@ class Node:
         cid = rpc.req_id(args, "id", method)
         return {"data": await self._local_get(cid)}
 
-    async def _local_get(self, cid: bytes) -> bytes | None:
-        if not self.store.has(cid):
+    def _stored_size(self, cid: bytes) -> int | None:
+        """None when ``cid`` is not stored here, else an upper bound of its plaintext size
+        (one ``stat`` for the on-disk store; unknown sizes count as ``offload_threshold``)."""
+        path_of = getattr(self.store, "path_of", None)
+        if path_of is not None:
+            try:
+                return max(0, os.stat(path_of(cid)).st_size - SEAL_OVERHEAD)
+            except OSError:
+                return None
+        size_of = getattr(self.store, "size", None)
+        if size_of is not None:
+            return size_of(cid)
+        return (self.offload_threshold or 0) if self.store.has(cid) else None
+
+    async def _local_get(self, cid: bytes, *, limit: int | None = None) -> bytes | None:
+        """The chunk's bytes if stored here (and at most ``limit`` bytes), else None. Small
+        chunks are read on the trio thread, large ones in a worker thread."""
+        size = self._stored_size(cid)
+        if size is None or (limit is not None and size > limit):
             return None
         try:
-            return await self._offload(self.offload_threshold or 0, self.store.get, cid)
+            data = await self._offload(size, self.store.get, cid)
+            return data if limit is None or len(data) <= limit else None
         except ChunkMissing:
             return None
         except ChunkCorrupt:
@@ -306,6 +346,12 @@ class Node:
             provs = rpc.ans_contacts(ans, "providers", method)
             return Answer(contacts, provs or None)
 
+        stop = self._enough_providers(target) if providers and stop_early else None
+        return await self._run_lookup(target, query, stop)
+
+    async def _run_lookup(
+        self, target: bytes, query: Query, stop: Callable[[Contact, Answer], bool] | None
+    ) -> LookupResult:
         result = await iterative_lookup(
             target,
             self.routing.closest(target, self.k),
@@ -315,7 +361,7 @@ class Node:
             alpha=self.alpha,
             soft_timeout=self.soft_timeout,
             hard_timeout=self.rpc_timeout,
-            stop=self._enough_providers(target) if providers and stop_early else None,
+            stop=stop,
         )
         for c in result.abandoned:
             self._failed(c)
@@ -334,6 +380,41 @@ class Node:
             return answerer.node_id in named or len(named) >= self.replication
 
         return stop
+
+    async def find_value(self, key: bytes, *, stop_early: bool = True
+                         ) -> tuple[bytes | None, list[Contact]]:
+        """FIND_PROVIDERS asking for inline data (Kademlia's FIND_VALUE, see ``rpc``): the
+        verified bytes from the first holder of a small chunk the lookup reaches (the lookup
+        stops there), and the providers named on the way (ours first)."""
+        got: list[bytes] = []
+        inline = self.inline_max
+
+        async def query(c: Contact, timeout: float) -> Answer:
+            ans = await self._call(c, rpc.FIND_PROVIDERS, {"key": key, "inline": inline},
+                                   timeout)
+            contacts = rpc.ans_contacts(ans, "contacts", rpc.FIND_PROVIDERS)
+            provs = rpc.ans_contacts(ans, "providers", rpc.FIND_PROVIDERS)
+            data = rpc.ans_inline(ans, rpc.FIND_PROVIDERS, inline)
+            if data is not None:
+                if sha256_id(data) == key:
+                    got.append(data)
+                    return Answer(contacts, provs or [c])
+                self._served_bad_bytes(c, key)
+                provs = [p for p in provs if p.node_id != c.node_id]
+            return Answer(contacts, provs or None)
+
+        enough = self._enough_providers(key) if stop_early else None
+
+        def stop(answerer: Contact, answer: Answer) -> bool:
+            return bool(got) or (enough is not None and enough(answerer, answer))
+
+        result = await self._run_lookup(key, query, stop)
+        provs = _dedupe([*self.local_providers(key), *(c for f in result.found for c in f)])
+        return (got[0] if got else None), provs
+
+    def _served_bad_bytes(self, peer: Contact, cid: bytes) -> None:
+        log.warning("peer %s served bytes that do not hash to %s", peer, cid.hex()[:16])
+        self.routing.penalize(peer.node_id)
 
     async def find_node(self, target: bytes) -> list[Contact]:
         """The k live nodes XOR-closest to ``target`` (not including this node)."""
@@ -458,18 +539,43 @@ class Node:
             return local
         tried: set[bytes] = {self.id}
         for stop_early in (True, False):
-            provs = [p for p in await self.find_providers(chunk_id, stop_early=stop_early)
-                     if p.node_id not in tried]
-            if not provs:
-                continue
-            tried.update(p.node_id for p in provs)
-            data = await self._fetch(chunk_id, self.routing.rank_providers(provs))
+            data, found = await self.find_value(chunk_id, stop_early=stop_early)
+            if data is None:
+                provs = [p for p in found if p.node_id not in tried]
+                if not provs:
+                    continue
+                tried.update(p.node_id for p in provs)
+                data = await self._fetch(chunk_id, self.routing.rank_providers(provs))
             if data is not None:
                 if self.cache_fetched:
-                    await self._offload(len(data), self.store.put_verified, chunk_id, data)
-                    self._announced.setdefault(chunk_id, -math.inf)
+                    await self._in_background(self._cache, chunk_id, data)
                 return data
         raise ChunkMissing(chunk_id, "no reachable provider has it")
+
+    async def _cache(self, cid: bytes, data: bytes) -> None:
+        """Keep a verified fetched chunk (and announce it at the next republish)."""
+        try:
+            await self._offload(len(data), self.store.put, cid, data)
+        except OSError as exc:
+            log.warning("cannot cache chunk %s: %s", cid.hex()[:16], exc)
+            return
+        self._announced.setdefault(cid, -math.inf)
+
+    async def _in_background(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        """Run ``fn(*args)`` in the maintenance nursery, so the caller need not wait for it;
+        inline when maintenance is not running or ``MAX_BACKGROUND`` jobs are pending."""
+        if self._background is None or self._background_jobs >= MAX_BACKGROUND:
+            await fn(*args)
+            return
+
+        async def job() -> None:
+            try:
+                await fn(*args)
+            finally:
+                self._background_jobs -= 1
+
+        self._background_jobs += 1
+        self._background.start_soon(job)
 
     async def _fetch(self, cid: bytes, providers: list[Contact]) -> bytes | None:
         """Try ``providers`` in order; hedge to the next when one is slower than its expected
@@ -485,8 +591,7 @@ class Node:
             except NetworkError:
                 pass
             if data is not None and await self._offload(len(data), sha256_id, data) != cid:
-                log.warning("peer %s served bytes that do not hash to %s", p, cid.hex()[:16])
-                self.routing.penalize(p.node_id)
+                self._served_bad_bytes(p, cid)
                 data = None
             await send.send((p, data))
 
@@ -521,11 +626,15 @@ class Node:
 
     async def run_maintenance(self) -> None:
         """Eviction pings, bucket refresh, provider republish and expiry; runs until cancelled."""
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._ping_loop)
-            nursery.start_soon(self._refresh_loop)
-            nursery.start_soon(self._republish_loop)
-            nursery.start_soon(self._expire_loop)
+        try:
+            async with trio.open_nursery() as nursery:
+                self._background = nursery
+                nursery.start_soon(self._ping_loop)
+                nursery.start_soon(self._refresh_loop)
+                nursery.start_soon(self._republish_loop)
+                nursery.start_soon(self._expire_loop)
+        finally:
+            self._background = None
 
     async def _ping_loop(self) -> None:
         async for oldest, _newcomer in self._ping_recv:

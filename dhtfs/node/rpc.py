@@ -13,13 +13,20 @@ method          args                               answer
 =============== ================================== ==========================================
 PING            {}                                 {}
 FIND_NODE       {"target": id}                     {"contacts": [contact, ...]}  (≤ k closest)
-FIND_PROVIDERS  {"key": id}                        {"providers": [contact, ...],
-                                                    "contacts": [contact, ...]}
+FIND_PROVIDERS  {"key": id, "inline"?: int}         {"providers": [contact, ...],
+                                                    "contacts": [contact, ...],
+                                                    "data"?: bytes}  (see below)
 ADD_PROVIDER    {"key": id, "ttl": float,          {"ok": True}   (provider = the caller)
                  "replicas"?: [contact, ...]}
 PUT_CHUNK       {"id": id, "data": bytes}          {"stored": bool}  (False: already had it)
 GET_CHUNK       {"id": id}                         {"data": bytes | None}  (None: not here)
 =============== ================================== ==========================================
+
+FIND_PROVIDERS with ``inline`` > 0 is Kademlia's FIND_VALUE for small chunks: a node that holds
+the chunk and whose plaintext is at most ``min(inline, MAX_INLINE_BYTES)`` bytes answers with
+the bytes in ``data`` (and itself among the providers, no contacts), so a read of a small chunk
+ends at the first holder its lookup reaches, with no GET_CHUNK round trip. The caller verifies
+``data`` against the key like any GET_CHUNK answer.
 
 Limits: at most ``MAX_CONTACTS`` contacts per answer, chunk data at most ``MAX_CHUNK_BYTES``,
 provider TTL in (0, ``MAX_PROVIDER_TTL``]. Anything else — a missing or extra-typed field, a
@@ -46,6 +53,7 @@ METHODS = frozenset({PING, FIND_NODE, FIND_PROVIDERS, ADD_PROVIDER, PUT_CHUNK, G
 MAX_CONTACTS = 64
 MAX_REPLICA_HINTS = 8
 MAX_CHUNK_BYTES = 64 * 1024 * 1024
+MAX_INLINE_BYTES = 64 * 1024
 MAX_PROVIDER_TTL = 7 * 24 * 3600.0
 MAX_HOST_LEN = 255
 
@@ -124,6 +132,15 @@ def req_ttl(args: Any, method: str) -> float:
     return float(v)
 
 
+def req_inline(args: Any, method: str) -> int:
+    """The optional ``inline`` byte budget of FIND_PROVIDERS (0 when absent), capped at
+    ``MAX_INLINE_BYTES``."""
+    v = args.get("inline", 0)
+    if type(v) is not int or v < 0:
+        raise RemoteError(f"{method}: 'inline' must be a non-negative int")
+    return min(v, MAX_INLINE_BYTES)
+
+
 def req_replicas(args: Any, method: str) -> list[Contact]:
     """The optional ``replicas`` list of ADD_PROVIDER (empty when absent)."""
     v = args.get("replicas", [])
@@ -159,3 +176,14 @@ def ans_data(answer: Any, method: str) -> bytes | None:
     if isinstance(v, (bytearray, memoryview)):
         return bytes(v)
     raise ProtocolError(f"{method}: 'data' must be bytes or nil")
+
+
+def ans_inline(answer: Any, method: str, limit: int) -> bytes | None:
+    """The optional inline ``data`` of a FIND_PROVIDERS answer (None when absent); bytes over
+    the ``limit`` the caller asked for are a protocol error."""
+    v = answer.get("data") if isinstance(answer, dict) else None
+    if v is None:
+        return None
+    if not isinstance(v, bytes) or len(v) > limit:
+        raise ProtocolError(f"{method}: inline 'data' must be bytes of at most {limit}")
+    return v

@@ -12,7 +12,7 @@ from trio.testing import MockClock
 
 from dhtfs.errors import ChunkMissing, RemoteError
 from dhtfs.node import rpc
-from dhtfs.node.ids import from_int, random_id, sha256_id
+from dhtfs.node.ids import from_int, random_id, sha256_id, to_int
 from dhtfs.node.network import Contact, Message
 from dhtfs.node.node import Node
 from dhtfs.sim.network import SimWorld
@@ -77,29 +77,34 @@ async def test_small_swarm_put_counts_what_exists(
 
 
 class TamperingNode(Node):
-    """Serves every chunk with one byte flipped."""
+    """Serves every chunk with one byte flipped, by GET_CHUNK and inline in FIND_PROVIDERS."""
 
     gets = 0
+    inline = 0
 
     async def handle(self, caller: Contact, method: str, args: Message) -> Message:
         answer = await super().handle(caller, method, args)
-        if method == rpc.GET_CHUNK and answer.get("data"):
-            TamperingNode.gets += 1
+        if method in (rpc.GET_CHUNK, rpc.FIND_PROVIDERS) and answer.get("data"):
+            if method == rpc.GET_CHUNK:
+                TamperingNode.gets += 1
+            else:
+                TamperingNode.inline += 1
             data = answer["data"]
-            answer = {"data": bytes([data[0] ^ 1]) + data[1:]}
+            answer = {**answer, "data": bytes([data[0] ^ 1]) + data[1:]}
         return answer
 
 
 async def test_tampered_bytes_are_penalized_and_avoided(
     autojump_clock: MockClock, make_swarm: MakeSwarm, world: SimWorld
 ) -> None:
+    """GET_CHUNK path: a chunk too large to travel inline."""
     sw = make_swarm()
     await sw.grow(30)
     evil = await sw.spawn(node_cls=TamperingNode)
     await sw.join(evil)
     TamperingNode.gets = 0
     reader = sw.random_alive(exclude=(evil.id,))[0]
-    data = blob(99)
+    data = blob(99, rpc.MAX_INLINE_BYTES + 1)
     cid = sha256_id(data)
     evil.store.put_verified(cid, data)
     await evil.announce(cid)
@@ -121,6 +126,57 @@ async def test_tampered_bytes_are_penalized_and_avoided(
     reader.store.remove(cid)
     assert await reader.get_chunk(cid) == data
     assert TamperingNode.gets == 1  # not asked again while others serve
+
+
+async def test_tampered_inline_bytes_are_penalized(
+    autojump_clock: MockClock, make_swarm: MakeSwarm
+) -> None:
+    """FIND_VALUE path: the liar is the holder closest to the chunk, so lookups reach it."""
+    sw = make_swarm()
+    await sw.grow(30)
+    data = blob(98)
+    cid = sha256_id(data)
+    evil = await sw.spawn(from_int(to_int(cid) ^ 1), node_cls=TamperingNode)
+    await sw.join(evil)
+    evil.store.put_verified(cid, data)
+    await evil.announce(cid)
+    TamperingNode.inline = 0
+    reader = sw.random_alive(exclude=(evil.id,))[0]
+    with pytest.raises(ChunkMissing):
+        await reader.get_chunk(cid)   # the only holder lies, inline and by GET_CHUNK
+    assert TamperingNode.inline >= 1
+    stats = reader.routing.stats(evil.id)
+    assert stats is not None and stats.penalties >= 1
+    assert not reader.store.has(cid)
+    origin = sw.random_alive(exclude=(evil.id, reader.id))[0]
+    res = await origin.put_chunk_detailed(data)
+    assert len(res.replicas) >= 2
+    assert await reader.get_chunk(cid) == data     # honest holders answer inline too
+
+
+async def test_small_chunk_get_is_one_lookup_without_get_chunk(
+    autojump_clock: MockClock, make_swarm: MakeSwarm, world: SimWorld
+) -> None:
+    """A small chunk comes back inline from the first holder reached: no GET_CHUNK is sent,
+    and the lookup stops there (fewer queries than a full FIND_NODE)."""
+    sw = make_swarm()
+    await sw.grow(40)
+    nodes = list(sw.nodes.values())
+    res = await nodes[0].put_chunk_detailed(blob(11))
+    holders = {c.node_id for c in res.replicas} | {nodes[0].id}
+    reader = next(n for n in nodes if n.id not in holders)
+    sent: list[str] = []
+    call = reader.network.call
+
+    async def counting(peer: Contact, method: str, args: Message, *, timeout: float) -> Message:
+        sent.append(method)
+        return await call(peer, method, args, timeout=timeout)
+
+    reader.network.call = counting  # type: ignore[method-assign]
+    assert await reader.get_chunk(res.chunk_id) == blob(11)
+    assert rpc.GET_CHUNK not in sent
+    full = await reader.lookup(res.chunk_id)
+    assert sent.count(rpc.FIND_PROVIDERS) < full.queries
 
 
 async def test_silent_nodes_do_not_stall_lookups(
