@@ -22,6 +22,7 @@ import trio
 from dhtfs.config import Config, load_config, parse_mount_options
 from dhtfs.errors import DhtfsError
 from dhtfs.logs import setup_logging
+from dhtfs.malloc import tune_malloc
 from dhtfs.service import check_mountpoint, open_state, serve
 
 log = logging.getLogger("dhtfs.mount")
@@ -110,6 +111,7 @@ def run_daemon(config: Config, mountpoint: Path, ready_fd: int | None) -> int:
                 os.close(ready_fd)
 
     record = None
+    tune_malloc()
     os.umask(0o077)  # state files (db, WAL, logs) are root-only; FUSE modes come from requests
     try:
         fs = open_state(config)

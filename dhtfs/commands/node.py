@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from dhtfs.config import load_config
+from dhtfs.malloc import tune_malloc
 from dhtfs.node import headless
 
 
@@ -40,4 +41,5 @@ def cmd_node(args: argparse.Namespace) -> int:
     if args.bootstrap:
         options["bootstrap"] = args.bootstrap
     config = load_config(args.config, options)
+    tune_malloc()  # chunks arrive and leave as fresh megabyte buffers
     return headless.run(config)
