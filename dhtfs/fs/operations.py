@@ -136,6 +136,15 @@ class Operations(pyfuse3.Operations):
         self._handles: dict[int, OpenFile] = {}
         self._next_fh = 1
         self._kernel_version: dict[bytes, tuple[int, bytes]] = {}
+        self.after_init: Callable[[], None] | None = None  # called when FUSE_INIT is handled
+
+    def init(self) -> None:
+        """FUSE_INIT (pyfuse3 forbids raising here)."""
+        if self.after_init is not None:
+            try:
+                self.after_init()
+            except Exception:
+                log.exception("post-init hook failed")
 
     # -- helpers -------------------------------------------------------------------------------
 
