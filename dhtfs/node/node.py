@@ -234,14 +234,15 @@ class Node:
         if method == rpc.FIND_PROVIDERS:
             key = rpc.req_id(args, "key", method)
             inline = rpc.req_inline(args, method)
-            if inline:
-                data = await self._local_get(key, limit=inline)
+            size = self._stored_size(key)
+            if inline and size is not None and size <= inline:
+                data = await self._local_get(key, limit=inline, size=size)
                 if data is not None:
-                    provs = self.local_providers(key)[: rpc.MAX_CONTACTS]
+                    provs = self.local_providers(key, held=True)[: rpc.MAX_CONTACTS]
                     return {"providers": rpc.contacts_to_wire(provs), "contacts": [],
                             "data": data}
             found = self.routing.closest(key, self.k, exclude=(caller.node_id,))
-            provs = self.local_providers(key)[: rpc.MAX_CONTACTS]
+            provs = self.local_providers(key, held=size is not None)[: rpc.MAX_CONTACTS]
             return {
                 "providers": rpc.contacts_to_wire(provs),
                 "contacts": rpc.contacts_to_wire(found),
@@ -281,10 +282,14 @@ class Node:
             return size_of(cid)
         return (self.offload_threshold or 0) if self.store.has(cid) else None
 
-    async def _local_get(self, cid: bytes, *, limit: int | None = None) -> bytes | None:
+    async def _local_get(
+        self, cid: bytes, *, limit: int | None = None, size: int | None = None
+    ) -> bytes | None:
         """The chunk's bytes if stored here (and at most ``limit`` bytes), else None. Small
-        chunks are read on the trio thread, large ones in a worker thread."""
-        size = self._stored_size(cid)
+        chunks are read on the trio thread, large ones in a worker thread. ``size``: what
+        ``_stored_size`` just said, if the caller asked it."""
+        if size is None:
+            size = self._stored_size(cid)
         if size is None or (limit is not None and size > limit):
             return None
         try:
@@ -308,11 +313,13 @@ class Node:
         while len(recs) > rpc.MAX_CONTACTS - 1:
             del recs[next(iter(recs))]          # oldest announcement goes first
 
-    def local_providers(self, key: bytes) -> list[Contact]:
-        """Unexpired providers we know for ``key``, plus ourselves if we hold it."""
+    def local_providers(self, key: bytes, *, held: bool | None = None) -> list[Contact]:
+        """Unexpired providers we know for ``key``, plus ourselves if we hold it (``held``:
+        whether we do, if the caller just checked)."""
         now = trio.current_time()
-        out = [c for c, exp in self._providers.get(key, {}).values() if exp > now]
-        if self.store.has(key):
+        recs = self._providers.get(key)
+        out = [c for c, exp in recs.values() if exp > now] if recs else []
+        if held if held is not None else self.store.has(key):
             out.insert(0, self.contact)
         return out
 

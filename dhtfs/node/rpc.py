@@ -49,6 +49,9 @@ ADD_PROVIDER = "ADD_PROVIDER"
 PUT_CHUNK = "PUT_CHUNK"
 GET_CHUNK = "GET_CHUNK"
 METHODS = frozenset({PING, FIND_NODE, FIND_PROVIDERS, ADD_PROVIDER, PUT_CHUNK, GET_CHUNK})
+QUICK_METHODS = frozenset({PING, FIND_NODE, FIND_PROVIDERS, ADD_PROVIDER})
+"""Answered from memory or a small local read (inline data is at most ``MAX_INLINE_BYTES``):
+the transport runs them on the connection's reader task (``Transport.inline_methods``)."""
 
 MAX_CONTACTS = 64
 MAX_REPLICA_HINTS = 8

@@ -18,11 +18,17 @@ Robustness invariants:
   fail with ``ProtocolError`` (or ``PeerUnreachable`` if it simply dropped);
 - handler exceptions become ERROR answers; the server never dies of them;
 - all tasks live in the ``serve`` nursery: connections end when ``serve`` is cancelled;
-- bytes are written by one writer task per connection, so a caller cancelled by its deadline
-  never cuts a TLS record in half (which would break the stream for every other call on it);
+- a frame is encrypted and queued whole, synchronously (``TLSStream.write_nowait``), and
+  one writer task per connection drains what the kernel did not take at once, so a caller
+  cancelled by its deadline never cuts a TLS record in half (which would break the stream
+  for every other call on it);
 - at most ``max_handlers_per_connection`` requests of one peer run at once; past that the
   connection stops reading (backpressure), other peers are unaffected. Handlers must not call
-  back the same peer and wait for it (nothing in ``dhtfs.node.node`` does).
+  back the same peer and wait for it (nothing in ``dhtfs.node.node`` does);
+- requests for ``inline_methods`` (default ``rpc.QUICK_METHODS``: answered from memory, or a
+  small local read) are answered by the reader task itself, without a task of their own, and
+  their answers are queued without waiting for the send backlog to drain (so two readers can
+  never wait on each other). Their handlers must not block.
 
 The TLS layer is ``dhtfs.node.tls.TLSStream`` (not ``trio.SSLStream``: see there, throughput).
 """
@@ -34,7 +40,7 @@ import ipaddress
 import logging
 import ssl
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,13 +54,15 @@ from dhtfs.errors import (
     ProtocolError,
     RemoteError,
 )
-from dhtfs.node import pki, wire
+from dhtfs.node import pki, rpc, wire
 from dhtfs.node.network import Contact, Message, RequestHandler
 from dhtfs.node.tls import TLSStream, tls_context
 
 log = logging.getLogger(__name__)
 
 WILDCARD_HOSTS = ("", "0.0.0.0", "::")
+SEND_HIGH_WATER = 4 * 1024 * 1024
+"""Bytes queued on one connection past which senders wait (see ``_Connection._send``)."""
 
 
 @contextlib.contextmanager
@@ -118,7 +126,6 @@ class _Connection:
         self.last_id = 0
         self.closed = False
         self.scope = trio.CancelScope()
-        self.out_send, self.out_recv = trio.open_memory_channel[bytes](64)
         self.handler_slots = trio.Semaphore(transport.max_handlers_per_connection)
 
     async def request(self, method: str, args: Message) -> Message:
@@ -131,7 +138,7 @@ class _Connection:
         pending = self.pending[rid] = _Pending()
         try:
             try:
-                await self.out_send.send(frame)
+                await self._send(frame)
             except (trio.ClosedResourceError, trio.BrokenResourceError):
                 raise PeerUnreachable(f"connection to {self.peer} is closed") from None
             await pending.event.wait()
@@ -141,6 +148,14 @@ class _Connection:
             raise pending.error
         assert pending.answer is not None
         return pending.answer
+
+    async def _send(self, frame: bytes) -> None:
+        """Queue ``frame`` whole (never cut, whatever cancels us), then wait while more than
+        ``SEND_HIGH_WATER`` bytes are queued on this connection (backpressure)."""
+        stream = self.frames.stream
+        stream.write_nowait(frame)
+        if stream.backlog_bytes > SEND_HIGH_WATER:
+            await stream.wait_drained(SEND_HIGH_WATER)
 
     async def run(self) -> None:
         """Serve the connection until EOF, error or cancellation; then fail pending calls."""
@@ -164,16 +179,13 @@ class _Connection:
             for pending in self.pending.values():
                 pending.error = reason
                 pending.event.set()
-            self.out_recv.close()
-            await trio.aclose_forcefully(self.frames.stream)
+            self.frames.stream.close()
 
     async def _writer(self) -> None:
-        async for data in self.out_recv:
-            try:
-                await self.frames.stream.send_all(data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError):
-                self.scope.cancel()
-                return
+        try:
+            await self.frames.stream.flusher()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError):
+            self.scope.cancel()
 
     async def _reader(self, nursery: trio.Nursery) -> None:
         while True:
@@ -181,6 +193,9 @@ class _Connection:
             if frame is None:
                 return
             if frame.kind == wire.REQUEST:
+                if frame.method in self.transport.inline_methods:
+                    self._send_nowait(await self._answer(frame))
+                    continue
                 await self.handler_slots.acquire()
                 nursery.start_soon(self._serve_request, frame)
             elif frame.kind in (wire.RESPONSE, wire.ERROR):
@@ -197,24 +212,32 @@ class _Connection:
             else:
                 raise ProtocolError("unexpected HELLO after the handshake")
 
+    async def _answer(self, frame: wire.Frame) -> bytes:
+        """Run the handler for one request; the encoded answer (or error) frame."""
+        rid, max_frame = frame.request_id, self.transport.max_frame
+        handler = self.transport.handler
+        try:
+            if handler is None:
+                raise RemoteError("node is not ready")
+            answer = await handler(self.peer, frame.method, frame.payload or {})
+            if not isinstance(answer, dict):
+                raise TypeError(f"handler returned {type(answer).__name__}, not a dict")
+            return wire.encode_response(rid, answer, max_frame)
+        except RemoteError as exc:
+            return wire.encode_error(rid, str(exc) or type(exc).__name__, max_frame)
+        except Exception as exc:
+            log.exception("handler for %s from %s failed", frame.method, self.peer)
+            return wire.encode_error(rid, f"{type(exc).__name__}: {exc}", max_frame)
+
+    def _send_nowait(self, data: bytes) -> None:
+        with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
+            self.frames.stream.write_nowait(data)
+
     async def _serve_request(self, frame: wire.Frame) -> None:
         try:
-            rid, max_frame = frame.request_id, self.transport.max_frame
-            handler = self.transport.handler
-            try:
-                if handler is None:
-                    raise RemoteError("node is not ready")
-                answer = await handler(self.peer, frame.method, frame.payload or {})
-                if not isinstance(answer, dict):
-                    raise TypeError(f"handler returned {type(answer).__name__}, not a dict")
-                data = wire.encode_response(rid, answer, max_frame)
-            except RemoteError as exc:
-                data = wire.encode_error(rid, str(exc) or type(exc).__name__, max_frame)
-            except Exception as exc:
-                log.exception("handler for %s from %s failed", frame.method, self.peer)
-                data = wire.encode_error(rid, f"{type(exc).__name__}: {exc}", max_frame)
+            data = await self._answer(frame)
             with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
-                await self.out_send.send(data)
+                await self._send(data)
         finally:
             self.handler_slots.release()
 
@@ -236,6 +259,7 @@ class Transport:
         connect_timeout: float = 5.0,
         handshake_timeout: float = 5.0,
         max_handlers_per_connection: int = 64,
+        inline_methods: Collection[str] = rpc.QUICK_METHODS,
     ) -> None:
         self.identity = identity
         self.host = host
@@ -245,6 +269,7 @@ class Transport:
         self.connect_timeout = connect_timeout
         self.handshake_timeout = handshake_timeout
         self.max_handlers_per_connection = max_handlers_per_connection
+        self.inline_methods = frozenset(inline_methods)
         self._server_ctx = tls_context(identity, server_side=True)
         self._client_ctx = tls_context(identity, server_side=False)
         self._ca = pki.load_cert(identity.ca_cert)
@@ -313,6 +338,7 @@ class Transport:
             await trio.aclose_forcefully(tcp)
             return
         conn = None
+        tls: TLSStream | None = None
         with trio.move_on_after(self.handshake_timeout):
             try:
                 tls = TLSStream(tcp, self._server_ctx, server_side=True)
@@ -340,6 +366,8 @@ class Transport:
             except Exception as exc:  # anything a hostile peer can provoke: refuse, keep serving
                 self._refuse(remote_ip, f"{type(exc).__name__}: {exc}")
         if conn is None:
+            if tls is not None:
+                tls.close()
             await trio.aclose_forcefully(tcp)
             return
         self._register(conn)
@@ -408,6 +436,7 @@ class Transport:
 
     async def _open(self, node_id: bytes | None, host: str, port: int) -> _Connection:
         tcp = await self._connect_tcp(host, port)
+        tls: TLSStream | None = None
         try:
             tls = TLSStream(tcp, self._client_ctx, server_side=False)
             try:
@@ -433,6 +462,8 @@ class Transport:
             if hello.kind != wire.HELLO:
                 raise ProtocolError(f"{host}:{port}: first frame is not HELLO")
         except BaseException:
+            if tls is not None:
+                tls.close()
             await trio.aclose_forcefully(tcp)
             raise
         return _Connection(self, frames, Contact(peer_id, host, port), True)
