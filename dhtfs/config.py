@@ -84,6 +84,9 @@ class Config:
     cache_size: int = 256 * 1024 * 1024  # decrypted chunk cache in memory
     debug: bool = False
     allow_other: bool = True
+    # Seconds a metadata change may wait for its SQLite commit; until then the op journal
+    # keeps it safe from a crash of the daemon (ext4's commit= is the analogue).
+    commit_interval: float = 0.05
     # The DHT node (headless node and, later, the mount's node).
     ca: Path | None = None
     cert: Path | None = None
@@ -126,6 +129,14 @@ def _coerce(key: str, value: Any) -> Any:
         return parse_size(key, value)
     if key in ("debug", "allow_other"):
         return _parse_bool(key, value)
+    if key == "commit_interval":
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}={value}: expected seconds, e.g. 0.05") from None
+        if not 0 < seconds <= 3600:
+            raise ConfigError(f"{key}={value}: must be more than 0 and at most 3600 seconds")
+        return seconds
     if key in ("state", "ca", "cert", "cert_key"):
         if not str(value):
             raise ConfigError(f"{key}: needs a path")

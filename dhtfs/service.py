@@ -27,6 +27,7 @@ from dhtfs.config import Config
 from dhtfs.errors import ConfigError
 from dhtfs.fs.files import ChunkCache, FileContents
 from dhtfs.fs.inodes import InodeMap
+from dhtfs.fs.journal import OpJournal
 from dhtfs.fs.namespace import CHUNK_ID_BYTES, HOLE, Namespace, connect
 from dhtfs.fs.operations import Operations
 from dhtfs.fs.tree import Tree, load_or_create_node_id
@@ -37,8 +38,6 @@ log = logging.getLogger(__name__)
 
 GC_INTERVAL = 300.0
 GC_GRACE_SECONDS = 600.0
-# Longest a metadata change waits for its WAL commit when no close()/fsync() commits it first.
-COMMIT_DELAY = 0.05
 
 
 @dataclass
@@ -57,6 +56,8 @@ class LocalFilesystem:
     def close(self) -> None:
         self.namespace.commit()
         self.namespace.db.close()
+        if self.namespace.journal is not None:
+            self.namespace.journal.close()
         os.close(self.lock_fd)
 
 
@@ -78,6 +79,13 @@ def open_state(config: Config) -> LocalFilesystem:
         db = connect(state / "namespace.db")
         os.chmod(state / "namespace.db", 0o600)
         namespace = Namespace(db)
+        namespace.journal = OpJournal(state / "ops.journal")
+        replayed = namespace.replay_journal()
+        if replayed:
+            log.warning(
+                "replayed %d namespace ops from the journal: the last run did not stop cleanly",
+                replayed,
+            )
         tree = Tree(namespace, load_or_create_node_id(namespace))
         inodes = InodeMap(db)
         contents = FileContents(
@@ -177,8 +185,9 @@ async def _stop_on_signal(task_status=trio.TASK_STATUS_IGNORED) -> None:
 
 
 async def _commit_loop(fs: LocalFilesystem, task_status=trio.TASK_STATUS_IGNORED) -> None:
-    """Commit metadata changes no close()/fsync() committed, at most COMMIT_DELAY after the
-    first of them (group commit: a burst of mkdir/rename/unlink shares one WAL commit)."""
+    """Commit metadata changes at most ``commit_interval`` after the first of them (group
+    commit: a burst of creates, renames or unlinks shares one WAL commit; the op journal
+    protects them meanwhile)."""
     opened = trio.Event()
 
     def on_begin() -> None:
@@ -190,7 +199,7 @@ async def _commit_loop(fs: LocalFilesystem, task_status=trio.TASK_STATUS_IGNORED
         while True:
             await opened.wait()
             opened = trio.Event()
-            await trio.sleep(COMMIT_DELAY)
+            await trio.sleep(fs.config.commit_interval)
             try:
                 fs.namespace.commit()
             except sqlite3.Error as exc:  # the next handler's commit reports it as EIO

@@ -13,11 +13,17 @@ Tables (one SQLite file, WAL mode):
 - ``meta``: this node's ID and other scalars.
 
 Transactions (group commit): ``apply`` runs each op inside a savepoint of one open SQLite
-transaction, so a failing op leaves no trace and ops applied before it stay. ``commit()`` ends
-the transaction; it is the point from which the ops survive a crash of this process (WAL,
-``synchronous=NORMAL``; power loss needs an fsync of the WAL on top). The filesystem commits
-when a file is closed or fsynced, and a background task commits whatever else is pending within
-a short interval, so a burst of creates, renames or unlinks shares one WAL commit.
+transaction, so a failing op leaves no trace and ops applied before it stay. Two ways to make
+applied ops survive a crash of this process:
+
+- ``persist()``: append them to the op journal (``journal.py``), one small write; what the
+  filesystem does before replying to a handler that changed the tree;
+- ``commit()``: COMMIT the transaction (WAL, ``synchronous=NORMAL``), then empty the journal;
+  a background task does this shortly after the transaction opened, ``fsync`` at once (and
+  fsyncs the WAL, for power loss).
+
+At start ``replay_journal()`` re-applies what the journal holds (ops already committed are
+recognised and skipped), so a crash between a persist and the next commit loses nothing.
 
 Apply rules (Kleppmann et al., "A highly-available move operation for replicated trees"):
 ops are applied in ``(ts, node)`` order. An op older than the newest applied one is inserted
@@ -45,6 +51,7 @@ from typing import Any
 
 import msgpack
 
+from dhtfs.fs.journal import OpJournal
 from dhtfs.fs.ops import ROOT_OBJ, Change, Op, decode_op, encode_op
 
 SCHEMA = """
@@ -167,6 +174,7 @@ def connect(path: Path | str) -> sqlite3.Connection:
     db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=NORMAL")
+    db.execute("PRAGMA cache_size=-16384")  # 16 MiB: a group commit's dirty pages stay in memory
     db.execute("PRAGMA foreign_keys=OFF")
     db.executescript(SCHEMA)
     return db
@@ -318,6 +326,7 @@ class Namespace:
         # matters because the kernel asks for security.capability before every write.
         self._xattr_objs: set[bytes] = {r[0] for r in db.execute("SELECT DISTINCT obj FROM xattrs")}
         self.on_begin: Callable[[], None] | None = None  # told when a transaction opens
+        self.journal: OpJournal | None = None  # see persist()
         self._ensure_root()
         newest = db.execute("SELECT ts, node FROM oplog ORDER BY ts DESC, node DESC LIMIT 1")
         row = newest.fetchone()
@@ -334,6 +343,24 @@ class Namespace:
         """End the open transaction: applied ops now survive a crash of this process."""
         if self.db.in_transaction:
             self.db.execute("COMMIT")
+        if self.journal is not None:
+            self.journal.reset()
+
+    def persist(self) -> None:
+        """Make every applied op survive a crash of this process: journal them (one write),
+        or, without a journal, commit."""
+        if self.journal is None:
+            self.commit()
+        elif self.db.in_transaction:
+            self.journal.write()
+
+    def replay_journal(self) -> int:
+        """Apply the journal's ops that the database lacks, commit, empty it; → how many."""
+        if self.journal is None:
+            return 0
+        replayed = sum(1 for body in self.journal.records() if self.apply(decode_op(body)))
+        self.commit()
+        return replayed
 
     def _begin(self) -> None:
         if not self.db.in_transaction:
@@ -353,7 +380,8 @@ class Namespace:
         self._begin()
         db.execute("SAVEPOINT op")
         try:
-            applied = self._apply_in_order(op)
+            body = encode_op(op)
+            applied = self._apply_in_order(op, body)
             db.execute("RELEASE op")
         except BaseException:
             self._rows.clear()  # rows read inside the failed op may be rolled back
@@ -364,13 +392,15 @@ class Namespace:
             raise
         if op.op_id > self._newest:
             self._newest = op.op_id
+        if applied and self.journal is not None:
+            self.journal.add(body)
         return applied
 
-    def _apply_in_order(self, op: Op) -> bool:
+    def _apply_in_order(self, op: Op, body: bytes) -> bool:
         db = self.db
         if op.op_id > self._newest:
             # The common case (every local op): nothing to deduplicate, undo or redo.
-            self._apply_one(op)
+            self._apply_one(op, body)
             return True
         if db.execute("SELECT 1 FROM oplog WHERE ts=? AND node=?", (op.ts, op.node)).fetchone():
             return False
@@ -385,19 +415,20 @@ class Namespace:
         ]
         for _ts, _node, _body, undo in later:
             _restore(db, self._rows, self._live_dirs, msgpack.unpackb(undo, raw=False))
-        self._apply_one(op)
-        for _ts, _node, body, _undo in reversed(later):
+        self._apply_one(op, body)
+        for _ts, _node, later_body, _undo in reversed(later):
             db.execute("DELETE FROM oplog WHERE ts=? AND node=?", (_ts, _node))
-            self._apply_one(decode_op(body))
+            self._apply_one(decode_op(later_body), later_body)
         return True
 
-    def _apply_one(self, op: Op) -> None:
+    def _apply_one(self, op: Op, body: bytes) -> None:
+        """Apply ``op`` (whose encoding is ``body``) on top of the current state."""
         tx = _Tx(self.db, self._rows, self._live_dirs)
         for change in op.changes:
             _CHANGE_APPLIERS[change["c"]](self, tx, op, change)
         self.db.execute(
             "INSERT INTO oplog(ts, node, body, undo) VALUES (?,?,?,?)",
-            (op.ts, op.node, encode_op(op), msgpack.packb(tx.undo, use_bin_type=True)),
+            (op.ts, op.node, body, msgpack.packb(tx.undo, use_bin_type=True)),
         )
 
     def _mkobj(self, tx: _Tx, op: Op, c: Change) -> None:

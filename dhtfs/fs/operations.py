@@ -41,11 +41,11 @@ BLKSIZE = 128 * 1024
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-# Handlers that commit the namespace before they reply, so that what the kernel was told
-# survives a crash of this process. The others change nothing durable, or (create) are
-# always followed by a flush/release of their handle, which commits; the service's commit
-# task bounds the wait in any case.
-COMMITTING_HANDLERS = frozenset(
+# Handlers that persist the namespace (Namespace.persist: the op journal) before they reply,
+# so that what the kernel was told survives a crash of this process. The others change
+# nothing, or (create) are always followed by a flush/release of their handle, which
+# persists; the service's commit task commits everything shortly after in any case.
+PERSISTING_HANDLERS = frozenset(
     {
         "mknod",
         "mkdir",
@@ -66,8 +66,8 @@ COMMITTING_HANDLERS = frozenset(
 
 
 def _errno_mapped(fn: F) -> F:
-    """Map every exception of a handler to an errno; commit as COMMITTING_HANDLERS says."""
-    deferred = fn.__name__ not in COMMITTING_HANDLERS
+    """Map every exception of a handler to an errno; persist as PERSISTING_HANDLERS says."""
+    deferred = fn.__name__ not in PERSISTING_HANDLERS
 
     @functools.wraps(fn)
     async def wrapper(self: Operations, *args: Any, **kwargs: Any) -> Any:
@@ -88,16 +88,16 @@ def _errno_mapped(fn: F) -> F:
             raise pyfuse3.FUSEError(errno.EIO) from None
         finally:
             if not deferred and self.tree.ns.pending:
-                _commit(self.tree.ns)  # also after a failure: earlier ops were acknowledged
+                _persist(self.tree.ns)  # also after a failure: earlier ops were acknowledged
 
     return wrapper  # type: ignore[return-value]
 
 
-def _commit(ns: Namespace) -> None:
+def _persist(ns: Namespace) -> None:
     try:
-        ns.commit()
-    except sqlite3.Error as exc:
-        log.error("committing metadata failed: %s (is the state directory's disk full?)", exc)
+        ns.persist()
+    except (OSError, sqlite3.Error) as exc:
+        log.error("persisting metadata failed: %s (is the state directory's disk full?)", exc)
         raise pyfuse3.FUSEError(errno.EIO) from None
 
 

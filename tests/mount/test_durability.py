@@ -93,6 +93,39 @@ def test_kill9_after_close_and_fsync(mount: Mount) -> None:
     )
 
 
+def test_kill9_before_any_sqlite_commit_replays_the_journal(tmp_path: Path) -> None:
+    """With group commits pushed an hour out, every acknowledged change lives only in the
+    op journal when the daemon is killed; the restart must replay all of it."""
+    m = Mount(tmp_path / "mnt", tmp_path / "state", ["commit_interval=3600"])
+    m.start()
+    try:
+        root = m.mountpoint
+        (root / "a" / "b").mkdir(parents=True)
+        (root / "a" / "b" / "f").write_bytes(b"journaled")
+        (root / "tmp").write_bytes(b"soon renamed")
+        os.rename(root / "tmp", root / "a" / "renamed")
+        (root / "gone").write_bytes(b"x")
+        (root / "gone").unlink()
+        os.chmod(root / "a", 0o700)
+        os.setxattr(root / "a" / "renamed", "user.k", b"v")
+        os.symlink("a/renamed", root / "link")
+        assert (tmp_path / "state" / "ops.journal").stat().st_size > 0
+        m.kill()
+        m.start()
+        assert (root / "a" / "b" / "f").read_bytes() == b"journaled"
+        assert (root / "a" / "renamed").read_bytes() == b"soon renamed"
+        assert os.getxattr(root / "a" / "renamed", "user.k") == b"v"
+        assert os.readlink(root / "link") == "a/renamed"
+        assert (root / "a").stat().st_mode & 0o777 == 0o700
+        assert sorted(os.listdir(root)) == ["a", "link"]
+        assert "replayed" in m.log_text()
+    finally:
+        try:
+            m.stop()
+        except Exception:
+            m.kill()
+
+
 def test_kill9_repeatedly(mount: Mount) -> None:
     """Several crash/restart cycles in a row, each adding files, lose none of them."""
     expected: dict[str, bytes] = {}

@@ -69,6 +69,8 @@ FOREGROUND = pytest.mark.parametrize("fg", [[], ["-f"]], ids=["daemon", "foregro
         ("chunk_size=100", "chunk_size"),
         ("chunk_size=1G", "chunk_size"),
         ("debug=maybe", "debug"),
+        ("commit_interval=0", "commit_interval"),
+        ("commit_interval=soon", "commit_interval"),
         ("swarm=bad/name", "swarm"),
     ],
 )
