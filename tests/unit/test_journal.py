@@ -2,33 +2,12 @@
 
 from __future__ import annotations
 
-import stat
 from pathlib import Path
 
 from dhtfs.fs.journal import HEADER, OpJournal
 from dhtfs.fs.namespace import Namespace, connect
-from dhtfs.fs.ops import ROOT_OBJ, HybridClock, Op
-
-NODE = bytes([7]) * 32
-
-
-def _mkdir(clock: HybridClock, obj: bytes, link: bytes, name: bytes) -> Op:
-    return Op(
-        clock.now(),
-        NODE,
-        (
-            {
-                "c": "mkobj",
-                "obj": obj,
-                "kind": stat.S_IFDIR,
-                "mode": 0o755,
-                "uid": 0,
-                "gid": 0,
-                "time": 1,
-            },
-            {"c": "link", "link": link, "parent": ROOT_OBJ, "name": name, "obj": obj},
-        ),
-    )
+from dhtfs.fs.ops import ROOT_OBJ
+from tests.unit.test_namespace_merge import mkdir
 
 
 def _open(path: Path) -> Namespace:
@@ -65,10 +44,9 @@ def test_corrupt_record_ends_replay(tmp_path: Path) -> None:
 
 def test_persisted_ops_survive_a_crash_before_commit(tmp_path: Path) -> None:
     ns = _open(tmp_path)
-    clock = HybridClock(0)
-    ns.apply(_mkdir(clock, b"\xa1" * 16, b"\xb1" * 16, b"kept"))
+    ns.apply(mkdir(b"\xa1" * 16, b"\xb1" * 16, ROOT_OBJ, b"kept", 1))
     ns.persist()  # journaled, SQLite still uncommitted
-    ns.apply(_mkdir(clock, b"\xa2" * 16, b"\xb2" * 16, b"lost"))  # never persisted
+    ns.apply(mkdir(b"\xa2" * 16, b"\xb2" * 16, ROOT_OBJ, b"lost", 2))  # never persisted
     assert ns.pending
     ns.db.close()  # the crash: SQLite rolls the open transaction back
     ns.journal.close()
@@ -82,8 +60,7 @@ def test_persisted_ops_survive_a_crash_before_commit(tmp_path: Path) -> None:
 
 def test_replaying_committed_ops_changes_nothing(tmp_path: Path) -> None:
     ns = _open(tmp_path)
-    clock = HybridClock(0)
-    ns.apply(_mkdir(clock, b"\xa1" * 16, b"\xb1" * 16, b"d"))
+    ns.apply(mkdir(b"\xa1" * 16, b"\xb1" * 16, ROOT_OBJ, b"d", 1))
     ns.persist()
     saved = (tmp_path / "ops.journal").read_bytes()
     ns.commit()  # a crash right after COMMIT, before the journal was emptied:
