@@ -88,8 +88,16 @@ async def iterative_lookup(
     soft_timeout: Callable[[Contact], float] = lambda c: 1.0,
     hard_timeout: float = 5.0,
     stop: Callable[[Contact, Answer], bool] | None = None,
+    settle: int = 0,
+    on_settled: Callable[[list[Contact]], None] | None = None,
 ) -> LookupResult:
     """Run one iterative lookup for ``target``; see the module docstring.
+
+    ``on_settled(contacts)`` is called once, as soon as the ``settle`` closest contacts seen
+    (not failed nor slow) have all answered: none of them named anyone closer, so they are the
+    ``settle`` closest the lookup will end with unless a farther node's late answer names a
+    closer one. The lookup goes on to its k closest meanwhile. If the lookup ends first (fewer
+    nodes than ``settle``), it is called at the end with the closest found.
 
     ``query`` must raise ``NetworkError`` on failure and must honour its timeout argument.
     Contacts with ``own_id`` are never queried nor returned.
@@ -135,6 +143,11 @@ async def iterative_lookup(
                 window.append(e)
                 if len(window) >= k:
                     break
+            if on_settled is not None:
+                head = window[:settle]
+                if len(head) == settle and all(e.state == DONE for e in head):
+                    on_settled([e.contact for e in head])
+                    on_settled = None
             if not stopped:
                 for e in window:
                     if len(active) >= alpha or outstanding >= max_outstanding:
@@ -190,6 +203,8 @@ async def iterative_lookup(
     result.abandoned = [e.contact for e in order if e.state == SLOW]
     closest = [e for e in order if e.state == DONE][:k]
     result.closest = [e.contact for e in closest]
+    if on_settled is not None:
+        on_settled(result.closest[:settle])
     if found_hop is not None:
         result.hops = found_hop
     elif closest:

@@ -81,8 +81,9 @@ class PutResult:
     chunk_id: bytes
     replicas: list[Contact] = field(default_factory=list)
     local_slot: bool = False
-    announced: int = 0          # ADD_PROVIDER acknowledgements
+    announced: int = 0          # ADD_PROVIDER acknowledgements (once ``placed``)
     wanted: int = 0             # min(R, nodes known + 1)
+    placed: trio.Event = field(default_factory=trio.Event)  # announcement over
 
     @property
     def copies(self) -> int:
@@ -339,7 +340,13 @@ class Node:
     # -- lookups -------------------------------------------------------------------------------
 
     async def lookup(
-        self, target: bytes, *, providers: bool = False, stop_early: bool = True
+        self,
+        target: bytes,
+        *,
+        providers: bool = False,
+        stop_early: bool = True,
+        settle: int = 0,
+        on_settled: Callable[[list[Contact]], None] | None = None,
     ) -> LookupResult:
         """Iterative FIND_NODE (or FIND_PROVIDERS when ``providers``) for ``target``."""
         method = rpc.FIND_PROVIDERS if providers else rpc.FIND_NODE
@@ -354,10 +361,15 @@ class Node:
             return Answer(contacts, provs or None)
 
         stop = self._enough_providers(target) if providers and stop_early else None
-        return await self._run_lookup(target, query, stop)
+        return await self._run_lookup(target, query, stop, settle, on_settled)
 
     async def _run_lookup(
-        self, target: bytes, query: Query, stop: Callable[[Contact, Answer], bool] | None
+        self,
+        target: bytes,
+        query: Query,
+        stop: Callable[[Contact, Answer], bool] | None,
+        settle: int = 0,
+        on_settled: Callable[[list[Contact]], None] | None = None,
     ) -> LookupResult:
         result = await iterative_lookup(
             target,
@@ -369,6 +381,8 @@ class Node:
             soft_timeout=self.soft_timeout,
             hard_timeout=self.rpc_timeout,
             stop=stop,
+            settle=settle,
+            on_settled=on_settled,
         )
         for c in result.abandoned:
             self._failed(c)
@@ -482,31 +496,99 @@ class Node:
         return (await self.put_chunk_detailed(data)).chunk_id
 
     async def put_chunk_detailed(self, data: bytes) -> PutResult:
+        """Store ``data`` here, then on the R XOR-closest nodes. See ``PutResult``.
+
+        Returns once the pushes are done: they start as soon as the lookup has settled on the
+        R closest (``iterative_lookup``'s ``on_settled``), while it goes on to the k closest.
+        The rest of the placement (a push to any closer node the full lookup found, then the
+        announcement to the k closest) runs in the maintenance nursery when ``run_maintenance``
+        is running, else before returning; ``PutResult.placed`` is set when it is over.
+        """
         cid = await self._offload(len(data), sha256_id, data)
         await self._offload(len(data), self.store.put_verified, cid, data)
-        closest = await self.find_node(cid)
-        own_d = distance(self.id, cid)
-        rank = sum(1 for c in closest if distance(c.node_id, cid) < own_d)
-        res = PutResult(cid, local_slot=rank < self.replication)
-        res.wanted = min(self.replication, len(closest) + 1)
-        need = self.replication - (1 if res.local_slot else 0)
-        candidates = iter(closest)
-        args = {"id": cid, "data": data}
-
-        async def push() -> None:
-            for c in candidates:            # shared iterator: a failure moves on to the next
-                try:
-                    await self._call(c, rpc.PUT_CHUNK, args, self.transfer_timeout(len(data)))
-                except NetworkError:
-                    continue
-                res.replicas.append(c)
-                return
-
-        async with trio.open_nursery() as nursery:
-            for _ in range(min(need, len(closest))):
-                nursery.start_soon(push)
-        await self._announce_to(cid, closest, res)
+        res = PutResult(cid)
+        pushed = trio.Event()
+        await self._in_background(self._place, res, data, pushed)
+        await pushed.wait()
         return res
+
+    async def _place(self, res: PutResult, data: bytes, pushed: trio.Event) -> None:
+        cid = res.chunk_id
+        args = {"id": cid, "data": data}
+        timeout = self.transfer_timeout(len(data))
+        own_d = distance(self.id, cid)
+        tried: set[bytes] = set()
+
+        async def push(c: Contact) -> bool:
+            tried.add(c.node_id)
+            try:
+                await self._call(c, rpc.PUT_CHUNK, args, timeout)
+            except NetworkError:
+                return False
+            res.replicas.append(c)
+            return True
+
+        def remote_slots(closest: list[Contact]) -> int:
+            rank = sum(1 for c in closest[: self.replication]
+                       if distance(c.node_id, cid) < own_d)
+            return self.replication - (1 if rank < self.replication else 0)
+
+        settled: list[Contact] = []
+        got_settled = trio.Event()
+        found = trio.Event()
+        result: LookupResult | None = None
+
+        def on_settled(closest: list[Contact]) -> None:
+            settled.extend(closest)
+            got_settled.set()
+
+        async def look() -> None:
+            nonlocal result
+            result = await self.lookup(cid, settle=self.replication, on_settled=on_settled)
+            found.set()
+
+        async def fill(slots: int) -> None:
+            """Push to the settled closest in order; a failure moves on to the next, then
+            (once the full lookup is in) further down the k closest."""
+            queue = list(settled)
+            async def worker() -> None:
+                while True:
+                    while queue:
+                        if await push(queue.pop(0)):
+                            return
+                    await found.wait()
+                    assert result is not None
+                    rest = [c for c in result.closest if c.node_id not in tried]
+                    if not rest:
+                        return
+                    queue.extend(c for c in rest if c not in queue)
+
+            async with trio.open_nursery() as nursery:
+                for _ in range(slots):
+                    nursery.start_soon(worker)
+
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(look)
+                await got_settled.wait()
+                slots = remote_slots(settled)
+                res.local_slot = slots < self.replication
+                res.wanted = min(self.replication, len(settled) + 1)
+                await fill(min(slots, len(settled)))
+                pushed.set()
+            assert result is not None
+            # The full lookup may have found closer nodes than the settled ones: fill them too.
+            final = result.closest[: remote_slots(result.closest)]
+            async with trio.open_nursery() as nursery:
+                for c in final:
+                    if c.node_id not in tried:
+                        nursery.start_soon(push, c)
+            await self._announce_to(cid, result.closest, res)
+        except Exception:
+            log.exception("placing chunk %s failed", cid.hex()[:16])
+        finally:
+            pushed.set()
+            res.placed.set()
 
     async def _announce_to(
         self, key: bytes, targets: list[Contact], res: PutResult | None = None

@@ -179,6 +179,52 @@ async def test_small_chunk_get_is_one_lookup_without_get_chunk(
     assert sent.count(rpc.FIND_PROVIDERS) < full.queries
 
 
+async def test_put_returns_once_the_settled_closest_hold_the_chunk(
+    autojump_clock: MockClock, make_swarm: MakeSwarm
+) -> None:
+    """Pushes start when the lookup settles on the R closest; the put returns then, and the
+    rest of the lookup and the announcement finish in the background. The replicas are still
+    the true R closest (the origin's own copy filling a slot when it is one of them)."""
+    sw = make_swarm(maintenance=True)
+    await sw.grow(60)
+    rng = random.Random(5)
+    for i in range(10):
+        origin = rng.choice(list(sw.nodes.values()))
+        t0 = trio.current_time()
+        res = await origin.put_chunk_detailed(blob(300 + i))
+        put_time = trio.current_time() - t0
+        assert res.complete and not res.placed.is_set()
+        await res.placed.wait()
+        assert trio.current_time() - t0 > put_time
+        r = origin.replication
+        best = ids_of(sw.true_closest(res.chunk_id, r))
+        assert res.local_slot == (origin.id in best)
+        assert set(best) - {origin.id} <= set(ids_of(res.replicas))
+        assert res.announced >= origin.k // 2
+
+
+async def test_lookup_settles_on_the_closest_before_it_ends(
+    autojump_clock: MockClock, make_swarm: MakeSwarm
+) -> None:
+    sw = make_swarm()
+    await sw.grow(60)
+    rng = random.Random(9)
+    early = 0
+    for _ in range(10):
+        node = rng.choice(list(sw.nodes.values()))
+        target = random_id(rng)
+        seen: list[tuple[list[bytes], float]] = []
+        res = await node.lookup(
+            target, settle=3,
+            on_settled=lambda cs, seen=seen: seen.append((ids_of(cs), trio.current_time())),
+        )
+        assert len(seen) == 1
+        want = xor_sorted([i for i in sw.nodes if i != node.id], target)
+        assert seen[0][0] == want[:3] == ids_of(res.closest[:3])
+        early += seen[0][1] < trio.current_time()
+    assert early >= 8
+
+
 async def test_silent_nodes_do_not_stall_lookups(
     autojump_clock: MockClock, make_swarm: MakeSwarm, world: SimWorld
 ) -> None:
@@ -291,6 +337,7 @@ async def test_provider_records_expire_and_are_republished(
     await sw.grow(25)
     origin, reader = sw.random_alive(2)
     res = await origin.put_chunk_detailed(blob(7))
+    await res.placed.wait()     # with maintenance running, announcing goes on after the put
     cid = res.chunk_id
     recorders = [n for n in sw.nodes.values() if origin.id in ids_of(n.local_providers(cid))]
     assert len(recorders) >= 10
