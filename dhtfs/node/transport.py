@@ -383,11 +383,7 @@ class Transport:
         der = tls.getpeercert_der()
         if not der:
             raise AuthError("peer presented no certificate")
-        try:
-            cert = pki.x509.load_der_x509_certificate(der)
-        except ValueError:
-            raise AuthError("peer certificate does not parse") from None
-        return pki.verify_node_cert(cert, self._ca, expected_id=expected_id)
+        return pki.verify_node_cert_der(der, self._ca, expected_id=expected_id)
 
     # -- dialing ---------------------------------------------------------------------------------
 

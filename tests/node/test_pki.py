@@ -107,3 +107,40 @@ def test_identity_load_errors(swarm_ca: Path, tmp_path: Path) -> None:
     (tmp_path / "junk.crt").write_text("hello")
     with pytest.raises(ConfigError, match="not a PEM"):
         pki.Identity.load(swarm_ca / "ca.crt", tmp_path / "junk.crt", k2)
+
+
+def test_der_verification_is_remembered_but_rechecked(
+    swarm_ca: Path, foreign_ca: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``verify_node_cert_der`` caches acceptances only: a cached certificate is still held
+    to its validity window and to the expected ID, and refusals are never cached."""
+    ca = pki.load_cert(swarm_ca / "ca.crt")
+    cert_path, _, node_id = pki.issue_node_cert(swarm_ca, "c", tmp_path)
+    cert = pki.load_cert(cert_path)
+    der = cert.public_bytes(serialization.Encoding.DER)
+    calls = 0
+    real = pki.verify_node_cert
+
+    def counting(*args: object, **kw: object) -> bytes:
+        nonlocal calls
+        calls += 1
+        return real(*args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pki, "verify_node_cert", counting)
+    assert pki.verify_node_cert_der(der, ca) == node_id
+    assert pki.verify_node_cert_der(der, ca, expected_id=node_id) == node_id
+    assert calls == 1
+    with pytest.raises(AuthError, match="node id mismatch"):
+        pki.verify_node_cert_der(der, ca, expected_id=bytes(32))
+    later = cert.not_valid_after_utc + dt.timedelta(days=1)
+    monkeypatch.setattr(pki, "_now", lambda: later)
+    with pytest.raises(AuthError, match="not valid now"):
+        pki.verify_node_cert_der(der, ca)
+    monkeypatch.undo()
+    foreign_path, _, _ = pki.issue_node_cert(foreign_ca, "f", tmp_path / "f")
+    foreign = pki.load_cert(foreign_path).public_bytes(serialization.Encoding.DER)
+    for _ in range(2):
+        with pytest.raises(AuthError, match="does not verify"):
+            pki.verify_node_cert_der(foreign, ca)
+    with pytest.raises(AuthError, match="does not parse"):
+        pki.verify_node_cert_der(b"garbage", ca)
