@@ -8,11 +8,17 @@ carry ``"node": index``.
 
 Methods (args → answer):
     status     {}                    → {"node_id", "listen", "peers", "chunks"}
-    put        {"data": bytes}        → {"id", "replicas", "complete"}
-    get        {"id": bytes}          → {"data": bytes}       (error: chunk missing)
+    put        {"data": bytes}        → {"id", "replicas", "complete", "elapsed"}
+    get        {"id": bytes}          → {"data": bytes, "elapsed"}   (error: chunk missing)
     providers  {"id": bytes}          → {"providers": [[node_id, host, port], ...]}
     peers      {}                    → {"peers": [[node_id, host, port, rtt|None, penalties]]}
     refresh    {}                    → {"buckets": n}   (refresh every bucket now)
+    pending    {}                    → {"background": n}  (jobs still running in the
+                                        background, e.g. announcements after a put, summed
+                                        over every node of the process)
+
+``elapsed``: seconds the node spent on the operation itself (``time.perf_counter``), without
+the control socket's round trip: benchmarks compare it with libraries timed in-process.
 
 Invariants: every request runs under ``REQUEST_TIMEOUT``; a bad request gets an ERROR answer
 and the connection stays open; a malformed frame closes that client only.
@@ -23,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -52,6 +59,8 @@ class ControlServer:
         return self.nodes[index]
 
     async def handle(self, method: str, args: Message) -> Message:
+        if method == "pending":
+            return {"background": sum(n.background_jobs for n in self.nodes)}
         node = self._node(args)
         if method == "status":
             c = node.contact
@@ -65,11 +74,15 @@ class ControlServer:
             data = args.get("data")
             if not isinstance(data, bytes):
                 raise RemoteError("put: data must be bytes")
+            t0 = time.perf_counter()
             res = await node.put_chunk_detailed(data)
-            return {"id": res.chunk_id, "replicas": res.copies, "complete": res.complete}
+            return {"id": res.chunk_id, "replicas": res.copies, "complete": res.complete,
+                    "elapsed": time.perf_counter() - t0}
         if method == "get":
             cid = _chunk_id(args)
-            return {"data": await node.get_chunk(cid)}
+            t0 = time.perf_counter()
+            data = await node.get_chunk(cid)
+            return {"data": data, "elapsed": time.perf_counter() - t0}
         if method == "providers":
             provs = await node.find_providers(_chunk_id(args), stop_early=False)
             return {"providers": [[p.node_id, p.host, p.port] for p in provs]}

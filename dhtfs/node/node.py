@@ -154,6 +154,12 @@ class Node:
         self._background_jobs = 0
 
     @property
+    def background_jobs(self) -> int:
+        """Jobs running in the maintenance nursery on behalf of finished calls (cache
+        writes, the placement and announcement that go on after ``put_chunk``)."""
+        return self._background_jobs
+
+    @property
     def contact(self) -> Contact:
         return self.network.local
 

@@ -4,24 +4,33 @@
 
 Prints one line per figure: ``figure: NAME=VALUE UNIT`` (success rates: ``…_success=FRACTION``).
 
-How it runs on a small machine: N nodes are hosted by W worker processes (W = 4 for N=64,
-8 for N=256; each worker one ``trio.run`` with N/W nodes, each node its own 127.0.x.y address,
-port 0, own TLS identity and encrypted ChunkStore, ephemeral key). The driver sends puts and
-gets to random nodes through the workers' control sockets (``dhtfs.node.control``), CONCURRENCY
-at a time, and times each one end to end. A get asks a node other than the one that put the
-chunk. The kademlia reference hosts its N servers in one asyncio process (it is light: no
-crypto, UDP) and does the same number of set/get of 1 KiB values from random servers.
-Throughput: two single-node processes, 1 MiB GET/PUT-sized requests over one TLS connection.
+How it runs on a small machine: N nodes are hosted by W worker processes (W = N/32, at least
+2; each worker one ``trio.run`` with N/W nodes, each node its own 127.0.x.y address, port 0,
+own TLS identity and encrypted ChunkStore, ephemeral key). The driver sends puts and gets to
+random nodes through the workers' control sockets (``dhtfs.node.control``), CONCURRENCY at a
+time. A get asks a node other than the one that put the chunk. Two timings per operation:
+
+- ``dhtfs_nN_{put,get}_SIZE_p50/p95``: end to end as the driver sees it, including the
+  control socket's round trip to the worker process;
+- ``dhtfs_nN_{put,get}_SIZE_node_p50/p95``: inside the node (the control answer's
+  ``elapsed``), measured the way the kademlia reference is: around the call, in-process.
+
+A put returns once its R copies are stored; its provider announcements finish in the
+background, and the driver waits for every node to be idle before the next phase (as the
+kademlia reference's set returns after its STOREs). The kademlia reference hosts its N servers
+in one asyncio process (it is light: no crypto, UDP) and does the same number of set/get of
+1 KiB values from random servers, CONCURRENCY at a time. Throughput: two single-node
+processes, 1 MiB GET/PUT-sized requests over one TLS connection.
 
     scripts/bench/dht.py            N=64,256; 200 ops per kind; every node refreshes its
-                                    buckets once all are up (~17 min here, see below)
-    scripts/bench/dht.py --quick    N=64,256; 40 ops per kind, no refresh (~6 min here)
-    --sizes 16,64 --ops 20          for a 1-minute smoke run; --no-sim skips dht_sim.py
+                                    buckets once all are up
+    scripts/bench/dht.py --quick    N=32,64; 40 ops per kind, no refresh
+    --sizes 16,64 --ops 20          for a smoke run; --no-sim skips dht_sim.py
 
-Where the time goes (2 shared cores): starting N=256 real nodes is ~40k TLS 1.3 handshakes
-(~3 ms of OpenSSL 3.0 and ~7 ms of Python/trio per connection, both ends) plus ~50k RPCs
-(~0.5 ms each, both ends) for the joins; that is 4-10 minutes, not the 1-2 the quick mode
-was meant to take. The per-operation figures are unaffected: they are measured after start-up.
+Where the time goes (2 shared cores): starting N nodes costs a few dozen TLS 1.3 handshakes per
+node (OpenSSL's part is most of it) plus the joins' lookups; at N=256 with the refresh that is
+about 1.5 minutes here, so the quick mode stops at N=64. The per-operation figures are measured
+after start-up.
 """
 
 from __future__ import annotations
@@ -44,6 +53,7 @@ sys.path.insert(0, str(REPO))
 
 import trio  # noqa: E402
 
+from dhtfs.malloc import tune_malloc  # noqa: E402
 from dhtfs.node import pki  # noqa: E402
 
 CONCURRENCY = 4
@@ -75,6 +85,7 @@ async def worker_main(args: argparse.Namespace) -> None:
     from dhtfs.node.transport import Transport
 
     raise_fd_limit()
+    tune_malloc()
     root = Path(args.dir)
     idents = []
     for line in Path(args.idents).read_text().split("\n"):
@@ -110,6 +121,13 @@ async def worker_main(args: argparse.Namespace) -> None:
 
 
 # -- driver ------------------------------------------------------------------------------------
+
+
+def workers_for(n: int) -> int:
+    """Worker processes for N nodes: 32 nodes each, at least 2. Fewer processes than cores x 2
+    means fewer cross-process wake-ups per RPC (measured at N=64: 2 workers used ~15% less
+    CPU per get than 4)."""
+    return max(2, n // 32)
 
 
 def start_workers(n: int, workers: int, tmp: Path) -> list[tuple[subprocess.Popen, Path, int]]:
@@ -169,9 +187,10 @@ def stop_workers(procs: list[tuple[subprocess.Popen, Path, int]]) -> None:
         proc.wait()
 
 
-def summarize(prefix: str, results: list[tuple[bool, float]]) -> None:
+def summarize(prefix: str, results: list[tuple[bool, float]], success: bool = True) -> None:
     ok = [t for good, t in results if good]
-    figure(f"{prefix}_success", len(ok) / max(1, len(results)), "fraction")
+    if success:
+        figure(f"{prefix}_success", len(ok) / max(1, len(results)), "fraction")
     if ok:
         figure(f"{prefix}_p50", statistics.median(ok) * 1000, "ms")
         figure(f"{prefix}_p95", sorted(ok)[min(len(ok) - 1, int(0.95 * len(ok)))] * 1000, "ms")
@@ -179,7 +198,8 @@ def summarize(prefix: str, results: list[tuple[bool, float]]) -> None:
 
 @dataclass
 class Phase:
-    """One size class of the dhtfs run: what was put where, and the timings."""
+    """One size class of the dhtfs run: what was put where, and the timings (end to end as
+    the driver saw them, and inside the node as the control answer's ``elapsed`` says)."""
 
     targets: list[tuple[Path, int]]
     blobs: list[bytes]
@@ -188,6 +208,8 @@ class Phase:
     ids: list[bytes | None] = field(default_factory=list)
     puts: list[tuple[bool, float]] = field(default_factory=list)
     gets: list[tuple[bool, float]] = field(default_factory=list)
+    puts_node: list[tuple[bool, float]] = field(default_factory=list)
+    gets_node: list[tuple[bool, float]] = field(default_factory=list)
     errors: dict[str, int] = field(default_factory=dict)
 
 
@@ -207,6 +229,7 @@ async def run_jobs(phase: Phase, jobs: list[int], op: str) -> None:
             if path not in clients:
                 clients[path] = await ControlClient.connect(path)
             t0 = time.perf_counter()
+            inside = 0.0
             try:
                 if op == "put":
                     ans = await clients[path].call(
@@ -219,6 +242,7 @@ async def run_jobs(phase: Phase, jobs: list[int], op: str) -> None:
                     ans = await clients[path].call(
                         "get", {"id": phase.ids[j], "node": idx}, timeout=60)
                     good = ans["data"] == phase.blobs[j]
+                inside = ans["elapsed"]
             except Exception as exc:
                 good = False
                 what = f"{op}: {str(exc)[:40]}"
@@ -226,9 +250,27 @@ async def run_jobs(phase: Phase, jobs: list[int], op: str) -> None:
                 await trio.aclose_forcefully(clients.pop(path).stream)
             elapsed = time.perf_counter() - t0
             (phase.puts if op == "put" else phase.gets).append((good, elapsed))
+            (phase.puts_node if op == "put" else phase.gets_node).append((good, inside))
     finally:
         for c in clients.values():
             await trio.aclose_forcefully(c.stream)
+
+
+async def settle(procs: list[tuple[subprocess.Popen, Path, int]], limit: float = 60.0) -> None:
+    """Wait (at most ``limit`` s) until no node has background work left: a put returns once
+    its R copies are stored and announces the chunk afterwards, so the next phase starts on a
+    quiet swarm, as it does after the kademlia reference's sets (which return after their
+    STOREs)."""
+    from dhtfs.node.control import ControlClient
+
+    with trio.move_on_after(limit):
+        for _, path, _ in procs:
+            client = await ControlClient.connect(path)
+            try:
+                while (await client.call("pending", {}, timeout=10))["background"]:
+                    await trio.sleep(0.05)
+            finally:
+                await client.aclose()
 
 
 async def drive(procs: list[tuple[subprocess.Popen, Path, int]], n: int, ops: int) -> None:
@@ -241,8 +283,11 @@ async def drive(procs: list[tuple[subprocess.Popen, Path, int]], n: int, ops: in
             async with trio.open_nursery() as nursery:
                 for w in range(CONCURRENCY):
                     nursery.start_soon(run_jobs, phase, list(range(w, ops, CONCURRENCY)), op)
+            await settle(procs)
         summarize(f"dhtfs_n{n}_put_{label}", phase.puts)
         summarize(f"dhtfs_n{n}_get_{label}", phase.gets)
+        summarize(f"dhtfs_n{n}_put_{label}_node", phase.puts_node, success=False)
+        summarize(f"dhtfs_n{n}_get_{label}_node", phase.gets_node, success=False)
         for what, count in sorted(phase.errors.items()):
             print(f"# n={n} {label} {count} x {what}", file=sys.stderr)
 
@@ -303,6 +348,7 @@ async def kademlia_main(n: int, ops: int) -> None:
 async def tput_server(args: argparse.Namespace) -> None:
     from dhtfs.node.transport import Transport
 
+    tune_malloc()
     data = os.urandom(MIB)
 
     async def handler(caller, method, msg):  # type: ignore[no-untyped-def]
@@ -345,6 +391,7 @@ async def tput_client(ca_dir: Path, peer_id: bytes, port: int, rounds: int) -> N
 
 
 def throughput(tmp: Path, rounds: int) -> None:
+    tune_malloc()  # both ends as ``dhtfs node`` runs: megabyte buffers reused, not re-faulted
     ca_dir = tmp / "tput-ca"
     pki.init_ca(ca_dir)
     cert, key, _ = pki.issue_node_cert(ca_dir, "server")
@@ -365,7 +412,7 @@ def throughput(tmp: Path, rounds: int) -> None:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true")
-    p.add_argument("--sizes", default="64,256", help="comma-separated N values")
+    p.add_argument("--sizes", help="comma-separated N values (default 64,256; quick 32,64)")
     p.add_argument("--no-sim", action="store_true", help="skip scripts/bench/dht_sim.py")
     p.add_argument("--ops", type=int, help="operations per kind (default 200, quick 40)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -390,11 +437,12 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="dhtfs-bench-dht-") as tmp_name:
         tmp = Path(tmp_name)
         throughput(tmp, 40 if args.quick else 200)
-        for n in (int(x) for x in args.sizes.split(",")):
+        sizes = args.sizes or ("32,64" if args.quick else "64,256")
+        for n in (int(x) for x in sizes.split(",")):
             ndir = tmp / f"n{n}"
             ndir.mkdir()
             t0 = time.perf_counter()
-            procs = start_workers(n, 4 if n <= 64 else 8, ndir)
+            procs = start_workers(n, workers_for(n), ndir)
             try:
                 if not args.quick:
                     trio.run(refresh_all, procs)

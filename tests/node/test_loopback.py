@@ -75,12 +75,18 @@ async def test_chunks_put_anywhere_are_fetched_everywhere(swarm: Swarm) -> None:
     ids = []
     for i, blob in enumerate(blobs):
         ans = await control(nodes[(5 * i + 3) % N_NODES], "put", data=blob)
-        assert ans["id"] == chunk_id_of(blob) and ans["complete"]
+        assert ans["id"] == chunk_id_of(blob) and ans["complete"] and ans["elapsed"] > 0
         ids.append(ans["id"])
+
+    async def quiet() -> bool:  # announcements go on after a put returns, then stop
+        return [(await control(n, "pending"))["background"] for n in nodes] == [0] * N_NODES
+
+    await wait_for(quiet, 30, "every node's background work to finish")
     for n in nodes:
         for cid, blob in zip(ids, blobs, strict=True):
             got = await control(n, "get", id=cid)
             assert got["data"] == blob, f"{n.name} returned different bytes"
+            assert got["elapsed"] > 0
     missing = os.urandom(32)
     with pytest.raises(RemoteError, match="ChunkMissing"):
         await control(nodes[1], "get", id=missing)
