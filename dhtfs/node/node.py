@@ -19,8 +19,10 @@ the simulator) and a chunk store (``has/get/put_verified/remove/ids``). Messages
   first holder the lookup reaches), else the providers it named, ranked by RTT EWMA, a hedged
   second request when the first is slower than expected, fallback on failure. SHA-256
   verification of every answer, inline or not (a peer serving bad bytes is penalized, i.e.
-  ranked last from then on). A fetched chunk is cached here (in the background while
-  ``run_maintenance`` runs, so the reader does not wait for the disk);
+  ranked last from then on). A fetched chunk is cached here (while ``run_maintenance`` runs:
+  queued, and written when the process is otherwise idle, see ``_cache_loop``;
+  ``cache_when_idle=False`` writes queued chunks at once, as the simulator wants, whose
+  virtual clock also runs on idleness);
 - ``run_maintenance``: eviction pings, refresh of buckets untouched for ``refresh_interval``
   (2.3), republish of provider records for every chunk held here every ``republish_interval``
   (< ``provider_ttl``, so records never lapse while we live), expiry of others' records.
@@ -46,6 +48,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import trio
+import trio.testing
 
 from dhtfs.errors import ChunkCorrupt, ChunkMissing, NetworkError, RemoteError
 from dhtfs.node import rpc
@@ -62,7 +65,9 @@ T = TypeVar("T")
 SEAL_OVERHEAD = HEADER_BYTES + TAG_BYTES
 """Bytes a sealed chunk file adds to its plaintext (``dhtfs.node.chunkstore``)."""
 MAX_BACKGROUND = 64
-"""Background jobs (cache writes, announcements) at once; past that they run inline."""
+"""Background jobs (placements after a put) at once; past that they run inline."""
+CACHE_QUEUE = 256
+"""Fetched chunks waiting to be cached; past that they are not cached."""
 
 
 @dataclass(slots=True)
@@ -117,6 +122,7 @@ class Node:
         offload_threshold: int | None = 256 * 1024,
         cache_fetched: bool = True,
         inline_max: int = rpc.MAX_INLINE_BYTES,
+        cache_when_idle: bool = True,
         rng: random.Random | None = None,
     ) -> None:
         self.network = network
@@ -140,6 +146,7 @@ class Node:
         self.offload_threshold = offload_threshold
         self.cache_fetched = cache_fetched
         self.inline_max = min(inline_max, rpc.MAX_INLINE_BYTES)
+        self.cache_when_idle = cache_when_idle
         self.id: bytes = network.local.node_id
         self.rng = rng if rng is not None else random.Random(self.id)
         self.routing = RoutingTable(self.id, k=k, clock=trio.current_time)
@@ -152,12 +159,16 @@ class Node:
         self._background: trio.Nursery | None = None     # set while run_maintenance runs
         self._chunk_path = _chunk_path_function(store)
         self._background_jobs = 0
+        self._cache_send, self._cache_recv = trio.open_memory_channel[tuple[bytes, bytes]](
+            CACHE_QUEUE
+        )
+        self._cache_queued = 0
 
     @property
     def background_jobs(self) -> int:
-        """Jobs running in the maintenance nursery on behalf of finished calls (cache
-        writes, the placement and announcement that go on after ``put_chunk``)."""
-        return self._background_jobs
+        """Work going on in the maintenance nursery on behalf of finished calls (the
+        placement and announcement after ``put_chunk``, fetched chunks not yet cached)."""
+        return self._background_jobs + self._cache_queued
 
     @property
     def contact(self) -> Contact:
@@ -645,18 +656,47 @@ class Node:
                 data = await self._fetch(chunk_id, self.routing.rank_providers(provs))
             if data is not None:
                 if self.cache_fetched:
-                    await self._in_background(self._cache, chunk_id, data)
+                    await self._cache_later(chunk_id, data)
                 return data
         raise ChunkMissing(chunk_id, "no reachable provider has it")
 
-    async def _cache(self, cid: bytes, data: bytes) -> None:
-        """Keep a verified fetched chunk (and announce it at the next republish)."""
-        try:
-            await self._offload(len(data), self.store.put, cid, data)
-        except OSError as exc:
-            log.warning("cannot cache chunk %s: %s", cid.hex()[:16], exc)
+    async def _cache_later(self, cid: bytes, data: bytes) -> None:
+        """Keep a verified fetched chunk (announced at the next republish). While
+        ``run_maintenance`` runs, the write is queued for ``_cache_loop``; under overload
+        (queue full) the copy is skipped, caching being an optimization. Else it is written
+        now."""
+        if self._background is None:
+            await self._offload(len(data), self._cache_batch, [(cid, data)])
             return
-        self._announced.setdefault(cid, -math.inf)
+        try:
+            self._cache_send.send_nowait((cid, data))
+            self._cache_queued += 1
+        except trio.WouldBlock:
+            log.debug("cache queue full: not caching %s", cid.hex()[:16])
+
+    async def _cache_loop(self) -> None:
+        """Write queued fetched chunks when the process is otherwise idle (every other task
+        blocked: ``trio.testing.wait_all_tasks_blocked``, public trio API used as an idle
+        priority), so cache writes never delay the RPCs and reads in progress. Measured at
+        N=64 on loopback: writing at once cost a read ~0.5 ms of median latency, a worker
+        thread more (it takes the GIL from the event loop)."""
+        while True:
+            cid, data = await self._cache_recv.receive()
+            try:
+                if self.cache_when_idle:
+                    await trio.testing.wait_all_tasks_blocked()
+                await self._offload(len(data), self._cache_batch, [(cid, data)])
+            finally:
+                self._cache_queued -= 1
+
+    def _cache_batch(self, batch: list[tuple[bytes, bytes]]) -> None:
+        for cid, data in batch:
+            try:
+                self.store.put(cid, data)
+            except OSError as exc:
+                log.warning("cannot cache chunk %s: %s", cid.hex()[:16], exc)
+                continue
+            self._announced.setdefault(cid, -math.inf)
 
     async def _in_background(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
         """Run ``fn(*args)`` in the maintenance nursery, so the caller need not wait for it;
@@ -726,6 +766,7 @@ class Node:
         try:
             async with trio.open_nursery() as nursery:
                 self._background = nursery
+                nursery.start_soon(self._cache_loop)
                 nursery.start_soon(self._ping_loop)
                 nursery.start_soon(self._refresh_loop)
                 nursery.start_soon(self._republish_loop)

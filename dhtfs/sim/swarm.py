@@ -44,7 +44,7 @@ class Swarm:
         self.nursery = nursery
         self.rng = random.Random(seed)
         self.maintenance = maintenance
-        self.node_kwargs = {"offload_threshold": None, **node_kwargs}
+        self.node_kwargs = {"offload_threshold": None, "cache_when_idle": False, **node_kwargs}
         self.nodes: dict[bytes, Node] = {}          # alive nodes
         self._scopes: dict[bytes, trio.CancelScope] = {}
 

@@ -87,6 +87,9 @@ async def test_chunks_put_anywhere_are_fetched_everywhere(swarm: Swarm) -> None:
             got = await control(n, "get", id=cid)
             assert got["data"] == blob, f"{n.name} returned different bytes"
             assert got["elapsed"] > 0
+    await wait_for(quiet, 30, "fetched chunks to be cached")
+    for n in nodes:  # every reader keeps what it fetched
+        assert (await control(n, "status"))["chunks"] == len(blobs)
     missing = os.urandom(32)
     with pytest.raises(RemoteError, match="ChunkMissing"):
         await control(nodes[1], "get", id=missing)
