@@ -116,12 +116,19 @@ class _Connection:
     """One authenticated connection. ``run`` owns its reader, writer and handler tasks."""
 
     def __init__(
-        self, transport: Transport, frames: _FrameStream, peer: Contact, outbound: bool
+        self,
+        transport: Transport,
+        frames: _FrameStream,
+        peer: Contact,
+        outbound: bool,
+        awaiting_hello: bool = False,
     ) -> None:
         self.transport = transport
         self.frames = frames
         self.peer = peer
         self.outbound = outbound
+        self.awaiting_hello = awaiting_hello  # dialed: requests went out before its HELLO
+        self.reason: NetworkError | None = None  # why it closed, once it has
         self.pending: dict[int, _Pending] = {}
         self.last_id = 0
         self.closed = False
@@ -131,7 +138,7 @@ class _Connection:
     async def request(self, method: str, args: Message) -> Message:
         """Send one request and wait for its answer (the caller holds the deadline)."""
         if self.closed:
-            raise PeerUnreachable(f"connection to {self.peer} is closed")
+            raise self._failure()
         self.last_id += 1
         rid = self.last_id
         frame = wire.encode_request(rid, method, args, self.transport.max_frame)
@@ -140,7 +147,7 @@ class _Connection:
             try:
                 await self._send(frame)
             except (trio.ClosedResourceError, trio.BrokenResourceError):
-                raise PeerUnreachable(f"connection to {self.peer} is closed") from None
+                raise self._failure() from None
             await pending.event.wait()
         finally:
             self.pending.pop(rid, None)
@@ -148,6 +155,18 @@ class _Connection:
             raise pending.error
         assert pending.answer is not None
         return pending.answer
+
+    def _failure(self, cause: object = "") -> NetworkError:
+        """Why calls on this connection fail once it is gone."""
+        if self.reason is not None:
+            return type(self.reason)(str(self.reason))
+        if self.awaiting_hello:
+            # TLS 1.3: the server checks our certificate after our handshake completes.
+            return AuthError(
+                f"{self.peer.host}:{self.peer.port}: peer closed the connection during the "
+                f"handshake (did it refuse our certificate? {cause})"
+            )
+        return PeerUnreachable(f"connection to {self.peer} is closed")
 
     async def _send(self, frame: bytes) -> None:
         """Queue ``frame`` whole (never cut, whatever cancels us), then wait while more than
@@ -172,8 +191,12 @@ class _Connection:
                         reason = ProtocolError(f"{self.peer}: {exc}")
                     except PeerUnreachable as exc:
                         log.debug("connection to %s lost: %s", self.peer, exc)
+                        reason = exc
                     nursery.cancel_scope.cancel()
         finally:
+            if self.awaiting_hello and not isinstance(reason, ProtocolError):
+                reason = self._failure(reason)
+            self.reason = reason
             self.closed = True
             self.transport._forget(self)
             for pending in self.pending.values():
@@ -192,6 +215,11 @@ class _Connection:
             frame = await self.frames.receive()
             if frame is None:
                 return
+            if self.awaiting_hello:
+                if frame.kind != wire.HELLO:
+                    raise ProtocolError("first frame is not HELLO")
+                self.awaiting_hello = False
+                continue
             if frame.kind == wire.REQUEST:
                 if frame.method in self.transport.inline_methods:
                     self._send_nowait(await self._answer(frame))
@@ -447,8 +475,16 @@ class Transport:
             except AuthError as exc:
                 raise AuthError(f"{host}:{port}: {exc}") from None
             frames = _FrameStream(tls, self.max_frame)
+            hello_frame = wire.encode_hello(self._advertised_host, self.local.port)
+            if node_id is not None:
+                # A call: its request goes out right behind our HELLO, without waiting for the
+                # peer's (one round trip less per new connection); a refusal of our
+                # certificate then fails the pending calls with AuthError (see ``run``).
+                tls.write_nowait(hello_frame)
+                return _Connection(self, frames, Contact(peer_id, host, port), True,
+                                   awaiting_hello=True)
             try:
-                await tls.send_all(wire.encode_hello(self._advertised_host, self.local.port))
+                await tls.send_all(hello_frame)
                 hello = await frames.receive()
             except (PeerUnreachable, trio.BrokenResourceError, ssl.SSLError) as exc:
                 # TLS 1.3: the server checks our certificate after our handshake completes.

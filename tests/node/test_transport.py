@@ -218,6 +218,41 @@ async def test_peer_sending_garbage_fails_pending_calls(identity: IdentityFactor
         await listener.aclose()
 
 
+async def test_first_frame_of_a_dialed_peer_must_be_hello(identity: IdentityFactory) -> None:
+    """A call's request goes out before the peer's HELLO arrives; a peer whose first frame is
+    anything else fails that call with ProtocolError."""
+    server_ident = identity()
+    async with serving(identity()) as b:
+        listener = (await trio.open_tcp_listeners(0, host="127.0.0.7"))[0]
+        port = listener.socket.getsockname()[1]
+        got_request = trio.Event()
+
+        async def evil() -> None:
+            tcp = await listener.accept()
+            tls = trio.SSLStream(tcp, tls_context(server_ident, server_side=True),
+                                 server_side=True)
+            await tls.do_handshake()
+            seen = b""
+            while wire.REQUEST not in (f.kind for f in _frames(seen)):
+                seen += await tls.receive_some(65536)  # their HELLO, then the request
+            got_request.set()
+            await tls.send_all(wire.encode_response(1, {}))  # no HELLO first
+            await trio.sleep_forever()
+
+        async with trio.open_nursery() as n:
+            n.start_soon(evil)
+            peer = Contact(server_ident.node_id, "127.0.0.7", port)
+            with pytest.raises(ProtocolError, match="HELLO"):
+                await b.call(peer, "PING", {}, timeout=5)
+            assert got_request.is_set()  # it was sent before any HELLO came back
+            n.cancel_scope.cancel()
+        await listener.aclose()
+
+
+def _frames(data: bytes) -> list[wire.Frame]:
+    return [wire.decode_body(b) for b in wire.FrameReader().feed(data)]
+
+
 async def test_big_frames_and_limit(identity: IdentityFactory) -> None:
     async with serving(identity(), max_frame=2 * 1024 * 1024) as a, serving(
         identity(), max_frame=2 * 1024 * 1024
