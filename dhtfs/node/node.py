@@ -99,6 +99,16 @@ class PutResult:
         return self.copies >= self.wanted
 
 
+@dataclass(slots=True)
+class ValueResult:
+    """What ``find_value`` found: the verified bytes (a holder answered with them), else the
+    providers named; and the lookup itself (queries, failures, hops)."""
+
+    data: bytes | None
+    providers: list[Contact]
+    lookup: LookupResult
+
+
 class Node:
     """One Kademlia node. See the module docstring; message schemas in ``dhtfs.node.rpc``."""
 
@@ -419,11 +429,12 @@ class Node:
 
         return stop
 
-    async def find_value(self, key: bytes, *, stop_early: bool = True
-                         ) -> tuple[bytes | None, list[Contact]]:
+    async def find_value(self, key: bytes, *, stop_early: bool = True) -> ValueResult:
         """FIND_PROVIDERS asking for inline data (Kademlia's FIND_VALUE, see ``rpc``): the
         verified bytes from the first holder of a small chunk the lookup reaches (the lookup
-        stops there), and the providers named on the way (ours first)."""
+        stops there), else the providers named on the way (ours first). With ``stop_early``
+        it also stops as ``find_providers`` does (a holder of a chunk too large to inline, or
+        R providers named); without, it runs to the k closest."""
         got: list[bytes] = []
         inline = self.inline_max
 
@@ -448,9 +459,9 @@ class Node:
 
         result = await self._run_lookup(key, query, stop)
         if got:
-            return got[0], []
+            return ValueResult(got[0], [], result)
         provs = _dedupe([*self.local_providers(key), *(c for f in result.found for c in f)])
-        return None, provs
+        return ValueResult(None, provs, result)
 
     def _served_bad_bytes(self, peer: Contact, cid: bytes) -> None:
         log.warning("peer %s served bytes that do not hash to %s", peer, cid.hex()[:16])
@@ -646,10 +657,15 @@ class Node:
         if local is not None:
             return local
         tried: set[bytes] = {self.id}
+        notes = []
         for stop_early in (True, False):
-            data, found = await self.find_value(chunk_id, stop_early=stop_early)
+            found = await self.find_value(chunk_id, stop_early=stop_early)
+            data = found.data
             if data is None:
-                provs = [p for p in found if p.node_id not in tried]
+                provs = [p for p in found.providers if p.node_id not in tried]
+                lk = found.lookup
+                notes.append(f"lookup asked {lk.queries} ({lk.failures} failed, {lk.slow} "
+                             f"slow), {len(found.providers)} providers, {len(provs)} new")
                 if not provs:
                     continue
                 tried.update(p.node_id for p in provs)
@@ -658,6 +674,8 @@ class Node:
                 if self.cache_fetched:
                     await self._cache_later(chunk_id, data)
                 return data
+        log.warning("chunk %s: no provider could serve it (%s)", chunk_id.hex()[:16],
+                    "; ".join(notes))
         raise ChunkMissing(chunk_id, "no reachable provider has it")
 
     async def _cache_later(self, cid: bytes, data: bytes) -> None:
