@@ -22,6 +22,10 @@ Robustness invariants:
   one writer task per connection drains what the kernel did not take at once, so a caller
   cancelled by its deadline never cuts a TLS record in half (which would break the stream
   for every other call on it);
+- idle connections (nothing pending either way) close after ``idle_timeout``, and the least
+  recently used idle ones as soon as more than ``max_connections`` are open; a call whose
+  pooled connection the peer closed under it retries once on a new connection (every RPC of
+  ``dhtfs.node.rpc`` is idempotent);
 - at most ``max_handlers_per_connection`` requests of one peer run at once; past that the
   connection stops reading (backpressure), other peers are unaffected. Handlers must not call
   back the same peer and wait for it (nothing in ``dhtfs.node.node`` does);
@@ -38,6 +42,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import logging
+import math
 import ssl
 from collections import deque
 from collections.abc import Collection, Iterator
@@ -134,6 +139,13 @@ class _Connection:
         self.closed = False
         self.scope = trio.CancelScope()
         self.handler_slots = trio.Semaphore(transport.max_handlers_per_connection)
+        self.last_active = trio.current_time()
+
+    def idle(self) -> bool:
+        """No call waiting for an answer and no request being handled."""
+        return not self.pending and (
+            self.handler_slots.value == self.transport.max_handlers_per_connection
+        )
 
     async def request(self, method: str, args: Message) -> Message:
         """Send one request and wait for its answer (the caller holds the deadline)."""
@@ -141,6 +153,7 @@ class _Connection:
             raise self._failure()
         self.last_id += 1
         rid = self.last_id
+        self.last_active = trio.current_time()
         frame = wire.encode_request(rid, method, args, self.transport.max_frame)
         pending = self.pending[rid] = _Pending()
         try:
@@ -179,6 +192,7 @@ class _Connection:
     async def run(self) -> None:
         """Serve the connection until EOF, error or cancellation; then fail pending calls."""
         reason: NetworkError = PeerUnreachable(f"connection to {self.peer} closed")
+        self.transport._live.add(self)
         try:
             with self.scope:
                 async with trio.open_nursery() as nursery:
@@ -198,6 +212,7 @@ class _Connection:
                 reason = self._failure(reason)
             self.reason = reason
             self.closed = True
+            self.transport._live.discard(self)
             self.transport._forget(self)
             for pending in self.pending.values():
                 pending.error = reason
@@ -215,6 +230,7 @@ class _Connection:
             frame = await self.frames.receive()
             if frame is None:
                 return
+            self.last_active = trio.current_time()
             if self.awaiting_hello:
                 if frame.kind != wire.HELLO:
                     raise ProtocolError("first frame is not HELLO")
@@ -288,6 +304,8 @@ class Transport:
         handshake_timeout: float = 5.0,
         max_handlers_per_connection: int = 64,
         inline_methods: Collection[str] = rpc.QUICK_METHODS,
+        idle_timeout: float | None = 600.0,
+        max_connections: int = 1024,
     ) -> None:
         self.identity = identity
         self.host = host
@@ -298,6 +316,10 @@ class Transport:
         self.handshake_timeout = handshake_timeout
         self.max_handlers_per_connection = max_handlers_per_connection
         self.inline_methods = frozenset(inline_methods)
+        self.idle_timeout = idle_timeout
+        self.max_connections = max_connections
+        self._live: set[_Connection] = set()   # every running connection, registered or not
+        self.closed_idle = 0
         self._server_ctx = tls_context(identity, server_side=True)
         self._client_ctx = tls_context(identity, server_side=False)
         self._ca = pki.load_cert(identity.ca_cert)
@@ -322,8 +344,15 @@ class Transport:
         # manager costs as much as the rest of the call's bookkeeping.
         with trio.move_on_after(timeout):
             conn = self._conns.get(peer.node_id)
-            if conn is None or conn.closed:
-                conn = await self._connection(peer.node_id, peer.host, peer.port)
+            if conn is not None and not conn.closed and not conn.awaiting_hello:
+                try:
+                    return await conn.request(method, args)
+                except PeerUnreachable:
+                    # A pooled connection can be closed by the peer (idle, or over its
+                    # connection cap) just as we use it; every RPC is idempotent: once more,
+                    # on a fresh connection.
+                    pass
+            conn = await self._connection(peer.node_id, peer.host, peer.port)
             return await conn.request(method, args)
         raise CallTimeout(f"{method} to {peer}: no answer within {timeout:.3g}s")
 
@@ -347,6 +376,8 @@ class Transport:
                 self._nursery = nursery
                 for listener in listeners:
                     nursery.start_soon(self._accept_loop, listener, nursery)
+                if self.idle_timeout is not None:
+                    nursery.start_soon(self._reaper)
                 task_status.started(self._local)
         finally:  # synchronous: under cancellation every await raises Cancelled
             self._nursery = None
@@ -536,6 +567,34 @@ class Transport:
         current = self._conns.get(conn.peer.node_id)
         if current is None or current.closed:
             self._conns[conn.peer.node_id] = conn
+        if len(self._live) >= self.max_connections:
+            self.close_idle(room=1)     # ``conn`` joins ``_live`` when it starts running
+
+    async def _reaper(self) -> None:
+        assert self.idle_timeout is not None
+        while True:
+            await trio.sleep(self.idle_timeout / 4)
+            self.close_idle()
+
+    def close_idle(self, room: int = 0) -> int:
+        """Close connections idle (no call pending, no request in hand) for ``idle_timeout``,
+        and, past ``max_connections``, the least recently used idle ones. Returns how many.
+
+        Either side may close an idle connection: a peer that was about to use it retries
+        once on a new one (``call``)."""
+        now = trio.current_time()
+        idle = [c for c in self._live if not c.closed and c.idle()]
+        limit = self.idle_timeout if self.idle_timeout is not None else math.inf
+        closing = [c for c in idle if now - c.last_active >= limit]
+        excess = len(self._live) + room - len(closing) - self.max_connections
+        if excess > 0:
+            rest = sorted((c for c in idle if now - c.last_active < limit),
+                          key=lambda c: c.last_active)
+            closing += rest[:excess]
+        for c in closing:
+            c.close()
+        self.closed_idle += len(closing)
+        return len(closing)
 
     def _forget(self, conn: _Connection) -> None:
         if self._conns.get(conn.peer.node_id) is conn:

@@ -263,3 +263,55 @@ async def test_big_frames_and_limit(identity: IdentityFactory) -> None:
         with pytest.raises(ProtocolError, match="exceeds"):
             await b.call(a.local, "put", {"data": data * 3}, timeout=10)
         assert (await b.call(a.local, "ok", {}, timeout=5))["method"] == "ok"
+
+
+async def wait_until(predicate, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
+    with trio.fail_after(timeout):
+        while not predicate():
+            await trio.sleep(0.01)
+
+
+async def test_idle_connections_close_and_calls_reconnect(identity: IdentityFactory) -> None:
+    async with serving(identity(), idle_timeout=0.2) as a, serving(identity()) as b:
+        assert (await b.call(a.local, "one", {}, timeout=5))["method"] == "one"
+        assert len(b.connected_peers()) == 1
+        await wait_until(lambda: not a.connected_peers() and not b.connected_peers())
+        assert a.closed_idle >= 1
+        assert (await b.call(a.local, "two", {}, timeout=5))["method"] == "two"
+
+
+async def test_busy_connection_is_not_idle(identity: IdentityFactory) -> None:
+    async with serving(identity(), idle_timeout=0.3) as a, serving(identity()) as b:
+        answer = await b.call(a.local, "sleep", {"s": 1.0}, timeout=5)  # handled for 1 s
+        assert answer["method"] == "sleep" and a.closed_idle == 0
+
+
+async def test_connection_cap_closes_least_recently_used(identity: IdentityFactory) -> None:
+    async with serving(identity(), max_connections=2) as a:
+        clients = []
+        async with trio.open_nursery() as nursery:
+            for _ in range(4):
+                clients.append(await nursery.start(_client, identity()))
+            for c in clients:
+                assert (await c.call(a.local, "hi", {}, timeout=5))["method"] == "hi"
+            await wait_until(lambda: len(a.connected_peers()) <= 2)
+            for c in clients:  # the ones cut off reconnect
+                assert (await c.call(a.local, "again", {}, timeout=5))["method"] == "again"
+            nursery.cancel_scope.cancel()
+
+
+async def _client(ident: Identity, *, task_status=trio.TASK_STATUS_IGNORED) -> None:  # type: ignore[no-untyped-def]
+    t = Transport(ident, "127.0.0.1", 0, handler=echo)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(t.serve)
+        task_status.started(t)
+
+
+async def test_call_retries_once_when_the_peer_closed_the_pooled_connection(
+    identity: IdentityFactory,
+) -> None:
+    async with serving(identity()) as a, serving(identity()) as b:
+        assert (await b.call(a.local, "one", {}, timeout=5))["method"] == "one"
+        a.disconnect(b.identity.node_id)     # a drops it; b has not noticed yet
+        assert b.connected_peers()
+        assert (await b.call(a.local, "two", {}, timeout=5))["method"] == "two"
