@@ -23,6 +23,9 @@ the simulator) and a chunk store (``has/get/put_verified/remove/ids``). Messages
   queued, and written when the process is otherwise idle, see ``_cache_loop``;
   ``cache_when_idle=False`` writes queued chunks at once, as the simulator wants, whose
   virtual clock also runs on idleness);
+- hand-off (paper 2.5): a node that learns of a new node among its k closest neighbours pushes
+  it every chunk for which both are now among the R closest (``hand_off``), so replicas follow
+  placement as nodes join;
 - ``run_maintenance``: eviction pings, refresh of buckets untouched for ``refresh_interval``
   (2.3), republish of provider records for every chunk held here every ``republish_interval``
   (< ``provider_ttl``, so records never lapse while we live), expiry of others' records.
@@ -173,6 +176,7 @@ class Node:
             CACHE_QUEUE
         )
         self._cache_queued = 0
+        self._handoff_send, self._handoff_recv = trio.open_memory_channel[Contact](64)
 
     @property
     def background_jobs(self) -> int:
@@ -197,6 +201,8 @@ class Node:
             return
         if rtt is not None:
             self.routing.record_rtt(peer.node_id, rtt)
+        if self._background is not None and peer.node_id not in self.routing:
+            self._maybe_hand_off(peer)
         oldest = self.routing.update(peer)
         if oldest is not None and oldest.node_id not in self._pinging:
             try:
@@ -204,6 +210,55 @@ class Node:
                 self._pinging.add(oldest.node_id)
             except trio.WouldBlock:
                 pass            # the newcomer stays in the replacement cache
+
+    def _maybe_hand_off(self, newcomer: Contact) -> None:
+        """A node we did not know: if it lands among our k closest neighbours, it may now be
+        one of the R closest to chunks we hold as a replica (paper 2.5: a node that learns of
+        a new node closer to some of its keys replicates them to it). ``_handoff_loop``
+        checks each chunk."""
+        near = self.routing.closest(self.id, self.k)
+        if len(near) >= self.k and distance(newcomer.node_id, self.id) > distance(
+            near[-1].node_id, self.id
+        ):
+            return
+        try:
+            self._handoff_send.send_nowait(newcomer)
+        except trio.WouldBlock:
+            pass            # many joins at once: the republish and later reads still help
+
+    async def _handoff_loop(self) -> None:
+        async for newcomer in self._handoff_recv:
+            try:
+                await self.hand_off(newcomer)
+            except Exception:
+                log.exception("hand-off to %s failed", newcomer)
+
+    async def hand_off(self, newcomer: Contact) -> int:
+        """Push to ``newcomer`` every chunk held here for which both it and this node are
+        among the R XOR-closest (this node's view), unless it already has it. Returns how many
+        were pushed."""
+        ids = await self._offload(self.offload_threshold or 0, lambda: list(self.store.ids()))
+        pushed = 0
+        for cid in ids:
+            best = sorted([self.contact, *self.routing.closest(cid, self.replication)],
+                          key=lambda c: distance(c.node_id, cid))[: self.replication]
+            if not any(c.node_id == newcomer.node_id for c in best) or self.contact not in best:
+                continue
+            try:
+                ans = await self._call(newcomer, rpc.FIND_PROVIDERS, {"key": cid},
+                                       self.rpc_timeout)
+                if any(p.node_id == newcomer.node_id
+                       for p in rpc.ans_contacts(ans, "providers", rpc.FIND_PROVIDERS)):
+                    continue            # it has it already (another holder was quicker)
+                data = await self._local_get(cid)
+                if data is None:
+                    continue
+                await self._call(newcomer, rpc.PUT_CHUNK, {"id": cid, "data": data},
+                                 self.transfer_timeout(len(data)))
+                pushed += 1
+            except NetworkError:
+                return pushed           # it went away: nothing more to hand it
+        return pushed
 
     def _failed(self, peer: Contact) -> None:
         if self.routing.record_failure(peer.node_id):
@@ -780,11 +835,13 @@ class Node:
     # -- maintenance ---------------------------------------------------------------------------
 
     async def run_maintenance(self) -> None:
-        """Eviction pings, bucket refresh, provider republish and expiry; runs until cancelled."""
+        """Eviction pings, bucket refresh, provider republish and expiry, caching of fetched
+        chunks, hand-off of replicas to new close neighbours; runs until cancelled."""
         try:
             async with trio.open_nursery() as nursery:
                 self._background = nursery
                 nursery.start_soon(self._cache_loop)
+                nursery.start_soon(self._handoff_loop)
                 nursery.start_soon(self._ping_loop)
                 nursery.start_soon(self._refresh_loop)
                 nursery.start_soon(self._republish_loop)

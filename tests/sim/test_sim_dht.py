@@ -225,6 +225,30 @@ async def test_lookup_settles_on_the_closest_before_it_ends(
     assert early >= 8
 
 
+async def test_replicas_are_handed_to_a_closer_newcomer(
+    autojump_clock: MockClock, make_swarm: MakeSwarm
+) -> None:
+    """A node joining closer to a chunk than its replicas gets a copy from them (paper 2.5),
+    so the R closest keep holding it as the membership changes."""
+    sw = make_swarm(maintenance=True)
+    await sw.grow(30)
+    origin = sw.random_alive()[0]
+    res = await origin.put_chunk_detailed(blob(21))
+    await res.placed.wait()
+    cid = res.chunk_id
+    newcomer = await sw.spawn(from_int(to_int(cid) ^ 1))   # the closest node to the chunk
+    await sw.join(newcomer)
+    with trio.fail_after(120):
+        while not newcomer.store.has(cid):
+            await trio.sleep(1.0)
+    # nodes far from the chunk were not handed anything
+    far = from_int(to_int(cid) ^ (1 << 255))
+    outsider = await sw.spawn(far)
+    await sw.join(outsider)
+    await trio.sleep(60.0)
+    assert not outsider.store.has(cid)
+
+
 async def test_silent_nodes_do_not_stall_lookups(
     autojump_clock: MockClock, make_swarm: MakeSwarm, world: SimWorld
 ) -> None:
