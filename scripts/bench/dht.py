@@ -23,14 +23,16 @@ in one asyncio process (it is light: no crypto, UDP) and does the same number of
 processes, 1 MiB GET/PUT-sized requests over one TLS connection.
 
     scripts/bench/dht.py            N=64,256; 200 ops per kind; every node refreshes its
-                                    buckets once all are up
-    scripts/bench/dht.py --quick    N=32,64; 40 ops per kind, no refresh
+                                    buckets once all are up (~2 min here, plus ~4 min for
+                                    dht_sim.py at 1,000 and 10,000 nodes)
+    scripts/bench/dht.py --quick    N=32,64; 40 ops per kind, no refresh (~35 s here,
+                                    dht_sim.py --quick included)
     --sizes 16,64 --ops 20          for a smoke run; --no-sim skips dht_sim.py
 
 Where the time goes (2 shared cores): starting N nodes costs a few dozen TLS 1.3 handshakes per
-node (OpenSSL's part is most of it) plus the joins' lookups; at N=256 with the refresh that is
-about 1.5 minutes here, so the quick mode stops at N=64. The per-operation figures are measured
-after start-up.
+node (~1.7 ms of OpenSSL 3.0 CPU each, both ends) plus the joins' lookups; at N=256 with the
+refresh that is 75-85 s here, so the quick mode stops at N=64. The per-operation figures are
+measured after start-up.
 """
 
 from __future__ import annotations
