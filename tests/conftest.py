@@ -18,7 +18,4 @@ def mount(tmp_path: Path) -> Iterator[Mount]:
     try:
         yield m
     finally:
-        try:
-            m.stop()
-        except Exception:
-            m.kill()
+        m.close()

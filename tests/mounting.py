@@ -84,6 +84,13 @@ class Mount:
         cleanup(self.mountpoint)
         return self.proc.returncode
 
+    def close(self) -> None:
+        """Test teardown: unmount cleanly, or, if that fails, kill and clean up."""
+        try:
+            self.stop()
+        except Exception:
+            self.kill()
+
     def kill(self) -> None:
         """SIGKILL the daemon and remove the stale mount it leaves."""
         if self.proc is not None and self.proc.poll() is None:

@@ -23,10 +23,7 @@ def small_mount(tmp_path: Path) -> Iterator[Mount]:
     try:
         yield m
     finally:
-        try:
-            m.stop()
-        except Exception:
-            m.kill()
+        m.close()
 
 
 @pytest.fixture
@@ -40,10 +37,7 @@ def public_mount(tmp_path: Path) -> Iterator[Mount]:
         try:
             yield m
         finally:
-            try:
-                m.stop()
-            except Exception:
-                m.kill()
+            m.close()
     finally:
         if not is_mounted(m.mountpoint):
             shutil.rmtree(top, ignore_errors=True)

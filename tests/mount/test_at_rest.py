@@ -55,10 +55,7 @@ def test_no_plaintext_in_state_dir(tmp_path: Path, debug: bool) -> None:
     try:
         _write_markers(mount)
     finally:
-        try:
-            mount.stop()
-        except Exception:
-            mount.kill()
+        mount.close()
 
 
 def _write_markers(mount: Mount) -> None:
@@ -141,10 +138,7 @@ def test_ephemeral_key(tmp_path: Path) -> None:
         (m.mountpoint / "old").write_bytes(b"rewritten")
         assert (m.mountpoint / "old").read_bytes() == b"rewritten"
     finally:
-        try:
-            m.stop()
-        except Exception:
-            m.kill()
+        m.close()
 
 
 def _chunk_path(state: Path, chunk_hex: str) -> Path:

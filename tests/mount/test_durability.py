@@ -120,10 +120,7 @@ def test_kill9_before_any_sqlite_commit_replays_the_journal(tmp_path: Path) -> N
         assert sorted(os.listdir(root)) == ["a", "link"]
         assert "replayed" in m.log_text()
     finally:
-        try:
-            m.stop()
-        except Exception:
-            m.kill()
+        m.close()
 
 
 def test_kill9_repeatedly(mount: Mount) -> None:

@@ -175,9 +175,6 @@ def test_allow_other_off_keeps_others_out(tmp_path: Path) -> None:
         assert as_user(NOBODY, ["touch", m.mountpoint / "open" / "x"]).returncode != 0
         assert os.listdir(m.mountpoint / "open") == []
     finally:
-        try:
-            m.stop()
-        except Exception:
-            m.kill()
+        m.close()
         if not is_mounted(m.mountpoint):
             shutil.rmtree(top, ignore_errors=True)

@@ -404,10 +404,7 @@ def test_chunk_sized_writes_read_back(tmp_path: Path) -> None:
             assert (m.mountpoint / name).read_bytes() == data, name
             assert None not in json.loads(os.getxattr(m.mountpoint / name, "user.dhtfs.chunks"))
     finally:
-        try:
-            m.stop()
-        except Exception:
-            m.kill()
+        m.close()
 
 
 def test_unlinked_open_file_stays_usable(small_mount: Mount) -> None:
@@ -581,10 +578,7 @@ def test_random_io_matches_local_file(tmp_path: Path, seed: int) -> None:
         m.start()
         assert remote.read_bytes() == expected
     finally:
-        try:
-            m.stop()
-        except Exception:
-            m.kill()
+        m.close()
 
 
 def test_parallel_writers_and_readers(small_mount: Mount) -> None:
