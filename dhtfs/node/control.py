@@ -9,7 +9,9 @@ carry ``"node": index``.
 Methods (args → answer):
     status     {}                    → {"node_id", "listen", "peers", "chunks"}
     put        {"data": bytes}        → {"id", "replicas", "complete", "elapsed"}
-    get        {"id": bytes}          → {"data": bytes, "elapsed"}   (error: chunk missing)
+    get        {"id": bytes}          → {"data": bytes, "elapsed", "source", "queries",
+                                        "hops", "dials"}  (see ``GetResult``; error: chunk
+                                        missing)
     providers  {"id": bytes}          → {"providers": [[node_id, host, port], ...]}
     peers      {}                    → {"peers": [[node_id, host, port, rtt|None, penalties]]}
     refresh    {}                    → {"buckets": n}   (refresh every bucket now)
@@ -81,8 +83,10 @@ class ControlServer:
         if method == "get":
             cid = _chunk_id(args)
             t0 = time.perf_counter()
-            data = await node.get_chunk(cid)
-            return {"data": data, "elapsed": time.perf_counter() - t0}
+            got = await node.get_chunk_detailed(cid)
+            return {"data": got.data, "elapsed": time.perf_counter() - t0,
+                    "source": got.source, "queries": got.queries, "hops": got.hops,
+                    "dials": got.dials}
         if method == "providers":
             provs = await node.find_providers(_chunk_id(args), stop_early=False)
             return {"providers": [[p.node_id, p.host, p.port] for p in provs]}

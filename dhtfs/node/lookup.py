@@ -13,6 +13,14 @@ Algorithm:
   EWMA, clamped) stops holding a slot and stops counting towards termination — it is treated
   as failed for now, so one silent peer costs at most its soft timeout, never the lookup's
   deadline. The call itself continues until ``hard_timeout``; a late answer is still used;
+- narrow mode (``hedge`` given; FIND_VALUE uses it): while the closest contact not yet asked
+  is closer to the target than every node that has answered, it is asked *alone*: a further
+  query starts only once every query in flight has overrun its ``hedge(contact)`` delay (then
+  at most ``alpha`` in flight, as above). A value lives on the nodes closest to its key, so
+  the closest contact known is a holder whenever any known contact is: the other alpha - 1
+  queries of a wide round could only cost RPCs there, never save a round trip. Once the
+  lookup has converged (a node that answered is at least as close as every contact left to
+  ask) it goes alpha-wide;
 - termination: the k closest contacts seen (excluding failed and slow ones) have all answered,
   or ``stop(contact, answer)`` says so after an answer carrying something (FIND_PROVIDERS
   stops early, see ``Node.find_providers``), or no candidates remain. Outstanding calls are
@@ -64,7 +72,7 @@ class LookupResult:
 
 
 class _Entry:
-    __slots__ = ("contact", "dist", "hop", "soft_deadline", "state")
+    __slots__ = ("contact", "dist", "hedge_deadline", "hop", "soft_deadline", "state")
 
     def __init__(self, contact: Contact, dist: int, hop: int) -> None:
         self.contact = contact
@@ -72,6 +80,7 @@ class _Entry:
         self.hop = hop
         self.state = NEW
         self.soft_deadline = math.inf
+        self.hedge_deadline = -math.inf
 
 
 Query = Callable[[Contact, float], Awaitable[Answer]]
@@ -90,6 +99,7 @@ async def iterative_lookup(
     stop: Callable[[Contact, Answer], bool] | None = None,
     settle: int = 0,
     on_settled: Callable[[list[Contact]], None] | None = None,
+    hedge: Callable[[Contact], float] | None = None,
 ) -> LookupResult:
     """Run one iterative lookup for ``target``; see the module docstring.
 
@@ -99,6 +109,9 @@ async def iterative_lookup(
     closer one. The lookup goes on to its k closest meanwhile. If the lookup ends first (fewer
     nodes than ``settle``), it is called at the end with the closest found.
 
+    ``hedge(contact)``: narrow mode (see the module docstring), the delay after which a query
+    to ``contact`` no longer holds back the next one.
+
     ``query`` must raise ``NetworkError`` on failure and must honour its timeout argument.
     Contacts with ``own_id`` are never queried nor returned.
     """
@@ -106,6 +119,7 @@ async def iterative_lookup(
     entries: dict[bytes, _Entry] = {}
     order: list[_Entry] = []          # kept sorted by distance; grows as contacts are learned
     result = LookupResult(closest=[])
+    best_done = math.inf              # distance of the closest node that answered
     found_hop: int | None = None
     stopped = False
 
@@ -148,13 +162,22 @@ async def iterative_lookup(
                 if len(head) == settle and all(e.state == DONE for e in head):
                     on_settled([e.contact for e in head])
                     on_settled = None
+            next_hedge = math.inf
             if not stopped:
+                now = trio.current_time()
                 for e in window:
                     if len(active) >= alpha or outstanding >= max_outstanding:
                         break
                     if e.state == NEW:
+                        if hedge is not None and e.dist < best_done:
+                            # narrow: wait while a query in flight is within its hedge delay
+                            fresh = [a.hedge_deadline for a in active if a.hedge_deadline > now]
+                            if fresh:
+                                next_hedge = min(fresh)
+                                break
+                            e.hedge_deadline = now + hedge(e.contact)
                         e.state = ACTIVE
-                        e.soft_deadline = trio.current_time() + soft_timeout(e.contact)
+                        e.soft_deadline = now + soft_timeout(e.contact)
                         active.add(e)
                         outstanding += 1
                         result.queries += 1
@@ -163,9 +186,9 @@ async def iterative_lookup(
                 break
             if not active and outstanding == 0:
                 break       # nothing in flight and nothing left to ask
-            next_soft = min((e.soft_deadline for e in active), default=math.inf)
+            wake = min(next_hedge, min((e.soft_deadline for e in active), default=math.inf))
             got = None
-            with trio.move_on_at(next_soft):
+            with trio.move_on_at(wake):
                 got = await recv.receive()
             if got is None:
                 now = trio.current_time()
@@ -183,6 +206,7 @@ async def iterative_lookup(
                     result.failures += 1
                 else:
                     e.state = DONE
+                    best_done = min(best_done, e.dist)
                     added = False
                     for c in ans.contacts:
                         added |= learn(c, e.hop + 1)

@@ -16,7 +16,9 @@ the simulator) and a chunk store (``has/get/put_verified/remove/ids``). Messages
   closest (see ``rpc`` on replica hints). Success, see ``PutResult``;
 - ``get_chunk``: local store, else FIND_PROVIDERS asking for the bytes inline (``find_value``:
   Kademlia's FIND_VALUE for chunks up to ``inline_max``, so a small chunk comes back from the
-  first holder the lookup reaches), else the providers it named, ranked by RTT EWMA, a hedged
+  first holder the lookup reaches; the lookup runs narrow, one query at a time, hedged after
+  ``lookup_hedge``, while it closes in: the closest contact known is a holder whenever any
+  known contact is), else the providers it named, ranked by RTT EWMA, a hedged
   second request when the first is slower than expected, fallback on failure. SHA-256
   verification of every answer, inline or not (a peer serving bad bytes is penalized, i.e.
   ranked last from then on). A fetched chunk is cached here (while ``run_maintenance`` runs:
@@ -103,6 +105,20 @@ class PutResult:
 
 
 @dataclass(slots=True)
+class GetResult:
+    """What ``get_chunk_detailed`` did: the verified bytes, where they came from (``local``,
+    ``inline``: a FIND_VALUE answer, ``fetched``: GET_CHUNK from a provider), the lookup RPCs
+    sent (``queries``), sequential RPCs (``hops``, see ``dhtfs.node.lookup``; a fetch adds one)
+    and new connections the network dialed meanwhile (``dials``, when it counts them)."""
+
+    data: bytes
+    source: str
+    queries: int = 0
+    hops: int = 0
+    dials: int = 0
+
+
+@dataclass(slots=True)
 class ValueResult:
     """What ``find_value`` found: the verified bytes (a holder answered with them), else the
     providers named; and the lookup itself (queries, failures, hops)."""
@@ -132,6 +148,7 @@ class Node:
         soft_timeout_floor: float = 0.2,
         soft_timeout_ceiling: float = 2.0,
         soft_timeout_unknown: float = 1.0,
+        hedge_floor: float = 0.005,
         offload_threshold: int | None = 256 * 1024,
         cache_fetched: bool = True,
         inline_max: int = rpc.MAX_INLINE_BYTES,
@@ -156,6 +173,7 @@ class Node:
         self.soft_timeout_floor = soft_timeout_floor
         self.soft_timeout_ceiling = soft_timeout_ceiling
         self.soft_timeout_unknown = soft_timeout_unknown
+        self.hedge_floor = hedge_floor
         self.offload_threshold = offload_threshold
         self.cache_fetched = cache_fetched
         self.inline_max = min(inline_max, rpc.MAX_INLINE_BYTES)
@@ -287,6 +305,16 @@ class Node:
         if rtt is None:
             return self.soft_timeout_unknown
         return min(self.soft_timeout_ceiling, max(self.soft_timeout_floor, 4 * rtt))
+
+    def lookup_hedge(self, peer: Contact) -> float:
+        """How long a value lookup's query to ``peer`` runs alone before the next one joins
+        it (``iterative_lookup``'s narrow mode): 2 x RTT EWMA + ``hedge_floor``, at most the
+        soft timeout; a quarter of the soft timeout when its RTT is unknown."""
+        rtt = self.routing.rtt(peer.node_id)
+        soft = self.soft_timeout(peer)
+        if rtt is None:
+            return soft / 4
+        return min(soft, 2 * rtt + self.hedge_floor)
 
     def transfer_timeout(self, nbytes: int) -> float:
         """Deadline for moving ``nbytes`` in one RPC: ``rpc_timeout`` plus the time at
@@ -452,6 +480,7 @@ class Node:
         stop: Callable[[Contact, Answer], bool] | None,
         settle: int = 0,
         on_settled: Callable[[list[Contact]], None] | None = None,
+        hedge: Callable[[Contact], float] | None = None,
     ) -> LookupResult:
         result = await iterative_lookup(
             target,
@@ -465,6 +494,7 @@ class Node:
             stop=stop,
             settle=settle,
             on_settled=on_settled,
+            hedge=hedge,
         )
         for c in result.abandoned:
             self._failed(c)
@@ -512,7 +542,7 @@ class Node:
         def stop(answerer: Contact, answer: Answer) -> bool:
             return bool(got) or (enough is not None and enough(answerer, answer))
 
-        result = await self._run_lookup(key, query, stop)
+        result = await self._run_lookup(key, query, stop, hedge=self.lookup_hedge)
         if got:
             return ValueResult(got[0], [], result)
         provs = _dedupe([*self.local_providers(key), *(c for f in result.found for c in f)])
@@ -708,27 +738,39 @@ class Node:
     async def get_chunk(self, chunk_id: bytes) -> bytes:
         """The chunk's bytes, verified; from here, else from the fastest provider that has it.
         Raises ``ChunkMissing`` when no provider can serve it."""
+        return (await self.get_chunk_detailed(chunk_id)).data
+
+    async def get_chunk_detailed(self, chunk_id: bytes) -> GetResult:
+        """``get_chunk``, saying how the bytes were found (``GetResult``)."""
         local = await self._local_get(chunk_id)
         if local is not None:
-            return local
+            return GetResult(local, "local")
+        dials0 = getattr(self.network, "dials", 0)
         tried: set[bytes] = {self.id}
         notes = []
+        queries = hops = 0
         for stop_early in (True, False):
             found = await self.find_value(chunk_id, stop_early=stop_early)
+            lk = found.lookup
+            queries += lk.queries
+            hops += lk.hops
             data = found.data
+            source = "inline"
             if data is None:
                 provs = [p for p in found.providers if p.node_id not in tried]
-                lk = found.lookup
                 notes.append(f"lookup asked {lk.queries} ({lk.failures} failed, {lk.slow} "
                              f"slow), {len(found.providers)} providers, {len(provs)} new")
                 if not provs:
                     continue
                 tried.update(p.node_id for p in provs)
                 data = await self._fetch(chunk_id, self.routing.rank_providers(provs))
+                source = "fetched"
+                hops += 1
             if data is not None:
                 if self.cache_fetched:
                     await self._cache_later(chunk_id, data)
-                return data
+                return GetResult(data, source, queries, hops,
+                                 getattr(self.network, "dials", 0) - dials0)
         log.warning("chunk %s: no provider could serve it (%s)", chunk_id.hex()[:16],
                     "; ".join(notes))
         raise ChunkMissing(chunk_id, "no reachable provider has it")

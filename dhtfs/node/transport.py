@@ -328,6 +328,7 @@ class Transport:
         self._nursery: trio.Nursery | None = None
         self._local: Contact | None = None
         self.refusals = 0
+        self.dials = 0          # outbound connections attempted (each a TLS handshake)
         self.aborted = 0
         self.protocol_errors = 0
 
@@ -494,6 +495,7 @@ class Transport:
             await conn.run()
 
     async def _open(self, node_id: bytes | None, host: str, port: int) -> _Connection:
+        self.dials += 1
         tcp = await self._connect_tcp(host, port)
         tls: TLSStream | None = None
         try:

@@ -213,6 +213,8 @@ class Phase:
     puts_node: list[tuple[bool, float]] = field(default_factory=list)
     gets_node: list[tuple[bool, float]] = field(default_factory=list)
     errors: dict[str, int] = field(default_factory=dict)
+    # per get: where the bytes came from, lookup RPCs, sequential RPCs, connections dialed
+    how: list[tuple[str, int, int, int]] = field(default_factory=list)
 
 
 async def run_jobs(phase: Phase, jobs: list[int], op: str) -> None:
@@ -244,6 +246,7 @@ async def run_jobs(phase: Phase, jobs: list[int], op: str) -> None:
                     ans = await clients[path].call(
                         "get", {"id": phase.ids[j], "node": idx}, timeout=60)
                     good = ans["data"] == phase.blobs[j]
+                    phase.how.append((ans["source"], ans["queries"], ans["hops"], ans["dials"]))
                 inside = ans["elapsed"]
             except Exception as exc:
                 good = False
@@ -290,6 +293,14 @@ async def drive(procs: list[tuple[subprocess.Popen, Path, int]], n: int, ops: in
         summarize(f"dhtfs_n{n}_get_{label}", phase.gets)
         summarize(f"dhtfs_n{n}_put_{label}_node", phase.puts_node, success=False)
         summarize(f"dhtfs_n{n}_get_{label}_node", phase.gets_node, success=False)
+        how = phase.how
+        if how:
+            sources = {s: sum(1 for h in how if h[0] == s) / len(how)
+                       for s in ("local", "inline", "fetched")}
+            print(f"# n={n} get {label}: " + ", ".join(f"{k} {v:.2f}" for k, v in sources.items())
+                  + f"; per get: {statistics.mean(h[1] for h in how):.2f} lookup RPCs, "
+                  f"{statistics.mean(h[2] for h in how):.2f} hops, "
+                  f"{statistics.mean(h[3] for h in how):.2f} new connections", flush=True)
         for what, count in sorted(phase.errors.items()):
             print(f"# n={n} {label} {count} x {what}", file=sys.stderr)
 

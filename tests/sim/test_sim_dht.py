@@ -179,6 +179,47 @@ async def test_small_chunk_get_is_one_lookup_without_get_chunk(
     assert sent.count(rpc.FIND_PROVIDERS) < full.queries
 
 
+async def test_value_lookup_asks_only_the_closest_known_holder(
+    autojump_clock: MockClock, make_swarm: MakeSwarm
+) -> None:
+    """Narrow mode: a reader that knows a holder of a small chunk asks it alone (the closest
+    contact it knows is then a holder) and gets the bytes from that one RPC."""
+    sw = make_swarm()
+    await sw.grow(40)
+    origin = sw.random_alive()[0]
+    res = await origin.put_chunk_detailed(blob(12))
+    holders = set(ids_of(sw.true_closest(res.chunk_id, origin.replication)))
+    readers = [n for n in sw.nodes.values()
+               if n.id not in holders and n.id != origin.id
+               and any(h in n.routing for h in holders)]
+    assert readers
+    for reader in readers[:10]:
+        got = await reader.get_chunk_detailed(res.chunk_id)
+        assert got.data == blob(12)
+        assert (got.source, got.queries, got.hops) == ("inline", 1, 1)
+
+
+async def test_value_lookup_hedges_past_a_silent_holder(
+    autojump_clock: MockClock, make_swarm: MakeSwarm, world: SimWorld
+) -> None:
+    """Narrow mode never waits on one silent peer for long: once the query to the closest
+    holder overruns its hedge delay, the next candidates are asked."""
+    sw = make_swarm(cache_fetched=False, rpc_timeout=30.0)
+    await sw.grow(40)
+    origin = sw.random_alive()[0]
+    res = await origin.put_chunk_detailed(blob(13))
+    holders = ids_of(sw.true_closest(res.chunk_id, origin.replication))
+    reader = next(n for n in sw.nodes.values()
+                  if n.id not in holders and n.id != origin.id and holders[0] in n.routing
+                  and n.routing.closest(res.chunk_id, 1)[0].node_id == holders[0])
+    world.extra_delay[holders[0]] = 25.0
+    t0 = trio.current_time()
+    got = await reader.get_chunk_detailed(res.chunk_id)
+    assert got.data == blob(13)
+    assert got.queries >= 2
+    assert trio.current_time() - t0 < reader.soft_timeout_ceiling
+
+
 async def test_put_returns_once_the_settled_closest_hold_the_chunk(
     autojump_clock: MockClock, make_swarm: MakeSwarm
 ) -> None:
