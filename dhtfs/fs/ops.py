@@ -24,12 +24,13 @@ Primitive changes (dicts, key ``c`` names the kind)::
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import msgpack
+
+from dhtfs.randbytes import random_bytes
 
 OP_FORMAT = 1
 OBJ_ID_BYTES = 16
@@ -54,7 +55,7 @@ class Op:
 
 def new_id() -> bytes:
     """A fresh global object or link ID."""
-    return os.urandom(OBJ_ID_BYTES)
+    return random_bytes(OBJ_ID_BYTES)
 
 
 def encode_op(op: Op) -> bytes:

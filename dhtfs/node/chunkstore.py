@@ -5,7 +5,10 @@ Each file is ``VERSION(1) ‖ nonce(12) ‖ AES-256-GCM(ciphertext ‖ tag)`` wi
 associated data, so a file renamed to another ID, or sealed under another key, fails to open.
 
 Invariants:
-- a chunk file is complete or absent: written to a unique temp name, then renamed;
+- a chunk file is created exclusively (``O_EXCL``) under its final name and filled by one
+  write, or, replacing a torn one, written to a unique temp name and renamed over it. A file
+  shorter than its sealed size (``sealed_size``) is a write a crash cut short: ``put`` of that
+  ID replaces it, and a reader gets ChunkCorrupt, never wrong bytes (the GCM tag);
 - plaintext never touches the disk; only sealed bytes are written;
 - equal content is stored once (``put`` of a present ID is a no-op);
 - ``put`` does not fsync; ``sync(ids)`` makes the named chunks durable against power loss
@@ -30,6 +33,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from dhtfs.errors import ChunkCorrupt, ChunkMissing
 from dhtfs.node.durable import fsync_dir, fsync_file
 from dhtfs.node.masterkey import MasterKey
+from dhtfs.randbytes import random_bytes
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +44,11 @@ HEADER_BYTES = 1 + NONCE_BYTES
 ID_BYTES = 32
 
 
+def sealed_size(plaintext_size: int) -> int:
+    """Bytes on disk of a chunk of ``plaintext_size`` bytes."""
+    return HEADER_BYTES + plaintext_size + TAG_BYTES
+
+
 def chunk_id_of(plaintext: bytes | memoryview) -> bytes:
     """The chunk ID: SHA-256 of the plaintext."""
     return hashlib.sha256(plaintext).digest()
@@ -47,7 +56,7 @@ def chunk_id_of(plaintext: bytes | memoryview) -> bytes:
 
 def seal(aead: AESGCM, chunk_id: bytes, plaintext: bytes | memoryview) -> bytes:
     """Encrypt ``plaintext`` into the on-disk format, bound to ``chunk_id``."""
-    nonce = os.urandom(NONCE_BYTES)
+    nonce = random_bytes(NONCE_BYTES)
     return bytes((FORMAT_VERSION,)) + nonce + aead.encrypt(nonce, bytes(plaintext), chunk_id)
 
 
@@ -59,6 +68,12 @@ def unseal(aead: AESGCM, chunk_id: bytes, blob: bytes) -> bytes:
         return aead.decrypt(blob[1:HEADER_BYTES], blob[HEADER_BYTES:], chunk_id)
     except InvalidTag:
         raise ChunkCorrupt(chunk_id, "authentication tag does not verify") from None
+
+
+def _write_all(fd: int, data: bytes | bytearray) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 class ChunkStore:
@@ -92,25 +107,45 @@ class ChunkStore:
         return self.path_of(chunk_id).exists()
 
     def put(self, chunk_id: bytes, plaintext: bytes | memoryview) -> bool:
-        """Store ``plaintext`` under ``chunk_id``; True if it was new. Caller vouches for the ID."""
+        """Store ``plaintext`` under ``chunk_id``; True if it was new. Caller vouches for the ID.
+
+        Three system calls for a new chunk (open with O_EXCL, write, close); an existing
+        complete file ends the call at the open (dedup). A torn file is replaced atomically.
+        """
         if len(chunk_id) != ID_BYTES:
             raise ValueError(f"chunk id must be {ID_BYTES} bytes, got {len(chunk_id)}")
         h = chunk_id.hex()
         directory = f"{self._root_str}/{h[:2]}"
         path = f"{directory}/{h[2:]}"
-        if os.path.exists(path):
-            return False
-        # Seal straight into one buffer: version ‖ nonce ‖ ciphertext ‖ tag, no concatenation.
-        blob = bytearray(HEADER_BYTES + len(plaintext) + TAG_BYTES)
-        blob[0] = FORMAT_VERSION
-        nonce = os.urandom(NONCE_BYTES)
-        blob[1:HEADER_BYTES] = nonce
-        self._aead.encrypt_into(nonce, plaintext, chunk_id, memoryview(blob)[HEADER_BYTES:])
         if directory not in self._dirs:
             os.makedirs(directory, mode=0o700, exist_ok=True)
             self._dirs.add(directory)
-        self._write_atomically(path, blob)
+        size = sealed_size(len(plaintext))
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            if os.stat(path).st_size == size:
+                return False
+            log.warning("replacing torn chunk file %s", path)
+            self._write_atomically(path, self._seal(chunk_id, plaintext, size))
+            return True
+        try:
+            _write_all(fd, self._seal(chunk_id, plaintext, size))
+        except BaseException:
+            os.close(fd)
+            os.unlink(path)
+            raise
+        os.close(fd)
         return True
+
+    def _seal(self, chunk_id: bytes, plaintext: bytes | memoryview, size: int) -> bytearray:
+        """version ‖ nonce ‖ ciphertext ‖ tag, sealed straight into one buffer."""
+        blob = bytearray(size)
+        blob[0] = FORMAT_VERSION
+        nonce = random_bytes(NONCE_BYTES)
+        blob[1:HEADER_BYTES] = nonce
+        self._aead.encrypt_into(nonce, plaintext, chunk_id, memoryview(blob)[HEADER_BYTES:])
+        return blob
 
     def put_verified(self, chunk_id: bytes, plaintext: bytes | memoryview) -> bool:
         """Like ``put``, but first checks that ``chunk_id`` is the SHA-256 of ``plaintext``."""
@@ -173,9 +208,7 @@ class ChunkStore:
         tmp = f"{path}.{os.getpid()}.{seq}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            view = memoryview(blob)
-            while view:
-                view = view[os.write(fd, view) :]
+            _write_all(fd, blob)
         finally:
             os.close(fd)
         os.replace(tmp, path)

@@ -111,3 +111,23 @@ def test_ephemeral_key_is_never_written_and_discards_old_chunks(tmp_path: Path) 
     store.put(chunk_id_of(b"old"), b"old")
     again = ChunkStore(tmp_path / "chunks", load_master_key("ephemeral", tmp_path))
     assert list(again.ids()) == []
+
+
+def test_torn_chunk_file_is_replaced_by_the_next_put(tmp_path: Path) -> None:
+    """A write cut short by a crash leaves a short file under the final name: a reader gets
+    ChunkCorrupt, and putting the same chunk again replaces it whole (no dedup against it)."""
+    store = store_in(tmp_path)
+    data = os.urandom(10_000)
+    cid = chunk_id_of(data)
+    assert store.put(cid, data) is True
+    path = store.path_of(cid)
+    with open(path, "r+b") as fh:
+        fh.truncate(4096)
+    with pytest.raises(ChunkCorrupt):
+        store.get(cid)
+    assert store.put(cid, data) is True
+    assert store.get(cid) == data
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.name]  # no temp file left
+    inode = path.stat().st_ino
+    assert store.put(cid, data) is False  # a complete file: deduplicated, left alone
+    assert path.stat().st_ino == inode
