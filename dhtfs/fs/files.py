@@ -304,7 +304,8 @@ class FileContents:
                     self._seal_inline(of, index, buf)
                 elif buf is not None:
                     await self._seal_soon(of, index)
-            await of.idle.wait()
+            if of.pending:  # inline seals leave nothing to wait for (and no checkpoint)
+                await of.idle.wait()
         if of.error is not None:
             raise self._take_error(of)
         if of.dirty:

@@ -12,8 +12,11 @@ Tables (one SQLite file, WAL mode):
 - ``oplog``: every op ever applied, ordered by ``(ts, node)``, with its undo record.
 - ``meta``: this node's ID and other scalars.
 
-Transactions (group commit): ``apply`` runs each op inside a savepoint of one open SQLite
-transaction, so a failing op leaves no trace and ops applied before it stay. Two ways to make
+Transactions (group commit): ``apply`` runs each op in one open SQLite transaction. An op
+that fails rolls the transaction back, and the ops applied in it before are applied again
+(apply is deterministic), so a failing op leaves no trace and the ops before it stay; cheaper
+than a savepoint per op, and failures are rare. The ``oplog`` rows of a transaction are
+inserted in one batch when it commits, or before anything reads ``oplog``. Two ways to make
 applied ops survive a crash of this process:
 
 - ``persist()``: append them to the op journal (``journal.py``), one small write; what the
@@ -52,6 +55,7 @@ from typing import Any
 import msgpack
 
 from dhtfs.fs.journal import OpJournal
+from dhtfs.fs.objectrows import ObjectRows
 from dhtfs.fs.ops import ROOT_OBJ, Change, Op, decode_op, encode_op
 
 SCHEMA = """
@@ -84,7 +88,8 @@ CREATE TABLE IF NOT EXISTS links (
 );
 CREATE UNIQUE INDEX IF NOT EXISTS links_by_name ON links(parent, name);
 CREATE INDEX IF NOT EXISTS links_by_parent ON links(parent, id);
-CREATE INDEX IF NOT EXISTS links_by_kind ON links(parent, kind);
+DROP INDEX IF EXISTS links_by_kind;
+CREATE INDEX IF NOT EXISTS links_subdirs ON links(parent) WHERE kind=16384;
 CREATE INDEX IF NOT EXISTS links_by_obj ON links(obj);
 CREATE TABLE IF NOT EXISTS xattrs (
     obj BLOB NOT NULL,
@@ -119,9 +124,18 @@ OBJECT_COLUMNS = (
     "content_ts",
     "content_node",
 )
+# Columns an insert may leave out (the schema's defaults), to build a cached row from an insert.
+OBJECT_DEFAULTS: dict[str, Any] = {
+    "rdev": 0,
+    "target": None,
+    "size": 0,
+    "chunk_size": 0,
+    "chunks": b"",
+    "content_ts": 0,
+    "content_node": b"",
+}
 LINK_COLUMNS = ("id", "link", "parent", "name", "obj", "kind", "lts", "lnode")
 CHUNK_ID_BYTES = 32
-ROW_CACHE_ENTRIES = 65536
 HOLE = bytes(CHUNK_ID_BYTES)
 
 
@@ -151,6 +165,10 @@ class ObjectRow:
     @property
     def is_dir(self) -> bool:
         return self.kind == stat.S_IFDIR
+
+    def updated(self, fields: dict[str, Any]) -> ObjectRow:
+        """This row with ``fields`` (column → value) changed."""
+        return ObjectRow(*[fields[c] if c in fields else getattr(self, c) for c in OBJECT_COLUMNS])
 
     def chunk_list(self) -> list[bytes | None]:
         """Chunk IDs in order; None for a hole."""
@@ -183,14 +201,12 @@ def connect(path: Path | str) -> sqlite3.Connection:
 class _Tx:
     """Mutations of one op, each preceded by a before-image for undo.
 
-    Every write to ``objects`` goes through here or ``_restore`` and drops the row from the
-    namespace's row cache (``rows``); every move or removal of a link empties its set of
+    Every write to ``objects`` goes through here (into the write-back buffer ``rows``) or
+    through ``_restore`` (after a flush); every move or removal of a link empties its set of
     directories known to be live (``live_dirs``; adding a link never kills a directory).
     """
 
-    def __init__(
-        self, db: sqlite3.Connection, rows: dict[bytes, ObjectRow], live_dirs: set[bytes]
-    ) -> None:
+    def __init__(self, db: sqlite3.Connection, rows: ObjectRows, live_dirs: set[bytes]) -> None:
         self.db = db
         self.rows = rows
         self.live_dirs = live_dirs
@@ -202,11 +218,8 @@ class _Tx:
             return
         self._seen.add((table, key))
         if table == "objects":
-            cached = self.rows.get(key[0])
-            if cached is not None:
-                self.undo.append([table, list(key), [getattr(cached, c) for c in OBJECT_COLUMNS]])
-                return
-            row = self.db.execute("SELECT * FROM objects WHERE obj=?", key).fetchone()
+            found = self.rows.get(key[0])
+            row = None if found is None else [getattr(found, c) for c in OBJECT_COLUMNS]
         elif table == "links":
             row = self.db.execute("SELECT * FROM links WHERE link=?", key).fetchone()
         else:
@@ -220,29 +233,20 @@ class _Tx:
             self.undo.append([table, list(key), None])
 
     def insert_object(self, values: dict[str, Any]) -> None:
-        cols = ",".join(values)
-        marks = ",".join("?" * len(values))
+        """Create (or wholly replace) a row; columns left out take the schema's defaults."""
         key = (values["obj"],)
-        self.rows.pop(values["obj"], None)
-        if (("objects", key)) not in self._seen:
-            try:  # a fresh ID (the common case) needs no before-image
-                self.db.execute(
-                    f"INSERT INTO objects({cols}) VALUES ({marks})", tuple(values.values())
-                )
-                self._record_new("objects", key)
-                return
-            except sqlite3.IntegrityError:
-                pass
-        self._capture("objects", key)
-        self.db.execute(
-            f"INSERT OR REPLACE INTO objects({cols}) VALUES ({marks})", tuple(values.values())
-        )
+        if ("objects", key) not in self._seen and not self.rows.exists(key[0]):
+            self._record_new("objects", key)  # a fresh ID (the common case): no before-image
+        else:
+            self._capture("objects", key)
+        self.rows.put(ObjectRow(**{**OBJECT_DEFAULTS, **values}))
 
     def update_object(self, obj: bytes, fields: dict[str, Any]) -> None:
+        """Change ``fields`` of the existing row of ``obj``."""
         self._capture("objects", (obj,))
-        self.rows.pop(obj, None)
-        sets = ",".join(f"{k}=?" for k in fields)
-        self.db.execute(f"UPDATE objects SET {sets} WHERE obj=?", (*fields.values(), obj))
+        current = self.rows.get(obj)
+        assert current is not None, "update_object of a missing object"
+        self.rows.put(current.updated(fields))
 
     def put_link(
         self, link: bytes, parent: bytes, name: bytes, obj: bytes, kind: int, op: Op
@@ -296,15 +300,14 @@ class _Tx:
 
 
 def _restore(
-    db: sqlite3.Connection,
-    rows: dict[bytes, ObjectRow],
-    live_dirs: set[bytes],
-    undo: list[list[Any]],
+    db: sqlite3.Connection, rows: ObjectRows, live_dirs: set[bytes], undo: list[list[Any]]
 ) -> None:
+    """Put back the before-images of one op (written straight to the tables)."""
     live_dirs.clear()
+    rows.flush()
     for table, key, row in reversed(undo):
         if table == "objects":
-            rows.pop(key[0], None)
+            rows.forget(key[0])
             db.execute("DELETE FROM objects WHERE obj=?", key)
         elif table == "links":
             db.execute("DELETE FROM links WHERE link=?", key)
@@ -319,18 +322,21 @@ class Namespace:
 
     def __init__(self, db: sqlite3.Connection) -> None:
         self.db = db
-        # Cache of object rows (the hottest query); every write to ``objects`` drops its entry.
-        self._rows: dict[bytes, ObjectRow] = {}
+        # Object rows (the hottest query), cached, and written back at commit.
+        self._rows = ObjectRows(db, ObjectRow, OBJECT_COLUMNS)
         self._live_dirs: set[bytes] = set()  # directories known to be reachable (see _Tx)
         # Objects that have (or had, this session) an xattr: the others need no query, which
         # matters because the kernel asks for security.capability before every write.
         self._xattr_objs: set[bytes] = {r[0] for r in db.execute("SELECT DISTINCT obj FROM xattrs")}
         self.on_begin: Callable[[], None] | None = None  # told when a transaction opens
         self.journal: OpJournal | None = None  # see persist()
+        self._tx_ops: list[Op] = []  # ops applied in the open transaction, in order
+        self._oplog_rows: list[tuple[int, bytes, bytes, bytes]] = []  # their unwritten rows
         self._ensure_root()
         newest = db.execute("SELECT ts, node FROM oplog ORDER BY ts DESC, node DESC LIMIT 1")
         row = newest.fetchone()
         self._newest: tuple[int, bytes] = (row[0], row[1]) if row else (0, b"")
+        self._tx_newest = self._newest  # _newest when the open transaction began
 
     # -- transactions --------------------------------------------------------------------------
 
@@ -342,7 +348,9 @@ class Namespace:
     def commit(self) -> None:
         """End the open transaction: applied ops now survive a crash of this process."""
         if self.db.in_transaction:
+            self.write_back()
             self.db.execute("COMMIT")
+        self._tx_ops = []
         if self.journal is not None:
             self.journal.reset()
 
@@ -365,35 +373,61 @@ class Namespace:
     def _begin(self) -> None:
         if not self.db.in_transaction:
             self.db.execute("BEGIN IMMEDIATE")
+            self._tx_ops = []
+            self._tx_newest = self._newest
             if self.on_begin is not None:
                 self.on_begin()
+
+    def write_back(self) -> None:
+        """Write buffered ``objects`` and ``oplog`` rows to the tables (in the open
+        transaction; no commit). For whatever reads those tables with SQL."""
+        self._rows.flush()
+        self._write_oplog()
+
+    def _write_oplog(self) -> None:
+        """Insert the open transaction's pending ``oplog`` rows (one batch)."""
+        if self._oplog_rows:
+            self.db.executemany(
+                "INSERT INTO oplog(ts, node, body, undo) VALUES (?,?,?,?)", self._oplog_rows
+            )
+            self._oplog_rows.clear()
+
+    def _redo_transaction(self) -> None:
+        """After a failed op: roll the transaction back and apply its earlier ops again."""
+        self._rows.discard()
+        self._live_dirs.clear()
+        self._oplog_rows.clear()
+        ops, self._newest = self._tx_ops, self._tx_newest
+        self._tx_ops = []
+        if self.db.in_transaction:
+            self.db.execute("ROLLBACK")
+        for op in ops:
+            self._begin()
+            self._apply_in_order(op, encode_op(op))
+            self._newest = max(self._newest, op.op_id)
+            self._tx_ops.append(op)
 
     # -- apply ---------------------------------------------------------------------------------
 
     def apply(self, op: Op) -> bool:
         """Apply ``op`` in its place in the total order; False if it was already applied.
 
-        The op joins the open transaction (see the module docstring) inside a savepoint: if
-        it fails, its partial changes are rolled back and the exception propagates.
+        The op joins the open transaction (see the module docstring). If it fails, it leaves
+        no trace (the transaction is redone without it) and the exception propagates.
         """
-        db = self.db
         self._begin()
-        db.execute("SAVEPOINT op")
         try:
             body = encode_op(op)
             applied = self._apply_in_order(op, body)
-            db.execute("RELEASE op")
         except BaseException:
-            self._rows.clear()  # rows read inside the failed op may be rolled back
-            self._live_dirs.clear()
-            if db.in_transaction:
-                db.execute("ROLLBACK TO op")
-                db.execute("RELEASE op")
+            self._redo_transaction()
             raise
         if op.op_id > self._newest:
             self._newest = op.op_id
-        if applied and self.journal is not None:
-            self.journal.add(body)
+        if applied:
+            self._tx_ops.append(op)
+            if self.journal is not None:
+                self.journal.add(body)
         return applied
 
     def _apply_in_order(self, op: Op, body: bytes) -> bool:
@@ -402,6 +436,7 @@ class Namespace:
             # The common case (every local op): nothing to deduplicate, undo or redo.
             self._apply_one(op, body)
             return True
+        self.write_back()
         if db.execute("SELECT 1 FROM oplog WHERE ts=? AND node=?", (op.ts, op.node)).fetchone():
             return False
         # A range scan on the primary key; ops at the same ts but a lower node drop out.
@@ -426,10 +461,7 @@ class Namespace:
         tx = _Tx(self.db, self._rows, self._live_dirs)
         for change in op.changes:
             _CHANGE_APPLIERS[change["c"]](self, tx, op, change)
-        self.db.execute(
-            "INSERT INTO oplog(ts, node, body, undo) VALUES (?,?,?,?)",
-            (op.ts, op.node, body, msgpack.packb(tx.undo, use_bin_type=True)),
-        )
+        self._oplog_rows.append((op.ts, op.node, body, msgpack.packb(tx.undo, use_bin_type=True)))
 
     def _mkobj(self, tx: _Tx, op: Op, c: Change) -> None:
         t = c["time"]
@@ -556,16 +588,11 @@ class Namespace:
     # -- queries -------------------------------------------------------------------------------
 
     def get_object(self, obj: bytes) -> ObjectRow | None:
-        row = self._rows.get(obj)
-        if row is None:
-            found = self.db.execute("SELECT * FROM objects WHERE obj=?", (obj,)).fetchone()
-            if found is None:
-                return None
-            row = ObjectRow(*found)
-            if len(self._rows) >= ROW_CACHE_ENTRIES:
-                self._rows.clear()
-            self._rows[obj] = row
-        return row
+        return self._rows.get(obj)
+
+    def object_count(self) -> int:
+        self._rows.flush()
+        return self.db.execute("SELECT count(*) FROM objects").fetchone()[0]
 
     def lookup(self, parent: bytes, name: bytes) -> tuple[bytes, bytes] | None:
         """``(link, obj)`` of ``name`` in directory ``parent``."""
@@ -586,6 +613,7 @@ class Namespace:
     ) -> list[tuple[int, bytes, ObjectRow]]:
         """Like ``children`` but with each entry's object row, in one query."""
         cols = ",".join(f"o.{c}" for c in OBJECT_COLUMNS)
+        self._rows.flush()
         rows = self.db.execute(
             f"SELECT l.id, l.name, {cols} FROM links l JOIN objects o ON o.obj=l.obj "
             "WHERE l.parent=? AND l.id>? ORDER BY l.id LIMIT ?",
@@ -601,8 +629,9 @@ class Namespace:
         return self.db.execute("SELECT count(*) FROM links WHERE obj=?", (obj,)).fetchone()[0]
 
     def subdir_count(self, obj: bytes) -> int:
+        # The literal kind lets SQLite use the partial index links_subdirs.
         return self.db.execute(
-            "SELECT count(*) FROM links WHERE parent=? AND kind=?", (obj, stat.S_IFDIR)
+            f"SELECT count(*) FROM links WHERE parent=? AND kind={stat.S_IFDIR}", (obj,)
         ).fetchone()[0]
 
     def has_xattrs(self, obj: bytes) -> bool:
@@ -624,10 +653,12 @@ class Namespace:
         return [r[0] for r in self.db.execute("SELECT name FROM xattrs WHERE obj=?", (obj,))]
 
     def last_ts(self) -> int:
+        self._write_oplog()
         return self.db.execute("SELECT coalesce(max(ts), 0) FROM oplog").fetchone()[0]
 
     def linked_chunk_blobs(self) -> Iterator[bytes]:
         """The chunk lists of every object that still has a name."""
+        self._rows.flush()
         for (chunks,) in self.db.execute(
             "SELECT chunks FROM objects WHERE length(chunks)>0 AND obj IN (SELECT obj FROM links)"
         ):

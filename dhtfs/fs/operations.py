@@ -170,13 +170,13 @@ class Operations(pyfuse3.Operations):
         a.st_ctime_ns = row.ctime
         a.st_blksize = BLKSIZE
         of = self.contents.open_files.get(row.obj)
-        if row.is_dir:
-            a.st_nlink = 2 + self.tree.ns.subdir_count(row.obj)
+        if row.is_dir:  # a just-created object has one name and no subdirectories
+            a.st_nlink = 2 if new else 2 + self.tree.ns.subdir_count(row.obj)
             a.st_size = 4096
             a.st_blocks = 8
             a.st_mtime_ns = row.mtime
         else:
-            a.st_nlink = self.tree.ns.link_count(row.obj)
+            a.st_nlink = 1 if new else self.tree.ns.link_count(row.obj)
             if of is not None:
                 size, mtime, cs = of.size, of.mtime, of.chunk_size
                 stored = sum(1 for i in of.ids if i is not None) + len(of.buffers)
@@ -448,7 +448,7 @@ class Operations(pyfuse3.Operations):
         s.f_blocks = st.f_blocks
         s.f_bfree = st.f_bfree
         s.f_bavail = st.f_bavail
-        count = self.tree.ns.db.execute("SELECT count(*) FROM objects").fetchone()[0]
+        count = self.tree.ns.object_count()
         s.f_files = count + st.f_ffree
         s.f_ffree = st.f_ffree
         s.f_favail = st.f_favail

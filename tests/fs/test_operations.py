@@ -36,6 +36,7 @@ def check_invariants(lfs: LocalFilesystem) -> None:
     """Every link points at an existing object; directories have exactly one link; names
     are unique per directory; every chunk a named file lists is stored and readable."""
     db = lfs.namespace.db
+    lfs.namespace.write_back()
     assert not db.execute(
         "SELECT 1 FROM links WHERE obj NOT IN (SELECT obj FROM objects)"
     ).fetchall()

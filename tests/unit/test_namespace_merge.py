@@ -21,6 +21,7 @@ def fresh() -> Namespace:
 
 
 def state(ns: Namespace) -> tuple:
+    ns.write_back()
     objects = ns.db.execute("SELECT * FROM objects ORDER BY obj").fetchall()
     links = ns.db.execute("SELECT link, parent, name, obj FROM links ORDER BY link").fetchall()
     xattrs = ns.db.execute("SELECT * FROM xattrs ORDER BY obj, name").fetchall()
