@@ -48,7 +48,7 @@ import hashlib
 import sqlite3
 import stat
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +56,7 @@ import msgpack
 
 from dhtfs.fs.journal import OpJournal
 from dhtfs.fs.objectrows import ObjectRows
-from dhtfs.fs.ops import ROOT_OBJ, Change, Op, decode_op, encode_op
+from dhtfs.fs.ops import ROOT_OBJ, Change, Op, decode_op, encode_op, pack
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS objects (
@@ -198,18 +198,54 @@ def connect(path: Path | str) -> sqlite3.Connection:
     return db
 
 
+FACTS_ENTRIES = 65536
+
+
+@dataclass(slots=True)
+class LinkFacts:
+    """What the namespace knows about ``links`` without asking SQLite; every write to
+    ``links`` tells it (``link_added`` or ``forget``), so a fact is never stale.
+
+    - ``live_dirs``: directories that have their name (or are the root); adding a link never
+      takes a name away;
+    - ``subdirs``: directory → number of subdirectories; adding a directory's link changes it;
+    - ``free_names``: ``(parent, name)`` pairs that no link holds; adding any link may take one
+      (the kernel's lookup of a name, then the create's own checks, ask three times).
+    """
+
+    live_dirs: set[bytes] = field(default_factory=set)
+    subdirs: dict[bytes, int] = field(default_factory=dict)
+    free_names: set[tuple[bytes, bytes]] = field(default_factory=set)
+
+    def link_added(self, kind: int) -> None:
+        self.free_names.clear()
+        if kind == stat.S_IFDIR:
+            self.subdirs.clear()
+
+    def forget(self) -> None:
+        """A link moved, was renamed or went away (or the tables were rolled back)."""
+        self.live_dirs.clear()
+        self.subdirs.clear()
+        self.free_names.clear()
+
+
 class _Tx:
     """Mutations of one op, each preceded by a before-image for undo.
 
     Every write to ``objects`` goes through here (into the write-back buffer ``rows``) or
     through ``_restore`` (after a flush); every move or removal of a link empties its set of
-    directories known to be live (``live_dirs``; adding a link never kills a directory).
+    facts known about links (``facts``, see ``LinkFacts``) it may have made false.
     """
 
-    def __init__(self, db: sqlite3.Connection, rows: ObjectRows, live_dirs: set[bytes]) -> None:
+    def __init__(
+        self,
+        db: sqlite3.Connection,
+        rows: ObjectRows,
+        facts: LinkFacts,
+    ) -> None:
         self.db = db
         self.rows = rows
-        self.live_dirs = live_dirs
+        self.facts = facts
         self.undo: list[list[Any]] = []
         self._seen: set[tuple[str, Any]] = set()
 
@@ -255,6 +291,7 @@ class _Tx:
 
         The caller has made room at ``(parent, name)``, so an insert can only clash on ``link``.
         """
+        self.facts.link_added(kind)
         if ("links", (link,)) not in self._seen:
             try:  # a new link (the common case) needs no before-image
                 self.db.execute(
@@ -267,7 +304,7 @@ class _Tx:
             except sqlite3.IntegrityError:
                 pass
         self._capture("links", (link,))
-        self.live_dirs.clear()
+        self.facts.forget()
         cur = self.db.execute(
             "UPDATE links SET parent=?, name=?, obj=?, kind=?, lts=?, lnode=? WHERE link=?",
             (parent, name, obj, kind, op.ts, op.node, link),
@@ -281,11 +318,12 @@ class _Tx:
 
     def rename_link(self, link: bytes, name: bytes) -> None:
         self._capture("links", (link,))
+        self.facts.forget()
         self.db.execute("UPDATE links SET name=? WHERE link=?", (name, link))
 
     def delete_link(self, link: bytes) -> None:
         self._capture("links", (link,))
-        self.live_dirs.clear()
+        self.facts.forget()
         self.db.execute("DELETE FROM links WHERE link=?", (link,))
 
     def set_xattr(self, obj: bytes, name: bytes, value: bytes | None) -> None:
@@ -299,11 +337,11 @@ class _Tx:
             )
 
 
-def _restore(
-    db: sqlite3.Connection, rows: ObjectRows, live_dirs: set[bytes], undo: list[list[Any]]
-) -> None:
-    """Put back the before-images of one op (written straight to the tables)."""
-    live_dirs.clear()
+def _restore(db: sqlite3.Connection, tx: _Tx, undo: list[list[Any]]) -> None:
+    """Put back the before-images of one op (written straight to the tables) with the
+    caches of ``tx``."""
+    rows = tx.rows
+    tx.facts.forget()
     rows.flush()
     for table, key, row in reversed(undo):
         if table == "objects":
@@ -324,7 +362,7 @@ class Namespace:
         self.db = db
         # Object rows (the hottest query), cached, and written back at commit.
         self._rows = ObjectRows(db, ObjectRow, OBJECT_COLUMNS)
-        self._live_dirs: set[bytes] = set()  # directories known to be reachable (see _Tx)
+        self._facts = LinkFacts()
         # Objects that have (or had, this session) an xattr: the others need no query, which
         # matters because the kernel asks for security.capability before every write.
         self._xattr_objs: set[bytes] = {r[0] for r in db.execute("SELECT DISTINCT obj FROM xattrs")}
@@ -395,7 +433,7 @@ class Namespace:
     def _redo_transaction(self) -> None:
         """After a failed op: roll the transaction back and apply its earlier ops again."""
         self._rows.discard()
-        self._live_dirs.clear()
+        self._facts.forget()
         self._oplog_rows.clear()
         ops, self._newest = self._tx_ops, self._tx_newest
         self._tx_ops = []
@@ -449,19 +487,22 @@ class Namespace:
             if (row[0], row[1]) > (op.ts, op.node)
         ]
         for _ts, _node, _body, undo in later:
-            _restore(db, self._rows, self._live_dirs, msgpack.unpackb(undo, raw=False))
+            _restore(db, self._tx(), msgpack.unpackb(undo, raw=False))
         self._apply_one(op, body)
         for _ts, _node, later_body, _undo in reversed(later):
             db.execute("DELETE FROM oplog WHERE ts=? AND node=?", (_ts, _node))
             self._apply_one(decode_op(later_body), later_body)
         return True
 
+    def _tx(self) -> _Tx:
+        return _Tx(self.db, self._rows, self._facts)
+
     def _apply_one(self, op: Op, body: bytes) -> None:
         """Apply ``op`` (whose encoding is ``body``) on top of the current state."""
-        tx = _Tx(self.db, self._rows, self._live_dirs)
+        tx = self._tx()
         for change in op.changes:
             _CHANGE_APPLIERS[change["c"]](self, tx, op, change)
-        self._oplog_rows.append((op.ts, op.node, body, msgpack.packb(tx.undo, use_bin_type=True)))
+        self._oplog_rows.append((op.ts, op.node, body, pack(tx.undo)))
 
     def _mkobj(self, tx: _Tx, op: Op, c: Change) -> None:
         t = c["time"]
@@ -553,6 +594,8 @@ class Namespace:
 
     def _make_room(self, tx: _Tx, parent: bytes, name: bytes, link: bytes) -> None:
         """If another link holds ``(parent, name)``, rename it after the op that named it."""
+        if (parent, name) in self._facts.free_names:
+            return
         row = self.db.execute(
             "SELECT link, lts, lnode FROM links WHERE parent=? AND name=? AND link<>?",
             (parent, name, link),
@@ -596,10 +639,18 @@ class Namespace:
 
     def lookup(self, parent: bytes, name: bytes) -> tuple[bytes, bytes] | None:
         """``(link, obj)`` of ``name`` in directory ``parent``."""
+        free = self._facts.free_names
+        if (parent, name) in free:
+            return None
         row = self.db.execute(
             "SELECT link, obj FROM links WHERE parent=? AND name=?", (parent, name)
         ).fetchone()
-        return (row[0], row[1]) if row else None
+        if row is None:
+            if len(free) >= FACTS_ENTRIES:
+                free.clear()
+            free.add((parent, name))
+            return None
+        return (row[0], row[1])
 
     def children(self, parent: bytes, after: int = 0, limit: int = 1000) -> list[tuple]:
         """``(id, name, obj)`` of entries in ``parent`` with ``id > after``, in id order."""
@@ -629,10 +680,17 @@ class Namespace:
         return self.db.execute("SELECT count(*) FROM links WHERE obj=?", (obj,)).fetchone()[0]
 
     def subdir_count(self, obj: bytes) -> int:
-        # The literal kind lets SQLite use the partial index links_subdirs.
-        return self.db.execute(
-            f"SELECT count(*) FROM links WHERE parent=? AND kind={stat.S_IFDIR}", (obj,)
-        ).fetchone()[0]
+        subdirs = self._facts.subdirs
+        count = subdirs.get(obj)
+        if count is None:
+            # The literal kind lets SQLite use the partial index links_subdirs.
+            count = self.db.execute(
+                f"SELECT count(*) FROM links WHERE parent=? AND kind={stat.S_IFDIR}", (obj,)
+            ).fetchone()[0]
+            if len(subdirs) >= FACTS_ENTRIES:
+                subdirs.clear()
+            subdirs[obj] = count
+        return count
 
     def has_xattrs(self, obj: bytes) -> bool:
         """False if ``obj`` certainly has no xattr (True may be stale: removals are not
@@ -693,13 +751,15 @@ class Namespace:
 
     def is_live_dir(self, obj: bytes) -> bool:
         """True if ``obj`` is a directory that still has its name (or is the root)."""
-        if obj in self._live_dirs:
+        if obj in self._facts.live_dirs:
             return True
         row = self.get_object(obj)
         if row is None or not row.is_dir:
             return False
         if obj == ROOT_OBJ or self.parent_of(obj) is not None:
-            self._live_dirs.add(obj)
+            if len(self._facts.live_dirs) >= FACTS_ENTRIES:
+                self._facts.live_dirs.clear()
+            self._facts.live_dirs.add(obj)
             return True
         return False
 

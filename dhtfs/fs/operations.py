@@ -226,8 +226,14 @@ class Operations(pyfuse3.Operations):
             return self._entry(parent)
         if name == b"..":
             return self._entry(self.tree.ns.parent_of(parent) or parent)
-        _link, obj = self.tree.require_entry(parent, name)
-        return self._entry(obj)
+        self.tree.require_dir(parent)
+        hit = self.tree.ns.lookup(parent, name)
+        if hit is None:  # a negative entry, which the kernel caches for ENTRY_TIMEOUT
+            missing = pyfuse3.EntryAttributes()
+            missing.st_ino = 0
+            missing.entry_timeout = ENTRY_TIMEOUT
+            return missing
+        return self._entry(hit[1])
 
     @_errno_mapped
     async def forget(self, inode_list: list[tuple[int, int]]) -> None:

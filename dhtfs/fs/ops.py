@@ -24,6 +24,7 @@ Primitive changes (dicts, key ``c`` names the kind)::
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -58,8 +59,22 @@ def new_id() -> bytes:
     return random_bytes(OBJ_ID_BYTES)
 
 
+class _Packers(threading.local):
+    def __init__(self) -> None:
+        self.packer = msgpack.Packer(use_bin_type=True)
+
+
+_packers = _Packers()
+
+
+def pack(value: Any) -> bytes:
+    """msgpack of ``value`` with a reused per-thread Packer (``msgpack.packb`` builds a Packer,
+    and its 1 MiB buffer, on every call)."""
+    return _packers.packer.pack(value)
+
+
 def encode_op(op: Op) -> bytes:
-    return msgpack.packb([OP_FORMAT, op.ts, op.node, list(op.changes)], use_bin_type=True)
+    return pack([OP_FORMAT, op.ts, op.node, list(op.changes)])
 
 
 def decode_op(blob: bytes) -> Op:
