@@ -204,7 +204,8 @@ FACTS_ENTRIES = 65536
 @dataclass(slots=True)
 class LinkFacts:
     """What the namespace knows about ``links`` without asking SQLite; every write to
-    ``links`` tells it (``link_added`` or ``forget``), so a fact is never stale.
+    ``links`` that could make a fact false tells it (``link_added`` or ``forget``), so a fact
+    is never stale. Removing a file's link makes none false (it frees a name).
 
     - ``live_dirs``: directories that have their name (or are the root); adding a link never
       takes a name away;
@@ -247,12 +248,12 @@ class _Tx:
         self.rows = rows
         self.facts = facts
         self.undo: list[list[Any]] = []
-        self._seen: set[tuple[str, Any]] = set()
+        self._seen: dict[tuple[str, Any], list[Any] | None] = {}  # → before-image
 
-    def _capture(self, table: str, key: tuple[Any, ...]) -> None:
+    def _capture(self, table: str, key: tuple[Any, ...]) -> list[Any] | None:
+        """Record the before-image of a row (once per op); returns it (None: no such row)."""
         if (table, key) in self._seen:
-            return
-        self._seen.add((table, key))
+            return self._seen[(table, key)]
         if table == "objects":
             found = self.rows.get(key[0])
             row = None if found is None else [getattr(found, c) for c in OBJECT_COLUMNS]
@@ -260,12 +261,15 @@ class _Tx:
             row = self.db.execute("SELECT * FROM links WHERE link=?", key).fetchone()
         else:
             row = self.db.execute("SELECT * FROM xattrs WHERE obj=? AND name=?", key).fetchone()
-        self.undo.append([table, list(key), list(row) if row else None])
+        image = list(row) if row else None
+        self._seen[(table, key)] = image
+        self.undo.append([table, list(key), image])
+        return image
 
     def _record_new(self, table: str, key: tuple[Any, ...]) -> None:
         """Undo image of a row this op created: it did not exist before."""
         if (table, key) not in self._seen:
-            self._seen.add((table, key))
+            self._seen[(table, key)] = None
             self.undo.append([table, list(key), None])
 
     def insert_object(self, values: dict[str, Any]) -> None:
@@ -322,8 +326,10 @@ class _Tx:
         self.db.execute("UPDATE links SET name=? WHERE link=?", (name, link))
 
     def delete_link(self, link: bytes) -> None:
-        self._capture("links", (link,))
-        self.facts.forget()
+        before = self._capture("links", (link,))
+        if before is None or before[LINK_COLUMNS.index("kind")] == stat.S_IFDIR:
+            self.facts.forget()
+        # A file's link going away frees a name and changes no directory: every fact holds.
         self.db.execute("DELETE FROM links WHERE link=?", (link,))
 
     def set_xattr(self, obj: bytes, name: bytes, value: bytes | None) -> None:
