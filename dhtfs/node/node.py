@@ -14,6 +14,14 @@ the simulator) and a chunk store (``has/get/put_verified/remove/ids``). Messages
 - ``put_chunk``: store locally, push the bytes to the R XOR-closest nodes (placement by XOR
   only), then announce ourselves and the replicas that acknowledged as providers to the k
   closest (see ``rpc`` on replica hints). Success, see ``PutResult``;
+- small chunks (at most ``spread_max`` bytes, default 4 KiB) travel with their provider
+  records: ADD_PROVIDER to the k closest carries the bytes, and each of them keeps a cached
+  copy (Kademlia's own placement of values at the k closest; the R responsible replicas are
+  unchanged). For a chunk that small the bytes cost a record holder about what the record and
+  its RPC cost it, and every record holder becomes a holder, so a read ends at the first of
+  the k closest its lookup reaches (one hop) instead of going on to one of the R. A node that
+  receives such a copy counts it as announced now (paper 2.5: the k closest were all just
+  told), so only the R replicas' republish spreads it again;
 - ``get_chunk``: local store, else FIND_PROVIDERS asking for the bytes inline (``find_value``:
   Kademlia's FIND_VALUE for chunks up to ``inline_max``, so a small chunk comes back from the
   first holder the lookup reaches; the lookup runs narrow, one query at a time, hedged after
@@ -153,6 +161,7 @@ class Node:
         cache_fetched: bool = True,
         inline_max: int = rpc.MAX_INLINE_BYTES,
         cache_when_idle: bool = True,
+        spread_max: int = 4096,
         rng: random.Random | None = None,
     ) -> None:
         self.network = network
@@ -178,6 +187,7 @@ class Node:
         self.cache_fetched = cache_fetched
         self.inline_max = min(inline_max, rpc.MAX_INLINE_BYTES)
         self.cache_when_idle = cache_when_idle
+        self.spread_max = min(spread_max, rpc.MAX_INLINE_BYTES)
         self.id: bytes = network.local.node_id
         self.rng = rng if rng is not None else random.Random(self.id)
         self.routing = RoutingTable(self.id, k=k, clock=trio.current_time)
@@ -190,9 +200,10 @@ class Node:
         self._background: trio.Nursery | None = None     # set while run_maintenance runs
         self._chunk_path = _chunk_path_function(store)
         self._background_jobs = 0
-        self._cache_send, self._cache_recv = trio.open_memory_channel[tuple[bytes, bytes]](
-            CACHE_QUEUE
-        )
+        # (chunk id, bytes, when it counts as announced)
+        self._cache_send, self._cache_recv = trio.open_memory_channel[
+            tuple[bytes, bytes, float]
+        ](CACHE_QUEUE)
         self._cache_queued = 0
         self._handoff_send, self._handoff_recv = trio.open_memory_channel[Contact](64)
 
@@ -362,10 +373,19 @@ class Node:
         if method == rpc.ADD_PROVIDER:
             key = rpc.req_id(args, "key", method)
             ttl = rpc.req_ttl(args, method)
+            spread = rpc.req_spread(args, method)
             for hint in rpc.req_replicas(args, method):
                 if hint.node_id != self.id:
                     self.add_provider(key, hint, ttl)
             self.add_provider(key, caller, ttl)
+            if spread is not None and len(spread) <= self.spread_max:
+                if sha256_id(spread) != key:
+                    raise RemoteError(f"{method}: data does not hash to its key")
+                now = trio.current_time()
+                if self._stored_size(key) is None:
+                    await self._cache_later(key, spread, announced=now)
+                elif key in self._announced:
+                    self._announced[key] = now
             return {"ok": True}
         if method == rpc.PUT_CHUNK:
             cid = rpc.req_id(args, "id", method)
@@ -698,7 +718,7 @@ class Node:
                 for c in final:
                     if c.node_id not in tried:
                         nursery.start_soon(push, c)
-            await self._announce_to(cid, result.closest, res)
+            await self._announce_to(cid, result.closest, res, data)
         except Exception:
             log.exception("placing chunk %s failed", cid.hex()[:16])
         finally:
@@ -706,19 +726,34 @@ class Node:
             res.placed.set()
 
     async def _announce_to(
-        self, key: bytes, targets: list[Contact], res: PutResult | None = None
+        self,
+        key: bytes,
+        targets: list[Contact],
+        res: PutResult | None = None,
+        data: bytes | None = None,
     ) -> int:
-        """ADD_PROVIDER (ourselves, and the replicas of ``res``) on each of ``targets``;
-        returns the acknowledgements."""
+        """ADD_PROVIDER (ourselves, and the replicas of ``res``) on each of ``targets``, with
+        the chunk's bytes when it is at most ``spread_max`` (``data``, else read here), except
+        to the replicas of ``res``, which just stored it; returns the acknowledgements."""
         acks = 0
         args: Message = {"key": key, "ttl": self.provider_ttl}
+        replicas: set[bytes] = set()
         if res is not None and res.replicas:
             args["replicas"] = rpc.contacts_to_wire(res.replicas[: rpc.MAX_REPLICA_HINTS])
+            replicas = {c.node_id for c in res.replicas}
+        if data is None and self.spread_max > 0:
+            size = self._stored_size(key)
+            if size is not None and size <= self.spread_max:
+                data = await self._local_get(key, limit=self.spread_max, size=size)
+        with_data = args
+        if data is not None and len(data) <= self.spread_max:
+            with_data = {**args, "data": data}
 
         async def one(c: Contact) -> None:
             nonlocal acks
             try:
-                await self._call(c, rpc.ADD_PROVIDER, args, self.rpc_timeout)
+                await self._call(c, rpc.ADD_PROVIDER,
+                                 args if c.node_id in replicas else with_data, self.rpc_timeout)
                 acks += 1
             except NetworkError:
                 pass
@@ -775,16 +810,19 @@ class Node:
                     "; ".join(notes))
         raise ChunkMissing(chunk_id, "no reachable provider has it")
 
-    async def _cache_later(self, cid: bytes, data: bytes) -> None:
-        """Keep a verified fetched chunk (announced at the next republish). While
-        ``run_maintenance`` runs, the write is queued for ``_cache_loop``; under overload
-        (queue full) the copy is skipped, caching being an optimization. Else it is written
-        now."""
+    async def _cache_later(
+        self, cid: bytes, data: bytes, *, announced: float = -math.inf
+    ) -> None:
+        """Keep a verified chunk as a cached copy (a fetched one, or one spread with its
+        provider record), counted as announced at ``announced`` (default: never, so the next
+        republish announces it). While ``run_maintenance`` runs, the write is queued for
+        ``_cache_loop``; under overload (queue full) the copy is skipped, caching being an
+        optimization. Else it is written now."""
         if self._background is None:
-            await self._offload(len(data), self._cache_batch, [(cid, data)])
+            await self._offload(len(data), self._cache_batch, [(cid, data, announced)])
             return
         try:
-            self._cache_send.send_nowait((cid, data))
+            self._cache_send.send_nowait((cid, data, announced))
             self._cache_queued += 1
         except trio.WouldBlock:
             log.debug("cache queue full: not caching %s", cid.hex()[:16])
@@ -796,22 +834,22 @@ class Node:
         N=64 on loopback: writing at once cost a read ~0.5 ms of median latency, a worker
         thread more (it takes the GIL from the event loop)."""
         while True:
-            cid, data = await self._cache_recv.receive()
+            cid, data, announced = await self._cache_recv.receive()
             try:
                 if self.cache_when_idle:
                     await trio.testing.wait_all_tasks_blocked()
-                await self._offload(len(data), self._cache_batch, [(cid, data)])
+                await self._offload(len(data), self._cache_batch, [(cid, data, announced)])
             finally:
                 self._cache_queued -= 1
 
-    def _cache_batch(self, batch: list[tuple[bytes, bytes]]) -> None:
-        for cid, data in batch:
+    def _cache_batch(self, batch: list[tuple[bytes, bytes, float]]) -> None:
+        for cid, data, announced in batch:
             try:
                 self.store.put(cid, data)
             except OSError as exc:
                 log.warning("cannot cache chunk %s: %s", cid.hex()[:16], exc)
                 continue
-            self._announced.setdefault(cid, -math.inf)
+            self._announced[cid] = max(announced, self._announced.get(cid, -math.inf))
 
     async def _in_background(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
         """Run ``fn(*args)`` in the maintenance nursery, so the caller need not wait for it;

@@ -17,10 +17,15 @@ FIND_PROVIDERS  {"key": id, "inline"?: int}         {"providers": [contact, ...]
                                                     "contacts": [contact, ...],
                                                     "data"?: bytes}  (see below)
 ADD_PROVIDER    {"key": id, "ttl": float,          {"ok": True}   (provider = the caller)
-                 "replicas"?: [contact, ...]}
+                 "replicas"?: [contact, ...],
+                 "data"?: bytes}
 PUT_CHUNK       {"id": id, "data": bytes}          {"stored": bool}  (False: already had it)
 GET_CHUNK       {"id": id}                         {"data": bytes | None}  (None: not here)
 =============== ================================== ==========================================
+
+ADD_PROVIDER's optional ``data`` (at most ``MAX_INLINE_BYTES``) is the chunk itself, sent
+with the records of small chunks: the receiver may keep it as a cached copy (if it is within
+its own size limit), after checking it hashes to ``key``; bytes that do not are an error.
 
 FIND_PROVIDERS with ``inline`` > 0 is Kademlia's FIND_VALUE for small chunks: a node that holds
 the chunk and whose plaintext is at most ``min(inline, MAX_INLINE_BYTES)`` bytes answers with
@@ -142,6 +147,17 @@ def req_inline(args: Any, method: str) -> int:
     if type(v) is not int or v < 0:
         raise RemoteError(f"{method}: 'inline' must be a non-negative int")
     return min(v, MAX_INLINE_BYTES)
+
+
+def req_spread(args: Any, method: str) -> bytes | None:
+    """The optional ``data`` of ADD_PROVIDER (None when absent), at most
+    ``MAX_INLINE_BYTES``; the caller checks its hash."""
+    v = args.get("data")
+    if v is None:
+        return None
+    if type(v) is not bytes or len(v) > MAX_INLINE_BYTES:
+        raise RemoteError(f"{method}: 'data' must be bytes of at most {MAX_INLINE_BYTES}")
+    return v
 
 
 def req_replicas(args: Any, method: str) -> list[Contact]:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable
 
 import pytest
 import trio
+import trio.testing
 from conftest import ids_of, xor_sorted
 from trio.testing import MockClock
 
@@ -131,10 +133,12 @@ async def test_tampered_bytes_are_penalized_and_avoided(
 async def test_tampered_inline_bytes_are_penalized(
     autojump_clock: MockClock, make_swarm: MakeSwarm
 ) -> None:
-    """FIND_VALUE path: the liar is the holder closest to the chunk, so lookups reach it."""
+    """FIND_VALUE path: the liar is the holder closest to the chunk, so lookups reach it.
+    The chunk is too large to be spread with its records (else the liar's own announcement
+    would hand honest copies to the k closest)."""
     sw = make_swarm()
     await sw.grow(30)
-    data = blob(98)
+    data = blob(98, 8000)
     cid = sha256_id(data)
     evil = await sw.spawn(from_int(to_int(cid) ^ 1), node_cls=TamperingNode)
     await sw.join(evil)
@@ -187,7 +191,7 @@ async def test_value_lookup_asks_only_the_closest_known_holder(
     sw = make_swarm()
     await sw.grow(40)
     origin = sw.random_alive()[0]
-    res = await origin.put_chunk_detailed(blob(12))
+    res = await origin.put_chunk_detailed(blob(12, 8000))
     holders = set(ids_of(sw.true_closest(res.chunk_id, origin.replication)))
     readers = [n for n in sw.nodes.values()
                if n.id not in holders and n.id != origin.id
@@ -195,7 +199,7 @@ async def test_value_lookup_asks_only_the_closest_known_holder(
     assert readers
     for reader in readers[:10]:
         got = await reader.get_chunk_detailed(res.chunk_id)
-        assert got.data == blob(12)
+        assert got.data == blob(12, 8000)
         assert (got.source, got.queries, got.hops) == ("inline", 1, 1)
 
 
@@ -207,7 +211,7 @@ async def test_value_lookup_hedges_past_a_silent_holder(
     sw = make_swarm(cache_fetched=False, rpc_timeout=30.0)
     await sw.grow(40)
     origin = sw.random_alive()[0]
-    res = await origin.put_chunk_detailed(blob(13))
+    res = await origin.put_chunk_detailed(blob(13, 8000))
     holders = ids_of(sw.true_closest(res.chunk_id, origin.replication))
     reader = next(n for n in sw.nodes.values()
                   if n.id not in holders and n.id != origin.id and holders[0] in n.routing
@@ -215,9 +219,40 @@ async def test_value_lookup_hedges_past_a_silent_holder(
     world.extra_delay[holders[0]] = 25.0
     t0 = trio.current_time()
     got = await reader.get_chunk_detailed(res.chunk_id)
-    assert got.data == blob(13)
+    assert got.data == blob(13, 8000)
     assert got.queries >= 2
     assert trio.current_time() - t0 < reader.soft_timeout_ceiling
+
+
+async def test_small_chunks_spread_to_the_k_closest_with_their_records(
+    autojump_clock: MockClock, make_swarm: MakeSwarm
+) -> None:
+    """A chunk of at most ``spread_max`` bytes rides along its ADD_PROVIDERs: the k closest
+    keep a copy (counted as announced now, so they do not republish it), and a read ends at
+    the first of them its lookup reaches. A larger chunk stays on its R replicas."""
+    sw = make_swarm(maintenance=True)
+    await sw.grow(60)
+    origin = sw.random_alive()[0]
+    small, large = blob(31, 1024), blob(32, origin.spread_max + 1)
+    for data in (small, large):
+        res = await origin.put_chunk_detailed(data)
+        await res.placed.wait()
+        await trio.testing.wait_all_tasks_blocked()
+        k_closest = ids_of(sw.true_closest(res.chunk_id, origin.k))
+        holders = {i for i in k_closest if sw.nodes[i].store.has(res.chunk_id)}
+        if data is small:
+            assert len(holders) >= origin.k - 1
+            for i in holders - {origin.id} - set(ids_of(res.replicas)):
+                assert sw.nodes[i]._announced[res.chunk_id] > -math.inf
+        else:
+            assert holders <= set(ids_of(res.replicas)) | {origin.id}
+    cid = sha256_id(small)
+    hops = []
+    for reader in sw.random_alive(20, exclude=(origin.id,)):
+        got = await reader.get_chunk_detailed(cid)
+        assert got.data == small
+        hops.append(got.hops)
+    assert sorted(hops)[len(hops) // 2] <= 1
 
 
 async def test_put_returns_once_the_settled_closest_hold_the_chunk(
@@ -517,7 +552,7 @@ async def test_put_moves_on_when_a_replica_target_fails(
     """The closest node refuses the chunk: the push moves on to the next closest."""
     sw = make_swarm()
     await sw.grow(30)
-    data = blob(400)
+    data = blob(400, 8000)   # too large to be spread with its provider records
     cid = sha256_id(data)
     refuser = await sw.spawn(from_int(int.from_bytes(cid, "big") ^ 1), node_cls=RefusingNode)
     await sw.join(refuser)
