@@ -504,7 +504,7 @@ class Node:
     ) -> LookupResult:
         result = await iterative_lookup(
             target,
-            self.routing.closest(target, self.k),
+            self.routing.closest(target, self.k, with_replacements=True),
             query,
             own_id=self.id,
             k=self.k,

@@ -185,9 +185,19 @@ class RoutingTable:
     # -- queries -------------------------------------------------------------------------------
 
     def closest(
-        self, target: bytes, count: int | None = None, exclude: Iterable[bytes] = ()
+        self,
+        target: bytes,
+        count: int | None = None,
+        exclude: Iterable[bytes] = (),
+        *,
+        with_replacements: bool = False,
     ) -> list[Contact]:
         """The ``count`` (default k) known contacts XOR-closest to ``target``, closest first.
+
+        ``with_replacements``: the replacement caches count too (our own lookups start from
+        every live contact we know: a full bucket's contacts are the first that joined its
+        range, often bunched around one refresh target, while the nodes seen since wait in its
+        replacement cache; FIND_NODE answers to others keep to the buckets proper).
 
         Bucket j holds contacts c with 2**j <= d(own, c) < 2**(j+1); their distances to the
         target, D ^ d(own, c) with D = d(own, target), then fill the aligned interval
@@ -210,6 +220,8 @@ class RoutingTable:
             if not b.contacts:
                 continue
             band = [c for c in b.contacts.values() if c.node_id not in skip]
+            if with_replacements and b.replacements:
+                band.extend(c for c in b.replacements.values() if c.node_id not in skip)
             band.sort(key=lambda c: int.from_bytes(c.node_id, "big") ^ t)
             out.extend(band)
             if len(out) >= n:

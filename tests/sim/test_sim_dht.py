@@ -255,6 +255,29 @@ async def test_small_chunks_spread_to_the_k_closest_with_their_records(
     assert sorted(hops)[len(hops) // 2] <= 1
 
 
+async def test_lookups_start_from_replacement_contacts_too(
+    autojump_clock: MockClock, make_swarm: MakeSwarm
+) -> None:
+    """A full bucket's newer contacts wait in its replacement cache; the node's own lookups
+    start from them too. Here the only holder of a chunk is such a contact, and the reader's
+    bucket proper holds only far nodes that know nobody: the get still takes one query."""
+    sw = make_swarm()
+    data = blob(41, 1024)
+    cid = to_int(sha256_id(data))
+    rng = random.Random(41)
+    reader = await sw.spawn(from_int(cid ^ (1 << 255) ^ 12345))
+    fillers = [await sw.spawn(from_int(cid ^ (1 << 254) ^ rng.getrandbits(200)))
+               for _ in range(reader.k)]
+    holder = await sw.spawn(from_int(cid ^ 1))
+    for node in [*fillers, holder]:
+        assert await reader._ping_quietly(node.contact)
+    assert holder.id not in reader.routing
+    assert holder.id in ids_of(reader.routing.replacement_contacts(255))
+    holder.store.put_verified(from_int(cid), data)
+    got = await reader.get_chunk_detailed(from_int(cid))
+    assert (got.data, got.source, got.queries) == (data, "inline", 1)
+
+
 async def test_put_returns_once_the_settled_closest_hold_the_chunk(
     autojump_clock: MockClock, make_swarm: MakeSwarm
 ) -> None:
