@@ -252,13 +252,13 @@ async def run_jobs(phase: Phase, jobs: list[int], op: str) -> None:
                 good = False
                 what = f"{op}: {str(exc)[:40]}"
                 phase.errors[what] = phase.errors.get(what, 0) + 1
-                await trio.aclose_forcefully(clients.pop(path).stream)
+                await clients.pop(path).aclose()
             elapsed = time.perf_counter() - t0
             (phase.puts if op == "put" else phase.gets).append((good, elapsed))
             (phase.puts_node if op == "put" else phase.gets_node).append((good, inside))
     finally:
         for c in clients.values():
-            await trio.aclose_forcefully(c.stream)
+            await c.aclose()
 
 
 async def settle(procs: list[tuple[subprocess.Popen, Path, int]], limit: float = 60.0) -> None:
