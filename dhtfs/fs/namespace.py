@@ -45,6 +45,7 @@ if it cannot apply it is skipped, the same way on every node:
 from __future__ import annotations
 
 import hashlib
+import operator
 import sqlite3
 import stat
 from collections.abc import Callable, Iterator
@@ -135,6 +136,8 @@ OBJECT_DEFAULTS: dict[str, Any] = {
     "content_node": b"",
 }
 LINK_COLUMNS = ("id", "link", "parent", "name", "obj", "kind", "lts", "lnode")
+_LINK_KIND = LINK_COLUMNS.index("kind")
+_object_values = operator.attrgetter(*OBJECT_COLUMNS)
 CHUNK_ID_BYTES = 32
 HOLE = bytes(CHUNK_ID_BYTES)
 
@@ -165,6 +168,10 @@ class ObjectRow:
     @property
     def is_dir(self) -> bool:
         return self.kind == stat.S_IFDIR
+
+    def values(self) -> tuple[Any, ...]:
+        """The row's values in ``OBJECT_COLUMNS`` order (the table's)."""
+        return _object_values(self)
 
     def updated(self, fields: dict[str, Any]) -> ObjectRow:
         """This row with ``fields`` (column → value) changed."""
@@ -218,6 +225,18 @@ class LinkFacts:
     subdirs: dict[bytes, int] = field(default_factory=dict)
     free_names: set[tuple[bytes, bytes]] = field(default_factory=set)
 
+    def remember_free(self, parent: bytes, name: bytes) -> None:
+        _bounded(self.free_names)
+        self.free_names.add((parent, name))
+
+    def remember_live(self, obj: bytes) -> None:
+        _bounded(self.live_dirs)
+        self.live_dirs.add(obj)
+
+    def remember_subdirs(self, obj: bytes, count: int) -> None:
+        _bounded(self.subdirs)
+        self.subdirs[obj] = count
+
     def link_added(self, kind: int) -> None:
         self.free_names.clear()
         if kind == stat.S_IFDIR:
@@ -230,12 +249,19 @@ class LinkFacts:
         self.free_names.clear()
 
 
+def _bounded(facts: set[Any] | dict[Any, Any]) -> None:
+    """Keep a fact collection at most ``FACTS_ENTRIES`` long (emptied when full: a fact is
+    an answer cached, so forgetting it only costs a query)."""
+    if len(facts) >= FACTS_ENTRIES:
+        facts.clear()
+
+
 class _Tx:
     """Mutations of one op, each preceded by a before-image for undo.
 
     Every write to ``objects`` goes through here (into the write-back buffer ``rows``) or
-    through ``_restore`` (after a flush); every move or removal of a link empties its set of
-    facts known about links (``facts``, see ``LinkFacts``) it may have made false.
+    through ``_restore`` (after a flush); every write to ``links`` tells ``facts`` (see
+    ``LinkFacts``) what it may have made false.
     """
 
     def __init__(
@@ -256,7 +282,7 @@ class _Tx:
             return self._seen[(table, key)]
         if table == "objects":
             found = self.rows.get(key[0])
-            row = None if found is None else [getattr(found, c) for c in OBJECT_COLUMNS]
+            row = None if found is None else found.values()
         elif table == "links":
             row = self.db.execute("SELECT * FROM links WHERE link=?", key).fetchone()
         else:
@@ -327,7 +353,7 @@ class _Tx:
 
     def delete_link(self, link: bytes) -> None:
         before = self._capture("links", (link,))
-        if before is None or before[LINK_COLUMNS.index("kind")] == stat.S_IFDIR:
+        if before is None or before[_LINK_KIND] == stat.S_IFDIR:
             self.facts.forget()
         # A file's link going away frees a name and changes no directory: every fact holds.
         self.db.execute("DELETE FROM links WHERE link=?", (link,))
@@ -624,7 +650,7 @@ class Namespace:
             return
         seed = b"conflict" + op.ts.to_bytes(8, "big") + op.node + loser.obj
         copy_id = hashlib.sha256(seed).digest()[:16]
-        values = {col: getattr(loser, col) for col in OBJECT_COLUMNS}
+        values = dict(zip(OBJECT_COLUMNS, loser.values(), strict=True))
         values["obj"] = copy_id
         tx.insert_object(values)
         name = self._free_name(
@@ -645,16 +671,13 @@ class Namespace:
 
     def lookup(self, parent: bytes, name: bytes) -> tuple[bytes, bytes] | None:
         """``(link, obj)`` of ``name`` in directory ``parent``."""
-        free = self._facts.free_names
-        if (parent, name) in free:
+        if (parent, name) in self._facts.free_names:
             return None
         row = self.db.execute(
             "SELECT link, obj FROM links WHERE parent=? AND name=?", (parent, name)
         ).fetchone()
         if row is None:
-            if len(free) >= FACTS_ENTRIES:
-                free.clear()
-            free.add((parent, name))
+            self._facts.remember_free(parent, name)
             return None
         return (row[0], row[1])
 
@@ -686,16 +709,13 @@ class Namespace:
         return self.db.execute("SELECT count(*) FROM links WHERE obj=?", (obj,)).fetchone()[0]
 
     def subdir_count(self, obj: bytes) -> int:
-        subdirs = self._facts.subdirs
-        count = subdirs.get(obj)
+        count = self._facts.subdirs.get(obj)
         if count is None:
             # The literal kind lets SQLite use the partial index links_subdirs.
             count = self.db.execute(
                 f"SELECT count(*) FROM links WHERE parent=? AND kind={stat.S_IFDIR}", (obj,)
             ).fetchone()[0]
-            if len(subdirs) >= FACTS_ENTRIES:
-                subdirs.clear()
-            subdirs[obj] = count
+            self._facts.remember_subdirs(obj, count)
         return count
 
     def has_xattrs(self, obj: bytes) -> bool:
@@ -763,9 +783,7 @@ class Namespace:
         if row is None or not row.is_dir:
             return False
         if obj == ROOT_OBJ or self.parent_of(obj) is not None:
-            if len(self._facts.live_dirs) >= FACTS_ENTRIES:
-                self._facts.live_dirs.clear()
-            self._facts.live_dirs.add(obj)
+            self._facts.remember_live(obj)
             return True
         return False
 

@@ -17,7 +17,6 @@ Invariants:
 
 from __future__ import annotations
 
-import operator
 import sqlite3
 from typing import TYPE_CHECKING
 
@@ -33,13 +32,12 @@ class ObjectRows:
     def __init__(
         self, db: sqlite3.Connection, row_type: type[ObjectRow], columns: tuple[str, ...]
     ) -> None:
-        """``row_type(*values)`` builds a row from the table's ``columns``, which it has as
-        attributes."""
+        """``row_type(*values)`` builds a row from the table's ``columns``; ``row.values()``
+        gives them back in that order."""
         self.db = db
         self._row_type = row_type
         self._cache: dict[bytes, ObjectRow] = {}
         self._dirty: dict[bytes, ObjectRow] = {}
-        self._values = operator.attrgetter(*columns)
         self._select_sql = f"SELECT {','.join(columns)} FROM objects WHERE obj=?"
         self._replace_sql = (
             f"INSERT OR REPLACE INTO objects({','.join(columns)}) "
@@ -74,7 +72,7 @@ class ObjectRows:
 
     def flush(self) -> None:
         if self._dirty:
-            self.db.executemany(self._replace_sql, map(self._values, self._dirty.values()))
+            self.db.executemany(self._replace_sql, [row.values() for row in self._dirty.values()])
             self._dirty.clear()
 
     def discard(self) -> None:

@@ -226,8 +226,7 @@ class Operations(pyfuse3.Operations):
             return self._entry(parent)
         if name == b"..":
             return self._entry(self.tree.ns.parent_of(parent) or parent)
-        self.tree.require_dir(parent)
-        hit = self.tree.ns.lookup(parent, name)
+        hit = self.tree.find_entry(parent, name)
         if hit is None:  # a negative entry, which the kernel caches for ENTRY_TIMEOUT
             missing = pyfuse3.EntryAttributes()
             missing.st_ino = 0

@@ -215,9 +215,13 @@ class Tree:
             raise NamespaceError(errno.ENOENT)  # removed directory
         return row
 
-    def require_entry(self, parent: bytes, name: bytes) -> tuple[bytes, bytes]:
+    def find_entry(self, parent: bytes, name: bytes) -> tuple[bytes, bytes] | None:
+        """``(link, obj)`` of ``name`` in the live directory ``parent``; None if no such name."""
         self.require_dir(parent)
-        hit = self.ns.lookup(parent, name)
+        return self.ns.lookup(parent, name)
+
+    def require_entry(self, parent: bytes, name: bytes) -> tuple[bytes, bytes]:
+        hit = self.find_entry(parent, name)
         if hit is None:
             raise NamespaceError(errno.ENOENT)
         return hit

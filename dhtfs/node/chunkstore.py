@@ -54,10 +54,15 @@ def chunk_id_of(plaintext: bytes | memoryview) -> bytes:
     return hashlib.sha256(plaintext).digest()
 
 
-def seal(aead: AESGCM, chunk_id: bytes, plaintext: bytes | memoryview) -> bytes:
-    """Encrypt ``plaintext`` into the on-disk format, bound to ``chunk_id``."""
+def seal(aead: AESGCM, chunk_id: bytes, plaintext: bytes | memoryview) -> bytearray:
+    """Encrypt ``plaintext`` into the on-disk format, bound to ``chunk_id``: version ‖ nonce ‖
+    ciphertext ‖ tag, sealed straight into one buffer of ``sealed_size`` bytes."""
+    blob = bytearray(sealed_size(len(plaintext)))
+    blob[0] = FORMAT_VERSION
     nonce = random_bytes(NONCE_BYTES)
-    return bytes((FORMAT_VERSION,)) + nonce + aead.encrypt(nonce, bytes(plaintext), chunk_id)
+    blob[1:HEADER_BYTES] = nonce
+    aead.encrypt_into(nonce, plaintext, chunk_id, memoryview(blob)[HEADER_BYTES:])
+    return blob
 
 
 def unseal(aead: AESGCM, chunk_id: bytes, blob: bytes) -> bytes:
@@ -120,32 +125,22 @@ class ChunkStore:
         if directory not in self._dirs:
             os.makedirs(directory, mode=0o700, exist_ok=True)
             self._dirs.add(directory)
-        size = sealed_size(len(plaintext))
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:
-            if os.stat(path).st_size == size:
+            if os.stat(path).st_size == sealed_size(len(plaintext)):
                 return False
             log.warning("replacing torn chunk file %s", path)
-            self._write_atomically(path, self._seal(chunk_id, plaintext, size))
+            self._write_atomically(path, seal(self._aead, chunk_id, plaintext))
             return True
         try:
-            _write_all(fd, self._seal(chunk_id, plaintext, size))
+            _write_all(fd, seal(self._aead, chunk_id, plaintext))
         except BaseException:
             os.close(fd)
             os.unlink(path)
             raise
         os.close(fd)
         return True
-
-    def _seal(self, chunk_id: bytes, plaintext: bytes | memoryview, size: int) -> bytearray:
-        """version ‖ nonce ‖ ciphertext ‖ tag, sealed straight into one buffer."""
-        blob = bytearray(size)
-        blob[0] = FORMAT_VERSION
-        nonce = random_bytes(NONCE_BYTES)
-        blob[1:HEADER_BYTES] = nonce
-        self._aead.encrypt_into(nonce, plaintext, chunk_id, memoryview(blob)[HEADER_BYTES:])
-        return blob
 
     def put_verified(self, chunk_id: bytes, plaintext: bytes | memoryview) -> bool:
         """Like ``put``, but first checks that ``chunk_id`` is the SHA-256 of ``plaintext``."""
