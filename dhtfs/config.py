@@ -69,6 +69,8 @@ _SIZE_UNITS = {
     "tb": 1000**4,
     "tib": 1024**4,
 }
+DEFAULT_PORT = 7420
+DEFAULT_LISTEN = f"0.0.0.0:{DEFAULT_PORT}"
 MIN_CHUNK_SIZE = 4096
 MAX_CHUNK_SIZE = 64 * 1024**2
 
@@ -87,12 +89,13 @@ class Config:
     # Seconds a metadata change may wait for its SQLite commit; until then the op journal
     # keeps it safe from a crash of the daemon (ext4's commit= is the analogue).
     commit_interval: float = 0.05
-    # The DHT node (headless node and, later, the mount's node).
+    # The DHT node (the mount's and the headless node's). None of ca/cert/cert_key: a mount
+    # makes a private swarm in <state>/swarm (dhtfs.node.identity).
     ca: Path | None = None
     cert: Path | None = None
     cert_key: Path | None = None
-    listen: str = ""
-    bootstrap: tuple[str, ...] = field(default_factory=tuple)
+    listen: str = ""  # "": a mount takes DEFAULT_LISTEN (or any free port if that is taken)
+    bootstrap: tuple[str, ...] = field(default_factory=tuple)  # HOST:PORT+HOST:PORT on -o
 
     @property
     def state_dir(self) -> Path:
@@ -142,7 +145,8 @@ def _coerce(key: str, value: Any) -> Any:
             raise ConfigError(f"{key}: needs a path")
         return Path(str(value)).expanduser()
     if key == "bootstrap":
-        items = value if isinstance(value, list | tuple) else str(value).split(",")
+        # "+" separates addresses on an fstab/-o line, whose own separator is ","
+        items = value if isinstance(value, list | tuple) else re.split(r"[+,\s]", str(value))
         return tuple(str(v).strip() for v in items if str(v).strip())
     if key in ("swarm", "key", "listen"):
         if not isinstance(value, str):

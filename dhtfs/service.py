@@ -1,9 +1,11 @@
 """One mount = one process = one ``trio.run`` = one nursery (see DESIGN.md, Process model).
 
-``run_mount`` opens the state directory (exclusive lock, master key, chunk store, namespace),
-mounts, reports readiness, and serves FUSE requests until unmounted or told to stop by
-SIGTERM/SIGINT. On the way out it flushes every open file, then unmounts, so no stale
-"Transport endpoint is not connected" mount is left behind by a clean stop.
+``open_state`` opens the state directory (exclusive lock, master key, chunk store, namespace,
+swarm identity); ``serve`` starts the swarm node (``dhtfs.swarmnode``: listener, Kademlia,
+op-log replication, control socket; joined and caught up under deadlines), mounts, reports
+readiness, and serves FUSE requests until unmounted or told to stop by SIGTERM/SIGINT. On the
+way out it flushes every open file, hands the last ops to peers (bounded), then unmounts, so
+no stale "Transport endpoint is not connected" mount is left behind by a clean stop.
 """
 
 from __future__ import annotations
@@ -30,9 +32,12 @@ from dhtfs.fs.inodes import InodeMap
 from dhtfs.fs.journal import OpJournal
 from dhtfs.fs.namespace import CHUNK_ID_BYTES, HOLE, Namespace, connect
 from dhtfs.fs.operations import Operations
-from dhtfs.fs.tree import Tree, load_or_create_node_id
+from dhtfs.fs.tree import Tree, bind_origin
+from dhtfs.node import pki
 from dhtfs.node.chunkstore import ChunkStore
+from dhtfs.node.identity import load_or_create_identity
 from dhtfs.node.statedir import open_chunk_store, prepare_state_dir
+from dhtfs.swarmnode import SwarmNode
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +57,7 @@ class LocalFilesystem:
     inodes: InodeMap
     contents: FileContents
     operations: Operations
+    identity: pki.Identity
 
     def close(self) -> None:
         self.namespace.commit()
@@ -75,6 +81,7 @@ def open_state(config: Config) -> LocalFilesystem:
             "(one mount per state directory; use -o state=DIR for another)"
         ) from None
     try:
+        identity = load_or_create_identity(config)
         store = open_chunk_store(state, config.key)
         db = connect(state / "namespace.db")
         os.chmod(state / "namespace.db", 0o600)
@@ -86,7 +93,7 @@ def open_state(config: Config) -> LocalFilesystem:
                 "replayed %d namespace ops from the journal: the last run did not stop cleanly",
                 replayed,
             )
-        tree = Tree(namespace, load_or_create_node_id(namespace))
+        tree = Tree(namespace, bind_origin(namespace, identity.node_id))
         inodes = InodeMap(db)
         contents = FileContents(
             store, ChunkCache(config.cache_size), config.chunk_size, commit=lambda of: (0, b"")
@@ -96,7 +103,9 @@ def open_state(config: Config) -> LocalFilesystem:
     except BaseException:
         os.close(lock_fd)
         raise
-    return LocalFilesystem(config, lock_fd, store, namespace, tree, inodes, contents, operations)
+    return LocalFilesystem(
+        config, lock_fd, store, namespace, tree, inodes, contents, operations, identity
+    )
 
 
 def referenced_chunks(fs: LocalFilesystem) -> set[bytes]:
@@ -215,8 +224,27 @@ async def _gc_loop(fs: LocalFilesystem) -> None:
 
 
 async def serve(fs: LocalFilesystem, mountpoint: Path, ready: Callable[[], None]) -> None:
-    """Mount, call ``ready()``, serve until unmounted or signalled, then flush and unmount."""
-    collect_garbage(fs, grace_seconds=0)  # nothing is being written before the mount
+    """Join the swarm, mount, call ``ready()``, serve until unmounted or signalled, then
+    flush, hand the last ops to peers, and unmount."""
+    # Nothing is being written before the mount. A node that has peers may hold chunks of
+    # versions whose ops have not reached it yet: those get the usual grace period.
+    alone = not fs.config.bootstrap and fs.config.ca is None
+    collect_garbage(fs, grace_seconds=0 if alone else GC_GRACE_SECONDS)
+    async with trio.open_nursery() as nursery:
+        swarm = SwarmNode(fs, fs.identity)
+        swarm.mountpoint = mountpoint
+        await swarm.start(nursery)
+        await _serve_mount(fs, mountpoint, ready, swarm, nursery)
+        nursery.cancel_scope.cancel()
+
+
+async def _serve_mount(
+    fs: LocalFilesystem,
+    mountpoint: Path,
+    ready: Callable[[], None],
+    swarm: SwarmNode,
+    outer: trio.Nursery,
+) -> None:
     try:
         pyfuse3.init(fs.operations, str(mountpoint), fuse_options(fs.config))
     except RuntimeError as exc:
@@ -243,6 +271,8 @@ async def serve(fs: LocalFilesystem, mountpoint: Path, ready: Callable[[], None]
                 with trio.CancelScope(shield=True), trio.move_on_after(60):
                     await _flush_all(fs)
                 fs.namespace.commit()
+                with trio.CancelScope(shield=True):
+                    await swarm.push_remaining()
             nursery.cancel_scope.cancel()
         pyfuse3.close(unmount=True)
         unmounted = True

@@ -23,12 +23,12 @@ import errno
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import trio
 
-from dhtfs.errors import ChunkError, NamespaceError
+from dhtfs.errors import ChunkError, ChunkMissing, NamespaceError
 from dhtfs.fs.namespace import ObjectRow, pack_chunks
 from dhtfs.node.chunkstore import ChunkStore, chunk_id_of
 
@@ -112,6 +112,11 @@ class FileContents:
         self.nursery: trio.Nursery | None = None
         self.open_files: dict[bytes, OpenFile] = {}
         self._fetching: dict[bytes, trio.Event] = {}
+        # A swarm mount's way to chunks not stored here: ``fetch(chunk_id, hints)`` returns
+        # verified plaintext (hints: node IDs likely to hold it) or raises NamespaceError.
+        self.fetch: Callable[[bytes, tuple[bytes, ...]], Awaitable[bytes]] | None = None
+        # Told the ID of every chunk sealed here (the swarm places it on other nodes).
+        self.on_sealed: Callable[[bytes], None] | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -167,10 +172,11 @@ class FileContents:
         chunk_id = of.ids[index] if index < len(of.ids) else None
         if chunk_id is None:
             return None
-        return await self.get_chunk(chunk_id)
+        return await self.get_chunk(chunk_id, (of.base[1],))
 
-    async def get_chunk(self, chunk_id: bytes) -> bytes:
-        """Plaintext of a stored chunk (cached); EIO if it is missing or fails to verify.
+    async def get_chunk(self, chunk_id: bytes, hints: tuple[bytes, ...] = ()) -> bytes:
+        """Plaintext of a chunk (cached): from the local store, else (a swarm mount) from the
+        swarm via ``fetch`` with ``hints``; EIO if no one has it or it fails to verify.
 
         Concurrent calls for one chunk share one fetch.
         """
@@ -185,7 +191,14 @@ class FileContents:
                 return data
         done = self._fetching[chunk_id] = trio.Event()
         try:
-            data = await trio.to_thread.run_sync(self.store.get, chunk_id, limiter=self._limiter)
+            try:
+                data = await trio.to_thread.run_sync(
+                    self.store.get, chunk_id, limiter=self._limiter
+                )
+            except ChunkMissing:
+                if self.fetch is None:
+                    raise
+                data = await self.fetch(chunk_id, hints)
         except ChunkError as exc:
             log.error("read failed: %s", exc)
             raise NamespaceError(errno.EIO, str(exc)) from exc
@@ -205,11 +218,11 @@ class FileContents:
         chunk_id = of.ids[index]
         if chunk_id is None or chunk_id in self._fetching or self.cache.get(chunk_id) is not None:
             return
-        self.nursery.start_soon(self._prefetch_one, chunk_id)
+        self.nursery.start_soon(self._prefetch_one, chunk_id, (of.base[1],))
 
-    async def _prefetch_one(self, chunk_id: bytes) -> None:
+    async def _prefetch_one(self, chunk_id: bytes, hints: tuple[bytes, ...]) -> None:
         try:
-            await self.get_chunk(chunk_id)
+            await self.get_chunk(chunk_id, hints)
         except NamespaceError:
             pass  # the reader that needs it will get the error
 
@@ -361,6 +374,8 @@ class FileContents:
                 chunk_id = self._hash_and_store(data)
             if cache:
                 self.cache.put(chunk_id, data)
+            if self.on_sealed is not None:
+                self.on_sealed(chunk_id)
             if of.sealing.get(index) is data:
                 del of.sealing[index]
                 if index < len(of.ids):
@@ -387,6 +402,8 @@ class FileContents:
             of.error = exc
             return
         self.cache.put(chunk_id, data)
+        if self.on_sealed is not None:
+            self.on_sealed(chunk_id)
         if index < len(of.ids):
             of.ids[index] = chunk_id
 

@@ -56,6 +56,11 @@ class InodeMap:
             self._obj_by_ino[ino] = obj
         return ino
 
+    def cached_ino(self, obj: bytes) -> int | None:
+        """The inode number of ``obj`` if the kernel may hold it (in memory), else None;
+        never allocates one."""
+        return self._ino_by_obj.get(obj)
+
     def obj_of(self, ino: int) -> bytes | None:
         obj = self._obj_by_ino.get(ino)
         if obj is None:

@@ -9,7 +9,11 @@ Tables (one SQLite file, WAL mode):
   one link, a file may have several (hard links). ``id`` (SQLite rowid) is a stable readdir
   offset: a rename updates the row in place. ``lts``/``lnode`` is the op that last named it.
 - ``xattrs``: ``(obj, name) → value``.
-- ``oplog``: every op ever applied, ordered by ``(ts, node)``, with its undo record.
+- ``oplog``: every op ever applied, ordered by ``(ts, node)``, with its undo record, its
+  place ``seq`` in its origin's sequence (1, 2, … with no gaps: the replicated log of
+  ``dhtfs.node.oplog``, whose version vector is ``vector``) and, for ops of other origins,
+  their signature ``sig``.
+- ``certs``: certificates of the origins whose ops are here (relayed with their ops).
 - ``meta``: this node's ID and other scalars.
 
 Transactions (group commit): ``apply`` runs each op in one open SQLite transaction. An op
@@ -103,9 +107,12 @@ CREATE TABLE IF NOT EXISTS oplog (
     node BLOB NOT NULL,
     body BLOB NOT NULL,
     undo BLOB NOT NULL,
+    seq INTEGER,
+    sig BLOB,
     PRIMARY KEY (ts, node)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB);
+CREATE TABLE IF NOT EXISTS certs (origin BLOB PRIMARY KEY, der BLOB NOT NULL) WITHOUT ROWID;
 """
 
 OBJECT_COLUMNS = (
@@ -190,6 +197,16 @@ def pack_chunks(ids: list[bytes | None]) -> bytes:
     return b"".join(HOLE if i is None else i for i in ids)
 
 
+def decode_journal_record(record: bytes) -> tuple[Op, int | None, bytes | None]:
+    """``(op, seq, sig)`` of a journal record: ``[seq, sig, body]``, or (written before the
+    swarm) the bare op encoding, whose seq is the next of its origin."""
+    fields = msgpack.unpackb(record, raw=False)
+    if len(fields) == 3:
+        seq, sig, body = fields
+        return decode_op(body), seq, sig
+    return decode_op(record), None, None
+
+
 def conflict_name(name: bytes, node: bytes, ts: int) -> bytes:
     return name + f".conflict-{node.hex()[:8]}-{ts}".encode()
 
@@ -202,6 +219,11 @@ def connect(path: Path | str) -> sqlite3.Connection:
     db.execute("PRAGMA cache_size=-16384")  # 16 MiB: a group commit's dirty pages stay in memory
     db.execute("PRAGMA foreign_keys=OFF")
     db.executescript(SCHEMA)
+    columns = {row[1] for row in db.execute("PRAGMA table_info(oplog)")}
+    if "seq" not in columns:  # a state directory from before the swarm: number its ops
+        db.execute("ALTER TABLE oplog ADD COLUMN seq INTEGER")
+        db.execute("ALTER TABLE oplog ADD COLUMN sig BLOB")
+    db.execute("CREATE INDEX IF NOT EXISTS oplog_by_origin ON oplog(node, seq)")
     return db
 
 
@@ -400,9 +422,15 @@ class Namespace:
         self._xattr_objs: set[bytes] = {r[0] for r in db.execute("SELECT DISTINCT obj FROM xattrs")}
         self.on_begin: Callable[[], None] | None = None  # told when a transaction opens
         self.journal: OpJournal | None = None  # see persist()
-        self._tx_ops: list[Op] = []  # ops applied in the open transaction, in order
-        self._oplog_rows: list[tuple[int, bytes, bytes, bytes]] = []  # their unwritten rows
+        # ops applied in the open transaction, in order, with their seq and sig
+        self._tx_ops: list[tuple[Op, int, bytes | None]] = []
+        self._oplog_rows: list[tuple[Any, ...]] = []  # their unwritten rows
         self._ensure_root()
+        self._number_legacy_ops()
+        # origin → highest seq applied (with every lower one): the log's version vector
+        self.vector: dict[bytes, int] = dict(
+            db.execute("SELECT node, max(seq) FROM oplog GROUP BY node").fetchall()
+        )
         newest = db.execute("SELECT ts, node FROM oplog ORDER BY ts DESC, node DESC LIMIT 1")
         row = newest.fetchone()
         self._newest: tuple[int, bytes] = (row[0], row[1]) if row else (0, b"")
@@ -436,7 +464,12 @@ class Namespace:
         """Apply the journal's ops that the database lacks, commit, empty it; → how many."""
         if self.journal is None:
             return 0
-        replayed = sum(1 for body in self.journal.records() if self.apply(decode_op(body)))
+        replayed = 0
+        for record in self.journal.records():
+            op, seq, sig = decode_journal_record(record)
+            if seq is not None and seq <= self.vector.get(op.node, 0):
+                continue  # committed before the crash
+            replayed += self.apply(op, seq=seq, sig=sig)
         self.commit()
         return replayed
 
@@ -458,7 +491,8 @@ class Namespace:
         """Insert the open transaction's pending ``oplog`` rows (one batch)."""
         if self._oplog_rows:
             self.db.executemany(
-                "INSERT INTO oplog(ts, node, body, undo) VALUES (?,?,?,?)", self._oplog_rows
+                "INSERT INTO oplog(ts, node, body, undo, seq, sig) VALUES (?,?,?,?,?,?)",
+                self._oplog_rows,
             )
             self._oplog_rows.clear()
 
@@ -471,40 +505,48 @@ class Namespace:
         self._tx_ops = []
         if self.db.in_transaction:
             self.db.execute("ROLLBACK")
-        for op in ops:
+        for op, seq, sig in ops:
             self._begin()
-            self._apply_in_order(op, encode_op(op))
+            self._apply_in_order(op, encode_op(op), seq, sig)
             self._newest = max(self._newest, op.op_id)
-            self._tx_ops.append(op)
+            self._tx_ops.append((op, seq, sig))
 
     # -- apply ---------------------------------------------------------------------------------
 
-    def apply(self, op: Op) -> bool:
+    def apply(self, op: Op, *, seq: int | None = None, sig: bytes | None = None) -> bool:
         """Apply ``op`` in its place in the total order; False if it was already applied.
 
+        ``seq``: its place in its origin's log, which must extend ``vector`` by one (default:
+        the next, as for an op made here); ``sig``: its origin's signature (None for ours).
         The op joins the open transaction (see the module docstring). If it fails, it leaves
         no trace (the transaction is redone without it) and the exception propagates.
         """
+        expected = self.vector.get(op.node, 0) + 1
+        if seq is None:
+            seq = expected
+        elif seq != expected:
+            raise ValueError(f"op {op.node.hex()[:12]}#{seq} does not extend the log at {expected}")
         self._begin()
         try:
             body = encode_op(op)
-            applied = self._apply_in_order(op, body)
+            applied = self._apply_in_order(op, body, seq, sig)
         except BaseException:
             self._redo_transaction()
             raise
         if op.op_id > self._newest:
             self._newest = op.op_id
         if applied:
-            self._tx_ops.append(op)
+            self.vector[op.node] = seq
+            self._tx_ops.append((op, seq, sig))
             if self.journal is not None:
-                self.journal.add(body)
+                self.journal.add(pack([seq, sig, body]))
         return applied
 
-    def _apply_in_order(self, op: Op, body: bytes) -> bool:
+    def _apply_in_order(self, op: Op, body: bytes, seq: int, sig: bytes | None) -> bool:
         db = self.db
         if op.op_id > self._newest:
             # The common case (every local op): nothing to deduplicate, undo or redo.
-            self._apply_one(op, body)
+            self._apply_one(op, body, seq, sig)
             return True
         self.write_back()
         if db.execute("SELECT 1 FROM oplog WHERE ts=? AND node=?", (op.ts, op.node)).fetchone():
@@ -513,28 +555,29 @@ class Namespace:
         later = [
             row
             for row in db.execute(
-                "SELECT ts, node, body, undo FROM oplog WHERE ts>=? ORDER BY ts DESC, node DESC",
+                "SELECT ts, node, body, undo, seq, sig FROM oplog WHERE ts>=? "
+                "ORDER BY ts DESC, node DESC",
                 (op.ts,),
             )
             if (row[0], row[1]) > (op.ts, op.node)
         ]
-        for _ts, _node, _body, undo in later:
+        for _ts, _node, _body, undo, _seq, _sig in later:
             _restore(db, self._tx(), msgpack.unpackb(undo, raw=False))
-        self._apply_one(op, body)
-        for _ts, _node, later_body, _undo in reversed(later):
+        self._apply_one(op, body, seq, sig)
+        for _ts, _node, later_body, _undo, later_seq, later_sig in reversed(later):
             db.execute("DELETE FROM oplog WHERE ts=? AND node=?", (_ts, _node))
-            self._apply_one(decode_op(later_body), later_body)
+            self._apply_one(decode_op(later_body), later_body, later_seq, later_sig)
         return True
 
     def _tx(self) -> _Tx:
         return _Tx(self.db, self._rows, self._facts)
 
-    def _apply_one(self, op: Op, body: bytes) -> None:
+    def _apply_one(self, op: Op, body: bytes, seq: int, sig: bytes | None) -> None:
         """Apply ``op`` (whose encoding is ``body``) on top of the current state."""
         tx = self._tx()
         for change in op.changes:
             _CHANGE_APPLIERS[change["c"]](self, tx, op, change)
-        self._oplog_rows.append((op.ts, op.node, body, pack(tx.undo)))
+        self._oplog_rows.append((op.ts, op.node, body, pack(tx.undo), seq, sig))
 
     def _mkobj(self, tx: _Tx, op: Op, c: Change) -> None:
         t = c["time"]
@@ -701,6 +744,11 @@ class Namespace:
         ).fetchall()
         return [(r[0], r[1], ObjectRow(*r[2:])) for r in rows]
 
+    def link_place(self, link: bytes) -> tuple[bytes, bytes] | None:
+        """``(parent, name)`` of ``link``, or None if it does not exist."""
+        row = self.db.execute("SELECT parent, name FROM links WHERE link=?", (link,)).fetchone()
+        return (row[0], row[1]) if row else None
+
     def parent_of(self, obj: bytes) -> bytes | None:
         row = self.db.execute("SELECT parent FROM links WHERE obj=? LIMIT 1", (obj,)).fetchone()
         return row[0] if row else None
@@ -765,6 +813,84 @@ class Namespace:
             else:
                 out[name] = (row.kind, row.mode, row.size, row.chunks, row.target, obj)
         return out
+
+    # -- the replicated log (dhtfs.node.oplog.LogStore, through dhtfs.fs.replica) -------------
+
+    def log_entries(
+        self, origin: bytes, after: int, limit: int
+    ) -> list[tuple[int, bytes, bytes | None]]:
+        """``(seq, body, sig)`` of ``origin``'s ops after ``after``, in order, persisted first
+        (see ``persist``), so whatever leaves the node survives a crash of it."""
+        if self.pending:
+            self.persist()
+        self._write_oplog()
+        return self.db.execute(
+            "SELECT seq, body, sig FROM oplog WHERE node=? AND seq>? ORDER BY seq LIMIT ?",
+            (origin, after, limit),
+        ).fetchall()
+
+    def cert(self, origin: bytes) -> bytes | None:
+        row = self.db.execute("SELECT der FROM certs WHERE origin=?", (origin,)).fetchone()
+        return row[0] if row else None
+
+    def add_cert(self, origin: bytes, der: bytes) -> None:
+        self.db.execute("INSERT OR REPLACE INTO certs(origin, der) VALUES (?,?)", (origin, der))
+
+    def _number_legacy_ops(self) -> None:
+        """Give ops from before the swarm (no ``seq``) their places, per origin in op order."""
+        if self.db.execute("SELECT 1 FROM oplog WHERE seq IS NULL LIMIT 1").fetchone() is None:
+            return
+        rows = self.db.execute(
+            "SELECT ts, node FROM oplog WHERE seq IS NULL ORDER BY ts, node"
+        ).fetchall()
+        counts: dict[bytes, int] = dict(
+            self.db.execute(
+                "SELECT node, max(seq) FROM oplog WHERE seq IS NOT NULL GROUP BY node"
+            ).fetchall()
+        )
+        updates = []
+        for ts, node in rows:
+            counts[node] = counts.get(node, 0) + 1
+            updates.append((counts[node], ts, node))
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            self.db.executemany("UPDATE oplog SET seq=? WHERE ts=? AND node=?", updates)
+
+    def adopt_origin(self, old: bytes, new: bytes) -> int:
+        """Re-stamp every op made as ``old`` as made by ``new`` (a state directory from before
+        the swarm had a random origin ID; a swarm node's is its certificate's node ID).
+
+        Only for a log that never left this node. IDs are 32 random bytes, so replacing them
+        in op bodies, undo records and rows changes nothing else; the order of ops is kept
+        (this node's timestamps are unique). Returns the ops re-stamped.
+        """
+        self.commit()
+        rows = self.db.execute(
+            "SELECT ts, node, body, undo, seq, sig FROM oplog WHERE instr(body, ?) OR "
+            "instr(undo, ?)",
+            (old, old),
+        ).fetchall()
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            self.db.execute("DELETE FROM oplog WHERE instr(body, ?) OR instr(undo, ?)", (old, old))
+            self.db.executemany(
+                "INSERT INTO oplog(ts, node, body, undo, seq, sig) VALUES (?,?,?,?,?,?)",
+                [
+                    (ts, new if node == old else node, body.replace(old, new),
+                     undo.replace(old, new), seq, sig)
+                    for ts, node, body, undo, seq, sig in rows
+                ],
+            )
+            self.db.execute("UPDATE objects SET content_node=? WHERE content_node=?", (new, old))
+            self.db.execute("UPDATE links SET lnode=? WHERE lnode=?", (new, old))
+        self._rows.discard()
+        self._facts.forget()
+        if old in self.vector:
+            self.vector[new] = self.vector.pop(old)
+        newest = self._newest
+        if newest[1] == old:
+            self._newest = self._tx_newest = (newest[0], new)
+        return sum(1 for r in rows if r[1] == old)
 
     def meta_get(self, key: str) -> bytes | None:
         row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()

@@ -9,18 +9,20 @@ Every op that adds or removes a name also sets the parent directory's mtime and 
 from __future__ import annotations
 
 import errno
-import os
+import logging
 import stat
 import time
 from collections.abc import Callable
 
-from dhtfs.errors import NamespaceError
+from dhtfs.errors import ConfigError, NamespaceError
 from dhtfs.fs.namespace import Namespace, ObjectRow
 from dhtfs.fs.ops import ROOT_OBJ, Change, HybridClock, Op, new_id
 
 NAME_MAX = 255
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
+
+log = logging.getLogger(__name__)
 
 
 class Tree:
@@ -249,12 +251,26 @@ def _touch(dir_obj: bytes, now: int) -> Change:
     return {"c": "attr", "obj": dir_obj, "fields": {"mtime": now, "ctime": now}}
 
 
-def load_or_create_node_id(ns: Namespace) -> bytes:
-    """This node's 32-byte ID in the op log (kept in ``meta``; random on first start)."""
-    node_id = ns.meta_get("node_id")
-    if node_id is None:
-        node_id = os.urandom(32)
-        ns.meta_set("node_id", node_id)
+def bind_origin(ns: Namespace, node_id: bytes) -> bytes:
+    """Make ``node_id`` (the swarm certificate's node ID) the origin of this node's ops.
+
+    A state directory belongs to one node identity for good (its ops, once shared, carry that
+    ID): another certificate on it is a ConfigError. A state directory from before the swarm
+    (a random origin, never shared) has its ops re-stamped once (``adopt_origin``).
+    """
+    current = ns.meta_get("node_id")
+    if current is not None and current != node_id:
+        if ns.meta_get("node_id_bound") is not None:
+            raise ConfigError(
+                f"the state directory belongs to node {current.hex()[:16]}, not to the "
+                f"certificate's node {node_id.hex()[:16]}; use a fresh state= directory "
+                "for another node identity"
+            )
+        moved = ns.adopt_origin(current, node_id)
+        log.warning("re-stamped %d ops of this state directory with node ID %s",
+                    moved, node_id.hex()[:16])
+    ns.meta_set("node_id", node_id)
+    ns.meta_set("node_id_bound", b"1")
     return node_id
 
 

@@ -38,7 +38,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -107,8 +107,15 @@ class _UnixStream:
 class ControlServer:
     """Answers control requests for ``nodes`` (``dhtfs.node.node.Node`` instances)."""
 
-    def __init__(self, nodes: Sequence[Any]) -> None:
+    def __init__(
+        self,
+        nodes: Sequence[Any],
+        extra: dict[str, Callable[[Message], Awaitable[Message]]] | None = None,
+    ) -> None:
+        """``extra``: more methods (a mount's: status with its file side, oplog, isolate,
+        sync, digest), by name; they take precedence over the node methods."""
         self.nodes = list(nodes)
+        self.extra = dict(extra or {})
 
     def _node(self, args: Message) -> Any:
         index = args.get("node", 0)
@@ -117,6 +124,8 @@ class ControlServer:
         return self.nodes[index]
 
     async def handle(self, method: str, args: Message) -> Message:
+        if method in self.extra:
+            return await self.extra[method](args)
         if method == "pending":
             return {"background": sum(n.background_jobs for n in self.nodes)}
         node = self._node(args)
@@ -166,7 +175,8 @@ class ControlServer:
         sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
         old_umask = os.umask(0o177)
         try:
-            await sock.bind(str(path))
+            with socket_address(path) as address:
+                await sock.bind(address)
         finally:
             os.umask(old_umask)
         os.chmod(path, 0o600)
@@ -222,6 +232,25 @@ class ControlServer:
                 await stream.send_all(out)
 
 
+SUN_PATH_MAX = 107
+
+
+@contextlib.contextmanager
+def socket_address(path: Path) -> Iterator[str]:
+    """An address for the Unix socket at ``path``: the path itself, or, when it is longer
+    than a socket address may be (108 bytes), the same file reached through an open
+    descriptor of its directory (``/proc/self/fd/N/NAME``), valid inside the block."""
+    text = str(path)
+    if len(text.encode()) <= SUN_PATH_MAX:
+        yield text
+        return
+    fd = os.open(path.parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        yield f"/proc/self/fd/{fd}/{path.name}"
+    finally:
+        os.close(fd)
+
+
 def _chunk_id(args: Message) -> bytes:
     cid = args.get("id")
     if not isinstance(cid, bytes) or len(cid) != 32:
@@ -241,7 +270,8 @@ class ControlClient:
     @classmethod
     async def connect(cls, path: Path) -> ControlClient:
         try:
-            stream = await trio.open_unix_socket(str(path))
+            with socket_address(path) as address:
+                stream = await trio.open_unix_socket(address)
         except OSError as exc:
             raise NetworkError(
                 f"cannot reach the node's control socket {path}: {exc.strerror or exc}"

@@ -27,13 +27,17 @@ from dhtfs.errors import ConfigError
 from dhtfs.node import pki
 from dhtfs.node.chunkstore import ChunkStore
 from dhtfs.node.control import CONTROL_SOCKET_NAME, ControlServer
+from dhtfs.node.logstore import SqliteLogStore
 from dhtfs.node.node import Node
+from dhtfs.node.oplog import METHODS as LOG_METHODS
+from dhtfs.node.oplog import LogReplicator, Signatures
 from dhtfs.node.statedir import open_chunk_store, prepare_state_dir
 from dhtfs.node.transport import Transport
 
 log = logging.getLogger(__name__)
 
 JOIN_RETRY_SECONDS = 5.0
+LOG_DB_NAME = "oplog.db"
 
 
 def parse_address(text: str, what: str, *, default_port: int | None = None) -> tuple[str, int]:
@@ -66,7 +70,7 @@ def open_store(config: Config) -> ChunkStore:
     return open_chunk_store(config.state_dir, config.key)
 
 
-async def _keep_joined(node: Node, seeds: list[tuple[str, int]]) -> None:
+async def keep_joined(node: Node, seeds: list[tuple[str, int]]) -> None:
     """Bootstrap again while the routing table is empty (e.g. seeds started after us)."""
     while True:
         await trio.sleep(JOIN_RETRY_SECONDS)
@@ -92,13 +96,20 @@ async def serve_node(
         local = await nursery.start(transport.serve)
         node = Node(transport, store)
         transport.handler = node.handle
+        # The replicated op log too, so a returning mount can catch up from this node when
+        # no other mount is up.
+        log_store = SqliteLogStore(config.state_dir / LOG_DB_NAME)
+        replicator = LogReplicator(node, log_store, Signatures(identity))
+        for method in LOG_METHODS:
+            node.services[method] = replicator.handle
         control_path = config.state_dir / CONTROL_SOCKET_NAME
         await nursery.start(ControlServer([node]).serve, control_path)
         if seeds:
             size = await node.join_addresses(seeds)
             log.info("bootstrapped: %d contacts", size)
-            nursery.start_soon(_keep_joined, node, seeds)
+            nursery.start_soon(keep_joined, node, seeds)
         nursery.start_soon(node.run_maintenance)
+        nursery.start_soon(replicator.run)
         line = f"ready node_id={identity.node_id.hex()} listen={local.host}:{local.port} " \
                f"control={control_path}"
         log.info("%s", line)

@@ -68,7 +68,7 @@ from dhtfs.node import rpc
 from dhtfs.node.chunkstore import HEADER_BYTES, TAG_BYTES
 from dhtfs.node.ids import distance, random_id_in_bucket, sha256_id
 from dhtfs.node.lookup import Answer, LookupResult, Query, iterative_lookup
-from dhtfs.node.network import Contact, Message, Network
+from dhtfs.node.network import Contact, Message, Network, RequestHandler
 from dhtfs.node.routing import RoutingTable
 
 log = logging.getLogger(__name__)
@@ -206,6 +206,9 @@ class Node:
         ](CACHE_QUEUE)
         self._cache_queued = 0
         self._handoff_send, self._handoff_recv = trio.open_memory_channel[Contact](64)
+        # Handlers for methods beyond ``rpc.METHODS`` (the op log's), by method name; the
+        # caller is refreshed in routing as for every request.
+        self.services: dict[str, RequestHandler] = {}
 
     @property
     def background_jobs(self) -> int:
@@ -297,6 +300,11 @@ class Node:
         """An RTT measured outside ``call`` (e.g. a transport keepalive) feeds the EWMA too."""
         self._seen(peer, rtt)
 
+    async def call(self, peer: Contact, method: str, args: Message, timeout: float) -> Message:
+        """One RPC to ``peer`` with the node's bookkeeping (RTT EWMA, failure streaks), for
+        the services built on the node (``dhtfs.node.oplog``)."""
+        return await self._call(peer, method, args, timeout)
+
     async def _call(self, peer: Contact, method: str, args: Message, timeout: float) -> Message:
         t0 = trio.current_time()
         try:
@@ -343,10 +351,14 @@ class Node:
 
     async def handle(self, caller: Contact, method: str, args: Message) -> Message:
         """The ``RequestHandler``: validate, refresh the caller in routing, answer."""
-        if method not in rpc.METHODS:
-            raise RemoteError(f"unknown method {method!r}")
         if not isinstance(args, dict):
             raise RemoteError(f"{method}: arguments must be a map")
+        if method not in rpc.METHODS:
+            service = self.services.get(method)
+            if service is None:
+                raise RemoteError(f"unknown method {method!r}")
+            self._seen(caller, None)
+            return await service(caller, method, args)
         self._seen(caller, None)
         if method == rpc.PING:
             return {}
@@ -770,16 +782,25 @@ class Node:
         """Look up the k closest to ``key`` and announce ourselves as its provider there."""
         return await self._announce_to(key, await self.find_node(key))
 
-    async def get_chunk(self, chunk_id: bytes) -> bytes:
+    async def get_chunk(self, chunk_id: bytes, hints: Iterable[bytes] = ()) -> bytes:
         """The chunk's bytes, verified; from here, else from the fastest provider that has it.
-        Raises ``ChunkMissing`` when no provider can serve it."""
-        return (await self.get_chunk_detailed(chunk_id)).data
+        ``hints``: node IDs likely to hold it (the writer of the file version that names it),
+        asked directly, before any lookup, when routing knows them. Raises ``ChunkMissing``
+        when no provider can serve it."""
+        return (await self.get_chunk_detailed(chunk_id, hints)).data
 
-    async def get_chunk_detailed(self, chunk_id: bytes) -> GetResult:
+    async def get_chunk_detailed(self, chunk_id: bytes, hints: Iterable[bytes] = ()) -> GetResult:
         """``get_chunk``, saying how the bytes were found (``GetResult``)."""
         local = await self._local_get(chunk_id)
         if local is not None:
             return GetResult(local, "local")
+        hinted = [c for h in hints if h != self.id and (c := self.routing.get(h)) is not None]
+        if hinted:
+            data = await self._fetch(chunk_id, hinted)
+            if data is not None:
+                if self.cache_fetched:
+                    await self._cache_later(chunk_id, data)
+                return GetResult(data, "hinted", hops=1)
         dials0 = getattr(self.network, "dials", 0)
         tried: set[bytes] = {self.id}
         notes = []

@@ -331,6 +331,15 @@ class Transport:
         self.dials = 0          # outbound connections attempted (each a TLS handshake)
         self.aborted = 0
         self.protocol_errors = 0
+        self.isolated = False   # test switch: see ``isolate``
+
+    def isolate(self, on: bool) -> None:
+        """Cut this node off the network (tests of partitions): while on, every call fails
+        with ``PeerUnreachable``, inbound connections are dropped, and the open ones close."""
+        self.isolated = on
+        if on:
+            for conn in list(self._live):
+                conn.close()
 
     # -- Network ---------------------------------------------------------------------------------
 
@@ -343,6 +352,8 @@ class Transport:
     async def call(self, peer: Contact, method: str, args: Message, *, timeout: float) -> Message:
         # ``deadline()`` spelled out: this is the hot path, and a generator-based context
         # manager costs as much as the rest of the call's bookkeeping.
+        if self.isolated:
+            raise PeerUnreachable(f"{method} to {peer}: this node is isolated")
         with trio.move_on_after(timeout):
             conn = self._conns.get(peer.node_id)
             if conn is not None and not conn.closed and not conn.awaiting_hello:
@@ -358,6 +369,8 @@ class Transport:
         raise CallTimeout(f"{method} to {peer}: no answer within {timeout:.3g}s")
 
     async def contact_at(self, host: str, port: int, *, timeout: float) -> Contact:
+        if self.isolated:
+            raise PeerUnreachable(f"contact at {host}:{port}: this node is isolated")
         with deadline(timeout, f"contact at {host}:{port}"):
             conn = await self._connection(None, host, port)
             return Contact(conn.peer.node_id, host, port)
@@ -396,6 +409,9 @@ class Transport:
             nursery.start_soon(self._inbound, stream)
 
     async def _inbound(self, tcp: trio.SocketStream) -> None:
+        if self.isolated:
+            await trio.aclose_forcefully(tcp)
+            return
         try:
             remote_ip = tcp.socket.getpeername()[0]
         except OSError:

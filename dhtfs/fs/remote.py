@@ -1,0 +1,108 @@
+"""What a mount does when ops from other nodes arrive: kernel cache invalidation and open
+files brought up to date.
+
+The kernel caches entries (names → inodes, and missing names), attributes and file pages for
+up to their timeouts; a remote change must be visible at once, so each applied remote op
+queues ``invalidate_entry`` for every name it touched (before and after) and
+``invalidate_inode`` for every object it changed (with the pages, for content).
+
+Invariants:
+- invalidations never run inline: the kernel may hold locks that a pending request waits
+  for, and that request waits for this trio loop. They go through a bounded queue to one task,
+  which makes each call in a worker thread while the loop goes on serving requests; when the
+  queue is full the rest are dropped (caches then expire within their 1 s timeouts);
+- only what the kernel can hold is invalidated: inodes it was given (``InodeMap``);
+- an open file with no local changes in flight takes the new version at once; one with local
+  changes keeps them, and its next flush makes a conflict copy (concurrent writers).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import stat
+
+import pyfuse3
+import trio
+
+from dhtfs.fs.files import FileContents
+from dhtfs.fs.inodes import InodeMap
+from dhtfs.fs.namespace import Namespace
+from dhtfs.fs.ops import Op
+from dhtfs.fs.replica import LinkPlaces
+
+log = logging.getLogger(__name__)
+
+QUEUE = 65536
+
+Invalidation = tuple[int, bytes | None, bool]
+"""``(inode, name, attr_only)``: an entry of directory ``inode`` when ``name`` is set, else
+the inode itself (with its pages unless ``attr_only``)."""
+
+
+class RemoteChanges:
+    """The ``NamespaceLog.on_remote`` hook of a mount, and the task that invalidates."""
+
+    def __init__(self, ns: Namespace, inodes: InodeMap, contents: FileContents) -> None:
+        self.ns = ns
+        self.inodes = inodes
+        self.contents = contents
+        self._send, self._recv = trio.open_memory_channel[Invalidation](QUEUE)
+        self.dropped = 0
+        self.done = 0
+
+    def __call__(self, ops: list[Op], before: LinkPlaces) -> None:
+        wanted: dict[tuple[int, bytes | None], bool] = {}
+
+        def entry(place: tuple[bytes, bytes] | None) -> None:
+            if place is not None:
+                ino = self.inodes.cached_ino(place[0])
+                if ino is not None:
+                    wanted[(ino, place[1])] = True
+
+        def inode(obj: bytes, attr_only: bool) -> None:
+            ino = self.inodes.cached_ino(obj)
+            if ino is not None:
+                wanted[(ino, None)] = wanted.get((ino, None), True) and attr_only
+
+        for op in ops:
+            for change in op.changes:
+                kind = change["c"]
+                if "link" in change:
+                    entry(before.get(change["link"]))
+                    entry(self.ns.link_place(change["link"]))
+                if "obj" in change:
+                    inode(change["obj"], attr_only=kind != "content")
+                    if kind == "content":
+                        self._refresh_open_file(change["obj"])
+        for (ino, name), attr_only in wanted.items():
+            try:
+                self._send.send_nowait((ino, name, attr_only))
+            except trio.WouldBlock:
+                self.dropped += 1
+
+    def _refresh_open_file(self, obj: bytes) -> None:
+        of = self.contents.open_files.get(obj)
+        row = self.ns.get_object(obj)
+        if of is None or row is None or not stat.S_ISREG(row.kind):
+            return
+        if of.dirty or of.buffers or of.sealing or of.pending:
+            return  # local changes in flight: their flush conflicts, keeping both versions
+        of.size = row.size
+        of.chunk_size = row.chunk_size or of.chunk_size
+        of.ids = row.chunk_list()
+        of.base = (row.content_ts, row.content_node)
+        of.mtime = row.mtime
+
+    async def run(self) -> None:
+        """Make the queued invalidations, one at a time, each in a worker thread."""
+        async for ino, name, attr_only in self._recv:
+            try:
+                if name is not None:
+                    await trio.to_thread.run_sync(pyfuse3.invalidate_entry, ino, name)
+                else:
+                    await trio.to_thread.run_sync(pyfuse3.invalidate_inode, ino, attr_only)
+                self.done += 1
+            except OSError as exc:
+                if exc.errno not in (errno.ENOENT, errno.ENOTDIR, errno.EBADF):
+                    log.debug("invalidating inode %d %r failed: %s", ino, name, exc)

@@ -1,0 +1,79 @@
+"""The namespace as a replicated log store (``dhtfs.node.oplog.LogStore``) for a mount.
+
+Entries are namespace ops: ``body`` is ``encode_op`` (format-versioned), ``origin`` the node
+that made the op, ``seq`` its place in that node's log. Accepting an entry applies its op
+through ``Namespace.apply``, the one deterministic writer, so every node that holds the same
+entries shows the same tree whatever order they came in.
+
+Invariants:
+- an entry whose body does not decode, or whose op names another node than its origin, is
+  refused (``InvalidEntry``): a certificate signs only for its own node's ops;
+- the hybrid clock observes every remote op, so an op made here after seeing one is ordered
+  after it;
+- ``on_remote(ops, before)`` is told of every applied batch with the places ``(parent, name)``
+  the ops' links held before, so that the mount can invalidate kernel caches and refresh
+  open files; it runs on the trio thread, never inside a FUSE handler.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+
+from dhtfs.fs.ops import Op, decode_op
+from dhtfs.fs.tree import Tree
+from dhtfs.node.oplog import InvalidEntry, LogEntry
+
+log = logging.getLogger(__name__)
+
+LinkPlaces = dict[bytes, tuple[bytes, bytes] | None]
+"""link ID → ``(parent, name)`` it held before a batch (None: it did not exist)."""
+
+
+class NamespaceLog:
+    """``LogStore`` over one mount's namespace (see the module docstring)."""
+
+    def __init__(self, tree: Tree) -> None:
+        self.tree = tree
+        self.ns = tree.ns
+        self.on_remote: Callable[[list[Op], LinkPlaces], None] | None = None
+
+    def vector(self) -> dict[bytes, int]:
+        return dict(self.ns.vector)
+
+    def entries_after(self, origin: bytes, seq: int, limit: int) -> list[LogEntry]:
+        return [
+            LogEntry(origin, s, body, sig)
+            for s, body, sig in self.ns.log_entries(origin, seq, limit)
+        ]
+
+    def accept(self, entries: Sequence[LogEntry]) -> None:
+        ops: list[Op] = []
+        places: LinkPlaces = {}
+        try:
+            for e in entries:
+                try:
+                    op = decode_op(e.body)
+                except Exception as exc:  # malformed bytes of any kind
+                    raise InvalidEntry(e, f"undecodable op ({exc})") from None
+                if op.node != e.origin:
+                    raise InvalidEntry(e, f"op claims node {op.node.hex()[:12]}")
+                for change in op.changes:
+                    link = change.get("link") if isinstance(change, dict) else None
+                    if isinstance(link, bytes) and link not in places:
+                        places[link] = self.ns.link_place(link)
+                try:
+                    self.ns.apply(op, seq=e.seq, sig=e.sig)
+                except (KeyError, TypeError, ValueError) as exc:
+                    raise InvalidEntry(e, f"op does not apply ({exc!r})") from None
+                self.tree.clock.observe(op.ts)
+                ops.append(op)
+        finally:
+            if ops and self.on_remote is not None:
+                self.on_remote(ops, places)
+
+    def cert(self, origin: bytes) -> bytes | None:
+        return self.ns.cert(origin)
+
+    def add_cert(self, origin: bytes, der: bytes) -> None:
+        self.ns.add_cert(origin, der)

@@ -1,0 +1,116 @@
+"""Log stores for nodes without a namespace: in memory (the simulator) and in SQLite (a
+headless storage node, so that a returning mount can catch up from it when no other mount is
+up). A mount's store is its namespace (``dhtfs.fs.replica``).
+
+Invariants (``dhtfs.node.oplog.LogStore``): entries of an origin are held as the run
+``1..vector[origin]`` with no holes; ``accept`` takes entries that extend the runs, in order.
+These stores apply nothing: they keep and serve.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from pathlib import Path
+
+from dhtfs.node.oplog import InvalidEntry, LogEntry
+
+
+class MemoryLogStore:
+    """Entries in dicts; ``append_own`` makes a new own entry (the simulator's writers)."""
+
+    def __init__(self, own_id: bytes) -> None:
+        self.own_id = own_id
+        self._runs: dict[bytes, list[LogEntry]] = {}
+        self._certs: dict[bytes, bytes] = {}
+
+    def vector(self) -> dict[bytes, int]:
+        return {o: len(run) for o, run in self._runs.items()}
+
+    def entries_after(self, origin: bytes, seq: int, limit: int) -> list[LogEntry]:
+        return self._runs.get(origin, [])[seq : seq + limit]
+
+    def accept(self, entries: Sequence[LogEntry]) -> None:
+        for e in entries:
+            run = self._runs.setdefault(e.origin, [])
+            if e.seq != len(run) + 1:
+                raise InvalidEntry(e, f"expected seq {len(run) + 1}")
+            run.append(e)
+
+    def append_own(self, body: bytes) -> LogEntry:
+        run = self._runs.setdefault(self.own_id, [])
+        entry = LogEntry(self.own_id, len(run) + 1, body, None)
+        run.append(entry)
+        return entry
+
+    def has(self, origin: bytes, seq: int) -> bool:
+        return seq <= len(self._runs.get(origin, ()))
+
+    def cert(self, origin: bytes) -> bytes | None:
+        return self._certs.get(origin)
+
+    def add_cert(self, origin: bytes, der: bytes) -> None:
+        self._certs[origin] = der
+
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS entries (
+    origin BLOB NOT NULL,
+    seq INTEGER NOT NULL,
+    body BLOB NOT NULL,
+    sig BLOB NOT NULL,
+    PRIMARY KEY (origin, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS certs (origin BLOB PRIMARY KEY, der BLOB NOT NULL) WITHOUT ROWID;
+"""
+
+
+class SqliteLogStore:
+    """Entries in ``<state>/oplog.db`` (WAL; each ``accept`` is one transaction)."""
+
+    def __init__(self, path: Path) -> None:
+        self.db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.executescript(SCHEMA)
+        path.chmod(0o600)
+        self._vector: dict[bytes, int] = dict(
+            self.db.execute("SELECT origin, max(seq) FROM entries GROUP BY origin").fetchall()
+        )
+
+    def vector(self) -> dict[bytes, int]:
+        return dict(self._vector)
+
+    def entries_after(self, origin: bytes, seq: int, limit: int) -> list[LogEntry]:
+        rows = self.db.execute(
+            "SELECT seq, body, sig FROM entries WHERE origin=? AND seq>? ORDER BY seq LIMIT ?",
+            (origin, seq, limit),
+        ).fetchall()
+        return [LogEntry(origin, s, b, g) for s, b, g in rows]
+
+    def accept(self, entries: Sequence[LogEntry]) -> None:
+        rows = []
+        vector = dict(self._vector)
+        refused: InvalidEntry | None = None
+        for e in entries:
+            if e.seq != vector.get(e.origin, 0) + 1 or e.sig is None:
+                refused = InvalidEntry(e, f"expected seq {vector.get(e.origin, 0) + 1}")
+                break
+            vector[e.origin] = e.seq
+            rows.append((e.origin, e.seq, e.body, e.sig))
+        with self.db:
+            self.db.execute("BEGIN")
+            self.db.executemany("INSERT INTO entries VALUES (?,?,?,?)", rows)
+        self._vector = vector
+        if refused is not None:
+            raise refused
+
+    def cert(self, origin: bytes) -> bytes | None:
+        row = self.db.execute("SELECT der FROM certs WHERE origin=?", (origin,)).fetchone()
+        return row[0] if row else None
+
+    def add_cert(self, origin: bytes, der: bytes) -> None:
+        self.db.execute("INSERT OR REPLACE INTO certs VALUES (?,?)", (origin, der))
+
+    def close(self) -> None:
+        self.db.close()

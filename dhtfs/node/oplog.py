@@ -1,0 +1,602 @@
+"""The replicated op log: signed entries from many origins, spread by push and anti-entropy.
+
+``dhtfs.node`` knows nothing of what an entry means. An entry is ``(origin, seq, body, sig)``:
+the 32-byte node ID of the node that made it, its place in that origin's sequence (1, 2, 3, …
+with no gaps), opaque bytes (for a mount, ``dhtfs.fs.ops.encode_op``, which starts with its
+own format version), and the origin's ECDSA signature over ``signed_message(origin, seq,
+body)``. A ``LogStore`` holds entries and applies them (the namespace on a mount, a plain table
+on a headless node); a ``LogReplicator`` moves them between nodes.
+
+Invariants:
+- a store holds, for every origin, exactly the entries ``1..vector()[origin]`` (a version
+  vector with no holes), so "what do you lack" is one integer per origin;
+- an entry is accepted only if it extends its origin's run by one and its signature verifies
+  against the origin's certificate, which must chain to the swarm CA and hash to the origin ID.
+  A relayed entry that fails either check is dropped, and the peer that sent it is penalized
+  (``RoutingTable.penalize``); a relay can neither forge nor reorder another node's entries;
+- a store's own entries are signed when they first leave the node (and the signatures kept in
+  memory: after a restart they are signed again, any valid signature will do); an entry a
+  store hands out survives a crash of its process (``LogStore.entries_after``);
+- a peer that cannot authenticate with the swarm CA never reaches these handlers (the transport
+  refuses it at the handshake), so it learns nothing of the log.
+
+Dissemination (Demers et al., "Epidemic algorithms for replicated database maintenance"):
+- push: new own entries go at once to up to ``fanout`` peers (every peer, in a swarm no larger
+  than ``fanout + 1``). A node that knows more than ``fanout`` peers forwards entries that are
+  new to it to ``fanout`` random peers (infect-and-die gossip), so an entry reaches N nodes in
+  about log_fanout(N) hops at ``fanout`` messages per node;
+- anti-entropy: every ``sync_interval`` a node pulls from one random peer what its vector
+  lacks, and pushes back what the peer's vector lacks (push-pull). A node that was offline,
+  partitioned or just joined catches up this way; a peer not yet synced with goes first;
+- an entry that arrives ahead of a gap is stashed (bounded) and a pull from its sender is
+  started, which brings the missing ones in order.
+
+RPCs (args → answer)::
+
+    LOG_PUSH  {"entries": [[origin, seq, body, sig], ...], "certs": [[origin, der], ...]}
+              → {"accepted": n}
+    LOG_PULL  {"vector": [[origin, seq], ...], "limit": n}
+              → {"entries": [...], "certs": [...], "vector": [[origin, seq], ...], "more": bool}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import trio
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from dhtfs.errors import AuthError, NetworkError, ProtocolError, RemoteError
+from dhtfs.node import pki
+from dhtfs.node.ids import ID_BYTES
+from dhtfs.node.network import Contact, Message
+
+log = logging.getLogger(__name__)
+
+LOG_PUSH = "LOG_PUSH"
+LOG_PULL = "LOG_PULL"
+METHODS = frozenset({LOG_PUSH, LOG_PULL})
+
+MAX_ENTRIES = 4096
+"""Entries in one message at most (a pull answer says ``more`` past it)."""
+MAX_BATCH_BYTES = 8 * 1024 * 1024
+"""Body bytes in one message at most (well below the wire's frame limit)."""
+MAX_BODY = 1024 * 1024
+MAX_SIG = 256
+MAX_CERT = 16 * 1024
+STASH_MAX = 16384
+"""Out-of-order entries kept while the gap before them is filled."""
+SIG_CACHE = 65536
+VERIFY_SLICE = 64
+"""Signatures verified between two checkpoints (each ~0.1 ms): a long pull never holds the
+event loop (and so the FUSE handlers of a mount) for long."""
+
+
+@dataclass(frozen=True, slots=True)
+class LogEntry:
+    """One entry of one origin's log. ``sig`` is None only for own entries not yet signed."""
+
+    origin: bytes
+    seq: int
+    body: bytes
+    sig: bytes | None = None
+
+
+class InvalidEntry(Exception):
+    """A store refused an entry whose signature verified (e.g. its body names another origin)."""
+
+    def __init__(self, entry: LogEntry, reason: str) -> None:
+        super().__init__(f"entry {entry.origin.hex()[:12]}#{entry.seq}: {reason}")
+        self.entry = entry
+
+
+class LogStore(Protocol):
+    """Where a node keeps the log (see the module invariants)."""
+
+    def vector(self) -> dict[bytes, int]:
+        """origin → highest seq held (every lower one is held too)."""
+        ...
+
+    def entries_after(self, origin: bytes, seq: int, limit: int) -> list[LogEntry]:
+        """Up to ``limit`` entries of ``origin`` after ``seq``, in order. Each survives a crash
+        of this process from now on (a store persists before it hands out)."""
+        ...
+
+    def accept(self, entries: Sequence[LogEntry]) -> None:
+        """Store and apply verified entries; each extends its origin's run by one, in order.
+        Raises ``InvalidEntry`` for the first one it refuses (those before it are kept)."""
+        ...
+
+    def cert(self, origin: bytes) -> bytes | None:
+        """The DER certificate of ``origin``, if known."""
+        ...
+
+    def add_cert(self, origin: bytes, der: bytes) -> None:
+        """Keep a verified certificate (relays must forward it with the origin's entries)."""
+        ...
+
+
+def signed_message(origin: bytes, seq: int, body: bytes) -> bytes:
+    """What an entry's signature covers: domain tag, origin, seq and the body's bytes."""
+    return b"dhtfs-log-v1\0" + origin + seq.to_bytes(8, "big") + body
+
+
+class Signatures:
+    """Signs this node's entries and verifies others' with certificates from the swarm CA.
+
+    ``verify`` checks the certificate chains to the CA and hashes to the claimed origin
+    (``pki.verify_node_cert_der``), then the ECDSA P-256 signature. Public keys are cached by
+    origin once their certificate has verified.
+    """
+
+    def __init__(self, identity: pki.Identity) -> None:
+        self.own_id = identity.node_id
+        self._key = pki.load_private_key(identity.key)
+        self._ca = pki.load_cert(identity.ca_cert)
+        self.own_cert = pki.load_cert(identity.cert).public_bytes(serialization.Encoding.DER)
+        self._keys: dict[bytes, ec.EllipticCurvePublicKey] = {}
+
+    def sign(self, origin: bytes, seq: int, body: bytes) -> bytes:
+        return self._key.sign(signed_message(origin, seq, body), ec.ECDSA(hashes.SHA256()))
+
+    def check_cert(self, origin: bytes, der: bytes) -> bool:
+        """True if ``der`` is a valid swarm certificate whose key hashes to ``origin``."""
+        if origin in self._keys:
+            return True
+        try:
+            pki.verify_node_cert_der(der, self._ca, expected_id=origin)
+            key = x509.load_der_x509_certificate(der).public_key()
+        except (AuthError, ValueError):
+            return False
+        if not isinstance(key, ec.EllipticCurvePublicKey):
+            return False
+        self._keys[origin] = key
+        return True
+
+    def verify(self, entry: LogEntry) -> bool:
+        """True if ``entry.sig`` is ``entry.origin``'s signature (its cert checked first)."""
+        key = self._keys.get(entry.origin)
+        if key is None or entry.sig is None:
+            return False
+        try:
+            key.verify(entry.sig, signed_message(entry.origin, entry.seq, entry.body),
+                       ec.ECDSA(hashes.SHA256()))
+        except InvalidSignature:
+            return False
+        return True
+
+
+class Signer(Protocol):
+    """What the replicator needs of ``Signatures`` (the simulator uses a cheaper one)."""
+
+    own_id: bytes
+    own_cert: bytes
+
+    def sign(self, origin: bytes, seq: int, body: bytes) -> bytes: ...
+
+    def check_cert(self, origin: bytes, der: bytes) -> bool: ...
+
+    def verify(self, entry: LogEntry) -> bool: ...
+
+
+class KeyedSigner:
+    """A stand-in for ``Signatures`` in the simulator: the "signature" is a SHA-256 keyed with
+    a per-origin secret the whole simulated world shares (``secret_of``), so a forged entry
+    (wrong key) still fails. Not for real nodes: any holder of the world can sign for all."""
+
+    def __init__(self, own_id: bytes, secret_of: Callable[[bytes], bytes]) -> None:
+        self.own_id = own_id
+        self.own_cert = b"sim:" + own_id
+        self._secret_of = secret_of
+
+    def sign(self, origin: bytes, seq: int, body: bytes) -> bytes:
+        return hashlib.sha256(self._secret_of(origin) + signed_message(origin, seq, body)).digest()
+
+    def check_cert(self, origin: bytes, der: bytes) -> bool:
+        return der == b"sim:" + origin
+
+    def verify(self, entry: LogEntry) -> bool:
+        return entry.sig == self.sign(entry.origin, entry.seq, entry.body)
+
+
+@dataclass(slots=True)
+class ReplicatorStats:
+    """Counters for tests, benchmarks and ``dhtfs status``."""
+
+    pushes_sent: int = 0
+    pulls_sent: int = 0
+    entries_sent: int = 0
+    entries_accepted: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    stashed: int = 0
+
+
+class LogReplicator:
+    """Moves log entries between this node and its peers (see the module docstring).
+
+    ``node`` is a ``dhtfs.node.node.Node`` (routing table, calls with RTT bookkeeping). Start
+    ``run`` in a nursery; call ``notify`` (synchronous, cheap) whenever the store gained own
+    entries; register ``handle`` for ``METHODS`` on the node.
+    """
+
+    def __init__(
+        self,
+        node: Any,
+        store: LogStore,
+        signer: Signer,
+        *,
+        fanout: int = 6,
+        sync_interval: float = 1.0,
+        rpc_timeout: float = 10.0,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.node = node
+        self.store = store
+        self.signer = signer
+        self.fanout = fanout
+        self.sync_interval = sync_interval
+        self.rpc_timeout = rpc_timeout
+        self.rng = rng if rng is not None else random.Random(signer.own_id)
+        self.stats = ReplicatorStats()
+        self.own_id = signer.own_id
+        self._pushed = store.vector().get(self.own_id, 0)  # own entries pushed so far
+        self._wake = trio.Event()
+        self._sigs: OrderedDict[int, bytes] = OrderedDict()  # own seq → signature
+        self._stash: dict[tuple[bytes, int], LogEntry] = {}
+        self._accept_lock = trio.Lock()
+        self._synced: set[bytes] = set()     # peers we ran anti-entropy with
+        self._pulling: set[bytes] = set()
+        self._nursery: trio.Nursery | None = None
+        self.store.add_cert(self.own_id, signer.own_cert)
+        signer.check_cert(self.own_id, signer.own_cert)
+
+    # -- wiring --------------------------------------------------------------------------------
+
+    def notify(self) -> None:
+        """The store has new own entries: push them soon."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Push new own entries, run anti-entropy; until cancelled."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.start_soon(self._push_loop)
+            nursery.start_soon(self._anti_entropy_loop)
+
+    def peers(self) -> list[Contact]:
+        return self.node.routing.contacts()
+
+    # -- pushing -------------------------------------------------------------------------------
+
+    async def _push_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake = trio.Event()
+            await self.push_pending()
+
+    async def push_pending(self) -> None:
+        """Push every own entry not pushed yet (``fanout`` peers, in batches)."""
+        while True:
+            entries = self._own_after(self._pushed, MAX_ENTRIES)
+            if not entries:
+                return
+            self._pushed = entries[-1].seq
+            await self._gossip(entries, exclude=())
+
+    def _own_after(self, seq: int, limit: int) -> list[LogEntry]:
+        return [self._signed(e) for e in self.store.entries_after(self.own_id, seq, limit)]
+
+    def _signed(self, e: LogEntry) -> LogEntry:
+        if e.sig is not None or e.origin != self.own_id:
+            return e
+        sig = self._sigs.get(e.seq)
+        if sig is None:
+            sig = self.signer.sign(e.origin, e.seq, e.body)
+            self._sigs[e.seq] = sig
+            if len(self._sigs) > SIG_CACHE:
+                self._sigs.popitem(last=False)
+        return LogEntry(e.origin, e.seq, e.body, sig)
+
+    def _targets(self, exclude: Iterable[bytes]) -> list[Contact]:
+        skip = set(exclude)
+        peers = [c for c in self.peers() if c.node_id not in skip]
+        if len(peers) <= self.fanout:
+            return peers
+        return self.rng.sample(peers, self.fanout)
+
+    async def _gossip(self, entries: list[LogEntry], exclude: Iterable[bytes]) -> None:
+        """Push ``entries`` to up to ``fanout`` peers at once (failures: anti-entropy mends)."""
+        targets = self._targets(exclude)
+        if not targets:
+            return
+        message = self._message(entries)
+        async with trio.open_nursery() as nursery:
+            for peer in targets:
+                nursery.start_soon(self._push_to, peer, message, len(entries))
+
+    async def _push_to(self, peer: Contact, message: Message, count: int) -> None:
+        self.stats.pushes_sent += 1
+        self.stats.entries_sent += count
+        try:
+            await self.node.call(peer, LOG_PUSH, message, self.rpc_timeout)
+        except NetworkError as exc:
+            log.debug("log push to %s failed: %s", peer, exc)
+
+    def _message(self, entries: Sequence[LogEntry]) -> Message:
+        origins = {e.origin for e in entries}
+        certs = [[o, c] for o in origins if (c := self.store.cert(o)) is not None]
+        return {
+            "entries": [[e.origin, e.seq, e.body, e.sig] for e in entries],
+            "certs": certs,
+        }
+
+    # -- receiving -----------------------------------------------------------------------------
+
+    async def handle(self, caller: Contact, method: str, args: Message) -> Message:
+        """The RPC handler for ``METHODS`` (``caller`` is authenticated)."""
+        if method == LOG_PUSH:
+            entries = _entries_from_wire(args.get("entries"), method)
+            certs = _certs_from_wire(args.get("certs", []), method)
+            fresh = await self.receive(caller, entries, certs)
+            return {"accepted": len(fresh)}
+        if method == LOG_PULL:
+            theirs = _vector_from_wire(args.get("vector"), method)
+            limit = args.get("limit", MAX_ENTRIES)
+            if type(limit) is not int or limit <= 0:
+                raise RemoteError(f"{method}: 'limit' must be a positive int")
+            entries, more = self._missing(theirs, min(limit, MAX_ENTRIES))
+            answer = self._message(entries)
+            answer["vector"] = _vector_to_wire(self.store.vector())
+            answer["more"] = more
+            return answer
+        raise RemoteError(f"unknown method {method!r}")
+
+    def _missing(self, theirs: dict[bytes, int], limit: int) -> tuple[list[LogEntry], bool]:
+        """Entries we hold that a node with vector ``theirs`` lacks (at most ``limit``/
+        ``MAX_BATCH_BYTES``); True if there are more."""
+        out: list[LogEntry] = []
+        size = 0
+        for origin, have in self.store.vector().items():
+            after = theirs.get(origin, 0)
+            while after < have:
+                batch = self.store.entries_after(origin, after, min(limit - len(out), 512))
+                if not batch:
+                    break
+                for e in batch:
+                    out.append(self._signed(e))
+                    size += len(e.body)
+                    after = e.seq
+                    if len(out) >= limit or size >= MAX_BATCH_BYTES:
+                        return out, True
+        return out, False
+
+    async def receive(
+        self, sender: Contact | None, entries: list[LogEntry], certs: dict[bytes, bytes]
+    ) -> list[LogEntry]:
+        """Verify and accept what extends our runs; stash what is ahead of a gap (and pull
+        from ``sender``); forward what was new when gossiping. Returns the accepted entries."""
+        for origin, der in certs.items():
+            if self.store.cert(origin) is None and self.signer.check_cert(origin, der):
+                self.store.add_cert(origin, der)
+        fresh: list[LogEntry] = []
+        bad = False
+        async with self._accept_lock:
+            vector = self.store.vector()
+            runs: dict[bytes, list[LogEntry]] = {}
+            gap = False
+            for e in sorted(entries, key=lambda e: (e.origin, e.seq)):
+                have = vector.get(e.origin, 0)
+                if e.seq <= have:
+                    self.stats.duplicates += 1
+                    continue
+                run = runs.setdefault(e.origin, [])
+                expected = run[-1].seq + 1 if run else have + 1
+                if e.seq != expected:
+                    if len(self._stash) < STASH_MAX:
+                        self._stash[(e.origin, e.seq)] = e
+                        self.stats.stashed += 1
+                    gap = True
+                    continue
+                run.append(e)
+            for origin, run in runs.items():
+                # Entries stashed earlier may continue the run now.
+                nxt = run[-1].seq + 1
+                while (origin, nxt) in self._stash:
+                    run.append(self._stash.pop((origin, nxt)))
+                    nxt += 1
+                ok, bad_here = await self._verify_run(run)
+                bad = bad or bad_here
+                try:
+                    self.store.accept(ok)
+                    fresh.extend(ok)
+                except InvalidEntry as exc:
+                    log.warning("dropped a log entry from %s: %s", sender or "?", exc)
+                    fresh.extend(e for e in ok if e.seq < exc.entry.seq)
+                    bad = True
+            self._drain_stash()
+        self.stats.entries_accepted += len(fresh)
+        if bad:
+            self.stats.rejected += 1
+            if sender is not None:
+                self.node.routing.penalize(sender.node_id)
+        if gap and sender is not None:
+            self._pull_soon(sender)
+        if fresh and len(self.peers()) > self.fanout and self._nursery is not None:
+            exclude = {sender.node_id} if sender is not None else set()
+            exclude.update(e.origin for e in fresh)
+            self._nursery.start_soon(self._gossip, fresh, exclude)
+        return fresh
+
+    async def _verify_run(self, run: list[LogEntry]) -> tuple[list[LogEntry], bool]:
+        """The prefix of ``run`` whose signatures verify; True if one did not."""
+        ok: list[LogEntry] = []
+        for i, e in enumerate(run):
+            if i and i % VERIFY_SLICE == 0:
+                await trio.lowlevel.checkpoint()
+            if e.origin == self.own_id or not self.signer.verify(e):
+                log.warning("dropped log entry %s#%d: signature does not verify",
+                            e.origin.hex()[:12], e.seq)
+                return ok, True
+            ok.append(e)
+        return ok, False
+
+    def _drain_stash(self) -> None:
+        """Forget stashed entries that are no longer ahead of anything."""
+        if not self._stash:
+            return
+        vector = self.store.vector()
+        for key in [k for k in self._stash if k[1] <= vector.get(k[0], 0)]:
+            del self._stash[key]
+
+    # -- anti-entropy --------------------------------------------------------------------------
+
+    def _pull_soon(self, peer: Contact) -> None:
+        if self._nursery is not None and peer.node_id not in self._pulling:
+            self._nursery.start_soon(self.sync_with, peer)
+
+    async def _anti_entropy_loop(self) -> None:
+        while True:
+            peers = self.peers()
+            fresh = [p for p in peers if p.node_id not in self._synced]
+            if fresh:
+                async with trio.open_nursery() as nursery:
+                    for p in fresh:
+                        nursery.start_soon(self.sync_with, p)
+            elif peers:
+                await self.sync_with(self.rng.choice(peers))
+            await trio.sleep(self.sync_interval * (0.5 + self.rng.random()))
+
+    async def sync_with(self, peer: Contact, *, deadline: float = 30.0) -> int:
+        """One push-pull round with ``peer``: pull until it has nothing we lack, then push
+        what it lacks. Returns the entries gained; 0 (logged) if the peer fails."""
+        if peer.node_id in self._pulling:
+            return 0
+        self._pulling.add(peer.node_id)
+        gained = 0
+        try:
+            with trio.move_on_after(deadline):
+                while True:
+                    self.stats.pulls_sent += 1
+                    ans = await self.node.call(
+                        peer, LOG_PULL,
+                        {"vector": _vector_to_wire(self.store.vector()), "limit": MAX_ENTRIES},
+                        self.rpc_timeout,
+                    )
+                    entries = _entries_from_wire(ans.get("entries"), LOG_PULL, answer=True)
+                    certs = _certs_from_wire(ans.get("certs", []), LOG_PULL, answer=True)
+                    theirs = _vector_from_wire(ans.get("vector"), LOG_PULL, answer=True)
+                    fresh = await self.receive(peer, entries, certs)
+                    gained += len(fresh)
+                    if not ans.get("more") or (entries and not fresh):
+                        break
+                while True:
+                    lacking, more = self._missing(theirs, MAX_ENTRIES)
+                    if not lacking:
+                        break
+                    await self._push_to(peer, self._message(lacking), len(lacking))
+                    for e in lacking:
+                        theirs[e.origin] = max(theirs.get(e.origin, 0), e.seq)
+                    if not more:
+                        break
+            self._synced.add(peer.node_id)
+        except NetworkError as exc:
+            log.debug("anti-entropy with %s failed: %s", peer, exc)
+        finally:
+            self._pulling.discard(peer.node_id)
+        return gained
+
+    async def sync_all(self, *, deadline: float = 30.0) -> int:
+        """Anti-entropy with every known peer at once (after joining, and ``dhtfs sync``)."""
+        gained = 0
+
+        async def one(p: Contact) -> None:
+            nonlocal gained
+            gained += await self.sync_with(p, deadline=deadline)
+
+        async with trio.open_nursery() as nursery:
+            for p in self.peers():
+                nursery.start_soon(one, p)
+        return gained
+
+
+# -- wire --------------------------------------------------------------------------------------
+
+
+def _fail(method: str, message: str, answer: bool) -> Exception:
+    return ProtocolError(f"{method}: {message}") if answer else RemoteError(f"{method}: {message}")
+
+
+def _entries_from_wire(v: Any, method: str, *, answer: bool = False) -> list[LogEntry]:
+    if not isinstance(v, list) or len(v) > MAX_ENTRIES:
+        raise _fail(method, f"'entries' must be a list of at most {MAX_ENTRIES}", answer)
+    out = []
+    for item in v:
+        if not isinstance(item, list) or len(item) != 4:
+            raise _fail(method, "an entry must be [origin, seq, body, sig]", answer)
+        origin, seq, body, sig = item
+        if (
+            type(origin) is not bytes or len(origin) != ID_BYTES
+            or type(seq) is not int or seq < 1
+            or type(body) is not bytes or len(body) > MAX_BODY
+            or type(sig) is not bytes or len(sig) > MAX_SIG
+        ):
+            raise _fail(method, "malformed entry", answer)
+        out.append(LogEntry(origin, seq, body, sig))
+    return out
+
+
+def _certs_from_wire(v: Any, method: str, *, answer: bool = False) -> dict[bytes, bytes]:
+    if not isinstance(v, list) or len(v) > MAX_ENTRIES:
+        raise _fail(method, "'certs' must be a list", answer)
+    out = {}
+    for item in v:
+        if (
+            not isinstance(item, list) or len(item) != 2
+            or type(item[0]) is not bytes or len(item[0]) != ID_BYTES
+            or type(item[1]) is not bytes or len(item[1]) > MAX_CERT
+        ):
+            raise _fail(method, "malformed certificate entry", answer)
+        out[item[0]] = item[1]
+    return out
+
+
+def _vector_to_wire(vector: dict[bytes, int]) -> list[list[Any]]:
+    return [[o, s] for o, s in vector.items()]
+
+
+def _vector_from_wire(v: Any, method: str, *, answer: bool = False) -> dict[bytes, int]:
+    if not isinstance(v, list) or len(v) > 1_000_000:
+        raise _fail(method, "'vector' must be a list", answer)
+    out = {}
+    for item in v:
+        if (
+            not isinstance(item, list) or len(item) != 2
+            or type(item[0]) is not bytes or len(item[0]) != ID_BYTES
+            or type(item[1]) is not int or item[1] < 0
+        ):
+            raise _fail(method, "malformed vector entry", answer)
+        out[item[0]] = item[1]
+    return out
+
+
+__all__ = [
+    "LOG_PULL",
+    "LOG_PUSH",
+    "METHODS",
+    "InvalidEntry",
+    "KeyedSigner",
+    "LogEntry",
+    "LogReplicator",
+    "LogStore",
+    "Signatures",
+]

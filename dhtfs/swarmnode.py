@@ -1,0 +1,223 @@
+"""A mount's swarm node: transport, Kademlia node, op-log replication, chunk placement and
+the control socket, all in the mount's one nursery (DESIGN.md, Process model).
+
+Start-up (``start``), each step under a deadline, so a mount never hangs on the network:
+listen (``listen=``; by default ``DEFAULT_LISTEN``, or any free port if that is taken), the
+control socket, Kademlia maintenance, the op-log replicator, the kernel invalidator, then a
+join through ``bootstrap=`` addresses (retried in the background while the routing table is
+empty) and one anti-entropy round with every peer found, so a late joiner mounts with the
+whole tree. An unreachable swarm delays a mount by at most ``JOIN_DEADLINE +
+CATCH_UP_DEADLINE`` seconds (logged), never forever.
+
+Invariants:
+- ops are pushed only once persisted (``Namespace.log_entries`` persists first);
+- chunks sealed here are placed on the R XOR-closest peers in the background, when the
+  process is otherwise idle, so writers are not slowed; a reader elsewhere that races the
+  placement asks the writer of the version directly (``get_chunk`` hints);
+- a remote read has a deadline (``FETCH_DEADLINE``): past it the reader gets ETIMEDOUT.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import trio
+import trio.testing
+
+from dhtfs.config import DEFAULT_LISTEN
+from dhtfs.errors import ChunkError, ConfigError, NamespaceError
+from dhtfs.fs.remote import RemoteChanges
+from dhtfs.fs.replica import NamespaceLog
+from dhtfs.node import pki
+from dhtfs.node.control import CONTROL_SOCKET_NAME, ControlServer
+from dhtfs.node.headless import keep_joined, parse_address
+from dhtfs.node.network import Message
+from dhtfs.node.node import Node
+from dhtfs.node.oplog import METHODS as LOG_METHODS
+from dhtfs.node.oplog import LogReplicator, Signatures
+from dhtfs.node.transport import Transport
+
+if TYPE_CHECKING:
+    from dhtfs.service import LocalFilesystem
+
+log = logging.getLogger(__name__)
+
+JOIN_DEADLINE = 15.0
+CATCH_UP_DEADLINE = 20.0
+FETCH_DEADLINE = 30.0
+PLACEMENT_QUEUE = 65536
+SHUTDOWN_PUSH_DEADLINE = 5.0
+
+
+class SwarmNode:
+    """The network side of one mount (see the module docstring)."""
+
+    def __init__(self, fs: LocalFilesystem, identity: pki.Identity) -> None:
+        self.fs = fs
+        self.identity = identity
+        self.transport: Transport | None = None
+        self.node: Node | None = None
+        self.log_store = NamespaceLog(fs.tree)
+        self.replicator: LogReplicator | None = None
+        self.remote = RemoteChanges(fs.namespace, fs.inodes, fs.contents)
+        self.log_store.on_remote = self.remote
+        self._place_send, self._place_recv = trio.open_memory_channel[bytes](PLACEMENT_QUEUE)
+        self.placed = 0
+        self.mountpoint: Path | None = None
+
+    # -- start-up ------------------------------------------------------------------------------
+
+    async def start(self, nursery: trio.Nursery) -> None:
+        """Listen, serve, join and catch up (bounded); the tasks live in ``nursery``."""
+        config = self.fs.config
+        self.transport = await self._listen(nursery, config.listen)
+        node = self.node = Node(self.transport, self.fs.store)
+        self.transport.handler = node.handle
+        signer = Signatures(self.identity)
+        self.replicator = LogReplicator(node, self.log_store, signer)
+        for method in LOG_METHODS:
+            node.services[method] = self.replicator.handle
+        self.fs.tree.on_op = lambda _op: self.replicator.notify()
+        contents = self.fs.contents
+        contents.fetch = self._fetch
+        contents.on_sealed = self._queue_placement
+        control = ControlServer([node], extra={
+            "status": self._status, "oplog": self._oplog, "isolate": self._isolate,
+            "sync": self._sync, "digest": self._digest,
+        })
+        await nursery.start(control.serve, config.state_dir / CONTROL_SOCKET_NAME)
+        nursery.start_soon(node.run_maintenance)
+        nursery.start_soon(self.replicator.run)
+        nursery.start_soon(self.remote.run)
+        nursery.start_soon(self._placement_loop)
+        seeds = [parse_address(b, "bootstrap") for b in config.bootstrap]
+        if seeds:
+            with trio.move_on_after(JOIN_DEADLINE) as scope:
+                size = await node.join_addresses(seeds)
+                log.info("joined the swarm: %d contacts", size)
+            if scope.cancelled_caught or len(node.routing) == 0:
+                log.warning("no bootstrap node answered within %.0fs; mounting anyway and "
+                            "retrying in the background", JOIN_DEADLINE)
+            nursery.start_soon(keep_joined, node, seeds)
+        if len(node.routing):
+            with trio.move_on_after(CATCH_UP_DEADLINE):
+                gained = await self.replicator.sync_all(deadline=CATCH_UP_DEADLINE)
+                if gained:
+                    log.info("caught up: %d ops from the swarm", gained)
+        self.fs.namespace.commit()
+
+    async def _listen(self, nursery: trio.Nursery, listen: str) -> Transport:
+        text = listen or DEFAULT_LISTEN
+        host, port = parse_address(text, "listen")
+        try:
+            transport = Transport(self.identity, host, port)
+            await nursery.start(transport.serve)
+            return transport
+        except OSError as exc:
+            if listen or exc.errno != errno.EADDRINUSE:
+                raise ConfigError(f"cannot listen on {text}: {exc.strerror or exc}") from None
+        log.warning("port %d is taken; listening on a free port instead (see dhtfs status)", port)
+        transport = Transport(self.identity, host, 0)
+        await nursery.start(transport.serve)
+        return transport
+
+    # -- contents ------------------------------------------------------------------------------
+
+    async def _fetch(self, chunk_id: bytes, hints: tuple[bytes, ...]) -> bytes:
+        """A chunk not stored here, from the swarm (verified), under ``FETCH_DEADLINE``."""
+        assert self.node is not None
+        with trio.move_on_after(FETCH_DEADLINE):
+            try:
+                return await self.node.get_chunk(chunk_id, hints)
+            except ChunkError as exc:
+                raise NamespaceError(errno.EIO, str(exc)) from None
+        log.error("chunk %s: no answer from the swarm within %.0fs", chunk_id.hex()[:16],
+                  FETCH_DEADLINE)
+        raise NamespaceError(errno.ETIMEDOUT, "chunk fetch timed out")
+
+    def _queue_placement(self, chunk_id: bytes) -> None:
+        try:
+            self._place_send.send_nowait(chunk_id)
+        except trio.WouldBlock:
+            log.debug("placement queue full: %s stays local until republished",
+                      chunk_id.hex()[:16])
+
+    async def _placement_loop(self) -> None:
+        """Place sealed chunks on the R closest peers when the process is otherwise idle."""
+        assert self.node is not None
+        node = self.node
+        async for chunk_id in self._place_recv:
+            if len(node.routing) == 0:
+                continue  # alone: nothing to place on
+            await trio.testing.wait_all_tasks_blocked(0.005)
+            try:
+                data = await trio.to_thread.run_sync(self.fs.store.get, chunk_id)
+            except ChunkError:
+                continue  # collected meanwhile
+            try:
+                await node.put_chunk_detailed(data)
+                self.placed += 1
+            except Exception:
+                log.exception("placing chunk %s failed", chunk_id.hex()[:16])
+
+    # -- shutdown ------------------------------------------------------------------------------
+
+    async def push_remaining(self) -> None:
+        """Hand the last ops to peers before the process goes (bounded)."""
+        if self.replicator is None or self.node is None or not len(self.node.routing):
+            return
+        with trio.move_on_after(SHUTDOWN_PUSH_DEADLINE):
+            await self.replicator.push_pending()
+
+    # -- control socket ------------------------------------------------------------------------
+
+    async def _status(self, args: Message) -> Message:
+        assert self.node is not None and self.replicator is not None
+        c = self.node.contact
+        vector = self.fs.namespace.vector
+        return {
+            "node_id": c.node_id, "listen": f"{c.host}:{c.port}", "peers": len(self.node.routing),
+            "pid": os.getpid(), "mountpoint": str(self.mountpoint or ""),
+            "swarm": self.fs.config.swarm, "ops": sum(vector.values()), "origins": len(vector),
+            "chunks": await trio.to_thread.run_sync(lambda: sum(1 for _ in self.fs.store.ids())),
+            "placed": self.placed, "invalidations": self.remote.done,
+        }
+
+    async def _oplog(self, args: Message) -> Message:
+        assert self.replicator is not None
+        st = self.replicator.stats
+        return {
+            "vector": [[o, s] for o, s in self.fs.namespace.vector.items()],
+            "stats": {k: getattr(st, k) for k in st.__slots__},
+        }
+
+    async def _isolate(self, args: Message) -> Message:
+        assert self.transport is not None
+        self.transport.isolate(bool(args.get("on")))
+        return {"isolated": self.transport.isolated}
+
+    async def _sync(self, args: Message) -> Message:
+        assert self.replicator is not None
+        return {"gained": await self.replicator.sync_all()}
+
+    async def _digest(self, args: Message) -> Message:
+        """A hash of the whole visible tree (names, kinds, modes, sizes, contents' chunk
+        lists, object IDs): equal on two nodes exactly when they show the same tree."""
+        self.fs.namespace.write_back()
+        tree = self.fs.namespace.tree()
+        return {"digest": hashlib.sha256(repr(_canonical(tree)).encode()).hexdigest()}
+
+
+def _canonical(tree: dict[bytes, Any]) -> list[Any]:
+    return [
+        (name, _canonical(v) if isinstance(v, dict) else v) for name, v in sorted(tree.items())
+    ]
+
+
+ControlHandler = Callable[[Message], Awaitable[Message]]
