@@ -102,8 +102,9 @@ class SwarmNode:
                 size = await node.join_addresses(seeds)
                 log.info("joined the swarm: %d contacts", size)
             if scope.cancelled_caught or len(node.routing) == 0:
-                log.warning("no bootstrap node answered within %.0fs; mounting anyway and "
-                            "retrying in the background", JOIN_DEADLINE)
+                log.warning("could not join through any bootstrap address (see above) "
+                            "within %.0fs; mounting anyway, retrying in the background",
+                            JOIN_DEADLINE)
             nursery.start_soon(keep_joined, node, seeds)
         if len(node.routing):
             with trio.move_on_after(CATCH_UP_DEADLINE):

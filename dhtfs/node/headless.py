@@ -103,7 +103,10 @@ async def serve_node(
         for method in LOG_METHODS:
             node.services[method] = replicator.handle
         control_path = config.state_dir / CONTROL_SOCKET_NAME
-        await nursery.start(ControlServer([node]).serve, control_path)
+        async def oplog(args: dict) -> dict:
+            return {"vector": [[o, s] for o, s in log_store.vector().items()]}
+
+        await nursery.start(ControlServer([node], extra={"oplog": oplog}).serve, control_path)
         if seeds:
             size = await node.join_addresses(seeds)
             log.info("bootstrapped: %d contacts", size)

@@ -386,21 +386,24 @@ class LogReplicator:
         """Verify and accept what extends our runs; stash what is ahead of a gap (and pull
         from ``sender``); forward what was new when gossiping. Returns the accepted entries."""
         for origin, der in certs.items():
-            if self.store.cert(origin) is None and self.signer.check_cert(origin, der):
+            if self.signer.check_cert(origin, der) and self.store.cert(origin) is None:
                 self.store.add_cert(origin, der)
         fresh: list[LogEntry] = []
-        bad = False
+        have = self.store.vector()
+        count = len(entries)
+        entries = [e for e in entries if e.seq > have.get(e.origin, 0)]
+        self.stats.duplicates += count - len(entries)
+        verified, bad = await self._verified(entries)
         async with self._accept_lock:
             vector = self.store.vector()
             runs: dict[bytes, list[LogEntry]] = {}
             gap = False
-            for e in sorted(entries, key=lambda e: (e.origin, e.seq)):
-                have = vector.get(e.origin, 0)
-                if e.seq <= have:
+            for e in sorted(verified, key=lambda e: (e.origin, e.seq)):
+                if e.seq <= vector.get(e.origin, 0):
                     self.stats.duplicates += 1
                     continue
                 run = runs.setdefault(e.origin, [])
-                expected = run[-1].seq + 1 if run else have + 1
+                expected = run[-1].seq + 1 if run else vector.get(e.origin, 0) + 1
                 if e.seq != expected:
                     if len(self._stash) < STASH_MAX:
                         self._stash[(e.origin, e.seq)] = e
@@ -408,20 +411,23 @@ class LogReplicator:
                     gap = True
                     continue
                 run.append(e)
+            for origin in [o for o, _ in self._stash if o not in runs]:
+                if (origin, vector.get(origin, 0) + 1) in self._stash:
+                    runs[origin] = []  # a stash that continues the run already
             for origin, run in runs.items():
-                # Entries stashed earlier may continue the run now.
-                nxt = run[-1].seq + 1
+                # Entries stashed earlier (verified then) may continue the run now.
+                nxt = run[-1].seq + 1 if run else vector.get(origin, 0) + 1
                 while (origin, nxt) in self._stash:
                     run.append(self._stash.pop((origin, nxt)))
                     nxt += 1
-                ok, bad_here = await self._verify_run(run)
-                bad = bad or bad_here
+                if not run:
+                    continue
                 try:
-                    self.store.accept(ok)
-                    fresh.extend(ok)
+                    self.store.accept(run)
+                    fresh.extend(run)
                 except InvalidEntry as exc:
                     log.warning("dropped a log entry from %s: %s", sender or "?", exc)
-                    fresh.extend(e for e in ok if e.seq < exc.entry.seq)
+                    fresh.extend(e for e in run if e.seq < exc.entry.seq)
                     bad = True
             self._drain_stash()
         self.stats.entries_accepted += len(fresh)
@@ -437,18 +443,31 @@ class LogReplicator:
             self._nursery.start_soon(self._gossip, fresh, exclude)
         return fresh
 
-    async def _verify_run(self, run: list[LogEntry]) -> tuple[list[LogEntry], bool]:
-        """The prefix of ``run`` whose signatures verify; True if one did not."""
+    async def _verified(self, entries: list[LogEntry]) -> tuple[list[LogEntry], bool]:
+        """The entries whose signatures verify (checkpointing every ``VERIFY_SLICE``); True
+        if any did not. An own entry coming back is dropped quietly (we hold it already or
+        never made it)."""
         ok: list[LogEntry] = []
-        for i, e in enumerate(run):
+        bad = False
+        known: set[bytes] = set()
+        for i, e in enumerate(entries):
             if i and i % VERIFY_SLICE == 0:
                 await trio.lowlevel.checkpoint()
-            if e.origin == self.own_id or not self.signer.verify(e):
+            if e.origin == self.own_id:
+                continue
+            if e.origin not in known:
+                # A certificate kept from an earlier run (the signer forgets at restart).
+                stored = self.store.cert(e.origin)
+                if stored is not None:
+                    self.signer.check_cert(e.origin, stored)
+                known.add(e.origin)
+            if not self.signer.verify(e):
                 log.warning("dropped log entry %s#%d: signature does not verify",
                             e.origin.hex()[:12], e.seq)
-                return ok, True
+                bad = True
+                continue
             ok.append(e)
-        return ok, False
+        return ok, bad
 
     def _drain_stash(self) -> None:
         """Forget stashed entries that are no longer ahead of anything."""
