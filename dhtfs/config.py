@@ -96,6 +96,8 @@ class Config:
     cert_key: Path | None = None
     listen: str = ""  # "": a mount takes DEFAULT_LISTEN (or any free port if that is taken)
     bootstrap: tuple[str, ...] = field(default_factory=tuple)  # HOST:PORT+HOST:PORT on -o
+    # Seconds between attempts to fold the op history every member holds (dhtfs.fs.history).
+    fold_interval: float = 10.0
 
     @property
     def state_dir(self) -> Path:
@@ -132,7 +134,7 @@ def _coerce(key: str, value: Any) -> Any:
         return parse_size(key, value)
     if key in ("debug", "allow_other"):
         return _parse_bool(key, value)
-    if key == "commit_interval":
+    if key in ("commit_interval", "fold_interval"):
         try:
             seconds = float(value)
         except (TypeError, ValueError):

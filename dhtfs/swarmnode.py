@@ -11,9 +11,11 @@ CATCH_UP_DEADLINE`` seconds (logged), never forever.
 
 Invariants:
 - ops are pushed only once persisted (``Namespace.log_entries`` persists first);
-- chunks sealed here are placed on the R XOR-closest peers in the background, when the
-  process is otherwise idle, so writers are not slowed; a reader elsewhere that races the
-  placement asks the writer of the version directly (``get_chunk`` hints);
+- chunks sealed here are placed on the R XOR-closest peers in the background once writing
+  pauses (no chunk sealed for ``PLACEMENT_QUIET`` seconds) and the process is otherwise idle,
+  or sooner when more than ``PLACEMENT_BACKLOG`` wait, so writers are not slowed; a reader
+  elsewhere that races the placement asks the writer of the version directly (``get_chunk``
+  hints);
 - a remote read has a deadline (``FETCH_DEADLINE``): past it the reader gets ETIMEDOUT.
 """
 
@@ -22,6 +24,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import logging
+import math
 import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -31,7 +34,7 @@ import trio
 import trio.testing
 
 from dhtfs.config import DEFAULT_LISTEN
-from dhtfs.errors import ChunkError, ConfigError, NamespaceError
+from dhtfs.errors import ChunkError, ConfigError, NamespaceError, RemoteError
 from dhtfs.fs.remote import RemoteChanges
 from dhtfs.fs.replica import NamespaceLog
 from dhtfs.node import pki
@@ -52,6 +55,8 @@ JOIN_DEADLINE = 15.0
 CATCH_UP_DEADLINE = 20.0
 FETCH_DEADLINE = 30.0
 PLACEMENT_QUEUE = 65536
+PLACEMENT_QUIET = 0.3
+PLACEMENT_BACKLOG = 4096
 SHUTDOWN_PUSH_DEADLINE = 5.0
 
 
@@ -69,6 +74,7 @@ class SwarmNode:
         self.log_store.on_remote = self.remote
         self._place_send, self._place_recv = trio.open_memory_channel[bytes](PLACEMENT_QUEUE)
         self.placed = 0
+        self._last_sealed = -math.inf
         self.mountpoint: Path | None = None
 
     # -- start-up ------------------------------------------------------------------------------
@@ -80,7 +86,12 @@ class SwarmNode:
         node = self.node = Node(self.transport, self.fs.store)
         self.transport.handler = node.handle
         signer = Signatures(self.identity)
-        self.replicator = LogReplicator(node, self.log_store, signer)
+        self.replicator = LogReplicator(
+            node, self.log_store, signer, fold_interval=config.fold_interval
+        )
+        self.log_store.protected = lambda: (
+            self.fs.inodes.known_objects() | set(self.fs.contents.open_files)
+        )
         for method in LOG_METHODS:
             node.services[method] = self.replicator.handle
         self.fs.tree.on_op = lambda _op: self.replicator.notify()
@@ -89,7 +100,7 @@ class SwarmNode:
         contents.on_sealed = self._queue_placement
         control = ControlServer([node], extra={
             "status": self._status, "oplog": self._oplog, "isolate": self._isolate,
-            "sync": self._sync, "digest": self._digest,
+            "sync": self._sync, "digest": self._digest, "fold": self._fold, "gc": self._gc,
         })
         await nursery.start(control.serve, config.state_dir / CONTROL_SOCKET_NAME)
         nursery.start_soon(node.run_maintenance)
@@ -143,6 +154,7 @@ class SwarmNode:
         raise NamespaceError(errno.ETIMEDOUT, "chunk fetch timed out")
 
     def _queue_placement(self, chunk_id: bytes) -> None:
+        self._last_sealed = trio.current_time()
         try:
             self._place_send.send_nowait(chunk_id)
         except trio.WouldBlock:
@@ -156,6 +168,11 @@ class SwarmNode:
         async for chunk_id in self._place_recv:
             if len(node.routing) == 0:
                 continue  # alone: nothing to place on
+            while self._place_recv.statistics().current_buffer_used < PLACEMENT_BACKLOG:
+                quiet = trio.current_time() - self._last_sealed
+                if quiet >= PLACEMENT_QUIET:
+                    break
+                await trio.sleep(PLACEMENT_QUIET - quiet)
             await trio.testing.wait_all_tasks_blocked(0.005)
             try:
                 data = await trio.to_thread.run_sync(self.fs.store.get, chunk_id)
@@ -193,9 +210,14 @@ class SwarmNode:
     async def _oplog(self, args: Message) -> Message:
         assert self.replicator is not None
         st = self.replicator.stats
+        ns = self.fs.namespace
+        ns.write_back()
         return {
-            "vector": [[o, s] for o, s in self.fs.namespace.vector.items()],
+            "vector": [[o, s] for o, s in ns.vector.items()],
             "stats": {k: getattr(st, k) for k in st.__slots__},
+            "unfolded": ns.db.execute("SELECT count(*) FROM oplog").fetchone()[0],
+            "fold_ts": ns.fold_ts,
+            "members": len(self.replicator.members),
         }
 
     async def _isolate(self, args: Message) -> Message:
@@ -206,6 +228,21 @@ class SwarmNode:
     async def _sync(self, args: Message) -> Message:
         assert self.replicator is not None
         return {"gained": await self.replicator.sync_all()}
+
+    async def _fold(self, args: Message) -> Message:
+        """Fold what every member holds now (instead of at the next ``fold_interval``)."""
+        assert self.replicator is not None
+        return {"folded": self.replicator.maybe_fold(), "fold_ts": self.fs.namespace.fold_ts}
+
+    async def _gc(self, args: Message) -> Message:
+        """Delete chunk files no file references that are older than ``grace`` seconds
+        (default: the usual grace period)."""
+        from dhtfs.service import GC_GRACE_SECONDS, collect_garbage
+
+        grace = args.get("grace", GC_GRACE_SECONDS)
+        if not isinstance(grace, int | float) or grace < 0:
+            raise RemoteError("gc: 'grace' must be a non-negative number of seconds")
+        return {"removed": collect_garbage(self.fs, float(grace))}
 
     async def _digest(self, args: Message) -> Message:
         """A hash of the whole visible tree (names, kinds, modes, sizes, contents' chunk

@@ -113,6 +113,8 @@ CREATE TABLE IF NOT EXISTS oplog (
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB);
 CREATE TABLE IF NOT EXISTS certs (origin BLOB PRIMARY KEY, der BLOB NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS folded (origin BLOB PRIMARY KEY, seq INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS members (node BLOB PRIMARY KEY) WITHOUT ROWID;
 """
 
 OBJECT_COLUMNS = (
@@ -207,6 +209,23 @@ def decode_journal_record(record: bytes) -> tuple[Op, int | None, bytes | None]:
     return decode_op(record), None, None
 
 
+def number_legacy_ops(db: sqlite3.Connection) -> None:
+    """Give ops from before the swarm (no ``seq``) their places, per origin in op order."""
+    if db.execute("SELECT 1 FROM oplog WHERE seq IS NULL LIMIT 1").fetchone() is None:
+        return
+    rows = db.execute("SELECT ts, node FROM oplog WHERE seq IS NULL ORDER BY ts, node").fetchall()
+    counts: dict[bytes, int] = dict(
+        db.execute("SELECT node, max(seq) FROM oplog WHERE seq IS NOT NULL GROUP BY node")
+    )
+    updates = []
+    for ts, node in rows:
+        counts[node] = counts.get(node, 0) + 1
+        updates.append((counts[node], ts, node))
+    with db:
+        db.execute("BEGIN IMMEDIATE")
+        db.executemany("UPDATE oplog SET seq=? WHERE ts=? AND node=?", updates)
+
+
 def conflict_name(name: bytes, node: bytes, ts: int) -> bytes:
     return name + f".conflict-{node.hex()[:8]}-{ts}".encode()
 
@@ -216,6 +235,7 @@ def connect(path: Path | str) -> sqlite3.Connection:
     db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=NORMAL")
+    db.execute("PRAGMA journal_size_limit=1048576")  # a checkpointed WAL shrinks to 1 MiB
     db.execute("PRAGMA cache_size=-16384")  # 16 MiB: a group commit's dirty pages stay in memory
     db.execute("PRAGMA foreign_keys=OFF")
     db.executescript(SCHEMA)
@@ -426,15 +446,37 @@ class Namespace:
         self._tx_ops: list[tuple[Op, int, bytes | None]] = []
         self._oplog_rows: list[tuple[Any, ...]] = []  # their unwritten rows
         self._ensure_root()
-        self._number_legacy_ops()
-        # origin → highest seq applied (with every lower one): the log's version vector
-        self.vector: dict[bytes, int] = dict(
-            db.execute("SELECT node, max(seq) FROM oplog GROUP BY node").fetchall()
-        )
+        number_legacy_ops(db)
+        self.vector: dict[bytes, int] = {}
+        self.fold_ts = 0
+        self._newest: tuple[int, bytes] = (0, b"")
+        self.load_log_state()
+        self._tx_newest = self._newest  # _newest when the open transaction began
+
+    def reset_caches(self) -> None:
+        """Forget every cached answer and re-read the log state: after the tables were
+        rewritten underneath (``dhtfs.fs.history``: migration, snapshot install). Commits."""
+        self.commit()
+        self._rows.discard()
+        self._facts.forget()
+        self._xattr_objs = {r[0] for r in self.db.execute("SELECT DISTINCT obj FROM xattrs")}
+        self._ensure_root()
+        self.load_log_state()
+        self._tx_newest = self._newest
+
+    def load_log_state(self) -> None:
+        """(Re)read what the tables say of the log: ``vector`` (origin → highest seq applied,
+        every lower one too, folded or not), ``fold_ts`` (every op at or before it is folded:
+        see ``dhtfs.fs.history``) and the newest op."""
+        db = self.db
+        self.vector = dict(db.execute("SELECT origin, seq FROM folded").fetchall())
+        for node, seq in db.execute("SELECT node, max(seq) FROM oplog GROUP BY node"):
+            self.vector[node] = max(seq, self.vector.get(node, 0))
+        value = self.meta_get("fold_ts")
+        self.fold_ts = int(value) if value is not None else 0
         newest = db.execute("SELECT ts, node FROM oplog ORDER BY ts DESC, node DESC LIMIT 1")
         row = newest.fetchone()
-        self._newest: tuple[int, bytes] = (row[0], row[1]) if row else (0, b"")
-        self._tx_newest = self._newest  # _newest when the open transaction began
+        self._newest = (row[0], row[1]) if row else (self.fold_ts, b"")
 
     # -- transactions --------------------------------------------------------------------------
 
@@ -522,6 +564,8 @@ class Namespace:
         no trace (the transaction is redone without it) and the exception propagates.
         """
         expected = self.vector.get(op.node, 0) + 1
+        if op.ts <= self.fold_ts:
+            raise ValueError(f"op at {op.ts} is older than the folded history ({self.fold_ts})")
         if seq is None:
             seq = expected
         elif seq != expected:
@@ -786,7 +830,8 @@ class Namespace:
 
     def last_ts(self) -> int:
         self._write_oplog()
-        return self.db.execute("SELECT coalesce(max(ts), 0) FROM oplog").fetchone()[0]
+        newest = self.db.execute("SELECT coalesce(max(ts), 0) FROM oplog").fetchone()[0]
+        return max(newest, self.fold_ts)
 
     def linked_chunk_blobs(self) -> Iterator[bytes]:
         """The chunk lists of every object that still has a name."""
@@ -813,84 +858,6 @@ class Namespace:
             else:
                 out[name] = (row.kind, row.mode, row.size, row.chunks, row.target, obj)
         return out
-
-    # -- the replicated log (dhtfs.node.oplog.LogStore, through dhtfs.fs.replica) -------------
-
-    def log_entries(
-        self, origin: bytes, after: int, limit: int
-    ) -> list[tuple[int, bytes, bytes | None]]:
-        """``(seq, body, sig)`` of ``origin``'s ops after ``after``, in order, persisted first
-        (see ``persist``), so whatever leaves the node survives a crash of it."""
-        if self.pending:
-            self.persist()
-        self._write_oplog()
-        return self.db.execute(
-            "SELECT seq, body, sig FROM oplog WHERE node=? AND seq>? ORDER BY seq LIMIT ?",
-            (origin, after, limit),
-        ).fetchall()
-
-    def cert(self, origin: bytes) -> bytes | None:
-        row = self.db.execute("SELECT der FROM certs WHERE origin=?", (origin,)).fetchone()
-        return row[0] if row else None
-
-    def add_cert(self, origin: bytes, der: bytes) -> None:
-        self.db.execute("INSERT OR REPLACE INTO certs(origin, der) VALUES (?,?)", (origin, der))
-
-    def _number_legacy_ops(self) -> None:
-        """Give ops from before the swarm (no ``seq``) their places, per origin in op order."""
-        if self.db.execute("SELECT 1 FROM oplog WHERE seq IS NULL LIMIT 1").fetchone() is None:
-            return
-        rows = self.db.execute(
-            "SELECT ts, node FROM oplog WHERE seq IS NULL ORDER BY ts, node"
-        ).fetchall()
-        counts: dict[bytes, int] = dict(
-            self.db.execute(
-                "SELECT node, max(seq) FROM oplog WHERE seq IS NOT NULL GROUP BY node"
-            ).fetchall()
-        )
-        updates = []
-        for ts, node in rows:
-            counts[node] = counts.get(node, 0) + 1
-            updates.append((counts[node], ts, node))
-        with self.db:
-            self.db.execute("BEGIN IMMEDIATE")
-            self.db.executemany("UPDATE oplog SET seq=? WHERE ts=? AND node=?", updates)
-
-    def adopt_origin(self, old: bytes, new: bytes) -> int:
-        """Re-stamp every op made as ``old`` as made by ``new`` (a state directory from before
-        the swarm had a random origin ID; a swarm node's is its certificate's node ID).
-
-        Only for a log that never left this node. IDs are 32 random bytes, so replacing them
-        in op bodies, undo records and rows changes nothing else; the order of ops is kept
-        (this node's timestamps are unique). Returns the ops re-stamped.
-        """
-        self.commit()
-        rows = self.db.execute(
-            "SELECT ts, node, body, undo, seq, sig FROM oplog WHERE instr(body, ?) OR "
-            "instr(undo, ?)",
-            (old, old),
-        ).fetchall()
-        with self.db:
-            self.db.execute("BEGIN IMMEDIATE")
-            self.db.execute("DELETE FROM oplog WHERE instr(body, ?) OR instr(undo, ?)", (old, old))
-            self.db.executemany(
-                "INSERT INTO oplog(ts, node, body, undo, seq, sig) VALUES (?,?,?,?,?,?)",
-                [
-                    (ts, new if node == old else node, body.replace(old, new),
-                     undo.replace(old, new), seq, sig)
-                    for ts, node, body, undo, seq, sig in rows
-                ],
-            )
-            self.db.execute("UPDATE objects SET content_node=? WHERE content_node=?", (new, old))
-            self.db.execute("UPDATE links SET lnode=? WHERE lnode=?", (new, old))
-        self._rows.discard()
-        self._facts.forget()
-        if old in self.vector:
-            self.vector[new] = self.vector.pop(old)
-        newest = self._newest
-        if newest[1] == old:
-            self._newest = self._tx_newest = (newest[0], new)
-        return sum(1 for r in rows if r[1] == old)
 
     def meta_get(self, key: str) -> bytes | None:
         row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()

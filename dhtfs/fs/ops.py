@@ -99,5 +99,10 @@ class HybridClock:
         self._last = max(time.time_ns(), self._last + 1)
         return self._last
 
+    @property
+    def last(self) -> int:
+        """The latest timestamp issued or observed: every later ``now()`` exceeds it."""
+        return self._last
+
     def observe(self, ts: int) -> None:
         self._last = max(self._last, ts)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 
+from dhtfs.fs.history import History
 from dhtfs.fs.ops import Op, decode_op
 from dhtfs.fs.tree import Tree
 from dhtfs.node.oplog import InvalidEntry, LogEntry
@@ -36,7 +37,11 @@ class NamespaceLog:
     def __init__(self, tree: Tree) -> None:
         self.tree = tree
         self.ns = tree.ns
+        self.history = History(tree.ns)
         self.on_remote: Callable[[list[Op], LinkPlaces], None] | None = None
+        # Objects that must survive folding though unnamed (the kernel's, open files').
+        self.protected: Callable[[], set[bytes]] = set
+        self.on_installed: Callable[[], None] | None = None
 
     def vector(self) -> dict[bytes, int]:
         return dict(self.ns.vector)
@@ -44,8 +49,36 @@ class NamespaceLog:
     def entries_after(self, origin: bytes, seq: int, limit: int) -> list[LogEntry]:
         return [
             LogEntry(origin, s, body, sig)
-            for s, body, sig in self.ns.log_entries(origin, seq, limit)
+            for s, body, sig in self.history.entries(origin, seq, limit)
         ]
+
+    # -- folding and snapshots (dhtfs.fs.history) ------------------------------------------------
+
+    def clock(self) -> int:
+        """Every op made here from now on is stamped after this."""
+        return self.tree.clock.last
+
+    def folded(self) -> dict[bytes, int]:
+        return self.history.folded()
+
+    def fold(self, stable: dict[bytes, int], highest: dict[bytes, int], floor: int) -> int:
+        return self.history.fold(stable, highest, floor, self.protected())
+
+    def snapshot(self) -> bytes:
+        return self.history.snapshot()
+
+    def install(self, blob: bytes) -> None:
+        """Install a snapshot (ValueError if it is malformed)."""
+        vector = self.history.install(blob, self.tree.node_id, self.tree.clock)
+        log.info("installed a snapshot of the tree (%d ops)", sum(vector.values()))
+        if self.on_installed is not None:
+            self.on_installed()
+
+    def members(self) -> set[bytes]:
+        return self.history.members()
+
+    def add_member(self, node: bytes) -> None:
+        self.history.add_member(node)
 
     def accept(self, entries: Sequence[LogEntry]) -> None:
         ops: list[Op] = []
@@ -73,7 +106,7 @@ class NamespaceLog:
                 self.on_remote(ops, places)
 
     def cert(self, origin: bytes) -> bytes | None:
-        return self.ns.cert(origin)
+        return self.history.cert(origin)
 
     def add_cert(self, origin: bytes, der: bytes) -> None:
-        self.ns.add_cert(origin, der)
+        self.history.add_cert(origin, der)

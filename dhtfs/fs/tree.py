@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 
 from dhtfs.errors import ConfigError, NamespaceError
+from dhtfs.fs.history import History
 from dhtfs.fs.namespace import Namespace, ObjectRow
 from dhtfs.fs.ops import ROOT_OBJ, Change, HybridClock, Op, new_id
 
@@ -266,7 +267,7 @@ def bind_origin(ns: Namespace, node_id: bytes) -> bytes:
                 f"certificate's node {node_id.hex()[:16]}; use a fresh state= directory "
                 "for another node identity"
             )
-        moved = ns.adopt_origin(current, node_id)
+        moved = History(ns).adopt_origin(current, node_id)
         log.warning("re-stamped %d ops of this state directory with node ID %s",
                     moved, node_id.hex()[:16])
     ns.meta_set("node_id", node_id)

@@ -31,18 +31,30 @@ Dissemination (Demers et al., "Epidemic algorithms for replicated database maint
 - an entry that arrives ahead of a gap is stashed (bounded) and a pull from its sender is
   started, which brings the missing ones in order.
 
+Folding (a store that can: ``FoldingStore``, the namespace of a mount): every node reports
+its vector and clock in each pull and pull answer; a node that has reports from every member
+it knows (every node it exchanged log RPCs with, and every origin) hands the store the
+component-wise minimum and maximum of the vectors and the smallest clock, every
+``fold_interval``, and the store folds what is stable (``dhtfs.fs.history``). A puller behind
+what the answering node folded gets ``"snapshot": true`` instead of entries and fetches the
+store's snapshot page by page (LOG_SNAPSHOT), installs it, and pulls again.
+
 RPCs (args → answer)::
 
-    LOG_PUSH  {"entries": [[origin, seq, body, sig], ...], "certs": [[origin, der], ...]}
-              → {"accepted": n}
-    LOG_PULL  {"vector": [[origin, seq], ...], "limit": n}
-              → {"entries": [...], "certs": [...], "vector": [[origin, seq], ...], "more": bool}
+    LOG_PUSH      {"entries": [[origin, seq, body, sig], ...], "certs": [[origin, der], ...]}
+                  → {"accepted": n}
+    LOG_PULL      {"vector": [[origin, seq], ...], "limit": n, "clock"?: int}
+                  → {"entries": [...], "certs": [...], "vector": [[origin, seq], ...],
+                     "more": bool, "clock"?: int, "snapshot"?: true}
+    LOG_SNAPSHOT  {"page": i, "id"?: bytes} → {"id": bytes, "pages": n, "data": bytes}
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import math
+import os
 import random
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
@@ -64,7 +76,8 @@ log = logging.getLogger(__name__)
 
 LOG_PUSH = "LOG_PUSH"
 LOG_PULL = "LOG_PULL"
-METHODS = frozenset({LOG_PUSH, LOG_PULL})
+LOG_SNAPSHOT = "LOG_SNAPSHOT"
+METHODS = frozenset({LOG_PUSH, LOG_PULL, LOG_SNAPSHOT})
 
 MAX_ENTRIES = 4096
 """Entries in one message at most (a pull answer says ``more`` past it)."""
@@ -76,6 +89,8 @@ MAX_CERT = 16 * 1024
 STASH_MAX = 16384
 """Out-of-order entries kept while the gap before them is filled."""
 SIG_CACHE = 65536
+SNAPSHOT_PAGE = 4 * 1024 * 1024
+SNAPSHOT_TTL = 120.0
 VERIFY_SLICE = 64
 """Signatures verified between two checkpoints (each ~0.1 ms): a long pull never holds the
 event loop (and so the FUSE handlers of a mount) for long."""
@@ -175,6 +190,28 @@ class Signatures:
         return True
 
 
+class FoldingStore(LogStore, Protocol):
+    """A store that can fold stable history and serve and install snapshots (a mount's)."""
+
+    def clock(self) -> int:
+        """Every entry made here from now on is ordered after this."""
+        ...
+
+    def folded(self) -> dict[bytes, int]:
+        """origin → entries folded (no longer served one by one)."""
+        ...
+
+    def fold(self, stable: dict[bytes, int], highest: dict[bytes, int], floor: int) -> int: ...
+
+    def snapshot(self) -> bytes: ...
+
+    def install(self, blob: bytes) -> None: ...
+
+    def members(self) -> set[bytes]: ...
+
+    def add_member(self, node: bytes) -> None: ...
+
+
 class Signer(Protocol):
     """What the replicator needs of ``Signatures`` (the simulator uses a cheaper one)."""
 
@@ -238,6 +275,7 @@ class LogReplicator:
         fanout: int = 6,
         sync_interval: float = 1.0,
         rpc_timeout: float = 10.0,
+        fold_interval: float = 10.0,
         rng: random.Random | None = None,
     ) -> None:
         self.node = node
@@ -259,6 +297,16 @@ class LogReplicator:
         self._nursery: trio.Nursery | None = None
         self.store.add_cert(self.own_id, signer.own_cert)
         signer.check_cert(self.own_id, signer.own_cert)
+        self.fold_interval = fold_interval
+        self._folding: FoldingStore | None = (
+            store if hasattr(store, "fold") else None  # type: ignore[assignment]
+        )
+        # Every node that takes part in the log as far as we know, and its last report:
+        # (vector, clock or None for a node that makes no entries).
+        self.members: set[bytes] = self._folding.members() if self._folding else set()
+        self.reports: dict[bytes, tuple[dict[bytes, int], int | None]] = {}
+        self._last_fold = -math.inf
+        self._snapshot: tuple[bytes, list[bytes], float] | None = None  # id, pages, expiry
 
     # -- wiring --------------------------------------------------------------------------------
 
@@ -334,7 +382,10 @@ class LogReplicator:
 
     def _message(self, entries: Sequence[LogEntry]) -> Message:
         origins = {e.origin for e in entries}
-        certs = [[o, c] for o in origins if (c := self.store.cert(o)) is not None]
+        certs = [
+            [o, c] for o in origins
+            if (c := self.signer.own_cert if o == self.own_id else self.store.cert(o))
+        ]
         return {
             "entries": [[e.origin, e.seq, e.body, e.sig] for e in entries],
             "certs": certs,
@@ -344,6 +395,7 @@ class LogReplicator:
 
     async def handle(self, caller: Contact, method: str, args: Message) -> Message:
         """The RPC handler for ``METHODS`` (``caller`` is authenticated)."""
+        self._member(caller.node_id)
         if method == LOG_PUSH:
             entries = _entries_from_wire(args.get("entries"), method)
             certs = _certs_from_wire(args.get("certs", []), method)
@@ -354,12 +406,102 @@ class LogReplicator:
             limit = args.get("limit", MAX_ENTRIES)
             if type(limit) is not int or limit <= 0:
                 raise RemoteError(f"{method}: 'limit' must be a positive int")
-            entries, more = self._missing(theirs, min(limit, MAX_ENTRIES))
-            answer = self._message(entries)
+            self._report(caller.node_id, theirs, args.get("clock"))
+            if self._behind_fold(theirs):
+                answer = self._message([])
+                answer["snapshot"] = True
+                more = False
+            else:
+                entries, more = self._missing(theirs, min(limit, MAX_ENTRIES))
+                answer = self._message(entries)
             answer["vector"] = _vector_to_wire(self.store.vector())
             answer["more"] = more
+            if self._folding is not None:
+                answer["clock"] = self._folding.clock()
             return answer
+        if method == LOG_SNAPSHOT:
+            return self._snapshot_page(args)
         raise RemoteError(f"unknown method {method!r}")
+
+    # -- membership, folding, snapshots ------------------------------------------------------
+
+    def _member(self, node_id: bytes) -> None:
+        if node_id not in self.members and node_id != self.own_id:
+            self.members.add(node_id)
+            if self._folding is not None:
+                self._folding.add_member(node_id)
+
+    def _report(self, node_id: bytes, vector: dict[bytes, int], clock: Any) -> None:
+        self.reports[node_id] = (vector, clock if type(clock) is int else None)
+
+    def _behind_fold(self, theirs: dict[bytes, int]) -> bool:
+        """True if a node with vector ``theirs`` lacks entries we no longer serve."""
+        if self._folding is None:
+            return False
+        return any(theirs.get(o, 0) < s for o, s in self._folding.folded().items())
+
+    def maybe_fold(self) -> int:
+        """Fold what every known member holds (see the module docstring); entries folded."""
+        store = self._folding
+        if store is None:
+            return 0
+        vector = store.vector()
+        members = self.members | set(vector)
+        members.discard(self.own_id)
+        reports = {**self.reports, self.own_id: (vector, store.clock())}
+        if any(m not in reports for m in members):
+            return 0
+        vectors = [reports[m][0] for m in (*members, self.own_id)]
+        origins = set().union(*vectors)
+        stable = {o: min(v.get(o, 0) for v in vectors) for o in origins}
+        highest = {o: max(v.get(o, 0) for v in vectors) for o in origins}
+        clocks = [c for m in (*members, self.own_id) if (c := reports[m][1]) is not None]
+        return store.fold(stable, highest, min(clocks))
+
+    def _snapshot_page(self, args: Message) -> Message:
+        if self._folding is None:
+            raise RemoteError(f"{LOG_SNAPSHOT}: this node keeps no snapshots")
+        page = args.get("page")
+        if type(page) is not int or page < 0:
+            raise RemoteError(f"{LOG_SNAPSHOT}: 'page' must be a non-negative int")
+        now = trio.current_time()
+        snap = self._snapshot
+        if snap is None or snap[2] < now or (page == 0 and args.get("id") != snap[0]):
+            blob = self._folding.snapshot()
+            pages = [blob[i : i + SNAPSHOT_PAGE] for i in range(0, len(blob), SNAPSHOT_PAGE)]
+            snap = self._snapshot = (os.urandom(8), pages or [b""], now + SNAPSHOT_TTL)
+        if args.get("id", snap[0]) != snap[0]:
+            raise RemoteError(f"{LOG_SNAPSHOT}: that snapshot expired; start again")
+        if page >= len(snap[1]):
+            raise RemoteError(f"{LOG_SNAPSHOT}: no page {page}")
+        return {"id": snap[0], "pages": len(snap[1]), "data": snap[1][page]}
+
+    async def _install_from(self, peer: Contact) -> None:
+        """Fetch ``peer``'s snapshot page by page and install it."""
+        if self._folding is None:
+            return
+        pages: list[bytes] = []
+        snap_id: bytes | None = None
+        while True:
+            args: Message = {"page": len(pages)}
+            if snap_id is not None:
+                args["id"] = snap_id
+            ans = await self.node.call(peer, LOG_SNAPSHOT, args, self.rpc_timeout)
+            data, snap_id, total = ans.get("data"), ans.get("id"), ans.get("pages")
+            if type(data) is not bytes or type(snap_id) is not bytes or type(total) is not int:
+                raise ProtocolError(f"{LOG_SNAPSHOT}: malformed answer")
+            pages.append(data)
+            if len(pages) >= total:
+                break
+        async with self._accept_lock:
+            try:
+                self._folding.install(b"".join(pages))
+            except ValueError as exc:
+                log.error("snapshot from %s not installed: %s", peer, exc)
+                return
+        self._stash.clear()
+        self._pushed = min(self._pushed, self.store.vector().get(self.own_id, 0))
+        log.info("installed the snapshot of %s", peer)
 
     def _missing(self, theirs: dict[bytes, int], limit: int) -> tuple[list[LogEntry], bool]:
         """Entries we hold that a node with vector ``theirs`` lacks (at most ``limit``/
@@ -462,8 +604,9 @@ class LogReplicator:
                     self.signer.check_cert(e.origin, stored)
                 known.add(e.origin)
             if not self.signer.verify(e):
-                log.warning("dropped log entry %s#%d: signature does not verify",
-                            e.origin.hex()[:12], e.seq)
+                why = ("signature does not verify" if self.store.cert(e.origin) is not None
+                       else "no valid certificate of its origin came with it")
+                log.warning("dropped log entry %s#%d: %s", e.origin.hex()[:12], e.seq, why)
                 bad = True
                 continue
             ok.append(e)
@@ -493,6 +636,10 @@ class LogReplicator:
                         nursery.start_soon(self.sync_with, p)
             elif peers:
                 await self.sync_with(self.rng.choice(peers))
+            now = trio.current_time()
+            if now - self._last_fold >= self.fold_interval:
+                self._last_fold = now
+                self.maybe_fold()
             await trio.sleep(self.sync_interval * (0.5 + self.rng.random()))
 
     async def sync_with(self, peer: Contact, *, deadline: float = 30.0) -> int:
@@ -504,20 +651,30 @@ class LogReplicator:
         gained = 0
         try:
             with trio.move_on_after(deadline):
+                installed = False
                 while True:
                     self.stats.pulls_sent += 1
-                    ans = await self.node.call(
-                        peer, LOG_PULL,
-                        {"vector": _vector_to_wire(self.store.vector()), "limit": MAX_ENTRIES},
-                        self.rpc_timeout,
-                    )
+                    request: Message = {
+                        "vector": _vector_to_wire(self.store.vector()), "limit": MAX_ENTRIES,
+                    }
+                    if self._folding is not None:
+                        request["clock"] = self._folding.clock()
+                    ans = await self.node.call(peer, LOG_PULL, request, self.rpc_timeout)
+                    self._member(peer.node_id)
                     entries = _entries_from_wire(ans.get("entries"), LOG_PULL, answer=True)
                     certs = _certs_from_wire(ans.get("certs", []), LOG_PULL, answer=True)
                     theirs = _vector_from_wire(ans.get("vector"), LOG_PULL, answer=True)
+                    self._report(peer.node_id, theirs, ans.get("clock"))
+                    if ans.get("snapshot") is True and not installed:
+                        await self._install_from(peer)
+                        installed = True
+                        continue
                     fresh = await self.receive(peer, entries, certs)
                     gained += len(fresh)
                     if not ans.get("more") or (entries and not fresh):
                         break
+                if self._behind_fold(theirs):
+                    return gained  # it will pull our snapshot
                 while True:
                     lacking, more = self._missing(theirs, MAX_ENTRIES)
                     if not lacking:

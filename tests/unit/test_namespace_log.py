@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from dhtfs.errors import ConfigError
+from dhtfs.fs.history import History
 from dhtfs.fs.journal import OpJournal
 from dhtfs.fs.namespace import Namespace, connect
 from dhtfs.fs.ops import ROOT_OBJ, decode_op, encode_op
@@ -29,10 +30,10 @@ def test_vector_and_entries_follow_each_origin_without_gaps() -> None:
         ns.apply(op)  # made here: the next seq of its origin
     ns.apply(mkdir(OBJS[3], LINKS[3], ROOT_OBJ, b"y1", 11, Y), seq=1, sig=b"sig-1")
     assert ns.vector == {X: 3, Y: 1}
-    got = ns.log_entries(X, 1, 10)
+    got = History(ns).entries(X, 1, 10)
     assert [s for s, _, _ in got] == [2, 3]
     assert [decode_op(body) for _, body, _ in got] == ops[1:]
-    assert ns.log_entries(Y, 0, 10) == [(1, encode_op(
+    assert History(ns).entries(Y, 0, 10) == [(1, encode_op(
         mkdir(OBJS[3], LINKS[3], ROOT_OBJ, b"y1", 11, Y)), b"sig-1")]
     with pytest.raises(ValueError):  # a gap: seq 3 of Y before its seq 2
         ns.apply(mkdir(OBJS[4], LINKS[4], ROOT_OBJ, b"y3", 20, Y), seq=3, sig=b"s")
@@ -63,7 +64,7 @@ def test_journal_replay_restores_seq_and_sig(tmp_path: Path) -> None:
     assert again.vector == {X: 1}
     assert again.replay_journal() == 2
     assert again.vector == {X: 2, Y: 1}
-    assert again.log_entries(Y, 0, 5)[0][2] == b"y-sig"
+    assert History(again).entries(Y, 0, 5)[0][2] == b"y-sig"
     assert again.lookup(ROOT_OBJ, b"c") is not None
 
 
@@ -108,7 +109,7 @@ def test_a_state_directory_from_before_the_swarm_is_numbered_and_re_stamped(
 
 def test_certificates_are_kept() -> None:
     ns = fresh()
-    assert ns.cert(X) is None
-    ns.add_cert(X, b"der")
-    assert ns.cert(X) == b"der"
+    assert History(ns).cert(X) is None
+    History(ns).add_cert(X, b"der")
+    assert History(ns).cert(X) == b"der"
     assert isinstance(ns.db, sqlite3.Connection)
