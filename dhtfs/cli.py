@@ -18,7 +18,7 @@ import sys
 from dhtfs.errors import DhtfsError
 from dhtfs.logs import setup_logging
 
-GROUPS = ("ca", "node", "chunk")
+GROUPS = ("ca", "node", "chunk", "swarm")
 
 
 def build_parser() -> argparse.ArgumentParser:

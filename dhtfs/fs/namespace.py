@@ -43,7 +43,8 @@ if it cannot apply it is skipped, the same way on every node:
   ``NAME.conflict-<node>-<ts>`` after the op that had named it;
 - a content write whose base is not the current content (concurrent writers): the current
   content is kept beside the file as ``NAME.conflict-<node>-<ts>``, then overwritten;
-- unlinking a directory that still has children: skipped (the children are not lost).
+- unlinking a directory that still has children: skipped (the children are not lost);
+- linking an object that has no name left (and was not made by the same op): skipped.
 """
 
 from __future__ import annotations
@@ -653,6 +654,12 @@ class Namespace:
             ).fetchone()
         ):
             return  # a directory has one name
+        if not any(
+            ch["c"] == "mkobj" and ch["obj"] == c["obj"] for ch in op.changes
+        ) and self.link_count(c["obj"]) == 0:
+            # An object that lost its last name stays unnamed (as linkat(2) of an unlinked
+            # file fails): folding may collect it on any node, so reviving it could differ.
+            return
         self._make_room(tx, c["parent"], c["name"], c["link"])
         tx.put_link(c["link"], c["parent"], c["name"], c["obj"], obj.kind, op)
 

@@ -88,6 +88,8 @@ class Tree:
         row = self.require(obj)
         if row.is_dir:
             raise NamespaceError(errno.EPERM)
+        if self.ns.link_count(obj) == 0:
+            raise NamespaceError(errno.ENOENT)  # unlinked: linkat(2) says ENOENT too
         if self.ns.lookup(parent, name) is not None:
             raise NamespaceError(errno.EEXIST)
         now = time.time_ns()

@@ -93,3 +93,14 @@ def test_snapshot_installs_elsewhere_and_keeps_the_ops_made_there() -> None:
     assert row[0] > b.fold_ts  # stamped anew: nothing goes before folded history
     with pytest.raises(ValueError, match="malformed"):
         History(b).install(b"not a snapshot", Y, clock)
+
+
+def test_an_unnamed_object_is_never_linked_again() -> None:
+    """Whether a node has collected it or not, a link op to an object without names is
+    skipped the same way everywhere."""
+    ns = fresh()
+    ns.apply(mkfile(OBJS[3], LINKS[0], b"f", 10, X))
+    ns.apply(unlink(LINKS[0], 20, X))
+    ns.apply(Op(30, Y, ({"c": "link", "link": LINKS[1], "parent": ROOT_OBJ, "name": b"back",
+                         "obj": OBJS[3]},)))
+    assert ns.lookup(ROOT_OBJ, b"back") is None

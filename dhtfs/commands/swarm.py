@@ -1,0 +1,563 @@
+"""``dhtfs swarm up --nodes N DIR`` and ``dhtfs swarm down DIR``: N mounting nodes on this
+machine (a first look at a swarm; tests and benchmarks use it too).
+
+Layout, all made by ``up`` (DIR must be new, empty, or a swarm made by this command)::
+
+    DIR/swarm.json   {"nodes": [{"name", "host", "port", "state", "mountpoint", "cert", "key",
+                                 "ca"}, ...]}
+    DIR/ca/          ca.key ca.crt
+    DIR/nodeI/       nodeI.crt nodeI.key  state/  mnt/
+
+Invariants:
+- node I listens on 127.0.0.(10+I), loopback only. Its first start binds port 0 and the real
+  port (from the control socket's ``status``) is recorded at once, so restarts reuse the
+  address;
+- swarm.json is written (temp file + rename) before anything else is created and after every
+  change: a DIR that a failed ``up`` left is still a swarm, and the next ``up`` completes it
+  (missing certificates are issued, existing ones are never replaced);
+- ``up`` starts only the nodes that are not mounted (a stale mount of a dead daemon is lazily
+  unmounted first), each bootstrapping to every other recorded address; when none runs, the
+  first starts alone, then the rest in parallel. It returns once every node answers with at
+  least ``joined_target(N)`` peers;
+- ``down`` leaves no daemon running and nothing mounted (umount.dhtfs, SIGKILL past a deadline,
+  lazy unmount of what is left) and is idempotent;
+- one command per DIR at a time (flock on DIR); every wait has a deadline; failures are one
+  line naming the node and its log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from dhtfs.errors import ConfigError, DhtfsError
+from dhtfs.node import pki
+from dhtfs.node.control import CONTROL_SOCKET_NAME, ControlClient
+
+SWARM_FILE = "swarm.json"
+FIRST_HOST = 10  # node I listens on 127.0.0.(FIRST_HOST + I)
+MAX_NODES = 255 - FIRST_HOST  # up to 127.0.0.254
+FULL_MESH_MAX = 20  # swarms up to this size wait until every node knows every other
+START_SECONDS = 60.0  # one mount.dhtfs until it returns, then its first status answer
+JOIN_SECONDS = 60.0  # every node answering with enough peers
+UMOUNT_SECONDS = 30.0  # one umount.dhtfs
+EXIT_SECONDS = 15.0  # a daemon's exit after its unmount, before SIGKILL
+LOCK_SECONDS = 120.0
+STATUS_SECONDS = 5.0  # one control call
+STAT_SECONDS = 5.0  # stat() of a mount point
+REFRESH_EVERY = 3.0  # seconds between bucket refreshes asked of a node short of peers
+PARALLEL = 16  # mount.dhtfs / umount.dhtfs processes at once
+POLL = 0.1
+VENV_BIN = Path(sys.executable).parent
+_OCTAL = re.compile(r"\\([0-7]{3})")
+
+
+@dataclass(slots=True)
+class Node:
+    """One node of the swarm; everything but ``port`` follows from DIR and the index."""
+
+    name: str
+    host: str
+    port: int
+    state: Path
+    mountpoint: Path
+    cert: Path
+    key: Path
+    ca: Path
+
+    @classmethod
+    def at(cls, root: Path, index: int) -> Node:
+        name = f"node{index}"
+        base = root / name
+        return cls(name, f"127.0.0.{FIRST_HOST + index}", 0, base / "state", base / "mnt",
+                   base / f"{name}.crt", base / f"{name}.key", root / "ca" / pki.CA_CERT_NAME)
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def log(self) -> Path:
+        return self.state / "dhtfs.log"
+
+    @property
+    def control(self) -> Path:
+        return self.state / CONTROL_SOCKET_NAME
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "host": self.host, "port": self.port,
+                "state": str(self.state), "mountpoint": str(self.mountpoint),
+                "cert": str(self.cert), "key": str(self.key), "ca": str(self.ca)}
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("swarm", help="run a swarm of mounting nodes on this machine")
+    ssub = p.add_subparsers(dest="swarm_command", metavar="ACTION", required=True)
+    up = ssub.add_parser(
+        "up", help="create and/or start the swarm in DIR",
+        description="Start every node of the swarm in DIR that is not mounted (creating DIR, "
+        "its CA and node certificates first), then wait until they have joined. Node I "
+        "listens on 127.0.0.(10+I) and is mounted at DIR/nodeI/mnt.")
+    up.add_argument("--nodes", type=int, metavar="N",
+                    help="number of nodes (needed for a new DIR; more than recorded adds nodes)")
+    up.add_argument("--json", action="store_true", help="print a JSON document, not a table")
+    up.add_argument("dir", type=Path)
+    up.set_defaults(func=_one_line(cmd_up))
+    down = ssub.add_parser("down", help="unmount every node of the swarm in DIR")
+    down.add_argument("dir", type=Path)
+    down.set_defaults(func=_one_line(cmd_down))
+
+
+def _one_line(command: Callable[[argparse.Namespace], int]
+              ) -> Callable[[argparse.Namespace], int]:
+    """``command`` with file-system errors (a read-only or foreign DIR) as one-line errors."""
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return command(args)
+        except OSError as exc:
+            where = f"{exc.filename}: " if exc.filename else ""
+            raise ConfigError(f"{where}{exc.strerror or exc}") from None
+
+    return run
+
+
+def _say(message: str) -> None:
+    print(f"dhtfs swarm: {message}", file=sys.stderr, flush=True)
+
+
+def joined_target(count: int) -> int:
+    """Peers each node of a ``count``-node swarm must know before ``up`` returns."""
+    return count - 1 if count <= FULL_MESH_MAX else 1
+
+
+# -- DIR and swarm.json ----------------------------------------------------------------------
+
+
+def swarm_root(path: Path) -> Path:
+    """``path`` made absolute with symlinks resolved (as /proc/mounts shows mount points)."""
+    root = path.expanduser().resolve()
+    if "," in str(root):
+        raise ConfigError(f"{root}: a swarm directory cannot contain ',' (mount options do)")
+    if root.exists() and not root.is_dir():
+        raise ConfigError(f"{root} is not a directory")
+    return root
+
+
+def load_swarm(root: Path) -> list[Node] | None:
+    """The recorded nodes; None when ``root`` is missing or empty. Refuses anything else."""
+    path = root / SWARM_FILE
+    if not path.exists():
+        if root.is_dir() and any(root.iterdir()):
+            raise ConfigError(f"{root} is not empty and has no {SWARM_FILE}: not a swarm made by "
+                              "'dhtfs swarm up' (use a new or empty directory)")
+        return None
+    try:
+        data = json.loads(path.read_text())
+        items = data["nodes"]
+        if not isinstance(items, list):
+            raise TypeError("'nodes' is not a list")
+        return [_node_from_json(root, i, item) for i, item in enumerate(items)]
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"{path} is not a swarm file made by 'dhtfs swarm up' "
+                          f"({type(exc).__name__}: {exc})") from None
+
+
+def _node_from_json(root: Path, index: int, item: Any) -> Node:
+    """The layout's node ``index`` with the recorded port; the recorded name and host must be
+    the layout's (paths are taken from the layout, so a moved DIR still works)."""
+    node = Node.at(root, index)
+    if not isinstance(item, dict):
+        raise TypeError(f"node {index} is not an object")
+    if item["name"] != node.name or item["host"] != node.host:
+        raise ValueError(f"node {index} should be {node.name} on {node.host}")
+    port = item["port"]
+    if type(port) is not int or not 0 <= port < 65536:
+        raise ValueError(f"{node.name}: bad port {port!r}")
+    node.port = port
+    return node
+
+
+def save_swarm(root: Path, nodes: Sequence[Node]) -> None:
+    tmp = root / f".{SWARM_FILE}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps({"nodes": [n.to_json() for n in nodes]}, indent=2) + "\n")
+    os.replace(tmp, root / SWARM_FILE)
+
+
+@contextlib.contextmanager
+def _locked(root: Path) -> Iterator[None]:
+    """Hold an exclusive flock on the directory ``root`` (the fd is not inherited)."""
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        deadline = time.monotonic() + LOCK_SECONDS
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise ConfigError(f"{root}: another 'dhtfs swarm' command still holds it "
+                                      f"after {LOCK_SECONDS:.0f}s") from None
+                time.sleep(POLL)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _ensure_files(root: Path, nodes: Sequence[Node]) -> None:
+    """CA, node certificates and directories, whichever are missing."""
+    ca_dir = root / "ca"
+    if not (ca_dir / pki.CA_CERT_NAME).exists():
+        pki.init_ca(ca_dir)
+    for node in nodes:
+        if not (node.cert.exists() and node.key.exists()):
+            pki.issue_node_cert(ca_dir, node.name, node.cert.parent)
+        node.state.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _clean_stale(node)
+        if not _mounted(node.mountpoint):  # (mkdir would stat a mount: a hung one blocks)
+            node.mountpoint.mkdir(parents=True, exist_ok=True)
+
+
+# -- processes and mounts --------------------------------------------------------------------
+
+
+def _mounted(mountpoint: Path) -> bool:
+    """``mountpoint`` is in /proc/mounts (live or stale)."""
+    with open("/proc/mounts") as fh:
+        targets = [fields[1] for fields in map(str.split, fh) if len(fields) > 1]
+    # /proc/mounts writes space, tab, newline and backslash as octal escapes
+    return str(mountpoint) in (_OCTAL.sub(lambda m: chr(int(m[1], 8)), t) for t in targets)
+
+
+def _stat_errno(mountpoint: Path, seconds: float = STAT_SECONDS) -> int | None:
+    """The errno of ``stat(mountpoint)`` (0: it worked), or None when there is no answer
+    within ``seconds``: a hung daemon blocks the call, so it runs in an abandoned daemon
+    thread."""
+    result: list[int] = []
+
+    def probe() -> None:
+        try:
+            os.stat(mountpoint)
+            result.append(0)
+        except OSError as exc:
+            result.append(exc.errno or -1)
+
+    thread = threading.Thread(target=probe, name="stat-probe", daemon=True)
+    thread.start()
+    thread.join(seconds)
+    return result[0] if result else None
+
+
+def _stale(mountpoint: Path) -> bool:
+    """The daemon behind the mount died (the kernel answers ENOTCONN)."""
+    return _stat_errno(mountpoint) == errno.ENOTCONN
+
+
+def is_live(mountpoint: Path) -> bool:
+    """Mounted and not stale (a hung daemon counts as live: its status calls time out)."""
+    return _mounted(mountpoint) and not _stale(mountpoint)
+
+
+def lazy_unmount(mountpoint: Path) -> None:
+    with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+        subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], stdin=subprocess.DEVNULL,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                       timeout=UMOUNT_SECONDS, check=False)
+
+
+def process_alive(pid: int) -> bool:
+    """True while ``pid`` runs; a zombie counts as exited."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rpartition(")")[2].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def daemon_pids(mountpoint: Path) -> list[int]:
+    """Live ``mount.dhtfs`` processes for ``mountpoint`` (the daemon keeps the mount helper's
+    command line), found the way ``pgrep -f`` would."""
+    target = os.fsencode(mountpoint)
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/cmdline", "rb") as fh:
+                argv = fh.read().split(b"\0")
+        except OSError:
+            continue
+        if target in argv and any(os.path.basename(a) == b"mount.dhtfs" for a in argv):
+            pid = int(entry.name)
+            if pid != os.getpid() and process_alive(pid):
+                found.append(pid)
+    return found
+
+
+def _wait_gone(pids: Sequence[int], seconds: float) -> list[int]:
+    """Wait until every pid has exited or ``seconds`` passed; returns those still alive."""
+    deadline = time.monotonic() + seconds
+    alive = [p for p in pids if process_alive(p)]
+    while alive and time.monotonic() < deadline:
+        time.sleep(POLL)
+        alive = [p for p in alive if process_alive(p)]
+    return alive
+
+
+def _kill(pids: Sequence[int]) -> list[int]:
+    """SIGKILL ``pids``; returns those that still have not exited after a bounded wait."""
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return _wait_gone(pids, EXIT_SECONDS)
+
+
+def _clean_stale(node: Node) -> None:
+    """Remove a mount whose daemon died, and a daemon whose mount is gone."""
+    if _mounted(node.mountpoint) and _stale(node.mountpoint):
+        _say(f"{node.name}: removing the stale mount at {node.mountpoint}")
+        lazy_unmount(node.mountpoint)
+    if not _mounted(node.mountpoint):
+        leftovers = daemon_pids(node.mountpoint)
+        if leftovers:
+            _say(f"{node.name}: killing daemon {leftovers} that has no mount")
+            _kill(leftovers)
+
+
+def _run(argv: list[str], seconds: float) -> tuple[int, str]:
+    """Run ``argv`` (no config file from /etc) under a deadline; (exit status, last stderr
+    line). stderr goes to a file, not a pipe: a daemon child must not keep us waiting."""
+    env = {**os.environ, "DHTFS_NO_SYSTEM_CONFIG": "1"}
+    with tempfile.TemporaryFile("w+") as err:
+        try:
+            status = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                    stderr=err, env=env, timeout=seconds, check=False).returncode
+        except subprocess.TimeoutExpired:
+            return -1, f"no answer within {seconds:.0f}s"
+        except OSError as exc:
+            raise ConfigError(f"cannot run {argv[0]}: {exc.strerror}") from None
+        err.seek(0)
+        lines = err.read().strip().splitlines()
+    return status, (lines[-1] if lines else f"exit status {status}")
+
+
+# -- control socket --------------------------------------------------------------------------
+
+
+async def _call(node: Node, method: str, seconds: float = STATUS_SECONDS) -> dict[str, Any]:
+    with trio.fail_after(seconds):
+        client = await ControlClient.connect(node.control)
+        try:
+            return await client.call(method, timeout=seconds)
+        finally:
+            await client.aclose()
+
+
+def _wait_ready(nodes: Sequence[Node], target: int, seconds: float) -> dict[str, dict[str, Any]]:
+    """Poll each node's status until it has ``target`` peers; record ports still 0. Returns the
+    last answers; raises naming the first node that is not ready at the deadline or whose
+    mount went away."""
+    answers: dict[str, dict[str, Any]] = {}
+    waiting = {n.name: "no answer on its control socket" for n in nodes}
+    dead: list[Node] = []
+
+    async def one(node: Node, cancel: Callable[[], None]) -> None:
+        next_refresh = trio.current_time() + REFRESH_EVERY
+        while True:
+            try:
+                ans = await _call(node, "status")
+            except (DhtfsError, OSError, trio.TooSlowError) as exc:
+                reason = str(exc) or f"no answer within {STATUS_SECONDS:.0f}s"
+                waiting[node.name] = f"control socket: {reason}"
+                if not await trio.to_thread.run_sync(is_live, node.mountpoint):
+                    dead.append(node)
+                    cancel()
+                    return
+            else:
+                answers[node.name] = ans
+                port = str(ans.get("listen", "")).rpartition(":")[2]
+                if node.port == 0 and port.isdigit():
+                    node.port = int(port)
+                peers = ans.get("peers") if isinstance(ans.get("peers"), int) else 0
+                if peers >= target:
+                    del waiting[node.name]
+                    return
+                waiting[node.name] = f"{peers} of {target} peers"
+                if trio.current_time() >= next_refresh:  # a nudge: look up every bucket now
+                    next_refresh = trio.current_time() + REFRESH_EVERY
+                    with contextlib.suppress(DhtfsError, OSError, trio.TooSlowError):
+                        await _call(node, "refresh", 2 * STATUS_SECONDS)
+            await trio.sleep(POLL)
+
+    async def main() -> None:
+        with trio.move_on_after(seconds):
+            async with trio.open_nursery() as nursery:
+                for node in nodes:
+                    nursery.start_soon(one, node, nursery.cancel_scope.cancel)
+
+    trio.run(main)
+    if dead:
+        node = dead[0]
+        raise DhtfsError(f"{node.name} is no longer mounted at {node.mountpoint} (its daemon "
+                         f"exited?); see {node.log}")
+    if waiting:
+        node = next(n for n in nodes if n.name in waiting)
+        more = f" (and {len(waiting) - 1} more)" if len(waiting) > 1 else ""
+        raise DhtfsError(f"{node.name} not ready after {seconds:.0f}s: {waiting[node.name]}"
+                         f"{more}; see {node.log}")
+    return answers
+
+
+# -- up --------------------------------------------------------------------------------------
+
+
+def _start(node: Node, bootstrap: Sequence[str]) -> str | None:
+    """Run ``mount.dhtfs`` for ``node``; None once mounted, else the one-line reason."""
+    opts = [f"state={node.state}", f"ca={node.ca}", f"cert={node.cert}",
+            f"cert_key={node.key}", f"listen={node.address}"]
+    if bootstrap:
+        opts.append("bootstrap=" + "+".join(bootstrap))
+    argv = [str(VENV_BIN / "mount.dhtfs"), str(node.mountpoint), "-o", ",".join(opts)]
+    status, reason = _run(argv, START_SECONDS)
+    return None if status == 0 else f"{node.name} did not mount: {reason}; see {node.log}"
+
+
+def _start_batch(root: Path, nodes: Sequence[Node], batch: Sequence[Node]) -> None:
+    """Start ``batch`` in parallel, each bootstrapping to every other recorded address; record
+    the ports they got (also when some failed), then raise the first failure."""
+    if not batch:
+        return
+    boot = {n.name: [o.address for o in nodes if o is not n and o.port] for n in batch}
+    with ThreadPoolExecutor(min(PARALLEL, len(batch))) as pool:
+        failures = list(pool.map(lambda n: _start(n, boot[n.name]), batch))
+    started = [n for n, failure in zip(batch, failures, strict=True) if failure is None]
+    try:
+        _wait_ready(started, 0, START_SECONDS)
+    finally:
+        save_swarm(root, nodes)
+    for node in started:
+        _say(f"{node.name}: mounted at {node.mountpoint}, listening on {node.address}")
+    errors = [f for f in failures if f is not None]
+    if errors:
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise DhtfsError(errors[0] + more)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    root = swarm_root(args.dir)
+    if args.nodes is not None and not 1 <= args.nodes <= MAX_NODES:
+        raise ConfigError(f"--nodes {args.nodes}: expected 1 to {MAX_NODES}")
+    if load_swarm(root) is None and args.nodes is None:  # refuses a foreign DIR first
+        raise ConfigError(f"{root} holds no swarm yet: give --nodes N")
+    root.mkdir(parents=True, exist_ok=True)
+    with _locked(root):
+        nodes = load_swarm(root) or []
+        count = args.nodes or len(nodes)
+        if count < len(nodes):
+            raise ConfigError(f"{root} has {len(nodes)} nodes; 'up' cannot remove nodes "
+                              f"(run 'dhtfs swarm down', then use a new directory)")
+        nodes += [Node.at(root, i) for i in range(len(nodes), count)]
+        save_swarm(root, nodes)
+        _ensure_files(root, nodes)
+        todo = [n for n in nodes if not is_live(n.mountpoint)]
+        for node in nodes:
+            if node not in todo:
+                _say(f"{node.name}: already mounted at {node.mountpoint}")
+        if todo and len(todo) == len(nodes):  # nothing runs: one node first, for the others
+            _start_batch(root, nodes, todo[:1])
+            todo = todo[1:]
+        _start_batch(root, nodes, todo)
+        answers = _wait_ready(nodes, joined_target(len(nodes)), JOIN_SECONDS)
+        save_swarm(root, nodes)
+    _print_nodes(nodes, answers, args.json)
+    return 0
+
+
+def _print_nodes(nodes: Sequence[Node], answers: dict[str, dict[str, Any]], as_json: bool
+                 ) -> None:
+    if not as_json:
+        width = max(len(n.name) for n in nodes)
+        mp_width = max(len(str(n.mountpoint)) for n in nodes)
+        for n in nodes:
+            print(f"{n.name:<{width}}  {n.mountpoint!s:<{mp_width}}  {n.address}")
+        return
+    out = []
+    for n in nodes:
+        ans = answers.get(n.name, {})
+        pid = ans.get("pid")
+        if not isinstance(pid, int):
+            pids = daemon_pids(n.mountpoint)
+            pid = pids[0] if pids else None
+        node_id = ans.get("node_id")
+        out.append({**n.to_json(), "address": n.address, "log": str(n.log),
+                    "control": str(n.control), "pid": pid, "peers": ans.get("peers"),
+                    "node_id": node_id.hex() if isinstance(node_id, bytes) else None})
+    print(json.dumps({"nodes": out}, indent=2))
+
+
+# -- down ------------------------------------------------------------------------------------
+
+
+def _stop(node: Node) -> str | None:
+    """Unmount ``node`` and make sure its daemon is gone; None when nothing is left."""
+    pids = set(daemon_pids(node.mountpoint))
+    if _mounted(node.mountpoint):
+        with contextlib.suppress(DhtfsError, OSError, trio.TooSlowError):
+            pid = trio.run(_call, node, "status", 2.0).get("pid")
+            if isinstance(pid, int):
+                pids.add(pid)
+    if not pids and not _mounted(node.mountpoint):
+        _say(f"{node.name}: not running")
+        return None
+    note = ""
+    if _mounted(node.mountpoint):
+        status, reason = _run([str(VENV_BIN / "umount.dhtfs"), str(node.mountpoint)],
+                              UMOUNT_SECONDS)
+        if status != 0:
+            note = f" (umount.dhtfs: {reason})"
+    survivors = _wait_gone(sorted(pids), EXIT_SECONDS)
+    if survivors:
+        note += f" (killed daemon {survivors} after {EXIT_SECONDS:.0f}s)"
+        survivors = _kill(survivors)
+    if _mounted(node.mountpoint):
+        lazy_unmount(node.mountpoint)
+    if survivors or _mounted(node.mountpoint):
+        return f"{node.name}: could not stop daemon {survivors} / unmount {node.mountpoint}"
+    _say(f"{node.name}: stopped{note}")
+    return None
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    root = swarm_root(args.dir)
+    if not (root / SWARM_FILE).is_file():
+        raise ConfigError(f"{root}: no {SWARM_FILE}, not a swarm made by 'dhtfs swarm up'")
+    with _locked(root):
+        nodes = load_swarm(root) or []
+        if not nodes:
+            return 0
+        with ThreadPoolExecutor(min(PARALLEL, len(nodes))) as pool:
+            errors = [e for e in pool.map(_stop, nodes) if e is not None]
+    if errors:
+        raise DhtfsError(errors[0] + (f" (and {len(errors) - 1} more)" if len(errors) > 1
+                                      else ""))
+    return 0

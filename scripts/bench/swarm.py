@@ -1,0 +1,213 @@
+#!/usr/bin/env python3
+"""Swarm benchmark: how fast a change on one mount shows on another, and what replication
+costs the writer, with a single-node mount measured in the same run as the reference.
+
+Usage (as root, from the repo root, with the venv's interpreter)::
+
+    .venv/bin/python scripts/bench/swarm.py [--quick] [--runs N] [--changes C] [--files F]
+                                            [--no-sim]
+
+Prints ``figure: NAME=VALUE UNIT`` lines (VALUE: the median over runs; each run is printed
+first as a ``# `` line). Per run, on a fresh 3-node swarm (``dhtfs swarm up --nodes 3``, nodes
+on 127.0.0.10-12, state on a tmpfs) and a fresh single-node mount (state on the same tmpfs):
+
+* ``visible_{create,write,rename,delete}_{p50,p95}``: C changes of each kind on node A (create
+  an empty file; write a new size into an existing file and close it; rename; unlink), each
+  timed from just before the call on A until ``stat`` on node B shows it (polled every
+  0.2 ms), in ms. Targets: p50 <= 20 ms, p95 <= 100 ms on loopback. (Syncthing, the tool
+  people use to keep trees in step, waits 10 s by default before it even sends a change.)
+* ``cp_swarm`` / ``cp_single``: ``cp -r`` of F files of 4 KiB (100 per directory) into node A
+  and into the single-node mount, files/s; ``cp_ratio`` = swarm / single (target >= 0.8:
+  replication must not slow the writer).
+* ``cp_visible_all``: from the end of that cp until node B has applied every op of it (its
+  op-log vector equals A's; then the tree is checked file by file), seconds (target <= 1).
+* the simulator's dissemination figures (``scripts/bench/oplog_sim.py``), unless ``--no-sim``.
+
+``--quick``: 1 run of 100 changes per kind and 500 files, simulator in quick mode; about a
+minute here. Every mount and daemon it starts is removed in ``finally`` blocks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from tests.mounting import Mount  # noqa: E402
+from tests.swarm import swarmctl  # noqa: E402
+from tests.swarm.observe import control, listing, wait_until  # noqa: E402
+
+FILE_SIZE = 4096
+FILES_PER_DIR = 100
+
+
+def note(text: str) -> None:
+    print(f"# {text}", flush=True)
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def poll(condition, timeout: float = 30.0) -> None:
+    end = time.perf_counter() + timeout
+    while not condition():
+        if time.perf_counter() > end:
+            raise TimeoutError("a change did not show within 30 s")
+        time.sleep(0.0002)
+
+
+def _exists(path: Path) -> bool:
+    try:
+        os.stat(path)
+        return True
+    except FileNotFoundError:
+        return False
+
+
+def _size(path: Path) -> int:
+    try:
+        return os.stat(path).st_size
+    except FileNotFoundError:
+        return -1
+
+
+def visibility(a: Path, b: Path, changes: int) -> dict[str, list[float]]:
+    """ms from a change on ``a`` until ``stat`` on ``b`` shows it, per kind."""
+    (a / "vis").mkdir()
+    poll(lambda: _exists(b / "vis"))
+    out: dict[str, list[float]] = {"create": [], "write": [], "rename": [], "delete": []}
+    for i in range(changes):
+        src, dst = a / "vis" / f"f{i}", b / "vis" / f"f{i}"
+        t = time.perf_counter()
+        src.touch()
+        poll(lambda dst=dst: _exists(dst))
+        out["create"].append(time.perf_counter() - t)
+        size = 100 + i
+        t = time.perf_counter()
+        src.write_bytes(b"x" * size)
+        poll(lambda dst=dst, n=size: _size(dst) == n)
+        out["write"].append(time.perf_counter() - t)
+        moved, moved_b = a / "vis" / f"m{i}", b / "vis" / f"m{i}"
+        t = time.perf_counter()
+        os.rename(src, moved)
+        poll(lambda m=moved_b: _exists(m))
+        out["rename"].append(time.perf_counter() - t)
+        t = time.perf_counter()
+        moved.unlink()
+        poll(lambda m=moved_b: not _exists(m))
+        out["delete"].append(time.perf_counter() - t)
+    return {k: [s * 1000 for s in v] for k, v in out.items()}
+
+
+def make_tree(root: Path, nfiles: int) -> None:
+    for i in range(nfiles):
+        d = root / f"d{i // FILES_PER_DIR:03d}"
+        if i % FILES_PER_DIR == 0:
+            d.mkdir(parents=True)
+        (d / f"f{i:05d}").write_bytes(os.urandom(FILE_SIZE))
+
+
+def timed_cp(src: Path, dst: Path) -> float:
+    t = time.perf_counter()
+    subprocess.run(["cp", "-r", str(src), str(dst)], check=True)
+    return time.perf_counter() - t
+
+
+def vector(state: Path) -> dict[bytes, int]:
+    return {o: s for o, s in control(state, "oplog")["vector"]}
+
+
+def one_run(work: Path, tree: Path, nfiles: int, changes: int) -> dict[str, float]:
+    fig: dict[str, float] = {}
+    root = work / "swarm"
+    single = Mount(work / "single-mnt", work / "single-state")
+    try:
+        nodes = swarmctl.up(root, 3)
+        a, b = nodes[0], nodes[1]
+        vis = visibility(a.mountpoint, b.mountpoint, changes)
+        for kind, ms in vis.items():
+            fig[f"visible_{kind}_p50"] = statistics.median(ms)
+            fig[f"visible_{kind}_p95"] = percentile(ms, 0.95)
+        single.start()
+        # Interleaved: single, swarm (each a fresh target directory).
+        fig["cp_single"] = nfiles / timed_cp(tree, single.mountpoint / "tree")
+        seconds = timed_cp(tree, a.mountpoint / "tree")
+        done = time.perf_counter()
+        fig["cp_swarm"] = nfiles / seconds
+        fig["cp_ratio"] = fig["cp_swarm"] / fig["cp_single"]
+        target = vector(a.state)
+        wait_until(lambda: vector(b.state) == target, "b to apply a's ops", 120)
+        fig["cp_visible_all"] = time.perf_counter() - done
+        shown = [p for p in listing(b.mountpoint / "tree") if p.count("/") == 1]
+        if len(shown) != nfiles:
+            raise RuntimeError(f"b shows {len(shown)} of {nfiles} files")
+    finally:
+        single.close()
+        with contextlib.suppress(Exception):
+            swarmctl.down(root)
+        swarmctl.kill_all(root)
+    return fig
+
+
+UNITS = {"cp_swarm": "files/s", "cp_single": "files/s", "cp_ratio": "x", "cp_visible_all": "s"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--runs", type=int)
+    p.add_argument("--changes", type=int)
+    p.add_argument("--files", type=int)
+    p.add_argument("--no-sim", action="store_true")
+    args = p.parse_args(argv)
+    runs = args.runs or (1 if args.quick else 3)
+    changes = args.changes or 100
+    nfiles = args.files or (500 if args.quick else 2000)
+    if os.geteuid() != 0:
+        print("swarm.py: run as root (it mounts)", file=sys.stderr)
+        return 1
+    results: list[dict[str, float]] = []
+    with tempfile.TemporaryDirectory(prefix="dhtfs-bench-swarm-") as tmp:
+        work = Path(tmp)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4g", "tmpfs", str(work)], check=True)
+        try:
+            tree = work / "src"
+            make_tree(tree, nfiles)
+            for run in range(runs):
+                run_dir = work / f"run{run}"
+                run_dir.mkdir()
+                fig = one_run(run_dir, tree, nfiles, changes)
+                note(f"run {run + 1}: " + " ".join(f"{k}={v:.3g}" for k, v in fig.items()))
+                results.append(fig)
+        finally:
+            subprocess.run(["umount", "-l", str(work)], check=False)
+    for key in results[0]:
+        value = statistics.median(r[key] for r in results)
+        unit = UNITS.get(key, "ms")
+        print(f"figure: {key}={value:.4g} {unit}", flush=True)
+    if not args.no_sim:
+        sim = subprocess.run(
+            [sys.executable, str(REPO / "scripts/bench/oplog_sim.py"),
+             *(["--quick"] if args.quick else [])],
+            capture_output=True, text=True, check=False,
+        )
+        sys.stdout.write(sim.stdout)
+        if sim.returncode != 0:
+            print(f"swarm.py: simulator failed: {sim.stderr.strip()[-500:]}", file=sys.stderr)
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

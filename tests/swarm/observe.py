@@ -1,0 +1,102 @@
+"""Looking at a running swarm from a test: control-socket calls, tree listings, convergence.
+
+Every wait polls a condition under a deadline; nothing sleeps a fixed time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from dhtfs.node.control import ControlClient
+
+DEADLINE = 30.0
+
+
+def control(state: Path, method: str, args: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One control-socket request to the node whose state directory is ``state``."""
+
+    async def call() -> dict[str, Any]:
+        client = await ControlClient.connect(state / "control.sock")
+        try:
+            return await client.call(method, args or {}, timeout=60.0)
+        finally:
+            await client.aclose()
+
+    return trio.run(call)
+
+
+def wait_until(condition: Callable[[], Any], what: str, timeout: float = DEADLINE) -> Any:
+    """Poll ``condition`` until it returns something true; its value. An OSError from it
+    (a name not there yet) counts as "not yet". TimeoutError past ``timeout`` (naming
+    ``what`` and the last OSError)."""
+    end = time.monotonic() + timeout
+    last: OSError | None = None
+    while True:
+        try:
+            value = condition()
+        except OSError as exc:
+            value, last = None, exc
+        if value:
+            return value
+        if time.monotonic() > end:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what} (last: {last})")
+        time.sleep(0.02)
+
+
+def listing(root: Path) -> dict[str, tuple[Any, ...]]:
+    """Every path under ``root`` → (kind, mode, size, uid, gid, sha256 of content or link
+    target, xattrs), as ordinary tools see them through the mount."""
+    out: dict[str, tuple[Any, ...]] = {}
+    for dirpath, dirs, files in os.walk(root):
+        for name in [*dirs, *files]:
+            path = Path(dirpath) / name
+            st = path.lstat()
+            if stat.S_ISLNK(st.st_mode):
+                content = os.readlink(path)
+            elif stat.S_ISREG(st.st_mode):
+                content = hashlib.sha256(path.read_bytes()).hexdigest()
+            else:
+                content = None
+            xattrs = tuple(sorted(
+                (n, os.getxattr(path, n, follow_symlinks=False))
+                for n in os.listxattr(path, follow_symlinks=False)
+            ))
+            size = st.st_size if not stat.S_ISDIR(st.st_mode) else None
+            out[str(path.relative_to(root))] = (
+                stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode), size, st.st_uid,
+                st.st_gid, content, xattrs,
+            )
+    return out
+
+
+def digests(states: list[Path]) -> list[str]:
+    return [control(s, "digest")["digest"] for s in states]
+
+
+def vectors(states: list[Path]) -> list[dict[bytes, int]]:
+    return [{o: s for o, s in control(st, "oplog")["vector"]} for st in states]
+
+
+def converged(states: list[Path]) -> bool:
+    """Every node holds the same ops and shows the same tree."""
+    vs = vectors(states)
+    return all(v == vs[0] for v in vs) and len(set(digests(states))) == 1
+
+
+def wait_converged(states: list[Path], timeout: float = DEADLINE) -> None:
+    wait_until(lambda: converged(states), "the nodes to converge", timeout)
+
+
+def dir_size(path: Path) -> int:
+    """Bytes the files under ``path`` take on disk (st_blocks)."""
+    return sum(
+        (Path(d) / f).lstat().st_blocks * 512 for d, _, files in os.walk(path) for f in files
+    )

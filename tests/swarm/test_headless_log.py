@@ -1,0 +1,62 @@
+"""Headless storage nodes keep the replicated op log: a returning mount catches up from one
+when no other mount is up."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from dhtfs.node import pki
+from tests.mounting import Mount
+from tests.swarm.observe import control, listing, wait_until
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "node"))
+from swarmproc import Swarm  # the headless-node process helper
+
+pytestmark = [pytest.mark.mount, pytest.mark.slow]
+
+
+def _identity_options(ca: Path, name: str, out: Path) -> list[str]:
+    cert, key, _ = pki.issue_node_cert(ca, name, out)
+    return [f"ca={ca / 'ca.crt'}", f"cert={cert}", f"cert_key={key}"]
+
+
+def test_returning_mount_catches_up_from_a_headless_node(tmp_path: Path) -> None:
+    ca = tmp_path / "ca"
+    pki.init_ca(ca)
+    cert, key, node_id = pki.issue_node_cert(ca, "storage", tmp_path / "storage")
+    headless = Swarm(tmp_path / "headless")
+    try:
+        h = headless.start(pki.Identity(ca / "ca.crt", cert, key, node_id), "127.0.0.30", [])
+        Swarm.wait([h])
+        a = Mount(tmp_path / "a-mnt", tmp_path / "a-state", options=[
+            *_identity_options(ca, "a", tmp_path / "a"), "listen=127.0.0.31:0",
+            f"bootstrap={h.address}",
+        ]).start()
+        try:
+            for i in range(30):
+                (a.mountpoint / f"note-{i}").write_bytes(f"note {i}\n".encode())
+            (a.mountpoint / "dir").mkdir()
+            (a.mountpoint / "note-0").rename(a.mountpoint / "dir" / "moved")
+            expected = listing(a.mountpoint)
+            a_vector = control(a.state, "oplog")["vector"]
+            wait_until(lambda: control(h.state, "oplog")["vector"] == a_vector,
+                       "the headless node to hold a's whole log")
+            # Its small chunks were placed too (they ride along their provider records).
+            wait_until(lambda: control(a.state, "status")["placed"] >= 30, "placement")
+        finally:
+            assert a.stop() == 0
+        b = Mount(tmp_path / "b-mnt", tmp_path / "b-state", options=[
+            *_identity_options(ca, "b", tmp_path / "b"), "listen=127.0.0.32:0",
+            f"bootstrap={h.address}",
+        ]).start()
+        try:
+            # a is gone; b learns the tree (and reads the bytes) from the storage node alone.
+            assert listing(b.mountpoint) == expected
+            assert (b.mountpoint / "dir" / "moved").read_bytes() == b"note 0\n"
+        finally:
+            b.close()
+    finally:
+        headless.close()
