@@ -97,6 +97,15 @@ def _record_mount(mountpoint: Path, config: Config) -> Path | None:
         return None
 
 
+def _deliberate(group: BaseExceptionGroup) -> BaseException:
+    """The first ``DhtfsError`` in a nursery's exception group (a one-line error for the
+    user), else the group itself."""
+    match, _rest = group.split(DhtfsError)
+    while isinstance(match, BaseExceptionGroup):
+        match = match.exceptions[0]
+    return match if match is not None else group
+
+
 def run_daemon(config: Config, mountpoint: Path, ready_fd: int | None) -> int:
     """Open state, mount, serve; report readiness or a one-line error on ``ready_fd``."""
     reported = False
@@ -117,7 +126,10 @@ def run_daemon(config: Config, mountpoint: Path, ready_fd: int | None) -> int:
         fs = open_state(config)
         try:
             record = _record_mount(mountpoint, config)
-            trio.run(serve, fs, mountpoint, lambda: report("ok"))
+            try:
+                trio.run(serve, fs, mountpoint, lambda: report("ok"))
+            except BaseExceptionGroup as group:
+                raise _deliberate(group) from None
         finally:
             fs.close()
     except DhtfsError as exc:

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 import trio.testing
 
-from dhtfs.config import DEFAULT_LISTEN
+from dhtfs.config import DEFAULT_LISTEN, DEFAULT_PORT
 from dhtfs.errors import ChunkError, ConfigError, NamespaceError, RemoteError
 from dhtfs.fs.remote import RemoteChanges
 from dhtfs.fs.replica import NamespaceLog
@@ -107,7 +107,8 @@ class SwarmNode:
         nursery.start_soon(self.replicator.run)
         nursery.start_soon(self.remote.run)
         nursery.start_soon(self._placement_loop)
-        seeds = [parse_address(b, "bootstrap") for b in config.bootstrap]
+        seeds = [parse_address(b, "bootstrap", default_port=DEFAULT_PORT)
+                 for b in config.bootstrap]
         if seeds:
             with trio.move_on_after(JOIN_DEADLINE) as scope:
                 size = await node.join_addresses(seeds)

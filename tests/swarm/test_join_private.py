@@ -1,0 +1,72 @@
+"""The README's way into a swarm: a zero-config mount is a private swarm; a second node joins
+with a certificate issued from that swarm's CA; bad swarm options are one-line errors."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from dhtfs.node import pki
+from tests.mounting import MOUNT, Mount
+from tests.swarm.observe import control, wait_until
+
+pytestmark = [pytest.mark.mount, pytest.mark.slow]
+
+ENV = {**os.environ, "DHTFS_NO_SYSTEM_CONFIG": "1"}
+
+
+def test_second_node_joins_a_zero_config_mount(tmp_path: Path) -> None:
+    first = Mount(tmp_path / "one", tmp_path / "one-state", ["listen=127.0.0.20:0"]).start()
+    try:
+        swarm_dir = first.state / "swarm"
+        for name in ("ca.crt", "ca.key", "node.crt", "node.key"):
+            assert (swarm_dir / name).stat().st_mode & 0o077 == 0  # nothing for other users
+        (first.mountpoint / "hello").write_bytes(b"from the first machine\n")
+        cert, key, _ = pki.issue_node_cert(swarm_dir, "laptop", tmp_path / "laptop")
+        address = control(first.state, "status")["listen"]
+        second = Mount(tmp_path / "two", tmp_path / "two-state", [
+            f"ca={swarm_dir / 'ca.crt'}", f"cert={cert}", f"cert_key={key}",
+            "listen=127.0.0.21:0", f"bootstrap={address}",
+        ]).start()
+        try:
+            # Mounted once caught up: the tree is there at once.
+            assert (second.mountpoint / "hello").read_bytes() == b"from the first machine\n"
+            (second.mountpoint / "reply").write_bytes(b"hi")
+            wait_until(lambda: (first.mountpoint / "reply").read_bytes() == b"hi",
+                       "the reply on the first machine")
+        finally:
+            second.close()
+    finally:
+        first.close()
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ("ca=/nonexistent/ca.crt", "ca, cert and cert_key together"),
+    ("listen=not-an-address", "listen='not-an-address': expected HOST:PORT"),
+    ("bootstrap=somehost:port", "bootstrap='somehost:port': port must be a number"),
+    ("fold_interval=0", "fold_interval=0: must be more than 0"),
+])
+def test_bad_swarm_options_are_one_line_errors(tmp_path: Path, options: str,
+                                               message: str) -> None:
+    (tmp_path / "mnt").mkdir()
+    res = subprocess.run([MOUNT, str(tmp_path / "mnt"), "-o", f"state={tmp_path / 's'},{options}"],
+                         env=ENV, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 1
+    assert message in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
+
+
+def test_taken_listen_address_is_a_one_line_error(tmp_path: Path) -> None:
+    first = Mount(tmp_path / "one", tmp_path / "one-state", ["listen=127.0.0.22:0"]).start()
+    try:
+        address = control(first.state, "status")["listen"]
+        (tmp_path / "mnt").mkdir()
+        res = subprocess.run(
+            [MOUNT, str(tmp_path / "mnt"), "-o", f"state={tmp_path / 's'},listen={address}"],
+            env=ENV, capture_output=True, text=True, timeout=60)
+        assert res.returncode == 1
+        assert f"cannot listen on {address}: Address already in use" in res.stderr
+    finally:
+        first.close()
