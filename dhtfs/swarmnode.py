@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import logging
 import math
 import os
@@ -39,7 +40,7 @@ from dhtfs.fs.remote import RemoteChanges
 from dhtfs.fs.replica import NamespaceLog
 from dhtfs.node import pki
 from dhtfs.node.control import CONTROL_SOCKET_NAME, ControlServer
-from dhtfs.node.headless import keep_joined, parse_address
+from dhtfs.node.headless import parse_address
 from dhtfs.node.network import Message
 from dhtfs.node.node import Node
 from dhtfs.node.oplog import METHODS as LOG_METHODS
@@ -58,6 +59,9 @@ PLACEMENT_QUEUE = 65536
 PLACEMENT_QUIET = 0.3
 PLACEMENT_BACKLOG = 4096
 SHUTDOWN_PUSH_DEADLINE = 5.0
+JOIN_RETRY_SECONDS = 5.0
+PEER_CACHE = 64
+PEER_CACHE_INTERVAL = 60.0
 
 
 class SwarmNode:
@@ -76,6 +80,8 @@ class SwarmNode:
         self.placed = 0
         self._last_sealed = -math.inf
         self.mountpoint: Path | None = None
+        self._seeds: list[tuple[str, int]] = []
+        self._known: set[tuple[str, int]] = set()
 
     # -- start-up ------------------------------------------------------------------------------
 
@@ -107,17 +113,19 @@ class SwarmNode:
         nursery.start_soon(self.replicator.run)
         nursery.start_soon(self.remote.run)
         nursery.start_soon(self._placement_loop)
-        seeds = [parse_address(b, "bootstrap", default_port=DEFAULT_PORT)
-                 for b in config.bootstrap]
+        self._seeds = [parse_address(b, "bootstrap", default_port=DEFAULT_PORT)
+                       for b in config.bootstrap]
+        self._known = self._cached_peers()
+        seeds = self._join_candidates()
         if seeds:
             with trio.move_on_after(JOIN_DEADLINE) as scope:
                 size = await node.join_addresses(seeds)
                 log.info("joined the swarm: %d contacts", size)
-            if scope.cancelled_caught or len(node.routing) == 0:
+            if self._seeds and (scope.cancelled_caught or len(node.routing) == 0):
                 log.warning("could not join through any bootstrap address (see above) "
                             "within %.0fs; mounting anyway, retrying in the background",
                             JOIN_DEADLINE)
-            nursery.start_soon(keep_joined, node, seeds)
+        nursery.start_soon(self._keep_joined)
         if len(node.routing):
             with trio.move_on_after(CATCH_UP_DEADLINE):
                 gained = await self.replicator.sync_all(deadline=CATCH_UP_DEADLINE)
@@ -139,6 +147,43 @@ class SwarmNode:
         transport = Transport(self.identity, host, 0)
         await nursery.start(transport.serve)
         return transport
+
+    # -- staying joined ------------------------------------------------------------------------
+
+    def _cached_peers(self) -> set[tuple[str, int]]:
+        """Peer addresses remembered from earlier runs (``meta`` key ``peers``)."""
+        raw = self.fs.namespace.meta_get("peers")
+        try:
+            return {(str(h), int(p)) for h, p in json.loads(raw)} if raw else set()
+        except (ValueError, TypeError):
+            return set()
+
+    def _join_candidates(self) -> list[tuple[str, int]]:
+        return list(dict.fromkeys([*self._seeds, *sorted(self._known)]))
+
+    def remember_peers(self) -> None:
+        """Keep the addresses of the peers we know now for the next run (at most
+        ``PEER_CACHE``), so a node rejoins after a restart or a long partition even where no
+        bootstrap address is configured."""
+        if self.node is None:
+            return
+        self._known.update(c.address for c in self.node.routing.contacts())
+        if len(self._known) > PEER_CACHE:
+            self._known = set(sorted(self._known)[:PEER_CACHE])
+        self.fs.namespace.meta_set("peers", json.dumps(sorted(self._known)).encode())
+
+    async def _keep_joined(self) -> None:
+        """Join again through the configured and remembered addresses whenever the routing
+        table is empty; remember peers every ``PEER_CACHE_INTERVAL``."""
+        assert self.node is not None
+        last_saved = trio.current_time()
+        while True:
+            await trio.sleep(JOIN_RETRY_SECONDS)
+            if len(self.node.routing) == 0 and (seeds := self._join_candidates()):
+                await self.node.join_addresses(seeds, quiet=True)
+            if trio.current_time() - last_saved >= PEER_CACHE_INTERVAL:
+                last_saved = trio.current_time()
+                self.remember_peers()
 
     # -- contents ------------------------------------------------------------------------------
 
@@ -191,6 +236,7 @@ class SwarmNode:
         """Hand the last ops to peers before the process goes (bounded)."""
         if self.replicator is None or self.node is None or not len(self.node.routing):
             return
+        self.remember_peers()
         with trio.move_on_after(SHUTDOWN_PUSH_DEADLINE):
             await self.replicator.push_pending()
 

@@ -606,15 +606,19 @@ class Node:
         await self.refresh_buckets(max_age=0.0)
         return len(self.routing)
 
-    async def join_addresses(self, addresses: Iterable[tuple[str, int]]) -> int:
-        """Bootstrap from addresses whose node IDs are unknown (``Network.contact_at``)."""
+    async def join_addresses(
+        self, addresses: Iterable[tuple[str, int]], *, quiet: bool = False
+    ) -> int:
+        """Bootstrap from addresses whose node IDs are unknown (``Network.contact_at``).
+        An address that fails is a warning (``quiet``: a debug line, for retries)."""
         seeds: list[Contact] = []
 
         async def learn(host: str, port: int) -> None:
             try:
                 seeds.append(await self.network.contact_at(host, port, timeout=self.rpc_timeout))
             except NetworkError as e:
-                log.warning("bootstrap address %s:%d: %s", host, port, e)
+                log.log(logging.DEBUG if quiet else logging.WARNING,
+                        "bootstrap address %s:%d: %s", host, port, e)
 
         async with trio.open_nursery() as nursery:
             for host, port in addresses:

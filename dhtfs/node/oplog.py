@@ -333,8 +333,9 @@ class LogReplicator:
             await self.push_pending()
 
     async def push_pending(self) -> None:
-        """Push every own entry not pushed yet (``fanout`` peers, in batches)."""
-        while True:
+        """Push every own entry not pushed yet (``fanout`` peers, in batches). Alone, push
+        nothing: a peer that appears later gets them by anti-entropy."""
+        while self.peers():
             entries = self._own_after(self._pushed, MAX_ENTRIES)
             if not entries:
                 return

@@ -70,3 +70,24 @@ def test_taken_listen_address_is_a_one_line_error(tmp_path: Path) -> None:
         assert f"cannot listen on {address}: Address already in use" in res.stderr
     finally:
         first.close()
+
+
+def test_a_node_without_bootstrap_rejoins_through_remembered_peers(tmp_path: Path) -> None:
+    """The first node of a swarm has no bootstrap address; after a restart it finds the
+    others again through the peers it remembered, and catches up."""
+    first = Mount(tmp_path / "one", tmp_path / "one-state", ["listen=127.0.0.23:0"]).start()
+    swarm_dir = first.state / "swarm"
+    cert, key, _ = pki.issue_node_cert(swarm_dir, "other", tmp_path / "other")
+    address = control(first.state, "status")["listen"]
+    second = Mount(tmp_path / "two", tmp_path / "two-state", [
+        f"ca={swarm_dir / 'ca.crt'}", f"cert={cert}", f"cert_key={key}",
+        "listen=127.0.0.24:0", f"bootstrap={address}",
+    ]).start()
+    try:
+        assert first.stop() == 0  # remembers its peers on the way out
+        (second.mountpoint / "while-away").write_bytes(b"made while the first was down")
+        first.start()  # no bootstrap option
+        assert (first.mountpoint / "while-away").read_bytes() == b"made while the first was down"
+    finally:
+        second.close()
+        first.close()
