@@ -51,25 +51,28 @@ RPCs (args → answer)::
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import os
 import random
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import trio
-from cryptography import x509
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 
-from dhtfs.errors import AuthError, NetworkError, ProtocolError, RemoteError
-from dhtfs.node import pki
-from dhtfs.node.ids import ID_BYTES
+from dhtfs.errors import NetworkError, ProtocolError, RemoteError
+from dhtfs.node.logsig import KeyedSigner, Signatures, Signer, signed_message
+from dhtfs.node.logwire import (
+    MAX_ENTRIES,
+    InvalidEntry,
+    LogEntry,
+    certs_from_wire,
+    entries_from_wire,
+    vector_from_wire,
+    vector_to_wire,
+)
 from dhtfs.node.network import Contact, Message
 
 log = logging.getLogger(__name__)
@@ -79,13 +82,8 @@ LOG_PULL = "LOG_PULL"
 LOG_SNAPSHOT = "LOG_SNAPSHOT"
 METHODS = frozenset({LOG_PUSH, LOG_PULL, LOG_SNAPSHOT})
 
-MAX_ENTRIES = 4096
-"""Entries in one message at most (a pull answer says ``more`` past it)."""
 MAX_BATCH_BYTES = 8 * 1024 * 1024
 """Body bytes in one message at most (well below the wire's frame limit)."""
-MAX_BODY = 1024 * 1024
-MAX_SIG = 256
-MAX_CERT = 16 * 1024
 STASH_MAX = 16384
 """Out-of-order entries kept while the gap before them is filled."""
 SIG_CACHE = 65536
@@ -94,24 +92,6 @@ SNAPSHOT_TTL = 120.0
 VERIFY_SLICE = 64
 """Signatures verified between two checkpoints (each ~0.1 ms): a long pull never holds the
 event loop (and so the FUSE handlers of a mount) for long."""
-
-
-@dataclass(frozen=True, slots=True)
-class LogEntry:
-    """One entry of one origin's log. ``sig`` is None only for own entries not yet signed."""
-
-    origin: bytes
-    seq: int
-    body: bytes
-    sig: bytes | None = None
-
-
-class InvalidEntry(Exception):
-    """A store refused an entry whose signature verified (e.g. its body names another origin)."""
-
-    def __init__(self, entry: LogEntry, reason: str) -> None:
-        super().__init__(f"entry {entry.origin.hex()[:12]}#{entry.seq}: {reason}")
-        self.entry = entry
 
 
 class LogStore(Protocol):
@@ -140,56 +120,6 @@ class LogStore(Protocol):
         ...
 
 
-def signed_message(origin: bytes, seq: int, body: bytes) -> bytes:
-    """What an entry's signature covers: domain tag, origin, seq and the body's bytes."""
-    return b"dhtfs-log-v1\0" + origin + seq.to_bytes(8, "big") + body
-
-
-class Signatures:
-    """Signs this node's entries and verifies others' with certificates from the swarm CA.
-
-    ``verify`` checks the certificate chains to the CA and hashes to the claimed origin
-    (``pki.verify_node_cert_der``), then the ECDSA P-256 signature. Public keys are cached by
-    origin once their certificate has verified.
-    """
-
-    def __init__(self, identity: pki.Identity) -> None:
-        self.own_id = identity.node_id
-        self._key = pki.load_private_key(identity.key)
-        self._ca = pki.load_cert(identity.ca_cert)
-        self.own_cert = pki.load_cert(identity.cert).public_bytes(serialization.Encoding.DER)
-        self._keys: dict[bytes, ec.EllipticCurvePublicKey] = {}
-
-    def sign(self, origin: bytes, seq: int, body: bytes) -> bytes:
-        return self._key.sign(signed_message(origin, seq, body), ec.ECDSA(hashes.SHA256()))
-
-    def check_cert(self, origin: bytes, der: bytes) -> bool:
-        """True if ``der`` is a valid swarm certificate whose key hashes to ``origin``."""
-        if origin in self._keys:
-            return True
-        try:
-            pki.verify_node_cert_der(der, self._ca, expected_id=origin)
-            key = x509.load_der_x509_certificate(der).public_key()
-        except (AuthError, ValueError):
-            return False
-        if not isinstance(key, ec.EllipticCurvePublicKey):
-            return False
-        self._keys[origin] = key
-        return True
-
-    def verify(self, entry: LogEntry) -> bool:
-        """True if ``entry.sig`` is ``entry.origin``'s signature (its cert checked first)."""
-        key = self._keys.get(entry.origin)
-        if key is None or entry.sig is None:
-            return False
-        try:
-            key.verify(entry.sig, signed_message(entry.origin, entry.seq, entry.body),
-                       ec.ECDSA(hashes.SHA256()))
-        except InvalidSignature:
-            return False
-        return True
-
-
 class FoldingStore(LogStore, Protocol):
     """A store that can fold stable history and serve and install snapshots (a mount's)."""
 
@@ -210,39 +140,6 @@ class FoldingStore(LogStore, Protocol):
     def members(self) -> set[bytes]: ...
 
     def add_member(self, node: bytes) -> None: ...
-
-
-class Signer(Protocol):
-    """What the replicator needs of ``Signatures`` (the simulator uses a cheaper one)."""
-
-    own_id: bytes
-    own_cert: bytes
-
-    def sign(self, origin: bytes, seq: int, body: bytes) -> bytes: ...
-
-    def check_cert(self, origin: bytes, der: bytes) -> bool: ...
-
-    def verify(self, entry: LogEntry) -> bool: ...
-
-
-class KeyedSigner:
-    """A stand-in for ``Signatures`` in the simulator: the "signature" is a SHA-256 keyed with
-    a per-origin secret the whole simulated world shares (``secret_of``), so a forged entry
-    (wrong key) still fails. Not for real nodes: any holder of the world can sign for all."""
-
-    def __init__(self, own_id: bytes, secret_of: Callable[[bytes], bytes]) -> None:
-        self.own_id = own_id
-        self.own_cert = b"sim:" + own_id
-        self._secret_of = secret_of
-
-    def sign(self, origin: bytes, seq: int, body: bytes) -> bytes:
-        return hashlib.sha256(self._secret_of(origin) + signed_message(origin, seq, body)).digest()
-
-    def check_cert(self, origin: bytes, der: bytes) -> bool:
-        return der == b"sim:" + origin
-
-    def verify(self, entry: LogEntry) -> bool:
-        return entry.sig == self.sign(entry.origin, entry.seq, entry.body)
 
 
 @dataclass(slots=True)
@@ -398,12 +295,12 @@ class LogReplicator:
         """The RPC handler for ``METHODS`` (``caller`` is authenticated)."""
         self._member(caller.node_id)
         if method == LOG_PUSH:
-            entries = _entries_from_wire(args.get("entries"), method)
-            certs = _certs_from_wire(args.get("certs", []), method)
+            entries = entries_from_wire(args.get("entries"), method)
+            certs = certs_from_wire(args.get("certs", []), method)
             fresh = await self.receive(caller, entries, certs)
             return {"accepted": len(fresh)}
         if method == LOG_PULL:
-            theirs = _vector_from_wire(args.get("vector"), method)
+            theirs = vector_from_wire(args.get("vector"), method)
             limit = args.get("limit", MAX_ENTRIES)
             if type(limit) is not int or limit <= 0:
                 raise RemoteError(f"{method}: 'limit' must be a positive int")
@@ -415,7 +312,7 @@ class LogReplicator:
             else:
                 entries, more = self._missing(theirs, min(limit, MAX_ENTRIES))
                 answer = self._message(entries)
-            answer["vector"] = _vector_to_wire(self.store.vector())
+            answer["vector"] = vector_to_wire(self.store.vector())
             answer["more"] = more
             if self._folding is not None:
                 answer["clock"] = self._folding.clock()
@@ -656,15 +553,15 @@ class LogReplicator:
                 while True:
                     self.stats.pulls_sent += 1
                     request: Message = {
-                        "vector": _vector_to_wire(self.store.vector()), "limit": MAX_ENTRIES,
+                        "vector": vector_to_wire(self.store.vector()), "limit": MAX_ENTRIES,
                     }
                     if self._folding is not None:
                         request["clock"] = self._folding.clock()
                     ans = await self.node.call(peer, LOG_PULL, request, self.rpc_timeout)
                     self._member(peer.node_id)
-                    entries = _entries_from_wire(ans.get("entries"), LOG_PULL, answer=True)
-                    certs = _certs_from_wire(ans.get("certs", []), LOG_PULL, answer=True)
-                    theirs = _vector_from_wire(ans.get("vector"), LOG_PULL, answer=True)
+                    entries = entries_from_wire(ans.get("entries"), LOG_PULL, answer=True)
+                    certs = certs_from_wire(ans.get("certs", []), LOG_PULL, answer=True)
+                    theirs = vector_from_wire(ans.get("vector"), LOG_PULL, answer=True)
                     self._report(peer.node_id, theirs, ans.get("clock"))
                     if ans.get("snapshot") is True and not installed:
                         await self._install_from(peer)
@@ -706,74 +603,18 @@ class LogReplicator:
         return gained
 
 
-# -- wire --------------------------------------------------------------------------------------
-
-
-def _fail(method: str, message: str, answer: bool) -> Exception:
-    return ProtocolError(f"{method}: {message}") if answer else RemoteError(f"{method}: {message}")
-
-
-def _entries_from_wire(v: Any, method: str, *, answer: bool = False) -> list[LogEntry]:
-    if not isinstance(v, list) or len(v) > MAX_ENTRIES:
-        raise _fail(method, f"'entries' must be a list of at most {MAX_ENTRIES}", answer)
-    out = []
-    for item in v:
-        if not isinstance(item, list) or len(item) != 4:
-            raise _fail(method, "an entry must be [origin, seq, body, sig]", answer)
-        origin, seq, body, sig = item
-        if (
-            type(origin) is not bytes or len(origin) != ID_BYTES
-            or type(seq) is not int or seq < 1
-            or type(body) is not bytes or len(body) > MAX_BODY
-            or type(sig) is not bytes or len(sig) > MAX_SIG
-        ):
-            raise _fail(method, "malformed entry", answer)
-        out.append(LogEntry(origin, seq, body, sig))
-    return out
-
-
-def _certs_from_wire(v: Any, method: str, *, answer: bool = False) -> dict[bytes, bytes]:
-    if not isinstance(v, list) or len(v) > MAX_ENTRIES:
-        raise _fail(method, "'certs' must be a list", answer)
-    out = {}
-    for item in v:
-        if (
-            not isinstance(item, list) or len(item) != 2
-            or type(item[0]) is not bytes or len(item[0]) != ID_BYTES
-            or type(item[1]) is not bytes or len(item[1]) > MAX_CERT
-        ):
-            raise _fail(method, "malformed certificate entry", answer)
-        out[item[0]] = item[1]
-    return out
-
-
-def _vector_to_wire(vector: dict[bytes, int]) -> list[list[Any]]:
-    return [[o, s] for o, s in vector.items()]
-
-
-def _vector_from_wire(v: Any, method: str, *, answer: bool = False) -> dict[bytes, int]:
-    if not isinstance(v, list) or len(v) > 1_000_000:
-        raise _fail(method, "'vector' must be a list", answer)
-    out = {}
-    for item in v:
-        if (
-            not isinstance(item, list) or len(item) != 2
-            or type(item[0]) is not bytes or len(item[0]) != ID_BYTES
-            or type(item[1]) is not int or item[1] < 0
-        ):
-            raise _fail(method, "malformed vector entry", answer)
-        out[item[0]] = item[1]
-    return out
-
-
 __all__ = [
     "LOG_PULL",
     "LOG_PUSH",
+    "LOG_SNAPSHOT",
     "METHODS",
+    "FoldingStore",
     "InvalidEntry",
     "KeyedSigner",
     "LogEntry",
     "LogReplicator",
     "LogStore",
     "Signatures",
+    "Signer",
+    "signed_message",
 ]

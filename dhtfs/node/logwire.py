@@ -1,0 +1,98 @@
+"""Log entries and their wire form (``dhtfs.node.oplog``'s messages), strictly validated.
+
+An entry on the wire is ``[origin: bytes(32), seq: int >= 1, body: bytes, sig: bytes]``; a
+vector ``[[origin, seq], ...]``; certificates ``[[origin, der], ...]``. Anything else in a
+request is a ``RemoteError`` (the caller's fault); in an answer a ``ProtocolError``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from dhtfs.errors import ProtocolError, RemoteError
+from dhtfs.node.ids import ID_BYTES
+
+MAX_ENTRIES = 4096
+"""Entries in one message at most (a pull answer says ``more`` past it)."""
+MAX_BODY = 32 * 1024 * 1024
+MAX_SIG = 256
+MAX_CERT = 16 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class LogEntry:
+    """One entry of one origin's log. ``sig`` is None only for own entries not yet signed."""
+
+    origin: bytes
+    seq: int
+    body: bytes
+    sig: bytes | None = None
+
+
+class InvalidEntry(Exception):
+    """A store refused an entry whose signature verified (e.g. its body names another origin)."""
+
+    def __init__(self, entry: LogEntry, reason: str) -> None:
+        super().__init__(f"entry {entry.origin.hex()[:12]}#{entry.seq}: {reason}")
+        self.entry = entry
+
+
+# -- wire --------------------------------------------------------------------------------------
+
+
+def _fail(method: str, message: str, answer: bool) -> Exception:
+    return ProtocolError(f"{method}: {message}") if answer else RemoteError(f"{method}: {message}")
+
+
+def entries_from_wire(v: Any, method: str, *, answer: bool = False) -> list[LogEntry]:
+    if not isinstance(v, list) or len(v) > MAX_ENTRIES:
+        raise _fail(method, f"'entries' must be a list of at most {MAX_ENTRIES}", answer)
+    out = []
+    for item in v:
+        if not isinstance(item, list) or len(item) != 4:
+            raise _fail(method, "an entry must be [origin, seq, body, sig]", answer)
+        origin, seq, body, sig = item
+        if (
+            type(origin) is not bytes or len(origin) != ID_BYTES
+            or type(seq) is not int or seq < 1
+            or type(body) is not bytes or len(body) > MAX_BODY
+            or type(sig) is not bytes or len(sig) > MAX_SIG
+        ):
+            raise _fail(method, "malformed entry", answer)
+        out.append(LogEntry(origin, seq, body, sig))
+    return out
+
+
+def certs_from_wire(v: Any, method: str, *, answer: bool = False) -> dict[bytes, bytes]:
+    if not isinstance(v, list) or len(v) > MAX_ENTRIES:
+        raise _fail(method, "'certs' must be a list", answer)
+    out = {}
+    for item in v:
+        if (
+            not isinstance(item, list) or len(item) != 2
+            or type(item[0]) is not bytes or len(item[0]) != ID_BYTES
+            or type(item[1]) is not bytes or len(item[1]) > MAX_CERT
+        ):
+            raise _fail(method, "malformed certificate entry", answer)
+        out[item[0]] = item[1]
+    return out
+
+
+def vector_to_wire(vector: dict[bytes, int]) -> list[list[Any]]:
+    return [[o, s] for o, s in vector.items()]
+
+
+def vector_from_wire(v: Any, method: str, *, answer: bool = False) -> dict[bytes, int]:
+    if not isinstance(v, list) or len(v) > 1_000_000:
+        raise _fail(method, "'vector' must be a list", answer)
+    out = {}
+    for item in v:
+        if (
+            not isinstance(item, list) or len(item) != 2
+            or type(item[0]) is not bytes or len(item[0]) != ID_BYTES
+            or type(item[1]) is not int or item[1] < 0
+        ):
+            raise _fail(method, "malformed vector entry", answer)
+        out[item[0]] = item[1]
+    return out
