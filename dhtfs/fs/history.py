@@ -33,7 +33,7 @@ from typing import Any
 
 import msgpack
 
-from dhtfs.fs.namespace import Namespace
+from dhtfs.fs.namespace import Namespace, link_ops
 from dhtfs.fs.ops import ROOT_OBJ, HybridClock, Op, decode_op
 
 log = logging.getLogger(__name__)
@@ -51,15 +51,15 @@ class History:
 
     # -- entries, certificates, members ----------------------------------------------------------
 
-    def entries(self, origin: bytes, after: int, limit: int) -> list[tuple[int, bytes, Any]]:
-        """``(seq, body, sig)`` of ``origin``'s unfolded ops after ``after``, in order,
+    def entries(self, origin: bytes, after: int, limit: int) -> list[tuple[int, bytes, Any, Any]]:
+        """``(seq, body, sig, link)`` of ``origin``'s unfolded ops after ``after``, in order,
         persisted first (``Namespace.persist``), so what leaves the node survives a crash."""
         ns = self.ns
         if ns.pending:
             ns.persist()
         ns.write_back()
         return self.db.execute(
-            "SELECT seq, body, sig FROM oplog WHERE node=? AND seq>? ORDER BY seq LIMIT ?",
+            "SELECT seq, body, sig, link FROM oplog WHERE node=? AND seq>? ORDER BY seq LIMIT ?",
             (origin, after, limit),
         ).fetchall()
 
@@ -118,13 +118,18 @@ class History:
         counts = db.execute(
             "SELECT node, max(seq), count(*) FROM oplog WHERE ts<=? GROUP BY node", (bound,)
         ).fetchall()
+        folded = [
+            (node, seq, db.execute("SELECT link FROM oplog WHERE node=? AND seq=?",
+                                   (node, seq)).fetchone()[0])
+            for node, seq, _ in counts
+        ]
         with db:
             db.execute("BEGIN IMMEDIATE")
             db.execute("DELETE FROM oplog WHERE ts<=?", (bound,))
-            db.executemany(
-                "INSERT INTO folded(origin, seq) VALUES (?,?) "
-                "ON CONFLICT(origin) DO UPDATE SET seq=max(seq, excluded.seq)",
-                [(node, seq) for node, seq, _ in counts],
+            db.executemany(  # (an origin's ops fold in seq order: the new seq is the larger)
+                "INSERT INTO folded(origin, seq, link) VALUES (?,?,?) ON CONFLICT(origin) "
+                "DO UPDATE SET seq=excluded.seq, link=excluded.link",
+                folded,
             )
             db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('fold_ts', ?)",
                        (str(bound).encode(),))
@@ -182,7 +187,7 @@ class History:
 
     @staticmethod
     def snapshot_vector(doc: dict[str, Any]) -> dict[bytes, int]:
-        vector = {o: s for o, s in doc["tables"]["folded"]}
+        vector = {row[0]: row[1] for row in doc["tables"]["folded"]}
         for row in doc["tables"]["oplog"]:
             node, seq = row[1], row[4]
             vector[node] = max(vector.get(node, 0), seq)
@@ -205,7 +210,7 @@ class History:
         except (zlib.error, msgpack.UnpackException, KeyError, TypeError, IndexError) as exc:
             raise ValueError(f"malformed snapshot ({exc!r})") from None
         ns = self.ns
-        mine = [decode_op(body) for _, body, _ in self.entries(own, vector.get(own, 0), 1 << 40)]
+        mine = [decode_op(row[1]) for row in self.entries(own, vector.get(own, 0), 1 << 40)]
         ns.commit()
         db = self.db
         with db:
@@ -271,5 +276,6 @@ class History:
             db.execute("UPDATE objects SET content_node=? WHERE content_node=?", (new, old))
             db.execute("UPDATE links SET lnode=? WHERE lnode=?", (new, old))
             db.execute("UPDATE folded SET origin=? WHERE origin=?", (new, old))
+        link_ops(db, new)  # the chain covers the origin's ID and the bodies
         ns.reset_caches()
         return sum(1 for r in rows if r[1] == old)

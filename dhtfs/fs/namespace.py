@@ -63,6 +63,7 @@ import msgpack
 from dhtfs.fs.journal import OpJournal
 from dhtfs.fs.objectrows import ObjectRows
 from dhtfs.fs.ops import ROOT_OBJ, Change, Op, decode_op, encode_op, pack
+from dhtfs.node.logwire import chain_link, chain_start
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS objects (
@@ -110,11 +111,14 @@ CREATE TABLE IF NOT EXISTS oplog (
     undo BLOB NOT NULL,
     seq INTEGER,
     sig BLOB,
+    link BLOB,
     PRIMARY KEY (ts, node)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB);
 CREATE TABLE IF NOT EXISTS certs (origin BLOB PRIMARY KEY, der BLOB NOT NULL) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS folded (origin BLOB PRIMARY KEY, seq INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS folded (
+    origin BLOB PRIMARY KEY, seq INTEGER NOT NULL, link BLOB
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS members (node BLOB PRIMARY KEY) WITHOUT ROWID;
 """
 
@@ -227,6 +231,32 @@ def number_legacy_ops(db: sqlite3.Connection) -> None:
         db.executemany("UPDATE oplog SET seq=? WHERE ts=? AND node=?", updates)
 
 
+def link_ops(db: sqlite3.Connection, origin: bytes | None = None) -> int:
+    """Fill in the chain links (``dhtfs.node.logwire.chain_link``) of ops that have none
+    (from before links were kept), or, for ``origin``, recompute all of its (after its ops
+    were re-stamped); returns how many."""
+    if origin is None:
+        origins = [r[0] for r in db.execute("SELECT DISTINCT node FROM oplog WHERE link IS NULL")]
+    else:
+        origins = [origin]
+    updates = []
+    for node in origins:
+        row = db.execute("SELECT seq, link FROM folded WHERE origin=?", (node,)).fetchone()
+        link = row[1] if row and row[1] else chain_start(node)
+        rows = db.execute(
+            "SELECT ts, seq, body, link FROM oplog WHERE node=? ORDER BY seq", (node,)
+        ).fetchall()
+        for ts, seq, body, old in rows:
+            link = chain_link(link, seq, body) if old is None or origin is not None else old
+            if old != link:
+                updates.append((link, ts, node))
+    if updates:
+        with db:
+            db.execute("BEGIN IMMEDIATE")
+            db.executemany("UPDATE oplog SET link=? WHERE ts=? AND node=?", updates)
+    return len(updates)
+
+
 def conflict_name(name: bytes, node: bytes, ts: int) -> bytes:
     return name + f".conflict-{node.hex()[:8]}-{ts}".encode()
 
@@ -244,6 +274,10 @@ def connect(path: Path | str) -> sqlite3.Connection:
     if "seq" not in columns:  # a state directory from before the swarm: number its ops
         db.execute("ALTER TABLE oplog ADD COLUMN seq INTEGER")
         db.execute("ALTER TABLE oplog ADD COLUMN sig BLOB")
+    if "link" not in columns:
+        db.execute("ALTER TABLE oplog ADD COLUMN link BLOB")
+    if "link" not in {row[1] for row in db.execute("PRAGMA table_info(folded)")}:
+        db.execute("ALTER TABLE folded ADD COLUMN link BLOB")
     db.execute("CREATE INDEX IF NOT EXISTS oplog_by_origin ON oplog(node, seq)")
     return db
 
@@ -443,12 +477,14 @@ class Namespace:
         self._xattr_objs: set[bytes] = {r[0] for r in db.execute("SELECT DISTINCT obj FROM xattrs")}
         self.on_begin: Callable[[], None] | None = None  # told when a transaction opens
         self.journal: OpJournal | None = None  # see persist()
-        # ops applied in the open transaction, in order, with their seq and sig
-        self._tx_ops: list[tuple[Op, int, bytes | None]] = []
+        # ops applied in the open transaction, in order, with their seq, sig and link
+        self._tx_ops: list[tuple[Op, int, bytes | None, bytes]] = []
         self._oplog_rows: list[tuple[Any, ...]] = []  # their unwritten rows
         self._ensure_root()
         number_legacy_ops(db)
+        link_ops(db)
         self.vector: dict[bytes, int] = {}
+        self.heads: dict[bytes, bytes] = {}  # origin → chain link of its last op here
         self.fold_ts = 0
         self._newest: tuple[int, bytes] = (0, b"")
         self.load_log_state()
@@ -470,9 +506,18 @@ class Namespace:
         every lower one too, folded or not), ``fold_ts`` (every op at or before it is folded:
         see ``dhtfs.fs.history``) and the newest op."""
         db = self.db
-        self.vector = dict(db.execute("SELECT origin, seq FROM folded").fetchall())
-        for node, seq in db.execute("SELECT node, max(seq) FROM oplog GROUP BY node"):
-            self.vector[node] = max(seq, self.vector.get(node, 0))
+        self.vector, self.heads = {}, {}
+        for origin, seq, link in db.execute("SELECT origin, seq, link FROM folded"):
+            self.vector[origin] = seq
+            if link is not None:
+                self.heads[origin] = link
+        for node, seq, link in db.execute(
+            "SELECT node, seq, link FROM oplog WHERE (node, seq) IN "
+            "(SELECT node, max(seq) FROM oplog GROUP BY node)"
+        ):
+            if seq > self.vector.get(node, 0):
+                self.vector[node] = seq
+                self.heads[node] = link
         value = self.meta_get("fold_ts")
         self.fold_ts = int(value) if value is not None else 0
         newest = db.execute("SELECT ts, node FROM oplog ORDER BY ts DESC, node DESC LIMIT 1")
@@ -534,7 +579,7 @@ class Namespace:
         """Insert the open transaction's pending ``oplog`` rows (one batch)."""
         if self._oplog_rows:
             self.db.executemany(
-                "INSERT INTO oplog(ts, node, body, undo, seq, sig) VALUES (?,?,?,?,?,?)",
+                "INSERT INTO oplog(ts, node, body, undo, seq, sig, link) VALUES (?,?,?,?,?,?,?)",
                 self._oplog_rows,
             )
             self._oplog_rows.clear()
@@ -548,11 +593,11 @@ class Namespace:
         self._tx_ops = []
         if self.db.in_transaction:
             self.db.execute("ROLLBACK")
-        for op, seq, sig in ops:
+        for op, seq, sig, link in ops:
             self._begin()
-            self._apply_in_order(op, encode_op(op), seq, sig)
+            self._apply_in_order(op, encode_op(op), seq, sig, link)
             self._newest = max(self._newest, op.op_id)
-            self._tx_ops.append((op, seq, sig))
+            self._tx_ops.append((op, seq, sig, link))
 
     # -- apply ---------------------------------------------------------------------------------
 
@@ -574,7 +619,8 @@ class Namespace:
         self._begin()
         try:
             body = encode_op(op)
-            applied = self._apply_in_order(op, body, seq, sig)
+            link = chain_link(self.heads.get(op.node) or chain_start(op.node), seq, body)
+            applied = self._apply_in_order(op, body, seq, sig, link)
         except BaseException:
             self._redo_transaction()
             raise
@@ -582,16 +628,19 @@ class Namespace:
             self._newest = op.op_id
         if applied:
             self.vector[op.node] = seq
-            self._tx_ops.append((op, seq, sig))
+            self.heads[op.node] = link
+            self._tx_ops.append((op, seq, sig, link))
             if self.journal is not None:
                 self.journal.add(pack([seq, sig, body]))
         return applied
 
-    def _apply_in_order(self, op: Op, body: bytes, seq: int, sig: bytes | None) -> bool:
+    def _apply_in_order(
+        self, op: Op, body: bytes, seq: int, sig: bytes | None, link: bytes
+    ) -> bool:
         db = self.db
         if op.op_id > self._newest:
             # The common case (every local op): nothing to deduplicate, undo or redo.
-            self._apply_one(op, body, seq, sig)
+            self._apply_one(op, body, (seq, sig, link))
             return True
         self.write_back()
         if db.execute("SELECT 1 FROM oplog WHERE ts=? AND node=?", (op.ts, op.node)).fetchone():
@@ -600,29 +649,30 @@ class Namespace:
         later = [
             row
             for row in db.execute(
-                "SELECT ts, node, body, undo, seq, sig FROM oplog WHERE ts>=? "
+                "SELECT ts, node, body, undo, seq, sig, link FROM oplog WHERE ts>=? "
                 "ORDER BY ts DESC, node DESC",
                 (op.ts,),
             )
             if (row[0], row[1]) > (op.ts, op.node)
         ]
-        for _ts, _node, _body, undo, _seq, _sig in later:
-            _restore(db, self._tx(), msgpack.unpackb(undo, raw=False))
-        self._apply_one(op, body, seq, sig)
-        for _ts, _node, later_body, _undo, later_seq, later_sig in reversed(later):
-            db.execute("DELETE FROM oplog WHERE ts=? AND node=?", (_ts, _node))
-            self._apply_one(decode_op(later_body), later_body, later_seq, later_sig)
+        for row in later:
+            _restore(db, self._tx(), msgpack.unpackb(row[3], raw=False))
+        self._apply_one(op, body, (seq, sig, link))
+        for row in reversed(later):
+            db.execute("DELETE FROM oplog WHERE ts=? AND node=?", (row[0], row[1]))
+            self._apply_one(decode_op(row[2]), row[2], row[4:])
         return True
 
     def _tx(self) -> _Tx:
         return _Tx(self.db, self._rows, self._facts)
 
-    def _apply_one(self, op: Op, body: bytes, seq: int, sig: bytes | None) -> None:
-        """Apply ``op`` (whose encoding is ``body``) on top of the current state."""
+    def _apply_one(self, op: Op, body: bytes, place: tuple[Any, ...]) -> None:
+        """Apply ``op`` (whose encoding is ``body``; ``place``: its seq, sig and link in its
+        origin's log) on top of the current state."""
         tx = self._tx()
         for change in op.changes:
             _CHANGE_APPLIERS[change["c"]](self, tx, op, change)
-        self._oplog_rows.append((op.ts, op.node, body, pack(tx.undo), seq, sig))
+        self._oplog_rows.append((op.ts, op.node, body, pack(tx.undo), *place))
 
     def _mkobj(self, tx: _Tx, op: Op, c: Change) -> None:
         t = c["time"]

@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from dhtfs.fs.history import History
 from dhtfs.fs.ops import Op, decode_op
 from dhtfs.fs.tree import Tree
-from dhtfs.node.oplog import InvalidEntry, LogEntry
+from dhtfs.node.logwire import InvalidEntry, LogEntry, chain_start
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +48,12 @@ class NamespaceLog:
 
     def entries_after(self, origin: bytes, seq: int, limit: int) -> list[LogEntry]:
         return [
-            LogEntry(origin, s, body, sig)
-            for s, body, sig in self.history.entries(origin, seq, limit)
+            LogEntry(origin, s, body, sig, link)
+            for s, body, sig, link in self.history.entries(origin, seq, limit)
         ]
+
+    def head(self, origin: bytes) -> bytes:
+        return self.ns.heads.get(origin) or chain_start(origin)
 
     # -- folding and snapshots (dhtfs.fs.history) ------------------------------------------------
 

@@ -1,8 +1,11 @@
 """Signatures of log entries: this node's, and its peers' checked against the swarm CA.
 
-A signature covers ``signed_message(origin, seq, body)``: a domain tag, the origin's node ID,
-the entry's place in the origin's log and the body (``encode_op``'s canonical bytes for a
-mount), so a relay can neither forge an entry nor move one to another place.
+Entries of one origin form a hash chain (``dhtfs.node.logwire.chain_link``: each link covers
+the previous link, the entry's seq and its body, ``encode_op``'s canonical bytes for a mount).
+A signature covers ``signed_message(origin, seq, link)``, so one signature at the end of a
+batch authenticates every entry of the batch and everything before it: an origin signs once
+per batch it sends, a receiver verifies once per batch it accepts, and a relay can neither
+forge, alter, drop from the middle nor reorder another node's entries.
 """
 
 from __future__ import annotations
@@ -18,20 +21,19 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from dhtfs.errors import AuthError
 from dhtfs.node import pki
-from dhtfs.node.logwire import LogEntry
 
 
-def signed_message(origin: bytes, seq: int, body: bytes) -> bytes:
-    """What an entry's signature covers: domain tag, origin, seq and the body's bytes."""
-    return b"dhtfs-log-v1\0" + origin + seq.to_bytes(8, "big") + body
+def signed_message(origin: bytes, seq: int, link: bytes) -> bytes:
+    """What a signature covers: domain tag, origin, seq and the chain link of that entry."""
+    return b"dhtfs-log-sig-v1\0" + origin + seq.to_bytes(8, "big") + link
 
 
 class Signatures:
     """Signs this node's entries and verifies others' with certificates from the swarm CA.
 
-    ``verify`` checks the certificate chains to the CA and hashes to the claimed origin
-    (``pki.verify_node_cert_der``), then the ECDSA P-256 signature. Public keys are cached by
-    origin once their certificate has verified.
+    ``check_cert`` accepts a certificate only if it chains to the CA and its key hashes to the
+    claimed origin (``pki.verify_node_cert_der``); public keys are cached by origin once
+    their certificate has verified, and ``verify`` knows only those.
     """
 
     def __init__(self, identity: pki.Identity) -> None:
@@ -41,8 +43,11 @@ class Signatures:
         self.own_cert = pki.load_cert(identity.cert).public_bytes(serialization.Encoding.DER)
         self._keys: dict[bytes, ec.EllipticCurvePublicKey] = {}
 
-    def sign(self, origin: bytes, seq: int, body: bytes) -> bytes:
-        return self._key.sign(signed_message(origin, seq, body), ec.ECDSA(hashes.SHA256()))
+    def sign(self, origin: bytes, seq: int, link: bytes) -> bytes:
+        return self._key.sign(signed_message(origin, seq, link), ec.ECDSA(hashes.SHA256()))
+
+    def knows(self, origin: bytes) -> bool:
+        return origin in self._keys
 
     def check_cert(self, origin: bytes, der: bytes) -> bool:
         """True if ``der`` is a valid swarm certificate whose key hashes to ``origin``."""
@@ -58,14 +63,13 @@ class Signatures:
         self._keys[origin] = key
         return True
 
-    def verify(self, entry: LogEntry) -> bool:
-        """True if ``entry.sig`` is ``entry.origin``'s signature (its cert checked first)."""
-        key = self._keys.get(entry.origin)
-        if key is None or entry.sig is None:
+    def verify(self, origin: bytes, seq: int, link: bytes, sig: bytes) -> bool:
+        """True if ``sig`` is ``origin``'s signature of entry ``seq`` with chain ``link``."""
+        key = self._keys.get(origin)
+        if key is None:
             return False
         try:
-            key.verify(entry.sig, signed_message(entry.origin, entry.seq, entry.body),
-                       ec.ECDSA(hashes.SHA256()))
+            key.verify(sig, signed_message(origin, seq, link), ec.ECDSA(hashes.SHA256()))
         except InvalidSignature:
             return False
         return True
@@ -77,11 +81,13 @@ class Signer(Protocol):
     own_id: bytes
     own_cert: bytes
 
-    def sign(self, origin: bytes, seq: int, body: bytes) -> bytes: ...
+    def sign(self, origin: bytes, seq: int, link: bytes) -> bytes: ...
+
+    def knows(self, origin: bytes) -> bool: ...
 
     def check_cert(self, origin: bytes, der: bytes) -> bool: ...
 
-    def verify(self, entry: LogEntry) -> bool: ...
+    def verify(self, origin: bytes, seq: int, link: bytes, sig: bytes) -> bool: ...
 
 
 class KeyedSigner:
@@ -94,11 +100,14 @@ class KeyedSigner:
         self.own_cert = b"sim:" + own_id
         self._secret_of = secret_of
 
-    def sign(self, origin: bytes, seq: int, body: bytes) -> bytes:
-        return hashlib.sha256(self._secret_of(origin) + signed_message(origin, seq, body)).digest()
+    def sign(self, origin: bytes, seq: int, link: bytes) -> bytes:
+        return hashlib.sha256(self._secret_of(origin) + signed_message(origin, seq, link)).digest()
+
+    def knows(self, origin: bytes) -> bool:
+        return True
 
     def check_cert(self, origin: bytes, der: bytes) -> bool:
         return der == b"sim:" + origin
 
-    def verify(self, entry: LogEntry) -> bool:
-        return entry.sig == self.sign(entry.origin, entry.seq, entry.body)
+    def verify(self, origin: bytes, seq: int, link: bytes, sig: bytes) -> bool:
+        return sig == self.sign(origin, seq, link)

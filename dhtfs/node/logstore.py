@@ -13,7 +13,7 @@ import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
 
-from dhtfs.node.oplog import InvalidEntry, LogEntry
+from dhtfs.node.logwire import InvalidEntry, LogEntry, chain_link, chain_start
 
 
 class MemoryLogStore:
@@ -27,6 +27,10 @@ class MemoryLogStore:
     def vector(self) -> dict[bytes, int]:
         return {o: len(run) for o, run in self._runs.items()}
 
+    def head(self, origin: bytes) -> bytes:
+        run = self._runs.get(origin)
+        return run[-1].link if run and run[-1].link else chain_start(origin)
+
     def entries_after(self, origin: bytes, seq: int, limit: int) -> list[LogEntry]:
         return self._runs.get(origin, [])[seq : seq + limit]
 
@@ -35,11 +39,14 @@ class MemoryLogStore:
             run = self._runs.setdefault(e.origin, [])
             if e.seq != len(run) + 1:
                 raise InvalidEntry(e, f"expected seq {len(run) + 1}")
-            run.append(e)
+            link = chain_link(self.head(e.origin), e.seq, e.body)
+            run.append(LogEntry(e.origin, e.seq, e.body, e.sig, link))
 
     def append_own(self, body: bytes) -> LogEntry:
         run = self._runs.setdefault(self.own_id, [])
-        entry = LogEntry(self.own_id, len(run) + 1, body, None)
+        seq = len(run) + 1
+        link = chain_link(self.head(self.own_id), seq, body)
+        entry = LogEntry(self.own_id, seq, body, None, link)
         run.append(entry)
         return entry
 
@@ -58,7 +65,8 @@ CREATE TABLE IF NOT EXISTS entries (
     origin BLOB NOT NULL,
     seq INTEGER NOT NULL,
     body BLOB NOT NULL,
-    sig BLOB NOT NULL,
+    sig BLOB,
+    link BLOB NOT NULL,
     PRIMARY KEY (origin, seq)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS certs (origin BLOB PRIMARY KEY, der BLOB NOT NULL) WITHOUT ROWID;
@@ -72,36 +80,48 @@ class SqliteLogStore:
         self.db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
+        columns = {r[1] for r in self.db.execute("PRAGMA table_info(entries)")}
+        if columns and "link" not in columns:  # entries signed one by one: pull them again
+            self.db.execute("DROP TABLE entries")
         self.db.executescript(SCHEMA)
         path.chmod(0o600)
-        self._vector: dict[bytes, int] = dict(
-            self.db.execute("SELECT origin, max(seq) FROM entries GROUP BY origin").fetchall()
-        )
+        self._vector: dict[bytes, int] = {}
+        self._heads: dict[bytes, bytes] = {}
+        for origin, seq, link in self.db.execute(
+            "SELECT origin, seq, link FROM entries WHERE (origin, seq) IN "
+            "(SELECT origin, max(seq) FROM entries GROUP BY origin)"
+        ):
+            self._vector[origin], self._heads[origin] = seq, link
 
     def vector(self) -> dict[bytes, int]:
         return dict(self._vector)
 
+    def head(self, origin: bytes) -> bytes:
+        return self._heads.get(origin) or chain_start(origin)
+
     def entries_after(self, origin: bytes, seq: int, limit: int) -> list[LogEntry]:
         rows = self.db.execute(
-            "SELECT seq, body, sig FROM entries WHERE origin=? AND seq>? ORDER BY seq LIMIT ?",
+            "SELECT seq, body, sig, link FROM entries WHERE origin=? AND seq>? ORDER BY seq "
+            "LIMIT ?",
             (origin, seq, limit),
         ).fetchall()
-        return [LogEntry(origin, s, b, g) for s, b, g in rows]
+        return [LogEntry(origin, s, b, g, k) for s, b, g, k in rows]
 
     def accept(self, entries: Sequence[LogEntry]) -> None:
         rows = []
-        vector = dict(self._vector)
+        vector, heads = dict(self._vector), dict(self._heads)
         refused: InvalidEntry | None = None
         for e in entries:
-            if e.seq != vector.get(e.origin, 0) + 1 or e.sig is None:
+            if e.seq != vector.get(e.origin, 0) + 1:
                 refused = InvalidEntry(e, f"expected seq {vector.get(e.origin, 0) + 1}")
                 break
-            vector[e.origin] = e.seq
-            rows.append((e.origin, e.seq, e.body, e.sig))
+            link = chain_link(heads.get(e.origin) or chain_start(e.origin), e.seq, e.body)
+            vector[e.origin], heads[e.origin] = e.seq, link
+            rows.append((e.origin, e.seq, e.body, e.sig, link))
         with self.db:
             self.db.execute("BEGIN")
-            self.db.executemany("INSERT INTO entries VALUES (?,?,?,?)", rows)
-        self._vector = vector
+            self.db.executemany("INSERT INTO entries VALUES (?,?,?,?,?)", rows)
+        self._vector, self._heads = vector, heads
         if refused is not None:
             raise refused
 

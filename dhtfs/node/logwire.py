@@ -1,13 +1,15 @@
 """Log entries and their wire form (``dhtfs.node.oplog``'s messages), strictly validated.
 
-An entry on the wire is ``[origin: bytes(32), seq: int >= 1, body: bytes, sig: bytes]``; a
+An entry on the wire is ``[origin: bytes(32), seq: int >= 1, body: bytes, sig: bytes]`` (an
+empty ``sig``: not the end of a signed batch); a
 vector ``[[origin, seq], ...]``; certificates ``[[origin, der], ...]``. Anything else in a
 request is a ``RemoteError`` (the caller's fault); in an answer a ``ProtocolError``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+from dataclasses import dataclass, field
 from typing import Any
 
 from dhtfs.errors import ProtocolError, RemoteError
@@ -20,14 +22,30 @@ MAX_SIG = 256
 MAX_CERT = 16 * 1024
 
 
+CHAIN_TAG = b"dhtfs-log-chain-v1\0"
+
+
+def chain_start(origin: bytes) -> bytes:
+    """The link before ``origin``'s first entry."""
+    return hashlib.sha256(CHAIN_TAG + origin).digest()
+
+
+def chain_link(prev: bytes, seq: int, body: bytes) -> bytes:
+    """The link of entry ``seq`` (``prev``: the link of entry ``seq - 1``)."""
+    return hashlib.sha256(prev + seq.to_bytes(8, "big") + body).digest()
+
+
 @dataclass(frozen=True, slots=True)
 class LogEntry:
-    """One entry of one origin's log. ``sig`` is None only for own entries not yet signed."""
+    """One entry of one origin's log. ``sig``: the origin's signature when the entry ends a
+    signed batch (``dhtfs.node.logsig``), else None. ``link``: its chain link, where the store
+    knows it (never sent: every receiver computes links itself)."""
 
     origin: bytes
     seq: int
     body: bytes
     sig: bytes | None = None
+    link: bytes | None = field(default=None, compare=False)
 
 
 class InvalidEntry(Exception):
@@ -60,7 +78,7 @@ def entries_from_wire(v: Any, method: str, *, answer: bool = False) -> list[LogE
             or type(sig) is not bytes or len(sig) > MAX_SIG
         ):
             raise _fail(method, "malformed entry", answer)
-        out.append(LogEntry(origin, seq, body, sig))
+        out.append(LogEntry(origin, seq, body, sig or None))
     return out
 
 

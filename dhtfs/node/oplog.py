@@ -10,21 +10,25 @@ on a headless node); a ``LogReplicator`` moves them between nodes.
 Invariants:
 - a store holds, for every origin, exactly the entries ``1..vector()[origin]`` (a version
   vector with no holes), so "what do you lack" is one integer per origin;
-- an entry is accepted only if it extends its origin's run by one and its signature verifies
-  against the origin's certificate, which must chain to the swarm CA and hash to the origin ID.
-  A relayed entry that fails either check is dropped, and the peer that sent it is penalized
-  (``RoutingTable.penalize``); a relay can neither forge nor reorder another node's entries;
-- a store's own entries are signed when they first leave the node (and the signatures kept in
-  memory: after a restart they are signed again, any valid signature will do); an entry a
-  store hands out survives a crash of its process (``LogStore.entries_after``);
+- an entry is accepted only if it extends its origin's run by one and a signature of the
+  origin covers it: entries of an origin form a hash chain and the last entry of each batch
+  carries a signature over its link (``dhtfs.node.logsig``), verified against the origin's
+  certificate, which must chain to the swarm CA and hash to the origin ID. A relayed batch
+  whose signature fails is dropped, and the peer that sent it is penalized
+  (``RoutingTable.penalize``); a relay can neither forge, alter nor reorder another node's
+  entries;
+- a store's own entries are signed when they leave the node, once per batch (the signatures
+  kept in memory: after a restart they are signed again, any valid signature will do); an
+  entry a store hands out survives a crash of its process (``LogStore.entries_after``);
 - a peer that cannot authenticate with the swarm CA never reaches these handlers (the transport
   refuses it at the handshake), so it learns nothing of the log.
 
 Dissemination (Demers et al., "Epidemic algorithms for replicated database maintenance"):
 - push: new own entries go at once to up to ``fanout`` peers (every peer, in a swarm no larger
-  than ``fanout + 1``). A node that knows more than ``fanout`` peers forwards entries that are
-  new to it to ``fanout`` random peers (infect-and-die gossip), so an entry reaches N nodes in
-  about log_fanout(N) hops at ``fanout`` messages per node;
+  than ``fanout + 1``), at most one batch per ``push_gap`` (5 ms) so bursts share RPCs. A
+  node that knows more than ``fanout`` peers forwards entries that are new to it to
+  ``fanout`` random peers (infect-and-die gossip), so an entry reaches N nodes in about
+  log_fanout(N) hops at ``fanout`` messages per node;
 - anti-entropy: every ``sync_interval`` a node pulls from one random peer what its vector
   lacks, and pushes back what the peer's vector lacks (push-pull). A node that was offline,
   partitioned or just joined catches up this way; a peer not yet synced with goes first;
@@ -69,6 +73,7 @@ from dhtfs.node.logwire import (
     InvalidEntry,
     LogEntry,
     certs_from_wire,
+    chain_link,
     entries_from_wire,
     vector_from_wire,
     vector_to_wire,
@@ -102,13 +107,21 @@ class LogStore(Protocol):
         ...
 
     def entries_after(self, origin: bytes, seq: int, limit: int) -> list[LogEntry]:
-        """Up to ``limit`` entries of ``origin`` after ``seq``, in order. Each survives a crash
-        of this process from now on (a store persists before it hands out)."""
+        """Up to ``limit`` entries of ``origin`` after ``seq``, in order, with their links
+        and the signatures held (a run of another origin's ends with a signed entry). Each
+        survives a crash of this process from now on (a store persists before it hands
+        out)."""
         ...
 
     def accept(self, entries: Sequence[LogEntry]) -> None:
-        """Store and apply verified entries; each extends its origin's run by one, in order.
-        Raises ``InvalidEntry`` for the first one it refuses (those before it are kept)."""
+        """Store and apply authenticated entries (with their signatures, None inside a
+        batch); each extends its origin's run by one, in order; the store keeps each one's
+        chain link. Raises ``InvalidEntry`` for the first one it refuses (those before it
+        are kept)."""
+        ...
+
+    def head(self, origin: bytes) -> bytes:
+        """The chain link of the last entry of ``origin`` held (``chain_start`` if none)."""
         ...
 
     def cert(self, origin: bytes) -> bytes | None:
@@ -173,6 +186,7 @@ class LogReplicator:
         sync_interval: float = 1.0,
         rpc_timeout: float = 10.0,
         fold_interval: float = 10.0,
+        push_gap: float = 0.005,
         rng: random.Random | None = None,
     ) -> None:
         self.node = node
@@ -187,7 +201,8 @@ class LogReplicator:
         self._pushed = store.vector().get(self.own_id, 0)  # own entries pushed so far
         self._wake = trio.Event()
         self._sigs: OrderedDict[int, bytes] = OrderedDict()  # own seq → signature
-        self._stash: dict[tuple[bytes, int], LogEntry] = {}
+        # entries ahead of a gap, with the peer that sent them
+        self._stash: dict[tuple[bytes, int], tuple[LogEntry, bytes | None]] = {}
         self._accept_lock = trio.Lock()
         self._synced: set[bytes] = set()     # peers we ran anti-entropy with
         self._pulling: set[bytes] = set()
@@ -195,6 +210,7 @@ class LogReplicator:
         self.store.add_cert(self.own_id, signer.own_cert)
         signer.check_cert(self.own_id, signer.own_cert)
         self.fold_interval = fold_interval
+        self.push_gap = push_gap
         self._folding: FoldingStore | None = (
             store if hasattr(store, "fold") else None  # type: ignore[assignment]
         )
@@ -224,9 +240,16 @@ class LogReplicator:
     # -- pushing -------------------------------------------------------------------------------
 
     async def _push_loop(self) -> None:
+        """Push as soon as woken, but at most once per ``push_gap``: a change on its own goes
+        out at once, a burst (a cp of many files) in batches, one RPC per peer per batch."""
+        last = -math.inf
         while True:
             await self._wake.wait()
+            wait = last + self.push_gap - trio.current_time()
+            if wait > 0:
+                await trio.sleep(wait)
             self._wake = trio.Event()
+            last = trio.current_time()
             await self.push_pending()
 
     async def push_pending(self) -> None:
@@ -240,18 +263,29 @@ class LogReplicator:
             await self._gossip(entries, exclude=())
 
     def _own_after(self, seq: int, limit: int) -> list[LogEntry]:
-        return [self._signed(e) for e in self.store.entries_after(self.own_id, seq, limit)]
+        return self._sign_last(self.store.entries_after(self.own_id, seq, limit))
 
-    def _signed(self, e: LogEntry) -> LogEntry:
-        if e.sig is not None or e.origin != self.own_id:
-            return e
-        sig = self._sigs.get(e.seq)
-        if sig is None:
-            sig = self.signer.sign(e.origin, e.seq, e.body)
-            self._sigs[e.seq] = sig
-            if len(self._sigs) > SIG_CACHE:
-                self._sigs.popitem(last=False)
-        return LogEntry(e.origin, e.seq, e.body, sig)
+    def _sign_last(self, entries: list[LogEntry]) -> list[LogEntry]:
+        """``entries`` (one origin's run) ending in a signed entry: ours get signed now (one
+        signature per batch; cached, as the same batch goes to several peers); another
+        origin's are cut back to its last signed one (a store holds runs that end signed)."""
+        if not entries:
+            return entries
+        last = entries[-1]
+        if last.origin != self.own_id:
+            while entries and entries[-1].sig is None:
+                entries = entries[:-1]
+            return entries
+        if last.sig is None:
+            sig = self._sigs.get(last.seq)
+            if sig is None:
+                assert last.link is not None, "a store hands out its own entries with links"
+                sig = self.signer.sign(last.origin, last.seq, last.link)
+                self._sigs[last.seq] = sig
+                if len(self._sigs) > SIG_CACHE:
+                    self._sigs.popitem(last=False)
+            entries = [*entries[:-1], LogEntry(last.origin, last.seq, last.body, sig, last.link)]
+        return entries
 
     def _targets(self, exclude: Iterable[bytes]) -> list[Contact]:
         skip = set(exclude)
@@ -285,7 +319,7 @@ class LogReplicator:
             if (c := self.signer.own_cert if o == self.own_id else self.store.cert(o))
         ]
         return {
-            "entries": [[e.origin, e.seq, e.body, e.sig] for e in entries],
+            "entries": [[e.origin, e.seq, e.body, e.sig or b""] for e in entries],
             "certs": certs,
         }
 
@@ -402,79 +436,94 @@ class LogReplicator:
         log.info("installed the snapshot of %s", peer)
 
     def _missing(self, theirs: dict[bytes, int], limit: int) -> tuple[list[LogEntry], bool]:
-        """Entries we hold that a node with vector ``theirs`` lacks (at most ``limit``/
-        ``MAX_BATCH_BYTES``); True if there are more."""
+        """Entries we hold that a node with vector ``theirs`` lacks (about ``limit`` or
+        ``MAX_BATCH_BYTES`` at most); True if there are more. Each origin's run ends signed:
+        ours are signed now, another's end at a signed entry (going past ``limit`` to reach
+        one if need be: an origin signs at least every ``MAX_ENTRIES``)."""
         out: list[LogEntry] = []
         size = 0
         for origin, have in self.store.vector().items():
             after = theirs.get(origin, 0)
+            run: list[LogEntry] = []
             while after < have:
-                batch = self.store.entries_after(origin, after, min(limit - len(out), 512))
+                want = max(1, min(limit - len(out) - len(run), 512))
+                batch = self.store.entries_after(origin, after, want)
                 if not batch:
                     break
-                for e in batch:
-                    out.append(self._signed(e))
-                    size += len(e.body)
-                    after = e.seq
-                    if len(out) >= limit or size >= MAX_BATCH_BYTES:
-                        return out, True
+                run.extend(batch)
+                size += sum(len(e.body) for e in batch)
+                after = batch[-1].seq
+                full = len(out) + len(run) >= limit or size >= MAX_BATCH_BYTES
+                if full and (origin == self.own_id or run[-1].sig is not None):
+                    out.extend(self._sign_last(run))
+                    return out, True
+            out.extend(self._sign_last(run))
         return out, False
 
     async def receive(
         self, sender: Contact | None, entries: list[LogEntry], certs: dict[bytes, bytes]
     ) -> list[LogEntry]:
-        """Verify and accept what extends our runs; stash what is ahead of a gap (and pull
-        from ``sender``); forward what was new when gossiping. Returns the accepted entries."""
+        """Authenticate and accept what extends our runs; stash what is ahead of a gap (and
+        pull from ``sender``); forward what was new when gossiping. Returns the accepted
+        entries. A run is accepted up to its last entry whose signature verifies over the
+        chain computed from our own head; an unsigned tail waits (a pull brings the rest)."""
         for origin, der in certs.items():
             if self.signer.check_cert(origin, der) and self.store.cert(origin) is None:
                 self.store.add_cert(origin, der)
         fresh: list[LogEntry] = []
-        have = self.store.vector()
-        count = len(entries)
-        entries = [e for e in entries if e.seq > have.get(e.origin, 0)]
-        self.stats.duplicates += count - len(entries)
-        verified, bad = await self._verified(entries)
+        offenders: set[bytes] = set()
+        gap = False
         async with self._accept_lock:
             vector = self.store.vector()
-            runs: dict[bytes, list[LogEntry]] = {}
-            gap = False
-            for e in sorted(verified, key=lambda e: (e.origin, e.seq)):
-                if e.seq <= vector.get(e.origin, 0):
+            runs: dict[bytes, list[tuple[LogEntry, bytes | None]]] = {}
+            by_origin = sorted(entries, key=lambda e: (e.origin, e.seq))
+            sender_id = sender.node_id if sender is not None else None
+            for e in by_origin:
+                if e.seq <= vector.get(e.origin, 0) or e.origin == self.own_id:
                     self.stats.duplicates += 1
                     continue
                 run = runs.setdefault(e.origin, [])
-                expected = run[-1].seq + 1 if run else vector.get(e.origin, 0) + 1
-                if e.seq != expected:
+                expected = run[-1][0].seq + 1 if run else vector.get(e.origin, 0) + 1
+                if e.seq < expected:  # twice in one message
+                    self.stats.duplicates += 1
+                    continue
+                if e.seq > expected:
                     if len(self._stash) < STASH_MAX:
-                        self._stash[(e.origin, e.seq)] = e
+                        self._stash[(e.origin, e.seq)] = (e, sender_id)
                         self.stats.stashed += 1
                     gap = True
                     continue
-                run.append(e)
-            for origin in [o for o, _ in self._stash if o not in runs]:
+                run.append((e, sender_id))
+            for origin in {o for o, _ in self._stash} - set(runs):
                 if (origin, vector.get(origin, 0) + 1) in self._stash:
                     runs[origin] = []  # a stash that continues the run already
             for origin, run in runs.items():
-                # Entries stashed earlier (verified then) may continue the run now.
-                nxt = run[-1].seq + 1 if run else vector.get(origin, 0) + 1
-                while (origin, nxt) in self._stash:
+                nxt = run[-1][0].seq + 1 if run else vector.get(origin, 0) + 1
+                while (origin, nxt) in self._stash:  # stashed earlier, continuing the run now
                     run.append(self._stash.pop((origin, nxt)))
                     nxt += 1
                 if not run:
                     continue
+                ok, offender, tail = await self._authenticate(origin, run)
+                if offender is not None:
+                    offenders.add(offender)
+                gap = gap or tail
+                if not ok:
+                    continue
                 try:
-                    self.store.accept(run)
-                    fresh.extend(run)
+                    self.store.accept(ok)
+                    fresh.extend(ok)
                 except InvalidEntry as exc:
                     log.warning("dropped a log entry from %s: %s", sender or "?", exc)
-                    fresh.extend(e for e in run if e.seq < exc.entry.seq)
-                    bad = True
+                    fresh.extend(e for e in ok if e.seq < exc.entry.seq)
+                    bad_sender = dict((e.seq, s) for e, s in run).get(exc.entry.seq)
+                    if bad_sender is not None:
+                        offenders.add(bad_sender)
             self._drain_stash()
         self.stats.entries_accepted += len(fresh)
-        if bad:
+        for node_id in offenders:
             self.stats.rejected += 1
-            if sender is not None:
-                self.node.routing.penalize(sender.node_id)
+            self.node.routing.penalize(node_id)
         if gap and sender is not None:
             self._pull_soon(sender)
         if fresh and len(self.peers()) > self.fanout and self._nursery is not None:
@@ -483,32 +532,34 @@ class LogReplicator:
             self._nursery.start_soon(self._gossip, fresh, exclude)
         return fresh
 
-    async def _verified(self, entries: list[LogEntry]) -> tuple[list[LogEntry], bool]:
-        """The entries whose signatures verify (checkpointing every ``VERIFY_SLICE``); True
-        if any did not. An own entry coming back is dropped quietly (we hold it already or
-        never made it)."""
-        ok: list[LogEntry] = []
-        bad = False
-        known: set[bytes] = set()
-        for i, e in enumerate(entries):
-            if i and i % VERIFY_SLICE == 0:
+    async def _authenticate(
+        self, origin: bytes, run: list[tuple[LogEntry, bytes | None]]
+    ) -> tuple[list[LogEntry], bytes | None, bool]:
+        """The prefix of ``run`` (entries after our head, each with the peer that sent it)
+        that a verified signature covers; the sender of an entry whose signature failed
+        (None if none did); and whether an unsigned tail is left waiting."""
+        if not self.signer.knows(origin):
+            stored = self.store.cert(origin)  # kept from an earlier run: the signer forgets
+            if stored is not None:
+                self.signer.check_cert(origin, stored)
+        link = self.store.head(origin)
+        covered = 0
+        checked = 0
+        for i, (e, sent_by) in enumerate(run):
+            link = chain_link(link, e.seq, e.body)
+            if e.sig is None:
+                continue
+            checked += 1
+            if checked % VERIFY_SLICE == 0:
                 await trio.lowlevel.checkpoint()
-            if e.origin == self.own_id:
-                continue
-            if e.origin not in known:
-                # A certificate kept from an earlier run (the signer forgets at restart).
-                stored = self.store.cert(e.origin)
-                if stored is not None:
-                    self.signer.check_cert(e.origin, stored)
-                known.add(e.origin)
-            if not self.signer.verify(e):
-                why = ("signature does not verify" if self.store.cert(e.origin) is not None
+            if not self.signer.verify(origin, e.seq, link, e.sig):
+                why = ("signature does not verify" if self.store.cert(origin) is not None
                        else "no valid certificate of its origin came with it")
-                log.warning("dropped log entry %s#%d: %s", e.origin.hex()[:12], e.seq, why)
-                bad = True
-                continue
-            ok.append(e)
-        return ok, bad
+                log.warning("dropped log entries of %s from #%d: %s", origin.hex()[:12],
+                            run[covered][0].seq if covered < len(run) else e.seq, why)
+                return [x for x, _ in run[:covered]], sent_by, False
+            covered = i + 1
+        return [x for x, _ in run[:covered]], None, covered < len(run)
 
     def _drain_stash(self) -> None:
         """Forget stashed entries that are no longer ahead of anything."""
@@ -525,15 +576,15 @@ class LogReplicator:
             self._nursery.start_soon(self.sync_with, peer)
 
     async def _anti_entropy_loop(self) -> None:
+        """Every ``sync_interval`` (jittered): sync with the peers not synced yet, else one
+        at random; each round in the background, so a dead peer (up to ``rpc_timeout``) never
+        holds up the next (one round per peer at a time, see ``sync_with``)."""
+        assert self._nursery is not None
         while True:
             peers = self.peers()
             fresh = [p for p in peers if p.node_id not in self._synced]
-            if fresh:
-                async with trio.open_nursery() as nursery:
-                    for p in fresh:
-                        nursery.start_soon(self.sync_with, p)
-            elif peers:
-                await self.sync_with(self.rng.choice(peers))
+            for p in fresh or ([self.rng.choice(peers)] if peers else []):
+                self._nursery.start_soon(self.sync_with, p)
             now = trio.current_time()
             if now - self._last_fold >= self.fold_interval:
                 self._last_fold = now

@@ -73,8 +73,8 @@ def test_every_kind_of_change_reaches_the_other_mounts(tmp_path: Path) -> None:
         seen(lambda m: gone(m / "dir"))
         # Changes made on any node reach all the others the same way.
         (c / "from-c").write_bytes(b"c was here")
-        wait_until(lambda: exists(a / "from-c") and exists(b / "from-c"), "c's file")
-        assert (b / "from-c").read_bytes() == b"c was here"
+        wait_until(lambda: (a / "from-c").read_bytes() == (b / "from-c").read_bytes()
+                   == b"c was here", "c's file on a and b")
         wait_converged([n.state for n in nodes])
         assert listing(a) == listing(b) == listing(c)
 

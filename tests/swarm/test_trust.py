@@ -7,6 +7,7 @@ peer that relayed it is penalized.
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import trio
 
 from dhtfs.fs.ops import ROOT_OBJ, Op, encode_op, new_id
 from dhtfs.node import oplog, pki
+from dhtfs.node.logwire import chain_link, chain_start
 from dhtfs.node.oplog import Signatures
 from dhtfs.node.transport import Transport
 from tests.mounting import Mount
@@ -31,6 +33,17 @@ def _create_op(node: bytes, name: bytes) -> Op:
          "rdev": 0, "target": None, "time": now},
         {"c": "link", "link": new_id(), "parent": ROOT_OBJ, "name": name, "obj": obj},
     ))
+
+
+def _head(state: Path, origin: bytes) -> bytes:
+    """The chain link of ``origin``'s last op in the namespace at ``state`` (read-only)."""
+    db = sqlite3.connect(f"file:{state / 'namespace.db'}?mode=ro", uri=True)
+    try:
+        row = db.execute("SELECT link FROM oplog WHERE node=? ORDER BY seq DESC LIMIT 1",
+                         (origin,)).fetchone()
+    finally:
+        db.close()
+    return row[0] if row else chain_start(origin)
 
 
 def _cert_der(path: Path) -> bytes:
@@ -82,6 +95,7 @@ def test_forged_ops_are_dropped_and_their_relay_penalized(tmp_path: Path) -> Non
         body = encode_op(forged_as_victim)
         vector = {o: s for o, s in control(victim.state, "oplog")["vector"]}
         next_seq = vector.get(victim_id, 0) + 1  # what the victim's next op would be
+        victim_head = _head(victim.state, victim_id)  # the chain the forgery must extend
         claims_other = encode_op(_create_op(victim_id, b"claims-another-node"))
         legit = encode_op(_create_op(forger_id, b"legit-from-forger"))
 
@@ -96,14 +110,18 @@ def test_forged_ops_are_dropped_and_their_relay_penalized(tmp_path: Path) -> Non
                 # 1. the victim's origin, signed with the forger's key;
                 # 2. the forger's origin and signature, but the op inside names the victim;
                 # 3. a valid op of the forger's own (a member may write).
+                # (a signature covers the entry's chain link: see dhtfs.node.logsig)
+                victim_link = chain_link(victim_head, next_seq, body)
+                forger_link = chain_link(chain_start(forger_id), 1, claims_other)
                 for entries in (
-                    [[victim_id, next_seq, body, signer.sign(victim_id, next_seq, body)]],
-                    [[forger_id, 1, claims_other, signer.sign(forger_id, 1, claims_other)]],
+                    [[victim_id, next_seq, body, signer.sign(victim_id, next_seq, victim_link)]],
+                    [[forger_id, 1, claims_other, signer.sign(forger_id, 1, forger_link)]],
                 ):
                     answers.append(await transport.call(
                         contact, oplog.LOG_PUSH, {"entries": entries, "certs": certs},
                         timeout=10))
-                nxt = [[forger_id, 1, legit, signer.sign(forger_id, 1, legit)]]
+                legit_link = chain_link(chain_start(forger_id), 1, legit)
+                nxt = [[forger_id, 1, legit, signer.sign(forger_id, 1, legit_link)]]
                 answers.append(await transport.call(
                     contact, oplog.LOG_PUSH, {"entries": nxt, "certs": certs}, timeout=10))
                 nursery.cancel_scope.cancel()

@@ -44,7 +44,7 @@ def test_fold_drops_only_what_every_member_holds_and_collects_unnamed_objects() 
     assert h.fold(stable, highest, floor=100) == 3
     assert ns.fold_ts == 39 and ns.vector == {X: 3, Y: 1}
     assert h.folded() == {X: 2, Y: 1}
-    assert [s for s, _, _ in h.entries(X, 0, 10)] == [3]  # only the unfolded one is served
+    assert [row[0] for row in h.entries(X, 0, 10)] == [3]  # only the unfolded one is served
     assert ns.get_object(OBJS[3]) is not None  # unnamed, but history is not all folded yet
     with pytest.raises(ValueError, match="older than the folded history"):
         ns.apply(mkdir(OBJS[2], LINKS[3], ROOT_OBJ, b"too-old", 35, NODES[2]), seq=1)

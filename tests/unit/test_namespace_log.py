@@ -14,6 +14,7 @@ from dhtfs.fs.journal import OpJournal
 from dhtfs.fs.namespace import Namespace, connect
 from dhtfs.fs.ops import ROOT_OBJ, decode_op, encode_op
 from dhtfs.fs.tree import bind_origin
+from dhtfs.node.logwire import chain_link, chain_start
 from tests.unit.test_namespace_merge import LINKS, NODES, OBJS, mkdir
 
 X, Y = NODES[0], NODES[1]
@@ -31,10 +32,18 @@ def test_vector_and_entries_follow_each_origin_without_gaps() -> None:
     ns.apply(mkdir(OBJS[3], LINKS[3], ROOT_OBJ, b"y1", 11, Y), seq=1, sig=b"sig-1")
     assert ns.vector == {X: 3, Y: 1}
     got = History(ns).entries(X, 1, 10)
-    assert [s for s, _, _ in got] == [2, 3]
-    assert [decode_op(body) for _, body, _ in got] == ops[1:]
-    assert History(ns).entries(Y, 0, 10) == [(1, encode_op(
-        mkdir(OBJS[3], LINKS[3], ROOT_OBJ, b"y1", 11, Y)), b"sig-1")]
+    assert [row[0] for row in got] == [2, 3]
+    assert [decode_op(row[1]) for row in got] == ops[1:]
+    y_body = encode_op(mkdir(OBJS[3], LINKS[3], ROOT_OBJ, b"y1", 11, Y))
+    assert History(ns).entries(Y, 0, 10) == [
+        (1, y_body, b"sig-1", chain_link(chain_start(Y), 1, y_body))
+    ]
+    # Each op's link extends its origin's chain.
+    link = chain_start(X)
+    for seq, body, _sig, stored in History(ns).entries(X, 0, 10):
+        link = chain_link(link, seq, body)
+        assert stored == link
+    assert ns.heads[X] == link
     with pytest.raises(ValueError):  # a gap: seq 3 of Y before its seq 2
         ns.apply(mkdir(OBJS[4], LINKS[4], ROOT_OBJ, b"y3", 20, Y), seq=3, sig=b"s")
     assert ns.vector == {X: 3, Y: 1}
@@ -46,8 +55,10 @@ def test_an_older_op_arriving_late_keeps_the_later_ops_seq_and_sig() -> None:
     ns.apply(mkdir(OBJS[0], LINKS[0], ROOT_OBJ, b"late-ts", 100, Y), seq=1, sig=b"y-sig")
     ns.apply(mkdir(OBJS[1], LINKS[1], ROOT_OBJ, b"early-ts", 50, X), seq=1, sig=b"x-sig")
     ns.write_back()  # the Y op was undone and redone around the X op
-    rows = ns.db.execute("SELECT node, seq, sig FROM oplog ORDER BY ts").fetchall()
-    assert rows == [(X, 1, b"x-sig"), (Y, 1, b"y-sig")]
+    rows = ns.db.execute("SELECT node, seq, sig, link FROM oplog ORDER BY ts").fetchall()
+    assert [r[:3] for r in rows] == [(X, 1, b"x-sig"), (Y, 1, b"y-sig")]
+    y_body = encode_op(mkdir(OBJS[0], LINKS[0], ROOT_OBJ, b"late-ts", 100, Y))
+    assert rows[1][3] == chain_link(chain_start(Y), 1, y_body)
 
 
 def test_journal_replay_restores_seq_and_sig(tmp_path: Path) -> None:
@@ -58,6 +69,7 @@ def test_journal_replay_restores_seq_and_sig(tmp_path: Path) -> None:
     ns.apply(mkdir(OBJS[1], LINKS[1], ROOT_OBJ, b"b", 20, Y), seq=1, sig=b"y-sig")
     ns.apply(mkdir(OBJS[2], LINKS[2], ROOT_OBJ, b"c", 30, X))
     ns.persist()  # journaled, never committed: a crash now
+    ns_heads = dict(ns.heads)
     ns.db.close()
     again = fresh(tmp_path / "ns.db")
     again.journal = OpJournal(tmp_path / "ops.journal")
@@ -65,6 +77,7 @@ def test_journal_replay_restores_seq_and_sig(tmp_path: Path) -> None:
     assert again.replay_journal() == 2
     assert again.vector == {X: 2, Y: 1}
     assert History(again).entries(Y, 0, 5)[0][2] == b"y-sig"
+    assert again.heads == ns_heads
     assert again.lookup(ROOT_OBJ, b"c") is not None
 
 
@@ -95,6 +108,10 @@ def test_a_state_directory_from_before_the_swarm_is_numbered_and_re_stamped(
     assert bind_origin(migrated, new_id) == new_id
     assert migrated.vector == {new_id: 3}
     assert migrated.tree() == tree
+    link = chain_start(new_id)  # the chain is rebuilt for the new ID
+    for seq, body, _sig, stored in History(migrated).entries(new_id, 0, 10):
+        link = chain_link(link, seq, body)
+        assert stored == link
     assert old_id not in b"".join(
         b for row in migrated.db.execute("SELECT node, body, undo FROM oplog") for b in row
     )
