@@ -25,7 +25,7 @@ Invariants:
 
 Dissemination (Demers et al., "Epidemic algorithms for replicated database maintenance"):
 - push: new own entries go at once to up to ``fanout`` peers (every peer, in a swarm no larger
-  than ``fanout + 1``), at most one batch per ``push_gap`` (5 ms) so bursts share RPCs. A
+  than ``fanout + 1``); in a burst at most one batch per ``push_gap`` (20 ms). A
   node that knows more than ``fanout`` peers forwards entries that are new to it to
   ``fanout`` random peers (infect-and-die gossip), so an entry reaches N nodes in about
   log_fanout(N) hops at ``fanout`` messages per node;
@@ -92,6 +92,8 @@ MAX_BATCH_BYTES = 8 * 1024 * 1024
 STASH_MAX = 16384
 """Out-of-order entries kept while the gap before them is filled."""
 SIG_CACHE = 65536
+BURST = 4
+"""A push batch this large means a burst: the next batch waits for ``push_gap``."""
 SNAPSHOT_PAGE = 4 * 1024 * 1024
 SNAPSHOT_TTL = 120.0
 VERIFY_SLICE = 64
@@ -186,7 +188,7 @@ class LogReplicator:
         sync_interval: float = 1.0,
         rpc_timeout: float = 10.0,
         fold_interval: float = 10.0,
-        push_gap: float = 0.005,
+        push_gap: float = 0.02,
         rng: random.Random | None = None,
     ) -> None:
         self.node = node
@@ -240,27 +242,38 @@ class LogReplicator:
     # -- pushing -------------------------------------------------------------------------------
 
     async def _push_loop(self) -> None:
-        """Push as soon as woken, but at most once per ``push_gap``: a change on its own goes
-        out at once, a burst (a cp of many files) in batches, one RPC per peer per batch."""
-        last = -math.inf
+        """Push as soon as woken; but after a batch of ``BURST`` entries or more (a cp of many
+        files), the next one waits until ``push_gap`` after it, so a burst goes out in large
+        batches (one RPC per peer each, one signature) while a change on its own goes at
+        once."""
+        last, size = -math.inf, 0
         while True:
             await self._wake.wait()
             wait = last + self.push_gap - trio.current_time()
-            if wait > 0:
+            if size >= BURST and wait > 0:
                 await trio.sleep(wait)
             self._wake = trio.Event()
             last = trio.current_time()
-            await self.push_pending()
+            size, more = await self._push_batch()
+            if more:
+                self._wake.set()
 
     async def push_pending(self) -> None:
-        """Push every own entry not pushed yet (``fanout`` peers, in batches). Alone, push
-        nothing: a peer that appears later gets them by anti-entropy."""
-        while self.peers():
-            entries = self._own_after(self._pushed, MAX_ENTRIES)
-            if not entries:
-                return
-            self._pushed = entries[-1].seq
-            await self._gossip(entries, exclude=())
+        """Push every own entry not pushed yet, batch after batch (at shutdown)."""
+        while (await self._push_batch())[1]:
+            pass
+
+    async def _push_batch(self) -> tuple[int, bool]:
+        """Push the next batch of own entries to up to ``fanout`` peers; its size, and whether
+        more wait. Alone, push nothing: a peer that appears later gets them by anti-entropy."""
+        if not self.peers():
+            return 0, False
+        entries = self._own_after(self._pushed, MAX_ENTRIES)
+        if not entries:
+            return 0, False
+        self._pushed = entries[-1].seq
+        await self._gossip(entries, exclude=())
+        return len(entries), self.store.vector().get(self.own_id, 0) > self._pushed
 
     def _own_after(self, seq: int, limit: int) -> list[LogEntry]:
         return self._sign_last(self.store.entries_after(self.own_id, seq, limit))
