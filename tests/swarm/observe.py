@@ -15,6 +15,7 @@ from typing import Any
 
 import trio
 
+from dhtfs.node import pki
 from dhtfs.node.control import ControlClient
 
 DEADLINE = 30.0
@@ -100,3 +101,10 @@ def dir_size(path: Path) -> int:
     return sum(
         (Path(d) / f).lstat().st_blocks * 512 for d, _, files in os.walk(path) for f in files
     )
+
+
+def member_options(ca_dir: Path, name: str, out: Path) -> list[str]:
+    """Mount options (``ca``, ``cert``, ``cert_key``) of a new member of the swarm whose CA
+    is in ``ca_dir`` (its certificate and key issued into ``out``)."""
+    cert, key, _ = pki.issue_node_cert(ca_dir, name, out)
+    return [f"ca={ca_dir / pki.CA_CERT_NAME}", f"cert={cert}", f"cert_key={key}"]

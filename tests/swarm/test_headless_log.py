@@ -10,17 +10,12 @@ import pytest
 
 from dhtfs.node import pki
 from tests.mounting import Mount
-from tests.swarm.observe import control, listing, wait_until
+from tests.swarm.observe import control, listing, member_options, wait_until
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "node"))
 from swarmproc import Swarm  # the headless-node process helper
 
 pytestmark = [pytest.mark.mount, pytest.mark.slow]
-
-
-def _identity_options(ca: Path, name: str, out: Path) -> list[str]:
-    cert, key, _ = pki.issue_node_cert(ca, name, out)
-    return [f"ca={ca / 'ca.crt'}", f"cert={cert}", f"cert_key={key}"]
 
 
 def test_returning_mount_catches_up_from_a_headless_node(tmp_path: Path) -> None:
@@ -32,7 +27,7 @@ def test_returning_mount_catches_up_from_a_headless_node(tmp_path: Path) -> None
         h = headless.start(pki.Identity(ca / "ca.crt", cert, key, node_id), "127.0.0.30", [])
         Swarm.wait([h])
         a = Mount(tmp_path / "a-mnt", tmp_path / "a-state", options=[
-            *_identity_options(ca, "a", tmp_path / "a"), "listen=127.0.0.31:0",
+            *member_options(ca, "a", tmp_path / "a"), "listen=127.0.0.31:0",
             f"bootstrap={h.address}",
         ]).start()
         try:
@@ -49,7 +44,7 @@ def test_returning_mount_catches_up_from_a_headless_node(tmp_path: Path) -> None
         finally:
             assert a.stop() == 0
         b = Mount(tmp_path / "b-mnt", tmp_path / "b-state", options=[
-            *_identity_options(ca, "b", tmp_path / "b"), "listen=127.0.0.32:0",
+            *member_options(ca, "b", tmp_path / "b"), "listen=127.0.0.32:0",
             f"bootstrap={h.address}",
         ]).start()
         try:

@@ -13,7 +13,14 @@ import pytest
 
 from dhtfs.node import pki
 from tests.mounting import Mount
-from tests.swarm.observe import control, dir_size, listing, wait_converged, wait_until
+from tests.swarm.observe import (
+    control,
+    dir_size,
+    listing,
+    member_options,
+    wait_converged,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.mount, pytest.mark.slow]
 
@@ -31,9 +38,8 @@ def mounts(tmp: Path, names: list[str], *, seeds: list[Mount] = ()) -> Iterator[
     started: list[Mount] = []
     try:
         for i, name in enumerate(names):
-            cert, key, _ = pki.issue_node_cert(ca, name, tmp / name)
             peers = [*seeds, *started]
-            options = [f"ca={ca / 'ca.crt'}", f"cert={cert}", f"cert_key={key}",
+            options = [*member_options(ca, name, tmp / name),
                        f"listen=127.0.0.{70 + len(list(tmp.glob('*-state'))) + i}:0",
                        "fold_interval=1"]
             if peers:

@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from dhtfs.node import pki
 from tests.mounting import MOUNT, Mount
-from tests.swarm.observe import control, wait_until
+from tests.swarm.observe import control, member_options, wait_until
 
 pytestmark = [pytest.mark.mount, pytest.mark.slow]
 
@@ -25,10 +24,9 @@ def test_second_node_joins_a_zero_config_mount(tmp_path: Path) -> None:
         for name in ("ca.crt", "ca.key", "node.crt", "node.key"):
             assert (swarm_dir / name).stat().st_mode & 0o077 == 0  # nothing for other users
         (first.mountpoint / "hello").write_bytes(b"from the first machine\n")
-        cert, key, _ = pki.issue_node_cert(swarm_dir, "laptop", tmp_path / "laptop")
         address = control(first.state, "status")["listen"]
         second = Mount(tmp_path / "two", tmp_path / "two-state", [
-            f"ca={swarm_dir / 'ca.crt'}", f"cert={cert}", f"cert_key={key}",
+            *member_options(swarm_dir, "laptop", tmp_path / "laptop"),
             "listen=127.0.0.21:0", f"bootstrap={address}",
         ]).start()
         try:
@@ -77,10 +75,9 @@ def test_a_node_without_bootstrap_rejoins_through_remembered_peers(tmp_path: Pat
     others again through the peers it remembered, and catches up."""
     first = Mount(tmp_path / "one", tmp_path / "one-state", ["listen=127.0.0.23:0"]).start()
     swarm_dir = first.state / "swarm"
-    cert, key, _ = pki.issue_node_cert(swarm_dir, "other", tmp_path / "other")
     address = control(first.state, "status")["listen"]
     second = Mount(tmp_path / "two", tmp_path / "two-state", [
-        f"ca={swarm_dir / 'ca.crt'}", f"cert={cert}", f"cert_key={key}",
+        *member_options(swarm_dir, "other", tmp_path / "other"),
         "listen=127.0.0.24:0", f"bootstrap={address}",
     ]).start()
     try:

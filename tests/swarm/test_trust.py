@@ -21,7 +21,13 @@ from dhtfs.node.oplog import Signatures
 from dhtfs.node.transport import Transport
 from tests.mounting import Mount
 from tests.swarm import swarmctl
-from tests.swarm.observe import control, listing, wait_converged, wait_until
+from tests.swarm.observe import (
+    control,
+    listing,
+    member_options,
+    wait_converged,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.mount, pytest.mark.slow]
 
@@ -59,9 +65,8 @@ def test_foreign_ca_mount_sees_and_stores_nothing(tmp_path: Path) -> None:
         (a / "secret.txt").write_bytes(b"members only\n")
         foreign_ca = tmp_path / "foreign-ca"
         pki.init_ca(foreign_ca)
-        cert, key, _ = pki.issue_node_cert(foreign_ca, "intruder", tmp_path / "intruder")
         intruder = Mount(tmp_path / "intruder-mnt", tmp_path / "intruder-state", options=[
-            f"ca={foreign_ca / 'ca.crt'}", f"cert={cert}", f"cert_key={key}",
+            *member_options(foreign_ca, "intruder", tmp_path / "intruder"),
             "listen=127.0.0.40:0", f"bootstrap={nodes[0].address}+{nodes[1].address}",
         ])
         intruder.start()
