@@ -226,15 +226,20 @@ async def _gc_loop(fs: LocalFilesystem) -> None:
 async def serve(fs: LocalFilesystem, mountpoint: Path, ready: Callable[[], None]) -> None:
     """Join the swarm, mount, call ``ready()``, serve until unmounted or signalled, then
     flush, hand the last ops to peers, and unmount."""
-    # Nothing is being written before the mount. A node that has peers may hold chunks of
-    # versions whose ops have not reached it yet: those get the usual grace period.
-    alone = not fs.config.bootstrap and fs.config.ca is None
+    # Nothing is being written before the mount. A node that ever had peers may hold chunks
+    # of versions whose ops have not reached it yet: those get the usual grace period.
+    ns = fs.namespace
+    alone = (
+        not fs.config.bootstrap
+        and ns.meta_get("peers") is None
+        and set(ns.vector) <= {fs.identity.node_id}
+    )
     collect_garbage(fs, grace_seconds=0 if alone else GC_GRACE_SECONDS)
     async with trio.open_nursery() as nursery:
         swarm = SwarmNode(fs, fs.identity)
         swarm.mountpoint = mountpoint
         await swarm.start(nursery)
-        await _serve_mount(fs, mountpoint, ready, swarm, nursery)
+        await _serve_mount(fs, mountpoint, ready, swarm)
         nursery.cancel_scope.cancel()
 
 
@@ -243,7 +248,6 @@ async def _serve_mount(
     mountpoint: Path,
     ready: Callable[[], None],
     swarm: SwarmNode,
-    outer: trio.Nursery,
 ) -> None:
     try:
         pyfuse3.init(fs.operations, str(mountpoint), fuse_options(fs.config))

@@ -27,7 +27,6 @@ import json
 import logging
 import math
 import os
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -304,5 +303,3 @@ def _canonical(tree: dict[bytes, Any]) -> list[Any]:
         (name, _canonical(v) if isinstance(v, dict) else v) for name, v in sorted(tree.items())
     ]
 
-
-ControlHandler = Callable[[Message], Awaitable[Message]]
