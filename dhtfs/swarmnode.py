@@ -115,11 +115,15 @@ class SwarmNode:
         self._seeds = [parse_address(b, "bootstrap", default_port=DEFAULT_PORT)
                        for b in config.bootstrap]
         self._known = self._cached_peers()
-        seeds = self._join_candidates()
-        if seeds:
+        if self._join_candidates():
             with trio.move_on_after(JOIN_DEADLINE) as scope:
-                size = await node.join_addresses(seeds)
-                log.info("joined the swarm: %d contacts", size)
+                # The configured addresses first (failures are warnings), then the ones
+                # remembered from earlier runs (they may be long gone: quietly).
+                if self._seeds:
+                    await node.join_addresses(self._seeds)
+                if not len(node.routing) and self._known:
+                    await node.join_addresses(sorted(self._known), quiet=True)
+                log.info("joined the swarm: %d contacts", len(node.routing))
             if self._seeds and (scope.cancelled_caught or len(node.routing) == 0):
                 log.warning("could not join through any bootstrap address (see above) "
                             "within %.0fs; mounting anyway, retrying in the background",

@@ -20,6 +20,10 @@ Invariants:
 - a store's own entries are signed when they leave the node, once per batch (the signatures
   kept in memory: after a restart they are signed again, any valid signature will do); an
   entry a store hands out survives a crash of its process (``LogStore.entries_after``);
+- entries of our own origin that we lack (this certificate's history, made with a state
+  directory since lost) are accepted like any other's, so a node remounted on a fresh state
+  directory continues its log instead of reusing its places; one that differs from ours at
+  a place we hold means two state directories share a certificate, logged as an error;
 - a peer that cannot authenticate with the swarm CA never reaches these handlers (the transport
   refuses it at the handshake), so it learns nothing of the log.
 
@@ -201,6 +205,7 @@ class LogReplicator:
         self.stats = ReplicatorStats()
         self.own_id = signer.own_id
         self._pushed = store.vector().get(self.own_id, 0)  # own entries pushed so far
+        self._forked = False  # logged that another state directory used our certificate
         self._wake = trio.Event()
         self._sigs: OrderedDict[int, bytes] = OrderedDict()  # own seq → signature
         # entries ahead of a gap, with the peer that sent them
@@ -492,8 +497,10 @@ class LogReplicator:
             by_origin = sorted(entries, key=lambda e: (e.origin, e.seq))
             sender_id = sender.node_id if sender is not None else None
             for e in by_origin:
-                if e.seq <= vector.get(e.origin, 0) or e.origin == self.own_id:
+                if e.seq <= vector.get(e.origin, 0):
                     self.stats.duplicates += 1
+                    if e.origin == self.own_id:
+                        self._check_own(e)
                     continue
                 run = runs.setdefault(e.origin, [])
                 expected = run[-1][0].seq + 1 if run else vector.get(e.origin, 0) + 1
@@ -526,6 +533,8 @@ class LogReplicator:
                 try:
                     self.store.accept(ok)
                     fresh.extend(ok)
+                    if origin == self.own_id:  # ours, made before this state directory
+                        self._pushed = max(self._pushed, ok[-1].seq)
                 except InvalidEntry as exc:
                     log.warning("dropped a log entry from %s: %s", sender or "?", exc)
                     fresh.extend(e for e in ok if e.seq < exc.entry.seq)
@@ -544,6 +553,17 @@ class LogReplicator:
             exclude.update(e.origin for e in fresh)
             self._nursery.start_soon(self._gossip, fresh, exclude)
         return fresh
+
+    def _check_own(self, e: LogEntry) -> None:
+        """An entry of ours came back: it must be the one we hold at that place. If not, two
+        state directories have used this node's certificate (their logs forked)."""
+        held = self.store.entries_after(self.own_id, e.seq - 1, 1)
+        if held and held[0].body != e.body and not self._forked:
+            self._forked = True
+            log.error(
+                "another state directory has used this node's certificate: its entry #%d "
+                "differs from ours, so changes made there or here may not reach everyone; "
+                "give every state directory its own certificate (dhtfs ca issue)", e.seq)
 
     async def _authenticate(
         self, origin: bytes, run: list[tuple[LogEntry, bytes | None]]
