@@ -75,6 +75,7 @@ class SwarmNode:
         self.replicator: LogReplicator | None = None
         self.remote = RemoteChanges(fs.namespace, fs.inodes, fs.contents)
         self.log_store.on_remote = self.remote
+        self.log_store.on_installed = self.remote.everything_changed
         self._place_send, self._place_recv = trio.open_memory_channel[bytes](PLACEMENT_QUEUE)
         self.placed = 0
         self._last_sealed = -math.inf

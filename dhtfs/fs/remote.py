@@ -81,6 +81,18 @@ class RemoteChanges:
             except trio.WouldBlock:
                 self.dropped += 1
 
+    def everything_changed(self) -> None:
+        """The whole tree was replaced (a snapshot installed while mounted): invalidate every
+        inode the kernel holds, pages too, and refresh open files. (Names cached by the
+        kernel cannot be listed; they expire within their 1 s timeout.)"""
+        for ino in list(self.inodes.lookups):
+            try:
+                self._send.send_nowait((ino, None, False))
+            except trio.WouldBlock:
+                self.dropped += 1
+        for obj in list(self.contents.open_files):
+            self._refresh_open_file(obj)
+
     def _refresh_open_file(self, obj: bytes) -> None:
         of = self.contents.open_files.get(obj)
         row = self.ns.get_object(obj)
