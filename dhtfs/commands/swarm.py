@@ -29,16 +29,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import errno
 import fcntl
 import json
 import os
-import re
-import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -48,6 +44,18 @@ from typing import Any
 
 import trio
 
+from dhtfs.commands.swarmprocs import (
+    EXIT_SECONDS,
+    POLL,
+    UMOUNT_SECONDS,
+    daemon_pids,
+    is_live,
+    kill,
+    lazy_unmount,
+    mounted,
+    stale,
+    wait_gone,
+)
 from dhtfs.errors import ConfigError, DhtfsError
 from dhtfs.node import pki
 from dhtfs.node.control import CONTROL_SOCKET_NAME, ControlClient
@@ -58,16 +66,11 @@ MAX_NODES = 255 - FIRST_HOST  # up to 127.0.0.254
 FULL_MESH_MAX = 20  # swarms up to this size wait until every node knows every other
 START_SECONDS = 60.0  # one mount.dhtfs until it returns, then its first status answer
 JOIN_SECONDS = 60.0  # every node answering with enough peers
-UMOUNT_SECONDS = 30.0  # one umount.dhtfs
-EXIT_SECONDS = 15.0  # a daemon's exit after its unmount, before SIGKILL
 LOCK_SECONDS = 120.0
 STATUS_SECONDS = 5.0  # one control call
-STAT_SECONDS = 5.0  # stat() of a mount point
 REFRESH_EVERY = 3.0  # seconds between bucket refreshes asked of a node short of peers
 PARALLEL = 16  # mount.dhtfs / umount.dhtfs processes at once
-POLL = 0.1
 VENV_BIN = Path(sys.executable).parent
-_OCTAL = re.compile(r"\\([0-7]{3})")
 
 
 @dataclass(slots=True)
@@ -234,114 +237,20 @@ def _ensure_files(root: Path, nodes: Sequence[Node]) -> None:
             pki.issue_node_cert(ca_dir, node.name, node.cert.parent)
         node.state.mkdir(parents=True, exist_ok=True, mode=0o700)
         _clean_stale(node)
-        if not _mounted(node.mountpoint):  # (mkdir would stat a mount: a hung one blocks)
+        if not mounted(node.mountpoint):  # (mkdir would stat a mount: a hung one blocks)
             node.mountpoint.mkdir(parents=True, exist_ok=True)
-
-
-# -- processes and mounts --------------------------------------------------------------------
-
-
-def _mounted(mountpoint: Path) -> bool:
-    """``mountpoint`` is in /proc/mounts (live or stale)."""
-    with open("/proc/mounts") as fh:
-        targets = [fields[1] for fields in map(str.split, fh) if len(fields) > 1]
-    # /proc/mounts writes space, tab, newline and backslash as octal escapes
-    return str(mountpoint) in (_OCTAL.sub(lambda m: chr(int(m[1], 8)), t) for t in targets)
-
-
-def _stat_errno(mountpoint: Path, seconds: float = STAT_SECONDS) -> int | None:
-    """The errno of ``stat(mountpoint)`` (0: it worked), or None when there is no answer
-    within ``seconds``: a hung daemon blocks the call, so it runs in an abandoned daemon
-    thread."""
-    result: list[int] = []
-
-    def probe() -> None:
-        try:
-            os.stat(mountpoint)
-            result.append(0)
-        except OSError as exc:
-            result.append(exc.errno or -1)
-
-    thread = threading.Thread(target=probe, name="stat-probe", daemon=True)
-    thread.start()
-    thread.join(seconds)
-    return result[0] if result else None
-
-
-def _stale(mountpoint: Path) -> bool:
-    """The daemon behind the mount died (the kernel answers ENOTCONN)."""
-    return _stat_errno(mountpoint) == errno.ENOTCONN
-
-
-def is_live(mountpoint: Path) -> bool:
-    """Mounted and not stale (a hung daemon counts as live: its status calls time out)."""
-    return _mounted(mountpoint) and not _stale(mountpoint)
-
-
-def lazy_unmount(mountpoint: Path) -> None:
-    with contextlib.suppress(OSError, subprocess.TimeoutExpired):
-        subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], stdin=subprocess.DEVNULL,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                       timeout=UMOUNT_SECONDS, check=False)
-
-
-def process_alive(pid: int) -> bool:
-    """True while ``pid`` runs; a zombie counts as exited."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rpartition(")")[2].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
-
-
-def daemon_pids(mountpoint: Path) -> list[int]:
-    """Live ``mount.dhtfs`` processes for ``mountpoint`` (the daemon keeps the mount helper's
-    command line), found the way ``pgrep -f`` would."""
-    target = os.fsencode(mountpoint)
-    found = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/cmdline", "rb") as fh:
-                argv = fh.read().split(b"\0")
-        except OSError:
-            continue
-        if target in argv and any(os.path.basename(a) == b"mount.dhtfs" for a in argv):
-            pid = int(entry.name)
-            if pid != os.getpid() and process_alive(pid):
-                found.append(pid)
-    return found
-
-
-def _wait_gone(pids: Sequence[int], seconds: float) -> list[int]:
-    """Wait until every pid has exited or ``seconds`` passed; returns those still alive."""
-    deadline = time.monotonic() + seconds
-    alive = [p for p in pids if process_alive(p)]
-    while alive and time.monotonic() < deadline:
-        time.sleep(POLL)
-        alive = [p for p in alive if process_alive(p)]
-    return alive
-
-
-def _kill(pids: Sequence[int]) -> list[int]:
-    """SIGKILL ``pids``; returns those that still have not exited after a bounded wait."""
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    return _wait_gone(pids, EXIT_SECONDS)
 
 
 def _clean_stale(node: Node) -> None:
     """Remove a mount whose daemon died, and a daemon whose mount is gone."""
-    if _mounted(node.mountpoint) and _stale(node.mountpoint):
+    if mounted(node.mountpoint) and stale(node.mountpoint):
         _say(f"{node.name}: removing the stale mount at {node.mountpoint}")
         lazy_unmount(node.mountpoint)
-    if not _mounted(node.mountpoint):
+    if not mounted(node.mountpoint):
         leftovers = daemon_pids(node.mountpoint)
         if leftovers:
             _say(f"{node.name}: killing daemon {leftovers} that has no mount")
-            _kill(leftovers)
+            kill(leftovers)
 
 
 def _run(argv: list[str], seconds: float) -> tuple[int, str]:
@@ -521,27 +430,27 @@ def _print_nodes(nodes: Sequence[Node], answers: dict[str, dict[str, Any]], as_j
 def _stop(node: Node) -> str | None:
     """Unmount ``node`` and make sure its daemon is gone; None when nothing is left."""
     pids = set(daemon_pids(node.mountpoint))
-    if _mounted(node.mountpoint):
+    if mounted(node.mountpoint):
         with contextlib.suppress(DhtfsError, OSError, trio.TooSlowError):
             pid = trio.run(_call, node, "status", 2.0).get("pid")
             if isinstance(pid, int):
                 pids.add(pid)
-    if not pids and not _mounted(node.mountpoint):
+    if not pids and not mounted(node.mountpoint):
         _say(f"{node.name}: not running")
         return None
     note = ""
-    if _mounted(node.mountpoint):
+    if mounted(node.mountpoint):
         status, reason = _run([str(VENV_BIN / "umount.dhtfs"), str(node.mountpoint)],
                               UMOUNT_SECONDS)
         if status != 0:
             note = f" (umount.dhtfs: {reason})"
-    survivors = _wait_gone(sorted(pids), EXIT_SECONDS)
+    survivors = wait_gone(sorted(pids), EXIT_SECONDS)
     if survivors:
         note += f" (killed daemon {survivors} after {EXIT_SECONDS:.0f}s)"
-        survivors = _kill(survivors)
-    if _mounted(node.mountpoint):
+        survivors = kill(survivors)
+    if mounted(node.mountpoint):
         lazy_unmount(node.mountpoint)
-    if survivors or _mounted(node.mountpoint):
+    if survivors or mounted(node.mountpoint):
         return f"{node.name}: could not stop daemon {survivors} / unmount {node.mountpoint}"
     _say(f"{node.name}: stopped{note}")
     return None

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dhtfs.commands.swarm import SWARM_FILE, daemon_pids, lazy_unmount, process_alive
+from dhtfs.commands.swarm import SWARM_FILE
+from dhtfs.commands.swarmprocs import daemon_pids, lazy_unmount, process_alive
 
 REPO = Path(__file__).resolve().parents[2]
 TIMEOUT = 240.0  # one swarm command (``up`` waits at most ~3 x 60 s itself)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from dhtfs.commands.swarm import daemon_pids, is_live, process_alive
+from dhtfs.commands.swarmprocs import daemon_pids, is_live, process_alive
 from tests.mounting import is_mounted
 from tests.swarm import swarmctl
 
