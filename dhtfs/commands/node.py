@@ -29,13 +29,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="node(s) to join through (repeatable)")
     p.add_argument("--master-key", dest="key",
                    help="at-rest key: a path, 'ephemeral', or empty for <state>/master.key")
+    p.add_argument("--fold-interval", dest="fold_interval", type=float, metavar="SECONDS",
+                   help="how often to drop op-log entries every member holds (default 10)")
     p.set_defaults(func=cmd_node)
 
 
 def cmd_node(args: argparse.Namespace) -> int:
     options: dict[str, Any] = {
         k: getattr(args, k)
-        for k in ("state", "ca", "cert", "cert_key", "listen", "key")
+        for k in ("state", "ca", "cert", "cert_key", "listen", "key", "fold_interval")
         if getattr(args, k) is not None
     }
     if args.bootstrap:

@@ -99,12 +99,18 @@ async def serve_node(
         # The replicated op log too, so a returning mount can catch up from this node when
         # no other mount is up.
         log_store = SqliteLogStore(config.state_dir / LOG_DB_NAME)
-        replicator = LogReplicator(node, log_store, Signatures(identity))
+        replicator = LogReplicator(
+            node, log_store, Signatures(identity), fold_interval=config.fold_interval
+        )
         for method in LOG_METHODS:
             node.services[method] = replicator.handle
         control_path = config.state_dir / CONTROL_SOCKET_NAME
         async def oplog(args: dict) -> dict:
-            return {"vector": [[o, s] for o, s in log_store.vector().items()]}
+            return {
+                "vector": [[o, s] for o, s in log_store.vector().items()],
+                "trimmed": [[o, s] for o, s in log_store.folded().items()],
+                "entries": log_store.db.execute("SELECT count(*) FROM entries").fetchone()[0],
+            }
 
         await nursery.start(ControlServer([node], extra={"oplog": oplog}).serve, control_path)
         if seeds:

@@ -4,7 +4,8 @@ up). A mount's store is its namespace (``dhtfs.fs.replica``).
 
 Invariants (``dhtfs.node.oplog.LogStore``): entries of an origin are held as the run
 ``1..vector[origin]`` with no holes; ``accept`` takes entries that extend the runs, in order.
-These stores apply nothing: they keep and serve.
+These stores apply nothing: they keep and serve. A headless node's drops what every member
+holds (``trim``), so its log does not grow forever either.
 """
 
 from __future__ import annotations
@@ -70,11 +71,19 @@ CREATE TABLE IF NOT EXISTS entries (
     PRIMARY KEY (origin, seq)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS certs (origin BLOB PRIMARY KEY, der BLOB NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS trimmed (
+    origin BLOB PRIMARY KEY, seq INTEGER NOT NULL, link BLOB NOT NULL
+) WITHOUT ROWID;
 """
 
 
 class SqliteLogStore:
-    """Entries in ``<state>/oplog.db`` (WAL; each ``accept`` is one transaction)."""
+    """Entries in ``<state>/oplog.db`` (WAL; each ``accept`` is one transaction).
+
+    ``trim(stable)`` drops entries every member holds (``trimmed`` keeps, per origin, how
+    many and the chain link of the last, so the vector and the chain go on); ``folded()``
+    says what it no longer serves.
+    """
 
     def __init__(self, path: Path) -> None:
         self.db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
@@ -87,11 +96,15 @@ class SqliteLogStore:
         path.chmod(0o600)
         self._vector: dict[bytes, int] = {}
         self._heads: dict[bytes, bytes] = {}
-        for origin, seq, link in self.db.execute(
-            "SELECT origin, seq, link FROM entries WHERE (origin, seq) IN "
-            "(SELECT origin, max(seq) FROM entries GROUP BY origin)"
-        ):
-            self._vector[origin], self._heads[origin] = seq, link
+        for origin, seq, link in [
+            *self.db.execute("SELECT origin, seq, link FROM trimmed"),
+            *self.db.execute(
+                "SELECT origin, seq, link FROM entries WHERE (origin, seq) IN "
+                "(SELECT origin, max(seq) FROM entries GROUP BY origin)"
+            ),
+        ]:
+            if seq > self._vector.get(origin, 0):
+                self._vector[origin], self._heads[origin] = seq, link
 
     def vector(self) -> dict[bytes, int]:
         return dict(self._vector)
@@ -124,6 +137,33 @@ class SqliteLogStore:
         self._vector, self._heads = vector, heads
         if refused is not None:
             raise refused
+
+    def folded(self) -> dict[bytes, int]:
+        return dict(self.db.execute("SELECT origin, seq FROM trimmed").fetchall())
+
+    def trim(self, stable: dict[bytes, int]) -> int:
+        """Drop the entries of each origin up to ``stable[origin]`` (every member holds
+        them); returns how many went."""
+        done = self.folded()
+        cuts = []
+        for origin, seq in stable.items():
+            seq = min(seq, self._vector.get(origin, 0))
+            if seq > done.get(origin, 0):
+                row = self.db.execute(
+                    "SELECT link FROM entries WHERE origin=? AND seq=?", (origin, seq)
+                ).fetchone()
+                if row is not None:
+                    cuts.append((origin, seq, row[0]))
+        dropped = 0
+        with self.db:
+            self.db.execute("BEGIN")
+            for origin, seq, link in cuts:
+                dropped += self.db.execute(
+                    "DELETE FROM entries WHERE origin=? AND seq<=?", (origin, seq)
+                ).rowcount
+                self.db.execute("INSERT OR REPLACE INTO trimmed VALUES (?,?,?)",
+                                (origin, seq, link))
+        return dropped
 
     def cert(self, origin: bytes) -> bytes | None:
         row = self.db.execute("SELECT der FROM certs WHERE origin=?", (origin,)).fetchone()

@@ -386,27 +386,31 @@ class LogReplicator:
 
     def _behind_fold(self, theirs: dict[bytes, int]) -> bool:
         """True if a node with vector ``theirs`` lacks entries we no longer serve."""
-        if self._folding is None:
+        folded = getattr(self.store, "folded", None)
+        if folded is None:
             return False
-        return any(theirs.get(o, 0) < s for o, s in self._folding.folded().items())
+        return any(theirs.get(o, 0) < s for o, s in folded().items())
 
     def maybe_fold(self) -> int:
-        """Fold what every known member holds (see the module docstring); entries folded."""
-        store = self._folding
-        if store is None:
-            return 0
-        vector = store.vector()
+        """Fold what every known member holds (see the module docstring); entries folded.
+        A store that cannot fold but can ``trim`` (a headless node's) drops what every
+        member holds instead: it serves returning members, never newcomers' snapshots."""
+        vector = self.store.vector()
         members = self.members | set(vector)
         members.discard(self.own_id)
-        reports = {**self.reports, self.own_id: (vector, store.clock())}
+        clock = self._folding.clock() if self._folding is not None else None
+        reports = {**self.reports, self.own_id: (vector, clock)}
         if any(m not in reports for m in members):
             return 0
         vectors = [reports[m][0] for m in (*members, self.own_id)]
         origins = set().union(*vectors)
         stable = {o: min(v.get(o, 0) for v in vectors) for o in origins}
+        if self._folding is None:
+            trim = getattr(self.store, "trim", None)
+            return trim(stable) if trim is not None else 0
         highest = {o: max(v.get(o, 0) for v in vectors) for o in origins}
         clocks = [c for m in (*members, self.own_id) if (c := reports[m][1]) is not None]
-        return store.fold(stable, highest, min(clocks))
+        return self._folding.fold(stable, highest, min(clocks))
 
     def _snapshot_page(self, args: Message) -> Message:
         if self._folding is None:
