@@ -210,7 +210,7 @@ async def test_forged_entries_are_dropped_and_the_relay_penalized(
     """A relay pushes an entry of another origin signed with the wrong secret, and one
     relabeled with another origin; then serves a forged entry in a pull answer. Each is
     dropped, the relay penalized each time, and the genuine entry still gets in afterwards.
-    An entry claiming to be the receiver's own is dropped too."""
+    An entry claiming to be the receiver's own is dropped (and penalized) too."""
     sim = await small_sim(make_swarm, 8)
     honest, relay, victim = (sim.swarm.nodes[i] for i in list(sim.alive)[:3])
     rep = sim.alive[victim.id]
@@ -230,7 +230,9 @@ async def test_forged_entries_are_dropped_and_the_relay_penalized(
     own_before = store.entries(victim.id)
     ans = await relay.call(victim.contact, LOG_PUSH, push_args([claims_victim]), 5.0)
     assert ans == {"accepted": 0} and store.entries(victim.id) == own_before
-    penalties = 0
+    penalties = 1  # a forged entry of the receiver's own origin costs its sender too
+    stats = victim.routing.stats(relay.id)
+    assert stats is not None and stats.penalties == penalties
     for bad in (forged_wrong_key, relabeled):
         ans = await relay.call(victim.contact, LOG_PUSH, push_args([bad]), 5.0)
         penalties += 1
