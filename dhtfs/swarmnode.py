@@ -93,7 +93,8 @@ class SwarmNode:
         self.transport.handler = node.handle
         signer = Signatures(self.identity)
         self.replicator = LogReplicator(
-            node, self.log_store, signer, fold_interval=config.fold_interval
+            node, self.log_store, signer, fold_interval=config.fold_interval,
+            fold_alone=not config.bootstrap and config.ca is None,
         )
         self.log_store.protected = lambda: (
             self.fs.inodes.known_objects() | set(self.fs.contents.open_files)

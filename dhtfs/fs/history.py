@@ -210,6 +210,12 @@ class History:
         except (zlib.error, msgpack.UnpackException, KeyError, TypeError, IndexError) as exc:
             raise ValueError(f"malformed snapshot ({exc!r})") from None
         ns = self.ns
+        if self.folded().get(own, 0) > vector.get(own, 0):
+            raise ValueError(
+                "this node has folded changes of its own that the snapshot lacks (it ran "
+                "apart from that swarm with this certificate); installing it would lose them. "
+                "Copy the files out, then mount a fresh state directory to join"
+            )
         mine = [decode_op(row[1]) for row in self.entries(own, vector.get(own, 0), 1 << 40)]
         ns.commit()
         db = self.db

@@ -193,6 +193,7 @@ class LogReplicator:
         rpc_timeout: float = 10.0,
         fold_interval: float = 10.0,
         push_gap: float = 0.02,
+        fold_alone: bool = True,
         rng: random.Random | None = None,
     ) -> None:
         self.node = node
@@ -206,6 +207,7 @@ class LogReplicator:
         self.own_id = signer.own_id
         self._pushed = store.vector().get(self.own_id, 0)  # own entries pushed so far
         self._forked = False  # logged that another state directory used our certificate
+        self._refused_snapshots: set[bytes] = set()  # peers whose snapshot we logged refusing
         self._wake = trio.Event()
         self._sigs: OrderedDict[int, bytes] = OrderedDict()  # own seq → signature
         # entries ahead of a gap, with the peer that sent them
@@ -218,6 +220,10 @@ class LogReplicator:
         signer.check_cert(self.own_id, signer.own_cert)
         self.fold_interval = fold_interval
         self.push_gap = push_gap
+        # Fold with no other member known? Yes for a private swarm of one; not for a node
+        # meant to join one (it would fold changes its swarm never saw, and could then not
+        # take the swarm's snapshot without losing them).
+        self.fold_alone = fold_alone
         self._folding: FoldingStore | None = (
             store if hasattr(store, "fold") else None  # type: ignore[assignment]
         )
@@ -398,6 +404,8 @@ class LogReplicator:
         vector = self.store.vector()
         members = self.members | set(vector)
         members.discard(self.own_id)
+        if not members and not self.fold_alone:
+            return 0
         clock = self._folding.clock() if self._folding is not None else None
         reports = {**self.reports, self.own_id: (vector, clock)}
         if any(m not in reports for m in members):
@@ -451,7 +459,9 @@ class LogReplicator:
             try:
                 self._folding.install(b"".join(pages))
             except ValueError as exc:
-                log.error("snapshot from %s not installed: %s", peer, exc)
+                if peer.node_id not in self._refused_snapshots:
+                    self._refused_snapshots.add(peer.node_id)
+                    log.error("snapshot from %s not installed: %s", peer, exc)
                 return
         self._stash.clear()
         self._pushed = min(self._pushed, self.store.vector().get(self.own_id, 0))

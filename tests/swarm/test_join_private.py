@@ -4,13 +4,16 @@ with a certificate issued from that swarm's CA; bad swarm options are one-line e
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
+from dhtfs.node import pki
 from tests.mounting import MOUNT, Mount
-from tests.swarm.observe import control, member_options, wait_until
+from tests.swarm.observe import control, member_options, wait_converged, wait_until
 
 pytestmark = [pytest.mark.mount, pytest.mark.slow]
 
@@ -88,3 +91,37 @@ def test_a_node_without_bootstrap_rejoins_through_remembered_peers(tmp_path: Pat
     finally:
         second.close()
         first.close()
+
+
+def test_a_node_that_could_not_join_works_alone_then_merges(tmp_path: Path) -> None:
+    """Mounted while its bootstrap address is down: it mounts anyway (no hang), keeps its
+    changes unfolded (it belongs to a swarm it has not met), joins when the address comes
+    up, and the two trees merge."""
+    ca = tmp_path / "ca"
+    pki.init_ca(ca)
+    with socket.socket() as probe:  # a port nothing listens on, for now
+        probe.bind(("127.0.0.25", 0))
+        port = probe.getsockname()[1]
+    lonely = Mount(tmp_path / "lonely", tmp_path / "lonely-state", [
+        *member_options(ca, "lonely", tmp_path / "l"), "listen=127.0.0.26:0",
+        f"bootstrap=127.0.0.25:{port}", "fold_interval=0.2"]).start()
+    seed = None
+    try:
+        (lonely.mountpoint / "made-alone").write_bytes(b"while the swarm was away")
+        wait_until(lambda: control(lonely.state, "status")["ops"] >= 2, "the ops")
+        # Asserting that something does not happen takes a wait: two anti-entropy rounds at
+        # least (each 0.5-1.5 s; a fold is tried in every one).
+        time.sleep(3.0)
+        assert control(lonely.state, "oplog")["unfolded"] >= 2
+        seed = Mount(tmp_path / "seed", tmp_path / "seed-state", [
+            *member_options(ca, "seed", tmp_path / "s"), f"listen=127.0.0.25:{port}",
+            "fold_interval=0.2"]).start()
+        (seed.mountpoint / "made-by-seed").write_bytes(b"seed")
+        for m in (lonely, seed):  # the lonely node rejoins by itself within seconds
+            wait_until(lambda m=m: (m.mountpoint / "made-alone").exists()
+                       and (m.mountpoint / "made-by-seed").exists(), "both trees merged", 60)
+        wait_converged([lonely.state, seed.state])
+    finally:
+        if seed is not None:
+            seed.close()
+        lonely.close()

@@ -104,3 +104,17 @@ def test_an_unnamed_object_is_never_linked_again() -> None:
     ns.apply(Op(30, Y, ({"c": "link", "link": LINKS[1], "parent": ROOT_OBJ, "name": b"back",
                          "obj": OBJS[3]},)))
     assert ns.lookup(ROOT_OBJ, b"back") is None
+
+
+def test_a_snapshot_that_lacks_our_folded_changes_is_refused() -> None:
+    """Two nodes of one CA that folded apart: installing the other's snapshot would lose what
+    this one folded, so it is refused and nothing changes."""
+    a, b = fresh(), fresh()
+    a.apply(mkdir(OBJS[0], LINKS[0], ROOT_OBJ, b"from-a", 10, X))
+    History(a).fold({X: 1}, {X: 1}, floor=100)
+    b.apply(mkdir(OBJS[1], LINKS[1], ROOT_OBJ, b"from-b", 20, Y))
+    History(b).fold({Y: 1}, {Y: 1}, floor=100)
+    tree = b.tree()
+    with pytest.raises(ValueError, match="would lose them"):
+        History(b).install(History(a).snapshot(), Y, HybridClock(b.last_ts()))
+    assert b.tree() == tree and b.vector == {Y: 1}
