@@ -221,8 +221,11 @@ class Tree:
         return row
 
     def find_entry(self, parent: bytes, name: bytes) -> tuple[bytes, bytes] | None:
-        """``(link, obj)`` of ``name`` in the live directory ``parent``; None if no such name."""
+        """``(link, obj)`` of ``name`` in the live directory ``parent``; None if no such name.
+        A name longer than ``NAME_MAX`` is ENAMETOOLONG (as ``statfs`` says), not missing."""
         self.require_dir(parent)
+        if len(name) > NAME_MAX:
+            raise NamespaceError(errno.ENAMETOOLONG)
         return self.ns.lookup(parent, name)
 
     def require_entry(self, parent: bytes, name: bytes) -> tuple[bytes, bytes]:

@@ -498,6 +498,13 @@ def test_namespace_errors(mount: Mount) -> None:
     assert _errno_of(os.stat, m / "missing") == errno.ENOENT
     (m / ("n" * 255)).write_text("longest name")
     assert (m / ("n" * 255)).read_text() == "longest name"
+    long = m / ("n" * 256)  # every call that takes a name says so, as statfs's namemax does
+    for call, args in [(os.stat, (long,)), (os.unlink, (long,)), (os.rmdir, (long,)),
+                       (os.rename, (long, m / "x")), (os.rename, (m / "f", long)),
+                       (os.link, (m / "f", long)), (os.link, (long, m / "y")),
+                       (os.chmod, (long, 0o600)), (os.chown, (long, 0, 0)),
+                       (os.mkdir, (long,)), (os.symlink, ("f", long))]:
+        assert _errno_of(call, *args) == errno.ENAMETOOLONG, call.__name__
     os.mkfifo(m / "fifo")
     assert stat.S_ISFIFO(os.lstat(m / "fifo").st_mode)
 
