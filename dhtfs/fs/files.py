@@ -35,6 +35,17 @@ from dhtfs.node.chunkstore import ChunkStore, chunk_id_of
 log = logging.getLogger(__name__)
 
 THREAD_THRESHOLD = 64 * 1024  # hash/encrypt larger buffers off the trio thread
+MAX_CHUNKS = 1 << 20
+"""Chunks a file may have (1 TiB at the default 1 MiB chunk size): a file version lists every
+chunk, holes included, and travels whole in its content op, which must stay well inside one
+op-log entry (``dhtfs.node.logwire.MAX_BODY``). Past it: EFBIG, and nothing changes."""
+
+
+def _check_size(of: OpenFile, size: int) -> None:
+    if size > of.chunk_size * MAX_CHUNKS:
+        raise NamespaceError(
+            errno.EFBIG, f"files are limited to {MAX_CHUNKS} chunks of {of.chunk_size} bytes"
+        )
 
 
 class ChunkCache:
@@ -231,6 +242,7 @@ class FileContents:
     async def write(self, of: OpenFile, offset: int, data: bytes) -> int:
         if of.error is not None:
             raise self._take_error(of)
+        _check_size(of, offset + len(data))
         cs = of.chunk_size
         view = memoryview(data)
         # Slots for every chunk this write touches exist before any is sealed: a sealer that
@@ -283,6 +295,7 @@ class FileContents:
         return buf
 
     async def truncate(self, of: OpenFile, size: int) -> None:
+        _check_size(of, size)
         cs = of.chunk_size
         if size < of.size:
             keep = -(-size // cs)

@@ -263,11 +263,13 @@ class Operations(pyfuse3.Operations):
             if row.is_dir:
                 raise NamespaceError(errno.EISDIR)
             of = self.contents.load(row)
-            await self.contents.truncate(of, attr.st_size)
-            if "mtime" in changes:
-                of.mtime = changes["mtime"]
-            await self.contents.flush(of)
-            self.contents.release(of)
+            try:
+                await self.contents.truncate(of, attr.st_size)  # EFBIG changes nothing
+                if "mtime" in changes:
+                    of.mtime = changes["mtime"]
+                await self.contents.flush(of)
+            finally:
+                self.contents.release(of)
         if changes:
             changes["ctime"] = now
             if "mtime" in changes and obj in self.contents.open_files:

@@ -17,7 +17,7 @@ from dhtfs.node.ids import ID_BYTES
 
 MAX_ENTRIES = 4096
 """Entries in one message at most (a pull answer says ``more`` past it)."""
-MAX_BODY = 32 * 1024 * 1024
+MAX_BODY = 40 * 1024 * 1024  # a content op of a 2**20-chunk file fits
 MAX_SIG = 256
 MAX_CERT = 16 * 1024
 

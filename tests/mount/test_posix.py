@@ -482,6 +482,23 @@ def test_readdir_lists_dot_and_dotdot(mount: Mount) -> None:
     assert inodes["inner"] == (sub / "inner").stat().st_ino
 
 
+def test_size_past_the_limit_is_efbig_and_changes_nothing(mount: Mount) -> None:
+    """A file lists its chunks, so its size is bounded (2**20 chunks): past it truncate and
+    write fail with EFBIG, and the file is as it was; below it a huge sparse file is fine."""
+    f = mount.mountpoint / "f"
+    f.write_bytes(b"kept")
+    assert _errno_of(os.truncate, f, 999_999_999_999_999) == errno.EFBIG
+    assert f.stat().st_size == 4 and f.read_bytes() == b"kept"
+    with open(f, "r+b", buffering=0) as fh:
+        fh.seek(999_999_999_999_999)
+        assert _errno_of(fh.write, b"x") == errno.EFBIG
+    assert f.stat().st_size == 4 and f.read_bytes() == b"kept"
+    os.truncate(f, 10 * GIB)  # sparse: holes cost a chunk ID each, no data
+    assert f.stat().st_size == 10 * GIB and f.stat().st_blocks * 512 <= 1024 * 1024
+    with open(f, "rb") as fh:
+        assert fh.read(4) == b"kept" and fh.read(8) == bytes(8)
+
+
 def test_namespace_errors(mount: Mount) -> None:
     """The usual errnos: EEXIST, ENOTEMPTY, ENOTDIR, EISDIR, ENAMETOOLONG, ENOENT."""
     m = mount.mountpoint
