@@ -269,7 +269,7 @@ class SwarmNode:
             "stats": {k: getattr(st, k) for k in st.__slots__},
             "unfolded": ns.db.execute("SELECT count(*) FROM oplog").fetchone()[0],
             "fold_ts": ns.fold_ts,
-            "members": len(self.replicator.members),
+            "members": len(self.replicator.fold.members),
         }
 
     async def _isolate(self, args: Message) -> Message:
@@ -284,7 +284,8 @@ class SwarmNode:
     async def _fold(self, args: Message) -> Message:
         """Fold what every member holds now (instead of at the next ``fold_interval``)."""
         assert self.replicator is not None
-        return {"folded": self.replicator.maybe_fold(), "fold_ts": self.fs.namespace.fold_ts}
+        return {"folded": self.replicator.fold.maybe_fold(),
+                "fold_ts": self.fs.namespace.fold_ts}
 
     async def _gc(self, args: Message) -> Message:
         """Delete chunk files no file references that are older than ``grace`` seconds

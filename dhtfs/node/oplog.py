@@ -61,7 +61,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import random
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
@@ -71,6 +70,7 @@ from typing import Any, Protocol
 import trio
 
 from dhtfs.errors import NetworkError, ProtocolError, RemoteError
+from dhtfs.node.logfold import LOG_SNAPSHOT, Folding
 from dhtfs.node.logsig import KeyedSigner, Signatures, Signer, signed_message
 from dhtfs.node.logwire import (
     MAX_ENTRIES,
@@ -88,7 +88,6 @@ log = logging.getLogger(__name__)
 
 LOG_PUSH = "LOG_PUSH"
 LOG_PULL = "LOG_PULL"
-LOG_SNAPSHOT = "LOG_SNAPSHOT"
 METHODS = frozenset({LOG_PUSH, LOG_PULL, LOG_SNAPSHOT})
 
 MAX_BATCH_BYTES = 8 * 1024 * 1024
@@ -98,8 +97,6 @@ STASH_MAX = 16384
 SIG_CACHE = 65536
 BURST = 4
 """A push batch this large means a burst: the next batch waits for ``push_gap``."""
-SNAPSHOT_PAGE = 4 * 1024 * 1024
-SNAPSHOT_TTL = 120.0
 VERIFY_SLICE = 64
 """Signatures verified between two checkpoints (each ~0.1 ms): a long pull never holds the
 event loop (and so the FUSE handlers of a mount) for long."""
@@ -220,19 +217,13 @@ class LogReplicator:
         signer.check_cert(self.own_id, signer.own_cert)
         self.fold_interval = fold_interval
         self.push_gap = push_gap
-        # Fold with no other member known? Yes for a private swarm of one; not for a node
-        # meant to join one (it would fold changes its swarm never saw, and could then not
-        # take the swarm's snapshot without losing them).
-        self.fold_alone = fold_alone
-        self._folding: FoldingStore | None = (
-            store if hasattr(store, "fold") else None  # type: ignore[assignment]
-        )
-        # Every node that takes part in the log as far as we know, and its last report:
-        # (vector, clock or None for a node that makes no entries).
-        self.members: set[bytes] = self._folding.members() if self._folding else set()
-        self.reports: dict[bytes, tuple[dict[bytes, int], int | None]] = {}
+        # Members, their reports, folding (``dhtfs.node.logfold``). ``fold_alone``: fold with
+        # no other member known? Yes for a private swarm of one; not for a node meant to join
+        # one (it would fold changes its swarm never saw, and could then not take the
+        # swarm's snapshot without losing them).
+        self.fold = Folding(store, self.own_id, fold_alone=fold_alone)
+        self._folding: FoldingStore | None = self.fold.folding
         self._last_fold = -math.inf
-        self._snapshot: tuple[bytes, list[bytes], float] | None = None  # id, pages, expiry
 
     # -- wiring --------------------------------------------------------------------------------
 
@@ -351,7 +342,7 @@ class LogReplicator:
 
     async def handle(self, caller: Contact, method: str, args: Message) -> Message:
         """The RPC handler for ``METHODS`` (``caller`` is authenticated)."""
-        self._member(caller.node_id)
+        self.fold.member(caller.node_id)
         if method == LOG_PUSH:
             entries = entries_from_wire(args.get("entries"), method)
             certs = certs_from_wire(args.get("certs", []), method)
@@ -362,8 +353,8 @@ class LogReplicator:
             limit = args.get("limit", MAX_ENTRIES)
             if type(limit) is not int or limit <= 0:
                 raise RemoteError(f"{method}: 'limit' must be a positive int")
-            self._report(caller.node_id, theirs, args.get("clock"))
-            if self._behind_fold(theirs):
+            self.fold.report(caller.node_id, theirs, args.get("clock"))
+            if self.fold.behind(theirs):
                 answer = self._message([])
                 answer["snapshot"] = True
                 more = False
@@ -376,67 +367,8 @@ class LogReplicator:
                 answer["clock"] = self._folding.clock()
             return answer
         if method == LOG_SNAPSHOT:
-            return self._snapshot_page(args)
+            return self.fold.snapshot_page(args)
         raise RemoteError(f"unknown method {method!r}")
-
-    # -- membership, folding, snapshots ------------------------------------------------------
-
-    def _member(self, node_id: bytes) -> None:
-        if node_id not in self.members and node_id != self.own_id:
-            self.members.add(node_id)
-            if self._folding is not None:
-                self._folding.add_member(node_id)
-
-    def _report(self, node_id: bytes, vector: dict[bytes, int], clock: Any) -> None:
-        self.reports[node_id] = (vector, clock if type(clock) is int else None)
-
-    def _behind_fold(self, theirs: dict[bytes, int]) -> bool:
-        """True if a node with vector ``theirs`` lacks entries we no longer serve."""
-        folded = getattr(self.store, "folded", None)
-        if folded is None:
-            return False
-        return any(theirs.get(o, 0) < s for o, s in folded().items())
-
-    def maybe_fold(self) -> int:
-        """Fold what every known member holds (see the module docstring); entries folded.
-        A store that cannot fold but can ``trim`` (a headless node's) drops what every
-        member holds instead: it serves returning members, never newcomers' snapshots."""
-        vector = self.store.vector()
-        members = self.members | set(vector)
-        members.discard(self.own_id)
-        if not members and not self.fold_alone:
-            return 0
-        clock = self._folding.clock() if self._folding is not None else None
-        reports = {**self.reports, self.own_id: (vector, clock)}
-        if any(m not in reports for m in members):
-            return 0
-        vectors = [reports[m][0] for m in (*members, self.own_id)]
-        origins = set().union(*vectors)
-        stable = {o: min(v.get(o, 0) for v in vectors) for o in origins}
-        if self._folding is None:
-            trim = getattr(self.store, "trim", None)
-            return trim(stable) if trim is not None else 0
-        highest = {o: max(v.get(o, 0) for v in vectors) for o in origins}
-        clocks = [c for m in (*members, self.own_id) if (c := reports[m][1]) is not None]
-        return self._folding.fold(stable, highest, min(clocks))
-
-    def _snapshot_page(self, args: Message) -> Message:
-        if self._folding is None:
-            raise RemoteError(f"{LOG_SNAPSHOT}: this node keeps no snapshots")
-        page = args.get("page")
-        if type(page) is not int or page < 0:
-            raise RemoteError(f"{LOG_SNAPSHOT}: 'page' must be a non-negative int")
-        now = trio.current_time()
-        snap = self._snapshot
-        if snap is None or snap[2] < now or (page == 0 and args.get("id") != snap[0]):
-            blob = self._folding.snapshot()
-            pages = [blob[i : i + SNAPSHOT_PAGE] for i in range(0, len(blob), SNAPSHOT_PAGE)]
-            snap = self._snapshot = (os.urandom(8), pages or [b""], now + SNAPSHOT_TTL)
-        if args.get("id", snap[0]) != snap[0]:
-            raise RemoteError(f"{LOG_SNAPSHOT}: that snapshot expired; start again")
-        if page >= len(snap[1]):
-            raise RemoteError(f"{LOG_SNAPSHOT}: no page {page}")
-        return {"id": snap[0], "pages": len(snap[1]), "data": snap[1][page]}
 
     async def _install_from(self, peer: Contact) -> None:
         """Fetch ``peer``'s snapshot page by page and install it."""
@@ -635,7 +567,7 @@ class LogReplicator:
             now = trio.current_time()
             if now - self._last_fold >= self.fold_interval:
                 self._last_fold = now
-                self.maybe_fold()
+                self.fold.maybe_fold()
             await trio.sleep(self.sync_interval * (0.5 + self.rng.random()))
 
     async def sync_with(self, peer: Contact, *, deadline: float = 30.0) -> int:
@@ -656,11 +588,11 @@ class LogReplicator:
                     if self._folding is not None:
                         request["clock"] = self._folding.clock()
                     ans = await self.node.call(peer, LOG_PULL, request, self.rpc_timeout)
-                    self._member(peer.node_id)
+                    self.fold.member(peer.node_id)
                     entries = entries_from_wire(ans.get("entries"), LOG_PULL, answer=True)
                     certs = certs_from_wire(ans.get("certs", []), LOG_PULL, answer=True)
                     theirs = vector_from_wire(ans.get("vector"), LOG_PULL, answer=True)
-                    self._report(peer.node_id, theirs, ans.get("clock"))
+                    self.fold.report(peer.node_id, theirs, ans.get("clock"))
                     if ans.get("snapshot") is True and not installed:
                         await self._install_from(peer)
                         installed = True
@@ -669,7 +601,7 @@ class LogReplicator:
                     gained += len(fresh)
                     if not ans.get("more") or (entries and not fresh):
                         break
-                if self._behind_fold(theirs):
+                if self.fold.behind(theirs):
                     return gained  # it will pull our snapshot
                 while True:
                     lacking, more = self._missing(theirs, MAX_ENTRIES)
