@@ -481,8 +481,10 @@ class Namespace:
         self._tx_ops: list[tuple[Op, int, bytes | None, bytes]] = []
         self._oplog_rows: list[tuple[Any, ...]] = []  # their unwritten rows
         self._ensure_root()
-        number_legacy_ops(db)
-        link_ops(db)
+        if self.meta_get("log_numbered") is None:  # once per state directory
+            number_legacy_ops(db)
+            link_ops(db)
+            self.meta_set("log_numbered", b"1")
         self.vector: dict[bytes, int] = {}
         self.heads: dict[bytes, bytes] = {}  # origin → chain link of its last op here
         self.fold_ts = 0

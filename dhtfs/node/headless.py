@@ -27,6 +27,7 @@ from dhtfs.errors import ConfigError
 from dhtfs.node import pki
 from dhtfs.node.chunkstore import ChunkStore
 from dhtfs.node.control import CONTROL_SOCKET_NAME, ControlServer
+from dhtfs.node.identity import configured_identity
 from dhtfs.node.logstore import SqliteLogStore
 from dhtfs.node.node import Node
 from dhtfs.node.oplog import METHODS as LOG_METHODS
@@ -58,11 +59,11 @@ def parse_address(text: str, what: str, *, default_port: int | None = None) -> t
 
 
 def load_identity(config: Config) -> pki.Identity:
-    missing = [k for k in ("ca", "cert", "cert_key") if getattr(config, k) is None]
-    if missing:
-        raise ConfigError(f"node needs {', '.join(missing)} (see: dhtfs ca init / ca issue)")
-    assert config.ca and config.cert and config.cert_key
-    return pki.Identity.load(config.ca, config.cert, config.cert_key)
+    """A headless node has no private swarm: it needs the three identity keys."""
+    identity = configured_identity(config)
+    if identity is None:
+        raise ConfigError("node needs ca, cert, cert_key (see: dhtfs ca init / ca issue)")
+    return identity
 
 
 def open_store(config: Config) -> ChunkStore:

@@ -9,6 +9,7 @@ request is a ``RemoteError`` (the caller's fault); in an answer a ``ProtocolErro
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,19 +83,29 @@ def entries_from_wire(v: Any, method: str, *, answer: bool = False) -> list[LogE
     return out
 
 
-def certs_from_wire(v: Any, method: str, *, answer: bool = False) -> dict[bytes, bytes]:
-    if not isinstance(v, list) or len(v) > MAX_ENTRIES:
-        raise _fail(method, "'certs' must be a list", answer)
+def _id_pairs(
+    v: Any, method: str, answer: bool, what: str, entry: str, limit: int,
+    valid: Callable[[Any], bool],
+) -> dict[bytes, Any]:
+    """``[[id, value], ...]`` → ``{id: value}``: a list of at most ``limit`` pairs of a
+    32-byte ID and a value ``valid`` accepts."""
+    if not isinstance(v, list) or len(v) > limit:
+        raise _fail(method, f"'{what}' must be a list", answer)
     out = {}
     for item in v:
         if (
             not isinstance(item, list) or len(item) != 2
             or type(item[0]) is not bytes or len(item[0]) != ID_BYTES
-            or type(item[1]) is not bytes or len(item[1]) > MAX_CERT
+            or not valid(item[1])
         ):
-            raise _fail(method, "malformed certificate entry", answer)
+            raise _fail(method, f"malformed {entry} entry", answer)
         out[item[0]] = item[1]
     return out
+
+
+def certs_from_wire(v: Any, method: str, *, answer: bool = False) -> dict[bytes, bytes]:
+    return _id_pairs(v, method, answer, "certs", "certificate", MAX_ENTRIES,
+                     lambda der: type(der) is bytes and len(der) <= MAX_CERT)
 
 
 def vector_to_wire(vector: dict[bytes, int]) -> list[list[Any]]:
@@ -102,15 +113,5 @@ def vector_to_wire(vector: dict[bytes, int]) -> list[list[Any]]:
 
 
 def vector_from_wire(v: Any, method: str, *, answer: bool = False) -> dict[bytes, int]:
-    if not isinstance(v, list) or len(v) > 1_000_000:
-        raise _fail(method, "'vector' must be a list", answer)
-    out = {}
-    for item in v:
-        if (
-            not isinstance(item, list) or len(item) != 2
-            or type(item[0]) is not bytes or len(item[0]) != ID_BYTES
-            or type(item[1]) is not int or item[1] < 0
-        ):
-            raise _fail(method, "malformed vector entry", answer)
-        out[item[0]] = item[1]
-    return out
+    return _id_pairs(v, method, answer, "vector", "vector", 1_000_000,
+                     lambda seq: type(seq) is int and seq >= 0)

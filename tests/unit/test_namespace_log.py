@@ -100,6 +100,7 @@ def test_a_state_directory_from_before_the_swarm_is_numbered_and_re_stamped(
         "INSERT INTO oplog SELECT * FROM old; DROP TABLE old; DROP INDEX IF EXISTS oplog_by_origin;"
     )
     ns.meta_set("node_id", old_id)
+    db.execute("DELETE FROM meta WHERE key='log_numbered'")  # nor had it numbered anything
     db.close()
 
     migrated = fresh(path)
