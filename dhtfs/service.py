@@ -27,10 +27,11 @@ import trio
 from dhtfs import systemd
 from dhtfs.config import Config
 from dhtfs.errors import ConfigError
+from dhtfs.fs.compaction import Compactor
 from dhtfs.fs.files import ChunkCache, FileContents
 from dhtfs.fs.inodes import InodeMap
 from dhtfs.fs.journal import OpJournal
-from dhtfs.fs.namespace import CHUNK_ID_BYTES, HOLE, Namespace, connect
+from dhtfs.fs.namespace import Namespace, connect
 from dhtfs.fs.operations import Operations
 from dhtfs.fs.tree import Tree, bind_origin
 from dhtfs.node import pki
@@ -96,7 +97,11 @@ def open_state(config: Config) -> LocalFilesystem:
         tree = Tree(namespace, bind_origin(namespace, identity.node_id))
         inodes = InodeMap(db)
         contents = FileContents(
-            store, ChunkCache(config.cache_size), config.chunk_size, commit=lambda of: (0, b"")
+            store,
+            ChunkCache(config.cache_size),
+            config.chunk_size,
+            commit=lambda of: (0, b""),
+            committed=namespace.chunk_pieces,
         )
         operations = Operations(tree, contents, inodes, str(state))
         contents._commit = operations._commit_content
@@ -110,16 +115,11 @@ def open_state(config: Config) -> LocalFilesystem:
 
 def referenced_chunks(fs: LocalFilesystem) -> set[bytes]:
     """Chunks that a named object, or an object the kernel or a handle still holds, uses."""
-    refs: set[bytes] = set()
-    for blob in fs.namespace.linked_chunk_blobs():
-        refs.update(blob[i : i + CHUNK_ID_BYTES] for i in range(0, len(blob), CHUNK_ID_BYTES))
+    refs: set[bytes] = set(fs.namespace.linked_blocks())
     for obj in fs.inodes.known_objects():
-        row = fs.namespace.get_object(obj)
-        if row is not None:
-            refs.update(c for c in row.chunk_list() if c is not None)
+        refs.update(fs.namespace.blocks_of(obj))
     for of in fs.contents.open_files.values():
-        refs.update(of.stored_ids())
-    refs.discard(HOLE)
+        refs.update(of.stored_blocks())
     return refs
 
 
@@ -266,6 +266,9 @@ async def _serve_mount(
             await nursery.start(_stop_on_signal)
             await nursery.start(_commit_loop, fs)
             nursery.start_soon(_gc_loop, fs)
+            compactor = Compactor(fs.tree, fs.contents)
+            fs.operations.on_content = compactor.changed
+            nursery.start_soon(compactor.run)
             ready()
             systemd.notify("READY=1")
             try:

@@ -1,20 +1,28 @@
-"""File contents: write buffers, background sealing of full chunks, reads, truncate.
+"""File contents: write buffers, background sealing of blocks, reads, truncate.
 
 One ``OpenFile`` per inode with open handles (all handles of an inode share it), so that every
 reader sees every writer's bytes at once, as on a local filesystem.
 
-Where chunk ``i``'s bytes are, first match wins: ``buffers[i]`` (plaintext being written, in
-memory only), ``sealing[i]`` (being hashed + encrypted + stored by a background task), then
-``ids[i]`` (a stored chunk; ``None`` is a hole, read as zeros). A chunk's plaintext may be
-shorter than its span (``min(chunk_size, size - i*chunk_size)``); the rest reads as zeros.
+A file's bytes, per chunk index ``i`` (see ``dhtfs.fs.extents``), in layers, top wins:
+
+1. ``buffers[i]``: written ranges ``[pos, bytearray]`` not yet sealed (plaintext in memory);
+2. ``sealing``: ranges being hashed, encrypted and stored as blocks, in start order;
+3. ``new[i]``: pieces of blocks stored since the last commit (the change being built);
+4. the committed version's pieces in the namespace, minus every byte at or past ``cut``
+   (the lowest size a truncate gave the file since the last commit).
+
+A write only ever costs what it wrote: no chunk is read to modify it. A range that fills its
+whole chunk becomes one ``chunk_size`` block (the same block as any equal chunk: dedup).
 
 Invariants:
 - plaintext is only ever in memory; the chunk store writes sealed bytes;
-- at most ``max_sealing`` chunks are in flight (backpressure on the writer) and at most
-  ``max_buffers`` partially written chunks are held per file before the oldest is sealed;
-- ``flush`` returns once every buffered byte is in a stored chunk and the new version is
-  committed as a content op (durable against a crash of this process);
-- the chunk size of a file never changes while it holds chunks.
+- at most ``max_sealing`` blocks are in flight (backpressure on the writer) and at most
+  ``max_buffered`` bytes are held unsealed per file before the lowest chunk's are sealed;
+- ``flush`` returns once every buffered byte is in a stored block and the change (``cut``,
+  ``new``, size) is committed as one content op (durable against a crash of this process);
+  the op is O(what changed), never O(file);
+- ``unsynced`` names every block stored but not yet fsynced, per file, so ``fsync`` costs what
+  changed since the last one.
 """
 
 from __future__ import annotations
@@ -22,34 +30,31 @@ from __future__ import annotations
 import errno
 import logging
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import trio
 
 from dhtfs.errors import ChunkError, ChunkMissing, NamespaceError
-from dhtfs.fs.namespace import ObjectRow, pack_chunks
+from dhtfs.fs.extents import Piece, clip, overlay
+from dhtfs.fs.namespace import ObjectRow
+from dhtfs.fs.versions import MAX_FILE_SIZE
 from dhtfs.node.chunkstore import ChunkStore, chunk_id_of
 
 log = logging.getLogger(__name__)
 
 THREAD_THRESHOLD = 64 * 1024  # hash/encrypt larger buffers off the trio thread
-MAX_CHUNKS = 1 << 20
-"""Chunks a file may have (1 TiB at the default 1 MiB chunk size): a file version lists every
-chunk, holes included, and travels whole in its content op, which must stay well inside one
-op-log entry (``dhtfs.node.logwire.MAX_BODY``). Past it: EFBIG, and nothing changes."""
 
 
-def _check_size(of: OpenFile, size: int) -> None:
-    if size > of.chunk_size * MAX_CHUNKS:
-        raise NamespaceError(
-            errno.EFBIG, f"files are limited to {MAX_CHUNKS} chunks of {of.chunk_size} bytes"
-        )
+def _check_size(size: int) -> None:
+    if size > MAX_FILE_SIZE:
+        raise NamespaceError(errno.EFBIG, f"files are limited to {MAX_FILE_SIZE} bytes")
 
 
 class ChunkCache:
-    """LRU of decrypted chunk plaintext, bounded in bytes."""
+    """LRU of decrypted block plaintext, bounded in bytes."""
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
@@ -73,19 +78,34 @@ class ChunkCache:
 
 
 @dataclass(eq=False)
+class Sealing:
+    """A range being stored as a block. ``limit``: how many of its bytes still count (a
+    truncate during sealing lowers it); ``block``: set once stored."""
+
+    index: int
+    pos: int
+    data: bytes
+    limit: int
+    block: bytes | None = None
+    failed: bool = False
+
+
+@dataclass(eq=False)
 class OpenFile:
     """The live content of one inode while it has open handles (or is being changed)."""
 
     obj: bytes
     size: int
     chunk_size: int
-    ids: list[bytes | None]
     base: tuple[int, bytes]
     mtime: int
     handles: int = 0
     dirty: bool = False
-    buffers: dict[int, bytearray] = field(default_factory=dict)
-    sealing: dict[int, bytes] = field(default_factory=dict)
+    cut: int | None = None
+    new: dict[int, list[Piece]] = field(default_factory=dict)
+    sealing: deque[Sealing] = field(default_factory=deque)
+    buffers: dict[int, list[list[Any]]] = field(default_factory=dict)
+    buffered: int = 0
     pending: int = 0
     idle: trio.Event = field(default_factory=trio.Event)
     error: OSError | None = None
@@ -93,11 +113,62 @@ class OpenFile:
     def __post_init__(self) -> None:
         self.idle.set()
 
-    def span(self, index: int) -> int:
-        return max(0, min(self.chunk_size, self.size - index * self.chunk_size))
+    @property
+    def changing(self) -> bool:
+        """True while this file has changes not yet committed."""
+        return bool(self.dirty or self.buffers or self.sealing or self.pending)
 
-    def stored_ids(self) -> list[bytes]:
-        return [i for i in self.ids if i is not None]
+    def stored_blocks(self) -> set[bytes]:
+        """Blocks stored for this file's uncommitted change."""
+        out = {p[2] for pieces in self.new.values() for p in pieces}
+        out.update(s.block for s in self.sealing if s.block is not None)
+        return out
+
+
+def _merge_range(ranges: list[list[Any]], pos: int, data: memoryview) -> tuple[list[Any], int]:
+    """Write ``data`` at ``pos`` into the sorted, disjoint, non-adjacent ``ranges`` (in place);
+    returns the range now holding it and how many bytes the buffers grew by."""
+    end = pos + len(data)
+    if ranges:
+        last = ranges[-1]
+        last_end = last[0] + len(last[1])
+        if last_end == pos:  # sequential: extend the last range
+            last[1] += data
+            return last, len(data)
+        if last[0] <= pos and end <= last_end:  # an overwrite inside the last range
+            last[1][pos - last[0] : end - last[0]] = data
+            return last, 0
+    # General case: merge every range that overlaps or touches [pos, end).
+    first = 0
+    while first < len(ranges) and ranges[first][0] + len(ranges[first][1]) < pos:
+        first += 1
+    stop = first
+    while stop < len(ranges) and ranges[stop][0] <= end:
+        stop += 1
+    touching = ranges[first:stop]
+    before = sum(len(r[1]) for r in touching)
+    start = min([pos, *[r[0] for r in touching]])
+    stop_at = max([end, *[r[0] + len(r[1]) for r in touching]])
+    merged = bytearray(stop_at - start)
+    for r_pos, r_data in touching:
+        merged[r_pos - start : r_pos - start + len(r_data)] = r_data
+    merged[pos - start : end - start] = data
+    new = [start, merged]
+    ranges[first:stop] = [new]
+    return new, len(merged) - before
+
+
+def _clip_ranges(ranges: list[list[Any]], limit: int) -> int:
+    """Drop buffered bytes at or past ``limit`` (in place); returns how many went."""
+    dropped = 0
+    while ranges and ranges[-1][0] >= limit:
+        dropped += len(ranges.pop()[1])
+    if ranges and ranges[-1][0] + len(ranges[-1][1]) > limit:
+        last = ranges[-1]
+        keep = limit - last[0]
+        dropped += len(last[1]) - keep
+        del last[1][keep:]
+    return dropped
 
 
 class FileContents:
@@ -109,6 +180,7 @@ class FileContents:
         cache: ChunkCache,
         default_chunk_size: int,
         commit: Callable[[OpenFile], tuple[int, bytes]],
+        committed: Callable[[bytes, int], list[Piece]],
         *,
         max_sealing: int = 4,
         max_buffers: int = 32,
@@ -117,16 +189,19 @@ class FileContents:
         self.cache = cache
         self.default_chunk_size = default_chunk_size
         self._commit = commit
+        # committed(obj, index): the pieces of a chunk in the namespace's current version.
+        self._committed = committed
         self._sealing_slots = trio.Semaphore(max_sealing)
         self._limiter = trio.CapacityLimiter(max(2, max_sealing))
-        self.max_buffers = max_buffers
+        self.max_buffered = max_buffers * default_chunk_size
         self.nursery: trio.Nursery | None = None
         self.open_files: dict[bytes, OpenFile] = {}
+        self.unsynced: dict[bytes, set[bytes]] = {}  # obj → blocks stored, not yet fsynced
         self._fetching: dict[bytes, trio.Event] = {}
         # A swarm mount's way to chunks not stored here: ``fetch(chunk_id, hints)`` returns
         # verified plaintext (hints: node IDs likely to hold it) or raises NamespaceError.
         self.fetch: Callable[[bytes, tuple[bytes, ...]], Awaitable[bytes]] | None = None
-        # Told the ID of every chunk sealed here (the swarm places it on other nodes).
+        # Told the ID of every block sealed here (the swarm places it on other nodes).
         self.on_sealed: Callable[[bytes], None] | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -139,7 +214,6 @@ class FileContents:
                 obj=row.obj,
                 size=row.size,
                 chunk_size=row.chunk_size or self.default_chunk_size,
-                ids=row.chunk_list(),
                 base=(row.content_ts, row.content_node),
                 mtime=row.mtime,
             )
@@ -148,10 +222,28 @@ class FileContents:
 
     def release(self, of: OpenFile) -> None:
         """Forget ``of`` once nothing holds it (call after a final flush)."""
-        if of.handles <= 0 and not of.dirty and not of.buffers and not of.pending:
+        if of.handles <= 0 and not of.changing and not of.new:
             self.open_files.pop(of.obj, None)
 
+    def take_unsynced(self, obj: bytes) -> set[bytes]:
+        """The blocks of ``obj`` stored since its last fsync (forgotten: the caller syncs)."""
+        return self.unsynced.pop(obj, set())
+
     # -- reading -------------------------------------------------------------------------------
+
+    def pieces(self, of: OpenFile, index: int) -> list[Piece]:
+        """Chunk ``index``'s stored pieces as this file sees them: the committed version
+        (minus what ``cut`` dropped) under the uncommitted change's."""
+        cs = of.chunk_size
+        start = index * cs
+        committed: list[Piece] = []
+        if of.cut is None or start < of.cut:
+            committed = self._committed(of.obj, index)
+            if of.cut is not None:
+                committed = clip(committed, of.cut - start)
+        for piece in of.new.get(index, ()):
+            committed = overlay(committed, piece)
+        return clip(committed, max(0, of.size - start))
 
     async def read(self, of: OpenFile, offset: int, length: int) -> bytes:
         end = min(offset + length, of.size)
@@ -163,33 +255,41 @@ class FileContents:
         while pos < end:
             index, start = divmod(pos, cs)
             n = min(cs - start, end - pos)
-            plain = await self._plaintext(of, index)
+            pieces.append(await self._read_in_chunk(of, index, start, n))
             if start + n == cs or start == 0:
                 self._prefetch(of, index + 1)
-            piece = bytes(plain[start : start + n]) if plain is not None else b""
-            if len(piece) < n:
-                piece += bytes(n - len(piece))
-            pieces.append(piece)
             pos += n
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
-    async def _plaintext(self, of: OpenFile, index: int) -> bytes | bytearray | None:
-        buf = of.buffers.get(index)
-        if buf is not None:
-            return buf
-        sealing = of.sealing.get(index)
-        if sealing is not None:
-            return sealing
-        chunk_id = of.ids[index] if index < len(of.ids) else None
-        if chunk_id is None:
-            return None
-        return await self.get_chunk(chunk_id, (of.base[1],))
+    async def _read_in_chunk(self, of: OpenFile, index: int, start: int, n: int) -> bytes:
+        """Bytes ``[start, start + n)`` of chunk ``index``, every layer applied."""
+        end = start + n
+        stored = [p for p in self.pieces(of, index) if p[0] < end and p[0] + p[1] > start]
+        sealing = [s for s in of.sealing if s.index == index]
+        ranges = of.buffers.get(index, ())
+        if len(stored) == 1 and not sealing and not ranges:
+            pos, length, block, boff = stored[0]
+            if pos <= start and end <= pos + length:
+                data = await self.get_chunk(block, (of.base[1],))
+                piece = data[boff + start - pos : boff + end - pos]
+                return piece if len(piece) == n else piece + bytes(n - len(piece))
+        out = bytearray(n)
+        for pos, length, block, boff in stored:
+            data = await self.get_chunk(block, (of.base[1],))
+            lo, hi = max(pos, start), min(pos + length, end)
+            piece = data[boff + lo - pos : boff + hi - pos]
+            out[lo - start : lo - start + len(piece)] = piece
+        for s in sealing:
+            _copy_over(out, start, end, s.pos, memoryview(s.data)[: s.limit])
+        for r_pos, r_data in ranges:
+            _copy_over(out, start, end, r_pos, memoryview(r_data))
+        return bytes(out)
 
     async def get_chunk(self, chunk_id: bytes, hints: tuple[bytes, ...] = ()) -> bytes:
-        """Plaintext of a chunk (cached): from the local store, else (a swarm mount) from the
+        """Plaintext of a block (cached): from the local store, else (a swarm mount) from the
         swarm via ``fetch`` with ``hints``; EIO if no one has it or it fails to verify.
 
-        Concurrent calls for one chunk share one fetch.
+        Concurrent calls for one block share one fetch.
         """
         data = self.cache.get(chunk_id)
         if data is not None:
@@ -223,13 +323,12 @@ class FileContents:
         return data
 
     def _prefetch(self, of: OpenFile, index: int) -> None:
-        """Start fetching chunk ``index`` in the background (sequential read-ahead)."""
-        if self.nursery is None or index >= len(of.ids) or index in of.buffers:
+        """Start fetching chunk ``index``'s blocks in the background (sequential read-ahead)."""
+        if self.nursery is None or index * of.chunk_size >= of.size:
             return
-        chunk_id = of.ids[index]
-        if chunk_id is None or chunk_id in self._fetching or self.cache.get(chunk_id) is not None:
-            return
-        self.nursery.start_soon(self._prefetch_one, chunk_id, (of.base[1],))
+        for block in {p[2] for p in self.pieces(of, index)}:
+            if block not in self._fetching and self.cache.get(block) is None:
+                self.nursery.start_soon(self._prefetch_one, block, (of.base[1],))
 
     async def _prefetch_one(self, chunk_id: bytes, hints: tuple[bytes, ...]) -> None:
         try:
@@ -242,14 +341,9 @@ class FileContents:
     async def write(self, of: OpenFile, offset: int, data: bytes) -> int:
         if of.error is not None:
             raise self._take_error(of)
-        _check_size(of, offset + len(data))
+        _check_size(offset + len(data))
         cs = of.chunk_size
         view = memoryview(data)
-        # Slots for every chunk this write touches exist before any is sealed: a sealer that
-        # finishes early must find ``ids[index]`` to record its chunk id in.
-        needed = -(-max(of.size, offset + len(view)) // cs)
-        if len(of.ids) < needed:
-            of.ids.extend([None] * (needed - len(of.ids)))
         pos = 0
         while pos < len(view):
             index, start = divmod(offset + pos, cs)
@@ -261,77 +355,61 @@ class FileContents:
                     if n == len(view) and isinstance(data, bytes)
                     else bytes(view[pos : pos + n])
                 )
-                await self._seal_bytes(of, index, whole, cache=False)
+                await self._seal_bytes(of, index, 0, whole)
                 pos += n
                 continue
-            buf = of.buffers.get(index)
-            if buf is None:
-                buf = await self._open_buffer(of, index, whole=start == 0 and n == cs)
-            if len(buf) < start:
-                buf.extend(bytes(start - len(buf)))
-            buf[start : start + n] = view[pos : pos + n]
+            ranges = of.buffers.setdefault(index, [])
+            held, grew = _merge_range(ranges, start, view[pos : pos + n])
+            of.buffered += grew
             pos += n
-            if start + n == cs:
-                await self._seal_soon(of, index, cache=False)
+            if held[0] == 0 and len(held[1]) == cs:
+                await self._seal_soon(of, index)
         new_end = offset + len(view)
         if new_end > of.size:
             of.size = new_end
-        needed = -(-of.size // cs)
-        if len(of.ids) < needed:
-            of.ids.extend([None] * (needed - len(of.ids)))
         of.mtime = time.time_ns()
         of.dirty = True
-        if len(of.buffers) > self.max_buffers:
+        while of.buffered > self.max_buffered and of.buffers:
             await self._seal_soon(of, min(of.buffers))
         return len(view)
 
-    async def _open_buffer(self, of: OpenFile, index: int, *, whole: bool) -> bytearray:
-        if whole:
-            buf = bytearray()
-        else:
-            plain = await self._plaintext(of, index)
-            buf = bytearray(plain) if plain is not None else bytearray()
-        of.buffers[index] = buf
-        return buf
-
     async def truncate(self, of: OpenFile, size: int) -> None:
-        _check_size(of, size)
+        _check_size(size)
         cs = of.chunk_size
         if size < of.size:
-            keep = -(-size // cs)
+            of.cut = size if of.cut is None else min(of.cut, size)
+            keep, rest = divmod(size, cs)
+            for index in [i for i in of.new if i >= keep]:
+                if index == keep and rest:
+                    of.new[index] = clip(of.new[index], rest)
+                else:
+                    del of.new[index]
+            for s in of.sealing:
+                s.limit = max(0, min(s.limit, size - (s.index * cs + s.pos)))
             for index in [i for i in of.buffers if i >= keep]:
-                del of.buffers[index]
-            for index in [i for i in of.sealing if i >= keep]:
-                del of.sealing[index]
-            del of.ids[keep:]
-            tail = size - (keep - 1) * cs if keep else 0
-            if keep and tail < cs:
-                index = keep - 1
-                buf = of.buffers.get(index)
-                if buf is None and (index in of.sealing or of.ids[index] is not None):
-                    buf = await self._open_buffer(of, index, whole=False)
-                if buf is not None:
-                    del buf[tail:]
-        else:
-            needed = -(-size // cs)
-            of.ids.extend([None] * (needed - len(of.ids)))
+                of.buffered -= _clip_ranges(of.buffers[index], size - index * cs)
+                if not of.buffers[index]:
+                    del of.buffers[index]
         of.size = size
-        if size == 0 and not of.ids:
+        if size == 0:
             of.chunk_size = self.default_chunk_size
         of.mtime = time.time_ns()
         of.dirty = True
 
     async def flush(self, of: OpenFile) -> None:
-        """Seal every buffer, wait for all sealing, commit the version if it changed."""
+        """Seal every buffer, wait for all sealing, commit the change if there is one."""
         while of.buffers or of.pending:
             for index in sorted(of.buffers):
-                buf = of.buffers.get(index)
-                if buf is not None and len(buf) <= THREAD_THRESHOLD:
-                    self._seal_inline(of, index, buf)
-                elif buf is not None:
+                ranges = of.buffers.get(index)
+                if not ranges:
+                    continue
+                if sum(len(r[1]) for r in ranges) <= THREAD_THRESHOLD:
+                    self._seal_inline(of, index)
+                else:
                     await self._seal_soon(of, index)
             if of.pending:  # inline seals leave nothing to wait for (and no checkpoint)
                 await of.idle.wait()
+        self._drain(of)
         if of.error is not None:
             raise self._take_error(of)
         if of.dirty:
@@ -341,91 +419,128 @@ class FileContents:
             except BaseException:
                 of.dirty = True
                 raise
+            of.new.clear()
+            of.cut = None
 
-    def content_blob(self, of: OpenFile) -> bytes:
-        return pack_chunks(of.ids)
+    def change(self, of: OpenFile) -> list[list[Any]]:
+        """The uncommitted change's extents, ``[offset, length, block, block_offset]``."""
+        cs = of.chunk_size
+        return [
+            [index * cs + pos, length, block, boff]
+            for index in sorted(of.new)
+            for pos, length, block, boff in of.new[index]
+        ]
 
     # -- sealing -------------------------------------------------------------------------------
 
-    async def _seal_soon(self, of: OpenFile, index: int, *, cache: bool = True) -> None:
-        """Hand buffer ``index`` to a background sealer (waits for a free slot).
+    async def _seal_soon(self, of: OpenFile, index: int) -> None:
+        """Hand chunk ``index``'s buffered ranges to background sealers (waits for slots)."""
+        while True:
+            ranges = of.buffers.get(index)
+            if not ranges:
+                of.buffers.pop(index, None)
+                return
+            await self._sealing_slots.acquire()
+            ranges = of.buffers.get(index)
+            if not ranges:
+                self._sealing_slots.release()
+                continue
+            pos, data = ranges.pop(0)
+            of.buffered -= len(data)
+            if not ranges:
+                del of.buffers[index]
+            self._start_seal(of, index, pos, bytes(data))
 
-        ``cache``: keep the plaintext in the chunk cache. Chunks completed by sequential
-        writing are not (streaming writes would evict everything read, and retaining every
-        written chunk costs a fresh page of memory per 4 KiB written); partial chunks sealed
-        at flush are, since the next write to the file likely modifies them again.
-        """
+    async def _seal_bytes(self, of: OpenFile, index: int, pos: int, data: bytes) -> None:
+        """Seal ``data`` at ``pos`` of chunk ``index`` in the background (waits for a slot)."""
         await self._sealing_slots.acquire()
-        buf = of.buffers.pop(index, None)
-        if buf is None:
-            self._sealing_slots.release()
-            return
-        self._start_seal(of, index, bytes(buf), cache)
+        self._start_seal(of, index, pos, data)
 
-    async def _seal_bytes(self, of: OpenFile, index: int, data: bytes, *, cache: bool) -> None:
-        """Seal ``data`` as chunk ``index`` in the background (waits for a free slot)."""
-        await self._sealing_slots.acquire()
-        of.buffers.pop(index, None)
-        self._start_seal(of, index, data, cache)
-
-    def _start_seal(self, of: OpenFile, index: int, data: bytes, cache: bool) -> None:
+    def _start_seal(self, of: OpenFile, index: int, pos: int, data: bytes) -> None:
         """Start sealing; the caller holds one sealing slot, which the sealer releases."""
-        of.sealing[index] = data
+        entry = Sealing(index, pos, data, len(data))
+        of.sealing.append(entry)
         if of.pending == 0:
             of.idle = trio.Event()
         of.pending += 1
         assert self.nursery is not None, "FileContents.nursery must be set by the service"
-        self.nursery.start_soon(self._seal, of, index, data, cache)
+        self.nursery.start_soon(self._seal, of, entry)
 
-    async def _seal(self, of: OpenFile, index: int, data: bytes, cache: bool) -> None:
+    async def _seal(self, of: OpenFile, entry: Sealing) -> None:
         try:
-            if len(data) > THREAD_THRESHOLD:
-                chunk_id = await trio.to_thread.run_sync(
-                    self._hash_and_store, data, limiter=self._limiter
+            if len(entry.data) > THREAD_THRESHOLD:
+                block = await trio.to_thread.run_sync(
+                    self._hash_and_store, entry.data, limiter=self._limiter
                 )
             else:
-                chunk_id = self._hash_and_store(data)
-            if cache:
-                self.cache.put(chunk_id, data)
-            if self.on_sealed is not None:
-                self.on_sealed(chunk_id)
-            if of.sealing.get(index) is data:
-                del of.sealing[index]
-                if index < len(of.ids):
-                    of.ids[index] = chunk_id
+                block = self._hash_and_store(entry.data)
+            self._stored(of, block)
+            entry.block = block
         except OSError as exc:
-            log.error("storing a chunk failed: %s", exc)
+            log.error("storing a block failed: %s", exc)
             of.error = exc
-            of.sealing.pop(index, None)
+            entry.failed = True
         finally:
             self._sealing_slots.release()
             of.pending -= 1
+            self._drain(of)
             if of.pending == 0:
                 of.idle.set()
 
-    def _seal_inline(self, of: OpenFile, index: int, buf: bytearray) -> None:
-        """Seal a small buffer on this thread (cheaper than a task and a thread hop)."""
-        del of.buffers[index]
-        of.sealing.pop(index, None)  # an older seal in flight must not overwrite this one
-        data = bytes(buf)
-        try:
-            chunk_id = self._hash_and_store(data)
-        except OSError as exc:
-            log.error("storing a chunk failed: %s", exc)
-            of.error = exc
-            return
-        self.cache.put(chunk_id, data)
-        if self.on_sealed is not None:
-            self.on_sealed(chunk_id)
-        if index < len(of.ids):
-            of.ids[index] = chunk_id
+    def _drain(self, of: OpenFile) -> None:
+        """Move stored blocks from the front of ``sealing`` into ``new``, in start order (a
+        later range over the same bytes must stay on top)."""
+        while of.sealing and (of.sealing[0].block is not None or of.sealing[0].failed):
+            entry = of.sealing.popleft()
+            if entry.block is not None and entry.limit > 0:
+                self._add_piece(of, entry.index, (entry.pos, entry.limit, entry.block, 0))
+
+    @staticmethod
+    def _add_piece(of: OpenFile, index: int, piece: Piece) -> None:
+        of.new[index] = overlay(of.new.get(index, []), piece)
+
+    def _seal_inline(self, of: OpenFile, index: int) -> None:
+        """Seal chunk ``index``'s small ranges on this thread (cheaper than tasks and thread
+        hops). Ranges of one chunk are disjoint, so their order does not matter; sealing in
+        flight for the chunk must land first, so this waits behind it in ``sealing``."""
+        ranges = of.buffers.pop(index)
+        for pos, data in ranges:
+            of.buffered -= len(data)
+            plain = bytes(data)
+            entry = Sealing(index, pos, plain, len(plain))
+            try:
+                entry.block = self._hash_and_store(plain)
+            except OSError as exc:
+                log.error("storing a block failed: %s", exc)
+                of.error = exc
+                entry.failed = True
+            else:
+                self._stored(of, entry.block)
+                self.cache.put(entry.block, plain)
+            of.sealing.append(entry)
+        self._drain(of)
 
     def _hash_and_store(self, data: bytes) -> bytes:
-        chunk_id = chunk_id_of(data)
-        self.store.put(chunk_id, data)
-        return chunk_id
+        """Store ``data`` as a block; returns its ID. Thread-safe (runs in worker threads)."""
+        block = chunk_id_of(data)
+        self.store.put(block, data)
+        return block
+
+    def _stored(self, of: OpenFile, block: bytes) -> None:
+        """Bookkeeping for a block just stored for ``of`` (on the trio thread)."""
+        self.unsynced.setdefault(of.obj, set()).add(block)
+        if self.on_sealed is not None:
+            self.on_sealed(block)
 
     @staticmethod
     def _take_error(of: OpenFile) -> NamespaceError:
         exc, of.error = of.error, None
         return NamespaceError(exc.errno if exc and exc.errno else errno.EIO, str(exc))
+
+
+def _copy_over(out: bytearray, start: int, end: int, pos: int, data: memoryview) -> None:
+    """Copy the part of ``data`` (which sits at ``pos``) that falls in ``[start, end)`` into
+    ``out`` (which holds ``[start, end)``)."""
+    lo, hi = max(pos, start), min(pos + len(data), end)
+    if lo < hi:
+        out[lo - start : hi - start] = data[lo - pos : hi - pos]

@@ -38,8 +38,8 @@ from dhtfs.fs.ops import ROOT_OBJ, HybridClock, Op, decode_op
 
 log = logging.getLogger(__name__)
 
-SNAPSHOT_FORMAT = 1
-SNAPSHOT_TABLES = ("objects", "links", "xattrs", "oplog", "certs", "folded")
+SNAPSHOT_FORMAT = 2  # 2: with the extents table
+SNAPSHOT_TABLES = ("objects", "links", "xattrs", "extents", "oplog", "certs", "folded")
 
 
 class History:
@@ -146,7 +146,8 @@ class History:
         return folded
 
     def _collect(self, protected: set[bytes] | frozenset[bytes]) -> int:
-        """Delete objects without a name (and their xattrs), but the root and ``protected``."""
+        """Delete objects without a name (and their xattrs and extents), but the root and
+        ``protected``."""
         db = self.db
         unnamed = [
             r[0] for r in db.execute(
@@ -157,6 +158,7 @@ class History:
         ]
         db.executemany("DELETE FROM objects WHERE obj=?", [(o,) for o in unnamed])
         db.executemany("DELETE FROM xattrs WHERE obj=?", [(o,) for o in unnamed])
+        db.executemany("DELETE FROM extents WHERE obj=?", [(o,) for o in unnamed])
         # Their local inode numbers too (AUTOINCREMENT still never hands a number out twice).
         if db.execute("SELECT 1 FROM sqlite_master WHERE name='inodes'").fetchone():
             db.executemany("DELETE FROM inodes WHERE obj=?", [(o,) for o in unnamed])
@@ -240,7 +242,7 @@ class History:
                 op = new
             changes = tuple(
                 {**c, "base": renamed.get(tuple(c["base"]), c["base"])}
-                if c.get("c") == "content" and c.get("base") is not None else c
+                if c.get("c") in ("content", "compact") and c.get("base") is not None else c
                 for c in op.changes
             )
             ns.apply(Op(op.ts, op.node, changes))

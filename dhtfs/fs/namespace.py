@@ -3,12 +3,15 @@
 Tables (one SQLite file, WAL mode):
 
 - ``objects``: one row per file/dir/symlink/special object, keyed by a 16-byte global ID.
-  Content is ``size`` + ``chunk_size`` + ``chunks`` (concatenated 32-byte chunk IDs, all-zero
-  for a hole). ``content_ts``/``content_node`` name the op that wrote the current content.
+  Content is ``size`` + ``chunk_size`` and the ``extents`` rows of the object (see
+  ``dhtfs.fs.versions``); ``content_ts``/``content_node`` name the op that wrote the current
+  content (its version). ``chunks`` is the content of state directories from before extents,
+  moved into ``extents`` once at start; it stays empty.
 - ``links``: names. ``(parent, name) → obj``, keyed by a global link ID; a directory has exactly
   one link, a file may have several (hard links). ``id`` (SQLite rowid) is a stable readdir
   offset: a rename updates the row in place. ``lts``/``lnode`` is the op that last named it.
 - ``xattrs``: ``(obj, name) → value``.
+- ``extents``: ``(obj, chunk index) → pieces``: where a file's bytes are (``dhtfs.fs.extents``).
 - ``oplog``: every op ever applied, ordered by ``(ts, node)``, with its undo record, its
   place ``seq`` in its origin's sequence (1, 2, … with no gaps: the replicated log of
   ``dhtfs.node.oplog``, whose version vector is ``vector``) and, for ops of other origins,
@@ -42,7 +45,9 @@ if it cannot apply it is skipped, the same way on every node:
 - a name clash: the later op takes the name; the entry it displaces is renamed
   ``NAME.conflict-<node>-<ts>`` after the op that had named it;
 - a content write whose base is not the current content (concurrent writers): the current
-  content is kept beside the file as ``NAME.conflict-<node>-<ts>``, then overwritten;
+  content is kept beside the file as ``NAME.conflict-<node>-<ts>``, then the write is laid
+  over it (``dhtfs.fs.versions``); a compaction of a version that is no longer current:
+  skipped;
 - unlinking a directory that still has children: skipped (the children are not lost);
 - linking an object that has no name left (and was not made by the same op): skipped.
 """
@@ -60,12 +65,15 @@ from typing import Any
 
 import msgpack
 
+from dhtfs.fs import versions
+from dhtfs.fs.extents import Piece, pack_pieces
 from dhtfs.fs.journal import OpJournal
 from dhtfs.fs.objectrows import ObjectRows
 from dhtfs.fs.ops import ROOT_OBJ, Change, Op, decode_op, encode_op, pack
 from dhtfs.node.logwire import chain_link, chain_start
 
-SCHEMA = """
+SCHEMA = (
+    """
 CREATE TABLE IF NOT EXISTS objects (
     obj BLOB PRIMARY KEY,
     kind INTEGER NOT NULL,
@@ -121,6 +129,8 @@ CREATE TABLE IF NOT EXISTS folded (
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS members (node BLOB PRIMARY KEY) WITHOUT ROWID;
 """
+    + versions.SCHEMA
+)
 
 OBJECT_COLUMNS = (
     "obj",
@@ -152,8 +162,6 @@ OBJECT_DEFAULTS: dict[str, Any] = {
 LINK_COLUMNS = ("id", "link", "parent", "name", "obj", "kind", "lts", "lnode")
 _LINK_KIND = LINK_COLUMNS.index("kind")
 _object_values = operator.attrgetter(*OBJECT_COLUMNS)
-CHUNK_ID_BYTES = 32
-HOLE = bytes(CHUNK_ID_BYTES)
 
 
 @dataclass(slots=True, frozen=True)
@@ -190,18 +198,6 @@ class ObjectRow:
     def updated(self, fields: dict[str, Any]) -> ObjectRow:
         """This row with ``fields`` (column → value) changed."""
         return ObjectRow(*[fields[c] if c in fields else getattr(self, c) for c in OBJECT_COLUMNS])
-
-    def chunk_list(self) -> list[bytes | None]:
-        """Chunk IDs in order; None for a hole."""
-        c = self.chunks
-        return [
-            None if c[i : i + CHUNK_ID_BYTES] == HOLE else c[i : i + CHUNK_ID_BYTES]
-            for i in range(0, len(c), CHUNK_ID_BYTES)
-        ]
-
-
-def pack_chunks(ids: list[bytes | None]) -> bytes:
-    return b"".join(HOLE if i is None else i for i in ids)
 
 
 def decode_journal_record(record: bytes) -> tuple[Op, int | None, bytes | None]:
@@ -362,6 +358,8 @@ class _Tx:
             row = None if found is None else found.values()
         elif table == "links":
             row = self.db.execute("SELECT * FROM links WHERE link=?", key).fetchone()
+        elif table == "extents":
+            row = self.db.execute("SELECT * FROM extents WHERE obj=? AND idx=?", key).fetchone()
         else:
             row = self.db.execute("SELECT * FROM xattrs WHERE obj=? AND name=?", key).fetchone()
         image = list(row) if row else None
@@ -435,6 +433,28 @@ class _Tx:
         # A file's link going away frees a name and changes no directory: every fact holds.
         self.db.execute("DELETE FROM links WHERE link=?", (link,))
 
+    def put_extent(self, obj: bytes, index: int, pieces: list[Piece]) -> None:
+        """Set chunk ``index`` of ``obj`` to ``pieces`` (none: the row goes)."""
+        self._capture("extents", (obj, index))
+        if pieces:
+            self.db.execute(
+                "INSERT OR REPLACE INTO extents(obj, idx, pieces) VALUES (?,?,?)",
+                (obj, index, pack_pieces(pieces)),
+            )
+        else:
+            self.db.execute("DELETE FROM extents WHERE obj=? AND idx=?", (obj, index))
+
+    def copy_extents(self, source: bytes, copy: bytes) -> None:
+        """Give the new object ``copy`` the extents of ``source``."""
+        if ("extents_all", (copy,)) not in self._seen:
+            self._seen[("extents_all", (copy,))] = None
+            self.undo.append(["extents_all", [copy], []])
+        self.db.execute(
+            "INSERT OR REPLACE INTO extents(obj, idx, pieces) "
+            "SELECT ?, idx, pieces FROM extents WHERE obj=?",
+            (copy, source),
+        )
+
     def set_xattr(self, obj: bytes, name: bytes, value: bytes | None) -> None:
         self._capture("xattrs", (obj, name))
         if value is None:
@@ -458,6 +478,15 @@ def _restore(db: sqlite3.Connection, tx: _Tx, undo: list[list[Any]]) -> None:
             db.execute("DELETE FROM objects WHERE obj=?", key)
         elif table == "links":
             db.execute("DELETE FROM links WHERE link=?", key)
+        elif table == "extents":
+            db.execute("DELETE FROM extents WHERE obj=? AND idx=?", key)
+        elif table == "extents_all":  # every row of one object: ``row`` is [[idx, pieces]...]
+            db.execute("DELETE FROM extents WHERE obj=?", key)
+            db.executemany(
+                "INSERT INTO extents(obj, idx, pieces) VALUES (?,?,?)",
+                [(key[0], idx, pieces) for idx, pieces in row],
+            )
+            continue
         else:
             db.execute("DELETE FROM xattrs WHERE obj=? AND name=?", key)
         if row is not None:
@@ -485,6 +514,11 @@ class Namespace:
             number_legacy_ops(db)
             link_ops(db)
             self.meta_set("log_numbered", b"1")
+        if self.meta_get("extents") is None:  # once per state directory
+            db.execute("BEGIN IMMEDIATE")
+            versions.migrate(db)
+            self.meta_set("extents", b"1")
+            db.execute("COMMIT")
         self.vector: dict[bytes, int] = {}
         self.heads: dict[bytes, bytes] = {}  # origin → chain link of its last op here
         self.fold_ts = 0
@@ -706,9 +740,10 @@ class Namespace:
             ).fetchone()
         ):
             return  # a directory has one name
-        if not any(
-            ch["c"] == "mkobj" and ch["obj"] == c["obj"] for ch in op.changes
-        ) and self.link_count(c["obj"]) == 0:
+        if (
+            not any(ch["c"] == "mkobj" and ch["obj"] == c["obj"] for ch in op.changes)
+            and self.link_count(c["obj"]) == 0
+        ):
             # An object that lost its last name stays unnamed (as linkat(2) of an unlinked
             # file fails): folding may collect it on any node, so reviving it could differ.
             return
@@ -744,24 +779,10 @@ class Namespace:
             tx.update_object(c["obj"], fields)
 
     def _content(self, tx: _Tx, op: Op, c: Change) -> None:
-        current = self.get_object(c["obj"])
-        if current is None:
-            return
-        base = c.get("base")
-        if base is not None and tuple(base) != (current.content_ts, current.content_node):
-            self._keep_conflict_copy(tx, op, current)
-        tx.update_object(
-            c["obj"],
-            {
-                "size": c["size"],
-                "chunk_size": c["chunk_size"],
-                "chunks": c["chunks"],
-                "mtime": c["mtime"],
-                "ctime": c["ctime"],
-                "content_ts": op.ts,
-                "content_node": op.node,
-            },
-        )
+        versions.apply_content(self, tx, op, c)
+
+    def _compact(self, tx: _Tx, op: Op, c: Change) -> None:
+        versions.apply_compact(self, tx, op, c)
 
     def _xattr(self, tx: _Tx, op: Op, c: Change) -> None:
         if self.get_object(c["obj"]) is not None:
@@ -799,6 +820,7 @@ class Namespace:
         values = dict(zip(OBJECT_COLUMNS, loser.values(), strict=True))
         values["obj"] = copy_id
         tx.insert_object(values)
+        tx.copy_extents(loser.obj, copy_id)
         name = self._free_name(
             link[0], conflict_name(link[1], loser.content_node, loser.content_ts)
         )
@@ -892,13 +914,24 @@ class Namespace:
         newest = self.db.execute("SELECT coalesce(max(ts), 0) FROM oplog").fetchone()[0]
         return max(newest, self.fold_ts)
 
-    def linked_chunk_blobs(self) -> Iterator[bytes]:
-        """The chunk lists of every object that still has a name."""
-        self._rows.flush()
-        for (chunks,) in self.db.execute(
-            "SELECT chunks FROM objects WHERE length(chunks)>0 AND obj IN (SELECT obj FROM links)"
-        ):
-            yield chunks
+    def linked_blocks(self) -> Iterator[bytes]:
+        """The blocks of every object that still has a name (repeats possible)."""
+        return versions.linked_blocks(self.db)
+
+    def chunk_pieces(self, obj: bytes, index: int) -> list[Piece]:
+        """The pieces of chunk ``index`` of ``obj`` (none: a hole)."""
+        return versions.chunk_pieces(self.db, obj, index)
+
+    def extents(self, obj: bytes, first: int = 0) -> Iterator[tuple[int, list[Piece]]]:
+        """``(index, pieces)`` of each chunk of ``obj`` that holds data, in order."""
+        return versions.extent_rows(self.db, obj, first)
+
+    def blocks_of(self, obj: bytes) -> Iterator[bytes]:
+        """The blocks of ``obj``'s current version (repeats possible)."""
+        return versions.blocks_of_object(self.db, obj)
+
+    def chunks_with_data(self, obj: bytes) -> int:
+        return versions.chunks_with_data(self.db, obj)
 
     def tree(self) -> dict[bytes, Any]:
         """The visible tree as nested dicts (for tests and fsck): name → attrs or subtree."""
@@ -915,7 +948,10 @@ class Namespace:
             if row.is_dir:
                 out[name] = self._subtree(obj)
             else:
-                out[name] = (row.kind, row.mode, row.size, row.chunks, row.target, obj)
+                content = hashlib.sha256(
+                    b"".join(pack_pieces(p) for _, p in self.extents(obj))
+                ).hexdigest()
+                out[name] = (row.kind, row.mode, row.size, content, row.target, obj)
         return out
 
     def meta_get(self, key: str) -> bytes | None:
@@ -976,5 +1012,6 @@ _CHANGE_APPLIERS = {
     "unlink": Namespace._unlink,
     "attr": Namespace._attr,
     "content": Namespace._content,
+    "compact": Namespace._compact,
     "xattr": Namespace._xattr,
 }

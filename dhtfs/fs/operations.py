@@ -136,6 +136,9 @@ class Operations(pyfuse3.Operations):
         self._handles: dict[int, OpenFile] = {}
         self._next_fh = 1
         self._kernel_version: dict[bytes, tuple[int, bytes]] = {}
+        self._data_chunks: dict[tuple[bytes, int, bytes], int] = {}
+        # Told (obj, chunk indexes) after each content change committed here (compaction).
+        self.on_content: Callable[[bytes, set[int]], None] | None = None
         self.after_init: Callable[[], None] | None = None  # called when FUSE_INIT is handled
 
     def init(self) -> None:
@@ -179,16 +182,27 @@ class Operations(pyfuse3.Operations):
             a.st_nlink = 1 if new else self.tree.ns.link_count(row.obj)
             if of is not None:
                 size, mtime, cs = of.size, of.mtime, of.chunk_size
-                stored = sum(1 for i in of.ids if i is not None) + len(of.buffers)
+                stored = self._chunks_with_data(row) + len(of.new) + len(of.buffers)
             elif row.kind == stat.S_IFLNK:
                 size, mtime, cs, stored = len(row.target or b""), row.mtime, 0, 0
             else:
                 size, mtime, cs = row.size, row.mtime, row.chunk_size
-                stored = sum(1 for c in row.chunk_list() if c is not None)
+                stored = self._chunks_with_data(row) if size else 0
             a.st_size = size
             a.st_mtime_ns = mtime
             a.st_blocks = (min(size, stored * cs) + 511) // 512 if cs else (size + 511) // 512
         return a
+
+    def _chunks_with_data(self, row: ObjectRow) -> int:
+        """How many chunks of ``row``'s version hold data (cached per version: a count over
+        the file's extents rows)."""
+        version = (row.obj, row.content_ts, row.content_node)
+        count = self._data_chunks.get(version)
+        if count is None:
+            if len(self._data_chunks) >= 4096:
+                self._data_chunks.clear()
+            count = self._data_chunks[version] = self.tree.ns.chunks_with_data(row.obj)
+        return count
 
     def _entry(self, obj: bytes, *, new: bool = False) -> pyfuse3.EntryAttributes:
         """Attributes for an entry reply (counts a kernel lookup); ``new``: just created."""
@@ -212,9 +226,11 @@ class Operations(pyfuse3.Operations):
 
     def _commit_content(self, of: OpenFile) -> tuple[int, bytes]:
         op = self.tree.set_content(
-            of.obj, of.size, of.chunk_size, self.contents.content_blob(of), of.base, of.mtime
+            of.obj, of.size, of.chunk_size, of.cut, self.contents.change(of), of.base, of.mtime
         )
         self._kernel_version[of.obj] = op.op_id
+        if self.on_content is not None and of.new:
+            self.on_content(of.obj, set(of.new))
         return op.op_id
 
     # -- lookups and attributes ----------------------------------------------------------------
@@ -384,7 +400,7 @@ class Operations(pyfuse3.Operations):
     async def durable(self, files: list[OpenFile]) -> None:
         """Make the named files' chunks and all applied metadata survive power loss."""
         self.tree.ns.commit()
-        ids = [i for of in files for i in of.stored_ids()]
+        ids = [i for of in files for i in self.contents.take_unsynced(of.obj)]
         wal = os.path.join(self.state_dir, "namespace.db-wal")
 
         def sync() -> None:
@@ -486,12 +502,30 @@ class Operations(pyfuse3.Operations):
             return value
         row = self.tree.require(obj)
         of = self.contents.open_files.get(obj)
-        value = virtual_value(name, row, of.ids if of is not None else row.chunk_list())
+        value = virtual_value(name, row, lambda: self._extents(row, of))
         if value is None:
             value = self.tree.ns.xattr(obj, name)
         if value is None:
             raise NamespaceError(errno.ENODATA)
         return value
+
+    def _extents(self, row: ObjectRow, of: OpenFile | None) -> list[list[Any]]:
+        """``[offset, length, block, block_offset]`` of every extent of the file, in order
+        (an open file's as its readers see it, uncommitted blocks included)."""
+        if of is None:
+            cs = row.chunk_size
+            return [
+                [i * cs + pos, n, block, boff]
+                for i, pieces in self.tree.ns.extents(row.obj)
+                for pos, n, block, boff in pieces
+            ]
+        indexes = sorted({i for i, _ in self.tree.ns.extents(row.obj)} | set(of.new))
+        cs = of.chunk_size
+        return [
+            [i * cs + pos, n, block, boff]
+            for i in indexes
+            for pos, n, block, boff in self.contents.pieces(of, i)
+        ]
 
     @_errno_mapped
     async def listxattr(self, inode: int, ctx) -> list[bytes]:

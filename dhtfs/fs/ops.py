@@ -18,7 +18,9 @@ Primitive changes (dicts, key ``c`` names the kind)::
     {"c": "move",  "link", "parent", "name", "replace"}     # replace: link id or None
     {"c": "unlink", "link"}
     {"c": "attr",  "obj", "fields": {"mode"|"uid"|"gid"|"atime"|"mtime"|"ctime": int}}
-    {"c": "content", "obj", "size", "chunk_size", "chunks", "base", "mtime", "ctime"}
+    {"c": "content", "obj", "size", "chunk_size", "cut", "put", "base", "mtime", "ctime"}
+    {"c": "compact", "obj", "base", "put"}       # put: [[offset, length, block, block_offset]]
+    (content with "chunks" instead of "cut"/"put": from before extents; see dhtfs.fs.versions)
     {"c": "xattr", "obj", "name", "value"}                 # value None removes
 """
 

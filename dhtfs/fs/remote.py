@@ -98,11 +98,10 @@ class RemoteChanges:
         row = self.ns.get_object(obj)
         if of is None or row is None or not stat.S_ISREG(row.kind):
             return
-        if of.dirty or of.buffers or of.sealing or of.pending:
+        if of.changing or of.new:
             return  # local changes in flight: their flush conflicts, keeping both versions
         of.size = row.size
         of.chunk_size = row.chunk_size or of.chunk_size
-        of.ids = row.chunk_list()
         of.base = (row.content_ts, row.content_node)
         of.mtime = row.mtime
 

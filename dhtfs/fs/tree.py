@@ -13,6 +13,7 @@ import logging
 import stat
 import time
 from collections.abc import Callable
+from typing import Any
 
 from dhtfs.errors import ConfigError, NamespaceError
 from dhtfs.fs.history import History
@@ -174,10 +175,13 @@ class Tree:
         obj: bytes,
         size: int,
         chunk_size: int,
-        chunks: bytes,
+        cut: int | None,
+        put: list[list[Any]],
         base: tuple[int, bytes],
         mtime: int,
     ) -> Op:
+        """Commit a content change (``dhtfs.fs.versions``): drop bytes from ``cut`` on, lay
+        ``put`` (``[offset, length, block, block_offset]`` extents) over, resize to ``size``."""
         return self.commit(
             [
                 {
@@ -185,13 +189,18 @@ class Tree:
                     "obj": obj,
                     "size": size,
                     "chunk_size": chunk_size,
-                    "chunks": chunks,
+                    "cut": cut,
+                    "put": put,
                     "base": list(base),
                     "mtime": mtime,
                     "ctime": time.time_ns(),
                 }
             ]
         )
+
+    def compact(self, obj: bytes, base: tuple[int, bytes], put: list[list[Any]]) -> Op:
+        """Commit a compaction of version ``base`` of ``obj``: the same bytes, in ``put``."""
+        return self.commit([{"c": "compact", "obj": obj, "base": list(base), "put": put}])
 
     def set_xattr(self, obj: bytes, name: bytes, value: bytes | None) -> None:
         self.require(obj)
@@ -273,8 +282,9 @@ def bind_origin(ns: Namespace, node_id: bytes) -> bytes:
                 "for another node identity"
             )
         moved = History(ns).adopt_origin(current, node_id)
-        log.warning("re-stamped %d ops of this state directory with node ID %s",
-                    moved, node_id.hex()[:16])
+        log.warning(
+            "re-stamped %d ops of this state directory with node ID %s", moved, node_id.hex()[:16]
+        )
     ns.meta_set("node_id", node_id)
     ns.meta_set("node_id_bound", b"1")
     return node_id

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import errno
 import json
+from collections.abc import Callable
+from typing import Any
 
 from dhtfs.errors import NamespaceError
 from dhtfs.fs.namespace import ObjectRow
@@ -29,12 +31,22 @@ def check_settable(name: bytes, value: bytes | None = None) -> None:
         raise NamespaceError(errno.E2BIG)
 
 
-def virtual_value(name: bytes, row: ObjectRow, chunk_ids: list[bytes | None]) -> bytes | None:
-    """The value of a ``user.dhtfs.*`` name, or None if ``name`` is not one."""
+def virtual_value(
+    name: bytes, row: ObjectRow, extents: Callable[[], list[list[Any]]]
+) -> bytes | None:
+    """The value of a ``user.dhtfs.*`` name, or None if ``name`` is not one.
+
+    ``extents()``: the file's ``[offset, length, block, block_offset]`` extents in order.
+    ``user.dhtfs.chunks`` lists the block of each extent (for a file written sequentially:
+    one block per chunk, the SHA-256 of the chunk); ``user.dhtfs.extents`` the extents, with
+    block IDs in hex. Holes are in neither.
+    """
     if name == b"user.dhtfs.id":
         return row.obj.hex().encode()
     if name == b"user.dhtfs.chunk_size":
         return str(row.chunk_size).encode()
     if name == b"user.dhtfs.chunks":
-        return json.dumps([c.hex() if c else None for c in chunk_ids]).encode()
+        return json.dumps([e[2].hex() for e in extents()]).encode()
+    if name == b"user.dhtfs.extents":
+        return json.dumps([[o, n, b.hex(), bo] for o, n, b, bo in extents()]).encode()
     return None

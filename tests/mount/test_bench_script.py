@@ -17,9 +17,21 @@ pytestmark = pytest.mark.mount
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "bench" / "fs.py"
-FIGURE = re.compile(r"^figure: (\w+)=(\d+(?:\.\d+)?) (MB/s|files/s|entries/s)$")
+FIGURE = re.compile(r"^figure: (\w+)=(\d+(?:\.\d+)?) (MB/s|files/s|entries/s|writes/s|ms|bytes)$")
 EXPECTED = {
-    f"dhtfs_{name}" for name in ("seq_write", "seq_read_cold", "seq_read_warm", "cp", "ls", "rm")
+    f"dhtfs_{name}"
+    for name in (
+        "seq_write",
+        "seq_read_cold",
+        "seq_read_warm",
+        "cp",
+        "ls",
+        "rm",
+        "rand_write",
+        "write_fsync_64m",
+        "write_fsync_4g",
+        "op_bytes_4k_in_4g",
+    )
 }
 
 
@@ -42,6 +54,10 @@ def test_quick_dhtfs_figures(tmp_path: Path) -> None:
             "8",
             "--files",
             "50",
+            "--writes",
+            "50",
+            "--pairs",
+            "10",
         ],
         capture_output=True,
         text=True,

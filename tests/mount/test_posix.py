@@ -21,6 +21,7 @@ from tests.mounting import Mount
 
 pytestmark = pytest.mark.mount
 
+MIB = 1024**2
 GIB = 1024**3
 
 
@@ -482,21 +483,29 @@ def test_readdir_lists_dot_and_dotdot(mount: Mount) -> None:
     assert inodes["inner"] == (sub / "inner").stat().st_ino
 
 
-def test_size_past_the_limit_is_efbig_and_changes_nothing(mount: Mount) -> None:
-    """A file lists its chunks, so its size is bounded (2**20 chunks): past it truncate and
-    write fail with EFBIG, and the file is as it was; below it a huge sparse file is fine."""
+def test_sizes_up_to_the_kernels_limit_are_sparse_and_past_it_efbig(mount: Mount) -> None:
+    """A file's metadata grows with its data, not its size: a petabyte truncate or a write at a
+    petabyte's offset stores what was written and nothing for the holes. A write reaching past
+    2**63 - 1 (the kernel's limit for FUSE files) fails (the kernel says EINVAL) and changes
+    nothing."""
     f = mount.mountpoint / "f"
     f.write_bytes(b"kept")
-    assert _errno_of(os.truncate, f, 999_999_999_999_999) == errno.EFBIG
-    assert f.stat().st_size == 4 and f.read_bytes() == b"kept"
+    os.truncate(f, 999_999_999_999_999)
+    assert f.stat().st_size == 999_999_999_999_999 and f.stat().st_blocks * 512 <= MIB
     with open(f, "r+b", buffering=0) as fh:
         fh.seek(999_999_999_999_999)
-        assert _errno_of(fh.write, b"x") == errno.EFBIG
-    assert f.stat().st_size == 4 and f.read_bytes() == b"kept"
-    os.truncate(f, 10 * GIB)  # sparse: holes cost a chunk ID each, no data
-    assert f.stat().st_size == 10 * GIB and f.stat().st_blocks * 512 <= 1024 * 1024
+        assert fh.write(b"x") == 1
+        fh.seek((1 << 63) - 1)
+        assert _errno_of(fh.write, b"x") in (errno.EFBIG, errno.EINVAL)
+    assert f.stat().st_size == 1_000_000_000_000_000 and f.stat().st_blocks * 512 <= 2 * MIB
     with open(f, "rb") as fh:
         assert fh.read(4) == b"kept" and fh.read(8) == bytes(8)
+        fh.seek(999_999_999_999_990)
+        assert fh.read() == bytes(9) + b"x"
+    os.truncate(f, 10 * GIB)
+    assert f.stat().st_size == 10 * GIB
+    with open(f, "rb") as fh:
+        assert fh.read(12) == b"kept" + bytes(8)
 
 
 def test_namespace_errors(mount: Mount) -> None:

@@ -7,13 +7,19 @@ import stat
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dhtfs.fs.namespace import Namespace, connect, pack_chunks
+from dhtfs.fs.namespace import Namespace, connect
 from dhtfs.fs.ops import ROOT_OBJ, Op
 
 NODES = [bytes([n]) * 32 for n in (1, 2, 3)]
 OBJS = [bytes([0xA0 + i]) * 16 for i in range(6)]
 LINKS = [bytes([0xB0 + i]) * 16 for i in range(8)]
 NAMES = [b"a", b"b", b"c"]
+BLOCKS = [bytes([0xC0 + i]) * 32 for i in range(4)]
+
+
+def pack_chunks(ids: list[bytes | None]) -> bytes:
+    """A content op's chunk list from before extents (all-zero: a hole)."""
+    return b"".join(bytes(32) if i is None else i for i in ids)
 
 
 def fresh() -> Namespace:
@@ -25,7 +31,17 @@ def state(ns: Namespace) -> tuple:
     objects = ns.db.execute("SELECT * FROM objects ORDER BY obj").fetchall()
     links = ns.db.execute("SELECT link, parent, name, obj FROM links ORDER BY link").fetchall()
     xattrs = ns.db.execute("SELECT * FROM xattrs ORDER BY obj, name").fetchall()
-    return ns.tree(), objects, links, xattrs
+    extents = ns.db.execute("SELECT * FROM extents ORDER BY obj, idx").fetchall()
+    return ns.tree(), objects, links, xattrs, extents
+
+
+bases = st.one_of(st.none(), st.tuples(st.integers(0, 30), st.sampled_from(NODES)))
+extents = st.lists(
+    st.tuples(
+        st.integers(0, 90), st.integers(1, 40), st.sampled_from(BLOCKS), st.integers(0, 8)
+    ).map(list),
+    max_size=3,
+)
 
 
 parents = st.sampled_from([ROOT_OBJ, *OBJS[:3]])  # OBJS[:3] are directories
@@ -62,20 +78,45 @@ change = st.one_of(
         st.sampled_from(OBJS),
         st.integers(0, 0o777),
     ),
-    st.builds(
+    st.builds(  # from before extents: the whole chunk list
         lambda o, s, b: {
             "c": "content",
             "obj": o,
             "size": s,
-            "chunk_size": 4096,
-            "chunks": pack_chunks([bytes([s % 251 + 1]) * 32]),
+            "chunk_size": 16,
+            "chunks": pack_chunks([bytes([s % 251 + 1]) * 32, None, BLOCKS[s % 4]]),
             "mtime": 5,
             "ctime": 5,
             "base": b,
         },
         st.sampled_from(OBJS[3:]),
         st.integers(1, 100),
-        st.one_of(st.none(), st.tuples(st.integers(0, 30), st.sampled_from(NODES))),
+        bases,
+    ),
+    st.builds(  # extents: a cut, then pieces laid over, then the size
+        lambda o, s, cut, put, cs, b: {
+            "c": "content",
+            "obj": o,
+            "size": s,
+            "chunk_size": cs,
+            "cut": cut,
+            "put": put,
+            "mtime": 5,
+            "ctime": 5,
+            "base": b,
+        },
+        st.sampled_from(OBJS[3:]),
+        st.integers(0, 100),
+        st.one_of(st.none(), st.integers(0, 100)),
+        extents,
+        st.sampled_from([16, 32]),
+        bases,
+    ),
+    st.builds(
+        lambda o, put, b: {"c": "compact", "obj": o, "base": b, "put": put},
+        st.sampled_from(OBJS[3:]),
+        extents,
+        bases.filter(lambda b: b is not None),
     ),
     st.builds(
         lambda o, n, v: {"c": "xattr", "obj": o, "name": n, "value": v},
@@ -175,7 +216,8 @@ def test_concurrent_writes_keep_the_loser_as_conflict_copy() -> None:
                     "obj": f,
                     "size": 10,
                     "chunk_size": 4096,
-                    "chunks": pack_chunks([bytes([fill]) * 32]),
+                    "cut": 0,
+                    "put": [[0, 10, bytes([fill]) * 32, 0]],
                     "mtime": ts,
                     "ctime": ts,
                     "base": (1, NODES[0]),
@@ -184,17 +226,21 @@ def test_concurrent_writes_keep_the_loser_as_conflict_copy() -> None:
         )
 
     w1, w2 = write(5, NODES[1], 1), write(6, NODES[2], 2)
-    trees = []
+    trees, blocks = [], []
     for order in ([w1, w2], [w2, w1]):
         ns = fresh()
         for op in [create, *order]:
             ns.apply(op)
-        trees.append(ns.tree())
+        tree = ns.tree()
+        trees.append(tree)
+        blocks.append(
+            {n: [p[2] for _, ps in ns.extents(e[5]) for p in ps] for n, e in tree.items()}
+        )
     assert trees[0] == trees[1]
     names = sorted(trees[0])
     assert names[0] == b"f" and names[1] == b"f.conflict-02020202-5"
-    assert trees[0][b"f"][3] == bytes([2]) * 32  # the later write won the name
-    assert trees[0][names[1]][3] == bytes([1]) * 32  # the earlier write is kept
+    assert blocks[0][b"f"] == [bytes([2]) * 32]  # the later write won the name
+    assert blocks[0][names[1]] == [bytes([1]) * 32]  # the earlier write is kept
 
 
 def test_rmdir_of_a_directory_that_gained_a_child_is_skipped() -> None:
@@ -203,3 +249,44 @@ def test_rmdir_of_a_directory_that_gained_a_child_is_skipped() -> None:
     ns.apply(Op(5, NODES[0], ({"c": "unlink", "link": LINKS[0]},)))
     ns.apply(mkdir(OBJS[1], LINKS[1], OBJS[0], b"child", 3, NODES[1]))  # arrives late
     assert ns.tree() == {b"d": {b"child": {}}}
+
+
+def test_compaction_keeps_the_version_and_is_skipped_on_another() -> None:
+    """A compact op rewrites a version's pieces without changing its ID (a write based on that
+    version does not conflict); based on a version that is no longer current, it is skipped,
+    in whatever order the ops arrive."""
+    f = OBJS[3]
+    create = Op(
+        1,
+        NODES[0],
+        (
+            {"c": "mkobj", "obj": f, "kind": stat.S_IFREG, "mode": 0o644, "uid": 0, "gid": 0,
+             "time": 1},
+            {"c": "link", "link": LINKS[0], "parent": ROOT_OBJ, "name": b"f", "obj": f},
+        ),
+    )
+
+    def write(ts: int, base: tuple, put: list) -> Op:
+        change = {"c": "content", "obj": f, "size": 32, "chunk_size": 16, "cut": None,
+                  "put": put, "mtime": ts, "ctime": ts, "base": base}
+        return Op(ts, NODES[1], (change,))
+
+    w1 = write(2, (1, NODES[0]), [[0, 4, BLOCKS[0], 0], [8, 4, BLOCKS[1], 0]])
+    compact = Op(3, NODES[1], ({"c": "compact", "obj": f, "base": (2, NODES[1]),
+                                "put": [[0, 12, BLOCKS[2], 0]]},))
+    w2 = write(4, (2, NODES[1]), [[20, 4, BLOCKS[3], 0]])
+    stale = Op(5, NODES[2], ({"c": "compact", "obj": f, "base": (2, NODES[1]),
+                              "put": [[0, 32, BLOCKS[0], 0]]},))
+    results = []
+    for order in ([create, w1, compact, w2, stale], [stale, w2, compact, w1, create]):
+        ns = fresh()
+        for op in order:
+            ns.apply(op)
+        results.append(state(ns))
+        assert [n for n in ns.tree()] == [b"f"]  # no conflict copy
+        assert list(ns.extents(f)) == [
+            (0, [(0, 12, BLOCKS[2], 0)]),
+            (1, [(4, 4, BLOCKS[3], 0)]),
+        ]
+        assert (ns.get_object(f).content_ts, ns.get_object(f).content_node) == (4, NODES[1])
+    assert results[0] == results[1]
