@@ -23,7 +23,6 @@ from collections.abc import Callable
 
 import trio
 
-from dhtfs.errors import DhtfsError
 from dhtfs.fs.extents import Piece
 from dhtfs.fs.files import FileContents
 from dhtfs.fs.tree import Tree
@@ -59,11 +58,25 @@ class Compactor:
         self._wake = trio.Event()
         self.compacted = 0  # chunks rewritten (for tests and status)
 
-    def changed(self, obj: bytes, indexes: set[int]) -> None:
-        """This node committed a change to chunks ``indexes`` of ``obj``."""
-        _, known = self._due.get(obj, (0.0, set()))
-        known |= indexes
-        self._due[obj] = (self._clock(), known)
+    def changed(self, obj: bytes, change: dict[int, list[Piece]]) -> None:
+        """This node committed ``change`` (chunk index → the pieces it laid) to ``obj``.
+
+        Remembers the chunks now holding more than ``max_pieces`` pieces; a chunk the change
+        rewrote from its start in one piece (sequential writing, small files) is not looked
+        at, so a copy of many files costs nothing here."""
+        ns = self.tree.ns
+        crowded = {
+            index
+            for index, pieces in change.items()
+            if not (len(pieces) == 1 and pieces[0][0] == 0)
+            and len(ns.chunk_pieces(obj, index)) > self.max_pieces
+        }
+        entry = self._due.get(obj)
+        if entry is not None:
+            crowded |= entry[1]
+        elif not crowded:
+            return
+        self._due[obj] = (self._clock(), crowded)
         self._wake.set()
 
     async def run(self) -> None:
@@ -86,8 +99,8 @@ class Compactor:
             del self._due[obj]
             try:
                 await self.compact(obj, indexes)
-            except (DhtfsError, OSError) as exc:
-                log.warning("compacting a file failed (it stays as it was): %s", exc)
+            except Exception as exc:  # an optimisation: never let it take the mount down
+                log.warning("compacting a file failed (it stays as it was): %r", exc)
 
     async def compact(self, obj: bytes, indexes: set[int]) -> int:
         """Compact those of ``indexes`` that need it; returns how many chunks were."""

@@ -17,6 +17,7 @@ chunk's span was recorded, not the block's length); those bytes read as zeros.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterable, Iterator
 
 import msgpack
@@ -53,6 +54,41 @@ def overlay(pieces: list[Piece], new: Piece) -> list[Piece]:
             out.append((end, p_end - end, block, off + (end - p_pos)))
     if not placed:
         out.append(new)
+    return out
+
+
+def overlay_all(pieces: list[Piece], new: list[Piece]) -> list[Piece]:
+    """``pieces`` with every piece of ``new`` laid over in order (later ones win).
+
+    One sweep when ``new`` is sorted and disjoint (a flush's change always is), else one
+    ``overlay`` per new piece."""
+    if len(new) == 1:
+        return overlay(pieces, new[0])
+    for a, b in itertools.pairwise(new):
+        if a[0] + a[1] > b[0] or a[1] <= 0:
+            for piece in new:
+                pieces = overlay(pieces, piece)
+            return pieces
+    if not pieces:
+        return [p for p in new if p[1] > 0]
+    out: list[Piece] = []
+    j = 0  # first new piece that may still overlap the current old piece
+    for p_pos, p_len, block, off in pieces:
+        p_end = p_pos + p_len
+        cur = p_pos
+        while j < len(new) and new[j][0] + new[j][1] <= cur:
+            j += 1
+        k = j
+        while k < len(new) and new[k][0] < p_end:  # new pieces cutting this old one
+            n_pos, n_len = new[k][0], new[k][1]
+            if n_pos > cur:
+                out.append((cur, n_pos - cur, block, off + (cur - p_pos)))
+            cur = max(cur, n_pos + n_len)
+            k += 1
+        if cur < p_end:
+            out.append((cur, p_end - cur, block, off + (cur - p_pos)))
+    out.extend(new)
+    out.sort(key=lambda p: p[0])
     return out
 
 

@@ -27,6 +27,7 @@ Invariants:
 
 from __future__ import annotations
 
+import bisect
 import errno
 import logging
 import time
@@ -46,6 +47,9 @@ from dhtfs.node.chunkstore import ChunkStore, chunk_id_of
 log = logging.getLogger(__name__)
 
 THREAD_THRESHOLD = 64 * 1024  # hash/encrypt larger buffers off the trio thread
+UNSYNCED_MAX = 65536
+"""Blocks that may wait for an fsync; past it all are synced in the background (as the
+kernel writes back dirty pages), so the list of them stays bounded."""
 
 
 def _check_size(size: int) -> None:
@@ -79,13 +83,15 @@ class ChunkCache:
 
 @dataclass(eq=False)
 class Sealing:
-    """A range being stored as a block. ``limit``: how many of its bytes still count (a
-    truncate during sealing lowers it); ``block``: set once stored."""
+    """A range being stored, at ``offset`` in a block (several small ranges share one block:
+    see ``FileContents.flush``). ``limit``: how many of its bytes still count (a truncate
+    during sealing lowers it); ``block``: set once stored."""
 
     index: int
     pos: int
     data: bytes
     limit: int
+    offset: int = 0
     block: bytes | None = None
     failed: bool = False
 
@@ -138,17 +144,27 @@ def _merge_range(ranges: list[list[Any]], pos: int, data: memoryview) -> tuple[l
         if last[0] <= pos and end <= last_end:  # an overwrite inside the last range
             last[1][pos - last[0] : end - last[0]] = data
             return last, 0
-    # General case: merge every range that overlaps or touches [pos, end).
-    first = 0
-    while first < len(ranges) and ranges[first][0] + len(ranges[first][1]) < pos:
-        first += 1
+    # Find the ranges that overlap or touch [pos, end) by bisection on their starts.
+    first = bisect.bisect_right(ranges, pos, key=_range_start)
+    if first and ranges[first - 1][0] + len(ranges[first - 1][1]) >= pos:
+        first -= 1
     stop = first
     while stop < len(ranges) and ranges[stop][0] <= end:
         stop += 1
+    if first == stop:  # touches nothing: a new range
+        new = [pos, bytearray(data)]
+        ranges.insert(first, new)
+        return new, len(data)
+    if stop - first == 1:
+        held = ranges[first]
+        h_pos, h_data = held
+        if h_pos <= pos and end <= h_pos + len(h_data):  # an overwrite inside one range
+            h_data[pos - h_pos : end - h_pos] = data
+            return held, 0
     touching = ranges[first:stop]
     before = sum(len(r[1]) for r in touching)
-    start = min([pos, *[r[0] for r in touching]])
-    stop_at = max([end, *[r[0] + len(r[1]) for r in touching]])
+    start = min(pos, touching[0][0])
+    stop_at = max(end, touching[-1][0] + len(touching[-1][1]))
     merged = bytearray(stop_at - start)
     for r_pos, r_data in touching:
         merged[r_pos - start : r_pos - start + len(r_data)] = r_data
@@ -156,6 +172,10 @@ def _merge_range(ranges: list[list[Any]], pos: int, data: memoryview) -> tuple[l
     new = [start, merged]
     ranges[first:stop] = [new]
     return new, len(merged) - before
+
+
+def _range_start(r: list[Any]) -> int:
+    return r[0]
 
 
 def _clip_ranges(ranges: list[list[Any]], limit: int) -> int:
@@ -197,6 +217,9 @@ class FileContents:
         self.nursery: trio.Nursery | None = None
         self.open_files: dict[bytes, OpenFile] = {}
         self.unsynced: dict[bytes, set[bytes]] = {}  # obj → blocks stored, not yet fsynced
+        self._unsynced_count = 0
+        self._backlog_synced = trio.Event()
+        self._backlog_synced.set()
         self._fetching: dict[bytes, trio.Event] = {}
         # A swarm mount's way to chunks not stored here: ``fetch(chunk_id, hints)`` returns
         # verified plaintext (hints: node IDs likely to hold it) or raises NamespaceError.
@@ -225,9 +248,27 @@ class FileContents:
         if of.handles <= 0 and not of.changing and not of.new:
             self.open_files.pop(of.obj, None)
 
-    def take_unsynced(self, obj: bytes) -> set[bytes]:
-        """The blocks of ``obj`` stored since its last fsync (forgotten: the caller syncs)."""
-        return self.unsynced.pop(obj, set())
+    async def take_unsynced(self, obj: bytes) -> set[bytes]:
+        """The blocks of ``obj`` stored since its last fsync (forgotten: the caller syncs
+        them). Waits for a background sync of the backlog, which may hold some of them."""
+        await self._backlog_synced.wait()
+        blocks = self.unsynced.pop(obj, set())
+        self._unsynced_count -= len(blocks)
+        return blocks
+
+    async def _sync_backlog(self) -> None:
+        """fsync every block waiting for it (the list grew past ``UNSYNCED_MAX``)."""
+        backlog, self.unsynced, self._unsynced_count = self.unsynced, {}, 0
+        try:
+            blocks = [b for per_file in backlog.values() for b in per_file]
+            await trio.to_thread.run_sync(self.store.sync, blocks)
+        except OSError as exc:
+            log.error("syncing %d stored blocks failed: %s", len(backlog), exc)
+            for obj, per_file in backlog.items():  # an fsync of their files will retry
+                self.unsynced.setdefault(obj, set()).update(per_file)
+                self._unsynced_count += len(per_file)
+        finally:
+            self._backlog_synced.set()
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -397,16 +438,31 @@ class FileContents:
         of.dirty = True
 
     async def flush(self, of: OpenFile) -> None:
-        """Seal every buffer, wait for all sealing, commit the change if there is one."""
+        """Seal every buffer, wait for all sealing, commit the change if there is one.
+
+        A buffered range at the start of its chunk is stored as a block of its own (a file's
+        tail, a small file: equal ones dedup); the others (small writes into the middle of
+        chunks) are packed together into blocks of up to ``chunk_size``, each range a piece at
+        its offset in the pack, so a flush after N scattered writes stores a few blocks, not N.
+        """
         while of.buffers or of.pending:
+            pack: list[Sealing] = []
+            packed = 0
             for index in sorted(of.buffers):
-                ranges = of.buffers.get(index)
-                if not ranges:
-                    continue
-                if sum(len(r[1]) for r in ranges) <= THREAD_THRESHOLD:
-                    self._seal_inline(of, index)
-                else:
-                    await self._seal_soon(of, index)
+                for pos, data in of.buffers.pop(index, ()):
+                    of.buffered -= len(data)
+                    entry = Sealing(index, pos, bytes(data), len(data))
+                    if pos == 0 or len(data) >= of.chunk_size // 2:
+                        await self._seal_job(of, [entry])
+                        continue
+                    entry.offset = packed
+                    pack.append(entry)
+                    packed += len(data)
+                    if packed >= of.chunk_size:
+                        await self._seal_job(of, pack)
+                        pack, packed = [], 0
+            if pack:
+                await self._seal_job(of, pack)
             if of.pending:  # inline seals leave nothing to wait for (and no checkpoint)
                 await of.idle.wait()
         self._drain(of)
@@ -440,85 +496,81 @@ class FileContents:
             if not ranges:
                 of.buffers.pop(index, None)
                 return
-            await self._sealing_slots.acquire()
-            ranges = of.buffers.get(index)
-            if not ranges:
-                self._sealing_slots.release()
-                continue
             pos, data = ranges.pop(0)
             of.buffered -= len(data)
             if not ranges:
                 del of.buffers[index]
-            self._start_seal(of, index, pos, bytes(data))
+            await self._seal_job(of, [Sealing(index, pos, bytes(data), len(data))], inline=False)
 
     async def _seal_bytes(self, of: OpenFile, index: int, pos: int, data: bytes) -> None:
         """Seal ``data`` at ``pos`` of chunk ``index`` in the background (waits for a slot)."""
-        await self._sealing_slots.acquire()
-        self._start_seal(of, index, pos, data)
+        await self._seal_job(of, [Sealing(index, pos, data, len(data))], inline=False)
 
-    def _start_seal(self, of: OpenFile, index: int, pos: int, data: bytes) -> None:
-        """Start sealing; the caller holds one sealing slot, which the sealer releases."""
-        entry = Sealing(index, pos, data, len(data))
-        of.sealing.append(entry)
+    async def _seal_job(self, of: OpenFile, entries: list[Sealing], *, inline: bool = True) -> None:
+        """Store the entries' bytes, concatenated at their offsets, as one block: on this
+        thread if small and ``inline`` (cheaper than a task and a thread hop), else in a
+        background task holding one sealing slot (waits for a free one: backpressure).
+
+        The entries join ``sealing`` at once, in order, so readers see their bytes and a later
+        range over the same bytes stays on top once they move into ``new``."""
+        data = entries[0].data if len(entries) == 1 else b"".join(e.data for e in entries)
+        if inline and len(data) <= THREAD_THRESHOLD:
+            of.sealing.extend(entries)
+            try:
+                block = self._hash_and_store(data)
+            except OSError as exc:
+                self._failed(of, entries, exc)
+            else:
+                self._stored(of, entries, block)
+                self.cache.put(block, data)
+            self._drain(of)
+            return
+        of.sealing.extend(entries)
         if of.pending == 0:
             of.idle = trio.Event()
-        of.pending += 1
-        assert self.nursery is not None, "FileContents.nursery must be set by the service"
-        self.nursery.start_soon(self._seal, of, entry)
-
-    async def _seal(self, of: OpenFile, entry: Sealing) -> None:
+        of.pending += 1  # from now: flush waits for it
         try:
-            if len(entry.data) > THREAD_THRESHOLD:
-                block = await trio.to_thread.run_sync(
-                    self._hash_and_store, entry.data, limiter=self._limiter
-                )
-            else:
-                block = self._hash_and_store(entry.data)
-            self._stored(of, block)
-            entry.block = block
+            await self._sealing_slots.acquire()
+        except BaseException:
+            self._failed(of, entries, OSError(errno.EINTR, "interrupted before storing"))
+            self._done_one(of)
+            raise
+        assert self.nursery is not None, "FileContents.nursery must be set by the service"
+        self.nursery.start_soon(self._seal, of, entries, data)
+
+    async def _seal(self, of: OpenFile, entries: list[Sealing], data: bytes) -> None:
+        try:
+            block = await trio.to_thread.run_sync(self._hash_and_store, data, limiter=self._limiter)
         except OSError as exc:
-            log.error("storing a block failed: %s", exc)
-            of.error = exc
-            entry.failed = True
+            self._failed(of, entries, exc)
+        else:
+            self._stored(of, entries, block)
         finally:
             self._sealing_slots.release()
-            of.pending -= 1
-            self._drain(of)
-            if of.pending == 0:
-                of.idle.set()
+            self._done_one(of)
+
+    def _done_one(self, of: OpenFile) -> None:
+        of.pending -= 1
+        self._drain(of)
+        if of.pending == 0:
+            of.idle.set()
 
     def _drain(self, of: OpenFile) -> None:
-        """Move stored blocks from the front of ``sealing`` into ``new``, in start order (a
+        """Move stored ranges from the front of ``sealing`` into ``new``, in start order (a
         later range over the same bytes must stay on top)."""
         while of.sealing and (of.sealing[0].block is not None or of.sealing[0].failed):
-            entry = of.sealing.popleft()
-            if entry.block is not None and entry.limit > 0:
-                self._add_piece(of, entry.index, (entry.pos, entry.limit, entry.block, 0))
+            e = of.sealing.popleft()
+            if e.block is not None and e.limit > 0:
+                of.new[e.index] = overlay(
+                    of.new.get(e.index, []), (e.pos, e.limit, e.block, e.offset)
+                )
 
     @staticmethod
-    def _add_piece(of: OpenFile, index: int, piece: Piece) -> None:
-        of.new[index] = overlay(of.new.get(index, []), piece)
-
-    def _seal_inline(self, of: OpenFile, index: int) -> None:
-        """Seal chunk ``index``'s small ranges on this thread (cheaper than tasks and thread
-        hops). Ranges of one chunk are disjoint, so their order does not matter; sealing in
-        flight for the chunk must land first, so this waits behind it in ``sealing``."""
-        ranges = of.buffers.pop(index)
-        for pos, data in ranges:
-            of.buffered -= len(data)
-            plain = bytes(data)
-            entry = Sealing(index, pos, plain, len(plain))
-            try:
-                entry.block = self._hash_and_store(plain)
-            except OSError as exc:
-                log.error("storing a block failed: %s", exc)
-                of.error = exc
-                entry.failed = True
-            else:
-                self._stored(of, entry.block)
-                self.cache.put(entry.block, plain)
-            of.sealing.append(entry)
-        self._drain(of)
+    def _failed(of: OpenFile, entries: list[Sealing], exc: OSError) -> None:
+        log.error("storing a block failed: %s", exc)
+        of.error = exc
+        for e in entries:
+            e.failed = True
 
     def _hash_and_store(self, data: bytes) -> bytes:
         """Store ``data`` as a block; returns its ID. Thread-safe (runs in worker threads)."""
@@ -526,9 +578,21 @@ class FileContents:
         self.store.put(block, data)
         return block
 
-    def _stored(self, of: OpenFile, block: bytes) -> None:
+    def _stored(self, of: OpenFile, entries: list[Sealing], block: bytes) -> None:
         """Bookkeeping for a block just stored for ``of`` (on the trio thread)."""
-        self.unsynced.setdefault(of.obj, set()).add(block)
+        for e in entries:
+            e.block = block
+        waiting = self.unsynced.setdefault(of.obj, set())
+        if block not in waiting:
+            waiting.add(block)
+            self._unsynced_count += 1
+            if (
+                self._unsynced_count > UNSYNCED_MAX
+                and self._backlog_synced.is_set()
+                and self.nursery is not None
+            ):
+                self._backlog_synced = trio.Event()
+                self.nursery.start_soon(self._sync_backlog)
         if self.on_sealed is not None:
             self.on_sealed(block)
 

@@ -24,6 +24,7 @@ import pyfuse3
 import trio
 
 from dhtfs.errors import DhtfsError, NamespaceError
+from dhtfs.fs.extents import Piece
 from dhtfs.fs.files import FileContents, OpenFile
 from dhtfs.fs.inodes import InodeMap
 from dhtfs.fs.namespace import Namespace, ObjectRow
@@ -137,8 +138,9 @@ class Operations(pyfuse3.Operations):
         self._next_fh = 1
         self._kernel_version: dict[bytes, tuple[int, bytes]] = {}
         self._data_chunks: dict[tuple[bytes, int, bytes], int] = {}
-        # Told (obj, chunk indexes) after each content change committed here (compaction).
-        self.on_content: Callable[[bytes, set[int]], None] | None = None
+        # Told (obj, {chunk index: pieces laid}) after each content change committed here
+        # (compaction).
+        self.on_content: Callable[[bytes, dict[int, list[Piece]]], None] | None = None
         self.after_init: Callable[[], None] | None = None  # called when FUSE_INIT is handled
 
     def init(self) -> None:
@@ -230,7 +232,7 @@ class Operations(pyfuse3.Operations):
         )
         self._kernel_version[of.obj] = op.op_id
         if self.on_content is not None and of.new:
-            self.on_content(of.obj, set(of.new))
+            self.on_content(of.obj, of.new)
         return op.op_id
 
     # -- lookups and attributes ----------------------------------------------------------------
@@ -400,7 +402,7 @@ class Operations(pyfuse3.Operations):
     async def durable(self, files: list[OpenFile]) -> None:
         """Make the named files' chunks and all applied metadata survive power loss."""
         self.tree.ns.commit()
-        ids = [i for of in files for i in self.contents.take_unsynced(of.obj)]
+        ids = [i for of in files for i in await self.contents.take_unsynced(of.obj)]
         wal = os.path.join(self.state_dir, "namespace.db-wal")
 
         def sync() -> None:

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgpack
 
-from dhtfs.fs.extents import Piece, clip, overlay, pack_pieces, split, unpack_pieces
+from dhtfs.fs.extents import Piece, clip, overlay, overlay_all, pack_pieces, split, unpack_pieces
 
 if TYPE_CHECKING:
     from dhtfs.fs.namespace import Namespace, _Tx
@@ -165,12 +165,9 @@ def _put(
         if length <= 0 or offset < 0:
             continue
         for index, piece in split(offset, length, block, block_offset, chunk_size):
-            pieces = touched.get(index)
-            if pieces is None:
-                pieces = chunk_pieces(db, obj, index)
-            touched[index] = overlay(pieces, piece)
-    for index, pieces in touched.items():
-        tx.put_extent(obj, index, pieces)
+            touched.setdefault(index, []).append(piece)
+    for index, new in touched.items():
+        tx.put_extent(obj, index, overlay_all(chunk_pieces(db, obj, index), new))
 
 
 def _legacy_extents(chunks: bytes, chunk_size: int, size: int) -> list[list[Any]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dhtfs.fs.extents import clip, overlay, split, stitch
+from dhtfs.fs.extents import clip, overlay, overlay_all, split, stitch
 
 SPAN = 64
 BLOCKS = {bytes([i]) * 32: bytes((i * 7 + j) % 251 + 1 for j in range(SPAN)) for i in range(5)}
@@ -62,3 +62,40 @@ def test_split_cuts_a_file_extent_at_chunk_boundaries() -> None:
         (1, (0, 16, block, 11)),
         (2, (0, 8, block, 27)),
     ]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    old=st.lists(st.tuples(st.integers(0, SPAN - 1), st.integers(1, 20)), max_size=8),
+    new=st.lists(st.tuples(st.integers(0, SPAN - 1), st.integers(1, 20)), max_size=8),
+    sort_new=st.booleans(),
+)
+def test_overlay_all_is_overlay_in_order(old: list, new: list, sort_new: bool) -> None:
+    """The one-sweep path (sorted, disjoint new pieces) and the general one agree with laying
+    the pieces over one by one."""
+    blocks = sorted(BLOCKS)
+    base: list = []
+    for i, (pos, length) in enumerate(old):
+        base = overlay(base, (pos, min(length, SPAN - pos), blocks[i % 5], 0))
+    pieces = []
+    for i, (pos, length) in enumerate(new):
+        pieces.append((pos, min(length, SPAN - pos), blocks[(i + 2) % 5], 1))
+    if sort_new:  # make them disjoint and sorted: the fast path
+        pieces = clip_disjoint(sorted(pieces))
+    expected = base
+    for piece in pieces:
+        expected = overlay(expected, piece)
+    got = overlay_all(base, pieces)
+    assert well_formed(got, SPAN + 1)
+    assert stitch(got, SPAN, BLOCKS.__getitem__) == stitch(expected, SPAN, BLOCKS.__getitem__)
+
+
+def clip_disjoint(pieces: list) -> list:
+    out: list = []
+    end = 0
+    for pos, length, block, off in pieces:
+        if pos < end:
+            continue
+        out.append((pos, length, block, off))
+        end = pos + length
+    return out
