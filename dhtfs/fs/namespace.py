@@ -433,9 +433,15 @@ class _Tx:
         # A file's link going away frees a name and changes no directory: every fact holds.
         self.db.execute("DELETE FROM links WHERE link=?", (link,))
 
-    def put_extent(self, obj: bytes, index: int, pieces: list[Piece]) -> None:
-        """Set chunk ``index`` of ``obj`` to ``pieces`` (none: the row goes)."""
-        self._capture("extents", (obj, index))
+    def put_extent(
+        self, obj: bytes, index: int, pieces: list[Piece], *, new_row: bool = False
+    ) -> None:
+        """Set chunk ``index`` of ``obj`` to ``pieces`` (none: the row goes). ``new_row``:
+        the caller knows there is no such row (no before-image is read)."""
+        if new_row:
+            self._record_new("extents", (obj, index))
+        else:
+            self._capture("extents", (obj, index))
         if pieces:
             self.db.execute(
                 "INSERT OR REPLACE INTO extents(obj, idx, pieces) VALUES (?,?,?)",

@@ -105,11 +105,12 @@ def apply_content(ns: Namespace, tx: _Tx, op: Op, c: Change) -> None:
     limit = size if cut is None else min(int(cut), size)
     if limit < current.size:
         _cut(ns.db, tx, obj, current.chunk_size or c["chunk_size"], limit)
+    # No byte lies past a file's size, so a file cut (or grown) from nothing has no rows.
+    has_rows = limit > 0 and current.size > 0 and _has_rows(ns.db, obj)
     # Rows are indexed by the file's chunk size: it changes only when no row is left.
-    has_rows = current.chunk_size and _has_rows(ns.db, obj)
-    chunk_size = current.chunk_size if has_rows else c["chunk_size"]
+    chunk_size = current.chunk_size if has_rows and current.chunk_size else c["chunk_size"]
     put = _legacy_extents(c["chunks"], c["chunk_size"], size) if legacy else c.get("put") or ()
-    _put(ns.db, tx, obj, chunk_size, size, put)
+    _put(ns.db, tx, obj, chunk_size, size, put, empty=not has_rows)
     tx.update_object(
         obj,
         {
@@ -156,9 +157,12 @@ def _put(
     chunk_size: int,
     size: int,
     extents: Any,
+    *,
+    empty: bool = False,
 ) -> None:
     """Lay ``[offset, length, block, block_offset]`` extents over ``obj``, in order, each
-    clipped to ``size``; every touched chunk row is read and written once."""
+    clipped to ``size``; every touched chunk row is read and written once (``empty``: the
+    file has no rows, so none is read)."""
     touched: dict[int, list[Piece]] = {}
     for offset, length, block, block_offset in extents:
         length = min(length, size - offset)
@@ -167,7 +171,10 @@ def _put(
         for index, piece in split(offset, length, block, block_offset, chunk_size):
             touched.setdefault(index, []).append(piece)
     for index, new in touched.items():
-        tx.put_extent(obj, index, overlay_all(chunk_pieces(db, obj, index), new))
+        if empty:
+            tx.put_extent(obj, index, overlay_all([], new), new_row=True)
+        else:
+            tx.put_extent(obj, index, overlay_all(chunk_pieces(db, obj, index), new))
 
 
 def _legacy_extents(chunks: bytes, chunk_size: int, size: int) -> list[list[Any]]:
