@@ -39,7 +39,7 @@ from typing import Any
 import trio
 
 from dhtfs.errors import ChunkError, ChunkMissing, NamespaceError
-from dhtfs.fs.extents import Piece, clip, overlay
+from dhtfs.fs.extents import Piece, clip, overlay, overlay_all
 from dhtfs.fs.namespace import ObjectRow
 from dhtfs.fs.versions import MAX_FILE_SIZE
 from dhtfs.node.chunkstore import ChunkStore, chunk_id_of
@@ -558,12 +558,13 @@ class FileContents:
     def _drain(self, of: OpenFile) -> None:
         """Move stored ranges from the front of ``sealing`` into ``new``, in start order (a
         later range over the same bytes must stay on top)."""
+        landed: dict[int, list[Piece]] = {}
         while of.sealing and (of.sealing[0].block is not None or of.sealing[0].failed):
             e = of.sealing.popleft()
             if e.block is not None and e.limit > 0:
-                of.new[e.index] = overlay(
-                    of.new.get(e.index, []), (e.pos, e.limit, e.block, e.offset)
-                )
+                landed.setdefault(e.index, []).append((e.pos, e.limit, e.block, e.offset))
+        for index, pieces in landed.items():  # in order: overlay_all keeps later ones on top
+            of.new[index] = overlay_all(of.new.get(index, []), pieces)
 
     @staticmethod
     def _failed(of: OpenFile, entries: list[Sealing], exc: OSError) -> None:
