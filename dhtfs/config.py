@@ -98,6 +98,12 @@ class Config:
     bootstrap: tuple[str, ...] = field(default_factory=tuple)  # HOST:PORT+HOST:PORT on -o
     # Seconds between attempts to fold the op history every member holds (dhtfs.fs.history).
     fold_interval: float = 10.0
+    # Blocks written here go to the `replicas` XOR-closest nodes (dhtfs.node.replication);
+    # fsync waits for them up to `replication_deadline` seconds (then EIO); writers wait
+    # while more than `replication_backlog` bytes are not yet replicated.
+    replicas: int = 3
+    replication_deadline: float = 60.0
+    replication_backlog: int = 1024 * 1024 * 1024
 
     @property
     def state_dir(self) -> Path:
@@ -130,11 +136,19 @@ def _parse_bool(key: str, value: Any) -> bool:
 
 
 def _coerce(key: str, value: Any) -> Any:
-    if key in ("chunk_size", "cache_size"):
+    if key in ("chunk_size", "cache_size", "replication_backlog"):
         return parse_size(key, value)
+    if key == "replicas":
+        try:
+            count = int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}={value}: expected a whole number, e.g. 3") from None
+        if not 1 <= count <= 20:
+            raise ConfigError(f"{key}={value}: must be between 1 and 20")
+        return count
     if key in ("debug", "allow_other"):
         return _parse_bool(key, value)
-    if key in ("commit_interval", "fold_interval"):
+    if key in ("commit_interval", "fold_interval", "replication_deadline"):
         try:
             seconds = float(value)
         except (TypeError, ValueError):

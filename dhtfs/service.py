@@ -279,6 +279,7 @@ async def _serve_mount(
                     await _flush_all(fs)
                 fs.namespace.commit()
                 with trio.CancelScope(shield=True):
+                    await swarm.drain_replication()
                     await swarm.push_remaining()
             nursery.cancel_scope.cancel()
         pyfuse3.close(unmount=True)

@@ -11,11 +11,12 @@ CATCH_UP_DEADLINE`` seconds (logged), never forever.
 
 Invariants:
 - ops are pushed only once persisted (``Namespace.log_entries`` persists first);
-- chunks sealed here are placed on the R XOR-closest peers in the background once writing
-  pauses (no chunk sealed for ``PLACEMENT_QUIET`` seconds) and the process is otherwise idle,
-  or sooner when more than ``PLACEMENT_BACKLOG`` wait, so writers are not slowed; a reader
-  elsewhere that races the placement asks the writer of the version directly (``get_chunk``
-  hints);
+- blocks stored here are replicated to the ``replicas`` XOR-closest nodes by
+  ``dhtfs.node.replication`` (a backlog that survives a crash; backpressure on writers past
+  ``replication_backlog`` bytes); ``fsync`` waits for a file's new blocks to be there (EIO
+  after ``replication_deadline``); stopping waits for the backlog (bounded); a reader
+  elsewhere that races the replication asks the writer of the version directly
+  (``get_chunk`` hints);
 - a remote read has a deadline (``FETCH_DEADLINE``): past it the reader gets ETIMEDOUT.
 """
 
@@ -25,13 +26,11 @@ import errno
 import hashlib
 import json
 import logging
-import math
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import trio
-import trio.testing
 
 from dhtfs.config import DEFAULT_LISTEN, DEFAULT_PORT
 from dhtfs.errors import ChunkError, ConfigError, NamespaceError, RemoteError
@@ -44,6 +43,7 @@ from dhtfs.node.network import Message
 from dhtfs.node.node import Node
 from dhtfs.node.oplog import METHODS as LOG_METHODS
 from dhtfs.node.oplog import LogReplicator, Signatures
+from dhtfs.node.replication import ChunkReplicator
 from dhtfs.node.transport import Transport
 
 if TYPE_CHECKING:
@@ -54,10 +54,8 @@ log = logging.getLogger(__name__)
 JOIN_DEADLINE = 15.0
 CATCH_UP_DEADLINE = 20.0
 FETCH_DEADLINE = 30.0
-PLACEMENT_QUEUE = 65536
-PLACEMENT_QUIET = 0.3
-PLACEMENT_BACKLOG = 4096
 SHUTDOWN_PUSH_DEADLINE = 5.0
+SHUTDOWN_REPLICATION_DEADLINE = 60.0
 JOIN_RETRY_SECONDS = 5.0
 PEER_CACHE = 64
 PEER_CACHE_INTERVAL = 60.0
@@ -76,9 +74,7 @@ class SwarmNode:
         self.remote = RemoteChanges(fs.namespace, fs.inodes, fs.contents)
         self.log_store.on_remote = self.remote
         self.log_store.on_installed = self.remote.everything_changed
-        self._place_send, self._place_recv = trio.open_memory_channel[bytes](PLACEMENT_QUEUE)
-        self.placed = 0
-        self._last_sealed = -math.inf
+        self.replication: ChunkReplicator | None = None
         self.mountpoint: Path | None = None
         self._seeds: list[tuple[str, int]] = []
         self._known: set[tuple[str, int]] = set()
@@ -89,8 +85,12 @@ class SwarmNode:
         """Listen, serve, join and catch up (bounded); the tasks live in ``nursery``."""
         config = self.fs.config
         self.transport = await self._listen(nursery, config.listen)
-        node = self.node = Node(self.transport, self.fs.store)
+        node = self.node = Node(self.transport, self.fs.store, replication=config.replicas)
         self.transport.handler = node.handle
+        replication = self.replication = ChunkReplicator(
+            node, config.state_dir / "replication.backlog",
+            max_bytes=config.replication_backlog, admit_deadline=config.replication_deadline,
+        )
         signer = Signatures(self.identity)
         self.replicator = LogReplicator(
             node, self.log_store, signer, fold_interval=config.fold_interval,
@@ -104,7 +104,12 @@ class SwarmNode:
         self.fs.tree.on_op = lambda _op: self.replicator.notify()
         contents = self.fs.contents
         contents.fetch = self._fetch
-        contents.on_sealed = self._queue_placement
+        contents.on_sealed = replication.add
+        contents.backlog_full = lambda: replication.full
+        contents.admit = replication.admit
+        self.fs.operations.replicate = lambda ids: replication.wait(
+            ids, config.replication_deadline
+        )
         control = ControlServer([node], extra={
             "status": self._status, "oplog": self._oplog, "isolate": self._isolate,
             "sync": self._sync, "digest": self._digest, "fold": self._fold, "gc": self._gc,
@@ -113,7 +118,6 @@ class SwarmNode:
         nursery.start_soon(node.run_maintenance)
         nursery.start_soon(self.replicator.run)
         nursery.start_soon(self.remote.run)
-        nursery.start_soon(self._placement_loop)
         self._seeds = [parse_address(b, "bootstrap", default_port=DEFAULT_PORT)
                        for b in config.bootstrap]
         self._known = self._cached_peers()
@@ -131,6 +135,9 @@ class SwarmNode:
                             "within %.0fs; mounting anyway, retrying in the background",
                             JOIN_DEADLINE)
         nursery.start_soon(self._keep_joined)
+        # After the join: a backlog resumed at start must not be placed on a routing table
+        # that is still empty (it would count as alone, and call one copy enough).
+        nursery.start_soon(replication.run)
         if len(node.routing):
             with trio.move_on_after(CATCH_UP_DEADLINE):
                 gained = await self.replicator.sync_all(deadline=CATCH_UP_DEADLINE)
@@ -204,38 +211,14 @@ class SwarmNode:
                   FETCH_DEADLINE)
         raise NamespaceError(errno.ETIMEDOUT, "chunk fetch timed out")
 
-    def _queue_placement(self, chunk_id: bytes) -> None:
-        self._last_sealed = trio.current_time()
-        try:
-            self._place_send.send_nowait(chunk_id)
-        except trio.WouldBlock:
-            log.debug("placement queue full: %s stays local until republished",
-                      chunk_id.hex()[:16])
-
-    async def _placement_loop(self) -> None:
-        """Place sealed chunks on the R closest peers when the process is otherwise idle."""
-        assert self.node is not None
-        node = self.node
-        async for chunk_id in self._place_recv:
-            if len(node.routing) == 0:
-                continue  # alone: nothing to place on
-            while self._place_recv.statistics().current_buffer_used < PLACEMENT_BACKLOG:
-                quiet = trio.current_time() - self._last_sealed
-                if quiet >= PLACEMENT_QUIET:
-                    break
-                await trio.sleep(PLACEMENT_QUIET - quiet)
-            await trio.testing.wait_all_tasks_blocked(0.005)
-            try:
-                data = await trio.to_thread.run_sync(self.fs.store.get, chunk_id)
-            except ChunkError:
-                continue  # collected meanwhile
-            try:
-                await node.put_chunk_detailed(data)
-                self.placed += 1
-            except Exception:
-                log.exception("placing chunk %s failed", chunk_id.hex()[:16])
-
     # -- shutdown ------------------------------------------------------------------------------
+
+    async def drain_replication(self) -> None:
+        """Wait (bounded, progress in the log) for the blocks still to be replicated."""
+        if self.replication is not None and self.node is not None and len(self.node.routing):
+            await self.replication.drain(SHUTDOWN_REPLICATION_DEADLINE)
+        if self.replication is not None:
+            self.replication.close()
 
     async def push_remaining(self) -> None:
         """Hand the last ops to peers before the process goes (bounded)."""
@@ -256,7 +239,9 @@ class SwarmNode:
             "pid": os.getpid(), "mountpoint": str(self.mountpoint or ""),
             "swarm": self.fs.config.swarm, "ops": sum(vector.values()), "origins": len(vector),
             "chunks": await trio.to_thread.run_sync(lambda: sum(1 for _ in self.fs.store.ids())),
-            "placed": self.placed, "invalidations": self.remote.done,
+            "placed": self.replication.replicated if self.replication else 0,
+            "replication": self.replication.status() if self.replication else {},
+            "invalidations": self.remote.done,
         }
 
     async def _oplog(self, args: Message) -> Message:

@@ -14,7 +14,7 @@ from pathlib import Path
 from dhtfs.mount import RUN_DIR
 
 PROG = "umount.dhtfs"
-WAIT_SECONDS = 60.0
+WAIT_SECONDS = 90.0  # the daemon may spend up to 60 s finishing replication
 
 
 def daemon_pid(mountpoint: Path) -> int | None:

@@ -122,6 +122,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     up.add_argument("--nodes", type=int, metavar="N",
                     help="number of nodes (needed for a new DIR; more than recorded adds nodes)")
     up.add_argument("--json", action="store_true", help="print a JSON document, not a table")
+    up.add_argument("-o", dest="options", metavar="OPTS",
+                    help="more mount options for every node, e.g. replicas=2 (kept in "
+                    "DIR/mount-options: later 'up' runs reuse them unless given -o again)")
     up.add_argument("dir", type=Path)
     up.set_defaults(func=_one_line(cmd_up))
     down = ssub.add_parser("down", help="unmount every node of the swarm in DIR")
@@ -340,10 +343,30 @@ def _wait_ready(nodes: Sequence[Node], target: int, seconds: float) -> dict[str,
 # -- up --------------------------------------------------------------------------------------
 
 
-def _start(node: Node, bootstrap: Sequence[str]) -> str | None:
+MANAGED_OPTIONS = ("state", "ca", "cert", "cert_key", "listen", "bootstrap")
+OPTIONS_FILE = "mount-options"
+
+
+def _extra_options(root: Path, given: str | None) -> list[str]:
+    """The extra mount options: ``given`` (then kept in DIR), else those kept before."""
+    path = root / OPTIONS_FILE
+    if given is not None:
+        items = [o.strip() for o in given.split(",") if o.strip()]
+        for item in items:
+            if item.split("=", 1)[0].strip().replace("-", "_") in MANAGED_OPTIONS:
+                raise ConfigError(f"-o {item}: 'swarm up' sets {', '.join(MANAGED_OPTIONS)} "
+                                  f"itself")
+        path.write_text(",".join(items) + "\n")
+        return items
+    if path.exists():
+        return [o for o in path.read_text().strip().split(",") if o]
+    return []
+
+
+def _start(node: Node, bootstrap: Sequence[str], extra: Sequence[str] = ()) -> str | None:
     """Run ``mount.dhtfs`` for ``node``; None once mounted, else the one-line reason."""
     opts = [f"state={node.state}", f"ca={node.ca}", f"cert={node.cert}",
-            f"cert_key={node.key}", f"listen={node.address}"]
+            f"cert_key={node.key}", f"listen={node.address}", *extra]
     if bootstrap:
         opts.append("bootstrap=" + "+".join(bootstrap))
     argv = [str(VENV_BIN / "mount.dhtfs"), str(node.mountpoint), "-o", ",".join(opts)]
@@ -351,14 +374,16 @@ def _start(node: Node, bootstrap: Sequence[str]) -> str | None:
     return None if status == 0 else f"{node.name} did not mount: {reason}; see {node.log}"
 
 
-def _start_batch(root: Path, nodes: Sequence[Node], batch: Sequence[Node]) -> None:
+def _start_batch(
+    root: Path, nodes: Sequence[Node], batch: Sequence[Node], extra: Sequence[str] = ()
+) -> None:
     """Start ``batch`` in parallel, each bootstrapping to every other recorded address; record
     the ports they got (also when some failed), then raise the first failure."""
     if not batch:
         return
     boot = {n.name: [o.address for o in nodes if o is not n and o.port] for n in batch}
     with ThreadPoolExecutor(min(PARALLEL, len(batch))) as pool:
-        failures = list(pool.map(lambda n: _start(n, boot[n.name]), batch))
+        failures = list(pool.map(lambda n: _start(n, boot[n.name], extra), batch))
     started = [n for n, failure in zip(batch, failures, strict=True) if failure is None]
     try:
         _wait_ready(started, 0, START_SECONDS)
@@ -388,14 +413,15 @@ def cmd_up(args: argparse.Namespace) -> int:
         nodes += [Node.at(root, i) for i in range(len(nodes), count)]
         save_swarm(root, nodes)
         _ensure_files(root, nodes)
+        extra = _extra_options(root, args.options)
         todo = [n for n in nodes if not is_live(n.mountpoint)]
         for node in nodes:
             if node not in todo:
                 _say(f"{node.name}: already mounted at {node.mountpoint}")
         if todo and len(todo) == len(nodes):  # nothing runs: one node first, for the others
-            _start_batch(root, nodes, todo[:1])
+            _start_batch(root, nodes, todo[:1], extra)
             todo = todo[1:]
-        _start_batch(root, nodes, todo)
+        _start_batch(root, nodes, todo, extra)
         answers = _wait_ready(nodes, joined_target(len(nodes)), JOIN_SECONDS)
         save_swarm(root, nodes)
     _print_nodes(nodes, answers, args.json)

@@ -224,8 +224,12 @@ class FileContents:
         # A swarm mount's way to chunks not stored here: ``fetch(chunk_id, hints)`` returns
         # verified plaintext (hints: node IDs likely to hold it) or raises NamespaceError.
         self.fetch: Callable[[bytes, tuple[bytes, ...]], Awaitable[bytes]] | None = None
-        # Told the ID of every block sealed here (the swarm places it on other nodes).
-        self.on_sealed: Callable[[bytes], None] | None = None
+        # Told the ID and size of every block stored here (the swarm replicates it).
+        self.on_sealed: Callable[[bytes, int], None] | None = None
+        # Backpressure (the swarm's replication backlog): while ``backlog_full()``, writes
+        # first ``await admit()``.
+        self.backlog_full: Callable[[], bool] | None = None
+        self.admit: Callable[[], Awaitable[None]] | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -382,6 +386,9 @@ class FileContents:
     async def write(self, of: OpenFile, offset: int, data: bytes) -> int:
         if of.error is not None:
             raise self._take_error(of)
+        if self.backlog_full is not None and self.backlog_full():
+            assert self.admit is not None
+            await self.admit()
         _check_size(offset + len(data))
         cs = of.chunk_size
         view = memoryview(data)
@@ -595,7 +602,13 @@ class FileContents:
                 self._backlog_synced = trio.Event()
                 self.nursery.start_soon(self._sync_backlog)
         if self.on_sealed is not None:
-            self.on_sealed(block)
+            self.on_sealed(block, sum(len(e.data) for e in entries))
+
+    def put_back_unsynced(self, obj: bytes, blocks: set[bytes]) -> None:
+        """Blocks a failed fsync took: the next fsync of ``obj`` waits for them again."""
+        waiting = self.unsynced.setdefault(obj, set())
+        self._unsynced_count += len(blocks - waiting)
+        waiting |= blocks
 
     @staticmethod
     def _take_error(of: OpenFile) -> NamespaceError:

@@ -17,7 +17,7 @@ import os
 import sqlite3
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import pyfuse3
@@ -138,6 +138,8 @@ class Operations(pyfuse3.Operations):
         self._next_fh = 1
         self._kernel_version: dict[bytes, tuple[int, bytes]] = {}
         self._data_chunks: dict[tuple[bytes, int, bytes], int] = {}
+        # A swarm mount's wait for blocks to reach their replicas: → the ones that did not.
+        self.replicate: Callable[[list[bytes]], Awaitable[list[bytes]]] | None = None
         # Told (obj, {chunk index: pieces laid}) after each content change committed here
         # (compaction).
         self.on_content: Callable[[bytes, dict[int, list[Piece]]], None] | None = None
@@ -400,16 +402,34 @@ class Operations(pyfuse3.Operations):
         await self.durable([of])
 
     async def durable(self, files: list[OpenFile]) -> None:
-        """Make the named files' chunks and all applied metadata survive power loss."""
+        """Make the named files' blocks (those stored since their last fsync) and all applied
+        metadata survive power loss here, then (a swarm mount) wait for those blocks to be on
+        their R nodes: EIO if ``replicate`` says some could not get there in time."""
         self.tree.ns.commit()
-        ids = [i for of in files for i in await self.contents.take_unsynced(of.obj)]
+        taken = {of.obj: await self.contents.take_unsynced(of.obj) for of in files}
+        ids = [i for blocks in taken.values() for i in blocks]
         wal = os.path.join(self.state_dir, "namespace.db-wal")
 
         def sync() -> None:
             self.contents.store.sync(ids)
             fsync_file(wal)
 
-        await trio.to_thread.run_sync(sync)
+        try:
+            await trio.to_thread.run_sync(sync)
+            missing = await self.replicate(ids) if self.replicate is not None and ids else []
+        except BaseException:
+            for obj, blocks in taken.items():
+                self.contents.put_back_unsynced(obj, blocks)
+            raise
+        if missing:
+            for obj, blocks in taken.items():
+                self.contents.put_back_unsynced(obj, blocks)
+            log.error(
+                "fsync: %d of %d blocks did not reach their replicas in time (is the swarm "
+                "reachable? see replication_deadline); the data is safe here and keeps "
+                "replicating", len(missing), len(ids)
+            )
+            raise NamespaceError(errno.EIO, "replication deadline passed")
 
     @_errno_mapped
     async def release(self, fh: int) -> None:

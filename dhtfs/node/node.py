@@ -57,7 +57,6 @@ import math
 import os
 import random
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import trio
@@ -69,6 +68,7 @@ from dhtfs.node.chunkstore import HEADER_BYTES, TAG_BYTES
 from dhtfs.node.ids import distance, random_id_in_bucket, sha256_id
 from dhtfs.node.lookup import Answer, LookupResult, Query, iterative_lookup
 from dhtfs.node.network import Contact, Message, Network, RequestHandler
+from dhtfs.node.results import GetResult, PutResult, ValueResult
 from dhtfs.node.routing import RoutingTable
 
 log = logging.getLogger(__name__)
@@ -81,59 +81,6 @@ MAX_BACKGROUND = 64
 """Background jobs (placements after a put) at once; past that they run inline."""
 CACHE_QUEUE = 256
 """Fetched chunks waiting to be cached; past that they are not cached."""
-
-
-@dataclass(slots=True)
-class PutResult:
-    """Where ``put_chunk`` placed a chunk.
-
-    ``replicas``: the remote nodes among the R XOR-closest that acknowledged PUT_CHUNK (if those
-    fail, the next closest are tried, so a replica may come from further down the k closest).
-    ``local_slot``: this node is itself among the R closest, so its copy fills one slot.
-    ``copies`` = R slots filled; ``complete`` when ``copies >= min(R, nodes known + 1)``, i.e.
-    R copies, or every node the lookup found when the swarm is smaller than R.
-    ``put_chunk`` never fails for lack of replicas (the local copy is durable); callers that must
-    wait for replication (fsync) check ``complete``.
-    """
-
-    chunk_id: bytes
-    replicas: list[Contact] = field(default_factory=list)
-    local_slot: bool = False
-    announced: int = 0          # ADD_PROVIDER acknowledgements (once ``placed``)
-    wanted: int = 0             # min(R, nodes known + 1)
-    placed: trio.Event = field(default_factory=trio.Event)  # announcement over
-
-    @property
-    def copies(self) -> int:
-        return len(self.replicas) + (1 if self.local_slot else 0)
-
-    @property
-    def complete(self) -> bool:
-        return self.copies >= self.wanted
-
-
-@dataclass(slots=True)
-class GetResult:
-    """What ``get_chunk_detailed`` did: the verified bytes, where they came from (``local``,
-    ``inline``: a FIND_VALUE answer, ``fetched``: GET_CHUNK from a provider), the lookup RPCs
-    sent (``queries``), sequential RPCs (``hops``, see ``dhtfs.node.lookup``; a fetch adds one)
-    and new connections the network dialed meanwhile (``dials``, when it counts them)."""
-
-    data: bytes
-    source: str
-    queries: int = 0
-    hops: int = 0
-    dials: int = 0
-
-
-@dataclass(slots=True)
-class ValueResult:
-    """What ``find_value`` found: the verified bytes (a holder answered with them), else the
-    providers named; and the lookup itself (queries, failures, hops)."""
-
-    data: bytes | None
-    providers: list[Contact]
-    lookup: LookupResult
 
 
 class Node:
@@ -169,6 +116,8 @@ class Node:
         self.k = k
         self.alpha = alpha
         self.replication = replication
+        # peer → when it last answered or called (``dhtfs.node.replication`` prunes it)
+        self.seen_at: dict[bytes, float] = {}
         self.provider_ttl = provider_ttl
         self.republish_interval = (
             republish_interval if republish_interval is not None else provider_ttl / 2
@@ -231,6 +180,7 @@ class Node:
     def _seen(self, peer: Contact, rtt: float | None) -> None:
         if peer.node_id == self.id:
             return
+        self.seen_at[peer.node_id] = trio.current_time()
         if rtt is not None:
             self.routing.record_rtt(peer.node_id, rtt)
         if self._background is not None and peer.node_id not in self.routing:
@@ -406,6 +356,9 @@ class Node:
                 new = await self._offload(len(data), self.store.put_verified, cid, data)
             except ChunkCorrupt:
                 raise RemoteError(f"{method}: data does not hash to its id") from None
+            sync = getattr(self.store, "sync", None)
+            if sync is not None:  # a replica acknowledges what survives its power loss
+                await trio.to_thread.run_sync(sync, [cid])
             self._announced.setdefault(cid, trio.current_time())
             return {"stored": bool(new)}
         # GET_CHUNK

@@ -65,9 +65,11 @@ def run_cli(*args: str, timeout: float = TIMEOUT) -> subprocess.CompletedProcess
                           timeout=timeout, check=False)
 
 
-def up(root: Path, n: int | None = None) -> list[NodeInfo]:
-    """``dhtfs swarm up --json [--nodes n] root``: start what is not mounted, wait, describe."""
-    argv = ["swarm", "up", "--json", *(["--nodes", str(n)] if n is not None else []), str(root)]
+def up(root: Path, n: int | None = None, options: str | None = None) -> list[NodeInfo]:
+    """``dhtfs swarm up --json [--nodes n] [-o options] root``: start what is not mounted,
+    wait, describe."""
+    argv = ["swarm", "up", "--json", *(["--nodes", str(n)] if n is not None else []),
+            *(["-o", options] if options is not None else []), str(root)]
     res = run_cli(*argv)
     if res.returncode != 0:
         raise SwarmError(f"swarm up exited {res.returncode}: {res.stderr.strip()}")
@@ -120,10 +122,10 @@ def kill_all(root: Path) -> None:
 
 
 @contextlib.contextmanager
-def running_swarm(root: Path, n: int) -> Iterator[list[NodeInfo]]:
+def running_swarm(root: Path, n: int, options: str | None = None) -> Iterator[list[NodeInfo]]:
     """An ``n``-node swarm in ``root`` for the ``with`` block; always brought down after."""
     try:
-        yield up(root, n)
+        yield up(root, n, options)
     finally:
         try:
             down(root)

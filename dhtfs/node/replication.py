@@ -1,0 +1,336 @@
+"""Replication of the blocks written on this node to the R XOR-closest nodes.
+
+Every block stored here by a writer (``add``) joins the *backlog*; workers push each to the R
+nodes closest to its ID (``Node.put_chunk_detailed``: a replica acknowledges once the block is
+fsynced there) and take it out once it has ``min(R, live peers + 1)`` copies (see
+``live_peers``: a node cut off from the swarm is not alone). A block that
+could not get them is tried again later, with backoff.
+
+Invariants:
+- the backlog survives a crash of the process: ``+ID`` and ``-ID`` records are appended to a
+  file (one write(2), no fsync: the kernel keeps it past a SIGKILL; power loss is what fsync
+  is for, and an fsync waits for replication itself) before ``add`` returns; on start the
+  records are folded into the set still pending, and replication resumes;
+- at most ``max_bytes`` of blocks wait: past it ``admit`` makes writers wait (backpressure),
+  for at most ``admit_deadline`` seconds each (then the write goes on, with a warning: a
+  writer never hangs on the network, and the backlog is on disk, not in memory);
+- ``wait`` (fsync) puts its blocks first in line and returns, by its deadline, the ones that
+  still lack their copies: the caller fails the fsync with EIO rather than hang.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections import deque
+from collections.abc import Iterable
+from pathlib import Path
+
+import trio
+
+from dhtfs.errors import ChunkError
+from dhtfs.node.ids import ID_BYTES
+from dhtfs.node.node import Node
+
+log = logging.getLogger(__name__)
+
+RECORD = 1 + ID_BYTES
+WORKERS = 4
+QUIET_SECONDS = 0.3
+"""A block nobody waits for is pushed once no block was added for this long (or the backlog
+is over half full), so writing is not slowed by its own replication."""
+RETRY_SECONDS = (1.0, 2.0, 5.0, 10.0, 30.0)
+LIVE_SECONDS = 600.0
+"""While the routing table is empty, peers heard from within this long still count as live:
+a node cut off from the swarm (its routing table empties as calls fail) does not think itself
+alone and call a block replicated with its own copy only."""
+
+
+class BacklogFile:
+    """The backlog's records on disk: ``+ID`` when a block joins, ``-ID`` when it is done;
+    rewritten compactly (atomic rename) at open and when mostly ``-`` records."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.pending: dict[bytes, None] = {}
+        self._done_records = 0
+        if path.exists():
+            blob = path.read_bytes()
+            usable = len(blob) - len(blob) % RECORD  # a torn last record is dropped
+            for i in range(0, usable, RECORD):
+                kind, cid = blob[i : i + 1], blob[i + 1 : i + RECORD]
+                if kind == b"+":
+                    self.pending[cid] = None
+                elif kind == b"-":
+                    self.pending.pop(cid, None)
+        self._fd = -1
+        self._rewrite()
+
+    def _rewrite(self) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, b"".join(b"+" + cid for cid in self.pending))
+        finally:
+            os.close(fd)
+        os.replace(tmp, self.path)
+        if self._fd >= 0:
+            os.close(self._fd)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+        self._done_records = 0
+
+    def add(self, cid: bytes) -> None:
+        os.write(self._fd, b"+" + cid)
+        self.pending[cid] = None
+
+    def done(self, cid: bytes) -> None:
+        if self.pending.pop(cid, 0) is None:
+            os.write(self._fd, b"-" + cid)
+            self._done_records += 1
+            if self._done_records > 4096 and self._done_records > 2 * len(self.pending):
+                self._rewrite()
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+class ChunkReplicator:
+    """The backlog and its workers (see the module docstring). Lives on the trio thread."""
+
+    def __init__(
+        self,
+        node: Node,
+        backlog_path: Path,
+        *,
+        max_bytes: int,
+        admit_deadline: float = 60.0,
+        workers: int = WORKERS,
+    ) -> None:
+        self.node = node
+        self.file = BacklogFile(backlog_path)
+        self.max_bytes = max_bytes
+        self.admit_deadline = admit_deadline
+        self.workers = workers
+        self.sizes: dict[bytes, int] = {}  # pending block → bytes (0: not known yet)
+        self.bytes = 0
+        self._queue: deque[bytes] = deque(self.file.pending)
+        self._urgent: deque[bytes] = deque()
+        self._retry_at: dict[bytes, float] = {}
+        self._attempts: dict[bytes, int] = {}
+        self._done: dict[bytes, trio.Event] = {}
+        self._work = trio.Event()
+        self._room = trio.Event()
+        self._room.set()
+        self._last_add = -math.inf
+        self.replicated = 0  # blocks that reached their copies (for status and tests)
+        self.incomplete = 0  # placements that fell short and will be tried again
+        for cid in self.file.pending:
+            self.sizes[cid] = 0
+        if self._queue:
+            log.info("resuming replication of %d blocks", len(self._queue))
+            self._work.set()
+
+    # -- writers -------------------------------------------------------------------------------
+
+    @property
+    def pending(self) -> int:
+        return len(self.sizes)
+
+    def add(self, cid: bytes, size: int) -> None:
+        """A block was stored here: replicate it (recorded on disk before returning)."""
+        if cid in self.sizes:
+            return
+        self.file.add(cid)
+        self.sizes[cid] = size
+        self.bytes += size
+        self._queue.append(cid)
+        self._last_add = trio.current_time()
+        if self.bytes > self.max_bytes:
+            self._room = trio.Event() if self._room.is_set() else self._room
+        self._work.set()
+
+    @property
+    def full(self) -> bool:
+        return self.bytes > self.max_bytes
+
+    async def admit(self) -> None:
+        """Wait while the backlog is over ``max_bytes`` (bounded by ``admit_deadline``)."""
+        if not self.full:
+            return
+        with trio.move_on_after(self.admit_deadline) as scope:
+            await self._room.wait()
+        if scope.cancelled_caught:
+            log.warning("replication backlog still over %d bytes after %.0fs: writing on "
+                        "(%d blocks wait for peers)", self.max_bytes, self.admit_deadline,
+                        self.pending)
+
+    def is_pending(self, cid: bytes) -> bool:
+        return cid in self.sizes
+
+    async def wait(self, cids: Iterable[bytes], deadline: float) -> list[bytes]:
+        """Wait until each of ``cids`` is replicated; returns those still pending after
+        ``deadline`` seconds (none: all done). Puts them first in line."""
+        waiting = [c for c in dict.fromkeys(cids) if c in self.sizes]
+        if not waiting:
+            return []
+        for cid in waiting:
+            if self._retry_at.get(cid) != math.inf:  # not in flight: no backoff for it now
+                self._retry_at.pop(cid, None)
+            self._urgent.append(cid)
+        self._work.set()
+        with trio.move_on_after(deadline):
+            for cid in waiting:
+                event = self._done.get(cid)
+                if event is None:
+                    event = self._done[cid] = trio.Event()
+                if cid in self.sizes:
+                    await event.wait()
+        return [c for c in waiting if c in self.sizes]
+
+    async def drain(self, deadline: float, every: float = 5.0) -> int:
+        """Wait for the whole backlog, logging progress every ``every`` seconds, up to
+        ``deadline``; returns how many blocks still wait."""
+        if not self.sizes:
+            return 0
+        log.info("replicating %d blocks (%d bytes) before stopping", self.pending, self.bytes)
+        self._urgent.extend(self.sizes)
+        for cid in [c for c, t in self._retry_at.items() if t != math.inf]:
+            del self._retry_at[cid]
+        self._work.set()
+        end = trio.current_time() + deadline
+        while self.sizes and trio.current_time() < end:
+            with trio.move_on_after(min(every, end - trio.current_time())):
+                while self.sizes:
+                    await trio.sleep(0.05)
+            if self.sizes:
+                log.info("replication: %d blocks (%d bytes) to go", self.pending, self.bytes)
+        if self.sizes:
+            log.warning("stopping with %d blocks not yet replicated: they resume at the next "
+                        "start", self.pending)
+        return self.pending
+
+    # -- workers -------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        async with trio.open_nursery() as nursery:
+            for _ in range(self.workers):
+                nursery.start_soon(self._worker)
+            nursery.start_soon(self._retry_loop)
+
+    def _next(self) -> bytes | None:
+        while self._urgent:
+            cid = self._urgent.popleft()
+            if cid in self.sizes and cid not in self._retry_at:
+                return cid
+        now = trio.current_time()
+        quiet = now - self._last_add >= QUIET_SECONDS or self.bytes > self.max_bytes // 2
+        while self._queue and quiet:
+            cid = self._queue.popleft()
+            if cid in self.sizes and cid not in self._retry_at:
+                return cid
+        return None
+
+    async def _worker(self) -> None:
+        while True:
+            cid = self._next()
+            if cid is None:
+                if self._queue and not self._urgent:
+                    # Writing is going on: wait for a pause, or for someone to need a block.
+                    with trio.move_on_after(QUIET_SECONDS):
+                        await self._wait_work()
+                else:
+                    await self._wait_work()
+                continue
+            self._inflight_start(cid)
+            try:
+                await self._replicate(cid)
+            finally:
+                self._inflight_end(cid)
+
+    async def _wait_work(self) -> None:
+        self._work = trio.Event() if self._work.is_set() else self._work
+        await self._work.wait()
+
+    def _inflight_start(self, cid: bytes) -> None:
+        self._retry_at[cid] = math.inf  # nobody else takes it meanwhile
+
+    def _inflight_end(self, cid: bytes) -> None:
+        if self._retry_at.get(cid) == math.inf:
+            del self._retry_at[cid]
+
+    async def _replicate(self, cid: bytes) -> None:
+        try:
+            data = await trio.to_thread.run_sync(self.node.store.get, cid)
+        except ChunkError:
+            self._finish(cid)  # collected meanwhile: nothing to replicate
+            return
+        wanted = min(self.node.replication, self.live_peers() + 1)  # before calls fail
+        try:
+            result = await self.node.put_chunk_detailed(data)
+        except Exception as exc:  # a placement that failed is tried again
+            log.debug("replicating %s failed: %r", cid.hex()[:16], exc)
+            result = None
+        wanted = max(wanted, min(self.node.replication, self.live_peers() + 1))
+        if result is not None and result.copies >= wanted:
+            self._finish(cid)
+            return
+        self.incomplete += 1
+        attempt = self._attempts.get(cid, 0)
+        self._attempts[cid] = attempt + 1
+        delay = RETRY_SECONDS[min(attempt, len(RETRY_SECONDS) - 1)]
+        self._retry_at[cid] = trio.current_time() + delay
+        if attempt == 2:
+            log.warning("block %s: %s of %d copies after %d tries; retrying",
+                        cid.hex()[:16], result.copies if result else 0, wanted, attempt + 1)
+
+    async def _retry_loop(self) -> None:
+        while True:
+            await trio.sleep(0.5)
+            now = trio.current_time()
+            due = [c for c, t in self._retry_at.items() if t <= now]
+            for cid in due:
+                del self._retry_at[cid]
+                self._urgent.append(cid)
+            if due:
+                self._work.set()
+
+    def live_peers(self) -> int:
+        """How many other nodes count as live: those in the routing table; but when it is
+        empty, those heard from within ``LIVE_SECONDS`` (this node is then more likely cut
+        off than alone, and must not call its own copy enough)."""
+        contacts = len(self.node.routing)
+        if contacts:
+            return contacts
+        seen = self.node.seen_at
+        now = trio.current_time()
+        for node_id in [n for n, t in seen.items() if now - t > LIVE_SECONDS]:
+            del seen[node_id]
+        return len(seen)
+
+    def _finish(self, cid: bytes) -> None:
+        size = self.sizes.pop(cid, None)
+        if size is None:
+            return
+        self.bytes -= size
+        self.file.done(cid)
+        self._attempts.pop(cid, None)
+        self.replicated += 1
+        event = self._done.pop(cid, None)
+        if event is not None:
+            event.set()
+        if self.bytes <= self.max_bytes and not self._room.is_set():
+            self._room.set()
+
+    def status(self) -> dict[str, int]:
+        return {
+            "pending": self.pending,
+            "pending_bytes": self.bytes,
+            "replicated": self.replicated,
+            "incomplete": self.incomplete,
+        }
+
+    def close(self) -> None:
+        self.file.close()

@@ -1,0 +1,153 @@
+"""Tier 5: blocks written on a mount reach the R XOR-closest nodes (real processes on
+127.0.0.x): ``fsync`` returns only once they are there; a writer killed right after
+``close`` resumes the replication when it restarts, and the file is then readable from the
+replicas alone; an ``fsync`` that cannot reach the replicas fails with EIO by its deadline.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.mounting import VENV_BIN
+from tests.swarm import swarmctl
+from tests.swarm.observe import control, wait_until
+
+pytestmark = [pytest.mark.mount, pytest.mark.slow]
+MIB = 1 << 20
+
+
+def blocks_of(path: Path) -> list[str]:
+    return sorted({e[2] for e in json.loads(os.getxattr(path, "user.dhtfs.extents"))})
+
+
+def holds(state: Path, block: str) -> bool:
+    return (state / "chunks" / block[:2] / block[2:]).is_file()
+
+
+def closest(nodes: list[swarmctl.NodeInfo], block: str, r: int) -> list[str]:
+    key = int(block, 16)
+    assert all(n.node_id for n in nodes)
+    return sorted(
+        (n.name for n in nodes), key=lambda name: int(by_name(nodes)[name].node_id, 16) ^ key
+    )[:r]
+
+
+def by_name(nodes: list[swarmctl.NodeInfo]) -> dict[str, swarmctl.NodeInfo]:
+    return {n.name: n for n in nodes}
+
+
+def backlog(state: Path) -> int:
+    return int(control(state, "status")["replication"]["pending"])
+
+
+def test_fsync_returns_once_each_block_is_on_its_closest_nodes(tmp_path: Path) -> None:
+    with swarmctl.running_swarm(tmp_path / "swarm", 5) as nodes:
+        writer = nodes[0]
+        wait_until(lambda: control(writer.state, "status")["peers"] >= 4, "every peer known")
+        f = writer.mountpoint / "f"
+        data = os.urandom(3 * MIB)
+        with open(f, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+            # Checked at once, no waiting: fsync has returned, so the copies are there.
+            blocks = blocks_of(f)
+            assert len(blocks) == 3
+            for block in blocks:
+                want = closest(nodes, block, 3)
+                have = sorted(n.name for n in nodes if holds(n.state, block))
+                assert set(want) <= set(have), (block[:12], want, have)
+                assert set(have) <= set(want) | {writer.name}, (block[:12], want, have)
+        assert backlog(writer.state) == 0
+        reader = nodes[4].mountpoint / "f"
+        wait_until(lambda: reader.exists(), "the file on another node")
+        assert reader.read_bytes() == data
+
+
+def test_writer_killed_after_close_resumes_replication(tmp_path: Path) -> None:
+    root = tmp_path / "swarm"
+    with swarmctl.running_swarm(root, 4, "replicas=2") as nodes:
+        writer, other = nodes[0], nodes[1]
+        wait_until(lambda: control(writer.state, "status")["peers"] >= 3, "every peer known")
+        (writer.mountpoint / "d").mkdir()
+        wait_until(lambda: (other.mountpoint / "d").is_dir(), "the directory on node1")
+        # Cut the writer off so its blocks cannot leave before the kill.
+        control(writer.state, "isolate", {"on": True})
+        data = os.urandom(4 * MIB + 123)
+        (writer.mountpoint / "d" / "f").write_bytes(data)  # close() returns: local durability
+        assert backlog(writer.state) >= 4
+        swarmctl.kill(root, writer.name)
+        assert (writer.state / "replication.backlog").stat().st_size > 0
+        nodes = swarmctl.restart(root)  # a new process: no longer cut off
+        writer = by_name(nodes)["node0"]
+        wait_until(lambda: backlog(writer.state) == 0, "the resumed replication")
+        blocks = blocks_of(writer.mountpoint / "d" / "f")
+        for block in blocks:
+            want = closest(nodes, block, 2)
+            assert all(holds(by_name(nodes)[name].state, block) for name in want), block[:12]
+        # The writer goes; the file is read from the replicas.
+        swarmctl.kill(root, writer.name)
+        f = other.mountpoint / "d" / "f"
+        wait_until(lambda: f.exists(), "the file's name on node1")
+        assert f.read_bytes() == data
+
+
+def test_fsync_fails_with_eio_when_replicas_are_out_of_reach(tmp_path: Path) -> None:
+    with swarmctl.running_swarm(tmp_path / "swarm", 3, "replication_deadline=3") as nodes:
+        writer = nodes[0]
+        # The writer knows both peers, then is cut off from them.
+        wait_until(lambda: control(writer.state, "status")["peers"] >= 2, "both peers known")
+        control(writer.state, "isolate", {"on": True})
+        f = writer.mountpoint / "f"
+        data = os.urandom(MIB + 5)
+        fd = os.open(f, os.O_WRONLY | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, data)
+            began = time.monotonic()
+            with pytest.raises(OSError) as failed:
+                os.fsync(fd)
+            assert failed.value.errno == errno.EIO
+            assert time.monotonic() - began < 30  # its deadline, not a hang
+            assert f.read_bytes() == data  # safe here all along
+            control(writer.state, "isolate", {"on": False})
+            wait_until(lambda: control(writer.state, "status")["peers"] >= 2, "the swarm again")
+            os.fsync(fd)  # the same blocks, now reachable: the retry succeeds
+        finally:
+            os.close(fd)
+        assert backlog(writer.state) == 0
+        assert "did not reach their replicas" in (writer.state / "dhtfs.log").read_text()
+
+
+def pending_in_backlog_file(path: Path) -> int:
+    """Blocks the backlog file still names (``+ID`` records without a later ``-ID``)."""
+    blob = path.read_bytes()
+    pending: set[bytes] = set()
+    for i in range(0, len(blob) - len(blob) % 33, 33):
+        (pending.add if blob[i : i + 1] == b"+" else pending.discard)(blob[i + 1 : i + 33])
+    return len(pending)
+
+
+def test_unmount_waits_for_the_backlog(tmp_path: Path) -> None:
+    """``umount.dhtfs`` right after writing: the daemon replicates what is left before it
+    exits, so nothing waits in the backlog and every block is on its closest nodes."""
+    with swarmctl.running_swarm(tmp_path / "swarm", 3, "replicas=2") as nodes:
+        writer = nodes[0]
+        wait_until(lambda: control(writer.state, "status")["peers"] >= 2, "both peers known")
+        f = writer.mountpoint / "f"
+        f.write_bytes(os.urandom(8 * MIB))
+        blocks = blocks_of(f)
+        res = subprocess.run([str(VENV_BIN / "umount.dhtfs"), str(writer.mountpoint)],
+                             capture_output=True,
+                             text=True, timeout=120)
+        assert res.returncode == 0, res.stderr
+        assert pending_in_backlog_file(writer.state / "replication.backlog") == 0
+        for block in blocks:
+            for name in closest(nodes, block, 2):
+                assert holds(by_name(nodes)[name].state, block), (block[:12], name)
