@@ -147,7 +147,7 @@ class Compactor:
         block = await trio.to_thread.run_sync(self._store, plain_bytes)
         self.contents.cache.put(block, plain_bytes)
         if self.contents.on_sealed is not None:
-            self.contents.on_sealed(block, len(plain_bytes))
+            self.contents.on_sealed(block, len(plain_bytes), plain_bytes)
         return (lo, hi - lo), block
 
     def _store(self, data: bytes) -> bytes:

@@ -224,8 +224,9 @@ class FileContents:
         # A swarm mount's way to chunks not stored here: ``fetch(chunk_id, hints)`` returns
         # verified plaintext (hints: node IDs likely to hold it) or raises NamespaceError.
         self.fetch: Callable[[bytes, tuple[bytes, ...]], Awaitable[bytes]] | None = None
-        # Told the ID and size of every block stored here (the swarm replicates it).
-        self.on_sealed: Callable[[bytes, int], None] | None = None
+        # Told the ID, size and plaintext of every block stored here (the swarm replicates
+        # it; the plaintext is only lent: the callee must not change it).
+        self.on_sealed: Callable[[bytes, int, bytes], None] | None = None
         # Backpressure (the swarm's replication backlog): while ``backlog_full()``, writes
         # first ``await admit()``.
         self.backlog_full: Callable[[], bool] | None = None
@@ -528,7 +529,7 @@ class FileContents:
             except OSError as exc:
                 self._failed(of, entries, exc)
             else:
-                self._stored(of, entries, block)
+                self._stored(of, entries, block, data)
                 self.cache.put(block, data)
             self._drain(of)
             return
@@ -551,7 +552,7 @@ class FileContents:
         except OSError as exc:
             self._failed(of, entries, exc)
         else:
-            self._stored(of, entries, block)
+            self._stored(of, entries, block, data)
         finally:
             self._sealing_slots.release()
             self._done_one(of)
@@ -586,7 +587,7 @@ class FileContents:
         self.store.put(block, data)
         return block
 
-    def _stored(self, of: OpenFile, entries: list[Sealing], block: bytes) -> None:
+    def _stored(self, of: OpenFile, entries: list[Sealing], block: bytes, data: bytes) -> None:
         """Bookkeeping for a block just stored for ``of`` (on the trio thread)."""
         for e in entries:
             e.block = block
@@ -602,7 +603,7 @@ class FileContents:
                 self._backlog_synced = trio.Event()
                 self.nursery.start_soon(self._sync_backlog)
         if self.on_sealed is not None:
-            self.on_sealed(block, sum(len(e.data) for e in entries))
+            self.on_sealed(block, len(data), data)
 
     def put_back_unsynced(self, obj: bytes, blocks: set[bytes]) -> None:
         """Blocks a failed fsync took: the next fsync of ``obj`` waits for them again."""

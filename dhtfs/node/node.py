@@ -610,6 +610,11 @@ class Node:
         """
         cid = await self._offload(len(data), sha256_id, data)
         await self._offload(len(data), self.store.put_verified, cid, data)
+        return await self.place_chunk(cid, data)
+
+    async def place_chunk(self, cid: bytes, data: bytes) -> PutResult:
+        """Place a chunk already stored here (``data`` hashes to ``cid``: the caller vouches)
+        on the R closest nodes, as ``put_chunk_detailed`` does after storing it."""
         res = PutResult(cid)
         pushed = trio.Event()
         await self._in_background(self._place, res, data, pushed)

@@ -36,10 +36,16 @@ from dhtfs.node.node import Node
 log = logging.getLogger(__name__)
 
 RECORD = 1 + ID_BYTES
-WORKERS = 4
+WORKERS = 8
 QUIET_SECONDS = 0.3
-"""A block nobody waits for is pushed once no block was added for this long (or the backlog
-is over half full), so writing is not slowed by its own replication."""
+"""A small block nobody waits for is pushed once no block was added for this long (or the
+backlog is over half full), so a copy of many small files is not slowed by replicating each
+one as it goes; blocks of ``STREAM_BYTES`` or more (a large file being written) go at once,
+so its replication overlaps the writing."""
+STREAM_BYTES = 256 * 1024
+HELD_BYTES = 64 * 1024 * 1024
+"""Plaintext of large blocks kept in memory for their replication (so it does not read and
+decrypt them back from the store), at most this much; the rest is read back."""
 RETRY_SECONDS = (1.0, 2.0, 5.0, 10.0, 30.0)
 LIVE_SECONDS = 600.0
 """While the routing table is empty, peers heard from within this long still count as live:
@@ -116,7 +122,8 @@ class ChunkReplicator:
         self.workers = workers
         self.sizes: dict[bytes, int] = {}  # pending block → bytes (0: not known yet)
         self.bytes = 0
-        self._queue: deque[bytes] = deque(self.file.pending)
+        self._queue: deque[bytes] = deque(self.file.pending)  # small blocks: after a pause
+        self._stream: deque[bytes] = deque()  # large blocks: at once
         self._urgent: deque[bytes] = deque()
         self._retry_at: dict[bytes, float] = {}
         self._attempts: dict[bytes, int] = {}
@@ -125,6 +132,8 @@ class ChunkReplicator:
         self._room = trio.Event()
         self._room.set()
         self._last_add = -math.inf
+        self._held: dict[bytes, bytes] = {}
+        self._held_bytes = 0
         self.replicated = 0  # blocks that reached their copies (for status and tests)
         self.incomplete = 0  # placements that fell short and will be tried again
         for cid in self.file.pending:
@@ -139,18 +148,27 @@ class ChunkReplicator:
     def pending(self) -> int:
         return len(self.sizes)
 
-    def add(self, cid: bytes, size: int) -> None:
-        """A block was stored here: replicate it (recorded on disk before returning)."""
+    def add(self, cid: bytes, size: int, data: bytes | None = None) -> None:
+        """A block was stored here: replicate it (recorded on disk before returning).
+        ``data``: its plaintext, if the caller has it at hand (kept while memory allows)."""
         if cid in self.sizes:
             return
+        if data is not None and size >= STREAM_BYTES and self._held_bytes + size <= HELD_BYTES:
+            self._held[cid] = data
+            self._held_bytes += size
         self.file.add(cid)
         self.sizes[cid] = size
         self.bytes += size
-        self._queue.append(cid)
-        self._last_add = trio.current_time()
+        if size >= STREAM_BYTES:
+            self._stream.append(cid)
+            self._work.set()
+        else:
+            self._queue.append(cid)
+            self._last_add = trio.current_time()
+            if len(self._queue) == 1:
+                self._work.set()  # workers sleep through a burst, then take the queue
         if self.bytes > self.max_bytes:
             self._room = trio.Event() if self._room.is_set() else self._room
-        self._work.set()
 
     @property
     def full(self) -> bool:
@@ -221,10 +239,11 @@ class ChunkReplicator:
             nursery.start_soon(self._retry_loop)
 
     def _next(self) -> bytes | None:
-        while self._urgent:
-            cid = self._urgent.popleft()
-            if cid in self.sizes and cid not in self._retry_at:
-                return cid
+        for line in (self._urgent, self._stream):
+            while line:
+                cid = line.popleft()
+                if cid in self.sizes and cid not in self._retry_at:
+                    return cid
         now = trio.current_time()
         quiet = now - self._last_add >= QUIET_SECONDS or self.bytes > self.max_bytes // 2
         while self._queue and quiet:
@@ -237,9 +256,11 @@ class ChunkReplicator:
         while True:
             cid = self._next()
             if cid is None:
-                if self._queue and not self._urgent:
-                    # Writing is going on: wait for a pause, or for someone to need a block.
-                    with trio.move_on_after(QUIET_SECONDS):
+                if self._queue:
+                    # Small blocks are being written: wait for a pause, or for a block that
+                    # cannot wait (fsync, a large one).
+                    pause = self._last_add + QUIET_SECONDS - trio.current_time()
+                    with trio.move_on_after(max(pause, 0.01)):
                         await self._wait_work()
                 else:
                     await self._wait_work()
@@ -262,14 +283,16 @@ class ChunkReplicator:
             del self._retry_at[cid]
 
     async def _replicate(self, cid: bytes) -> None:
-        try:
-            data = await trio.to_thread.run_sync(self.node.store.get, cid)
-        except ChunkError:
-            self._finish(cid)  # collected meanwhile: nothing to replicate
-            return
+        data = self._held.get(cid)
+        if data is None:
+            try:
+                data = await trio.to_thread.run_sync(self.node.store.get, cid)
+            except ChunkError:
+                self._finish(cid)  # collected meanwhile: nothing to replicate
+                return
         wanted = min(self.node.replication, self.live_peers() + 1)  # before calls fail
         try:
-            result = await self.node.put_chunk_detailed(data)
+            result = await self.node.place_chunk(cid, data)
         except Exception as exc:  # a placement that failed is tried again
             log.debug("replicating %s failed: %r", cid.hex()[:16], exc)
             result = None
@@ -315,6 +338,9 @@ class ChunkReplicator:
         if size is None:
             return
         self.bytes -= size
+        held = self._held.pop(cid, None)
+        if held is not None:
+            self._held_bytes -= len(held)
         self.file.done(cid)
         self._attempts.pop(cid, None)
         self.replicated += 1

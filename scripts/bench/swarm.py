@@ -21,10 +21,15 @@ on 127.0.0.10-12, state on a tmpfs) and a fresh single-node mount (state on the 
   replication must not slow the writer).
 * ``cp_visible_all``: from the end of that cp until node B has applied every op of it (its
   op-log vector equals A's; then the tree is checked file by file), seconds (target <= 1).
+* ``replicated_write`` / ``single_write``: SIZE MiB of random data written with 1 MiB writes,
+  then ``fsync``, timed from open to the fsync's return, in MB/s: on node A of the swarm
+  (R=3 on 3 nodes: fsync returns once every block is fsynced on all three) and on the
+  single-node mount (fsync: on this node's disk). Target (issue 10): replicated >= 150 MB/s.
+  (A cold read from remote providers needs a client-only mount, which does not exist yet.)
 * the simulator's dissemination figures (``scripts/bench/oplog_sim.py``), unless ``--no-sim``.
 
-``--quick``: 1 run of 100 changes per kind and 500 files, simulator in quick mode; about a
-minute here. Every mount and daemon it starts is removed in ``finally`` blocks.
+``--quick``: 1 run of 100 changes per kind, 500 files and 64 MiB, simulator in quick mode;
+about a minute here. Every mount and daemon it starts is removed in ``finally`` blocks.
 """
 
 from __future__ import annotations
@@ -124,11 +129,26 @@ def timed_cp(src: Path, dst: Path) -> float:
     return time.perf_counter() - t
 
 
+def timed_write_fsync(path: Path, data: memoryview) -> float:
+    """Seconds to write ``data`` in 1 MiB writes and fsync it (open to fsync's return)."""
+    began = time.perf_counter()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        for offset in range(0, len(data), 1 << 20):
+            os.write(fd, data[offset : offset + (1 << 20)])
+        os.fsync(fd)
+        return time.perf_counter() - began
+    finally:
+        os.close(fd)
+
+
 def vector(state: Path) -> dict[bytes, int]:
     return {o: s for o, s in control(state, "oplog")["vector"]}
 
 
-def one_run(work: Path, tree: Path, nfiles: int, changes: int) -> dict[str, float]:
+def one_run(
+    work: Path, tree: Path, nfiles: int, changes: int, data: memoryview
+) -> dict[str, float]:
     fig: dict[str, float] = {}
     root = work / "swarm"
     single = Mount(work / "single-mnt", work / "single-state")
@@ -152,6 +172,12 @@ def one_run(work: Path, tree: Path, nfiles: int, changes: int) -> dict[str, floa
         shown = [p for p in listing(b.mountpoint / "tree") if p.count("/") == 1]
         if len(shown) != nfiles:
             raise RuntimeError(f"b shows {len(shown)} of {nfiles} files")
+        mb = len(data) / 1e6
+        fig["single_write"] = mb / timed_write_fsync(single.mountpoint / "big", data)
+        fig["replicated_write"] = mb / timed_write_fsync(a.mountpoint / "big", data)
+        pending = control(a.state, "status")["replication"]["pending"]
+        if pending:
+            raise RuntimeError(f"fsync returned with {pending} blocks not replicated")
     finally:
         single.close()
         with contextlib.suppress(Exception):
@@ -160,7 +186,8 @@ def one_run(work: Path, tree: Path, nfiles: int, changes: int) -> dict[str, floa
     return fig
 
 
-UNITS = {"cp_swarm": "files/s", "cp_single": "files/s", "cp_ratio": "x", "cp_visible_all": "s"}
+UNITS = {"cp_swarm": "files/s", "cp_single": "files/s", "cp_ratio": "x", "cp_visible_all": "s",
+         "single_write": "MB/s", "replicated_write": "MB/s"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -169,11 +196,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=int)
     p.add_argument("--changes", type=int)
     p.add_argument("--files", type=int)
+    p.add_argument("--size-mib", type=int)
     p.add_argument("--no-sim", action="store_true")
     args = p.parse_args(argv)
     runs = args.runs or (1 if args.quick else 3)
     changes = args.changes or 100
     nfiles = args.files or (500 if args.quick else 2000)
+    data = memoryview(os.urandom((args.size_mib or (64 if args.quick else 256)) << 20))
     if os.geteuid() != 0:
         print("swarm.py: run as root (it mounts)", file=sys.stderr)
         return 1
@@ -187,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
             for run in range(runs):
                 run_dir = work / f"run{run}"
                 run_dir.mkdir()
-                fig = one_run(run_dir, tree, nfiles, changes)
+                fig = one_run(run_dir, tree, nfiles, changes, data)
                 note(f"run {run + 1}: " + " ".join(f"{k}={v:.3g}" for k, v in fig.items()))
                 results.append(fig)
         finally:
