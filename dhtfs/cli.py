@@ -18,7 +18,7 @@ import sys
 from dhtfs.errors import DhtfsError
 from dhtfs.logs import setup_logging
 
-GROUPS = ("ca", "node", "chunk", "swarm")
+GROUPS = ("ca", "node", "chunk", "swarm", "sync")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -43,7 +43,7 @@ from dhtfs.node.network import Message
 from dhtfs.node.node import Node
 from dhtfs.node.oplog import METHODS as LOG_METHODS
 from dhtfs.node.oplog import LogReplicator, Signatures
-from dhtfs.node.replication import ChunkReplicator
+from dhtfs.node.replication import LIVE_SECONDS, ChunkReplicator
 from dhtfs.node.transport import Transport
 
 if TYPE_CHECKING:
@@ -186,13 +186,19 @@ class SwarmNode:
 
     async def _keep_joined(self) -> None:
         """Join again through the configured and remembered addresses whenever the routing
-        table is empty; remember peers every ``PEER_CACHE_INTERVAL``."""
+        table lost peers heard from lately (all of them, or some: after a partition heals,
+        peers that dropped this node would not call it back); remember peers every
+        ``PEER_CACHE_INTERVAL``."""
         assert self.node is not None
+        node = self.node
         last_saved = trio.current_time()
         while True:
             await trio.sleep(JOIN_RETRY_SECONDS)
-            if len(self.node.routing) == 0 and (seeds := self._join_candidates()):
-                await self.node.join_addresses(seeds, quiet=True)
+            now = trio.current_time()
+            recent = sum(1 for t in node.seen_at.values() if now - t <= LIVE_SECONDS)
+            degraded = len(node.routing) < recent or not len(node.routing)
+            if degraded and (seeds := self._join_candidates()):
+                await node.join_addresses(seeds, quiet=True)
             if trio.current_time() - last_saved >= PEER_CACHE_INTERVAL:
                 last_saved = trio.current_time()
                 self.remember_peers()

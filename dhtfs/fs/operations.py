@@ -30,6 +30,7 @@ from dhtfs.fs.inodes import InodeMap
 from dhtfs.fs.namespace import Namespace, ObjectRow
 from dhtfs.fs.tree import Tree
 from dhtfs.fs.xattrs import VIRTUAL_PREFIX, check_settable, virtual_value
+from dhtfs.node.control import CONTROL_SOCKET_NAME
 from dhtfs.node.durable import fsync_file
 
 log = logging.getLogger(__name__)
@@ -524,6 +525,8 @@ class Operations(pyfuse3.Operations):
             return value
         row = self.tree.require(obj)
         of = self.contents.open_files.get(obj)
+        if name == b"user.dhtfs.control":  # where ``dhtfs sync`` finds this mount
+            return os.path.join(self.state_dir, CONTROL_SOCKET_NAME).encode()
         value = virtual_value(name, row, lambda: self._extents(row, of))
         if value is None:
             value = self.tree.ns.xattr(obj, name)

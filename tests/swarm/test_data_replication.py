@@ -151,3 +151,31 @@ def test_unmount_waits_for_the_backlog(tmp_path: Path) -> None:
         for block in blocks:
             for name in closest(nodes, block, 2):
                 assert holds(by_name(nodes)[name].state, block), (block[:12], name)
+
+
+def test_dhtfs_sync_waits_for_the_backlog_and_says_when_it_cannot(tmp_path: Path) -> None:
+    """``dhtfs sync DIR`` returns once the mount's backlog is empty; cut off, it fails by its
+    ``--timeout`` with one line; ``dhtfs sync FILE`` fsyncs the file; off a dhtfs mount it
+    says so."""
+    dhtfs = str(VENV_BIN / "dhtfs")
+    with swarmctl.running_swarm(tmp_path / "swarm", 3, "replication_deadline=2") as nodes:
+        writer = nodes[0]
+        wait_until(lambda: control(writer.state, "status")["peers"] >= 2, "both peers known")
+        control(writer.state, "isolate", {"on": True})
+        (writer.mountpoint / "f").write_bytes(os.urandom(2 * MIB))
+        res = subprocess.run([dhtfs, "sync", "--timeout", "2", str(writer.mountpoint)],
+                             capture_output=True, text=True, timeout=60)
+        assert res.returncode == 1
+        assert "still wait for their replicas" in res.stderr and res.stderr.count("\n") == 1
+        control(writer.state, "isolate", {"on": False})
+        wait_until(lambda: control(writer.state, "status")["peers"] >= 2, "the swarm again")
+        res = subprocess.run([dhtfs, "sync", str(writer.mountpoint)], capture_output=True,
+                             text=True, timeout=120)
+        assert res.returncode == 0, res.stderr
+        assert backlog(writer.state) == 0
+        res = subprocess.run([dhtfs, "sync", str(writer.mountpoint / "f")],
+                             capture_output=True, text=True, timeout=120)
+        assert res.returncode == 0, res.stderr
+    res = subprocess.run([dhtfs, "sync", str(tmp_path)], capture_output=True, text=True,
+                         timeout=60)
+    assert res.returncode == 1 and "not on a dhtfs mount" in res.stderr
