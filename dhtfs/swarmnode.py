@@ -56,6 +56,7 @@ CATCH_UP_DEADLINE = 20.0
 FETCH_DEADLINE = 30.0
 SHUTDOWN_PUSH_DEADLINE = 5.0
 SHUTDOWN_REPLICATION_DEADLINE = 60.0
+LOCATE_DEADLINE = 10.0
 JOIN_RETRY_SECONDS = 5.0
 PEER_CACHE = 64
 PEER_CACHE_INTERVAL = 60.0
@@ -75,6 +76,7 @@ class SwarmNode:
         self.log_store.on_remote = self.remote
         self.log_store.on_installed = self.remote.everything_changed
         self.replication: ChunkReplicator | None = None
+        self.reads_by_source: dict[str, int] = {}  # remote reads: provider (hex) or source
         self.mountpoint: Path | None = None
         self._seeds: list[tuple[str, int]] = []
         self._known: set[tuple[str, int]] = set()
@@ -107,6 +109,7 @@ class SwarmNode:
         contents.on_sealed = replication.add
         contents.backlog_full = lambda: replication.full
         contents.admit = replication.admit
+        self.fs.operations.locate = self.locate
         self.fs.operations.replicate = lambda ids: replication.wait(
             ids, config.replication_deadline
         )
@@ -210,12 +213,41 @@ class SwarmNode:
         assert self.node is not None
         with trio.move_on_after(FETCH_DEADLINE):
             try:
-                return await self.node.get_chunk(chunk_id, hints)
+                got = await self.node.get_chunk_detailed(chunk_id, hints)
             except ChunkError as exc:
                 raise NamespaceError(errno.EIO, str(exc)) from None
+            who = got.provider.node_id.hex() if got.provider is not None else got.source
+            self.reads_by_source[who] = self.reads_by_source.get(who, 0) + 1
+            return got.data
         log.error("chunk %s: no answer from the swarm within %.0fs", chunk_id.hex()[:16],
                   FETCH_DEADLINE)
         raise NamespaceError(errno.ETIMEDOUT, "chunk fetch timed out")
+
+    async def locate(self, blocks: list[bytes]) -> dict[bytes, list[list[Any]]]:
+        """Providers of each block (``user.dhtfs.providers``/``replicas``): the unexpired
+        provider records the DHT holds (each holder announces itself; this node counts when
+        it holds the block), with the RTT measured to each; at most ``LOCATE_DEADLINE``
+        seconds in all (blocks not looked up by then show no provider)."""
+        assert self.node is not None
+        node = self.node
+        out: dict[bytes, list[list[Any]]] = {}
+        limit = trio.CapacityLimiter(8)
+
+        async def one(block: bytes) -> None:
+            async with limit:
+                found = await node.find_providers(block, stop_early=False)
+            rows = []
+            for c in found:
+                rtt = node.routing.rtt(c.node_id)
+                rows.append([c.node_id.hex(), f"{c.host}:{c.port}",
+                             None if rtt is None else round(rtt * 1000, 3)])
+            out[block] = rows
+
+        with trio.move_on_after(LOCATE_DEADLINE):
+            async with trio.open_nursery() as nursery:
+                for block in blocks:
+                    nursery.start_soon(one, block)
+        return out
 
     # -- shutdown ------------------------------------------------------------------------------
 
@@ -247,6 +279,7 @@ class SwarmNode:
             "chunks": await trio.to_thread.run_sync(lambda: sum(1 for _ in self.fs.store.ids())),
             "placed": self.replication.replicated if self.replication else 0,
             "replication": self.replication.status() if self.replication else {},
+            "reads": {**self.fs.contents.reads, "by_source": dict(self.reads_by_source)},
             "invalidations": self.remote.done,
         }
 

@@ -221,6 +221,8 @@ class FileContents:
         self._backlog_synced = trio.Event()
         self._backlog_synced.set()
         self._fetching: dict[bytes, trio.Event] = {}
+        # Blocks read, by where they came from: the memory cache, the local store, the swarm.
+        self.reads = {"memory": 0, "local": 0, "remote": 0}
         # A swarm mount's way to chunks not stored here: ``fetch(chunk_id, hints)`` returns
         # verified plaintext (hints: node IDs likely to hold it) or raises NamespaceError.
         self.fetch: Callable[[bytes, tuple[bytes, ...]], Awaitable[bytes]] | None = None
@@ -339,6 +341,7 @@ class FileContents:
         """
         data = self.cache.get(chunk_id)
         if data is not None:
+            self.reads["memory"] += 1
             return data
         waiting = self._fetching.get(chunk_id)
         if waiting is not None:
@@ -352,10 +355,12 @@ class FileContents:
                 data = await trio.to_thread.run_sync(
                     self.store.get, chunk_id, limiter=self._limiter
                 )
+                self.reads["local"] += 1
             except ChunkMissing:
                 if self.fetch is None:
                     raise
                 data = await self.fetch(chunk_id, hints)
+                self.reads["remote"] += 1
         except ChunkError as exc:
             log.error("read failed: %s", exc)
             raise NamespaceError(errno.EIO, str(exc)) from exc

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import json
 import logging
 import os
 import sqlite3
@@ -139,6 +140,8 @@ class Operations(pyfuse3.Operations):
         self._next_fh = 1
         self._kernel_version: dict[bytes, tuple[int, bytes]] = {}
         self._data_chunks: dict[tuple[bytes, int, bytes], int] = {}
+        # A swarm mount's provider lookup: block → [[node hex, "host:port", rtt ms | None]].
+        self.locate: Callable[[list[bytes]], Awaitable[dict[bytes, list[list[Any]]]]] | None = None
         # A swarm mount's wait for blocks to reach their replicas: → the ones that did not.
         self.replicate: Callable[[list[bytes]], Awaitable[list[bytes]]] | None = None
         # Told (obj, {chunk index: pieces laid}) after each content change committed here
@@ -527,6 +530,14 @@ class Operations(pyfuse3.Operations):
         of = self.contents.open_files.get(obj)
         if name == b"user.dhtfs.control":  # where ``dhtfs sync`` finds this mount
             return os.path.join(self.state_dir, CONTROL_SOCKET_NAME).encode()
+        if name in (b"user.dhtfs.replicas", b"user.dhtfs.providers") and self.locate:
+            blocks = list(dict.fromkeys(e[2] for e in self._extents(row, of)))
+            found = await self.locate(blocks)
+            if name == b"user.dhtfs.replicas":
+                doc: list[Any] = [[b.hex(), len(found.get(b, []))] for b in blocks]
+            else:
+                doc = [[b.hex(), found.get(b, [])] for b in blocks]
+            return json.dumps(doc).encode()
         value = virtual_value(name, row, lambda: self._extents(row, of))
         if value is None:
             value = self.tree.ns.xattr(obj, name)

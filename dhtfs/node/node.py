@@ -758,11 +758,11 @@ class Node:
             return GetResult(local, "local")
         hinted = [c for h in hints if h != self.id and (c := self.routing.get(h)) is not None]
         if hinted:
-            data = await self._fetch(chunk_id, hinted)
+            data, provider = await self._fetch(chunk_id, hinted)
             if data is not None:
                 if self.cache_fetched:
                     await self._cache_later(chunk_id, data)
-                return GetResult(data, "hinted", hops=1)
+                return GetResult(data, "hinted", hops=1, provider=provider)
         dials0 = getattr(self.network, "dials", 0)
         tried: set[bytes] = {self.id}
         notes = []
@@ -774,6 +774,7 @@ class Node:
             hops += lk.hops
             data = found.data
             source = "inline"
+            provider: Contact | None = None
             if data is None:
                 provs = [p for p in found.providers if p.node_id not in tried]
                 notes.append(f"lookup asked {lk.queries} ({lk.failures} failed, {lk.slow} "
@@ -781,14 +782,14 @@ class Node:
                 if not provs:
                     continue
                 tried.update(p.node_id for p in provs)
-                data = await self._fetch(chunk_id, self.routing.rank_providers(provs))
+                data, provider = await self._fetch(chunk_id, self.routing.rank_providers(provs))
                 source = "fetched"
                 hops += 1
             if data is not None:
                 if self.cache_fetched:
                     await self._cache_later(chunk_id, data)
                 return GetResult(data, source, queries, hops,
-                                 getattr(self.network, "dials", 0) - dials0)
+                                 getattr(self.network, "dials", 0) - dials0, provider)
         log.warning("chunk %s: no provider could serve it (%s)", chunk_id.hex()[:16],
                     "; ".join(notes))
         raise ChunkMissing(chunk_id, "no reachable provider has it")
@@ -850,11 +851,14 @@ class Node:
         self._background_jobs += 1
         self._background.start_soon(job)
 
-    async def _fetch(self, cid: bytes, providers: list[Contact]) -> bytes | None:
+    async def _fetch(
+        self, cid: bytes, providers: list[Contact]
+    ) -> tuple[bytes, Contact] | tuple[None, None]:
         """Try ``providers`` in order; hedge to the next when one is slower than its expected
-        time, move on at once when one fails; first verified answer wins."""
+        time, move on at once when one fails; first verified answer wins: ``(data, provider)``,
+        or ``(None, None)`` when none served it."""
         send, recv = trio.open_memory_channel[tuple[Contact, bytes | None]](len(providers))
-        result: bytes | None = None
+        result: tuple[bytes, Contact] | tuple[None, None] = (None, None)
 
         async def fetch_one(p: Contact) -> None:
             data: bytes | None = None
@@ -889,7 +893,7 @@ class Node:
                     continue
                 running -= 1
                 if got[1] is not None:
-                    result = got[1]
+                    result = (got[1], got[0])
                     break
                 hedge_at = -math.inf        # a failure: fall back to the next one now
             nursery.cancel_scope.cancel()

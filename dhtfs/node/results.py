@@ -43,15 +43,17 @@ class PutResult:
 @dataclass(slots=True)
 class GetResult:
     """What ``get_chunk_detailed`` did: the verified bytes, where they came from (``local``,
-    ``inline``: a FIND_VALUE answer, ``fetched``: GET_CHUNK from a provider), the lookup RPCs
-    sent (``queries``), sequential RPCs (``hops``, see ``dhtfs.node.lookup``; a fetch adds one)
-    and new connections the network dialed meanwhile (``dials``, when it counts them)."""
+    ``hinted``: GET_CHUNK from a hinted node, ``inline``: a FIND_VALUE answer, ``fetched``:
+    GET_CHUNK from a provider, which is ``provider``), the lookup RPCs sent (``queries``),
+    sequential RPCs (``hops``, see ``dhtfs.node.lookup``; a fetch adds one) and new
+    connections the network dialed meanwhile (``dials``, when it counts them)."""
 
     data: bytes
     source: str
     queries: int = 0
     hops: int = 0
     dials: int = 0
+    provider: Contact | None = None
 
 
 @dataclass(slots=True)

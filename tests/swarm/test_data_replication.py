@@ -66,6 +66,15 @@ def test_fsync_returns_once_each_block_is_on_its_closest_nodes(tmp_path: Path) -
                 assert set(want) <= set(have), (block[:12], want, have)
                 assert set(have) <= set(want) | {writer.name}, (block[:12], want, have)
         assert backlog(writer.state) == 0
+        # What the xattrs tell: each block's providers (the 3 closest among them) and count.
+        providers = dict(json.loads(os.getxattr(f, "user.dhtfs.providers")))
+        replicas = dict(json.loads(os.getxattr(f, "user.dhtfs.replicas")))
+        assert sorted(providers) == sorted(replicas) == blocks
+        for block in blocks:
+            named = {row[0] for row in providers[block]}
+            ids = {by_name(nodes)[name].node_id for name in closest(nodes, block, 3)}
+            assert ids <= named, block[:12]
+            assert replicas[block] == len(named) >= 3
         reader = nodes[4].mountpoint / "f"
         wait_until(lambda: reader.exists(), "the file on another node")
         assert reader.read_bytes() == data
@@ -179,3 +188,32 @@ def test_dhtfs_sync_waits_for_the_backlog_and_says_when_it_cannot(tmp_path: Path
     res = subprocess.run([dhtfs, "sync", str(tmp_path)], capture_output=True, text=True,
                          timeout=60)
     assert res.returncode == 1 and "not on a dhtfs mount" in res.stderr
+
+
+def test_reads_are_counted_by_source_and_come_from_holders(tmp_path: Path) -> None:
+    """A node reads the blocks it holds from its store and fetches the others (verified)
+    from nodes that hold them; its control socket counts each read by where it came from."""
+    with swarmctl.running_swarm(tmp_path / "swarm", 4, "replicas=2") as nodes:
+        writer = nodes[0]
+        wait_until(lambda: control(writer.state, "status")["peers"] >= 3, "every peer known")
+        data = os.urandom(6 * MIB)
+        with open(writer.mountpoint / "f", "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        blocks = blocks_of(writer.mountpoint / "f")
+        # The reader: the node (not the writer) that holds the fewest of them.
+        reader = min(nodes[1:], key=lambda n: sum(holds(n.state, b) for b in blocks))
+        missing = [b for b in blocks if not holds(reader.state, b)]
+        assert missing, "every node holds every block: nothing to fetch"
+        f = reader.mountpoint / "f"
+        wait_until(lambda: f.exists(), "the file on the reader")
+        assert f.read_bytes() == data
+        reads = control(reader.state, "status")["reads"]
+        assert reads["remote"] == len(missing)
+        assert reads["local"] == len(blocks) - len(missing)
+        assert sum(reads["by_source"].values()) == len(missing)
+        holders = {n.node_id for n in nodes for b in missing if holds(n.state, b)} - {
+            reader.node_id
+        }
+        assert set(reads["by_source"]) <= holders | {"inline"}
