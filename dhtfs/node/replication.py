@@ -268,6 +268,9 @@ class ChunkReplicator:
             self._inflight_start(cid)
             try:
                 await self._replicate(cid)
+            except Exception as exc:  # e.g. a disk error reading it back: try again later
+                log.error("replicating block %s failed: %r", cid.hex()[:16], exc)
+                self._retry_at[cid] = trio.current_time() + RETRY_SECONDS[-1]
             finally:
                 self._inflight_end(cid)
 

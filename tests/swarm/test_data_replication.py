@@ -217,3 +217,23 @@ def test_reads_are_counted_by_source_and_come_from_holders(tmp_path: Path) -> No
             reader.node_id
         }
         assert set(reads["by_source"]) <= holders | {"inline"}
+
+
+def test_a_full_backlog_holds_writers_back_for_a_bounded_time(tmp_path: Path) -> None:
+    """Cut off, a writer that fills ``replication_backlog`` waits (backpressure), but only
+    up to ``replication_deadline`` per write, then writes on (logged): nothing hangs, nothing
+    is lost, and the backlog drains once the peers are back."""
+    options = "replication_backlog=2M,replication_deadline=2"
+    with swarmctl.running_swarm(tmp_path / "swarm", 3, options) as nodes:
+        writer = nodes[0]
+        wait_until(lambda: control(writer.state, "status")["peers"] >= 2, "both peers known")
+        control(writer.state, "isolate", {"on": True})
+        data = os.urandom(6 * MIB)
+        (writer.mountpoint / "f").write_bytes(data)
+        log_text = (writer.state / "dhtfs.log").read_text()
+        assert "replication backlog still over" in log_text
+        status = control(writer.state, "status")["replication"]
+        assert status["pending"] >= 6 and status["pending_bytes"] >= 6 * MIB
+        control(writer.state, "isolate", {"on": False})
+        wait_until(lambda: backlog(writer.state) == 0, "the backlog to drain", 90)
+        assert (nodes[1].mountpoint / "f").read_bytes() == data
