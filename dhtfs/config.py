@@ -104,6 +104,8 @@ class Config:
     replicas: int = 3
     replication_deadline: float = 60.0
     replication_backlog: int = 1024 * 1024 * 1024
+    # Seconds between repair passes over the blocks held here (dhtfs.node.repair).
+    repair_interval: float = 60.0
 
     @property
     def state_dir(self) -> Path:
@@ -148,7 +150,7 @@ def _coerce(key: str, value: Any) -> Any:
         return count
     if key in ("debug", "allow_other"):
         return _parse_bool(key, value)
-    if key in ("commit_interval", "fold_interval", "replication_deadline"):
+    if key in ("commit_interval", "fold_interval", "replication_deadline", "repair_interval"):
         try:
             seconds = float(value)
         except (TypeError, ValueError):

@@ -43,6 +43,7 @@ from dhtfs.node.network import Message
 from dhtfs.node.node import Node
 from dhtfs.node.oplog import METHODS as LOG_METHODS
 from dhtfs.node.oplog import LogReplicator, Signatures
+from dhtfs.node.repair import Repairer
 from dhtfs.node.replication import LIVE_SECONDS, ChunkReplicator
 from dhtfs.node.transport import Transport
 
@@ -76,6 +77,7 @@ class SwarmNode:
         self.log_store.on_remote = self.remote
         self.log_store.on_installed = self.remote.everything_changed
         self.replication: ChunkReplicator | None = None
+        self.repairer: Repairer | None = None
         self.reads_by_source: dict[str, int] = {}  # remote reads: provider (hex) or source
         self.mountpoint: Path | None = None
         self._seeds: list[tuple[str, int]] = []
@@ -141,6 +143,8 @@ class SwarmNode:
         # After the join: a backlog resumed at start must not be placed on a routing table
         # that is still empty (it would count as alone, and call one copy enough).
         nursery.start_soon(replication.run)
+        self.repairer = Repairer(node, interval=config.repair_interval)
+        nursery.start_soon(self.repairer.run)
         if len(node.routing):
             with trio.move_on_after(CATCH_UP_DEADLINE):
                 gained = await self.replicator.sync_all(deadline=CATCH_UP_DEADLINE)
@@ -280,6 +284,8 @@ class SwarmNode:
             "placed": self.replication.replicated if self.replication else 0,
             "replication": self.replication.status() if self.replication else {},
             "reads": {**self.fs.contents.reads, "by_source": dict(self.reads_by_source)},
+            "repair": {"passes": self.repairer.passes, "pushed": self.repairer.pushed}
+            if self.repairer else {},
             "invalidations": self.remote.done,
         }
 

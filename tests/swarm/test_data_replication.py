@@ -237,3 +237,33 @@ def test_a_full_backlog_holds_writers_back_for_a_bounded_time(tmp_path: Path) ->
         control(writer.state, "isolate", {"on": False})
         wait_until(lambda: backlog(writer.state) == 0, "the backlog to drain", 90)
         assert (nodes[1].mountpoint / "f").read_bytes() == data
+
+
+def test_lost_holders_are_replaced_by_repair(tmp_path: Path) -> None:
+    """5 nodes, R=3: SIGKILL two nodes; every file still reads byte-identical, and repair
+    brings every block back to 3 copies on its 3 closest live nodes (the live node that
+    lacked some of them receives them, pushed by the holders)."""
+    root = tmp_path / "swarm"
+    with swarmctl.running_swarm(root, 5, "repair_interval=1") as nodes:
+        writer = nodes[0]
+        wait_until(lambda: control(writer.state, "status")["peers"] >= 4, "every peer known")
+        data = os.urandom(8 * MIB)
+        with open(writer.mountpoint / "f", "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        blocks = blocks_of(writer.mountpoint / "f")
+        # Keep alive the writer, the node holding the fewest blocks (it must receive the
+        # rest) and one more to read with; kill the two others.
+        others = sorted(nodes[1:], key=lambda n: sum(holds(n.state, b) for b in blocks))
+        short, reader, gone = others[0], others[1], others[2:]
+        lacking = [b for b in blocks if not holds(short.state, b)]
+        assert lacking, "the node holding the fewest blocks holds them all"
+        for node in gone:
+            swarmctl.kill(root, node.name)
+        f = reader.mountpoint / "f"
+        wait_until(lambda: f.exists(), "the file on a live node")
+        assert f.read_bytes() == data
+        wait_until(lambda: all(holds(short.state, b) for b in blocks),
+                   "repair to give the short node every block", 120)
+        assert (short.mountpoint / "f").read_bytes() == data
