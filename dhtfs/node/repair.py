@@ -31,7 +31,7 @@ from dhtfs.node.node import Node
 log = logging.getLogger(__name__)
 
 INTERVAL_SECONDS = 60.0
-RATE = 200  # blocks checked per second, at most
+RATE = 100  # blocks checked per second, at most
 CONCURRENCY = 8
 
 
