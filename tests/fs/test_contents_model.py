@@ -5,18 +5,14 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import AsyncIterator
-from pathlib import Path
 from types import SimpleNamespace
 
 import pyfuse3
 import pytest
-import trio
 
-from dhtfs.config import Config
 from dhtfs.fs.compaction import Compactor
 from dhtfs.fs.ops import decode_op, encode_op
-from dhtfs.service import LocalFilesystem, open_state
+from dhtfs.service import LocalFilesystem
 from tests.fs.test_operations import CTX, check_invariants, create
 
 ROOT = pyfuse3.ROOT_INODE
@@ -29,16 +25,6 @@ SIZE_FIELDS = SimpleNamespace(
     update_atime=False,
     update_mtime=False,
 )
-
-
-@pytest.fixture
-async def fs(tmp_path: Path) -> AsyncIterator[LocalFilesystem]:
-    lfs = open_state(Config(state=tmp_path / "state", chunk_size=CS))
-    async with trio.open_nursery() as nursery:
-        lfs.contents.nursery = nursery
-        yield lfs
-        nursery.cancel_scope.cancel()
-    lfs.close()
 
 
 async def read_all(fs: LocalFilesystem, fh: int, size: int) -> bytes:

@@ -5,30 +5,16 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import AsyncIterator
-from pathlib import Path
 from types import SimpleNamespace
 
 import pyfuse3
 import pytest
-import trio
 
-from dhtfs.config import Config
-from dhtfs.service import LocalFilesystem, open_state
+from dhtfs.service import LocalFilesystem
 
 ROOT = pyfuse3.ROOT_INODE
 CTX = SimpleNamespace(uid=0, gid=0, pid=1, umask=0o022)
 CS = 4096
-
-
-@pytest.fixture
-async def fs(tmp_path: Path) -> AsyncIterator[LocalFilesystem]:
-    lfs = open_state(Config(state=tmp_path / "state", chunk_size=CS))
-    async with trio.open_nursery() as nursery:
-        lfs.contents.nursery = nursery
-        yield lfs
-        nursery.cancel_scope.cancel()
-    lfs.close()
 
 
 def check_invariants(lfs: LocalFilesystem) -> None:

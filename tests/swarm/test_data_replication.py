@@ -43,6 +43,14 @@ def by_name(nodes: list[swarmctl.NodeInfo]) -> dict[str, swarmctl.NodeInfo]:
     return {n.name: n for n in nodes}
 
 
+def write_fsynced(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` and fsync it (on a swarm mount: replicated on return)."""
+    with open(path, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
 def backlog(state: Path) -> int:
     return int(control(state, "status")["replication"]["pending"])
 
@@ -197,10 +205,7 @@ def test_reads_are_counted_by_source_and_come_from_holders(tmp_path: Path) -> No
         writer = nodes[0]
         wait_until(lambda: control(writer.state, "status")["peers"] >= 3, "every peer known")
         data = os.urandom(6 * MIB)
-        with open(writer.mountpoint / "f", "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+        write_fsynced(writer.mountpoint / "f", data)
         blocks = blocks_of(writer.mountpoint / "f")
         # The reader: the node (not the writer) that holds the fewest of them.
         reader = min(nodes[1:], key=lambda n: sum(holds(n.state, b) for b in blocks))
@@ -248,10 +253,7 @@ def test_lost_holders_are_replaced_by_repair(tmp_path: Path) -> None:
         writer = nodes[0]
         wait_until(lambda: control(writer.state, "status")["peers"] >= 4, "every peer known")
         data = os.urandom(8 * MIB)
-        with open(writer.mountpoint / "f", "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+        write_fsynced(writer.mountpoint / "f", data)
         blocks = blocks_of(writer.mountpoint / "f")
         # Keep alive the writer, the node holding the fewest blocks (it must receive the
         # rest) and one more to read with; kill the two others.
