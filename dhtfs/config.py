@@ -106,6 +106,8 @@ class Config:
     replication_backlog: int = 1024 * 1024 * 1024
     # Seconds between repair passes over the blocks held here (dhtfs.node.repair).
     repair_interval: float = 60.0
+    # False: a client-only mount, which stores nothing for others and is never a replica.
+    storage: bool = True
 
     @property
     def state_dir(self) -> Path:
@@ -148,7 +150,7 @@ def _coerce(key: str, value: Any) -> Any:
         if not 1 <= count <= 20:
             raise ConfigError(f"{key}={value}: must be between 1 and 20")
         return count
-    if key in ("debug", "allow_other"):
+    if key in ("debug", "allow_other", "storage"):
         return _parse_bool(key, value)
     if key in ("commit_interval", "fold_interval", "replication_deadline", "repair_interval"):
         try:

@@ -90,6 +90,7 @@ class SwarmNode:
         config = self.fs.config
         self.transport = await self._listen(nursery, config.listen)
         node = self.node = Node(self.transport, self.fs.store, replication=config.replicas)
+        node.client = self.transport.client = not config.storage
         self.transport.handler = node.handle
         replication = self.replication = ChunkReplicator(
             node, config.state_dir / "replication.backlog",
@@ -143,8 +144,9 @@ class SwarmNode:
         # After the join: a backlog resumed at start must not be placed on a routing table
         # that is still empty (it would count as alone, and call one copy enough).
         nursery.start_soon(replication.run)
-        self.repairer = Repairer(node, interval=config.repair_interval)
-        nursery.start_soon(self.repairer.run)
+        if config.storage:  # a client holds no copies for the swarm: nothing to repair
+            self.repairer = Repairer(node, interval=config.repair_interval)
+            nursery.start_soon(self.repairer.run)
         if len(node.routing):
             with trio.move_on_after(CATCH_UP_DEADLINE):
                 gained = await self.replicator.sync_all(deadline=CATCH_UP_DEADLINE)

@@ -47,6 +47,8 @@ from dhtfs.node.chunkstore import ChunkStore, chunk_id_of
 log = logging.getLogger(__name__)
 
 THREAD_THRESHOLD = 64 * 1024  # hash/encrypt larger buffers off the trio thread
+PREFETCH_CHUNKS = 4
+"""Chunks fetched ahead of a sequential reader (enough to keep a link to the swarm busy)."""
 UNSYNCED_MAX = 65536
 """Blocks that may wait for an fsync; past it all are synced in the background (as the
 kernel writes back dirty pages), so the list of them stays bounded."""
@@ -305,7 +307,8 @@ class FileContents:
             n = min(cs - start, end - pos)
             pieces.append(await self._read_in_chunk(of, index, start, n))
             if start + n == cs or start == 0:
-                self._prefetch(of, index + 1)
+                for ahead in range(1, PREFETCH_CHUNKS + 1):
+                    self._prefetch(of, index + ahead)
             pos += n
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 

@@ -118,6 +118,9 @@ class Node:
         self.replication = replication
         # peer → when it last answered or called (``dhtfs.node.replication`` prunes it)
         self.seen_at: dict[bytes, float] = {}
+        # A client-only node: stores nothing for others, so its own copy of a block never
+        # counts among the R (its transport advertises port 0 so peers do not route to it).
+        self.client = False
         self.provider_ttl = provider_ttl
         self.republish_interval = (
             republish_interval if republish_interval is not None else provider_ttl / 2
@@ -178,8 +181,8 @@ class Node:
         return fn(*args)
 
     def _seen(self, peer: Contact, rtt: float | None) -> None:
-        if peer.node_id == self.id:
-            return
+        if peer.node_id == self.id or peer.port == 0:
+            return  # port 0: a client-only node, never a contact to route or store through
         self.seen_at[peer.node_id] = trio.current_time()
         if rtt is not None:
             self.routing.record_rtt(peer.node_id, rtt)
@@ -337,9 +340,10 @@ class Node:
             ttl = rpc.req_ttl(args, method)
             spread = rpc.req_spread(args, method)
             for hint in rpc.req_replicas(args, method):
-                if hint.node_id != self.id:
+                if hint.node_id != self.id and hint.port:
                     self.add_provider(key, hint, ttl)
-            self.add_provider(key, caller, ttl)
+            if caller.port:  # a client-only node serves nobody
+                self.add_provider(key, caller, ttl)
             if spread is not None and len(spread) <= self.spread_max:
                 if sha256_id(spread) != key:
                     raise RemoteError(f"{method}: data does not hash to its key")
@@ -638,6 +642,8 @@ class Node:
             return True
 
         def remote_slots(closest: list[Contact]) -> int:
+            if self.client:
+                return self.replication
             rank = sum(1 for c in closest[: self.replication]
                        if distance(c.node_id, cid) < own_d)
             return self.replication - (1 if rank < self.replication else 0)
@@ -682,7 +688,7 @@ class Node:
                 await got_settled.wait()
                 slots = remote_slots(settled)
                 res.local_slot = slots < self.replication
-                res.wanted = min(self.replication, len(settled) + 1)
+                res.wanted = min(self.replication, len(settled) + (0 if self.client else 1))
                 await fill(min(slots, len(settled)))
                 pushed.set()
             assert result is not None

@@ -293,13 +293,14 @@ class ChunkReplicator:
             except ChunkError:
                 self._finish(cid)  # collected meanwhile: nothing to replicate
                 return
-        wanted = min(self.node.replication, self.live_peers() + 1)  # before calls fail
+        own = 0 if self.node.client else 1  # a client's own copy does not count
+        wanted = min(self.node.replication, self.live_peers() + own)  # before calls fail
         try:
             result = await self.node.place_chunk(cid, data)
         except Exception as exc:  # a placement that failed is tried again
             log.debug("replicating %s failed: %r", cid.hex()[:16], exc)
             result = None
-        wanted = max(wanted, min(self.node.replication, self.live_peers() + 1))
+        wanted = max(wanted, min(self.node.replication, self.live_peers() + own))
         if result is not None and result.copies >= wanted:
             self._finish(cid)
             return

@@ -328,6 +328,9 @@ class Transport:
         self._nursery: trio.Nursery | None = None
         self._local: Contact | None = None
         self.refusals = 0
+        # A client-only node (``-o storage=false``) advertises port 0 in its HELLO: peers
+        # never put it in their routing tables (``Node._seen``), so it is never a replica.
+        self.client = False
         self.dials = 0          # outbound connections attempted (each a TLS handshake)
         self.aborted = 0
         self.protocol_errors = 0
@@ -427,7 +430,7 @@ class Transport:
                 hello = await frames.receive()
                 if hello is None or hello.kind != wire.HELLO:
                     raise ProtocolError("first frame is not HELLO")
-                await tls.send_all(wire.encode_hello(self._advertised_host, self.local.port))
+                await tls.send_all(wire.encode_hello(self._advertised_host, self._advertised_port))
                 host = hello.host if hello.host not in WILDCARD_HOSTS else remote_ip
                 conn = _Connection(self, frames, Contact(node_id, host, hello.port), False)
             except (AuthError, ProtocolError, PeerUnreachable) as exc:
@@ -524,7 +527,7 @@ class Transport:
             except AuthError as exc:
                 raise AuthError(f"{host}:{port}: {exc}") from None
             frames = _FrameStream(tls, self.max_frame)
-            hello_frame = wire.encode_hello(self._advertised_host, self.local.port)
+            hello_frame = wire.encode_hello(self._advertised_host, self._advertised_port)
             if node_id is not None:
                 # A call: its request goes out right behind our HELLO, without waiting for the
                 # peer's (one round trip less per new connection); a refusal of our
@@ -552,6 +555,10 @@ class Transport:
             await trio.aclose_forcefully(tcp)
             raise
         return _Connection(self, frames, Contact(peer_id, host, port), True)
+
+    @property
+    def _advertised_port(self) -> int:
+        return 0 if self.client else self.local.port
 
     @property
     def _advertised_host(self) -> str:

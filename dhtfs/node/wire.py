@@ -6,6 +6,7 @@ never exceeds the connection's ``max_frame`` (checked before a byte of the body 
 Bodies are msgpack arrays, first element the protocol version:
 
     [VERSION, HELLO,    listen_host: str, listen_port: int]        first frame, each direction
+                                                                  (port 0: a client-only node)
     [VERSION, REQUEST,  request_id: int, method: str, args: map]
     [VERSION, RESPONSE, request_id: int, answer: map]
     [VERSION, ERROR,    request_id: int, message: str]
@@ -148,7 +149,7 @@ def decode_body(body: bytes | bytearray | memoryview) -> Frame:
     if kind == HELLO and type(kind) is int:
         if len(obj) != 4 or not isinstance(obj[2], str) or type(obj[3]) is not int:
             raise ProtocolError("malformed HELLO")
-        if not 0 < obj[3] < 65536 or len(obj[2]) > 255:
+        if not 0 <= obj[3] < 65536 or len(obj[2]) > 255:  # 0: a client-only node
             raise ProtocolError("HELLO address out of range")
         return Frame(HELLO, host=obj[2], port=obj[3])
     if kind == REQUEST and type(kind) is int:

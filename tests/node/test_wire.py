@@ -24,7 +24,7 @@ rids = st.integers(1, wire.MAX_REQUEST_ID)
 
 frames = st.one_of(
     st.builds(lambda h, p: wire.Frame(wire.HELLO, host=h, port=p),
-              st.text(max_size=40), st.integers(1, 65535)),
+              st.text(max_size=40), st.integers(0, 65535)),
     st.builds(lambda r, m, a: wire.Frame(wire.REQUEST, request_id=r, method=m, payload=a),
               rids, st.text(min_size=1, max_size=wire.MAX_METHOD_LEN), maps),
     st.builds(lambda r, a: wire.Frame(wire.RESPONSE, request_id=r, payload=a), rids, maps),
@@ -89,7 +89,7 @@ def test_wellformed_msgpack_wrong_shape(obj: object) -> None:
         [1, wire.REQUEST, 1, "PING"],              # too short
         [1, wire.RESPONSE, 1, {}, "extra"],
         [1, wire.ERROR, 1, b"bytes-not-str"],
-        [1, wire.HELLO, "h", 0],                   # port 0
+        [1, wire.HELLO, "h", -1],                  # a negative port (0: a client-only node)
         [1, wire.HELLO, "h", 70000],
         {"v": 1},
         "just a string",

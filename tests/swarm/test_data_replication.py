@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.mounting import VENV_BIN
+from tests.mounting import VENV_BIN, Mount
 from tests.swarm import swarmctl
-from tests.swarm.observe import control, wait_until
+from tests.swarm.observe import control, member_options, wait_until
 
 pytestmark = [pytest.mark.mount, pytest.mark.slow]
 MIB = 1 << 20
@@ -233,15 +233,19 @@ def test_a_full_backlog_holds_writers_back_for_a_bounded_time(tmp_path: Path) ->
         writer = nodes[0]
         wait_until(lambda: control(writer.state, "status")["peers"] >= 2, "both peers known")
         control(writer.state, "isolate", {"on": True})
-        data = os.urandom(6 * MIB)
-        (writer.mountpoint / "f").write_bytes(data)
+        # One file after another: each close stores its block, so by the fourth the
+        # backlog (3 MiB) is over its 2 MiB and that file's first write waits.
+        files = {f"f{i}": os.urandom(MIB) for i in range(5)}
+        for name, data in files.items():
+            (writer.mountpoint / name).write_bytes(data)
         log_text = (writer.state / "dhtfs.log").read_text()
         assert "replication backlog still over" in log_text
         status = control(writer.state, "status")["replication"]
-        assert status["pending"] >= 6 and status["pending_bytes"] >= 6 * MIB
+        assert status["pending"] >= 5 and status["pending_bytes"] >= 5 * MIB
         control(writer.state, "isolate", {"on": False})
         wait_until(lambda: backlog(writer.state) == 0, "the backlog to drain", 90)
-        assert (nodes[1].mountpoint / "f").read_bytes() == data
+        for name, data in files.items():
+            assert (nodes[1].mountpoint / name).read_bytes() == data
 
 
 def test_lost_holders_are_replaced_by_repair(tmp_path: Path) -> None:
@@ -269,3 +273,38 @@ def test_lost_holders_are_replaced_by_repair(tmp_path: Path) -> None:
         wait_until(lambda: all(holds(short.state, b) for b in blocks),
                    "repair to give the short node every block", 120)
         assert (short.mountpoint / "f").read_bytes() == data
+
+
+def test_client_only_mounts_store_nothing_for_others(tmp_path: Path) -> None:
+    """``-o storage=false``: a client mount writes through the swarm (fsync: every block on
+    its 3 closest storage nodes, never on a client), is in no storage node's routing table,
+    and another client reads the file byte-identical, every block from the swarm."""
+    root = tmp_path / "swarm"
+    with swarmctl.running_swarm(root, 3) as nodes:
+        seeds = "bootstrap=" + "+".join(n.address for n in nodes)
+        clients = [
+            Mount(tmp_path / f"c{i}-mnt", tmp_path / f"c{i}-state", options=[
+                *member_options(root / "ca", f"client{i}", tmp_path / f"c{i}"),
+                f"listen=127.0.0.{40 + i}:0", seeds, "storage=false"])
+            for i in range(2)
+        ]
+        try:
+            for client in clients:
+                client.start()
+            writer, reader = clients
+            wait_until(lambda: control(writer.state, "status")["peers"] >= 3, "the swarm")
+            data = os.urandom(5 * MIB)
+            write_fsynced(writer.mountpoint / "f", data)
+            blocks = blocks_of(writer.mountpoint / "f")
+            for block in blocks:
+                assert all(holds(n.state, block) for n in nodes), block[:12]
+            assert all(control(n.state, "status")["peers"] == 2 for n in nodes)
+            f = reader.mountpoint / "f"
+            wait_until(lambda: f.exists(), "the file on the other client")
+            assert f.read_bytes() == data
+            reads = control(reader.state, "status")["reads"]
+            assert reads["remote"] == len(blocks) and reads["local"] == 0
+            assert set(reads["by_source"]) <= {n.node_id for n in nodes}
+        finally:
+            for client in clients:
+                client.close()
