@@ -21,7 +21,7 @@ import sqlite3
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from dhtfs.fs.namespace import ObjectRow
+    from dhtfs.fs.schema import ObjectRow
 
 CACHE_ENTRIES = 65536
 

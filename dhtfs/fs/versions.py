@@ -35,8 +35,9 @@ import msgpack
 from dhtfs.fs.extents import Piece, clip, overlay, overlay_all, pack_pieces, split, unpack_pieces
 
 if TYPE_CHECKING:
-    from dhtfs.fs.namespace import Namespace, _Tx
+    from dhtfs.fs.namespace import Namespace
     from dhtfs.fs.ops import Change, Op
+    from dhtfs.fs.undo import _Tx
 
 CHUNK_ID_BYTES = 32
 HOLE = bytes(CHUNK_ID_BYTES)
@@ -212,7 +213,7 @@ def migrate(db: sqlite3.Connection) -> int:
     of them, none for an empty list) and its ``chunks`` is emptied, so undoing an old op
     restores the content it found, in today's form.
     """
-    from dhtfs.fs.namespace import OBJECT_COLUMNS
+    from dhtfs.fs.schema import OBJECT_COLUMNS
 
     moved = 0
     for obj, chunks, chunk_size, size in db.execute(
