@@ -27,8 +27,9 @@ import trio
 from dhtfs import systemd
 from dhtfs.config import Config
 from dhtfs.errors import ConfigError
+from dhtfs.fs.buffers import ChunkCache
 from dhtfs.fs.compaction import Compactor
-from dhtfs.fs.files import ChunkCache, FileContents
+from dhtfs.fs.files import FileContents
 from dhtfs.fs.inodes import InodeMap
 from dhtfs.fs.journal import OpJournal
 from dhtfs.fs.namespace import Namespace, connect

@@ -1,0 +1,104 @@
+"""Write buffers and the block cache of ``dhtfs.fs.files``.
+
+A chunk's unsealed bytes are *ranges* ``[pos, bytearray]``: sorted by ``pos``, disjoint and
+not touching (``merge_range`` keeps them so), each to be stored as a block of its own or
+packed with others. ``ChunkCache`` keeps decrypted block plaintext, LRU, bounded in bytes.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import OrderedDict
+from typing import Any
+
+
+class ChunkCache:
+    """LRU of decrypted block plaintext, bounded in bytes."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._items: OrderedDict[bytes, bytes] = OrderedDict()
+        self._bytes = 0
+
+    def get(self, chunk_id: bytes) -> bytes | None:
+        data = self._items.get(chunk_id)
+        if data is not None:
+            self._items.move_to_end(chunk_id)
+        return data
+
+    def put(self, chunk_id: bytes, data: bytes) -> None:
+        if len(data) > self.capacity or chunk_id in self._items:
+            return
+        self._items[chunk_id] = data
+        self._bytes += len(data)
+        while self._bytes > self.capacity:
+            _, old = self._items.popitem(last=False)
+            self._bytes -= len(old)
+
+
+def merge_range(ranges: list[list[Any]], pos: int, data: memoryview) -> tuple[list[Any], int]:
+    """Write ``data`` at ``pos`` into the sorted, disjoint, non-adjacent ``ranges`` (in place);
+    returns the range now holding it and how many bytes the buffers grew by."""
+    end = pos + len(data)
+    if ranges:
+        last = ranges[-1]
+        last_end = last[0] + len(last[1])
+        if last_end == pos:  # sequential: extend the last range
+            last[1] += data
+            return last, len(data)
+        if last[0] <= pos and end <= last_end:  # an overwrite inside the last range
+            last[1][pos - last[0] : end - last[0]] = data
+            return last, 0
+    # Find the ranges that overlap or touch [pos, end) by bisection on their starts.
+    first = bisect.bisect_right(ranges, pos, key=_range_start)
+    if first and ranges[first - 1][0] + len(ranges[first - 1][1]) >= pos:
+        first -= 1
+    stop = first
+    while stop < len(ranges) and ranges[stop][0] <= end:
+        stop += 1
+    if first == stop:  # touches nothing: a new range
+        new = [pos, bytearray(data)]
+        ranges.insert(first, new)
+        return new, len(data)
+    if stop - first == 1:
+        held = ranges[first]
+        h_pos, h_data = held
+        if h_pos <= pos and end <= h_pos + len(h_data):  # an overwrite inside one range
+            h_data[pos - h_pos : end - h_pos] = data
+            return held, 0
+    touching = ranges[first:stop]
+    before = sum(len(r[1]) for r in touching)
+    start = min(pos, touching[0][0])
+    stop_at = max(end, touching[-1][0] + len(touching[-1][1]))
+    merged = bytearray(stop_at - start)
+    for r_pos, r_data in touching:
+        merged[r_pos - start : r_pos - start + len(r_data)] = r_data
+    merged[pos - start : end - start] = data
+    new = [start, merged]
+    ranges[first:stop] = [new]
+    return new, len(merged) - before
+
+
+def _range_start(r: list[Any]) -> int:
+    return r[0]
+
+
+def clip_ranges(ranges: list[list[Any]], limit: int) -> int:
+    """Drop buffered bytes at or past ``limit`` (in place); returns how many went."""
+    dropped = 0
+    while ranges and ranges[-1][0] >= limit:
+        dropped += len(ranges.pop()[1])
+    if ranges and ranges[-1][0] + len(ranges[-1][1]) > limit:
+        last = ranges[-1]
+        keep = limit - last[0]
+        dropped += len(last[1]) - keep
+        del last[1][keep:]
+    return dropped
+
+
+def copy_over(out: bytearray, start: int, end: int, pos: int, data: memoryview) -> None:
+    """Copy the part of ``data`` (which sits at ``pos``) that falls in ``[start, end)`` into
+    ``out`` (which holds ``[start, end)``)."""
+    lo, hi = max(pos, start), min(pos + len(data), end)
+    if lo < hi:
+        out[lo - start : hi - start] = data[lo - pos : hi - pos]
