@@ -47,6 +47,7 @@ HELD_BYTES = 64 * 1024 * 1024
 """Plaintext of large blocks kept in memory for their replication (so it does not read and
 decrypt them back from the store), at most this much; the rest is read back."""
 RETRY_SECONDS = (1.0, 2.0, 5.0, 10.0, 30.0)
+SAY_EVERY_SECONDS = 60.0
 LIVE_SECONDS = 600.0
 """While the routing table is empty, peers heard from within this long still count as live:
 a node cut off from the swarm (its routing table empties as calls fail) does not think itself
@@ -133,6 +134,7 @@ class ChunkReplicator:
         self._room.set()
         self._last_add = -math.inf
         self._held: dict[bytes, bytes] = {}
+        self._short_blocks = 0  # blocks that fell short 3 times since the last warning
         self._held_bytes = 0
         self.replicated = 0  # blocks that reached their copies (for status and tests)
         self.incomplete = 0  # placements that fell short and will be tried again
@@ -309,13 +311,18 @@ class ChunkReplicator:
         self._attempts[cid] = attempt + 1
         delay = RETRY_SECONDS[min(attempt, len(RETRY_SECONDS) - 1)]
         self._retry_at[cid] = trio.current_time() + delay
-        if attempt == 2:
-            log.warning("block %s: %s of %d copies after %d tries; retrying",
-                        cid.hex()[:16], result.copies if result else 0, wanted, attempt + 1)
+        if attempt == 2:  # counted, and logged as one summary now and then (not per block)
+            self._short_blocks += 1
 
     async def _retry_loop(self) -> None:
+        last_said = -math.inf
         while True:
             await trio.sleep(0.5)
+            if self._short_blocks and trio.current_time() - last_said >= SAY_EVERY_SECONDS:
+                last_said = trio.current_time()
+                log.warning("%d blocks could not get their copies after 3 tries (%d wait in "
+                            "all); retrying", self._short_blocks, self.pending)
+                self._short_blocks = 0
             now = trio.current_time()
             due = [c for c, t in self._retry_at.items() if t <= now]
             for cid in due:
