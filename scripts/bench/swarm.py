@@ -204,7 +204,8 @@ def one_run(
         if pending:
             raise RuntimeError(f"fsync returned with {pending} blocks not replicated")
         big = reader.mountpoint / "big"
-        wait_until(lambda: big.exists(), "the file on the reading client")
+        wait_until(lambda: big.exists() and big.stat().st_size == len(data),
+                   "the written version on the reading client")
         fig["remote_read_cold"] = mb / timed_read(big, data)
         reads = control(reader.state, "status")["reads"]
         if reads["local"]:

@@ -84,7 +84,8 @@ def test_fsync_returns_once_each_block_is_on_its_closest_nodes(tmp_path: Path) -
             assert ids <= named, block[:12]
             assert replicas[block] == len(named) >= 3
         reader = nodes[4].mountpoint / "f"
-        wait_until(lambda: reader.exists(), "the file on another node")
+        wait_until(lambda: reader.exists() and reader.stat().st_size == len(data),
+                   "the file on another node")
         assert reader.read_bytes() == data
 
 
@@ -112,7 +113,7 @@ def test_writer_killed_after_close_resumes_replication(tmp_path: Path) -> None:
         # The writer goes; the file is read from the replicas.
         swarmctl.kill(root, writer.name)
         f = other.mountpoint / "d" / "f"
-        wait_until(lambda: f.exists(), "the file's name on node1")
+        wait_until(lambda: f.exists() and f.stat().st_size == len(data), "the file on node1")
         assert f.read_bytes() == data
 
 
@@ -212,7 +213,7 @@ def test_reads_are_counted_by_source_and_come_from_holders(tmp_path: Path) -> No
         missing = [b for b in blocks if not holds(reader.state, b)]
         assert missing, "every node holds every block: nothing to fetch"
         f = reader.mountpoint / "f"
-        wait_until(lambda: f.exists(), "the file on the reader")
+        wait_until(lambda: f.exists() and f.stat().st_size == len(data), "the file on the reader")
         assert f.read_bytes() == data
         reads = control(reader.state, "status")["reads"]
         assert reads["remote"] == len(missing)
@@ -245,7 +246,9 @@ def test_a_full_backlog_holds_writers_back_for_a_bounded_time(tmp_path: Path) ->
         control(writer.state, "isolate", {"on": False})
         wait_until(lambda: backlog(writer.state) == 0, "the backlog to drain", 90)
         for name, data in files.items():
-            assert (nodes[1].mountpoint / name).read_bytes() == data
+            path = nodes[1].mountpoint / name
+            wait_until(lambda p=path: p.exists() and p.stat().st_size == MIB, f"{name} on node1")
+            assert path.read_bytes() == data
 
 
 def test_lost_holders_are_replaced_by_repair(tmp_path: Path) -> None:
@@ -268,7 +271,7 @@ def test_lost_holders_are_replaced_by_repair(tmp_path: Path) -> None:
         for node in gone:
             swarmctl.kill(root, node.name)
         f = reader.mountpoint / "f"
-        wait_until(lambda: f.exists(), "the file on a live node")
+        wait_until(lambda: f.exists() and f.stat().st_size == len(data), "the file on a live node")
         assert f.read_bytes() == data
         wait_until(lambda: all(holds(short.state, b) for b in blocks),
                    "repair to give the short node every block", 120)
@@ -300,7 +303,9 @@ def test_client_only_mounts_store_nothing_for_others(tmp_path: Path) -> None:
                 assert all(holds(n.state, block) for n in nodes), block[:12]
             assert all(control(n.state, "status")["peers"] == 2 for n in nodes)
             f = reader.mountpoint / "f"
-            wait_until(lambda: f.exists(), "the file on the other client")
+            # A client pulls the ops it lacks (nobody pushes to it): wait for this version.
+            wait_until(lambda: f.exists() and f.stat().st_size == len(data),
+                       "the written version on the other client")
             assert f.read_bytes() == data
             reads = control(reader.state, "status")["reads"]
             assert reads["remote"] == len(blocks) and reads["local"] == 0
