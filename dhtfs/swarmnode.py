@@ -203,9 +203,7 @@ class SwarmNode:
         last_saved = trio.current_time()
         while True:
             await trio.sleep(JOIN_RETRY_SECONDS)
-            now = trio.current_time()
-            recent = sum(1 for t in node.seen_at.values() if now - t <= LIVE_SECONDS)
-            degraded = len(node.routing) < recent or not len(node.routing)
+            degraded = len(node.routing) < node.recent_peers(LIVE_SECONDS) or not len(node.routing)
             if degraded and (seeds := self._join_candidates()):
                 await node.join_addresses(seeds, quiet=True)
             if trio.current_time() - last_saved >= PEER_CACHE_INTERVAL:

@@ -26,7 +26,6 @@ import trio
 from dhtfs.fs.extents import Piece
 from dhtfs.fs.files import FileContents
 from dhtfs.fs.tree import Tree
-from dhtfs.node.chunkstore import chunk_id_of
 
 log = logging.getLogger(__name__)
 
@@ -144,13 +143,8 @@ class Compactor:
             part = plain[boff : boff + length]
             data[pos - lo : pos - lo + len(part)] = part
         plain_bytes = bytes(data)
-        block = await trio.to_thread.run_sync(self._store, plain_bytes)
+        block = await trio.to_thread.run_sync(self.contents.store_block, plain_bytes)
         self.contents.cache.put(block, plain_bytes)
         if self.contents.on_sealed is not None:
             self.contents.on_sealed(block, len(plain_bytes), plain_bytes)
         return (lo, hi - lo), block
-
-    def _store(self, data: bytes) -> bytes:
-        block = chunk_id_of(data)
-        self.contents.store.put(block, data)
-        return block

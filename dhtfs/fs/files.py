@@ -449,7 +449,7 @@ class FileContents:
         if inline and len(data) <= THREAD_THRESHOLD:
             of.sealing.extend(entries)
             try:
-                block = self._hash_and_store(data)
+                block = self.store_block(data)
             except OSError as exc:
                 self._failed(of, entries, exc)
             else:
@@ -472,7 +472,7 @@ class FileContents:
 
     async def _seal(self, of: OpenFile, entries: list[Sealing], data: bytes) -> None:
         try:
-            block = await trio.to_thread.run_sync(self._hash_and_store, data, limiter=self._limiter)
+            block = await trio.to_thread.run_sync(self.store_block, data, limiter=self._limiter)
         except OSError as exc:
             self._failed(of, entries, exc)
         else:
@@ -505,7 +505,7 @@ class FileContents:
         for e in entries:
             e.failed = True
 
-    def _hash_and_store(self, data: bytes) -> bytes:
+    def store_block(self, data: bytes) -> bytes:
         """Store ``data`` as a block; returns its ID. Thread-safe (runs in worker threads)."""
         block = chunk_id_of(data)
         self.store.put(block, data)

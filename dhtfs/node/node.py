@@ -116,7 +116,7 @@ class Node:
         self.k = k
         self.alpha = alpha
         self.replication = replication
-        # peer → when it last answered or called (``dhtfs.node.replication`` prunes it)
+        # peer → when it last answered or called (see ``recent_peers``)
         self.seen_at: dict[bytes, float] = {}
         # A client-only node: stores nothing for others, so its own copy of a block never
         # counts among the R (its transport advertises port 0 so peers do not route to it).
@@ -195,6 +195,14 @@ class Node:
                 self._pinging.add(oldest.node_id)
             except trio.WouldBlock:
                 pass            # the newcomer stays in the replacement cache
+
+    def recent_peers(self, window: float) -> int:
+        """How many peers answered or called within ``window`` seconds (routed or since
+        evicted); older ones are forgotten."""
+        now = trio.current_time()
+        for node_id in [n for n, t in self.seen_at.items() if now - t > window]:
+            del self.seen_at[node_id]
+        return len(self.seen_at)
 
     def _maybe_hand_off(self, newcomer: Contact) -> None:
         """A node we did not know: if it lands among our k closest neighbours, it may now be

@@ -335,14 +335,7 @@ class ChunkReplicator:
         """How many other nodes count as live: those in the routing table; but when it is
         empty, those heard from within ``LIVE_SECONDS`` (this node is then more likely cut
         off than alone, and must not call its own copy enough)."""
-        contacts = len(self.node.routing)
-        if contacts:
-            return contacts
-        seen = self.node.seen_at
-        now = trio.current_time()
-        for node_id in [n for n, t in seen.items() if now - t > LIVE_SECONDS]:
-            del seen[node_id]
-        return len(seen)
+        return len(self.node.routing) or self.node.recent_peers(LIVE_SECONDS)
 
     def _finish(self, cid: bytes) -> None:
         size = self.sizes.pop(cid, None)

@@ -13,18 +13,10 @@ import pytest
 from dhtfs.fs.compaction import Compactor
 from dhtfs.fs.ops import decode_op, encode_op
 from dhtfs.service import LocalFilesystem
-from tests.fs.test_operations import CTX, check_invariants, create
+from tests.fs.test_operations import CTX, SIZE_FIELDS, check_invariants, create
 
 ROOT = pyfuse3.ROOT_INODE
 CS = 4096
-SIZE_FIELDS = SimpleNamespace(
-    update_size=True,
-    update_mode=False,
-    update_uid=False,
-    update_gid=False,
-    update_atime=False,
-    update_mtime=False,
-)
 
 
 async def read_all(fs: LocalFilesystem, fh: int, size: int) -> bytes:

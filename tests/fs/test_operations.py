@@ -15,6 +15,14 @@ from dhtfs.service import LocalFilesystem
 ROOT = pyfuse3.ROOT_INODE
 CTX = SimpleNamespace(uid=0, gid=0, pid=1, umask=0o022)
 CS = 4096
+SIZE_FIELDS = SimpleNamespace(  # setattr's "which fields": the size only
+    update_size=True,
+    update_mode=False,
+    update_uid=False,
+    update_gid=False,
+    update_atime=False,
+    update_mtime=False,
+)
 
 
 def check_invariants(lfs: LocalFilesystem) -> None:
@@ -58,14 +66,7 @@ async def test_write_read_across_chunks_holes_and_truncate(fs: LocalFilesystem) 
     assert attrs.st_size == len(model)
     obj = fs.inodes.obj_of(ino)
     assert [i for i, _ in fs.namespace.extents(obj)] == [0, 1, 2, 10]  # a hole stores nothing
-    fields = SimpleNamespace(
-        update_size=True,
-        update_mode=False,
-        update_uid=False,
-        update_gid=False,
-        update_atime=False,
-        update_mtime=False,
-    )
+    fields = SIZE_FIELDS
     await ops.setattr(ino, SimpleNamespace(st_size=CS + 5), fields, fh, CTX)
     del model[CS + 5 :]
     await ops.setattr(ino, SimpleNamespace(st_size=CS * 3), fields, fh, CTX)

@@ -51,6 +51,18 @@ def write_fsynced(path: Path, data: bytes) -> None:
         os.fsync(fh.fileno())
 
 
+def fsynced_file(
+    writer: swarmctl.NodeInfo, peers: int, size: int
+) -> tuple[Path, bytes, list[str]]:
+    """Once ``writer`` knows ``peers`` peers: a file of ``size`` random bytes written and
+    fsynced on it; → its path, its bytes and its blocks."""
+    wait_until(lambda: control(writer.state, "status")["peers"] >= peers, "the peers known")
+    path = writer.mountpoint / "f"
+    data = os.urandom(size)
+    write_fsynced(path, data)
+    return path, data, blocks_of(path)
+
+
 def backlog(state: Path) -> int:
     return int(control(state, "status")["replication"]["pending"])
 
@@ -204,10 +216,7 @@ def test_reads_are_counted_by_source_and_come_from_holders(tmp_path: Path) -> No
     from nodes that hold them; its control socket counts each read by where it came from."""
     with swarmctl.running_swarm(tmp_path / "swarm", 4, "replicas=2") as nodes:
         writer = nodes[0]
-        wait_until(lambda: control(writer.state, "status")["peers"] >= 3, "every peer known")
-        data = os.urandom(6 * MIB)
-        write_fsynced(writer.mountpoint / "f", data)
-        blocks = blocks_of(writer.mountpoint / "f")
+        _, data, blocks = fsynced_file(writer, 3, 6 * MIB)
         # The reader: the node (not the writer) that holds the fewest of them.
         reader = min(nodes[1:], key=lambda n: sum(holds(n.state, b) for b in blocks))
         missing = [b for b in blocks if not holds(reader.state, b)]
@@ -258,10 +267,7 @@ def test_lost_holders_are_replaced_by_repair(tmp_path: Path) -> None:
     root = tmp_path / "swarm"
     with swarmctl.running_swarm(root, 5, "repair_interval=1") as nodes:
         writer = nodes[0]
-        wait_until(lambda: control(writer.state, "status")["peers"] >= 4, "every peer known")
-        data = os.urandom(8 * MIB)
-        write_fsynced(writer.mountpoint / "f", data)
-        blocks = blocks_of(writer.mountpoint / "f")
+        _, data, blocks = fsynced_file(writer, 4, 8 * MIB)
         # Keep alive the writer, the node holding the fewest blocks (it must receive the
         # rest) and one more to read with; kill the two others.
         others = sorted(nodes[1:], key=lambda n: sum(holds(n.state, b) for b in blocks))
