@@ -108,6 +108,12 @@ class Config:
     repair_interval: float = 60.0
     # False: a client-only mount, which stores nothing for others and is never a replica.
     storage: bool = True
+    # Bytes of cached copies (blocks fetched for reads, or replicated elsewhere) kept on disk;
+    # past it the least recently used go (dhtfs.node.cache). Blocks this node holds for the
+    # swarm are not counted and never evicted.
+    cache_disk: int = 10 * 1024**3
+    # Seconds a block nothing references is kept before it is reclaimed (dhtfs.node.reclaim).
+    gc_grace: float = 3600.0
 
     @property
     def state_dir(self) -> Path:
@@ -140,7 +146,7 @@ def _parse_bool(key: str, value: Any) -> bool:
 
 
 def _coerce(key: str, value: Any) -> Any:
-    if key in ("chunk_size", "cache_size", "replication_backlog"):
+    if key in ("chunk_size", "cache_size", "replication_backlog", "cache_disk"):
         return parse_size(key, value)
     if key == "replicas":
         try:
@@ -159,6 +165,14 @@ def _coerce(key: str, value: Any) -> Any:
             raise ConfigError(f"{key}={value}: expected seconds, e.g. 0.05") from None
         if not 0 < seconds <= 3600:
             raise ConfigError(f"{key}={value}: must be more than 0 and at most 3600 seconds")
+        return seconds
+    if key == "gc_grace":
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}={value}: expected seconds, e.g. 3600") from None
+        if not 0 < seconds <= 30 * 86400:
+            raise ConfigError(f"{key}={value}: must be more than 0 and at most 30 days")
         return seconds
     if key in ("state", "ca", "cert", "cert_key"):
         if not str(value):

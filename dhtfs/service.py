@@ -43,8 +43,6 @@ from dhtfs.swarmnode import SwarmNode
 
 log = logging.getLogger(__name__)
 
-GC_INTERVAL = 300.0
-GC_GRACE_SECONDS = 600.0
 
 
 @dataclass
@@ -218,24 +216,20 @@ async def _commit_loop(fs: LocalFilesystem, task_status=trio.TASK_STATUS_IGNORED
         fs.namespace.on_begin = None
 
 
-async def _gc_loop(fs: LocalFilesystem) -> None:
-    while True:
-        await trio.sleep(GC_INTERVAL)
-        collect_garbage(fs, GC_GRACE_SECONDS)
-
-
 async def serve(fs: LocalFilesystem, mountpoint: Path, ready: Callable[[], None]) -> None:
     """Join the swarm, mount, call ``ready()``, serve until unmounted or signalled, then
     flush, hand the last ops to peers, and unmount."""
-    # Nothing is being written before the mount. A node that ever had peers may hold chunks
-    # of versions whose ops have not reached it yet: those get the usual grace period.
+    # Nothing is being written before the mount: a node that never had peers collects what
+    # nothing references at once. Any other waits for the swarm's rules (dhtfs.node.reclaim:
+    # it may hold blocks of versions whose ops have not reached it yet).
     ns = fs.namespace
     alone = (
         not fs.config.bootstrap
         and ns.meta_get("peers") is None
         and set(ns.vector) <= {fs.identity.node_id}
     )
-    collect_garbage(fs, grace_seconds=0 if alone else GC_GRACE_SECONDS)
+    if alone:
+        collect_garbage(fs, grace_seconds=0)
     async with trio.open_nursery() as nursery:
         swarm = SwarmNode(fs, fs.identity)
         swarm.mountpoint = mountpoint
@@ -266,7 +260,6 @@ async def _serve_mount(
             )
             await nursery.start(_stop_on_signal)
             await nursery.start(_commit_loop, fs)
-            nursery.start_soon(_gc_loop, fs)
             compactor = Compactor(fs.tree, fs.contents)
             fs.operations.on_content = compactor.changed
             nursery.start_soon(compactor.run)

@@ -22,10 +22,12 @@ Invariants:
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
 import logging
+import math
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,16 +35,19 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from dhtfs.config import DEFAULT_LISTEN, DEFAULT_PORT
-from dhtfs.errors import ChunkError, ConfigError, NamespaceError, RemoteError
+from dhtfs.errors import ChunkError, ConfigError, NamespaceError, NetworkError, RemoteError
 from dhtfs.fs.remote import RemoteChanges
 from dhtfs.fs.replica import NamespaceLog
-from dhtfs.node import pki
+from dhtfs.node import pki, rpc
+from dhtfs.node.cache import BlockCache, file_size
 from dhtfs.node.control import CONTROL_SOCKET_NAME, ControlServer
 from dhtfs.node.headless import parse_address
-from dhtfs.node.network import Message
+from dhtfs.node.network import Contact, Message
 from dhtfs.node.node import Node
 from dhtfs.node.oplog import METHODS as LOG_METHODS
 from dhtfs.node.oplog import LogReplicator, Signatures
+from dhtfs.node.reclaim import BATCH as REFS_BATCH
+from dhtfs.node.reclaim import REFS, Reclaimer
 from dhtfs.node.repair import Repairer
 from dhtfs.node.replication import LIVE_SECONDS, ChunkReplicator
 from dhtfs.node.transport import Transport
@@ -61,6 +66,7 @@ LOCATE_DEADLINE = 10.0
 JOIN_RETRY_SECONDS = 5.0
 PEER_CACHE = 64
 PEER_CACHE_INTERVAL = 60.0
+REFS_FRESH_SECONDS = 1.0
 
 
 class SwarmNode:
@@ -78,6 +84,9 @@ class SwarmNode:
         self.log_store.on_installed = self.remote.everything_changed
         self.replication: ChunkReplicator | None = None
         self.repairer: Repairer | None = None
+        self.cache: BlockCache | None = None
+        self.reclaimer: Reclaimer | None = None
+        self._refs_cache: tuple[float, set[bytes]] = (-math.inf, set())
         self.reads_by_source: dict[str, int] = {}  # remote reads: provider (hex) or source
         self.mountpoint: Path | None = None
         self._seeds: list[tuple[str, int]] = []
@@ -96,6 +105,15 @@ class SwarmNode:
             node, config.state_dir / "replication.backlog",
             max_bytes=config.replication_backlog, admit_deadline=config.replication_deadline,
         )
+        cache = self.cache = BlockCache(
+            config.state_dir, config.cache_disk, size_of=file_size(self.fs.store.path_of),
+            remove=self.fs.store.remove, responsible=node.responsible_for,
+            pending=replication.is_pending,
+        )
+        node.on_cached = cache.add
+        node.on_served = cache.touch
+        node.on_placed = cache.forget  # now one of the block's R holders: not a cached copy
+        replication.on_placed_elsewhere = cache.add
         signer = Signatures(self.identity)
         self.replicator = LogReplicator(
             node, self.log_store, signer, fold_interval=config.fold_interval,
@@ -110,6 +128,7 @@ class SwarmNode:
         contents = self.fs.contents
         contents.fetch = self._fetch
         contents.on_sealed = replication.add
+        contents.on_local_read = cache.touch
         contents.backlog_full = lambda: replication.full
         contents.admit = replication.admit
         self.fs.operations.locate = self.locate
@@ -122,6 +141,12 @@ class SwarmNode:
         })
         await nursery.start(control.serve, config.state_dir / CONTROL_SOCKET_NAME)
         nursery.start_soon(node.run_maintenance)
+        nursery.start_soon(cache.run)
+        node.services[REFS] = self._refs
+        self.reclaimer = Reclaimer(node, config.gc_grace, local_refs=self._referenced,
+                                   pending=replication.is_pending, on_removed=cache.forget)
+        nursery.start_soon(self.reclaimer.run)
+        nursery.start_soon(self._hold_open_blocks, config.gc_grace / 4)
         nursery.start_soon(self.replicator.run)
         nursery.start_soon(self.remote.run)
         self._seeds = [parse_address(b, "bootstrap", default_port=DEFAULT_PORT)
@@ -253,6 +278,52 @@ class SwarmNode:
                     nursery.start_soon(one, block)
         return out
 
+    # -- collection ----------------------------------------------------------------------------
+
+    def _referenced_now(self) -> set[bytes]:
+        """Every block a live version, a held object or an open file's change references
+        (computed at most once a second: REFS comes in batches)."""
+        from dhtfs.service import referenced_chunks
+
+        at, refs = self._refs_cache
+        if trio.current_time() - at >= REFS_FRESH_SECONDS:
+            self.fs.namespace.write_back()
+            refs = referenced_chunks(self.fs)
+            self._refs_cache = (trio.current_time(), refs)
+        return refs
+
+    async def _referenced(self, candidates: list[bytes]) -> set[bytes]:
+        refs = self._referenced_now()
+        return {c for c in candidates if c in refs}
+
+    async def _refs(self, caller: Contact, method: str, args: Message) -> Message:
+        """REFS (``dhtfs.node.reclaim``): which of ``ids`` this mount's namespace references,
+        and the op-log vector that answer reflects."""
+        ids = rpc.req_ids(args, "ids", method, REFS_BATCH)
+        vector = [[o, s] for o, s in self.fs.namespace.vector.items()]
+        refs = self._referenced_now()
+        return {"referenced": [c for c in ids if c in refs], "vector": vector}
+
+    async def _hold_open_blocks(self, every: float) -> None:
+        """Renew, on their holders, the blocks of files still open here (no op references
+        them until the file is flushed), so collection elsewhere leaves them alone."""
+        assert self.node is not None
+        node = self.node
+        while True:
+            await trio.sleep(every)
+            blocks: set[bytes] = set()
+            for of in list(self.fs.contents.open_files.values()):
+                blocks |= of.stored_blocks()
+            targets: dict[bytes, tuple[Contact, list[bytes]]] = {}
+            for cid in blocks:
+                for c in node.routing.closest(cid, node.replication):
+                    targets.setdefault(c.node_id, (c, []))[1].append(cid)
+            for peer, ids in targets.values():
+                for i in range(0, len(ids), rpc.MAX_HOLD_IDS):
+                    with contextlib.suppress(NetworkError):
+                        await node.call(peer, rpc.HOLD, {"ids": ids[i : i + rpc.MAX_HOLD_IDS]},
+                                        node.rpc_timeout)
+
     # -- shutdown ------------------------------------------------------------------------------
 
     async def drain_replication(self) -> None:
@@ -287,6 +358,8 @@ class SwarmNode:
             "repair": {"passes": self.repairer.passes, "pushed": self.repairer.pushed}
             if self.repairer else {},
             "invalidations": self.remote.done,
+            "cache": self.cache.status() if self.cache else {},
+            "collection": self.reclaimer.status() if self.reclaimer else {},
         }
 
     async def _oplog(self, args: Message) -> Message:
@@ -320,9 +393,9 @@ class SwarmNode:
     async def _gc(self, args: Message) -> Message:
         """Delete chunk files no file references that are older than ``grace`` seconds
         (default: the usual grace period)."""
-        from dhtfs.service import GC_GRACE_SECONDS, collect_garbage
+        from dhtfs.service import collect_garbage
 
-        grace = args.get("grace", GC_GRACE_SECONDS)
+        grace = args.get("grace", self.fs.config.gc_grace)
         if not isinstance(grace, int | float) or grace < 0:
             raise RemoteError("gc: 'grace' must be a non-negative number of seconds")
         return {"removed": collect_garbage(self.fs, float(grace))}

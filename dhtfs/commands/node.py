@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from dhtfs.config import load_config
+from dhtfs.config import load_config, parse_mount_options
 from dhtfs.malloc import tune_malloc
 from dhtfs.node import headless
 
@@ -31,6 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="at-rest key: a path, 'ephemeral', or empty for <state>/master.key")
     p.add_argument("--fold-interval", dest="fold_interval", type=float, metavar="SECONDS",
                    help="how often to drop op-log entries every member holds (default 10)")
+    p.add_argument("-o", dest="options", action="append", default=[], metavar="KEY=VALUE,...",
+                   help="any config key, as for mount.dhtfs (e.g. gc_grace=600,cache_disk=4G)")
     p.set_defaults(func=cmd_node)
 
 
@@ -40,6 +42,8 @@ def cmd_node(args: argparse.Namespace) -> int:
         for k in ("state", "ca", "cert", "cert_key", "listen", "key", "fold_interval")
         if getattr(args, k) is not None
     }
+    for text in args.options:
+        options.update(parse_mount_options(text))
     if args.bootstrap:
         options["bootstrap"] = args.bootstrap
     config = load_config(args.config, options)

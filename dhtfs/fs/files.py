@@ -144,6 +144,8 @@ class FileContents:
         # A swarm mount's way to chunks not stored here: ``fetch(chunk_id, hints)`` returns
         # verified plaintext (hints: node IDs likely to hold it) or raises NamespaceError.
         self.fetch: Callable[[bytes, tuple[bytes, ...]], Awaitable[bytes]] | None = None
+        # Told of each block read from the local store (the disk cache's recency).
+        self.on_local_read: Callable[[bytes], None] | None = None
         # Told the ID, size and plaintext of every block stored here (the swarm replicates
         # it; the plaintext is only lent: the callee must not change it).
         self.on_sealed: Callable[[bytes, int, bytes], None] | None = None
@@ -275,6 +277,8 @@ class FileContents:
                     self.store.get, chunk_id, limiter=self._limiter
                 )
                 self.reads["local"] += 1
+                if self.on_local_read is not None:
+                    self.on_local_read(chunk_id)
             except ChunkMissing:
                 if self.fetch is None:
                     raise

@@ -156,6 +156,22 @@ class ChunkStore:
             raise ChunkMissing(chunk_id, "not stored on this node") from None
         return unseal(self._aead, chunk_id, blob)
 
+    def touch(self, chunk_id: bytes) -> bool:
+        """Set the chunk file's mtime to now (its collection grace starts again); True if
+        it is stored."""
+        try:
+            os.utime(self.path_of(chunk_id))
+            return True
+        except FileNotFoundError:
+            return False
+
+    def age(self, chunk_id: bytes, now: float) -> float | None:
+        """Seconds since the chunk file was written or last ``touch``ed; None if absent."""
+        try:
+            return now - os.stat(self.path_of(chunk_id)).st_mtime
+        except FileNotFoundError:
+            return None
+
     def remove(self, chunk_id: bytes) -> bool:
         """Delete a chunk; True if it was present."""
         try:

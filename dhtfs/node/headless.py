@@ -4,7 +4,8 @@
 ``DhtfsError`` before anything listens): identity (certificate chains to the CA, key matches),
 state directory (0700), master key (+ key check), chunk store, then in one nursery: listener,
 node, control socket, a readiness line, bootstrap (retried while the table is empty),
-maintenance. SIGTERM/SIGINT cancel the nursery; ``run`` then returns 0.
+maintenance, the disk cache's eviction, repair, the op log. SIGTERM/SIGINT cancel the
+nursery; ``run`` then returns 0.
 
 Readiness: once listening and bootstrapped, one line on stdout (flushed)::
 
@@ -25,6 +26,7 @@ import trio
 from dhtfs.config import Config
 from dhtfs.errors import ConfigError
 from dhtfs.node import pki
+from dhtfs.node.cache import BlockCache, file_size
 from dhtfs.node.chunkstore import ChunkStore
 from dhtfs.node.control import CONTROL_SOCKET_NAME, ControlServer
 from dhtfs.node.identity import configured_identity
@@ -32,6 +34,8 @@ from dhtfs.node.logstore import SqliteLogStore
 from dhtfs.node.node import Node
 from dhtfs.node.oplog import METHODS as LOG_METHODS
 from dhtfs.node.oplog import LogReplicator, Signatures
+from dhtfs.node.reclaim import Reclaimer
+from dhtfs.node.repair import Repairer
 from dhtfs.node.statedir import open_chunk_store, prepare_state_dir
 from dhtfs.node.transport import Transport
 
@@ -95,8 +99,15 @@ async def serve_node(
         if handle_signals:
             nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
         local = await nursery.start(transport.serve)
-        node = Node(transport, store)
+        node = Node(transport, store, replication=config.replicas)
         transport.handler = node.handle
+        cache = BlockCache(config.state_dir, config.cache_disk, size_of=file_size(store.path_of),
+                           remove=store.remove, responsible=node.responsible_for,
+                           pending=lambda _cid: False)
+        node.on_cached = cache.add
+        node.on_served = cache.touch
+        node.on_placed = cache.forget
+        repairer = Repairer(node, interval=config.repair_interval)
         # The replicated op log too, so a returning mount can catch up from this node when
         # no other mount is up.
         log_store = SqliteLogStore(config.state_dir / LOG_DB_NAME)
@@ -105,6 +116,9 @@ async def serve_node(
         )
         for method in LOG_METHODS:
             node.services[method] = replicator.handle
+        # No namespace here: collection asks a caught-up mount (see dhtfs.node.reclaim).
+        reclaimer = Reclaimer(node, config.gc_grace, log_vector=log_store.vector,
+                              on_removed=cache.forget)
         control_path = config.state_dir / CONTROL_SOCKET_NAME
         async def oplog(args: dict) -> dict:
             return {
@@ -113,12 +127,24 @@ async def serve_node(
                 "entries": log_store.db.execute("SELECT count(*) FROM entries").fetchone()[0],
             }
 
-        await nursery.start(ControlServer([node], extra={"oplog": oplog}).serve, control_path)
+        async def status(args: dict) -> dict:
+            c = node.contact
+            chunks = await trio.to_thread.run_sync(lambda: sum(1 for _ in store.ids()))
+            return {"node_id": c.node_id, "listen": f"{c.host}:{c.port}", "chunks": chunks,
+                    "peers": len(node.routing), "cache": cache.status(),
+                    "collection": reclaimer.status(),
+                    "repair": {"passes": repairer.passes, "pushed": repairer.pushed}}
+
+        extra = {"oplog": oplog, "status": status}
+        await nursery.start(ControlServer([node], extra=extra).serve, control_path)
         if seeds:
             size = await node.join_addresses(seeds)
             log.info("bootstrapped: %d contacts", size)
             nursery.start_soon(keep_joined, node, seeds)
         nursery.start_soon(node.run_maintenance)
+        nursery.start_soon(cache.run)
+        nursery.start_soon(repairer.run)
+        nursery.start_soon(reclaimer.run)
         nursery.start_soon(replicator.run)
         line = f"ready node_id={identity.node_id.hex()} listen={local.host}:{local.port} " \
                f"control={control_path}"

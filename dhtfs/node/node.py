@@ -161,6 +161,12 @@ class Node:
         # Handlers for methods beyond ``rpc.METHODS`` (the op log's), by method name; the
         # caller is refreshed in routing as for every request.
         self.services: dict[str, RequestHandler] = {}
+        # Told (on the trio thread) of each block newly cached here (a verified fetch, or one
+        # spread with its provider record), with its size; and of each block served from here.
+        self.on_cached: Callable[[bytes, int], None] | None = None
+        self.on_served: Callable[[bytes], None] | None = None
+        # Told of each block pushed here by PUT_CHUNK (held for the swarm from then on).
+        self.on_placed: Callable[[bytes], None] | None = None
 
     @property
     def background_jobs(self) -> int:
@@ -372,10 +378,25 @@ class Node:
             if sync is not None:  # a replica acknowledges what survives its power loss
                 await trio.to_thread.run_sync(sync, [cid])
             self._announced.setdefault(cid, trio.current_time())
+            if not new:  # already held: its collection grace starts again
+                await self._hold([cid])
+            if self.on_placed is not None:
+                self.on_placed(cid)
             return {"stored": bool(new)}
+        if method == rpc.HOLD:
+            ids = rpc.req_ids(args, "ids", method, rpc.MAX_HOLD_IDS)
+            return {"held": await self._hold(ids)}
         # GET_CHUNK
         cid = rpc.req_id(args, "id", method)
         return {"data": await self._local_get(cid)}
+
+    async def _hold(self, ids: list[bytes]) -> int:
+        """Restart the collection grace of the ``ids`` held here (``store.touch``); returns
+        how many are held here."""
+        touch = getattr(self.store, "touch", None)
+        if touch is None:  # the simulator's store: nothing is collected
+            return sum(1 for c in ids if self.store.has(c))
+        return sum(await trio.to_thread.run_sync(lambda: [touch(c) for c in ids]))
 
     def _stored_size(self, cid: bytes) -> int | None:
         """None when ``cid`` is not stored here, else an upper bound of its plaintext size
@@ -402,6 +423,8 @@ class Node:
             return None
         try:
             data = await self._offload(size, self.store.get, cid)
+            if self.on_served is not None:
+                self.on_served(cid)
             return data if limit is None or len(data) <= limit else None
         except ChunkMissing:
             return None
@@ -544,6 +567,18 @@ class Node:
             return ValueResult(got[0], [], result)
         provs = _dedupe([*self.local_providers(key), *(c for f in result.found for c in f)])
         return ValueResult(None, provs, result)
+
+    def rightful_holders(self, cid: bytes) -> list[Contact]:
+        """The R nodes closest to ``cid`` in this node's view: its routing table's, and this
+        node itself unless it is a client (which holds nothing for the swarm)."""
+        known = self.routing.closest(cid, self.replication)
+        if not self.client:
+            known = [self.contact, *known]
+        return sorted(known, key=lambda c: distance(c.node_id, cid))[: self.replication]
+
+    def responsible_for(self, cid: bytes) -> bool:
+        """Whether this node is among ``cid``'s rightful holders (so its copy is one of R)."""
+        return any(c.node_id == self.id for c in self.rightful_holders(cid))
 
     def _served_bad_bytes(self, peer: Contact, cid: bytes) -> None:
         log.warning("peer %s served bytes that do not hash to %s", peer, cid.hex()[:16])
@@ -817,7 +852,8 @@ class Node:
         ``_cache_loop``; under overload (queue full) the copy is skipped, caching being an
         optimization. Else it is written now."""
         if self._background is None:
-            await self._offload(len(data), self._cache_batch, [(cid, data, announced)])
+            self._cached(await self._offload(len(data), self._cache_batch,
+                                             [(cid, data, announced)]))
             return
         try:
             self._cache_send.send_nowait((cid, data, announced))
@@ -836,18 +872,28 @@ class Node:
             try:
                 if self.cache_when_idle:
                     await trio.testing.wait_all_tasks_blocked()
-                await self._offload(len(data), self._cache_batch, [(cid, data, announced)])
+                self._cached(await self._offload(len(data), self._cache_batch,
+                                                 [(cid, data, announced)]))
             finally:
                 self._cache_queued -= 1
 
-    def _cache_batch(self, batch: list[tuple[bytes, bytes, float]]) -> None:
+    def _cache_batch(self, batch: list[tuple[bytes, bytes, float]]) -> list[tuple[bytes, int]]:
+        """Store the chunks (in a worker thread); returns the ones that were new, sized."""
+        new = []
         for cid, data, announced in batch:
             try:
-                self.store.put(cid, data)
+                if self.store.put(cid, data):
+                    new.append((cid, len(data) + SEAL_OVERHEAD))
             except OSError as exc:
                 log.warning("cannot cache chunk %s: %s", cid.hex()[:16], exc)
                 continue
             self._announced[cid] = max(announced, self._announced.get(cid, -math.inf))
+        return new
+
+    def _cached(self, new: list[tuple[bytes, int]]) -> None:
+        if self.on_cached is not None:
+            for cid, size in new:
+                self.on_cached(cid, size)
 
     async def _in_background(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
         """Run ``fn(*args)`` in the maintenance nursery, so the caller need not wait for it;

@@ -80,12 +80,8 @@ class Repairer:
     async def repair(self, cid: bytes) -> int:
         """Give ``cid`` to each of its R closest that lacks it; returns how many got it."""
         node = self.node
-        closest = node.routing.closest(cid, node.replication)
         # This node counts as one of the rightful holders when it is among the R closest.
-        rightful = sorted(
-            [node.contact, *closest], key=lambda c: int.from_bytes(c.node_id, "big")
-            ^ int.from_bytes(cid, "big"),
-        )[: node.replication]
+        rightful = node.rightful_holders(cid)
         missing = [c for c in rightful if c.node_id != node.id and not await self._holds(c, cid)]
         if not missing:
             return 0

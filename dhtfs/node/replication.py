@@ -22,20 +22,18 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import trio
 
 from dhtfs.errors import ChunkError
-from dhtfs.node.ids import ID_BYTES
+from dhtfs.node.idset import IdSetFile
 from dhtfs.node.node import Node
 
 log = logging.getLogger(__name__)
 
-RECORD = 1 + ID_BYTES
 WORKERS = 8
 QUIET_SECONDS = 0.3
 """A small block nobody waits for is pushed once no block was added for this long (or the
@@ -54,56 +52,6 @@ a node cut off from the swarm (its routing table empties as calls fail) does not
 alone and call a block replicated with its own copy only."""
 
 
-class BacklogFile:
-    """The backlog's records on disk: ``+ID`` when a block joins, ``-ID`` when it is done;
-    rewritten compactly (atomic rename) at open and when mostly ``-`` records."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.pending: dict[bytes, None] = {}
-        self._done_records = 0
-        if path.exists():
-            blob = path.read_bytes()
-            usable = len(blob) - len(blob) % RECORD  # a torn last record is dropped
-            for i in range(0, usable, RECORD):
-                kind, cid = blob[i : i + 1], blob[i + 1 : i + RECORD]
-                if kind == b"+":
-                    self.pending[cid] = None
-                elif kind == b"-":
-                    self.pending.pop(cid, None)
-        self._fd = -1
-        self._rewrite()
-
-    def _rewrite(self) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, b"".join(b"+" + cid for cid in self.pending))
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.path)
-        if self._fd >= 0:
-            os.close(self._fd)
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
-        self._done_records = 0
-
-    def add(self, cid: bytes) -> None:
-        os.write(self._fd, b"+" + cid)
-        self.pending[cid] = None
-
-    def done(self, cid: bytes) -> None:
-        if self.pending.pop(cid, 0) is None:
-            os.write(self._fd, b"-" + cid)
-            self._done_records += 1
-            if self._done_records > 4096 and self._done_records > 2 * len(self.pending):
-                self._rewrite()
-
-    def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-
-
 class ChunkReplicator:
     """The backlog and its workers (see the module docstring). Lives on the trio thread."""
 
@@ -117,13 +65,13 @@ class ChunkReplicator:
         workers: int = WORKERS,
     ) -> None:
         self.node = node
-        self.file = BacklogFile(backlog_path)
+        self.file = IdSetFile(backlog_path)
         self.max_bytes = max_bytes
         self.admit_deadline = admit_deadline
         self.workers = workers
         self.sizes: dict[bytes, int] = {}  # pending block → bytes (0: not known yet)
         self.bytes = 0
-        self._queue: deque[bytes] = deque(self.file.pending)  # small blocks: after a pause
+        self._queue: deque[bytes] = deque(self.file)  # small blocks: after a pause
         self._stream: deque[bytes] = deque()  # large blocks: at once
         self._urgent: deque[bytes] = deque()
         self._retry_at: dict[bytes, float] = {}
@@ -136,9 +84,12 @@ class ChunkReplicator:
         self._held: dict[bytes, bytes] = {}
         self._short_blocks = 0  # blocks that fell short 3 times since the last warning
         self._held_bytes = 0
+        # Told of each block whose copies were all placed on other nodes (this node not among
+        # its R closest): its own copy is then an extra one (the disk cache takes it).
+        self.on_placed_elsewhere: Callable[[bytes], None] | None = None
         self.replicated = 0  # blocks that reached their copies (for status and tests)
         self.incomplete = 0  # placements that fell short and will be tried again
-        for cid in self.file.pending:
+        for cid in self.file:
             self.sizes[cid] = 0
         if self._queue:
             log.info("resuming replication of %d blocks", len(self._queue))
@@ -305,6 +256,8 @@ class ChunkReplicator:
         wanted = max(wanted, min(self.node.replication, self.live_peers() + own))
         if result is not None and result.copies >= wanted:
             self._finish(cid)
+            if result.replicas and not result.local_slot and self.on_placed_elsewhere:
+                self.on_placed_elsewhere(cid)
             return
         self.incomplete += 1
         attempt = self._attempts.get(cid, 0)
@@ -345,7 +298,7 @@ class ChunkReplicator:
         held = self._held.pop(cid, None)
         if held is not None:
             self._held_bytes -= len(held)
-        self.file.done(cid)
+        self.file.discard(cid)
         self._attempts.pop(cid, None)
         self.replicated += 1
         event = self._done.pop(cid, None)

@@ -21,7 +21,12 @@ ADD_PROVIDER    {"key": id, "ttl": float,          {"ok": True}   (provider = th
                  "data"?: bytes}
 PUT_CHUNK       {"id": id, "data": bytes}          {"stored": bool}  (False: already had it)
 GET_CHUNK       {"id": id}                         {"data": bytes | None}  (None: not here)
+HOLD            {"ids": [id, ...]}                 {"held": int}  (how many are stored here)
 =============== ================================== ==========================================
+
+HOLD (at most ``MAX_HOLD_IDS`` IDs) renews the blocks' grace period against collection
+(``dhtfs.node.reclaim``), as a PUT_CHUNK of a block already held does: a writer sends it for
+blocks of files still open, which no file version references yet.
 
 ADD_PROVIDER's optional ``data`` (at most ``MAX_INLINE_BYTES``) is the chunk itself, sent
 with the records of small chunks: the receiver may keep it as a cached copy (if it is within
@@ -53,7 +58,8 @@ FIND_PROVIDERS = "FIND_PROVIDERS"
 ADD_PROVIDER = "ADD_PROVIDER"
 PUT_CHUNK = "PUT_CHUNK"
 GET_CHUNK = "GET_CHUNK"
-METHODS = frozenset({PING, FIND_NODE, FIND_PROVIDERS, ADD_PROVIDER, PUT_CHUNK, GET_CHUNK})
+HOLD = "HOLD"
+METHODS = frozenset({PING, FIND_NODE, FIND_PROVIDERS, ADD_PROVIDER, PUT_CHUNK, GET_CHUNK, HOLD})
 QUICK_METHODS = frozenset({PING, FIND_NODE, FIND_PROVIDERS, ADD_PROVIDER})
 """Answered from memory or a small local read (inline data is at most ``MAX_INLINE_BYTES``):
 the transport runs them on the connection's reader task (``Transport.inline_methods``)."""
@@ -62,6 +68,7 @@ MAX_CONTACTS = 64
 MAX_REPLICA_HINTS = 8
 MAX_CHUNK_BYTES = 64 * 1024 * 1024
 MAX_INLINE_BYTES = 64 * 1024
+MAX_HOLD_IDS = 4096
 MAX_PROVIDER_TTL = 7 * 24 * 3600.0
 MAX_HOST_LEN = 255
 
@@ -121,6 +128,17 @@ def req_id(args: Any, name: str, method: str) -> bytes:
     v = _field(args, name, method)
     if not isinstance(v, bytes) or len(v) != ID_BYTES:
         raise RemoteError(f"{method}: {name!r} must be {ID_BYTES} bytes")
+    return v
+
+
+def req_ids(args: Any, name: str, method: str, limit: int) -> list[bytes]:
+    """A list of at most ``limit`` 32-byte IDs."""
+    v = _field(args, name, method)
+    if not isinstance(v, list) or len(v) > limit:
+        raise RemoteError(f"{method}: {name!r} must be a list of at most {limit} ids")
+    for item in v:
+        if not isinstance(item, bytes) or len(item) != ID_BYTES:
+            raise RemoteError(f"{method}: each of {name!r} must be {ID_BYTES} bytes")
     return v
 
 
