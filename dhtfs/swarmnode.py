@@ -152,6 +152,8 @@ class SwarmNode:
         self._seeds = [parse_address(b, "bootstrap", default_port=DEFAULT_PORT)
                        for b in config.bootstrap]
         self._known = self._cached_peers()
+        own = self.transport.local
+        replication.remembered = len((set(self._seeds) | self._known) - {(own.host, own.port)})
         if self._join_candidates():
             with trio.move_on_after(JOIN_DEADLINE) as scope:
                 # The configured addresses first (failures are warnings), then the ones

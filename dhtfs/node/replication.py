@@ -87,6 +87,8 @@ class ChunkReplicator:
         # Told of each block whose copies were all placed on other nodes (this node not among
         # its R closest): its own copy is then an extra one (the disk cache takes it).
         self.on_placed_elsewhere: Callable[[bytes], None] | None = None
+        self.remembered = 0  # peers known at the last run (see ``live_peers``)
+        self._started = trio.current_time()
         self.replicated = 0  # blocks that reached their copies (for status and tests)
         self.incomplete = 0  # placements that fell short and will be tried again
         for cid in self.file:
@@ -287,8 +289,16 @@ class ChunkReplicator:
     def live_peers(self) -> int:
         """How many other nodes count as live: those in the routing table; but when it is
         empty, those heard from within ``LIVE_SECONDS`` (this node is then more likely cut
-        off than alone, and must not call its own copy enough)."""
-        return len(self.node.routing) or self.node.recent_peers(LIVE_SECONDS)
+        off than alone, and must not call its own copy enough), and in the first
+        ``LIVE_SECONDS`` after start, the peers remembered from the last run
+        (``remembered``): a node restarted while its peers are out of reach is not alone
+        either."""
+        if len(self.node.routing):
+            return len(self.node.routing)
+        recent = self.node.recent_peers(LIVE_SECONDS)
+        if trio.current_time() - self._started < LIVE_SECONDS:
+            recent = max(recent, self.remembered)
+        return recent
 
     def _finish(self, cid: bytes) -> None:
         size = self.sizes.pop(cid, None)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from dhtfs.node import pki
 from tests.mounting import VENV_BIN, Mount
 from tests.swarm import swarmctl
 from tests.swarm.observe import control, member_options, wait_until
@@ -319,3 +320,39 @@ def test_client_only_mounts_store_nothing_for_others(tmp_path: Path) -> None:
         finally:
             for client in clients:
                 client.close()
+
+
+def test_a_restarted_node_whose_peers_are_out_of_reach_is_not_alone(tmp_path: Path) -> None:
+    """A node restarted while the peers it knew are down must not call its own copy enough:
+    its fsync fails with EIO by the deadline (the same rule as a node cut off mid-run)."""
+    ca = tmp_path / "ca"
+    pki.init_ca(ca)
+    mounts = [
+        Mount(tmp_path / f"{n}-mnt", tmp_path / f"{n}-state", options=[
+            *member_options(ca, n, tmp_path / n), f"listen=127.0.0.{50 + i}:0",
+            "replication_deadline=3"])
+        for i, n in enumerate("abc")
+    ]
+    a, b, c = mounts
+    try:
+        b.start()
+        c.start()
+        peers = [control(m.state, "status")["listen"] for m in (b, c)]
+        a.options.append("bootstrap=" + "+".join(peers))
+        a.start()
+        wait_until(lambda: control(a.state, "status")["peers"] >= 2, "a knows b and c")
+        assert a.stop() == 0
+        assert b.stop() == 0 and c.stop() == 0
+        a.start()
+        assert control(a.state, "status")["peers"] == 0
+        fd = os.open(a.mountpoint / "f", os.O_WRONLY | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, os.urandom(MIB))
+            with pytest.raises(OSError) as failed:
+                os.fsync(fd)
+            assert failed.value.errno == errno.EIO
+        finally:
+            os.close(fd)
+    finally:
+        for m in mounts:
+            m.close()
