@@ -106,6 +106,8 @@ class Config:
     replication_backlog: int = 1024 * 1024 * 1024
     # Seconds between repair passes over the blocks held here (dhtfs.node.repair).
     repair_interval: float = 60.0
+    # Seconds a read may wait for a block from the swarm before it fails with EIO.
+    read_deadline: float = 30.0
     # False: a client-only mount, which stores nothing for others and is never a replica.
     storage: bool = True
     # Bytes of cached copies (blocks fetched for reads, or replicated elsewhere) kept on disk;
@@ -158,7 +160,8 @@ def _coerce(key: str, value: Any) -> Any:
         return count
     if key in ("debug", "allow_other", "storage"):
         return _parse_bool(key, value)
-    if key in ("commit_interval", "fold_interval", "replication_deadline", "repair_interval"):
+    if key in ("commit_interval", "fold_interval", "replication_deadline", "repair_interval",
+               "read_deadline"):
         try:
             seconds = float(value)
         except (TypeError, ValueError):

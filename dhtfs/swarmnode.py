@@ -17,7 +17,7 @@ Invariants:
   after ``replication_deadline``); stopping waits for the backlog (bounded); a reader
   elsewhere that races the replication asks the writer of the version directly
   (``get_chunk`` hints);
-- a remote read has a deadline (``FETCH_DEADLINE``): past it the reader gets ETIMEDOUT.
+- a remote read has a deadline (``-o read_deadline``): past it the reader gets EIO.
 """
 
 from __future__ import annotations
@@ -59,7 +59,6 @@ log = logging.getLogger(__name__)
 
 JOIN_DEADLINE = 15.0
 CATCH_UP_DEADLINE = 20.0
-FETCH_DEADLINE = 30.0
 SHUTDOWN_PUSH_DEADLINE = 5.0
 SHUTDOWN_REPLICATION_DEADLINE = 60.0
 LOCATE_DEADLINE = 10.0
@@ -98,7 +97,8 @@ class SwarmNode:
         """Listen, serve, join and catch up (bounded); the tasks live in ``nursery``."""
         config = self.fs.config
         self.transport = await self._listen(nursery, config.listen)
-        node = self.node = Node(self.transport, self.fs.store, replication=config.replicas)
+        node = self.node = Node(self.transport, self.fs.store, replication=config.replicas,
+                                fetch_timeout=config.read_deadline)
         node.client = self.transport.client = not config.storage
         self.transport.handler = node.handle
         replication = self.replication = ChunkReplicator(
@@ -137,6 +137,7 @@ class SwarmNode:
         )
         control = ControlServer([node], extra={
             "status": self._status, "oplog": self._oplog, "isolate": self._isolate,
+            "faults": self._faults,
             "sync": self._sync, "digest": self._digest, "fold": self._fold, "gc": self._gc,
         })
         await nursery.start(control.serve, config.state_dir / CONTROL_SOCKET_NAME)
@@ -240,9 +241,10 @@ class SwarmNode:
     # -- contents ------------------------------------------------------------------------------
 
     async def _fetch(self, chunk_id: bytes, hints: tuple[bytes, ...]) -> bytes:
-        """A chunk not stored here, from the swarm (verified), under ``FETCH_DEADLINE``."""
+        """A chunk not stored here, from the swarm (verified), within ``read_deadline``."""
         assert self.node is not None
-        with trio.move_on_after(FETCH_DEADLINE):
+        deadline = self.fs.config.read_deadline
+        with trio.move_on_after(deadline):
             try:
                 got = await self.node.get_chunk_detailed(chunk_id, hints)
             except ChunkError as exc:
@@ -250,9 +252,10 @@ class SwarmNode:
             who = got.provider.node_id.hex() if got.provider is not None else got.source
             self.reads_by_source[who] = self.reads_by_source.get(who, 0) + 1
             return got.data
-        log.error("chunk %s: no answer from the swarm within %.0fs", chunk_id.hex()[:16],
-                  FETCH_DEADLINE)
-        raise NamespaceError(errno.ETIMEDOUT, "chunk fetch timed out")
+        log.error("chunk %s: no answer from the swarm within read_deadline=%gs; the read "
+                  "fails with EIO (are its holders up? see dhtfs status)",
+                  chunk_id.hex()[:16], deadline)
+        raise NamespaceError(errno.EIO, "chunk fetch timed out")
 
     async def locate(self, blocks: list[bytes]) -> dict[bytes, list[list[Any]]]:
         """Providers of each block (``user.dhtfs.providers``/``replicas``): the unexpired
@@ -381,6 +384,20 @@ class SwarmNode:
         assert self.transport is not None
         self.transport.isolate(bool(args.get("on")))
         return {"isolated": self.transport.isolated}
+
+    async def _faults(self, args: Message) -> Message:
+        """Test switches of the transport (``Transport.set_faults``), off by default and only
+        reachable through this root-only control socket: ``{"delay": seconds, "tamper": bool,
+        "mute": bool}``, each optional; returns the settings now in force."""
+        assert self.transport is not None
+        try:
+            return self.transport.set_faults(
+                delay=args.get("delay"),
+                tamper=None if args.get("tamper") is None else bool(args["tamper"]),
+                mute=None if args.get("mute") is None else bool(args["mute"]),
+            )
+        except ValueError as exc:
+            raise RemoteError(f"faults: {exc}") from None
 
     async def _sync(self, args: Message) -> Message:
         assert self.replicator is not None

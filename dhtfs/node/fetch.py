@@ -70,17 +70,55 @@ class ChunkReads:
         return (await self.get_chunk_detailed(chunk_id, hints)).data
 
     async def get_chunk_detailed(self, chunk_id: bytes, hints: Iterable[bytes] = ()) -> GetResult:
-        """``get_chunk``, saying how the bytes were found (``GetResult``)."""
+        """``get_chunk``, saying how the bytes were found (``GetResult``).
+
+        The hinted holders are asked first; if they have not answered within the first one's
+        hedge delay (or failed), the lookup path starts too, and the first verified answer
+        wins: a hinted writer that went silent costs a read its hedge delay, not a timeout."""
         local = await self._local_get(chunk_id)
         if local is not None:
             return GetResult(local, "local")
         hinted = [c for h in hints if h != self.id and (c := self.routing.get(h)) is not None]
-        if hinted:
-            data, provider = await self._fetch(chunk_id, hinted)
-            if data is not None:
-                if self.cache_fetched:
-                    await self._cache_later(chunk_id, data)
-                return GetResult(data, "hinted", hops=1, provider=provider)
+        if not hinted:
+            got = await self._get_by_lookup(chunk_id)
+        else:
+            got = None
+            hint_over = trio.Event()
+
+            async def by_hint(cancel: trio.CancelScope) -> None:
+                nonlocal got
+                try:
+                    data, provider = await self._fetch(chunk_id, hinted)
+                finally:
+                    hint_over.set()
+                if data is not None and got is None:
+                    got = GetResult(data, "hinted", hops=1, provider=provider)
+                    cancel.cancel()
+
+            async def by_lookup(cancel: trio.CancelScope) -> None:
+                nonlocal got
+                with trio.move_on_after(self.hedge_delay(hinted[0])):
+                    await hint_over.wait()
+                found = await self._get_by_lookup(chunk_id, quiet=True)
+                if found is not None and got is None:
+                    got = found
+                    cancel.cancel()
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(by_hint, nursery.cancel_scope)
+                nursery.start_soon(by_lookup, nursery.cancel_scope)
+        if got is None:
+            if hinted:
+                log.warning("chunk %s: neither the hinted holders nor the providers a lookup "
+                            "found could serve it", chunk_id.hex()[:16])
+            raise ChunkMissing(chunk_id, "no reachable provider has it")
+        if self.cache_fetched:
+            await self._cache_later(chunk_id, got.data)
+        return got
+
+    async def _get_by_lookup(self, chunk_id: bytes, *, quiet: bool = False) -> GetResult | None:
+        """The chunk through a FIND_VALUE lookup and the providers it names (verified);
+        None (with a warning, unless ``quiet``) when none could serve it."""
         dials0 = getattr(self.network, "dials", 0)
         tried: set[bytes] = {self.id}
         notes = []
@@ -104,13 +142,12 @@ class ChunkReads:
                 source = "fetched"
                 hops += 1
             if data is not None:
-                if self.cache_fetched:
-                    await self._cache_later(chunk_id, data)
                 return GetResult(data, source, queries, hops,
                                  getattr(self.network, "dials", 0) - dials0, provider)
-        log.warning("chunk %s: no provider could serve it (%s)", chunk_id.hex()[:16],
-                    "; ".join(notes))
-        raise ChunkMissing(chunk_id, "no reachable provider has it")
+        if not quiet:
+            log.warning("chunk %s: no provider could serve it (%s)", chunk_id.hex()[:16],
+                        "; ".join(notes))
+        return None
 
     async def _cache_later(
         self, cid: bytes, data: bytes, *, announced: float = -math.inf

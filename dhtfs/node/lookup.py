@@ -21,10 +21,11 @@ Algorithm:
   queries of a wide round could only cost RPCs there, never save a round trip. Once the
   lookup has converged (a node that answered is at least as close as every contact left to
   ask) it goes alpha-wide;
-- termination: the k closest contacts seen (excluding failed and slow ones) have all answered,
-  or ``stop(contact, answer)`` says so after an answer carrying something (FIND_PROVIDERS
-  stops early, see ``Node.find_providers``), or no candidates remain. Outstanding calls are
-  cancelled on return.
+- termination: the k closest contacts seen (excluding failed and slow ones) have all answered
+  (when every contact left is slow, their late answers are awaited up to ``hard_timeout``: a
+  swarm of slow peers is slow, not empty), or ``stop(contact, answer)`` says so after an answer
+  carrying something (FIND_PROVIDERS stops early, see ``Node.find_providers``), or no candidates
+  remain. Outstanding calls are cancelled on return.
 
 Hops: every shortlist entry remembers the hop level at which it was learned (0 for the
 initiator's own routing table, h for a contact returned by a query at level h); a query sent to
@@ -182,10 +183,12 @@ async def iterative_lookup(
                         outstanding += 1
                         result.queries += 1
                         nursery.start_soon(run_query, e)
-            if stopped or all(e.state == DONE for e in window):
+            if stopped or (window and all(e.state == DONE for e in window)):
                 break
             if not active and outstanding == 0:
                 break       # nothing in flight and nothing left to ask
+            # (Every contact left is slow: they are all there is, so their late answers are
+            # awaited, each until its hard timeout, instead of ending with nothing.)
             wake = min(next_hedge, min((e.soft_deadline for e in active), default=math.inf))
             got = None
             with trio.move_on_at(wake):

@@ -305,15 +305,19 @@ class RoutingTable:
 
     def rank_providers(self, providers: Iterable[Contact]) -> list[Contact]:
         """Providers in the order to try them: unpenalized with known RTT (fastest first), then
-        unknown RTT (in the given order), then penalized ones (fewest penalties first).
-        The sort is stable, so ties keep their input order."""
+        unknown RTT (in the given order), then those whose last call failed (a provider that
+        went silent keeps its last good RTT, but must not be tried first again), then
+        penalized ones (fewest penalties first). The sort is stable, so ties keep their
+        input order."""
 
         def key(c: Contact) -> tuple[int, int, float]:
             s = self._stats.get(c.node_id)
             if s is None:
                 return (0, 1, 0.0)
             if s.penalties:
-                return (1, s.penalties, 0.0)
+                return (2, s.penalties, 0.0)
+            if s.failures:
+                return (1, s.failures, 0.0)
             if s.rtt_ewma is None:
                 return (0, 1, 0.0)
             return (0, 0, s.rtt_ewma)

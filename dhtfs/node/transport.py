@@ -257,21 +257,46 @@ class _Connection:
                 raise ProtocolError("unexpected HELLO after the handshake")
 
     async def _answer(self, frame: wire.Frame) -> bytes:
-        """Run the handler for one request; the encoded answer (or error) frame."""
-        rid, max_frame = frame.request_id, self.transport.max_frame
-        handler = self.transport.handler
+        """Run the handler for one request; the encoded answer (or error) frame.
+
+        The test switches of ``Transport.set_faults`` act here: muted, the request gets no
+        answer (an empty frame: nothing is sent); delayed, an answer of the reader task's own
+        (``inline_methods``) is sent by a task of its own after the delay, the others wait in
+        their task; tampering, a GET_CHUNK answer's ``data`` gets its first byte flipped."""
+        transport = self.transport
+        rid, max_frame = frame.request_id, transport.max_frame
+        if transport.fault_mute:
+            return b""
+        delay, nursery = transport.fault_delay, transport._nursery
+        send_late = delay > 0 and frame.method in transport.inline_methods and nursery is not None
+        if delay > 0 and not send_late:
+            await trio.sleep(delay)
+        handler = transport.handler
         try:
             if handler is None:
                 raise RemoteError("node is not ready")
             answer = await handler(self.peer, frame.method, frame.payload or {})
             if not isinstance(answer, dict):
                 raise TypeError(f"handler returned {type(answer).__name__}, not a dict")
-            return wire.encode_response(rid, answer, max_frame)
+            if transport.fault_tamper and frame.method == rpc.GET_CHUNK and answer.get("data"):
+                real = answer["data"]
+                answer = {**answer, "data": bytes([real[0] ^ 0xFF]) + bytes(real[1:])}
+            data = wire.encode_response(rid, answer, max_frame)
         except RemoteError as exc:
-            return wire.encode_error(rid, str(exc) or type(exc).__name__, max_frame)
+            data = wire.encode_error(rid, str(exc) or type(exc).__name__, max_frame)
         except Exception as exc:
             log.exception("handler for %s from %s failed", frame.method, self.peer)
-            return wire.encode_error(rid, f"{type(exc).__name__}: {exc}", max_frame)
+            data = wire.encode_error(rid, f"{type(exc).__name__}: {exc}", max_frame)
+        if send_late:
+            assert nursery is not None
+
+            async def late() -> None:
+                await trio.sleep(delay)
+                self._send_nowait(data)
+
+            nursery.start_soon(late)
+            return b""
+        return data
 
     def _send_nowait(self, data: bytes) -> None:
         with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
@@ -335,6 +360,33 @@ class Transport:
         self.aborted = 0
         self.protocol_errors = 0
         self.isolated = False   # test switch: see ``isolate``
+        # Test switches (see ``set_faults``); all off by default.
+        self.fault_delay = 0.0
+        self.fault_tamper = False
+        self.fault_mute = False
+
+    def set_faults(
+        self, *, delay: float | None = None, tamper: bool | None = None, mute: bool | None = None
+    ) -> dict[str, Any]:
+        """Test switches, off by default, reachable only through the root-only control
+        socket (``faults``), for tests of the read path against bad peers. Each argument
+        left None keeps its setting; returns the settings now in force.
+
+        ``delay``: every answer this node serves waits that many seconds first (the
+        connection goes on reading meanwhile); ``tamper``: GET_CHUNK answers carry bytes
+        that differ from the real ones (their hash no longer matches); ``mute``: requests
+        are read but never answered (callers time out or hedge)."""
+        if delay is not None:
+            if isinstance(delay, bool) or not isinstance(delay, int | float) or not (
+                0 <= delay < math.inf
+            ):
+                raise ValueError(f"fault delay must be a non-negative number, not {delay!r}")
+            self.fault_delay = float(delay)
+        if tamper is not None:
+            self.fault_tamper = bool(tamper)
+        if mute is not None:
+            self.fault_mute = bool(mute)
+        return {"delay": self.fault_delay, "tamper": self.fault_tamper, "mute": self.fault_mute}
 
     def isolate(self, on: bool) -> None:
         """Cut this node off the network (tests of partitions): while on, every call fails
