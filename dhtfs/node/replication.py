@@ -20,6 +20,7 @@ Invariants:
 
 from __future__ import annotations
 
+import heapq
 import logging
 import math
 from collections import deque
@@ -75,6 +76,7 @@ class ChunkReplicator:
         self._stream: deque[bytes] = deque()  # large blocks: at once
         self._urgent: deque[bytes] = deque()
         self._retry_at: dict[bytes, float] = {}
+        self._retry_heap: list[tuple[float, bytes]] = []  # (when, block); stale ones skipped
         self._attempts: dict[bytes, int] = {}
         self._done: dict[bytes, trio.Event] = {}
         self._work = trio.Event()
@@ -225,7 +227,7 @@ class ChunkReplicator:
                 await self._replicate(cid)
             except Exception as exc:  # e.g. a disk error reading it back: try again later
                 log.error("replicating block %s failed: %r", cid.hex()[:16], exc)
-                self._retry_at[cid] = trio.current_time() + RETRY_SECONDS[-1]
+                self._retry_later(cid, RETRY_SECONDS[-1])
             finally:
                 self._inflight_end(cid)
 
@@ -265,7 +267,7 @@ class ChunkReplicator:
         attempt = self._attempts.get(cid, 0)
         self._attempts[cid] = attempt + 1
         delay = RETRY_SECONDS[min(attempt, len(RETRY_SECONDS) - 1)]
-        self._retry_at[cid] = trio.current_time() + delay
+        self._retry_later(cid, delay)
         if attempt == 2:  # counted, and logged as one summary now and then (not per block)
             self._short_blocks += 1
 
@@ -279,12 +281,20 @@ class ChunkReplicator:
                             "all); retrying", self._short_blocks, self.pending)
                 self._short_blocks = 0
             now = trio.current_time()
-            due = [c for c, t in self._retry_at.items() if t <= now]
-            for cid in due:
-                del self._retry_at[cid]
-                self._urgent.append(cid)
+            due = False
+            heap = self._retry_heap
+            while heap and heap[0][0] <= now:
+                when, cid = heapq.heappop(heap)
+                if self._retry_at.get(cid) == when:  # else rescheduled or taken meanwhile
+                    del self._retry_at[cid]
+                    self._urgent.append(cid)
+                    due = True
             if due:
                 self._work.set()
+
+    def _retry_later(self, cid: bytes, delay: float) -> None:
+        when = self._retry_at[cid] = trio.current_time() + delay
+        heapq.heappush(self._retry_heap, (when, cid))
 
     def live_peers(self) -> int:
         """How many other nodes count as live: those in the routing table; but when it is
