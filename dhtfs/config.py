@@ -94,6 +94,9 @@ class Config:
     ca: Path | None = None
     cert: Path | None = None
     cert_key: Path | None = None
+    # The swarm's certificate revocation list (``dhtfs ca revoke``), re-read when it changes;
+    # nodes also hand newer lists to each other (dhtfs.node.revocation).
+    crl: Path | None = None
     listen: str = ""  # "": a mount takes DEFAULT_LISTEN (or any free port if that is taken)
     bootstrap: tuple[str, ...] = field(default_factory=tuple)  # HOST:PORT+HOST:PORT on -o
     # Seconds between attempts to fold the op history every member holds (dhtfs.fs.history).
@@ -177,7 +180,7 @@ def _coerce(key: str, value: Any) -> Any:
         if not 0 < seconds <= 30 * 86400:
             raise ConfigError(f"{key}={value}: must be more than 0 and at most 30 days")
         return seconds
-    if key in ("state", "ca", "cert", "cert_key"):
+    if key in ("state", "ca", "cert", "cert_key", "crl"):
         if not str(value):
             raise ConfigError(f"{key}: needs a path")
         return Path(str(value)).expanduser()

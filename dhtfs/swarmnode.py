@@ -50,6 +50,7 @@ from dhtfs.node.reclaim import BATCH as REFS_BATCH
 from dhtfs.node.reclaim import REFS, Reclaimer
 from dhtfs.node.repair import Repairer
 from dhtfs.node.replication import LIVE_SECONDS, ChunkReplicator
+from dhtfs.node.revocation import RevocationList, start_revocation
 from dhtfs.node.transport import Transport
 
 if TYPE_CHECKING:
@@ -85,6 +86,7 @@ class SwarmNode:
         self.repairer: Repairer | None = None
         self.cache: BlockCache | None = None
         self.reclaimer: Reclaimer | None = None
+        self.revocations: RevocationList | None = None
         self._refs_cache: tuple[float, set[bytes]] = (-math.inf, set())
         self.reads_by_source: dict[str, int] = {}  # remote reads: provider (hex) or source
         self.mountpoint: Path | None = None
@@ -101,6 +103,8 @@ class SwarmNode:
                                 fetch_timeout=config.read_deadline)
         node.client = self.transport.client = not config.storage
         self.transport.handler = node.handle
+        self.revocations = start_revocation(nursery, node, self.transport,
+                                            self.identity.ca_cert, config.state_dir, config.crl)
         replication = self.replication = ChunkReplicator(
             node, config.state_dir / "replication.backlog",
             max_bytes=config.replication_backlog, admit_deadline=config.replication_deadline,
@@ -139,6 +143,7 @@ class SwarmNode:
             "status": self._status, "oplog": self._oplog, "isolate": self._isolate,
             "faults": self._faults,
             "sync": self._sync, "digest": self._digest, "fold": self._fold, "gc": self._gc,
+            "crl": self._crl,
         })
         await nursery.start(control.serve, config.state_dir / CONTROL_SOCKET_NAME)
         nursery.start_soon(node.run_maintenance)
@@ -365,6 +370,8 @@ class SwarmNode:
             "invalidations": self.remote.done,
             "cache": self.cache.status() if self.cache else {},
             "collection": self.reclaimer.status() if self.reclaimer else {},
+            "crl": self.revocations.number if self.revocations else 0,
+            "refusals": self.transport.refusals if self.transport else 0,
         }
 
     async def _oplog(self, args: Message) -> Message:
@@ -398,6 +405,14 @@ class SwarmNode:
             )
         except ValueError as exc:
             raise RemoteError(f"faults: {exc}") from None
+
+    async def _crl(self, args: Message) -> Message:
+        """Offer a revocation list (``{"crl": bytes}``, PEM or DER; the CA must have signed
+        it, and it must be newer); returns whether it was adopted and the number held."""
+        assert self.revocations is not None
+        data = args.get("crl")
+        adopted = isinstance(data, bytes) and self.revocations.offer(data, source="the CLI")
+        return {"adopted": adopted, "number": self.revocations.number}
 
     async def _sync(self, args: Message) -> Message:
         assert self.replicator is not None

@@ -36,6 +36,7 @@ from dhtfs.node.oplog import METHODS as LOG_METHODS
 from dhtfs.node.oplog import LogReplicator, Signatures
 from dhtfs.node.reclaim import Reclaimer
 from dhtfs.node.repair import Repairer
+from dhtfs.node.revocation import start_revocation
 from dhtfs.node.statedir import open_chunk_store, prepare_state_dir
 from dhtfs.node.transport import Transport
 
@@ -101,6 +102,7 @@ async def serve_node(
         local = await nursery.start(transport.serve)
         node = Node(transport, store, replication=config.replicas)
         transport.handler = node.handle
+        start_revocation(nursery, node, transport, identity.ca_cert, config.state_dir, config.crl)
         cache = BlockCache(config.state_dir, config.cache_disk, size_of=file_size(store.path_of),
                            remove=store.remove, responsible=node.responsible_for,
                            pending=lambda _cid: False)

@@ -7,6 +7,8 @@ Security invariants:
 - both sides present a certificate; the TLS layer verifies it chains to the swarm CA and is
   within its validity, and proves key possession (TLS 1.3 CertificateVerify); we then re-check
   the certificate with ``pki.verify_node_cert`` and derive the peer's node ID from its key;
+- a peer whose certificate the swarm's revocation list names (``revoked``) is refused there
+  too, and ``drop_revoked`` closes the connections of peers a newer list revokes;
 - no request is read, and no frame sent, before that succeeds; a refusal is logged with its
   reason (``refused peer ...``) and counted in ``Transport.refusals``;
 - a dialer that expected a node ID gets ``AuthError`` if the key behind the address differs.
@@ -45,7 +47,7 @@ import logging
 import math
 import ssl
 from collections import deque
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -360,6 +362,10 @@ class Transport:
         self.aborted = 0
         self.protocol_errors = 0
         self.isolated = False   # test switch: see ``isolate``
+        # Revocation (dhtfs.node.revocation): a peer whose certificate (DER) this refuses is
+        # refused at the handshake; the certificates of peers met, by node ID.
+        self.revoked: Callable[[bytes], bool] | None = None
+        self._peer_certs: dict[bytes, bytes] = {}
         # Test switches (see ``set_faults``); all off by default.
         self.fault_delay = 0.0
         self.fault_tamper = False
@@ -518,7 +524,11 @@ class Transport:
         der = tls.getpeercert_der()
         if not der:
             raise AuthError("peer presented no certificate")
-        return pki.verify_node_cert_der(der, self._ca, expected_id=expected_id)
+        node_id = pki.verify_node_cert_der(der, self._ca, expected_id=expected_id)
+        if self.revoked is not None and self.revoked(der):
+            raise AuthError("certificate revoked by the swarm CA (its revocation list)")
+        self._peer_certs[node_id] = der
+        return node_id
 
     # -- dialing ---------------------------------------------------------------------------------
 
@@ -679,6 +689,17 @@ class Transport:
 
     def connected_peers(self) -> list[Contact]:
         return [c.peer for c in self._conns.values() if not c.closed]
+
+    def drop_revoked(self) -> list[bytes]:
+        """Close the connections to peers whose certificate ``revoked`` now refuses; returns
+        their node IDs."""
+        if self.revoked is None:
+            return []
+        gone = [n for n, der in self._peer_certs.items() if self.revoked(der)]
+        for node_id in gone:
+            del self._peer_certs[node_id]
+            self.disconnect(node_id)
+        return gone
 
     def disconnect(self, node_id: bytes) -> None:
         """Close the connection to ``node_id`` if any (tests, penalties)."""
