@@ -18,23 +18,28 @@ import sys
 from dhtfs.errors import DhtfsError
 from dhtfs.logs import setup_logging
 
-GROUPS = ("ca", "node", "chunk", "swarm", "sync")
+GROUPS = ("ca", "node", "chunk", "swarm", "sync", "status", "fsck")
+COMMANDS = {"peers": "status", "stat": "status"}  # commands a group of another name registers
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; given the ``command`` about to run, only its group is imported (start-up
+    time: the node groups import trio, cryptography and more)."""
     parser = argparse.ArgumentParser(
         prog="dhtfs", description="Manage a dhtfs swarm: its CA, storage nodes and chunks."
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress (INFO)")
     parser.add_argument("--debug", action="store_true", help="log everything (DEBUG)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in GROUPS:
+    group = COMMANDS.get(command or "", command)
+    for name in (group,) if group in GROUPS else GROUPS:
         importlib.import_module(f"dhtfs.commands.{name}").register(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(next((a for a in argv if not a.startswith("-")), None))
     args = parser.parse_args(argv)
     setup_logging(args.debug, level=logging.INFO if args.verbose else None)
     try:

@@ -52,6 +52,7 @@ from dhtfs.node.repair import Repairer
 from dhtfs.node.replication import LIVE_SECONDS, ChunkReplicator
 from dhtfs.node.revocation import RevocationList, start_revocation
 from dhtfs.node.transport import Transport
+from dhtfs.node.verify import log_lag
 
 if TYPE_CHECKING:
     from dhtfs.service import LocalFilesystem
@@ -141,7 +142,7 @@ class SwarmNode:
         )
         control = ControlServer([node], extra={
             "status": self._status, "oplog": self._oplog, "isolate": self._isolate,
-            "faults": self._faults,
+            "faults": self._faults, "fsck": self._fsck,
             "sync": self._sync, "digest": self._digest, "fold": self._fold, "gc": self._gc,
             "crl": self._crl,
         })
@@ -372,7 +373,14 @@ class SwarmNode:
             "collection": self.reclaimer.status() if self.reclaimer else {},
             "crl": self.revocations.number if self.revocations else 0,
             "refusals": self.transport.refusals if self.transport else 0,
+            "oplog": log_lag(self.replicator.store.vector(), self.replicator.fold.reports),
         }
+
+    async def _fsck(self, args: Message) -> Message:
+        """``dhtfs fsck``: a page of blocks checked, repairs, or the namespace's invariants."""
+        from dhtfs.fs.fsck import control as fsck
+
+        return await fsck(self.fs, self.node, args)
 
     async def _oplog(self, args: Message) -> Message:
         assert self.replicator is not None

@@ -21,6 +21,7 @@ from typing import Any
 
 import trio
 
+from dhtfs.commands.target import control_socket
 from dhtfs.errors import DhtfsError
 from dhtfs.node.control import ControlClient
 
@@ -34,14 +35,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--timeout", type=float, default=600.0, metavar="SECONDS",
                    help="give up after this long (default 600)")
     p.set_defaults(func=cmd_sync)
-
-
-def control_socket(path: Path) -> Path:
-    """The control socket of the dhtfs mount ``path`` is on."""
-    try:
-        return Path(os.getxattr(path, "user.dhtfs.control").decode())
-    except OSError as exc:
-        raise DhtfsError(f"{path} is not on a dhtfs mount ({exc.strerror})") from None
 
 
 def cmd_sync(args: argparse.Namespace) -> int:

@@ -13,7 +13,8 @@ Methods (args → answer):
                                         "hops", "dials"}  (see ``GetResult``; error: chunk
                                         missing)
     providers  {"id": bytes}          → {"providers": [[node_id, host, port], ...]}
-    peers      {}                    → {"peers": [[node_id, host, port, rtt|None, penalties]]}
+    peers      {}                    → {"peers": [[node_id, host, port, rtt|None, penalties,
+                                        seconds since it last answered or called|None]]}
     refresh    {}                    → {"buckets": n}   (refresh every bucket now)
     pending    {}                    → {"background": n}  (jobs still running in the
                                         background, e.g. announcements after a put, summed
@@ -157,10 +158,12 @@ class ControlServer:
             return {"providers": [[p.node_id, p.host, p.port] for p in provs]}
         if method == "peers":
             out = []
+            now, seen = trio.current_time(), getattr(node, "seen_at", {})
             for c in node.routing.contacts():
                 st = node.routing.stats(c.node_id)
+                ago = now - seen[c.node_id] if c.node_id in seen else None
                 out.append([c.node_id, c.host, c.port, st.rtt_ewma if st else None,
-                            st.penalties if st else 0])
+                            st.penalties if st else 0, ago])
             return {"peers": out}
         if method == "refresh":
             return {"buckets": await node.refresh_buckets(max_age=0.0)}
