@@ -99,6 +99,10 @@ class Config:
     crl: Path | None = None
     listen: str = ""  # "": a mount takes DEFAULT_LISTEN (or any free port if that is taken)
     bootstrap: tuple[str, ...] = field(default_factory=tuple)  # HOST:PORT+HOST:PORT on -o
+    # Announce this node and find the swarm's others on the LAN by mDNS (dhtfs.node.discovery);
+    # false for WAN-only setups. Bootstrap addresses work with it or without it. None ("auto",
+    # the default): on, except for a private swarm that has no other member yet.
+    discovery: bool | None = None
     # Seconds between attempts to fold the op history every member holds (dhtfs.fs.history).
     fold_interval: float = 10.0
     # Blocks written here go to the `replicas` XOR-closest nodes (dhtfs.node.replication);
@@ -161,7 +165,9 @@ def _coerce(key: str, value: Any) -> Any:
         if not 1 <= count <= 20:
             raise ConfigError(f"{key}={value}: must be between 1 and 20")
         return count
-    if key in ("debug", "allow_other", "storage"):
+    if key == "discovery" and str(value).strip().lower() == "auto":
+        return None
+    if key in ("debug", "allow_other", "storage", "discovery"):
         return _parse_bool(key, value)
     if key in ("commit_interval", "fold_interval", "replication_deadline", "repair_interval",
                "read_deadline"):
@@ -246,8 +252,13 @@ def load_toml(path: Path) -> dict[str, Any]:
 
 
 def load_config(config_path: Path | None, options: dict[str, Any]) -> Config:
-    """Defaults ← TOML file ← ``options``; the file is optional only when not named."""
+    """Defaults ← TOML file ← ``options``; the file is optional only when not named.
+    ``DHTFS_DISCOVERY=off`` in the environment changes the default of ``discovery`` (a test
+    harness or a container must not speak mDNS on the host's network; the file and
+    ``options`` still win)."""
     config = Config()
+    if os.environ.get("DHTFS_DISCOVERY"):
+        config = apply_options(config, {"discovery": os.environ["DHTFS_DISCOVERY"]})
     if (
         config_path is None
         and DEFAULT_CONFIG_PATH.exists()

@@ -41,6 +41,7 @@ from dhtfs.fs.replica import NamespaceLog
 from dhtfs.node import pki, rpc
 from dhtfs.node.cache import BlockCache, file_size
 from dhtfs.node.control import CONTROL_SOCKET_NAME, ControlServer
+from dhtfs.node.discovery import Discovery
 from dhtfs.node.headless import parse_address
 from dhtfs.node.network import Contact, Message
 from dhtfs.node.node import Node
@@ -66,6 +67,7 @@ SHUTDOWN_REPLICATION_DEADLINE = 60.0
 LOCATE_DEADLINE = 10.0
 JOIN_RETRY_SECONDS = 5.0
 PEER_CACHE = 64
+DISCOVERY_SETTLE = 2.0  # a member with no reachable address waits this long for LAN peers
 PEER_CACHE_INTERVAL = 60.0
 REFS_FRESH_SECONDS = 1.0
 
@@ -88,6 +90,7 @@ class SwarmNode:
         self.cache: BlockCache | None = None
         self.reclaimer: Reclaimer | None = None
         self.revocations: RevocationList | None = None
+        self.discovery: Discovery | None = None
         self._refs_cache: tuple[float, set[bytes]] = (-math.inf, set())
         self.reads_by_source: dict[str, int] = {}  # remote reads: provider (hex) or source
         self.mountpoint: Path | None = None
@@ -159,6 +162,11 @@ class SwarmNode:
         self._seeds = [parse_address(b, "bootstrap", default_port=DEFAULT_PORT)
                        for b in config.bootstrap]
         self._known = self._cached_peers()
+        # LAN peers by mDNS (dhtfs.node.discovery); "auto": not for a private swarm of one.
+        if config.discovery or (config.discovery is None
+                                and (config.ca is not None or self._join_candidates())):
+            self.discovery = Discovery.for_node(node, self.identity, self.transport.host)
+            nursery.start_soon(self.discovery.run)
         own = self.transport.local
         replication.remembered = len((set(self._seeds) | self._known) - {(own.host, own.port)})
         if self._join_candidates():
@@ -174,6 +182,8 @@ class SwarmNode:
                 log.warning("could not join through any bootstrap address (see above) "
                             "within %.0fs; mounting anyway, retrying in the background",
                             JOIN_DEADLINE)
+        if self.discovery and config.ca is not None and not len(node.routing):
+            await self.discovery.settle(DISCOVERY_SETTLE)  # mount with the tree, if on the LAN
         nursery.start_soon(self._keep_joined)
         # After the join: a backlog resumed at start must not be placed on a routing table
         # that is still empty (it would count as alone, and call one copy enough).
@@ -373,6 +383,7 @@ class SwarmNode:
             "collection": self.reclaimer.status() if self.reclaimer else {},
             "crl": self.revocations.number if self.revocations else 0,
             "refusals": self.transport.refusals if self.transport else 0,
+            "discovery": self.discovery.status() if self.discovery else {},
             "oplog": log_lag(self.replicator.store.vector(), self.replicator.fold.reports),
         }
 

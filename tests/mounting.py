@@ -18,6 +18,10 @@ VENV_BIN = Path(sys.executable).parent
 MOUNT = str(VENV_BIN / "mount.dhtfs")
 UMOUNT = str(VENV_BIN / "umount.dhtfs")
 DEADLINE = 30.0
+# Tests never speak mDNS on the host's network: every daemon a test starts copies os.environ
+# (this module is imported by tests/conftest.py), so discovery is off unless its options turn
+# it on (tests/swarm/test_discovery.py does, inside network namespaces of its own).
+os.environ.setdefault("DHTFS_DISCOVERY", "off")
 
 
 def is_mounted(path: Path) -> bool:
@@ -43,6 +47,7 @@ class Mount:
     options: list[str] = field(default_factory=list)
     proc: subprocess.Popen | None = None
     log: Path | None = None
+    prefix: list[str] = field(default_factory=list)  # e.g. ["nsenter", "--net=/run/netns/X"]
 
     def start(self) -> Mount:
         self.mountpoint.mkdir(parents=True, exist_ok=True)
@@ -51,7 +56,7 @@ class Mount:
         env = dict(os.environ, DHTFS_NO_SYSTEM_CONFIG="1")
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                [MOUNT, str(self.mountpoint), "-f", "-o", opts],
+                [*self.prefix, MOUNT, str(self.mountpoint), "-f", "-o", opts],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=env,

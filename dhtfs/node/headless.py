@@ -29,6 +29,7 @@ from dhtfs.node import pki
 from dhtfs.node.cache import BlockCache, file_size
 from dhtfs.node.chunkstore import ChunkStore
 from dhtfs.node.control import CONTROL_SOCKET_NAME, ControlServer
+from dhtfs.node.discovery import Discovery
 from dhtfs.node.identity import configured_identity
 from dhtfs.node.logstore import SqliteLogStore
 from dhtfs.node.node import Node
@@ -122,6 +123,9 @@ async def serve_node(
         reclaimer = Reclaimer(node, config.gc_grace, log_vector=log_store.vector,
                               on_removed=cache.forget)
         control_path = config.state_dir / CONTROL_SOCKET_NAME
+        discovery = (Discovery.for_node(node, identity, host)
+                     if config.discovery is not False else None)
+
         async def oplog(args: dict) -> dict:
             return {
                 "vector": [[o, s] for o, s in log_store.vector().items()],
@@ -135,7 +139,8 @@ async def serve_node(
             return {"node_id": c.node_id, "listen": f"{c.host}:{c.port}", "chunks": chunks,
                     "peers": len(node.routing), "cache": cache.status(),
                     "collection": reclaimer.status(),
-                    "repair": {"passes": repairer.passes, "pushed": repairer.pushed}}
+                    "repair": {"passes": repairer.passes, "pushed": repairer.pushed},
+                    "discovery": discovery.status() if discovery else {}}
 
         extra = {"oplog": oplog, "status": status}
         await nursery.start(ControlServer([node], extra=extra).serve, control_path)
@@ -143,6 +148,8 @@ async def serve_node(
             size = await node.join_addresses(seeds)
             log.info("bootstrapped: %d contacts", size)
             nursery.start_soon(keep_joined, node, seeds)
+        if discovery is not None:  # LAN peers of the swarm by mDNS
+            nursery.start_soon(discovery.run)
         nursery.start_soon(node.run_maintenance)
         nursery.start_soon(cache.run)
         nursery.start_soon(repairer.run)
