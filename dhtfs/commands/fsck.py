@@ -120,10 +120,13 @@ def cmd_fsck(args: argparse.Namespace) -> int:
             rows.append(["bad block", f"{d['id']}: {d['reason']}; {fate}"])
         for d in report["unrepairable"]:
             rows.append(["unrepairable", f"{d['id']}: {d['reason']}"])
-        rows.append(["namespace", f"{namespace['objects']} objects, {namespace['links']} "
-                     f"names, {namespace['extents']} extent rows: "
-                     f"{len(problems) or 'no'} problems; {namespace['referenced']} blocks "
-                     f"referenced, {namespace['held']} of them held here"])
+        if namespace.get("headless"):
+            rows.append(["namespace", "none here (a headless node): check it on a mount"])
+        else:
+            rows.append(["namespace", f"{namespace['objects']} objects, {namespace['links']} "
+                         f"names, {namespace['extents']} extent rows: "
+                         f"{len(problems) or 'no'} problems; {namespace['referenced']} "
+                         f"blocks referenced, {namespace['held']} of them held here"])
         rows += [["problem", p] for p in problems]
         print_table(["", ""], rows, header=False)
         if left and not args.repair:

@@ -25,7 +25,7 @@ import trio
 
 from dhtfs.config import Config
 from dhtfs.errors import ConfigError
-from dhtfs.node import pki
+from dhtfs.node import pki, verify
 from dhtfs.node.cache import BlockCache, file_size
 from dhtfs.node.chunkstore import ChunkStore
 from dhtfs.node.control import CONTROL_SOCKET_NAME, ControlServer
@@ -142,7 +142,13 @@ async def serve_node(
                     "repair": {"passes": repairer.passes, "pushed": repairer.pushed},
                     "discovery": discovery.status() if discovery else {}}
 
-        extra = {"oplog": oplog, "status": status}
+        async def fsck(args: dict) -> dict:  # blocks only: a headless node has no namespace
+            if args.get("namespace"):
+                return {"objects": 0, "links": 0, "extents": 0, "referenced": 0, "held": 0,
+                        "problems": [], "headless": True}
+            return await verify.control(node, store, args)
+
+        extra = {"oplog": oplog, "status": status, "fsck": fsck}
         await nursery.start(ControlServer([node], extra=extra).serve, control_path)
         if seeds:
             size = await node.join_addresses(seeds)
