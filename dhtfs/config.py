@@ -11,6 +11,7 @@ ignored, so fstab lines work unchanged.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -113,6 +114,8 @@ class Config:
     replication_backlog: int = 1024 * 1024 * 1024
     # Seconds between repair passes over the blocks held here (dhtfs.node.repair).
     repair_interval: float = 60.0
+    # Prometheus metrics on this loopback HOST:PORT (dhtfs.metrics); "" = off.
+    metrics: str = ""
     # Seconds a read may wait for a block from the swarm before it fails with EIO.
     read_deadline: float = 30.0
     # False: a client-only mount, which stores nothing for others and is never a replica.
@@ -141,6 +144,25 @@ def parse_size(key: str, text: str | int) -> int:
     if value < 0:
         raise ConfigError(f"{key}={text}: must not be negative")
     return value
+
+
+def parse_metrics_address(text: str) -> tuple[str, int]:
+    """``metrics=HOST:PORT`` on a loopback address (port 0: any free one). Only loopback: the
+    numbers describe the node and its peers; a tunnel or a proxy exposes them further."""
+    host, sep, port_text = text.rpartition(":")
+    host = host.strip("[]")
+    try:
+        port = int(port_text) if sep else -1
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        raise ConfigError(f"metrics={text}: expected a loopback HOST:PORT, e.g. "
+                          f"127.0.0.1:9477") from None
+    if not 0 <= port < 65536:
+        raise ConfigError(f"metrics={text}: the port must be 0..65535")
+    if not loopback:
+        raise ConfigError(f"metrics={text}: only a loopback address may serve metrics "
+                          f"(tunnel or proxy it to scrape from elsewhere)")
+    return host, port
 
 
 def _parse_bool(key: str, value: Any) -> bool:
@@ -194,6 +216,11 @@ def _coerce(key: str, value: Any) -> Any:
         # "+" separates addresses on an fstab/-o line, whose own separator is ","
         items = value if isinstance(value, list | tuple) else re.split(r"[+,\s]", str(value))
         return tuple(str(v).strip() for v in items if str(v).strip())
+    if key == "metrics":
+        if str(value) in ("", "off"):
+            return ""
+        parse_metrics_address(str(value))
+        return str(value)
     if key in ("swarm", "key", "listen"):
         if not isinstance(value, str):
             raise ConfigError(f"{key}: expected a string, got {value!r}")

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from dhtfs.config import DEFAULT_LISTEN, DEFAULT_PORT
+from dhtfs.config import DEFAULT_LISTEN, DEFAULT_PORT, parse_metrics_address
 from dhtfs.errors import ChunkError, ConfigError, NamespaceError, NetworkError, RemoteError
 from dhtfs.fs.remote import RemoteChanges
 from dhtfs.fs.replica import NamespaceLog
@@ -56,6 +56,7 @@ from dhtfs.node.transport import Transport
 from dhtfs.node.verify import log_lag
 
 if TYPE_CHECKING:
+    from dhtfs.metrics import Metrics
     from dhtfs.service import LocalFilesystem
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,7 @@ class SwarmNode:
         self.cache: BlockCache | None = None
         self.reclaimer: Reclaimer | None = None
         self.revocations: RevocationList | None = None
+        self.metrics: Metrics | None = None
         self.discovery: Discovery | None = None
         self._refs_cache: tuple[float, set[bytes]] = (-math.inf, set())
         self.reads_by_source: dict[str, int] = {}  # remote reads: provider (hex) or source
@@ -152,6 +154,13 @@ class SwarmNode:
         await nursery.start(control.serve, config.state_dir / CONTROL_SOCKET_NAME)
         nursery.start_soon(node.run_maintenance)
         nursery.start_soon(cache.run)
+        if config.metrics:
+            from dhtfs.metrics import Metrics
+
+            self.metrics = Metrics(self._metrics_snapshot)
+            node.on_rpc, node.on_lookup = self.metrics.rpc, self.metrics.lookup
+            self.fs.operations.observe = self.metrics.fuse_op
+            nursery.start_soon(self.metrics.serve, *parse_metrics_address(config.metrics))
         node.services[REFS] = self._refs
         self.reclaimer = Reclaimer(node, config.gc_grace, local_refs=self._referenced,
                                    pending=replication.is_pending, on_removed=cache.forget)
@@ -383,8 +392,35 @@ class SwarmNode:
             "collection": self.reclaimer.status() if self.reclaimer else {},
             "crl": self.revocations.number if self.revocations else 0,
             "refusals": self.transport.refusals if self.transport else 0,
+            "metrics": "{}:{}".format(*self.metrics.address)
+            if self.metrics and self.metrics.address else "",
             "discovery": self.discovery.status() if self.discovery else {},
             "oplog": log_lag(self.replicator.store.vector(), self.replicator.fold.reports),
+        }
+
+    def _metrics_snapshot(self) -> dict[str, Any]:
+        """The counters ``dhtfs.metrics`` reads at each scrape (on the trio thread; cheap:
+        nothing here walks the store)."""
+        assert self.node is not None and self.replication is not None
+        assert self.cache is not None and self.replicator is not None
+        rep, cache = self.replication.status(), self.cache.status()
+        lag = log_lag(self.replicator.store.vector(), self.replicator.fold.reports)
+        transport = self.transport
+        return {
+            "blocks": {
+                "stored": rep["added"], "replicated": rep["replicated"],
+                "fetched": self.fs.contents.reads["remote"], "cached": cache["added"],
+                "evicted": cache["evicted"],
+                "repaired": self.repairer.pushed if self.repairer else 0,
+                "reclaimed": self.reclaimer.reclaimed if self.reclaimer else 0,
+            },
+            "network": {"received": getattr(transport, "bytes_received", 0),
+                        "sent": getattr(transport, "bytes_sent", 0)},
+            "replication_backlog_blocks": rep["pending"],
+            "replication_backlog_bytes": rep["pending_bytes"],
+            "cache_bytes": cache["bytes"],
+            "peers": len(self.node.routing),
+            "oplog_lag": {p["node_id"].hex()[:16]: p["missing_here"] for p in lag["peers"]},
         }
 
     async def _fsck(self, args: Message) -> Message:

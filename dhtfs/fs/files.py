@@ -67,7 +67,7 @@ class Sealing:
 
     index: int
     pos: int
-    data: bytes
+    data: bytes | bytearray  # a bytearray handed over by the write buffers: never changed
     limit: int
     offset: int = 0
     block: bytes | None = None
@@ -273,6 +273,9 @@ class FileContents:
         done = self._fetching[chunk_id] = trio.Event()
         try:
             try:
+                if self.fetch is not None and not self.store.has(chunk_id):
+                    # Not stored here (one stat): no worker thread just to find that out.
+                    raise ChunkMissing(chunk_id, "not stored on this node")
                 data = await trio.to_thread.run_sync(
                     self.store.get, chunk_id, limiter=self._limiter
                 )
@@ -387,8 +390,12 @@ class FileContents:
             for index in sorted(of.buffers):
                 for pos, data in of.buffers.pop(index, ()):
                     of.buffered -= len(data)
-                    entry = Sealing(index, pos, bytes(data), len(data))
-                    if pos == 0 or len(data) >= of.chunk_size // 2:
+                    alone = pos == 0 or len(data) >= of.chunk_size // 2
+                    # Popped, the range is ours: a large one is sealed as is (in the
+                    # background, never cached), a small one as bytes (it may be cached).
+                    held = data if alone and len(data) > THREAD_THRESHOLD else bytes(data)
+                    entry = Sealing(index, pos, held, len(data))
+                    if alone:
                         await self._seal_job(of, [entry])
                         continue
                     entry.offset = packed
@@ -436,7 +443,8 @@ class FileContents:
             of.buffered -= len(data)
             if not ranges:
                 del of.buffers[index]
-            await self._seal_job(of, [Sealing(index, pos, bytes(data), len(data))], inline=False)
+            # Popped, the range is ours: sealed (and lent to ``on_sealed``) without a copy.
+            await self._seal_job(of, [Sealing(index, pos, data, len(data))], inline=False)
 
     async def _seal_bytes(self, of: OpenFile, index: int, pos: int, data: bytes) -> None:
         """Seal ``data`` at ``pos`` of chunk ``index`` in the background (waits for a slot)."""
@@ -474,7 +482,7 @@ class FileContents:
         assert self.nursery is not None, "FileContents.nursery must be set by the service"
         self.nursery.start_soon(self._seal, of, entries, data)
 
-    async def _seal(self, of: OpenFile, entries: list[Sealing], data: bytes) -> None:
+    async def _seal(self, of: OpenFile, entries: list[Sealing], data: bytes | bytearray) -> None:
         try:
             block = await trio.to_thread.run_sync(self.store_block, data, limiter=self._limiter)
         except OSError as exc:
@@ -509,13 +517,15 @@ class FileContents:
         for e in entries:
             e.failed = True
 
-    def store_block(self, data: bytes) -> bytes:
+    def store_block(self, data: bytes | bytearray) -> bytes:
         """Store ``data`` as a block; returns its ID. Thread-safe (runs in worker threads)."""
         block = chunk_id_of(data)
         self.store.put(block, data)
         return block
 
-    def _stored(self, of: OpenFile, entries: list[Sealing], block: bytes, data: bytes) -> None:
+    def _stored(
+        self, of: OpenFile, entries: list[Sealing], block: bytes, data: bytes | bytearray
+    ) -> None:
         """Bookkeeping for a block just stored for ``of`` (on the trio thread)."""
         for e in entries:
             e.block = block

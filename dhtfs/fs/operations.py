@@ -71,27 +71,35 @@ PERSISTING_HANDLERS = frozenset(
 def _errno_mapped(fn: F) -> F:
     """Map every exception of a handler to an errno; persist as PERSISTING_HANDLERS says."""
     deferred = fn.__name__ not in PERSISTING_HANDLERS
+    name = fn.__name__
 
     @functools.wraps(fn)
     async def wrapper(self: Operations, *args: Any, **kwargs: Any) -> Any:
+        observe = self.observe  # metrics: every request timed, by kind and outcome
+        t0 = time.perf_counter() if observe is not None else 0.0
+        ok = False
         try:
-            return await fn(self, *args, **kwargs)
+            result = await fn(self, *args, **kwargs)
+            ok = True
+            return result
         except pyfuse3.FUSEError:
             raise
         except NamespaceError as exc:
             raise pyfuse3.FUSEError(exc.errno) from None
         except OSError as exc:
-            log.warning("%s failed: %s", fn.__name__, exc)
+            log.warning("%s failed: %s", name, exc)
             raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
         except DhtfsError as exc:
-            log.error("%s failed: %s", fn.__name__, exc)
+            log.error("%s failed: %s", name, exc)
             raise pyfuse3.FUSEError(errno.EIO) from None
         except Exception:
-            log.exception("%s failed unexpectedly; returning EIO", fn.__name__)
+            log.exception("%s failed unexpectedly; returning EIO", name)
             raise pyfuse3.FUSEError(errno.EIO) from None
         finally:
             if not deferred and self.tree.ns.pending:
                 _persist(self.tree.ns)  # also after a failure: earlier ops were acknowledged
+            if observe is not None:
+                observe(name, ok, time.perf_counter() - t0)
 
     return wrapper  # type: ignore[return-value]
 
@@ -140,6 +148,8 @@ class Operations(pyfuse3.Operations):
         self._next_fh = 1
         self._kernel_version: dict[bytes, tuple[int, bytes]] = {}
         self._data_chunks: dict[tuple[bytes, int, bytes], int] = {}
+        # Metrics (dhtfs.metrics): told of every request (handler name, success, seconds).
+        self.observe: Callable[[str, bool, float], None] | None = None
         # A swarm mount's provider lookup: block → [[node hex, "host:port", rtt ms | None]].
         self.locate: Callable[[list[bytes]], Awaitable[dict[bytes, list[list[Any]]]]] | None = None
         # A swarm mount's wait for blocks to reach their replicas: → the ones that did not.

@@ -73,6 +73,7 @@ class BlockCache:
         self.lru: OrderedDict[bytes, int] = OrderedDict()
         self.bytes = 0
         self.evicted = 0  # blocks evicted (for status and tests)
+        self.added = 0  # blocks that became cached copies
         self.promoted = 0  # blocks that left the cache as this node became responsible
         self._over = trio.Event()
         for cid in list(self.file):
@@ -98,6 +99,7 @@ class BlockCache:
             if size is None:
                 return
         self.file.add(cid)
+        self.added += 1
         self.lru[cid] = size
         self.bytes += size
         if self.bytes > self.capacity:
@@ -164,7 +166,7 @@ class BlockCache:
 
     def status(self) -> dict[str, int]:
         return {"blocks": len(self.lru), "bytes": self.bytes, "capacity": self.capacity,
-                "evicted": self.evicted, "promoted": self.promoted}
+                "evicted": self.evicted, "promoted": self.promoted, "added": self.added}
 
     def close(self) -> None:
         self.file.close()

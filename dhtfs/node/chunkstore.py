@@ -12,7 +12,9 @@ Invariants:
 - plaintext never touches the disk; only sealed bytes are written;
 - equal content is stored once (``put`` of a present ID is a no-op);
 - ``put`` does not fsync; ``sync(ids)`` makes the named chunks durable against power loss
-  (file and directory fsync). A process crash loses nothing already ``put``: the kernel holds it.
+  (file and directory fsync), and so does ``put(..., durable=True)`` before it returns (one
+  call: a replica's store-and-fsync takes one worker-thread hop, not two). A process crash
+  loses nothing already ``put``: the kernel holds it.
 - every method is synchronous and thread-safe; callers on the trio thread use
   ``trio.to_thread.run_sync`` for anything larger than a few KiB.
 """
@@ -65,6 +67,31 @@ def seal(aead: AESGCM, chunk_id: bytes, plaintext: bytes | memoryview) -> bytear
     return blob
 
 
+SCRATCH_MAX = 4 * 1024 * 1024
+"""Chunks up to this size are sealed for ``put`` into a buffer kept per thread (see
+``_seal_scratch``); larger ones into a fresh buffer each time."""
+
+_scratch = threading.local()
+
+
+def _seal_scratch(aead: AESGCM, chunk_id: bytes, plaintext: bytes | memoryview) -> memoryview:
+    """``seal`` into this thread's reusable buffer: no zero-filled megabyte and no freshly
+    faulted pages per chunk. The view is valid until this thread seals again: write it out
+    and drop it before then."""
+    size = sealed_size(len(plaintext))
+    if size > SCRATCH_MAX:
+        return memoryview(seal(aead, chunk_id, plaintext))
+    buf = getattr(_scratch, "buf", None)
+    if buf is None or len(buf) < size:
+        buf = _scratch.buf = bytearray(max(size, 64 * 1024))
+    view = memoryview(buf)[:size]
+    view[0] = FORMAT_VERSION
+    nonce = random_bytes(NONCE_BYTES)
+    view[1:HEADER_BYTES] = nonce
+    aead.encrypt_into(nonce, plaintext, chunk_id, view[HEADER_BYTES:])
+    return view
+
+
 def unseal(aead: AESGCM, chunk_id: bytes, blob: bytes) -> bytes:
     """Decrypt a sealed chunk; raises ChunkCorrupt if the format, tag or binding is wrong."""
     if len(blob) < HEADER_BYTES + TAG_BYTES or blob[0] != FORMAT_VERSION:
@@ -75,7 +102,7 @@ def unseal(aead: AESGCM, chunk_id: bytes, blob: bytes) -> bytes:
         raise ChunkCorrupt(chunk_id, "authentication tag does not verify") from None
 
 
-def _write_all(fd: int, data: bytes | bytearray) -> None:
+def _write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
@@ -111,11 +138,15 @@ class ChunkStore:
     def has(self, chunk_id: bytes) -> bool:
         return self.path_of(chunk_id).exists()
 
-    def put(self, chunk_id: bytes, plaintext: bytes | memoryview) -> bool:
+    def put(
+        self, chunk_id: bytes, plaintext: bytes | memoryview, *, durable: bool = False
+    ) -> bool:
         """Store ``plaintext`` under ``chunk_id``; True if it was new. Caller vouches for the ID.
 
         Three system calls for a new chunk (open with O_EXCL, write, close); an existing
         complete file ends the call at the open (dedup). A torn file is replaced atomically.
+        ``durable``: return only once the chunk (new or already there) is fsynced, file and
+        directory, as ``sync`` would make it.
         """
         if len(chunk_id) != ID_BYTES:
             raise ValueError(f"chunk id must be {ID_BYTES} bytes, got {len(chunk_id)}")
@@ -129,24 +160,34 @@ class ChunkStore:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:
             if os.stat(path).st_size == sealed_size(len(plaintext)):
+                if durable:  # written earlier, maybe not fsynced yet
+                    self.sync([chunk_id])
                 return False
             log.warning("replacing torn chunk file %s", path)
-            self._write_atomically(path, seal(self._aead, chunk_id, plaintext))
+            self._write_atomically(path, seal(self._aead, chunk_id, plaintext), durable)
+            if durable:
+                fsync_dir(directory)
             return True
         try:
-            _write_all(fd, seal(self._aead, chunk_id, plaintext))
+            _write_all(fd, _seal_scratch(self._aead, chunk_id, plaintext))
+            if durable:
+                os.fsync(fd)
         except BaseException:
             os.close(fd)
             os.unlink(path)
             raise
         os.close(fd)
+        if durable:
+            fsync_dir(directory)
         return True
 
-    def put_verified(self, chunk_id: bytes, plaintext: bytes | memoryview) -> bool:
+    def put_verified(
+        self, chunk_id: bytes, plaintext: bytes | memoryview, *, durable: bool = False
+    ) -> bool:
         """Like ``put``, but first checks that ``chunk_id`` is the SHA-256 of ``plaintext``."""
         if chunk_id_of(plaintext) != chunk_id:
             raise ChunkCorrupt(chunk_id, "content does not hash to its id")
-        return self.put(chunk_id, plaintext)
+        return self.put(chunk_id, plaintext, durable=durable)
 
     def get(self, chunk_id: bytes) -> bytes:
         """The plaintext of ``chunk_id``; ChunkMissing or ChunkCorrupt otherwise."""
@@ -212,7 +253,7 @@ class ChunkStore:
 
     # -- internals -----------------------------------------------------------------------------
 
-    def _write_atomically(self, path: str, blob: bytes | bytearray) -> None:
+    def _write_atomically(self, path: str, blob: bytes | bytearray, durable: bool = False) -> None:
         with self._lock:
             self._tmp_seq += 1
             seq = self._tmp_seq
@@ -220,6 +261,8 @@ class ChunkStore:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             _write_all(fd, blob)
+            if durable:
+                os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(tmp, path)

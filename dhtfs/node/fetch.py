@@ -4,7 +4,8 @@
 store; see the attributes declared below). The rules, with their reasons, are in the node's
 module docstring ("get_chunk"); in short:
 
-- local store first; then the nodes hinted to hold it (the writer of the version naming it);
+- local store first; then the nodes hinted to hold it (the writer of the version naming it;
+  when it is out of reach, the R closest in this node's routing table);
   then FIND_PROVIDERS asking for the bytes inline (Kademlia's FIND_VALUE for small chunks);
   then the providers it named, ranked by RTT EWMA, hedged to the next one when a provider is
   slower than its expected time, falling through on failure (``_fetch``);
@@ -43,6 +44,7 @@ class ChunkReads:
 
     # Provided by Node:
     id: bytes
+    replication: int
     store: Any
     network: Any
     routing: RoutingTable
@@ -80,6 +82,15 @@ class ChunkReads:
             return GetResult(local, "local")
         hinted = [c for h in hints if h != self.id and (c := self.routing.get(h)) is not None]
         if not hinted:
+            # No hinted holder we can reach (e.g. the writer is a client-only mount): the R
+            # closest in our routing table are where placement put it, if our view is right
+            # (in a swarm that fits in the table it is). A wrong guess costs quick "not here"
+            # answers, then the lookup below takes over.
+            hinted = self.routing.rank_providers(self.routing.closest(chunk_id, self.replication))
+            guessed = True
+        else:
+            guessed = False
+        if not hinted:
             got = await self._get_by_lookup(chunk_id)
         else:
             got = None
@@ -102,6 +113,10 @@ class ChunkReads:
                 found = await self._get_by_lookup(chunk_id, quiet=True)
                 if found is not None and got is None:
                     got = found
+                    cancel.cancel()
+                elif found is None and guessed:
+                    # No provider anywhere, and the guessed holders still silent: give up
+                    # now rather than wait for their GET_CHUNK timeouts.
                     cancel.cancel()
 
             async with trio.open_nursery() as nursery:

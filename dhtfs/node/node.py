@@ -168,6 +168,10 @@ class Node(ChunkReads):
         self.on_served: Callable[[bytes], None] | None = None
         # Told of each block pushed here by PUT_CHUNK (held for the swarm from then on).
         self.on_placed: Callable[[bytes], None] | None = None
+        # Metrics (dhtfs.metrics): each outgoing RPC (method, outcome, seconds: "ok",
+        # "refused", or "failed" also when cancelled) and each lookup (hops, queries).
+        self.on_rpc: Callable[[str, str, float], None] | None = None
+        self.on_lookup: Callable[[int, int], None] | None = None
 
     @property
     def background_jobs(self) -> int:
@@ -275,14 +279,20 @@ class Node(ChunkReads):
 
     async def _call(self, peer: Contact, method: str, args: Message, timeout: float) -> Message:
         t0 = trio.current_time()
+        outcome = "failed"
         try:
             answer = await self.network.call(peer, method, args, timeout=timeout)
+            outcome = "ok"
         except RemoteError:
+            outcome = "refused"
             self._seen(peer, trio.current_time() - t0)     # alive, it just refused
             raise
         except NetworkError:
             self._failed(peer)
             raise
+        finally:
+            if self.on_rpc is not None:
+                self.on_rpc(method, outcome, trio.current_time() - t0)
         self._seen(peer, trio.current_time() - t0)
         return answer
 
@@ -372,15 +382,15 @@ class Node(ChunkReads):
             cid = rpc.req_id(args, "id", method)
             data = rpc.req_data(args, method)
             try:
-                new = await self._offload(len(data), self.store.put_verified, cid, data)
+                if hasattr(self.store, "sync"):
+                    # A replica acknowledges what survives its power loss: stored and fsynced
+                    # (or, already held, its collection grace restarted) in one thread hop.
+                    new = await trio.to_thread.run_sync(self._store_durably, cid, data)
+                else:  # the simulator's store: memory only
+                    new = await self._offload(len(data), self.store.put_verified, cid, data)
             except ChunkCorrupt:
                 raise RemoteError(f"{method}: data does not hash to its id") from None
-            sync = getattr(self.store, "sync", None)
-            if sync is not None:  # a replica acknowledges what survives its power loss
-                await trio.to_thread.run_sync(sync, [cid])
             self._announced.setdefault(cid, trio.current_time())
-            if not new:  # already held: its collection grace starts again
-                await self._hold([cid])
             if self.on_placed is not None:
                 self.on_placed(cid)
             return {"stored": bool(new)}
@@ -390,6 +400,14 @@ class Node(ChunkReads):
         # GET_CHUNK
         cid = rpc.req_id(args, "id", method)
         return {"data": await self._local_get(cid)}
+
+    def _store_durably(self, cid: bytes, data: bytes) -> bool:
+        """(Worker thread.) Verify, store and fsync a pushed chunk; True if it was new. One
+        already held is touched instead (see ``_hold``)."""
+        new = self.store.put_verified(cid, data, durable=True)
+        if not new:
+            self.store.touch(cid)
+        return bool(new)
 
     async def _hold(self, ids: list[bytes]) -> int:
         """Restart the collection grace of the ``ids`` held here (``store.touch``); returns
@@ -520,6 +538,8 @@ class Node(ChunkReads):
         for c in result.abandoned:
             self._failed(c)
         self.routing.touch_target(target)
+        if self.on_lookup is not None:
+            self.on_lookup(result.hops, result.queries)
         return result
 
     def _enough_providers(self, key: bytes) -> Callable[[Contact, Answer], bool]:
@@ -756,9 +776,10 @@ class Node(ChunkReads):
         res: PutResult | None = None,
         data: bytes | None = None,
     ) -> int:
-        """ADD_PROVIDER (ourselves, and the replicas of ``res``) on each of ``targets``, with
-        the chunk's bytes when it is at most ``spread_max`` (``data``, else read here), except
-        to the replicas of ``res``, which just stored it; returns the acknowledgements."""
+        """ADD_PROVIDER (ourselves, and the replicas of ``res``) on each of ``targets`` but
+        those replicas (they just stored the chunk, and a holder names itself in its
+        FIND_PROVIDERS answers), with the chunk's bytes when it is at most ``spread_max``
+        (``data``, else read here); returns the acknowledgements."""
         acks = 0
         args: Message = {"key": key, "ttl": self.provider_ttl}
         replicas: set[bytes] = set()
@@ -776,15 +797,15 @@ class Node(ChunkReads):
         async def one(c: Contact) -> None:
             nonlocal acks
             try:
-                await self._call(c, rpc.ADD_PROVIDER,
-                                 args if c.node_id in replicas else with_data, self.rpc_timeout)
+                await self._call(c, rpc.ADD_PROVIDER, with_data, self.rpc_timeout)
                 acks += 1
             except NetworkError:
                 pass
 
         async with trio.open_nursery() as nursery:
             for c in targets:
-                nursery.start_soon(one, c)
+                if c.node_id not in replicas:  # it just stored the chunk: it names itself
+                    nursery.start_soon(one, c)
         self._announced[key] = trio.current_time()
         if res is not None:
             res.announced = acks

@@ -92,6 +92,7 @@ class ChunkReplicator:
         self.remembered = 0  # peers known at the last run (see ``live_peers``)
         self._started = trio.current_time()
         self.replicated = 0  # blocks that reached their copies (for status and tests)
+        self.added = 0  # blocks written here and given to replication
         self.incomplete = 0  # placements that fell short and will be tried again
         for cid in self.file:
             self.sizes[cid] = 0
@@ -114,6 +115,7 @@ class ChunkReplicator:
             self._held[cid] = data
             self._held_bytes += size
         self.file.add(cid)
+        self.added += 1
         self.sizes[cid] = size
         self.bytes += size
         if size >= STREAM_BYTES:
@@ -332,6 +334,7 @@ class ChunkReplicator:
             "pending": self.pending,
             "pending_bytes": self.bytes,
             "replicated": self.replicated,
+            "added": self.added,
             "incomplete": self.incomplete,
         }
 

@@ -41,6 +41,8 @@ import trio
 
 from dhtfs.node import pki
 
+Buffer = bytes | bytearray | memoryview
+
 SOCKET_READ_BYTES = 256 * 1024
 RECORD_READ_BYTES = 16 * 1024
 MAX_IOV = 64
@@ -89,15 +91,17 @@ class TLSStream:
 
     # -- sending ---------------------------------------------------------------------------------
 
-    def write_nowait(self, data: bytes | bytearray | memoryview) -> None:
-        """Encrypt ``data`` and send or queue it, without waiting. Raises
-        ``trio.BrokenResourceError`` if the connection already failed."""
+    def write_nowait(self, data: Buffer | list[Buffer]) -> None:
+        """Encrypt ``data`` (a buffer, or a list of buffers sent one after the other) and send
+        or queue it, without waiting. Raises ``trio.BrokenResourceError`` if the connection
+        already failed."""
         if self._broken is not None:
             raise trio.BrokenResourceError("connection failed") from self._broken
-        view = memoryview(data)
-        while view:
-            n = self._obj.write(view)
-            view = view[n:]
+        write = self._obj.write
+        for part in data if isinstance(data, list) else (data,):
+            view = memoryview(part)
+            while view:
+                view = view[write(view) :]
         self._send_ciphertext()
 
     def _send_ciphertext(self) -> None:

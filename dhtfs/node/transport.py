@@ -98,10 +98,11 @@ class _Dial:
 class _FrameStream:
     """Whole frames out of a byte stream (``wire.FrameReader`` over ``receive_some``)."""
 
-    def __init__(self, stream: TLSStream, max_frame: int) -> None:
+    def __init__(self, stream: TLSStream, max_frame: int, transport: Transport) -> None:
         self.stream = stream
         self.reader = wire.FrameReader(max_frame)
         self.ready: deque[bytes] = deque()
+        self.transport = transport  # counts the bytes received
 
     async def receive(self) -> wire.Frame | None:
         """The next frame, or None at a clean EOF between frames."""
@@ -115,6 +116,7 @@ class _FrameStream:
                     raise ProtocolError("connection closed in the middle of a frame")
                 return None
             for piece in pieces:
+                self.transport.bytes_received += len(piece)
                 self.ready.extend(self.reader.feed(piece))
         return wire.decode_body(self.ready.popleft())
 
@@ -156,7 +158,7 @@ class _Connection:
         self.last_id += 1
         rid = self.last_id
         self.last_active = trio.current_time()
-        frame = wire.encode_request(rid, method, args, self.transport.max_frame)
+        frame = wire.encode_request_parts(rid, method, args, self.transport.max_frame)
         pending = self.pending[rid] = _Pending()
         try:
             try:
@@ -183,11 +185,14 @@ class _Connection:
             )
         return PeerUnreachable(f"connection to {self.peer} is closed")
 
-    async def _send(self, frame: bytes) -> None:
-        """Queue ``frame`` whole (never cut, whatever cancels us), then wait while more than
-        ``SEND_HIGH_WATER`` bytes are queued on this connection (backpressure)."""
+    async def _send(self, frame: bytes | list[bytes | bytearray]) -> None:
+        """Queue ``frame`` (bytes, or a list of buffers: ``wire.encode_request_parts``) whole
+        (never cut, whatever cancels us), then wait while more than ``SEND_HIGH_WATER`` bytes
+        are queued on this connection (backpressure)."""
         stream = self.frames.stream
         stream.write_nowait(frame)
+        self.transport.bytes_sent += (
+            len(frame) if isinstance(frame, bytes | bytearray) else sum(map(len, frame)))
         if stream.backlog_bytes > SEND_HIGH_WATER:
             await stream.wait_drained(SEND_HIGH_WATER)
 
@@ -303,6 +308,7 @@ class _Connection:
     def _send_nowait(self, data: bytes) -> None:
         with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
             self.frames.stream.write_nowait(data)
+            self.transport.bytes_sent += len(data)
 
     async def _serve_request(self, frame: wire.Frame) -> None:
         try:
@@ -362,6 +368,8 @@ class Transport:
         self.aborted = 0
         self.protocol_errors = 0
         self.isolated = False   # test switch: see ``isolate``
+        self.bytes_received = 0  # frame bytes in and out on peer connections (metrics)
+        self.bytes_sent = 0
         # Revocation (dhtfs.node.revocation): a peer whose certificate (DER) this refuses is
         # refused at the handshake; the certificates of peers met, by node ID.
         self.revoked: Callable[[bytes], bool] | None = None
@@ -484,7 +492,7 @@ class Transport:
             try:
                 tls = TLSStream(tcp, self._server_ctx, server_side=True)
                 node_id = await self._handshake(tls)
-                frames = _FrameStream(tls, self.max_frame)
+                frames = _FrameStream(tls, self.max_frame, self)
                 hello = await frames.receive()
                 if hello is None or hello.kind != wire.HELLO:
                     raise ProtocolError("first frame is not HELLO")
@@ -588,7 +596,7 @@ class Transport:
                 raise AuthError(f"{host}:{port}: TLS handshake failed: {reason}") from None
             except AuthError as exc:
                 raise AuthError(f"{host}:{port}: {exc}") from None
-            frames = _FrameStream(tls, self.max_frame)
+            frames = _FrameStream(tls, self.max_frame, self)
             hello_frame = wire.encode_hello(self._advertised_host, self._advertised_port)
             if node_id is not None:
                 # A call: its request goes out right behind our HELLO, without waiting for the

@@ -5,7 +5,7 @@ costs the writer, with a single-node mount measured in the same run as the refer
 Usage (as root, from the repo root, with the venv's interpreter)::
 
     .venv/bin/python scripts/bench/swarm.py [--quick] [--runs N] [--changes C] [--files F]
-                                            [--no-sim]
+                                            [--size-mib M] [--no-sim] [--with-tahoe]
 
 Prints ``figure: NAME=VALUE UNIT`` lines (VALUE: the median over runs; each run is printed
 first as a ``# `` line). Per run, on a fresh 3-node swarm (``dhtfs swarm up --nodes 3``, nodes
@@ -27,8 +27,15 @@ on 127.0.0.10-12, state on a tmpfs) and a fresh single-node mount (state on the 
   on all three storage nodes), and on the single-node mount (fsync: on this node's disk).
   ``remote_read_cold``: that file read (1 MiB reads) on a second client-only mount, which
   holds none of it: every block fetched from the storage nodes, verified; MB/s. Targets
-  (issue 10): replicated write >= 150 MB/s, cold remote read >= 250 MB/s. (Tahoe-LAFS, the
-  issue's reference, is not run here yet.)
+  (issue 10): replicated write >= 150 MB/s, cold remote read >= 250 MB/s.
+  ``replicated_write_cpu`` / ``remote_read_cold_cpu``: CPU time (user + system, all threads)
+  the writing (reading) client and the 3 storage nodes used meanwhile, ms per MB: the work
+  per byte, which moves far less than MB/s when other jobs share the machine.
+* with ``--with-tahoe``, after the above: ``tahoe_put`` / ``tahoe_get``, the issue's
+  reference, Tahoe-LAFS 2-of-4 on a loopback grid (introducer, 4 storage nodes, 1 client)
+  putting and getting a file of the same SIZE, in MB/s, same number of runs
+  (``scripts/bench/tahoe_ref.py``; installs tahoe-lafs from PyPI into its own venv on first
+  use).
 * the simulator's dissemination figures (``scripts/bench/oplog_sim.py``), unless ``--no-sim``.
 
 ``--quick``: 1 run of 100 changes per kind, 500 files and 64 MiB, simulator in quick mode;
@@ -40,6 +47,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -158,6 +166,16 @@ def timed_read(path: Path, data: memoryview) -> float:
     return seconds
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds used so far by the processes ``pids`` (all their threads)."""
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime (clock ticks)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def vector(state: Path) -> dict[bytes, int]:
     return {o: s for o, s in control(state, "oplog")["vector"]}
 
@@ -199,14 +217,20 @@ def one_run(
             clients[-1].start()
         writer, reader = clients
         wait_until(lambda: control(writer.state, "status")["peers"] >= 3, "the client joined")
+        # CPU per MB written or read, beside the rates: steadier than MB/s on a shared machine.
+        storage = [n.pid for n in nodes if n.pid]
+        used = cpu_seconds([writer.proc.pid, *storage])
         fig["replicated_write"] = mb / timed_write_fsync(writer.mountpoint / "big", data)
+        fig["replicated_write_cpu"] = (cpu_seconds([writer.proc.pid, *storage]) - used) / mb * 1e3
         pending = control(writer.state, "status")["replication"]["pending"]
         if pending:
             raise RuntimeError(f"fsync returned with {pending} blocks not replicated")
         big = reader.mountpoint / "big"
         wait_until(lambda: big.exists() and big.stat().st_size == len(data),
                    "the written version on the reading client")
+        used = cpu_seconds([reader.proc.pid, *storage])
         fig["remote_read_cold"] = mb / timed_read(big, data)
+        fig["remote_read_cold_cpu"] = (cpu_seconds([reader.proc.pid, *storage]) - used) / mb * 1e3
         reads = control(reader.state, "status")["reads"]
         if reads["local"]:
             raise RuntimeError(f"the reading client had {reads['local']} blocks locally")
@@ -221,7 +245,8 @@ def one_run(
 
 
 UNITS = {"cp_swarm": "files/s", "cp_single": "files/s", "cp_ratio": "x", "cp_visible_all": "s",
-         "single_write": "MB/s", "replicated_write": "MB/s", "remote_read_cold": "MB/s"}
+         "single_write": "MB/s", "replicated_write": "MB/s", "remote_read_cold": "MB/s",
+         "replicated_write_cpu": "ms/MB", "remote_read_cold_cpu": "ms/MB"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -232,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--files", type=int)
     p.add_argument("--size-mib", type=int)
     p.add_argument("--no-sim", action="store_true")
+    p.add_argument("--with-tahoe", action="store_true",
+                   help="also run the Tahoe-LAFS reference (scripts/bench/tahoe_ref.py)")
     args = p.parse_args(argv)
     runs = args.runs or (1 if args.quick else 3)
     changes = args.changes or 100
@@ -253,12 +280,23 @@ def main(argv: list[str] | None = None) -> int:
                 fig = one_run(run_dir, tree, nfiles, changes, data)
                 note(f"run {run + 1}: " + " ".join(f"{k}={v:.3g}" for k, v in fig.items()))
                 results.append(fig)
+                shutil.rmtree(run_dir, ignore_errors=True)  # the tmpfs holds one run at a time
         finally:
             subprocess.run(["umount", "-l", str(work)], check=False)
     for key in results[0]:
         value = statistics.median(r[key] for r in results)
         unit = UNITS.get(key, "ms")
         print(f"figure: {key}={value:.4g} {unit}", flush=True)
+    if args.with_tahoe:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        import tahoe_ref  # here: only --with-tahoe needs it
+
+        try:
+            figures = tahoe_ref.measure(len(data), runs)
+        except (RuntimeError, OSError, subprocess.CalledProcessError) as exc:
+            print(f"swarm.py: tahoe reference failed: {exc}", file=sys.stderr)
+            return 1
+        print("\n".join(tahoe_ref.figure_lines(figures)), flush=True)
     if not args.no_sim:
         sim = subprocess.run(
             [sys.executable, str(REPO / "scripts/bench/oplog_sim.py"),

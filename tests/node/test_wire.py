@@ -130,3 +130,27 @@ def test_chunk_sized_frame() -> None:
     data = bytes(range(256)) * 4096  # 1 MiB
     frame = wire.decode(wire.encode_response(7, {"data": data}))
     assert frame.payload == {"data": data}
+
+
+@settings(max_examples=50)
+@given(maps, st.lists(st.sampled_from([wire.BIG_BIN - 1, wire.BIG_BIN, 300_000]), max_size=3),
+       st.booleans())
+def test_parts_are_the_frame_unjoined(args: dict, sizes: list[int], mutable: bool) -> None:
+    """Large bins travel as their own, uncopied parts; joined, the parts are the frame."""
+    args = dict(args)
+    for i, size in enumerate(sizes):
+        blob = bytes([i]) * size
+        args[f"big{i}"] = bytearray(blob) if mutable else blob
+    body = msgpack.packb([wire.VERSION, wire.REQUEST, 3, "M", args], use_bin_type=True)
+    want = wire.LENGTH.pack(len(body)) + body
+    parts = wire.encode_request_parts(3, "M", args)
+    assert b"".join(parts) == want == wire.encode_request(3, "M", args)
+    bigs = [v for v in args.values() if isinstance(v, bytes | bytearray) and len(v) >= wire.BIG_BIN]
+    assert sum(any(p is v for p in parts) for v in bigs) == len(bigs)
+    resp = wire.encode_response_parts(3, args)
+    assert b"".join(resp) == wire.encode_response(3, args)
+    assert wire.decode(wire.encode_response(3, args)).payload == {
+        k: bytes(v) if isinstance(v, bytearray) else v for k, v in args.items()}
+    with pytest.raises(ProtocolError, match="exceeds"):
+        wire.encode_request_parts(3, "M", {**args, "x": b"x" * wire.BIG_BIN},
+                                  max_frame=wire.BIG_BIN)

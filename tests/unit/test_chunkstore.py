@@ -131,3 +131,29 @@ def test_torn_chunk_file_is_replaced_by_the_next_put(tmp_path: Path) -> None:
     inode = path.stat().st_ino
     assert store.put(cid, data) is False  # a complete file: deduplicated, left alone
     assert path.stat().st_ino == inode
+
+
+def test_durable_put_fsyncs_file_and_directory(tmp_path: Path, monkeypatch) -> None:
+    """``put(durable=True)`` is ``put`` then ``sync``: the file and its directory fsynced,
+    whether the chunk is new, already there (dedup) or replaces a torn file."""
+    store = store_in(tmp_path)
+    data = os.urandom(100_000)
+    cid = chunk_id_of(data)
+    synced: list[bool] = []  # one entry per fsync: is the target a directory?
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(stat.S_ISDIR(os.fstat(fd).st_mode)),
+                                                 real_fsync(fd))[1])
+    assert store.put_verified(cid, data, durable=True) is True
+    assert sorted(synced) == [False, True]
+    synced.clear()
+    assert store.put(cid, data, durable=True) is False
+    assert sorted(synced) == [False, True]
+    synced.clear()
+    store.path_of(cid).write_bytes(store.path_of(cid).read_bytes()[:1000])  # torn
+    assert store.put(cid, data, durable=True) is True
+    assert sorted(synced) == [False, True]
+    assert store.get(cid) == data
+    synced.clear()
+    other = os.urandom(1000)
+    assert store.put(chunk_id_of(other), other) is True
+    assert synced == []
