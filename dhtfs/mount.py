@@ -4,6 +4,15 @@ Without ``-f`` the process forks: the child (the daemon) mounts and serves; the 
 a readiness pipe and exits 0 once the mount is live, or prints the child's one-line error and
 exits 1. Problems with input or config are one line on stderr and exit status 1, never a
 traceback. A stale mount left by a daemon killed with SIGKILL is cleaned up with a warning.
+
+As mount(8)'s helper (``mount -t dhtfs SPEC DIR -o OPTS``, an fstab line): SPEC names the
+swarm, best as ``dhtfs:SWARM`` (the mount's source as the kernel lists it, so ``mount -a``
+sees an fstab line is mounted already); a bare ``SWARM`` works too, ``none``/``dhtfs`` mean
+the default swarm. ``-s``/``-n``/``-v`` and ``-t TYPE`` are accepted.
+
+Under systemd the unit runs ``-f`` (the daemon is the main process: its sd_notify
+READY=1/STATUS=/STOPPING=1 need only ``NotifyAccess=main``), and logs go to the journal.
+The daemon logs an ``event=start`` and an ``event=stop status=N`` line even when quiet.
 """
 
 from __future__ import annotations
@@ -19,9 +28,10 @@ from pathlib import Path
 
 import trio
 
+from dhtfs import __version__
 from dhtfs.config import Config, load_config, parse_mount_options
 from dhtfs.errors import DhtfsError
-from dhtfs.logs import setup_logging
+from dhtfs.logs import capture_native_stderr, event, setup_logging
 from dhtfs.malloc import tune_malloc
 from dhtfs.service import check_mountpoint, open_state, serve
 
@@ -120,8 +130,11 @@ def run_daemon(config: Config, mountpoint: Path, ready_fd: int | None) -> int:
                 os.close(ready_fd)
 
     record = None
+    status = 1
     tune_malloc()
     os.umask(0o077)  # state files (db, WAL, logs) are root-only; FUSE modes come from requests
+    event("start", f"dhtfs {__version__} starting", mountpoint=mountpoint,
+          swarm=config.swarm, state=config.state_dir, version=__version__)
     try:
         fs = open_state(config)
         try:
@@ -140,9 +153,13 @@ def run_daemon(config: Config, mountpoint: Path, ready_fd: int | None) -> int:
         log.exception("dhtfs daemon failed")
         report(f"error {type(exc).__name__}: {exc}")
         return 1
+    else:
+        status = 0
     finally:
         if record is not None:
             record.unlink(missing_ok=True)
+        event("stop", "dhtfs stopped" if status == 0 else "dhtfs stopped with an error",
+              mountpoint=mountpoint, status=status)
     return 0
 
 
@@ -156,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 1
     if args.foreground:
+        capture_native_stderr()
         setup_logging(config.debug)
         return run_daemon(config, mountpoint, None)
     read_fd, write_fd = os.pipe()
@@ -167,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         for fd in (0, 1, 2):
             os.dup2(devnull, fd)
         os.umask(0o077)  # before the log file is created
+        capture_native_stderr()  # libfuse's messages go to the log file too
         setup_logging(config.debug, file=config.state_dir / "dhtfs.log")
         os._exit(run_daemon(config, mountpoint, write_fd))
     os.close(write_fd)

@@ -233,7 +233,9 @@ async def serve(fs: LocalFilesystem, mountpoint: Path, ready: Callable[[], None]
     async with trio.open_nursery() as nursery:
         swarm = SwarmNode(fs, fs.identity)
         swarm.mountpoint = mountpoint
+        systemd.notify("STATUS=joining swarm, catching up")
         await swarm.start(nursery)
+        systemd.notify("STATUS=mounting")
         await _serve_mount(fs, mountpoint, ready, swarm)
         nursery.cancel_scope.cancel()
 
@@ -264,15 +266,18 @@ async def _serve_mount(
             fs.operations.on_content = compactor.changed
             nursery.start_soon(compactor.run)
             ready()
-            systemd.notify("READY=1")
+            peers = len(swarm.node.routing) if swarm.node is not None else 0
+            systemd.notify(f"READY=1\nSTATUS=mounted, {peers} peers")
             try:
                 await pyfuse3.main()
             finally:
-                systemd.notify("STOPPING=1")
+                systemd.notify("STOPPING=1\nSTATUS=flushing open files")
                 with trio.CancelScope(shield=True), trio.move_on_after(60):
                     await _flush_all(fs)
                 fs.namespace.commit()
                 with trio.CancelScope(shield=True):
+                    backlog = swarm.replication.pending if swarm.replication else 0
+                    systemd.notify(f"STATUS=flushing {backlog} blocks")
                     await swarm.drain_replication()
                     await swarm.push_remaining()
             nursery.cancel_scope.cancel()

@@ -1,4 +1,11 @@
-"""sd_notify(3) without libsystemd: READY=1 / STOPPING=1 on ``$NOTIFY_SOCKET`` when set."""
+"""sd_notify(3) without libsystemd: one datagram on ``$NOTIFY_SOCKET`` when set.
+
+The mount sends (dhtfs.service): ``STATUS=joining swarm, catching up``, ``STATUS=mounting``,
+``READY=1`` + ``STATUS=mounted, N peers`` once the mount is live, and on the way out
+``STOPPING=1`` + ``STATUS=flushing open files``, then ``STATUS=flushing N blocks`` (the
+replication backlog it waits for). A message may hold several ``KEY=VALUE`` lines. The
+socket is a path or, starting with ``@``, an abstract name.
+"""
 
 from __future__ import annotations
 

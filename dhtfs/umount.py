@@ -1,5 +1,16 @@
 """``umount.dhtfs MOUNTPOINT``: unmount (every file was flushed at its close), then wait,
-bounded, for the daemon to finish and exit."""
+bounded, for the daemon to finish and exit.
+
+umount(8) runs it for a dhtfs mount as ``/sbin/umount.fuse.dhtfs`` (the mount's type is
+``fuse.dhtfs``; setup.sh links it), with ``-n``/``-l``/``-f``/``-v``/``-r`` and possibly
+``-t TYPE``, so a plain ``umount DIR`` returns once the daemon has flushed, handed its
+replication backlog on (bounded) and exited, as ``umount.dhtfs DIR`` does. umount(8) (2.38)
+reads the type from mountinfo only for a mount it has a utab entry for, i.e. one mounted
+through mount(8) with a userspace option such as ``_netdev`` (fstab, the systemd units);
+for any other it takes statfs()'s type, plain "fuse", finds no helper and only unmounts.
+Then, as with ``umount -i``, the kernel's unmount still makes the daemon flush, drain and
+exit 0 on its own, but umount returns at once.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +25,9 @@ from pathlib import Path
 from dhtfs.mount import RUN_DIR
 
 PROG = "umount.dhtfs"
-WAIT_SECONDS = 90.0  # the daemon may spend up to 60 s finishing replication
+# The daemon may spend up to 60 s flushing open files, 60 s finishing replication and 5 s
+# handing its last ops to peers (dhtfs.service, dhtfs.swarmnode).
+WAIT_SECONDS = 150.0
 
 
 def daemon_pid(mountpoint: Path) -> int | None:
@@ -48,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog=PROG, description="Flush and unmount a dhtfs mount.")
     p.add_argument("mountpoint", type=Path)
     p.add_argument("-l", "--lazy", action="store_true", help="detach even if busy")
-    p.add_argument("-v", "-n", "-f", action="store_true", dest="ignored")
+    p.add_argument("-v", "-n", "-f", "-r", action="store_true", dest="ignored")
+    p.add_argument("-t", dest="fstype", help="filesystem type (as umount(8) passes it)")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     mountpoint = Path(os.path.abspath(args.mountpoint))
     pid = daemon_pid(mountpoint)

@@ -9,7 +9,10 @@ Invariants:
 - the file is read back at open, in order; a torn last record (a crash inside a write) is
   dropped; the set is then rewritten compactly (temp file + atomic rename), and again whenever
   removal records outnumber the members by far;
-- iteration order is the order members were first added (oldest first).
+- iteration order is the order members were first added (oldest first);
+- after ``close`` (the process is stopping) changes are kept in memory only: the file's
+  records stay the truth for the next start (a replication finished after it is done again
+  then, harmlessly; nothing is added after the backlog is drained and closed).
 """
 
 from __future__ import annotations
@@ -66,11 +69,12 @@ class IdSetFile:
 
     def add(self, cid: bytes) -> None:
         if cid not in self.members:
-            os.write(self._fd, b"+" + cid)
+            if self._fd >= 0:
+                os.write(self._fd, b"+" + cid)
             self.members[cid] = None
 
     def discard(self, cid: bytes) -> None:
-        if self.members.pop(cid, 0) is None:
+        if self.members.pop(cid, 0) is None and self._fd >= 0:
             os.write(self._fd, b"-" + cid)
             self._removals += 1
             if self._removals > 4096 and self._removals > 2 * len(self.members):
