@@ -15,24 +15,23 @@ Exit status of these commands: 0 done; 1 an error (one line on stderr); 2 bad us
 from __future__ import annotations
 
 import argparse
-import contextlib
 import errno
 import functools
 import json
 import os
 import socket
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from dhtfs.errors import DhtfsError
 from dhtfs.node import wire
+from dhtfs.node.sockaddr import socket_address
 
 EXIT_NO_NODE = 3
 EXIT_PROBLEMS = 4
 SOCKET_NAME = "control.sock"  # dhtfs.node.control.CONTROL_SOCKET_NAME (that module brings trio)
-SUN_PATH_MAX = 107
 CALL_TIMEOUT = 60.0
 
 EXIT_HELP = ("exit status: 0 done; 1 error; 2 bad usage; 3 no node runs at PATH/--state "
@@ -87,19 +86,6 @@ def socket_of(args: argparse.Namespace) -> Path:
     return control_socket(args.path if args.path is not None else Path("."))
 
 
-@contextlib.contextmanager
-def _address(path: Path) -> Iterator[str]:
-    """``dhtfs.node.control.socket_address``: a path too long for a socket address is
-    reached through an open descriptor of its directory."""
-    text = str(path)
-    if len(text.encode()) <= SUN_PATH_MAX:
-        yield text
-        return
-    fd = os.open(path.parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        yield f"/proc/self/fd/{fd}/{path.name}"
-    finally:
-        os.close(fd)
 
 
 class Control:
@@ -111,7 +97,7 @@ class Control:
         self.reader = wire.FrameReader()
         self.next_id = 0
         try:
-            with _address(path) as address:
+            with socket_address(path) as address:
                 self.sock.connect(address)
         except (FileNotFoundError, ConnectionRefusedError):
             self.sock.close()

@@ -39,7 +39,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,7 @@ import trio
 from dhtfs.errors import DhtfsError, NetworkError, ProtocolError, RemoteError
 from dhtfs.node import wire
 from dhtfs.node.network import Message
+from dhtfs.node.sockaddr import socket_address
 
 log = logging.getLogger(__name__)
 
@@ -235,23 +236,6 @@ class ControlServer:
                 await stream.send_all(out)
 
 
-SUN_PATH_MAX = 107
-
-
-@contextlib.contextmanager
-def socket_address(path: Path) -> Iterator[str]:
-    """An address for the Unix socket at ``path``: the path itself, or, when it is longer
-    than a socket address may be (108 bytes), the same file reached through an open
-    descriptor of its directory (``/proc/self/fd/N/NAME``), valid inside the block."""
-    text = str(path)
-    if len(text.encode()) <= SUN_PATH_MAX:
-        yield text
-        return
-    fd = os.open(path.parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        yield f"/proc/self/fd/{fd}/{path.name}"
-    finally:
-        os.close(fd)
 
 
 def _chunk_id(args: Message) -> bytes:

@@ -38,6 +38,7 @@ import trio
 from dhtfs.errors import NetworkError
 from dhtfs.node.network import Contact, Message
 from dhtfs.node.node import Node
+from dhtfs.node.periodic import every
 
 log = logging.getLogger(__name__)
 
@@ -79,12 +80,7 @@ class Reclaimer:
         self.passes = 0
 
     async def run(self) -> None:
-        while True:
-            await trio.sleep(self.interval)
-            try:
-                await self.one_pass()
-            except Exception as exc:  # never fatal: the next pass tries again
-                log.error("collection pass failed: %r", exc)
+        await every(self.interval, "collection", self.one_pass)
 
     async def one_pass(self) -> int:
         """Mark the old unreferenced blocks, delete the ones marked long enough; returns how

@@ -27,6 +27,7 @@ from dhtfs.errors import ChunkError, NetworkError
 from dhtfs.node import rpc
 from dhtfs.node.network import Contact
 from dhtfs.node.node import Node
+from dhtfs.node.periodic import every
 
 log = logging.getLogger(__name__)
 
@@ -46,12 +47,7 @@ class Repairer:
         self.passes = 0
 
     async def run(self) -> None:
-        while True:
-            await trio.sleep(self.interval)
-            try:
-                await self.one_pass()
-            except Exception as exc:  # never fatal: the next pass tries again
-                log.error("repair pass failed: %r", exc)
+        await every(self.interval, "repair", self.one_pass)
 
     async def one_pass(self) -> int:
         """Check every block held here once; returns the copies made."""
