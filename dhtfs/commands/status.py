@@ -103,6 +103,20 @@ def cmd_status(args: argparse.Namespace) -> int:
                      f"{log['lag']} ops (missing here, as the peers last reported)"])
     if rp := st.get("repair"):
         rows.append(["repair", f"{rp['passes']} passes, {rp['pushed']} blocks pushed"])
+    if co := st.get("collection"):
+        rows.append(["collection", f"{co['passes']} passes, {co['marked']} blocks marked "
+                     f"unreferenced, {co['reclaimed']} reclaimed"])
+    if d := st.get("discovery"):
+        rows.append(["discovery", f"{d.get('state', 'on')}: {d.get('found', 0)} found on the "
+                     f"LAN, {d.get('joined', 0)} joined, {d.get('ignored_foreign', 0)} "
+                     f"announcements of other swarms ignored"])
+    else:
+        rows.append(["discovery", "off"])
+    if st.get("crl"):
+        rows.append(["revocation", f"list number {st['crl']}; {st.get('refusals', 0)} "
+                     f"handshakes refused"])
+    if st.get("metrics"):
+        rows.append(["metrics", f"http://{st['metrics']}/metrics"])
     print_table(["", ""], rows, header=False)
     return 0
 
