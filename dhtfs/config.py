@@ -114,7 +114,7 @@ class Config:
     replication_backlog: int = 1024 * 1024 * 1024
     # Seconds between repair passes over the blocks held here (dhtfs.node.repair).
     repair_interval: float = 60.0
-    # Prometheus metrics on this loopback HOST:PORT (dhtfs.metrics); "" = off.
+    # Prometheus metrics on this loopback HOST:PORT (dhtfs.node.metrics); "" = off.
     metrics: str = ""
     # Seconds a read may wait for a block from the swarm before it fails with EIO.
     read_deadline: float = 30.0

@@ -56,7 +56,7 @@ from dhtfs.node.transport import Transport
 from dhtfs.node.verify import log_lag
 
 if TYPE_CHECKING:
-    from dhtfs.metrics import Metrics
+    from dhtfs.node.metrics import Metrics
     from dhtfs.service import LocalFilesystem
 
 log = logging.getLogger(__name__)
@@ -155,7 +155,7 @@ class SwarmNode:
         nursery.start_soon(node.run_maintenance)
         nursery.start_soon(cache.run)
         if config.metrics:
-            from dhtfs.metrics import Metrics
+            from dhtfs.node.metrics import Metrics
 
             self.metrics = Metrics(self._metrics_snapshot)
             node.on_rpc, node.on_lookup = self.metrics.rpc, self.metrics.lookup
@@ -399,7 +399,7 @@ class SwarmNode:
         }
 
     def _metrics_snapshot(self) -> dict[str, Any]:
-        """The counters ``dhtfs.metrics`` reads at each scrape (on the trio thread; cheap:
+        """The counters ``dhtfs.node.metrics`` reads at each scrape (on the trio thread; cheap:
         nothing here walks the store)."""
         assert self.node is not None and self.replication is not None
         assert self.cache is not None and self.replicator is not None

@@ -148,7 +148,7 @@ class Operations(pyfuse3.Operations):
         self._next_fh = 1
         self._kernel_version: dict[bytes, tuple[int, bytes]] = {}
         self._data_chunks: dict[tuple[bytes, int, bytes], int] = {}
-        # Metrics (dhtfs.metrics): told of every request (handler name, success, seconds).
+        # Metrics (dhtfs.node.metrics): told of every request (handler name, success, seconds).
         self.observe: Callable[[str, bool, float], None] | None = None
         # A swarm mount's provider lookup: block → [[node hex, "host:port", rtt ms | None]].
         self.locate: Callable[[list[bytes]], Awaitable[dict[bytes, list[list[Any]]]]] | None = None

@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 import trio
 
-from dhtfs.config import Config
+from dhtfs.config import Config, parse_metrics_address
 from dhtfs.errors import ConfigError
 from dhtfs.node import pki, verify
 from dhtfs.node.cache import BlockCache, file_size
@@ -140,13 +140,32 @@ async def serve_node(
                     "peers": len(node.routing), "cache": cache.status(),
                     "collection": reclaimer.status(),
                     "repair": {"passes": repairer.passes, "pushed": repairer.pushed},
-                    "discovery": discovery.status() if discovery else {}}
+                    "discovery": discovery.status() if discovery else {},
+                    "metrics": "{}:{}".format(*metrics.address)
+                    if metrics and metrics.address else ""}
 
         async def fsck(args: dict) -> dict:  # blocks only: a headless node has no namespace
             if args.get("namespace"):
                 return {"objects": 0, "links": 0, "extents": 0, "referenced": 0, "held": 0,
                         "problems": [], "headless": True}
             return await verify.control(node, store, args)
+
+        metrics = None
+        if config.metrics:  # Prometheus (dhtfs.node.metrics): no FUSE requests here
+            from dhtfs.node.metrics import Metrics
+
+            def snapshot() -> dict:
+                return {
+                    "blocks": {"cached": cache.added, "evicted": cache.evicted,
+                               "repaired": repairer.pushed, "reclaimed": reclaimer.reclaimed},
+                    "network": {"received": transport.bytes_received,
+                                "sent": transport.bytes_sent},
+                    "cache_bytes": cache.bytes, "peers": len(node.routing),
+                }
+
+            metrics = Metrics(snapshot)
+            node.on_rpc, node.on_lookup = metrics.rpc, metrics.lookup
+            nursery.start_soon(metrics.serve, *parse_metrics_address(config.metrics))
 
         extra = {"oplog": oplog, "status": status, "fsck": fsck}
         await nursery.start(ControlServer([node], extra=extra).serve, control_path)

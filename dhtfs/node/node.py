@@ -168,7 +168,7 @@ class Node(ChunkReads):
         self.on_served: Callable[[bytes], None] | None = None
         # Told of each block pushed here by PUT_CHUNK (held for the swarm from then on).
         self.on_placed: Callable[[bytes], None] | None = None
-        # Metrics (dhtfs.metrics): each outgoing RPC (method, outcome, seconds: "ok",
+        # Metrics (dhtfs.node.metrics): each outgoing RPC (method, outcome, seconds: "ok",
         # "refused", or "failed" also when cancelled) and each lookup (hops, queries).
         self.on_rpc: Callable[[str, str, float], None] | None = None
         self.on_lookup: Callable[[int, int], None] | None = None

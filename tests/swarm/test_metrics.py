@@ -64,3 +64,34 @@ def test_metrics_move_with_the_workload(tmp_path: Path) -> None:
         # The reader holds the blocks too (R=3 on 2 nodes): it read them locally.
         assert value(r1, "dhtfs_fuse_op_seconds_bucket", op="read", outcome="ok", le="+Inf") \
             == value(r1, "dhtfs_fuse_op_seconds_count", op="read", outcome="ok")
+
+
+def test_a_headless_node_serves_metrics_too(tmp_path: Path) -> None:
+    import sys
+
+    from dhtfs.node import pki
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "node"))
+    from swarmproc import Swarm  # the headless-node process helper
+
+    ca = tmp_path / "ca"
+    pki.init_ca(ca)
+    swarm = Swarm(tmp_path / "nodes")
+    try:
+        idents = []
+        for name in ("n0", "n1"):
+            cert, key, node_id = pki.issue_node_cert(ca, name, tmp_path / name)
+            idents.append(pki.Identity(ca / "ca.crt", cert, key, node_id))
+        first = swarm.start(idents[0], "127.0.0.70", [])
+        Swarm.wait([first])
+        # The second joins through the first: its bootstrap lookups are RPCs of its own.
+        second = swarm.start(idents[1], "127.0.0.71", [first.address],
+                             extra=["-o", "metrics=127.0.0.1:0"])
+        Swarm.wait([second])
+        wait_until(lambda: control(second.state, "status")["peers"] >= 1, "the first node")
+        samples = scrape(second.state)
+        assert value(samples, "dhtfs_peers") >= 1
+        assert sum(v for (name, _), v in samples.items()
+                   if name == "dhtfs_rpc_seconds_count") >= 1
+    finally:
+        swarm.close()
