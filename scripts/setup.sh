@@ -24,8 +24,10 @@ fi
 if [ "$want_test" = 1 ] && ! command -v systemd-analyze >/dev/null; then
   echo "setup: installing systemd (for systemd-analyze)" >&2
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends systemd >/dev/null
+  if ! { apt-get update -qq && apt-get install -y -qq --no-install-recommends systemd >/dev/null; }
+  then
+    echo "setup: WARNING: could not install systemd; the unit-verification tests will skip" >&2
+  fi
 fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
