@@ -5,7 +5,7 @@ store; see the attributes declared below). The rules, with their reasons, are in
 module docstring ("get_chunk"); in short:
 
 - local store first; then the nodes hinted to hold it (the writer of the version naming it;
-  when it is out of reach, the R closest in this node's routing table);
+  when that writer is not in the routing table, the R closest there);
   then FIND_PROVIDERS asking for the bytes inline (Kademlia's FIND_VALUE for small chunks);
   then the providers it named, ranked by RTT EWMA, hedged to the next one when a provider is
   slower than its expected time, falling through on failure (``_fetch``);
@@ -80,16 +80,17 @@ class ChunkReads:
         local = await self._local_get(chunk_id)
         if local is not None:
             return GetResult(local, "local")
-        hinted = [c for h in hints if h != self.id and (c := self.routing.get(h)) is not None]
-        if not hinted:
-            # No hinted holder we can reach (e.g. the writer is a client-only mount): the R
-            # closest in our routing table are where placement put it, if our view is right
-            # (in a swarm that fits in the table it is). A wrong guess costs quick "not here"
-            # answers, then the lookup below takes over.
+        hints = [h for h in hints if h != self.id]
+        hinted = [c for h in hints if (c := self.routing.get(h)) is not None]
+        guessed = False
+        if hints and not hinted:
+            # A writer we cannot reach directly (e.g. a client-only mount): the R closest in
+            # our routing table are where placement put it, if our view is right (in a swarm
+            # that fits in the table it is). A wrong guess costs quick "not here" answers,
+            # then the lookup below takes over. (No hint at all: the lookup alone, as
+            # Kademlia has it.)
             hinted = self.routing.rank_providers(self.routing.closest(chunk_id, self.replication))
             guessed = True
-        else:
-            guessed = False
         if not hinted:
             got = await self._get_by_lookup(chunk_id)
         else:
