@@ -233,7 +233,7 @@ async def serve(fs: LocalFilesystem, mountpoint: Path, ready: Callable[[], None]
     async with trio.open_nursery() as nursery:
         swarm = SwarmNode(fs, fs.identity)
         swarm.mountpoint = mountpoint
-        systemd.notify("STATUS=joining swarm, catching up")
+        systemd.notify("STATUS=joining swarm")
         await swarm.start(nursery)
         systemd.notify("STATUS=mounting")
         await _serve_mount(fs, mountpoint, ready, swarm)

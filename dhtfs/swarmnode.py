@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from dhtfs import systemd
 from dhtfs.config import DEFAULT_LISTEN, DEFAULT_PORT, parse_metrics_address
 from dhtfs.errors import ChunkError, ConfigError, NamespaceError, NetworkError, RemoteError
 from dhtfs.fs.remote import RemoteChanges
@@ -201,6 +202,7 @@ class SwarmNode:
             self.repairer = Repairer(node, interval=config.repair_interval)
             nursery.start_soon(self.repairer.run)
         if len(node.routing):
+            systemd.notify(f"STATUS=catching up with {len(node.routing)} peers")
             with trio.move_on_after(CATCH_UP_DEADLINE):
                 gained = await self.replicator.sync_all(deadline=CATCH_UP_DEADLINE)
                 if gained:

@@ -1,7 +1,8 @@
 """sd_notify(3) without libsystemd: one datagram on ``$NOTIFY_SOCKET`` when set.
 
-The mount sends (dhtfs.service): ``STATUS=joining swarm, catching up``, ``STATUS=mounting``,
-``READY=1`` + ``STATUS=mounted, N peers`` once the mount is live, and on the way out
+The mount sends (dhtfs.service): ``STATUS=joining swarm``, ``STATUS=catching up with N
+peers`` (dhtfs.swarmnode, once joined), ``STATUS=mounting``, ``READY=1`` +
+``STATUS=mounted, N peers`` once the mount is live, and on the way out
 ``STOPPING=1`` + ``STATUS=flushing open files``, then ``STATUS=flushing N blocks`` (the
 replication backlog it waits for). A message may hold several ``KEY=VALUE`` lines. The
 socket is a path or, starting with ``@``, an abstract name.
