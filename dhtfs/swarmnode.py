@@ -116,11 +116,12 @@ class SwarmNode:
             node, config.state_dir / "replication.backlog",
             max_bytes=config.replication_backlog, admit_deadline=config.replication_deadline,
         )
-        cache = self.cache = BlockCache(
+        # Loading the index stats every cached block: in a worker thread.
+        cache = self.cache = await trio.to_thread.run_sync(lambda: BlockCache(
             config.state_dir, config.cache_disk, size_of=file_size(self.fs.store.path_of),
             remove=self.fs.store.remove, responsible=node.responsible_for,
             pending=replication.is_pending,
-        )
+        ))
         node.on_cached = cache.add
         node.on_served = cache.touch
         node.on_placed = cache.forget  # now one of the block's R holders: not a cached copy

@@ -113,3 +113,17 @@ def cleanup(mountpoint: Path) -> None:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
+
+
+def unmount_and_reap(mountpoint: Path, timeout: float = 20.0) -> None:
+    """``cleanup``, then wait for the daemon that served ``mountpoint`` to exit (SIGKILL past
+    ``timeout``), so no test leaves a daemon behind."""
+    from dhtfs.umount import daemon_pid, process_alive
+
+    pid = daemon_pid(mountpoint) if is_mounted(mountpoint) else None
+    cleanup(mountpoint)
+    if pid is not None:
+        try:
+            wait_for(lambda: not process_alive(pid), f"daemon {pid} to exit", timeout=timeout)
+        except TimeoutError:
+            os.kill(pid, signal.SIGKILL)

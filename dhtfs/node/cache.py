@@ -20,6 +20,8 @@ Invariants:
   block this node is responsible for, or has not finished replicating, is never evicted;
 - membership survives restarts (``cache.index``, an ``IdSetFile``); recency does not: after a
   restart the least recently used order is the order the blocks entered the cache;
+- constructing one reads the index and stats every member (blocking): callers on the trio
+  thread build it in a worker thread;
 - eviction runs in its own task, never inline in a read or write; its file deletions run in a
   worker thread, a batch at a time, until the cache is at most ``LOW_WATER`` of capacity.
 """

@@ -104,9 +104,9 @@ async def serve_node(
         node = Node(transport, store, replication=config.replicas)
         transport.handler = node.handle
         start_revocation(nursery, node, transport, identity.ca_cert, config.state_dir, config.crl)
-        cache = BlockCache(config.state_dir, config.cache_disk, size_of=file_size(store.path_of),
-                           remove=store.remove, responsible=node.responsible_for,
-                           pending=lambda _cid: False)
+        cache = await trio.to_thread.run_sync(lambda: BlockCache(  # stats every cached block
+            config.state_dir, config.cache_disk, size_of=file_size(store.path_of),
+            remove=store.remove, responsible=node.responsible_for, pending=lambda _cid: False))
         node.on_cached = cache.add
         node.on_served = cache.touch
         node.on_placed = cache.forget

@@ -15,7 +15,7 @@ import pytest
 
 from dhtfs.umount import daemon_pid, process_alive
 from tests.mount.helpers import dhtfs_cmd, sh
-from tests.mounting import Mount, cleanup, is_mounted, wait_for
+from tests.mounting import Mount, is_mounted, unmount_and_reap, wait_for
 
 pytestmark = pytest.mark.mount
 
@@ -29,13 +29,7 @@ def cleaned(mountpoint: Path) -> Iterator[None]:
     try:
         yield
     finally:
-        pid = daemon_pid(mountpoint) if is_mounted(mountpoint) else None
-        cleanup(mountpoint)
-        if pid is not None:
-            try:
-                wait_for(lambda: not process_alive(pid), f"daemon {pid} to exit", timeout=20)
-            except TimeoutError:
-                os.kill(pid, signal.SIGKILL)
+        unmount_and_reap(mountpoint, timeout=20)
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess[str], *words: str) -> None:

@@ -29,7 +29,7 @@ from dhtfs.mount import RUN_DIR
 from dhtfs.swarmnode import SHUTDOWN_PUSH_DEADLINE, SHUTDOWN_REPLICATION_DEADLINE
 from dhtfs.umount import WAIT_SECONDS, daemon_pid, process_alive
 from tests.mount.helpers import ENV, dhtfs_cmd, sh
-from tests.mounting import VENV_BIN, Mount, cleanup, is_mounted, wait_for
+from tests.mounting import VENV_BIN, Mount, is_mounted, unmount_and_reap, wait_for
 
 UNITS = Path(__file__).resolve().parents[2] / "systemd"
 FLUSH_SECONDS = 60  # dhtfs.service bounds the flush of open files at shutdown by this
@@ -103,13 +103,7 @@ def mnt(tmp_path: Path) -> Iterator[Path]:
     try:
         yield path
     finally:
-        pid = daemon_pid(path) if is_mounted(path) else None
-        cleanup(path)
-        if pid is not None:
-            try:
-                wait_for(lambda: not process_alive(pid), f"daemon {pid} to exit", timeout=30)
-            except TimeoutError:
-                os.kill(pid, signal.SIGKILL)
+        unmount_and_reap(path, timeout=30)
 
 
 # -- the units -------------------------------------------------------------------------------
