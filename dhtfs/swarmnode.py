@@ -382,6 +382,7 @@ class SwarmNode:
         vector = self.fs.namespace.vector
         return {
             "node_id": c.node_id, "listen": f"{c.host}:{c.port}", "peers": len(self.node.routing),
+            **(self.transport.addresses() if self.transport else {}),
             "pid": os.getpid(), "mountpoint": str(self.mountpoint or ""),
             "swarm": self.fs.config.swarm, "ops": sum(vector.values()), "origins": len(vector),
             "chunks": await trio.to_thread.run_sync(lambda: sum(1 for _ in self.fs.store.ids())),

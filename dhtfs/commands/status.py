@@ -36,6 +36,7 @@ from dhtfs.commands.target import (
     socket_of,
 )
 from dhtfs.errors import DhtfsError
+from dhtfs.node.addresses import advertised_text
 
 STATUS_TIMEOUT = 30.0
 
@@ -84,7 +85,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     rows: list[list[str]] = [["node ID", plain(st["node_id"])]]
     if st.get("swarm"):
         rows.append(["swarm", st["swarm"]])
-    rows.append(["listen", st["listen"]])
+    if bound := st.get("bound"):
+        rows.append(["listen", ", ".join(bound)])
+        rows.append(["advertised", advertised_text(st.get("advertised") or {})])
+    else:  # a node from before these fields
+        rows.append(["listen", st["listen"]])
     if st.get("mountpoint"):
         rows.append(["mount", f"{st['mountpoint']} (pid {st.get('pid')})"])
     rows.append(["peers", str(st["peers"])])

@@ -137,6 +137,7 @@ async def serve_node(
             c = node.contact
             chunks = await trio.to_thread.run_sync(lambda: sum(1 for _ in store.ids()))
             return {"node_id": c.node_id, "listen": f"{c.host}:{c.port}", "chunks": chunks,
+                    **transport.addresses(),
                     "peers": len(node.routing), "cache": cache.status(),
                     "collection": reclaimer.status(),
                     "repair": {"passes": repairer.passes, "pushed": repairer.pushed},

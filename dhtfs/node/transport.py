@@ -62,12 +62,12 @@ from dhtfs.errors import (
     RemoteError,
 )
 from dhtfs.node import pki, rpc, wire
+from dhtfs.node.addresses import WILDCARD_HOSTS, describe
 from dhtfs.node.network import Contact, Message, RequestHandler
 from dhtfs.node.tls import TLSStream, tls_context
 
 log = logging.getLogger(__name__)
 
-WILDCARD_HOSTS = ("", "0.0.0.0", "::")
 SEND_HIGH_WATER = 4 * 1024 * 1024
 """Bytes queued on one connection past which senders wait (see ``_Connection._send``)."""
 
@@ -364,6 +364,8 @@ class Transport:
         # A client-only node (``-o storage=false``) advertises port 0 in its HELLO: peers
         # never put it in their routing tables (``Node._seen``), so it is never a replica.
         self.client = False
+        self.bound: list[tuple[str, int]] = []
+        """The listening sockets' addresses, once serving."""
         self.dials = 0          # outbound connections attempted (each a TLS handshake)
         self.aborted = 0
         self.protocol_errors = 0
@@ -401,6 +403,10 @@ class Transport:
         if mute is not None:
             self.fault_mute = bool(mute)
         return {"delay": self.fault_delay, "tamper": self.fault_tamper, "mute": self.fault_mute}
+
+    def addresses(self) -> dict[str, Any]:
+        """Where this node is bound and what its HELLO advertises (``dhtfs status``)."""
+        return describe(self.bound, client=self.client)
 
     def isolate(self, on: bool) -> None:
         """Cut this node off the network (tests of partitions): while on, every call fails
@@ -453,6 +459,7 @@ class Transport:
         try:
             sock = listeners[0].socket
             port = sock.getsockname()[1]
+            self.bound = [tuple(ln.socket.getsockname()[:2]) for ln in listeners]
             host = self.host if self.host not in WILDCARD_HOSTS else "127.0.0.1"
             self._local = Contact(self.identity.node_id, host, port)
             async with trio.open_nursery() as nursery:
