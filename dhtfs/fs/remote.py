@@ -11,7 +11,12 @@ Invariants:
   for, and that request waits for this trio loop. They go through a bounded queue to one task,
   which makes each call in a worker thread while the loop goes on serving requests; when the
   queue is full the rest are dropped (caches then expire within their 1 s timeouts);
-- only what the kernel can hold is invalidated: inodes it was given (``InodeMap``);
+- only what the kernel can hold is invalidated: inodes it was given (``InodeMap``), every
+  number of an object included (a directory moved behind the kernel's back gets a new one,
+  and the old one lives on in what pins it);
+- this invalidation alone cannot keep ESTALE away: the kernel's old dentry of a moved
+  directory outlives it while pinned, so ``InodeMap.dir_ino`` never gives the kernel that
+  directory's inode at another place;
 - an open file with no local changes in flight takes the new version at once; one with local
   changes keeps them, and its next flush makes a conflict copy (concurrent writers).
 """
@@ -56,13 +61,11 @@ class RemoteChanges:
 
         def entry(place: tuple[bytes, bytes] | None) -> None:
             if place is not None:
-                ino = self.inodes.cached_ino(place[0])
-                if ino is not None:
+                for ino in self.inodes.kernel_inos(place[0]):
                     wanted[(ino, place[1])] = True
 
         def inode(obj: bytes, attr_only: bool) -> None:
-            ino = self.inodes.cached_ino(obj)
-            if ino is not None:
+            for ino in self.inodes.kernel_inos(obj):
                 wanted[(ino, None)] = wanted.get((ino, None), True) and attr_only
 
         for op in ops:
