@@ -13,6 +13,13 @@ inode is only ever handed to the kernel at the one place the kernel believes it 
 other place the object gets a fresh number, and the old number keeps naming the same object
 for whatever still holds it.
 
+That costs the old entry its place (a cwd in it no longer has a path) and the directory its
+``st_ino``, so after a remote move the mount first tries to *follow* it: it looks the new
+path up itself (``dhtfs.fs.remote``), from a thread whose lookups may hand the kernel the
+old number at the new place (``follower``). That lookup holds no rename lock, so the VFS
+can usually move the old entry there; the new place counts only once the walk succeeded,
+and an inode whose move failed is never handed out again.
+
 Invariants:
 - numbers are allocated above every number ever allocated in this state directory (the
   ``inodes`` table is AUTOINCREMENT and each allocation is explicit, so a number is never
@@ -63,6 +70,10 @@ class InodeMap:
         self.placed: dict[int, Place | None] = {}  # directory number → where the kernel has it
         self._at: dict[Place, int] = {}  # the reverse of ``placed``
         self.renumbered = 0
+        # The thread id whose lookups follow a remote move, and the places they handed out
+        # (they count once the follower's walk succeeded: ``followed``).
+        self.follower: int | None = None
+        self._tentative: dict[int, Place] = {}
 
     def _allocate(self, obj: bytes) -> int:
         """A never-used number for ``obj``, stored as its newest."""
@@ -90,26 +101,44 @@ class InodeMap:
             self._obj_by_ino[ino] = obj
         return ino
 
-    def dir_ino(self, obj: bytes, parent: int, name: bytes, *, new: bool = False) -> int:
+    def dir_ino(
+        self, obj: bytes, parent: int, name: bytes, *, new: bool = False, follow: bool = False
+    ) -> int:
         """The number to give the kernel for directory ``obj`` as entry ``name`` of directory
         inode ``parent`` (a lookup, mkdir or readdirplus reply); that place is recorded.
 
         If the kernel holds the object's number at another place (the directory moved or was
-        removed behind its back), the object gets a fresh number (see the module docstring).
+        removed behind its back), the object gets a fresh number, unless ``follow`` (the
+        follower's lookup: the number is kept, its place pending; see the module docstring).
         """
         ino = self.ino_of(obj, new=new)
         place = (parent, name)
         held = ino in self.lookups and ino != pyfuse3.ROOT_INODE
         if held and self.placed.get(ino, place) != place:
+            if follow and self.placed.get(ino) is not None:
+                self._tentative[ino] = place
+                return ino
             self._superseded.setdefault(obj, set()).add(ino)
             ino = self._allocate(obj)
             self.renumbered += 1
+        self._place(ino, place)
+        return ino
+
+    def _place(self, ino: int, place: Place | None) -> None:
         before = self.placed.get(ino)
         if before is not None and self._at.get(before) == ino:
             del self._at[before]
         self.placed[ino] = place
-        self._at[place] = ino
-        return ino
+        if place is not None:
+            self._at[place] = ino
+
+    def followed(self, ok: bool) -> None:
+        """The follower's walk ended: its pending places hold (``ok``), or which inodes the
+        kernel moved is not known, so none of them is handed out again."""
+        for ino, place in self._tentative.items():
+            if ino in self.lookups:
+                self._place(ino, place if ok else None)
+        self._tentative.clear()
 
     def renamed(self, old: Place, new: Place, obj: bytes | None, exchange: bool) -> None:
         """The kernel's own rename of entry ``old`` to ``new`` succeeded (``obj``: the object
@@ -168,6 +197,7 @@ class InodeMap:
             self.lookups[ino] = left
             return False
         self.lookups.pop(ino, None)
+        self._tentative.pop(ino, None)
         place = self.placed.pop(ino, None)
         if place is not None and self._at.get(place) == ino:
             del self._at[place]

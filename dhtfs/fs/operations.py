@@ -223,15 +223,20 @@ class Operations(pyfuse3.Operations):
         return count
 
     def _entry(
-        self, obj: bytes, *, new: bool = False, place: tuple[int, bytes] | None = None
+        self,
+        obj: bytes,
+        *,
+        new: bool = False,
+        place: tuple[int, bytes] | None = None,
+        follow: bool = False,
     ) -> pyfuse3.EntryAttributes:
         """Attributes for an entry reply (counts a kernel lookup); ``new``: just created;
         ``place``: the entry replied, ``(parent inode, name)`` (a directory's number
-        depends on it: ``InodeMap.dir_ino``)."""
+        depends on it, and on ``follow``: ``InodeMap.dir_ino``)."""
         row = self.tree.require(obj)
         ino = None
         if place is not None and row.is_dir:
-            ino = self.inodes.dir_ino(obj, place[0], place[1], new=new)
+            ino = self.inodes.dir_ino(obj, place[0], place[1], new=new, follow=follow)
         attrs = self._attrs(row, ino, new=new)
         self.inodes.remember(attrs.st_ino)
         return attrs
@@ -273,7 +278,11 @@ class Operations(pyfuse3.Operations):
             missing.st_ino = 0
             missing.entry_timeout = ENTRY_TIMEOUT
             return missing
-        return self._entry(hit[1], place=(parent_inode, name))
+        follow = self.inodes.follower is not None and getattr(ctx, "pid", None) in (
+            self.inodes.follower,
+            os.getpid(),
+        )
+        return self._entry(hit[1], place=(parent_inode, name), follow=follow)
 
     @_errno_mapped
     async def forget(self, inode_list: list[tuple[int, int]]) -> None:

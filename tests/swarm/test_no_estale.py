@@ -10,12 +10,19 @@ when the old dentry is an ancestor of the new place it answers ELOOP. Each case 
 the remote change, waits until this mount applied it (control socket, not the mount), then
 makes ordinary calls on the mount: each must succeed or fail only with an errno a race
 allows, and afterwards the mount must show exactly the tree.
+
+A mount first tries to follow a directory moved elsewhere (its own walk to the new place
+moves the kernel's old entry there, so a cwd keeps its path); that is best effort and races
+the calls, so the first test switches it off: giving the kernel a fresh inode for the
+directory must keep ESTALE away on its own.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -61,8 +68,12 @@ class Calls:
 
 
 def settle(nodes: list[swarmctl.NodeInfo]) -> None:
-    """Every node applied every op (asked over the control sockets, not the mounts)."""
+    """Every node applied every op and made the kernel invalidations (and follows) these
+    called for (asked over the control sockets, not the mounts)."""
     wait_converged([n.state for n in nodes])
+    for n in nodes:
+        wait_until(lambda n=n: control(n.state, "status").get("invalidations_pending", 0) == 0,
+                   f"{n.name}'s invalidations")
 
 
 def same_view(nodes: list[swarmctl.NodeInfo]) -> None:
@@ -104,6 +115,7 @@ def test_directory_moved_or_removed_elsewhere_gives_no_estale(tmp_path: Path) ->
     with swarmctl.running_swarm(tmp_path / "swarm", 2) as nodes:
         a, b = (n.mountpoint for n in nodes)
         calls = Calls()
+        control(nodes[1].state, "faults", {"follow": False})
 
         # 1. A directory moved elsewhere while an open directory pins its old dentry here;
         # renamed here by its new path into another directory (the rename's own lookup).
@@ -271,4 +283,44 @@ def test_concurrent_directory_changes_give_no_estale(tmp_path: Path) -> None:
             calls(f"t4 {step} b walks", warm, b / "t4")
 
         assert calls.unexpected() == []
+        same_view(nodes)
+
+
+def test_a_directory_moved_elsewhere_is_followed_cwd_and_inode_number_kept(
+    tmp_path: Path,
+) -> None:
+    """A shell sitting in a directory that another node moves keeps a working directory with
+    a path (the new one), and the directory keeps its inode number here."""
+    with swarmctl.running_swarm(tmp_path / "swarm", 2) as nodes:
+        a, b = (n.mountpoint for n in nodes)
+        make(a, ["u/p/D", "u/q", "u/r"], {"u/p/D/f": b"f"})
+        settle(nodes)
+        ino = os.stat(b / "u/p/D").st_ino
+        script = ("import os, sys\n"
+                  "for _ in sys.stdin:\n"
+                  "    try:\n"
+                  "        print(os.getcwd(), sorted(os.listdir('.')), flush=True)\n"
+                  "    except OSError as exc:\n"
+                  "        print('error', exc.errno, flush=True)\n")
+        shell = subprocess.Popen([sys.executable, "-c", script], cwd=b / "u/p/D", text=True,
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        try:
+            def ask() -> str:
+                assert shell.stdin is not None and shell.stdout is not None
+                shell.stdin.write("\n")
+                shell.stdin.flush()
+                return shell.stdout.readline().strip()
+
+            assert ask() == f"{b / 'u/p/D'} ['f']"
+            os.rename(a / "u/p/D", a / "u/q/D")
+            (a / "u/q/D/g").write_bytes(b"g")
+            settle(nodes)
+            assert ask() == f"{b / 'u/q/D'} ['f', 'g']"  # before anything here looked it up
+            assert os.stat(b / "u/q/D").st_ino == ino
+            os.rename(b / "u/q/D", b / "u/r/D")  # the rename's own lookup: no ESTALE
+            assert ask() == f"{b / 'u/r/D'} ['f', 'g']"
+        finally:
+            if shell.stdin is not None:
+                shell.stdin.close()
+            shell.wait(timeout=30)
         same_view(nodes)
