@@ -73,7 +73,7 @@ class InodeMap:
         # The thread id whose lookups follow a remote move, and the places they handed out
         # (they count once the follower's walk succeeded: ``followed``).
         self.follower: int | None = None
-        self._tentative: dict[int, Place] = {}
+        self._tentative: dict[int, Place | None] = {}  # None: moved again meanwhile
 
     def _allocate(self, obj: bytes) -> int:
         """A never-used number for ``obj``, stored as its newest."""
@@ -144,6 +144,7 @@ class InodeMap:
         """The kernel's own rename of entry ``old`` to ``new`` succeeded (``obj``: the object
         that was at ``old`` here). It moved its dentries: a directory number at ``old`` is
         now at ``new``; one at ``new`` is at ``old`` (``exchange``) or dead (replaced)."""
+        self._unsettle(old, new)
         src = self._at.pop(old, None)
         dst = self._at.pop(new, None)
         if src is not None:
@@ -161,9 +162,17 @@ class InodeMap:
 
     def removed(self, place: Place) -> None:
         """The kernel's own rmdir of ``place`` succeeded: it marked that inode dead."""
+        self._unsettle(place)
         ino = self._at.pop(place, None)
         if ino is not None:
             self.placed[ino] = None
+
+    def _unsettle(self, *places: Place) -> None:
+        """The kernel changed ``places`` while a follow is pending: an inode handed out there
+        may have moved again, so it will not count as being there."""
+        for ino, place in self._tentative.items():
+            if place in places:
+                self._tentative[ino] = None
 
     def cached_ino(self, obj: bytes) -> int | None:
         """The newest inode number of ``obj`` if the kernel may hold it (in memory), else

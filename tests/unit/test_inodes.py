@@ -63,3 +63,28 @@ def test_a_forgotten_directory_keeps_its_number_and_numbers_are_never_reused(
     assert len({d, e, f}) == 3 and inodes.obj_of(e) == E and inodes.obj_of(f) == F
     again = InodeMap(db)  # a remount: numbers go on above every one stored
     assert again.ino_of(D) == d and again.ino_of(b"G" * 16) > f
+
+
+def test_a_follow_keeps_the_number_once_its_walk_succeeded_and_retires_it_otherwise() -> None:
+    inodes = InodeMap(connect(":memory:"))
+    a, b = held(inodes, E, ROOT, b"a"), held(inodes, F, ROOT, b"b")
+    d = held(inodes, D, a, b"D")
+    assert inodes.dir_ino(D, b, b"D", follow=True) == d  # the follower may move the old entry
+    assert inodes.dir_ino(D, b, b"D") != d  # nobody else may while that is pending
+    inodes.followed(True)
+    assert inodes.placed[d] == (b, b"D")
+
+    inodes = InodeMap(connect(":memory:"))
+    a, b = held(inodes, E, ROOT, b"a"), held(inodes, F, ROOT, b"b")
+    d = held(inodes, D, a, b"D")
+    assert inodes.dir_ino(D, b, b"D", follow=True) == d
+    inodes.followed(False)  # the walk failed: where the kernel has it is not known
+    assert inodes.placed[d] is None
+
+    inodes = InodeMap(connect(":memory:"))
+    a, b = held(inodes, E, ROOT, b"a"), held(inodes, F, ROOT, b"b")
+    d = held(inodes, D, a, b"D")
+    assert inodes.dir_ino(D, b, b"D", follow=True) == d
+    inodes.renamed((b, b"D"), (a, b"X"), D, exchange=False)  # moved here during the walk
+    inodes.followed(True)
+    assert inodes.placed[d] is None
