@@ -81,12 +81,13 @@ def settle(nodes: list[swarmctl.NodeInfo]) -> None:
 
 
 def same_view(nodes: list[swarmctl.NodeInfo]) -> None:
-    """Every mount shows the same tree (the kernel's view of each equals the tree)."""
+    """Once every node applied every op and made its invalidations, every mount shows the
+    same tree at once (the kernel's view of each equals the tree: no waiting for a cached
+    entry to expire)."""
     settle(nodes)
-    first = nodes[0].mountpoint
+    first = listing(nodes[0].mountpoint)
     for n in nodes[1:]:
-        wait_until(lambda n=n: listing(n.mountpoint) == listing(first),
-                   f"{n.name}'s mount to show {nodes[0].name}'s tree")
+        assert listing(n.mountpoint) == first, f"{n.name}'s mount differs from {nodes[0].name}'s"
 
 
 def warm(root: Path) -> None:
