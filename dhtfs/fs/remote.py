@@ -130,7 +130,7 @@ class RemoteChanges:
             row = self.ns.db.execute(
                 "SELECT parent, name FROM links WHERE obj=? LIMIT 1", (obj,)
             ).fetchone()
-            if row is None or len(names) >= MAX_DEPTH:
+            if row is None or len(names) >= MAX_DEPTH or b"/" in row[1] or row[1] in (b".", b".."):
                 return None
             names.append(row[1])
             obj = row[0]
