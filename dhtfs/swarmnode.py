@@ -169,6 +169,7 @@ class SwarmNode:
         nursery.start_soon(self.reclaimer.run)
         nursery.start_soon(self._hold_open_blocks, config.gc_grace / 4)
         nursery.start_soon(self.replicator.run)
+        self.remote.mountpoint = self.mountpoint
         nursery.start_soon(self.remote.run)
         self._seeds = [parse_address(b, "bootstrap", default_port=DEFAULT_PORT)
                        for b in config.bootstrap]
@@ -392,6 +393,9 @@ class SwarmNode:
             "repair": {"passes": self.repairer.passes, "pushed": self.repairer.pushed}
             if self.repairer else {},
             "invalidations": self.remote.done,
+            "invalidations_pending": self.remote.pending,
+            "directories": {"followed": self.remote.followed,
+                            "renumbered": self.fs.inodes.renumbered},
             "cache": self.cache.status() if self.cache else {},
             "collection": self.reclaimer.status() if self.reclaimer else {},
             "crl": self.revocations.number if self.revocations else 0,
@@ -454,8 +458,11 @@ class SwarmNode:
     async def _faults(self, args: Message) -> Message:
         """Test switches of the transport (``Transport.set_faults``), off by default and only
         reachable through this root-only control socket: ``{"delay": seconds, "tamper": bool,
-        "mute": bool}``, each optional; returns the settings now in force."""
+        "mute": bool}``, each optional; returns the settings now in force. (``"follow":
+        bool`` switches the mount's following of directories moved elsewhere: remote.py.)"""
         assert self.transport is not None
+        if args.get("follow") is not None:  # following directories moved elsewhere (remote.py)
+            self.remote.follow = bool(args["follow"])
         try:
             return self.transport.set_faults(
                 delay=args.get("delay"),

@@ -222,10 +222,22 @@ class Operations(pyfuse3.Operations):
             count = self._data_chunks[version] = self.tree.ns.chunks_with_data(row.obj)
         return count
 
-    def _entry(self, obj: bytes, *, new: bool = False) -> pyfuse3.EntryAttributes:
-        """Attributes for an entry reply (counts a kernel lookup); ``new``: just created."""
+    def _entry(
+        self,
+        obj: bytes,
+        *,
+        new: bool = False,
+        place: tuple[int, bytes] | None = None,
+        follow: bool = False,
+    ) -> pyfuse3.EntryAttributes:
+        """Attributes for an entry reply (counts a kernel lookup); ``new``: just created;
+        ``place``: the entry replied, ``(parent inode, name)`` (a directory's number
+        depends on it, and on ``follow``: ``InodeMap.dir_ino``)."""
         row = self.tree.require(obj)
-        attrs = self._attrs(row, new=new)
+        ino = None
+        if place is not None and row.is_dir:
+            ino = self.inodes.dir_ino(obj, place[0], place[1], new=new, follow=follow)
+        attrs = self._attrs(row, ino, new=new)
         self.inodes.remember(attrs.st_ino)
         return attrs
 
@@ -266,7 +278,11 @@ class Operations(pyfuse3.Operations):
             missing.st_ino = 0
             missing.entry_timeout = ENTRY_TIMEOUT
             return missing
-        return self._entry(hit[1])
+        follow = self.inodes.follower is not None and getattr(ctx, "pid", None) in (
+            self.inodes.follower,
+            os.getpid(),
+        )
+        return self._entry(hit[1], place=(parent_inode, name), follow=follow)
 
     @_errno_mapped
     async def forget(self, inode_list: list[tuple[int, int]]) -> None:
@@ -340,7 +356,7 @@ class Operations(pyfuse3.Operations):
         parent = self._obj(parent_inode)
         gid, mode = self._new_group(parent, stat.S_IFDIR | mode, ctx)
         obj = self.tree.create(parent, name, stat.S_IFDIR, mode, ctx.uid, gid)
-        return self._entry(obj, new=True)
+        return self._entry(obj, new=True, place=(parent_inode, name))
 
     @_errno_mapped
     async def symlink(self, parent_inode: int, name: bytes, target: bytes, ctx):
@@ -375,11 +391,18 @@ class Operations(pyfuse3.Operations):
     @_errno_mapped
     async def rmdir(self, parent_inode: int, name: bytes, ctx) -> None:
         self.tree.remove(self._obj(parent_inode), name, directory=True)
+        self.inodes.removed((parent_inode, name))
 
     @_errno_mapped
     async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
-        self.tree.rename(
-            self._obj(parent_inode_old), name_old, self._obj(parent_inode_new), name_new, flags
+        parent_old = self._obj(parent_inode_old)
+        hit = self.tree.ns.lookup(parent_old, name_old)  # what the kernel's entry should be
+        self.tree.rename(parent_old, name_old, self._obj(parent_inode_new), name_new, flags)
+        self.inodes.renamed(
+            (parent_inode_old, name_old),
+            (parent_inode_new, name_new),
+            hit[1] if hit is not None else None,
+            exchange=bool(flags & pyfuse3.RENAME_EXCHANGE),
         )
 
     # -- file contents -------------------------------------------------------------------------
@@ -484,7 +507,8 @@ class Operations(pyfuse3.Operations):
             if not batch:
                 return
             for row_id, name, row in batch:
-                attrs = self._attrs(row)
+                ino = self.inodes.dir_ino(row.obj, fh, name) if row.is_dir else None
+                attrs = self._attrs(row, ino)
                 if not pyfuse3.readdir_reply(token, name, attrs, row_id + DOTDOT_OFFSET):
                     return
                 self.inodes.remember(attrs.st_ino)

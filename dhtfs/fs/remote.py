@@ -11,7 +11,14 @@ Invariants:
   for, and that request waits for this trio loop. They go through a bounded queue to one task,
   which makes each call in a worker thread while the loop goes on serving requests; when the
   queue is full the rest are dropped (caches then expire within their 1 s timeouts);
-- only what the kernel can hold is invalidated: inodes it was given (``InodeMap``);
+- only what the kernel can hold is invalidated: inodes it was given (``InodeMap``), every
+  number of an object included (a directory moved behind the kernel's back gets a new one,
+  and the old one lives on in what pins it);
+- this invalidation alone cannot keep ESTALE away: the kernel's old dentry of a moved
+  directory outlives it while pinned, so ``InodeMap.dir_ino`` never gives the kernel that
+  directory's inode at another place, except to this mount's own walk to the new place
+  (``follow``, queued after the batch's invalidations), which moves the old entry there when
+  the VFS can (a cwd in it keeps a path, the directory its number);
 - an open file with no local changes in flight takes the new version at once; one with local
   changes keeps them, and its next flush makes a conflict copy (concurrent writers).
 """
@@ -20,7 +27,10 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import stat
+import threading
+from pathlib import Path
 
 import pyfuse3
 import trio
@@ -28,16 +38,18 @@ import trio
 from dhtfs.fs.files import FileContents
 from dhtfs.fs.inodes import InodeMap
 from dhtfs.fs.namespace import Namespace
-from dhtfs.fs.ops import Op
+from dhtfs.fs.ops import ROOT_OBJ, Op
 from dhtfs.fs.replica import LinkPlaces
 
 log = logging.getLogger(__name__)
 
 QUEUE = 65536
+MAX_DEPTH = 4096  # a path longer than this is not followed
 
 Invalidation = tuple[int, bytes | None, bool]
 """``(inode, name, attr_only)``: an entry of directory ``inode`` when ``name`` is set, else
-the inode itself (with its pages unless ``attr_only``)."""
+the inode itself (with its pages unless ``attr_only``). A bare object ID on the queue: a
+directory to follow to its new place."""
 
 
 class RemoteChanges:
@@ -47,39 +59,110 @@ class RemoteChanges:
         self.ns = ns
         self.inodes = inodes
         self.contents = contents
-        self._send, self._recv = trio.open_memory_channel[Invalidation](QUEUE)
+        self._send, self._recv = trio.open_memory_channel[Invalidation | bytes](QUEUE)
         self.dropped = 0
         self.done = 0
+        self.mountpoint: Path | None = None  # set once mounted: where ``follow`` walks
+        self.follow = True  # a test switch (the control socket's ``faults``)
+        self.followed = 0
+        self._busy = 0
+
+    @property
+    def pending(self) -> int:
+        """Queued invalidations and follows not done yet."""
+        return self._send.statistics().current_buffer_used + self._busy
 
     def __call__(self, ops: list[Op], before: LinkPlaces) -> None:
         wanted: dict[tuple[int, bytes | None], bool] = {}
 
         def entry(place: tuple[bytes, bytes] | None) -> None:
             if place is not None:
-                ino = self.inodes.cached_ino(place[0])
-                if ino is not None:
+                for ino in self.inodes.kernel_inos(place[0]):
                     wanted[(ino, place[1])] = True
 
         def inode(obj: bytes, attr_only: bool) -> None:
-            ino = self.inodes.cached_ino(obj)
-            if ino is not None:
+            for ino in self.inodes.kernel_inos(obj):
                 wanted[(ino, None)] = wanted.get((ino, None), True) and attr_only
 
+        moved: list[bytes] = []
         for op in ops:
             for change in op.changes:
                 kind = change["c"]
                 if "link" in change:
-                    entry(before.get(change["link"]))
-                    entry(self.ns.link_place(change["link"]))
+                    was, now = before.get(change["link"]), self.ns.link_place(change["link"])
+                    entry(was)
+                    entry(now)
+                    if was is not None and now is not None and was != now:
+                        moved.append(change["link"])
                 if "obj" in change:
                     inode(change["obj"], attr_only=kind != "content")
                     if kind == "content":
                         self._refresh_open_file(change["obj"])
-        for (ino, name), attr_only in wanted.items():
+        items: list[Invalidation | bytes] = [(i, n, a) for (i, n), a in wanted.items()]
+        if self.follow:
+            items += self._to_follow(moved)
+        for item in items:
             try:
-                self._send.send_nowait((ino, name, attr_only))
+                self._send.send_nowait(item)
             except trio.WouldBlock:
                 self.dropped += 1
+
+    def _to_follow(self, links: list[bytes]) -> list[bytes]:
+        """The directories among the objects of moved ``links`` that the kernel holds."""
+        out: list[bytes] = []
+        for link in dict.fromkeys(links):
+            place = self.ns.link_place(link)
+            hit = self.ns.lookup(*place) if place is not None else None
+            row = self.ns.get_object(hit[1]) if hit is not None else None
+            if row is not None and row.is_dir and self._held(row.obj):
+                out.append(row.obj)
+        return out
+
+    def _held(self, obj: bytes) -> bool:
+        return self.inodes.cached_ino(obj) in self.inodes.lookups
+
+    def _path_of(self, obj: bytes) -> bytes | None:
+        """The path of directory ``obj`` under the mountpoint, now (None: not named)."""
+        if self.mountpoint is None:
+            return None
+        names: list[bytes] = []
+        while obj != ROOT_OBJ:
+            row = self.ns.db.execute(
+                "SELECT parent, name FROM links WHERE obj=? LIMIT 1", (obj,)
+            ).fetchone()
+            if row is None or len(names) >= MAX_DEPTH or b"/" in row[1] or row[1] in (b".", b".."):
+                return None
+            names.append(row[1])
+            obj = row[0]
+        return os.path.join(os.fsencode(self.mountpoint), *reversed(names))
+
+    async def _follow(self, obj: bytes) -> None:
+        """Walk to directory ``obj``'s new place with the follower's lookups (see
+        ``InodeMap``), so that the kernel moves its old entry there rather than keep it aside."""
+        if not self._held(obj):
+            return
+        path = self._path_of(obj)
+        if path is None:
+            return
+        inodes = self.inodes
+
+        def walk() -> bool:
+            inodes.follower = threading.get_native_id()
+            try:
+                os.lstat(path)
+                return True
+            except OSError as exc:
+                log.debug("following a moved directory to %r failed: %s", path, exc)
+                return False
+            finally:
+                inodes.follower = None
+
+        ok = False
+        try:
+            ok = await trio.to_thread.run_sync(walk, abandon_on_cancel=True)
+        finally:
+            inodes.followed(ok)
+        self.followed += ok
 
     def everything_changed(self) -> None:
         """The whole tree was replaced (a snapshot installed while mounted): invalidate every
@@ -106,14 +189,26 @@ class RemoteChanges:
         of.mtime = row.mtime
 
     async def run(self) -> None:
-        """Make the queued invalidations, one at a time, each in a worker thread."""
-        async for ino, name, attr_only in self._recv:
+        """Make the queued invalidations and follows, one at a time, each in a worker
+        thread."""
+        async for item in self._recv:
+            self._busy = 1
             try:
-                if name is not None:
-                    await trio.to_thread.run_sync(pyfuse3.invalidate_entry, ino, name)
-                else:
-                    await trio.to_thread.run_sync(pyfuse3.invalidate_inode, ino, attr_only)
-                self.done += 1
-            except OSError as exc:
-                if exc.errno not in (errno.ENOENT, errno.ENOTDIR, errno.EBADF):
-                    log.debug("invalidating inode %d %r failed: %s", ino, name, exc)
+                await self._do(item)
+            finally:
+                self._busy = 0
+
+    async def _do(self, item: Invalidation | bytes) -> None:
+        if isinstance(item, bytes):
+            await self._follow(item)
+            return
+        ino, name, attr_only = item
+        try:
+            if name is not None:
+                await trio.to_thread.run_sync(pyfuse3.invalidate_entry, ino, name)
+            else:
+                await trio.to_thread.run_sync(pyfuse3.invalidate_inode, ino, attr_only)
+            self.done += 1
+        except OSError as exc:
+            if exc.errno not in (errno.ENOENT, errno.ENOTDIR, errno.EBADF):
+                log.debug("invalidating inode %d %r failed: %s", ino, name, exc)
