@@ -453,13 +453,15 @@ class SwarmNode:
     async def _faults(self, args: Message) -> Message:
         """Test switches of the transport (``Transport.set_faults``), off by default and only
         reachable through this root-only control socket: ``{"delay": seconds, "tamper": bool,
-        "mute": bool}``, each optional; returns the settings now in force."""
+        "mute": bool, "hold": [method, ...]}``, each optional; returns the settings now in
+        force."""
         assert self.transport is not None
         try:
             return self.transport.set_faults(
                 delay=args.get("delay"),
                 tamper=None if args.get("tamper") is None else bool(args["tamper"]),
                 mute=None if args.get("mute") is None else bool(args["mute"]),
+                hold=args.get("hold"),
             )
         except ValueError as exc:
             raise RemoteError(f"faults: {exc}") from None

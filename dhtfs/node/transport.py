@@ -378,9 +378,17 @@ class Transport:
         self.fault_delay = 0.0
         self.fault_tamper = False
         self.fault_mute = False
+        self.fault_hold: frozenset[str] = frozenset()
+        self._hold_lifted = trio.Event()
+        self._hold_lifted.set()
 
     def set_faults(
-        self, *, delay: float | None = None, tamper: bool | None = None, mute: bool | None = None
+        self,
+        *,
+        delay: float | None = None,
+        tamper: bool | None = None,
+        mute: bool | None = None,
+        hold: Collection[str] | None = None,
     ) -> dict[str, Any]:
         """Test switches, off by default, reachable only through the root-only control
         socket (``faults``), for tests of the read path against bad peers. Each argument
@@ -389,7 +397,18 @@ class Transport:
         ``delay``: every answer this node serves waits that many seconds first (the
         connection goes on reading meanwhile); ``tamper``: GET_CHUNK answers carry bytes
         that differ from the real ones (their hash no longer matches); ``mute``: requests
-        are read but never answered (callers time out or hedge)."""
+        are read but never answered (callers time out or hedge); ``hold``: this node's own
+        outgoing calls of these methods (e.g. ``["PUT_CHUNK"]``) wait, within their deadline,
+        until the hold is lifted (``hold=[]``), as if the network held them back: a call held
+        past its deadline fails with ``CallTimeout``."""
+        if hold is not None:
+            if isinstance(hold, str | bytes) or not all(isinstance(m, str) for m in hold):
+                raise ValueError(f"fault hold must be a list of method names, not {hold!r}")
+            self.fault_hold = frozenset(hold)
+            if self.fault_hold and self._hold_lifted.is_set():
+                self._hold_lifted = trio.Event()
+            elif not self.fault_hold:
+                self._hold_lifted.set()
         if delay is not None:
             if isinstance(delay, bool) or not isinstance(delay, int | float) or not (
                 0 <= delay < math.inf
@@ -400,7 +419,8 @@ class Transport:
             self.fault_tamper = bool(tamper)
         if mute is not None:
             self.fault_mute = bool(mute)
-        return {"delay": self.fault_delay, "tamper": self.fault_tamper, "mute": self.fault_mute}
+        return {"delay": self.fault_delay, "tamper": self.fault_tamper, "mute": self.fault_mute,
+                "hold": sorted(self.fault_hold)}
 
     def isolate(self, on: bool) -> None:
         """Cut this node off the network (tests of partitions): while on, every call fails
@@ -424,6 +444,8 @@ class Transport:
         if self.isolated:
             raise PeerUnreachable(f"{method} to {peer}: this node is isolated")
         with trio.move_on_after(timeout):
+            if self.fault_hold and method in self.fault_hold:
+                await self._hold_lifted.wait()  # test switch (``set_faults``)
             conn = self._conns.get(peer.node_id)
             if conn is not None and not conn.closed and not conn.awaiting_hello:
                 try:

@@ -181,7 +181,7 @@ def test_reads_come_from_the_faster_provider(tmp_path: Path) -> None:
         f, digest, blocks = shared_file(s, "f", 6 * MIB)
         slow, fast = s.storage
         assert control(slow.state, "faults", {"delay": DELAY}) == {
-            "delay": DELAY, "tamper": False, "mute": False}
+            "delay": DELAY, "tamper": False, "mute": False, "hold": []}
         rank_behind(s.reader, slow.node_id, fast.node_id)
         got = timed_read(f)
         assert got["sha256"] == digest
@@ -315,7 +315,8 @@ async def test_fault_switches_act_on_answers_only_while_on(tmp_path: Path) -> No
         await nursery.start(server.serve)
         await nursery.start(client.serve)
         peer = server.local
-        assert server.set_faults() == {"delay": 0.0, "tamper": False, "mute": False}
+        assert server.set_faults() == {"delay": 0.0, "tamper": False, "mute": False,
+                                     "hold": []}
         assert await client.call(peer, rpc.PING, {}, timeout=10) == {"method": rpc.PING}
         server.set_faults(mute=True)
         for method, args in ((rpc.PING, {}), (rpc.GET_CHUNK, {"data": data})):
@@ -332,7 +333,8 @@ async def test_fault_switches_act_on_answers_only_while_on(tmp_path: Path) -> No
         tampered = await client.call(peer, rpc.GET_CHUNK, {"data": data}, timeout=10)
         assert len(tampered["data"]) == len(data) and tampered["data"] != data
         assert await client.call(peer, rpc.PING, {}, timeout=10) == {"method": rpc.PING}
-        assert server.set_faults(tamper=False) == {"delay": 0.0, "tamper": False, "mute": False}
+        assert server.set_faults(tamper=False) == {"delay": 0.0, "tamper": False, "mute": False,
+                                                   "hold": []}
         assert await client.call(peer, rpc.GET_CHUNK, {"data": data}, timeout=10) == {
             "data": data}
         with pytest.raises(ValueError):
