@@ -17,7 +17,9 @@ Invariants:
   after ``replication_deadline``); stopping waits for the backlog (bounded); a reader
   elsewhere that races the replication asks the writer of the version directly
   (``get_chunk`` hints);
-- a remote read has a deadline (``-o read_deadline``): past it the reader gets EIO.
+- a remote read has a deadline (``-o read_deadline``): while no copy of a block is reachable
+  the read waits for one (a version may show here before its writer placed its blocks), and
+  past the deadline the reader gets EIO.
 """
 
 from __future__ import annotations
@@ -269,20 +271,24 @@ class SwarmNode:
     # -- contents ------------------------------------------------------------------------------
 
     async def _fetch(self, chunk_id: bytes, hints: tuple[bytes, ...]) -> bytes:
-        """A chunk not stored here, from the swarm (verified), within ``read_deadline``."""
+        """A chunk not stored here, from the swarm (verified), within ``read_deadline``:
+        while no copy is reachable the read waits for one (``dhtfs.node.fetch``), so a
+        version shown here before its blocks could be fetched reads once they can."""
         assert self.node is not None
         deadline = self.fs.config.read_deadline
-        with trio.move_on_after(deadline):
+        until = trio.current_time() + deadline
+        with trio.move_on_at(until):
             try:
-                got = await self.node.get_chunk_detailed(chunk_id, hints)
+                got = await self.node.get_chunk_detailed(chunk_id, hints, until=until)
             except ChunkError as exc:
                 raise NamespaceError(errno.EIO, str(exc)) from None
             who = got.provider.node_id.hex() if got.provider is not None else got.source
             self.reads_by_source[who] = self.reads_by_source.get(who, 0) + 1
             return got.data
-        log.error("chunk %s: no answer from the swarm within read_deadline=%gs; the read "
-                  "fails with EIO (are its holders up? see dhtfs status)",
-                  chunk_id.hex()[:16], deadline)
+        self.node.arrivals.missed(chunk_id)
+        log.error("chunk %s: no copy could be fetched from the swarm within "
+                  "read_deadline=%gs; the read fails with EIO (are its holders up? see dhtfs "
+                  "status)", chunk_id.hex()[:16], deadline)
         raise NamespaceError(errno.EIO, "chunk fetch timed out")
 
     async def locate(self, blocks: list[bytes]) -> dict[bytes, list[list[Any]]]:
@@ -387,7 +393,8 @@ class SwarmNode:
             "chunks": await trio.to_thread.run_sync(lambda: sum(1 for _ in self.fs.store.ids())),
             "placed": self.replication.replicated if self.replication else 0,
             "replication": self.replication.status() if self.replication else {},
-            "reads": {**self.fs.contents.reads, "by_source": dict(self.reads_by_source)},
+            "reads": {**self.fs.contents.reads, "by_source": dict(self.reads_by_source),
+                      "waiting": self.node.arrivals.waiting},
             "repair": {"passes": self.repairer.passes, "pushed": self.repairer.pushed}
             if self.repairer else {},
             "invalidations": self.remote.done,

@@ -64,6 +64,7 @@ import trio.testing
 
 from dhtfs.errors import ChunkCorrupt, ChunkMissing, NetworkError, RemoteError
 from dhtfs.node import rpc
+from dhtfs.node.arrivals import Arrivals
 from dhtfs.node.chunkstore import HEADER_BYTES, TAG_BYTES
 from dhtfs.node.fetch import ChunkReads
 from dhtfs.node.ids import distance, random_id_in_bucket, sha256_id
@@ -159,6 +160,9 @@ class Node(ChunkReads):
         ](CACHE_QUEUE)
         self._cache_queued = 0
         self._handoff_send, self._handoff_recv = trio.open_memory_channel[Contact](64)
+        # Reads waiting for a chunk no reachable node could serve yet (``dhtfs.node.fetch``),
+        # told when a copy or a provider record of it comes in.
+        self.arrivals = Arrivals()
         # Handlers for methods beyond ``rpc.METHODS`` (the op log's), by method name; the
         # caller is refreshed in routing as for every request.
         self.services: dict[str, RequestHandler] = {}
@@ -377,6 +381,8 @@ class Node(ChunkReads):
                     await self._cache_later(key, spread, announced=now)
                 elif key in self._announced:
                     self._announced[key] = now
+            self.arrivals.arrived(key, spread if spread is not None
+                                  and len(spread) <= self.spread_max else None)
             return {"ok": True}
         if method == rpc.PUT_CHUNK:
             cid = rpc.req_id(args, "id", method)
@@ -393,6 +399,7 @@ class Node(ChunkReads):
             self._announced.setdefault(cid, trio.current_time())
             if self.on_placed is not None:
                 self.on_placed(cid)
+            self.arrivals.arrived(cid, data)
             return {"stored": bool(new)}
         if method == rpc.HOLD:
             ids = rpc.req_ids(args, "ids", method, rpc.MAX_HOLD_IDS)

@@ -455,6 +455,8 @@ class Transport:
                     # connection cap) just as we use it; every RPC is idempotent: once more,
                     # on a fresh connection.
                     pass
+            if peer.port == 0:  # a client-only node: only the connections it opens reach it
+                raise PeerUnreachable(f"{method} to {peer}: a client-only node, not connected")
             conn = await self._connection(peer.node_id, peer.host, peer.port)
             return await conn.request(method, args)
         raise CallTimeout(f"{method} to {peer}: no answer within {timeout:.3g}s")
@@ -719,6 +721,15 @@ class Transport:
 
     def connected_peers(self) -> list[Contact]:
         return [c.peer for c in self._conns.values() if not c.closed]
+
+    def connected_contact(self, node_id: bytes) -> Contact | None:
+        """The peer ``node_id`` as an open connection (dialed by either side) knows it, or
+        None. A call to it goes over that connection: how a node asks a client-only node
+        (which advertises port 0 and accepts none), as long as the client keeps it open."""
+        conn = self._conns.get(node_id)
+        if conn is None or conn.closed or conn.awaiting_hello:
+            return None
+        return conn.peer
 
     def drop_revoked(self) -> list[bytes]:
         """Close the connections to peers whose certificate ``revoked`` now refuses; returns
