@@ -10,9 +10,9 @@ the chunk is on its way cuts the wait short:
 - a provider record for it (ADD_PROVIDER without data): a lookup now would find it.
 
 A read that waited out its deadline is remembered for ``MISSED_SECONDS`` (news of the chunk
-forgets it): a read of it again meanwhile looks once and does not wait again. The kernel
-retries a failed page read at once, and a reader that just got EIO after the whole deadline
-should not wait that long a second time for the same answer.
+forgets it): a read of it again meanwhile fails at once. The kernel retries a failed page read
+at once, and a reader that just got EIO after the whole deadline must not wait that long a
+second time for the same answer (even one more look can take seconds when peers are silent).
 
 Invariants: a watch is registered before the reader's first ask, so news arriving between an
 ask and the wait is never lost (the event stays set); ``arrived`` costs one dict lookup when
@@ -27,7 +27,7 @@ from collections.abc import Iterator
 
 import trio
 
-MISSED_SECONDS = 10.0
+MISSED_SECONDS = 5.0
 MISSED_MAX = 4096
 """Chunks remembered as missed at most (the oldest go first)."""
 

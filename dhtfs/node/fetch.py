@@ -95,7 +95,9 @@ class ChunkReads:
             return GetResult(local, "local")
         hints = [h for h in dict.fromkeys(hints) if h != self.id]
         if until is not None and self.arrivals.recently_missed(chunk_id):
-            until = None  # it waited out a whole deadline just now: one look, no wait
+            # A read of it waited out a whole deadline just now, and no news of it came since
+            # (the kernel retries a failed page read at once): not a second deadline.
+            raise ChunkMissing(chunk_id, "no copy found within the last read's deadline")
         with self.arrivals.watch(chunk_id) as news:
             got = await self._look_for(chunk_id, hints, until, news)
         if got is None:
