@@ -50,6 +50,7 @@ from dhtfs.node.network import Contact, Message
 from dhtfs.node.node import Node
 from dhtfs.node.oplog import METHODS as LOG_METHODS
 from dhtfs.node.oplog import LogReplicator, Signatures
+from dhtfs.node.placefirst import PlacedFirst
 from dhtfs.node.reclaim import BATCH as REFS_BATCH
 from dhtfs.node.reclaim import REFS, Reclaimer
 from dhtfs.node.repair import Repairer
@@ -142,6 +143,11 @@ class SwarmNode:
         contents = self.fs.contents
         contents.fetch = self._fetch
         contents.on_sealed = replication.add
+        if not config.storage:  # a client: ops go out once their blocks are placed
+            first = PlacedFirst(replication, self.replicator.notify)
+            contents.on_sealed = first.sealed
+            self.fs.tree.on_op = lambda _op: first.op()
+            nursery.start_soon(first.run)
         contents.on_local_read = cache.touch
         contents.backlog_full = lambda: replication.full
         contents.admit = replication.admit

@@ -56,6 +56,7 @@ import logging
 import math
 import os
 import random
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
@@ -83,6 +84,8 @@ MAX_BACKGROUND = 64
 """Background jobs (placements after a put) at once; past that they run inline."""
 CACHE_QUEUE = 256
 """Fetched chunks waiting to be cached; past that they are not cached."""
+YOUNG_SECONDS = 5.0
+"""A chunk file changed this recently that does not unseal is taken as being written."""
 
 
 class Node(ChunkReads):
@@ -455,10 +458,24 @@ class Node(ChunkReads):
         except ChunkMissing:
             return None
         except ChunkCorrupt:
+            if self._being_written(cid):
+                return None     # a store of it in progress: not here yet, and not ours to drop
             log.warning("dropping corrupt local chunk %s", cid.hex()[:16])
             self.store.remove(cid)
             self._announced.pop(cid, None)
             return None
+
+    def _being_written(self, cid: bytes) -> bool:
+        """Whether the chunk's file changed within ``YOUNG_SECONDS``: a store creates it under
+        its final name, then seals and fills it (``dhtfs.node.chunkstore``), so a read
+        meanwhile sees a short file that does not unseal. Such a file is skipped, never
+        dropped (dropping it would lose the copy being stored)."""
+        if self._chunk_path is None:
+            return False
+        try:
+            return time.time() - os.stat(self._chunk_path(cid)).st_mtime < YOUNG_SECONDS
+        except OSError:
+            return False
 
     # -- provider records ----------------------------------------------------------------------
 
