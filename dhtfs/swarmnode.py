@@ -43,6 +43,7 @@ from dhtfs.fs.remote import RemoteChanges
 from dhtfs.fs.replica import NamespaceLog
 from dhtfs.node import pki, rpc
 from dhtfs.node.cache import BlockCache, file_size
+from dhtfs.node.clientplace import ClientPlacement
 from dhtfs.node.control import CONTROL_SOCKET_NAME, ControlServer
 from dhtfs.node.discovery import Discovery
 from dhtfs.node.headless import parse_address
@@ -50,7 +51,6 @@ from dhtfs.node.network import Contact, Message
 from dhtfs.node.node import Node
 from dhtfs.node.oplog import METHODS as LOG_METHODS
 from dhtfs.node.oplog import LogReplicator, Signatures
-from dhtfs.node.placefirst import PlacedFirst
 from dhtfs.node.reclaim import BATCH as REFS_BATCH
 from dhtfs.node.reclaim import REFS, Reclaimer
 from dhtfs.node.repair import Repairer
@@ -143,11 +143,10 @@ class SwarmNode:
         contents = self.fs.contents
         contents.fetch = self._fetch
         contents.on_sealed = replication.add
-        if not config.storage:  # a client: ops go out once their blocks are placed
-            first = PlacedFirst(replication, self.replicator.notify)
-            contents.on_sealed = first.sealed
-            self.fs.tree.on_op = lambda _op: first.op()
-            nursery.start_soon(first.run)
+        if not config.storage:  # a client's blocks wait for a pause in writing 1 s at most
+            hurry = ClientPlacement(replication)
+            contents.on_sealed = hurry.sealed
+            nursery.start_soon(hurry.run)
         contents.on_local_read = cache.touch
         contents.backlog_full = lambda: replication.full
         contents.admit = replication.admit

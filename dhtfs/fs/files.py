@@ -289,7 +289,7 @@ class FileContents:
                     # Being stored here right now (a replica's copy, a cached one: the file
                     # is created, then filled), or damaged: the swarm has it whole.
                     log.info("local copy of chunk %s does not unseal (%s): reading it "
-                                "from the swarm", chunk_id.hex()[:16], exc)
+                             "from the swarm", chunk_id.hex()[:16], exc)
                 data = await self.fetch(chunk_id, hints)
                 self.reads["remote"] += 1
         except ChunkError as exc:

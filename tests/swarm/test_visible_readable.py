@@ -25,6 +25,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -187,3 +188,24 @@ def test_a_version_whose_blocks_are_nowhere_fails_with_eio_by_the_read_deadline(
         assert g.read_bytes() == other
         assert waiting_reads(reader.state) == 0
         assert "no copy" in reader.log.read_text(errors="replace")
+
+
+@slow
+def test_a_client_writing_without_pause_places_its_blocks_as_it_goes(tmp_path: Path) -> None:
+    """A client-only mount that never pauses writing (a small file every few ms: a storage
+    node would place such blocks only once writing pauses) still gets its first file's block
+    onto the storage nodes while it goes on writing, so versions it publishes during a long
+    copy are readable on nodes it has no connection with."""
+    with mixed_swarm(tmp_path, "read_deadline=30") as s:
+        d = s.client.mountpoint / "copy"
+        d.mkdir()
+        first = d / "f0"
+        first.write_bytes(os.urandom(SIZES["tiny"]))
+        (block,) = json.loads(os.getxattr(first, "user.dhtfs.chunks"))
+        written = 1
+        end = time.monotonic() + 20.0
+        while time.monotonic() < end and not all(holds(n.state, block) for n in s.storage):
+            (d / f"f{written}").write_bytes(os.urandom(SIZES["tiny"]))
+            written += 1
+        print(f"{written} files written before the first one's block was placed")
+        assert all(holds(n.state, block) for n in s.storage), written
