@@ -4,8 +4,9 @@
 store; see the attributes declared below). The rules, with their reasons, are in the node's
 module docstring ("get_chunk"); in short:
 
-- local store first; then the nodes hinted to hold it (the writer of the version naming it;
-  when that writer is not in the routing table, the R closest there);
+- local store first; then the nodes hinted to hold it (the writer of the version naming it,
+  through its routing contact or, a client-only writer being in nobody's routing table, the
+  connection it opened to us; when neither exists, the R closest in our routing table);
   then FIND_PROVIDERS asking for the bytes inline (Kademlia's FIND_VALUE for small chunks);
   then the providers it named, ranked by RTT EWMA, hedged to the next one when a provider is
   slower than its expected time, falling through on failure (``_fetch``);
@@ -14,6 +15,24 @@ module docstring ("get_chunk"); in short:
 - a fetched chunk is kept as a cached copy (``_cache_later``): written when the process is
   otherwise idle, announced at the next republish, and reported to ``on_cached`` (the disk
   cache, which evicts such copies least recently used first).
+
+Patience (``until``; a mount's reads pass ``read_deadline``): a node may show a file version
+before any node it can reach holds its blocks. Op pushes travel faster than block placement
+(a storage writer places small blocks once writing pauses; a client-only writer holds the
+only copy until placement, reachable only over its own connections), and a read that raced
+them failed with EIO for bytes that arrived a moment later. The rule: **a version a node
+shows can be read there**. A read that finds no copy keeps looking until its deadline, with
+backoff (``RETRY_FIRST`` doubling to ``RETRY_MAX``): a lookup each time, the local store, and
+the version's writer again once a connection to it exists. News of the chunk reaching this
+node (a replica's copy pushed here, a provider record or a small chunk's bytes with it:
+``dhtfs.node.arrivals``) ends a wait at once. EIO only when the deadline passes with no copy
+found, or at once on a node with no peer at all (nobody could bring one). Chosen over
+holding a version back until its blocks are placed, which would need the op log to order a
+client's pushes after its placements (pushes and anti-entropy alike) and delay every change
+by a placement's round trip; the cost here is paid only by a read that races a placement,
+and only for as long as the race lasts. A read that waited out its whole deadline is
+remembered for a few seconds (the kernel retries a failed page read at once): the retry
+fails at once instead of waiting a second deadline.
 """
 
 from __future__ import annotations

@@ -22,7 +22,8 @@ the simulator) and a chunk store (``has/get/put_verified/remove/ids``). Messages
   the k closest its lookup reaches (one hop) instead of going on to one of the R. A node that
   receives such a copy counts it as announced now (paper 2.5: the k closest were all just
   told), so only the R replicas' republish spreads it again;
-- ``get_chunk`` (in ``dhtfs.node.fetch``): local store, else FIND_PROVIDERS asking for the bytes
+- ``get_chunk`` (in ``dhtfs.node.fetch``, with its patience: a read that finds no copy may
+  wait for one, woken by ``arrivals``): local store, else FIND_PROVIDERS asking for the bytes
   inline (``find_value``: Kademlia's FIND_VALUE for chunks up to ``inline_max``, so a small
   chunk comes back from the first holder the lookup reaches; the lookup runs narrow, one query
   at a time, hedged after ``lookup_hedge``, while it closes in: the closest contact known is a
