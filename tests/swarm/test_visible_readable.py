@@ -14,6 +14,10 @@ forced, not hoped for. A storage mount reads each file as soon as its name appea
   until the hold is lifted and the blocks land, then returns the exact bytes;
 - the client is SIGKILLed before placing anything (no copy anywhere): the read fails with
   EIO once ``read_deadline`` has passed, and does not hang.
+
+And: a client writing without pause still places its blocks as it goes (a storage node's
+small blocks wait for a pause); a read that meets a block file still being filled here reads
+the block from the swarm instead of failing.
 """
 
 from __future__ import annotations
@@ -209,3 +213,30 @@ def test_a_client_writing_without_pause_places_its_blocks_as_it_goes(tmp_path: P
             written += 1
         print(f"{written} files written before the first one's block was placed")
         assert all(holds(n.state, block) for n in s.storage), written
+
+
+@slow
+def test_a_block_file_still_being_filled_here_reads_from_the_swarm(tmp_path: Path) -> None:
+    """A block file is created under its final name, then sealed and filled: a read on the
+    node meanwhile (a replica's copy arriving as its version shows) finds a short file. That
+    read returns the right bytes from the swarm, not EIO, and the file is not dropped as
+    corrupt: it ends up whole. (The moment is made by cutting the file to zero bytes, as the
+    store leaves it between creating and filling it.)"""
+    with mixed_swarm(tmp_path, "read_deadline=30") as s:
+        writer, reader = s.storage
+        data = os.urandom(SIZES["small"])
+        with open(writer.mountpoint / "f", "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())  # on both storage nodes
+        f = reader.mountpoint / "f"
+        wait_until(lambda: appeared(f, len(data)), "f on the other storage node")
+        (block,) = json.loads(os.getxattr(f, "user.dhtfs.chunks"))
+        path = reader.state / "chunks" / block[:2] / block[2:]
+        size = path.stat().st_size
+        os.truncate(path, 0)
+        got = result(start_read(f))
+        assert got["errno"] is None, got
+        assert got["sha256"] == hashlib.sha256(data).hexdigest()
+        wait_until(lambda: path.is_file() and path.stat().st_size == size,
+                   "the block file to be whole again")
