@@ -17,7 +17,9 @@ Invariants:
   after ``replication_deadline``); stopping waits for the backlog (bounded); a reader
   elsewhere that races the replication asks the writer of the version directly
   (``get_chunk`` hints);
-- a remote read has a deadline (``-o read_deadline``): past it the reader gets EIO.
+- a remote read has a deadline (``-o read_deadline``): while no copy of a block is reachable
+  the read waits for one (a version may show here before its writer placed its blocks), and
+  past the deadline the reader gets EIO.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from dhtfs.fs.remote import RemoteChanges
 from dhtfs.fs.replica import NamespaceLog
 from dhtfs.node import pki, rpc
 from dhtfs.node.cache import BlockCache, file_size
+from dhtfs.node.clientplace import ClientPlacement
 from dhtfs.node.control import CONTROL_SOCKET_NAME, ControlServer
 from dhtfs.node.discovery import Discovery
 from dhtfs.node.headless import parse_address
@@ -140,6 +143,10 @@ class SwarmNode:
         contents = self.fs.contents
         contents.fetch = self._fetch
         contents.on_sealed = replication.add
+        if not config.storage:  # a client's blocks wait for a pause in writing 1 s at most
+            hurry = ClientPlacement(replication)
+            contents.on_sealed = hurry.sealed
+            nursery.start_soon(hurry.run)
         contents.on_local_read = cache.touch
         contents.backlog_full = lambda: replication.full
         contents.admit = replication.admit
@@ -270,20 +277,24 @@ class SwarmNode:
     # -- contents ------------------------------------------------------------------------------
 
     async def _fetch(self, chunk_id: bytes, hints: tuple[bytes, ...]) -> bytes:
-        """A chunk not stored here, from the swarm (verified), within ``read_deadline``."""
+        """A chunk not stored here, from the swarm (verified), within ``read_deadline``:
+        while no copy is reachable the read waits for one (``dhtfs.node.fetch``), so a
+        version shown here before its blocks could be fetched reads once they can."""
         assert self.node is not None
         deadline = self.fs.config.read_deadline
-        with trio.move_on_after(deadline):
+        until = trio.current_time() + deadline
+        with trio.move_on_at(until):
             try:
-                got = await self.node.get_chunk_detailed(chunk_id, hints)
+                got = await self.node.get_chunk_detailed(chunk_id, hints, until=until)
             except ChunkError as exc:
                 raise NamespaceError(errno.EIO, str(exc)) from None
             who = got.provider.node_id.hex() if got.provider is not None else got.source
             self.reads_by_source[who] = self.reads_by_source.get(who, 0) + 1
             return got.data
-        log.error("chunk %s: no answer from the swarm within read_deadline=%gs; the read "
-                  "fails with EIO (are its holders up? see dhtfs status)",
-                  chunk_id.hex()[:16], deadline)
+        self.node.arrivals.missed(chunk_id)
+        log.error("chunk %s: no copy could be fetched from the swarm within "
+                  "read_deadline=%gs; the read fails with EIO (are its holders up? see dhtfs "
+                  "status)", chunk_id.hex()[:16], deadline)
         raise NamespaceError(errno.EIO, "chunk fetch timed out")
 
     async def locate(self, blocks: list[bytes]) -> dict[bytes, list[list[Any]]]:
@@ -389,7 +400,8 @@ class SwarmNode:
             "chunks": await trio.to_thread.run_sync(lambda: sum(1 for _ in self.fs.store.ids())),
             "placed": self.replication.replicated if self.replication else 0,
             "replication": self.replication.status() if self.replication else {},
-            "reads": {**self.fs.contents.reads, "by_source": dict(self.reads_by_source)},
+            "reads": {**self.fs.contents.reads, "by_source": dict(self.reads_by_source),
+                      "waiting": self.node.arrivals.waiting},
             "repair": {"passes": self.repairer.passes, "pushed": self.repairer.pushed}
             if self.repairer else {},
             "invalidations": self.remote.done,
@@ -458,8 +470,9 @@ class SwarmNode:
     async def _faults(self, args: Message) -> Message:
         """Test switches of the transport (``Transport.set_faults``), off by default and only
         reachable through this root-only control socket: ``{"delay": seconds, "tamper": bool,
-        "mute": bool}``, each optional; returns the settings now in force. (``"follow":
-        bool`` switches the mount's following of directories moved elsewhere: remote.py.)"""
+        "mute": bool, "hold": [method, ...]}``, each optional; returns the settings now in
+        force. (``"follow": bool`` switches the mount's following of directories moved
+        elsewhere: remote.py.)"""
         assert self.transport is not None
         if args.get("follow") is not None:  # following directories moved elsewhere (remote.py)
             self.remote.follow = bool(args["follow"])
@@ -468,6 +481,7 @@ class SwarmNode:
                 delay=args.get("delay"),
                 tamper=None if args.get("tamper") is None else bool(args["tamper"]),
                 mute=None if args.get("mute") is None else bool(args["mute"]),
+                hold=args.get("hold"),
             )
         except ValueError as exc:
             raise RemoteError(f"faults: {exc}") from None

@@ -282,9 +282,14 @@ class FileContents:
                 self.reads["local"] += 1
                 if self.on_local_read is not None:
                     self.on_local_read(chunk_id)
-            except ChunkMissing:
+            except ChunkError as exc:
                 if self.fetch is None:
                     raise
+                if not isinstance(exc, ChunkMissing):
+                    # Being stored here right now (a replica's copy, a cached one: the file
+                    # is created, then filled), or damaged: the swarm has it whole.
+                    log.info("local copy of chunk %s does not unseal (%s): reading it "
+                             "from the swarm", chunk_id.hex()[:16], exc)
                 data = await self.fetch(chunk_id, hints)
                 self.reads["remote"] += 1
         except ChunkError as exc:

@@ -4,8 +4,9 @@
 store; see the attributes declared below). The rules, with their reasons, are in the node's
 module docstring ("get_chunk"); in short:
 
-- local store first; then the nodes hinted to hold it (the writer of the version naming it;
-  when that writer is not in the routing table, the R closest there);
+- local store first; then the nodes hinted to hold it (the writer of the version naming it,
+  through its routing contact or, a client-only writer being in nobody's routing table, the
+  connection it opened to us; when neither exists, the R closest in our routing table);
   then FIND_PROVIDERS asking for the bytes inline (Kademlia's FIND_VALUE for small chunks);
   then the providers it named, ranked by RTT EWMA, hedged to the next one when a provider is
   slower than its expected time, falling through on failure (``_fetch``);
@@ -14,6 +15,24 @@ module docstring ("get_chunk"); in short:
 - a fetched chunk is kept as a cached copy (``_cache_later``): written when the process is
   otherwise idle, announced at the next republish, and reported to ``on_cached`` (the disk
   cache, which evicts such copies least recently used first).
+
+Patience (``until``; a mount's reads pass ``read_deadline``): a node may show a file version
+before any node it can reach holds its blocks. Op pushes travel faster than block placement
+(a storage writer places small blocks once writing pauses; a client-only writer holds the
+only copy until placement, reachable only over its own connections), and a read that raced
+them failed with EIO for bytes that arrived a moment later. The rule: **a version a node
+shows can be read there**. A read that finds no copy keeps looking until its deadline, with
+backoff (``RETRY_FIRST`` doubling to ``RETRY_MAX``): a lookup each time, the local store, and
+the version's writer again once a connection to it exists. News of the chunk reaching this
+node (a replica's copy pushed here, a provider record or a small chunk's bytes with it:
+``dhtfs.node.arrivals``) ends a wait at once. EIO only when the deadline passes with no copy
+found, or at once on a node with no peer at all (nobody could bring one). Chosen over
+holding a version back until its blocks are placed, which would need the op log to order a
+client's pushes after its placements (pushes and anti-entropy alike) and delay every change
+by a placement's round trip; the cost here is paid only by a read that races a placement,
+and only for as long as the race lasts. A read that waited out its whole deadline is
+remembered for a few seconds (the kernel retries a failed page read at once): the retry
+fails at once instead of waiting a second deadline.
 """
 
 from __future__ import annotations
@@ -28,6 +47,7 @@ import trio.testing
 
 from dhtfs.errors import ChunkMissing, NetworkError
 from dhtfs.node import rpc
+from dhtfs.node.arrivals import Arrivals, Watch
 from dhtfs.node.chunkstore import sealed_size
 from dhtfs.node.ids import sha256_id
 from dhtfs.node.network import Contact, Message
@@ -37,6 +57,11 @@ if TYPE_CHECKING:
     from dhtfs.node.routing import RoutingTable
 
 log = logging.getLogger(__name__)
+
+RETRY_FIRST = 0.05
+"""Seconds a patient read waits before its second look for a copy; doubled after each look,
+up to ``RETRY_MAX`` (news of the chunk arriving here ends a wait at once)."""
+RETRY_MAX = 2.0
 
 
 class ChunkReads:
@@ -51,6 +76,7 @@ class ChunkReads:
     fetch_timeout: float
     cache_fetched: bool
     cache_when_idle: bool
+    arrivals: Arrivals
     on_cached: Callable[[bytes, int], None] | None
     _announced: dict[bytes, float]
     _background: trio.Nursery | None
@@ -67,69 +93,141 @@ class ChunkReads:
     async def get_chunk(self, chunk_id: bytes, hints: Iterable[bytes] = ()) -> bytes:
         """The chunk's bytes, verified; from here, else from the fastest provider that has it.
         ``hints``: node IDs likely to hold it (the writer of the file version that names it),
-        asked directly, before any lookup, when routing knows them. Raises ``ChunkMissing``
-        when no provider can serve it."""
+        asked directly, before any lookup, when reachable. Raises ``ChunkMissing`` when no
+        provider can serve it."""
         return (await self.get_chunk_detailed(chunk_id, hints)).data
 
-    async def get_chunk_detailed(self, chunk_id: bytes, hints: Iterable[bytes] = ()) -> GetResult:
+    async def get_chunk_detailed(
+        self, chunk_id: bytes, hints: Iterable[bytes] = (), *, until: float | None = None
+    ) -> GetResult:
         """``get_chunk``, saying how the bytes were found (``GetResult``).
 
         The hinted holders are asked first; if they have not answered within the first one's
         hedge delay (or failed), the lookup path starts too, and the first verified answer
-        wins: a hinted writer that went silent costs a read its hedge delay, not a timeout."""
+        wins: a hinted writer that went silent costs a read its hedge delay, not a timeout.
+
+        ``until`` (trio time; None: give up at once): while no copy is found, keep looking
+        until then (see the module docstring, "patience"); ``ChunkMissing`` only past it, or
+        at once when this node has no peer at all."""
         local = await self._local_get(chunk_id)
         if local is not None:
             return GetResult(local, "local")
-        hints = [h for h in hints if h != self.id]
-        hinted = [c for h in hints if (c := self.routing.get(h)) is not None]
-        guessed = False
-        if hints and not hinted:
-            # A writer we cannot reach directly (e.g. a client-only mount): the R closest in
-            # our routing table are where placement put it, if our view is right (in a swarm
-            # that fits in the table it is). A wrong guess costs quick "not here" answers,
-            # then the lookup below takes over. (No hint at all: the lookup alone, as
-            # Kademlia has it.)
-            hinted = self.routing.rank_providers(self.routing.closest(chunk_id, self.replication))
-            guessed = True
-        if not hinted:
-            got = await self._get_by_lookup(chunk_id)
-        else:
-            got = None
-            hint_over = trio.Event()
-
-            async def by_hint(cancel: trio.CancelScope) -> None:
-                nonlocal got
-                try:
-                    data, provider = await self._fetch(chunk_id, hinted)
-                finally:
-                    hint_over.set()
-                if data is not None and got is None:
-                    got = GetResult(data, "hinted", hops=1, provider=provider)
-                    cancel.cancel()
-
-            async def by_lookup(cancel: trio.CancelScope) -> None:
-                nonlocal got
-                with trio.move_on_after(self.hedge_delay(hinted[0])):
-                    await hint_over.wait()
-                found = await self._get_by_lookup(chunk_id, quiet=True)
-                if found is not None and got is None:
-                    got = found
-                    cancel.cancel()
-                elif found is None and guessed:
-                    # No provider anywhere, and the guessed holders still silent: give up
-                    # now rather than wait for their GET_CHUNK timeouts.
-                    cancel.cancel()
-
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(by_hint, nursery.cancel_scope)
-                nursery.start_soon(by_lookup, nursery.cancel_scope)
+        hints = [h for h in dict.fromkeys(hints) if h != self.id]
+        if until is not None and self.arrivals.recently_missed(chunk_id):
+            # A read of it waited out a whole deadline just now, and no news of it came since
+            # (the kernel retries a failed page read at once): not a second deadline.
+            raise ChunkMissing(chunk_id, "no copy found within the last read's deadline")
+        with self.arrivals.watch(chunk_id) as news:
+            got = await self._look_for(chunk_id, hints, until, news)
         if got is None:
-            if hinted:
+            if until is not None:
+                self.arrivals.missed(chunk_id)
+                log.warning("chunk %s: no copy on any reachable node (its writer: %s)",
+                            chunk_id.hex()[:16], hints[0].hex()[:12] if hints else "unknown")
+            elif hints:
                 log.warning("chunk %s: neither the hinted holders nor the providers a lookup "
                             "found could serve it", chunk_id.hex()[:16])
             raise ChunkMissing(chunk_id, "no reachable provider has it")
-        if self.cache_fetched:
+        if self.cache_fetched and got.source not in ("local", "arrived"):
             await self._cache_later(chunk_id, got.data)
+        return got
+
+    def _reachable(self, node_id: bytes) -> Contact | None:
+        """How to ask ``node_id`` directly: its routing contact, else the connection it has
+        open with us (a client-only node is in nobody's routing table, but the connection it
+        opened to push its ops carries our requests too), else None."""
+        c = self.routing.get(node_id)
+        if c is None:
+            connected = getattr(self.network, "connected_contact", None)
+            if connected is not None:
+                c = connected(node_id)
+        return c
+
+    def _alone(self) -> bool:
+        """No peer to ask or to hear from: waiting for a copy could only end in EIO."""
+        if len(self.routing):
+            return False
+        connected = getattr(self.network, "connected_peers", None)
+        return connected is None or not connected()
+
+    async def _look_for(
+        self, cid: bytes, hints: list[bytes], until: float | None, news: Watch
+    ) -> GetResult | None:
+        """The rounds of one read (see ``get_chunk_detailed``); None when nothing served it."""
+        hinted = [c for h in hints if (c := self._reachable(h)) is not None]
+        asked = {c.node_id for c in hinted}
+        guessed = False
+        if hints and not hinted:
+            # A writer we cannot reach directly: the R closest in our routing table are where
+            # placement put it, if our view is right (in a swarm that fits in the table it
+            # is). A wrong guess costs quick "not here" answers, then the lookup below takes
+            # over. (No hint at all: the lookup alone, as Kademlia has it.)
+            hinted = self.routing.rank_providers(self.routing.closest(cid, self.replication))
+            guessed = True
+        got: GetResult | None = None
+        hint_over = trio.Event()
+        if not hinted:
+            hint_over.set()
+
+        async with trio.open_nursery() as nursery:
+
+            def win(found: GetResult) -> None:
+                nonlocal got
+                if got is None:
+                    got = found
+                    nursery.cancel_scope.cancel()
+
+            async def by_hint(holders: list[Contact], first: bool) -> None:
+                try:
+                    data, provider = await self._fetch(cid, holders)
+                finally:
+                    if first:
+                        hint_over.set()
+                if data is not None:
+                    win(GetResult(data, "hinted", hops=1, provider=provider))
+
+            async def by_lookup() -> None:
+                if hinted:
+                    with trio.move_on_after(self.hedge_delay(hinted[0])):
+                        await hint_over.wait()
+                delay = RETRY_FIRST
+                while True:
+                    found = await self._get_by_lookup(cid, quiet=bool(hinted) or until is not None)
+                    if found is not None:
+                        win(found)
+                        return
+                    now = trio.current_time()
+                    if until is None or now >= until or self._alone():
+                        if guessed or until is not None or hint_over.is_set():
+                            # No provider anywhere, and the guessed holders still silent:
+                            # give up now rather than wait for their GET_CHUNK timeouts.
+                            nursery.cancel_scope.cancel()
+                        return      # else the hinted writer's answer decides
+                    if not news.waiting:
+                        news.waiting = True
+                        log.info("chunk %s: no copy found yet; waiting up to %.1fs for one",
+                                 cid.hex()[:16], until - now)
+                    with trio.move_on_after(min(delay, until - now)):
+                        await news.event.wait()
+                    delay = min(2 * delay, RETRY_MAX)
+                    if news.data is not None:
+                        win(GetResult(news.data, "arrived"))
+                        return
+                    news.rearm()
+                    local = await self._local_get(cid)
+                    if local is not None:
+                        win(GetResult(local, "local"))
+                        return
+                    # A hinted writer reachable now that was not before (it connected).
+                    fresh = [c for h in hints if h not in asked
+                             and (c := self._reachable(h)) is not None]
+                    if fresh:
+                        asked.update(c.node_id for c in fresh)
+                        nursery.start_soon(by_hint, fresh, False)
+
+            if hinted:
+                nursery.start_soon(by_hint, hinted, True)
+            nursery.start_soon(by_lookup)
         return got
 
     async def _get_by_lookup(self, chunk_id: bytes, *, quiet: bool = False) -> GetResult | None:

@@ -22,7 +22,8 @@ the simulator) and a chunk store (``has/get/put_verified/remove/ids``). Messages
   the k closest its lookup reaches (one hop) instead of going on to one of the R. A node that
   receives such a copy counts it as announced now (paper 2.5: the k closest were all just
   told), so only the R replicas' republish spreads it again;
-- ``get_chunk`` (in ``dhtfs.node.fetch``): local store, else FIND_PROVIDERS asking for the bytes
+- ``get_chunk`` (in ``dhtfs.node.fetch``, with its patience: a read that finds no copy may
+  wait for one, woken by ``arrivals``): local store, else FIND_PROVIDERS asking for the bytes
   inline (``find_value``: Kademlia's FIND_VALUE for chunks up to ``inline_max``, so a small
   chunk comes back from the first holder the lookup reaches; the lookup runs narrow, one query
   at a time, hedged after ``lookup_hedge``, while it closes in: the closest contact known is a
@@ -56,6 +57,7 @@ import logging
 import math
 import os
 import random
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
@@ -64,6 +66,7 @@ import trio.testing
 
 from dhtfs.errors import ChunkCorrupt, ChunkMissing, NetworkError, RemoteError
 from dhtfs.node import rpc
+from dhtfs.node.arrivals import Arrivals
 from dhtfs.node.chunkstore import HEADER_BYTES, TAG_BYTES
 from dhtfs.node.fetch import ChunkReads
 from dhtfs.node.ids import distance, random_id_in_bucket, sha256_id
@@ -82,6 +85,8 @@ MAX_BACKGROUND = 64
 """Background jobs (placements after a put) at once; past that they run inline."""
 CACHE_QUEUE = 256
 """Fetched chunks waiting to be cached; past that they are not cached."""
+YOUNG_SECONDS = 5.0
+"""A chunk file changed this recently that does not unseal is taken as being written."""
 
 
 class Node(ChunkReads):
@@ -159,6 +164,9 @@ class Node(ChunkReads):
         ](CACHE_QUEUE)
         self._cache_queued = 0
         self._handoff_send, self._handoff_recv = trio.open_memory_channel[Contact](64)
+        # Reads waiting for a chunk no reachable node could serve yet (``dhtfs.node.fetch``),
+        # told when a copy or a provider record of it comes in.
+        self.arrivals = Arrivals()
         # Handlers for methods beyond ``rpc.METHODS`` (the op log's), by method name; the
         # caller is refreshed in routing as for every request.
         self.services: dict[str, RequestHandler] = {}
@@ -377,6 +385,8 @@ class Node(ChunkReads):
                     await self._cache_later(key, spread, announced=now)
                 elif key in self._announced:
                     self._announced[key] = now
+            self.arrivals.arrived(key, spread if spread is not None
+                                  and len(spread) <= self.spread_max else None)
             return {"ok": True}
         if method == rpc.PUT_CHUNK:
             cid = rpc.req_id(args, "id", method)
@@ -393,6 +403,7 @@ class Node(ChunkReads):
             self._announced.setdefault(cid, trio.current_time())
             if self.on_placed is not None:
                 self.on_placed(cid)
+            self.arrivals.arrived(cid, data)
             return {"stored": bool(new)}
         if method == rpc.HOLD:
             ids = rpc.req_ids(args, "ids", method, rpc.MAX_HOLD_IDS)
@@ -448,10 +459,24 @@ class Node(ChunkReads):
         except ChunkMissing:
             return None
         except ChunkCorrupt:
+            if self._being_written(cid):
+                return None     # a store of it in progress: not here yet, and not ours to drop
             log.warning("dropping corrupt local chunk %s", cid.hex()[:16])
             self.store.remove(cid)
             self._announced.pop(cid, None)
             return None
+
+    def _being_written(self, cid: bytes) -> bool:
+        """Whether the chunk's file changed within ``YOUNG_SECONDS``: a store creates it under
+        its final name, then seals and fills it (``dhtfs.node.chunkstore``), so a read
+        meanwhile sees a short file that does not unseal. Such a file is skipped, never
+        dropped (dropping it would lose the copy being stored)."""
+        if self._chunk_path is None:
+            return False
+        try:
+            return time.time() - os.stat(self._chunk_path(cid)).st_mtime < YOUNG_SECONDS
+        except OSError:
+            return False
 
     # -- provider records ----------------------------------------------------------------------
 

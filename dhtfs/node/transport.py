@@ -380,9 +380,17 @@ class Transport:
         self.fault_delay = 0.0
         self.fault_tamper = False
         self.fault_mute = False
+        self.fault_hold: frozenset[str] = frozenset()
+        self._hold_lifted = trio.Event()
+        self._hold_lifted.set()
 
     def set_faults(
-        self, *, delay: float | None = None, tamper: bool | None = None, mute: bool | None = None
+        self,
+        *,
+        delay: float | None = None,
+        tamper: bool | None = None,
+        mute: bool | None = None,
+        hold: Collection[str] | None = None,
     ) -> dict[str, Any]:
         """Test switches, off by default, reachable only through the root-only control
         socket (``faults``), for tests of the read path against bad peers. Each argument
@@ -391,7 +399,18 @@ class Transport:
         ``delay``: every answer this node serves waits that many seconds first (the
         connection goes on reading meanwhile); ``tamper``: GET_CHUNK answers carry bytes
         that differ from the real ones (their hash no longer matches); ``mute``: requests
-        are read but never answered (callers time out or hedge)."""
+        are read but never answered (callers time out or hedge); ``hold``: this node's own
+        outgoing calls of these methods (e.g. ``["PUT_CHUNK"]``) wait, within their deadline,
+        until the hold is lifted (``hold=[]``), as if the network held them back: a call held
+        past its deadline fails with ``CallTimeout``."""
+        if hold is not None:
+            if isinstance(hold, str | bytes) or not all(isinstance(m, str) for m in hold):
+                raise ValueError(f"fault hold must be a list of method names, not {hold!r}")
+            self.fault_hold = frozenset(hold)
+            if self.fault_hold and self._hold_lifted.is_set():
+                self._hold_lifted = trio.Event()
+            elif not self.fault_hold:
+                self._hold_lifted.set()
         if delay is not None:
             if isinstance(delay, bool) or not isinstance(delay, int | float) or not (
                 0 <= delay < math.inf
@@ -402,7 +421,8 @@ class Transport:
             self.fault_tamper = bool(tamper)
         if mute is not None:
             self.fault_mute = bool(mute)
-        return {"delay": self.fault_delay, "tamper": self.fault_tamper, "mute": self.fault_mute}
+        return {"delay": self.fault_delay, "tamper": self.fault_tamper, "mute": self.fault_mute,
+                "hold": sorted(self.fault_hold)}
 
     def addresses(self) -> dict[str, Any]:
         """Where this node is bound and what its HELLO advertises (``dhtfs status``)."""
@@ -430,6 +450,8 @@ class Transport:
         if self.isolated:
             raise PeerUnreachable(f"{method} to {peer}: this node is isolated")
         with trio.move_on_after(timeout):
+            if self.fault_hold and method in self.fault_hold:
+                await self._hold_lifted.wait()  # test switch (``set_faults``)
             conn = self._conns.get(peer.node_id)
             if conn is not None and not conn.closed and not conn.awaiting_hello:
                 try:
@@ -439,6 +461,8 @@ class Transport:
                     # connection cap) just as we use it; every RPC is idempotent: once more,
                     # on a fresh connection.
                     pass
+            if peer.port == 0:  # a client-only node: only the connections it opens reach it
+                raise PeerUnreachable(f"{method} to {peer}: a client-only node, not connected")
             conn = await self._connection(peer.node_id, peer.host, peer.port)
             return await conn.request(method, args)
         raise CallTimeout(f"{method} to {peer}: no answer within {timeout:.3g}s")
@@ -704,6 +728,15 @@ class Transport:
 
     def connected_peers(self) -> list[Contact]:
         return [c.peer for c in self._conns.values() if not c.closed]
+
+    def connected_contact(self, node_id: bytes) -> Contact | None:
+        """The peer ``node_id`` as an open connection (dialed by either side) knows it, or
+        None. A call to it goes over that connection: how a node asks a client-only node
+        (which advertises port 0 and accepts none), as long as the client keeps it open."""
+        conn = self._conns.get(node_id)
+        if conn is None or conn.closed or conn.awaiting_hello:
+            return None
+        return conn.peer
 
     def drop_revoked(self) -> list[bytes]:
         """Close the connections to peers whose certificate ``revoked`` now refuses; returns
