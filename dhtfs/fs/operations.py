@@ -40,6 +40,7 @@ ENTRY_TIMEOUT = 1.0
 ATTR_TIMEOUT = 1.0
 DOT_OFFSET, DOTDOT_OFFSET = 1, 2  # readdir offsets of "." and ".."; links follow
 BLKSIZE = 128 * 1024
+SQLITE_FULL = 13  # sqlite3.Error.sqlite_errorcode of "database or disk is full"
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -92,6 +93,9 @@ def _errno_mapped(fn: F) -> F:
         except DhtfsError as exc:
             log.error("%s failed: %s", name, exc)
             raise pyfuse3.FUSEError(errno.EIO) from None
+        except sqlite3.Error as exc:
+            log.error("%s failed: %s", name, exc)
+            raise pyfuse3.FUSEError(_storage_errno(exc)) from None
         except Exception:
             log.exception("%s failed unexpectedly; returning EIO", name)
             raise pyfuse3.FUSEError(errno.EIO) from None
@@ -109,7 +113,14 @@ def _persist(ns: Namespace) -> None:
         ns.persist()
     except (OSError, sqlite3.Error) as exc:
         log.error("persisting metadata failed: %s (is the state directory's disk full?)", exc)
-        raise pyfuse3.FUSEError(errno.EIO) from None
+        raise pyfuse3.FUSEError(_storage_errno(exc)) from None
+
+
+def _storage_errno(exc: OSError | sqlite3.Error) -> int:
+    """ENOSPC for a full disk (an OSError's, or SQLite's SQLITE_FULL), else EIO."""
+    if isinstance(exc, OSError):
+        return errno.ENOSPC if exc.errno in (errno.ENOSPC, errno.EDQUOT) else errno.EIO
+    return errno.ENOSPC if getattr(exc, "sqlite_errorcode", None) == SQLITE_FULL else errno.EIO
 
 
 def _direct_io(flags: int, row: ObjectRow, has_xattrs: bool) -> bool:
@@ -500,13 +511,19 @@ class Operations(pyfuse3.Operations):
 
     @_errno_mapped
     async def statfs(self, ctx):
-        st = os.statvfs(self.state_dir)
+        """The state directory's disk (df on the mount): free less what writes acknowledged
+        and not yet stored hold (``space.reserved``); available also less the margin kept
+        for metadata, i.e. about what writes may still take."""
+        space = self.contents.space
+        st = space.measure()
+        frsize = st.f_frsize or 4096
+        held = -(-space.reserved // frsize)
         s = pyfuse3.StatvfsData()
         s.f_bsize = st.f_bsize
         s.f_frsize = st.f_frsize
         s.f_blocks = st.f_blocks
-        s.f_bfree = st.f_bfree
-        s.f_bavail = st.f_bavail
+        s.f_bfree = max(0, st.f_bfree - held)
+        s.f_bavail = max(0, st.f_bavail - held - space.margin // frsize)
         count = self.tree.ns.object_count()
         s.f_files = count + st.f_ffree
         s.f_ffree = st.f_ffree
