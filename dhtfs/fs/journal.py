@@ -10,7 +10,11 @@ Invariants:
   committed yet (it may also hold committed ones: replaying an applied op is a no-op);
 - ``reset()`` (truncation) happens only after a SQLite COMMIT covering everything written;
 - records are ``length (4 bytes) ‖ crc32 (4 bytes) ‖ encoded op``; replay stops at the first
-  short or corrupt record (a torn tail after power loss; a process crash cannot tear a write).
+  short or corrupt record (a torn tail after power loss; a process crash cannot tear a write);
+- a ``write`` that fails (ENOSPC: the disk is full) leaves the file as it was: a partly
+  written record is cut off again (else replay would stop there and hide every later one),
+  and the ops stay queued for the next ``write``. The handler that asked fails (ENOSPC);
+  its op stays applied and is journaled by the next write that finds room.
 
 Power loss is a different contract: ``fsync`` commits SQLite and fsyncs its WAL instead.
 """
@@ -52,8 +56,15 @@ class OpJournal:
             return
         data = b"".join(self._buffer)
         view = memoryview(data)
-        while view:
-            view = view[os.write(self._fd, view) :]
+        try:
+            while view:
+                view = view[os.write(self._fd, view) :]
+        except OSError:
+            try:  # cutting back needs no space
+                os.ftruncate(self._fd, self.size)
+            except OSError as exc:
+                log.error("op journal %s: cannot cut off a partial record: %s", self.path, exc)
+            raise
         self.size += len(data)
         self._buffer.clear()
 

@@ -207,3 +207,60 @@ def test_writes_work_again_once_space_is_freed(full_mount: Mount, small_state: P
         fh.write(pattern(1001, 2 * MiB))
     assert second.read_bytes() == pattern(1000, 30 * MiB)
     assert_content(first, acked + pattern(1001, 2 * MiB))
+
+
+def test_metadata_on_a_full_disk_is_refused_not_lost(full_mount: Mount, small_state: Path):
+    """The disk filled to its last block behind dhtfs's back: creating names and files fails
+    with ENOSPC (never EIO), the mount lives on, and once space is back every change works
+    and the tree survives a remount exactly as it was seen."""
+    ballast = small_state / "ballast"
+    with open(ballast, "wb") as fh:
+        try:
+            while True:
+                fh.write(b"\xff" * MiB)
+                fh.flush()
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC
+        with open(small_state / "ballast2", "wb") as small:  # the last partial MiB too
+            try:
+                while True:
+                    small.write(b"\xff" * 4096)
+                    small.flush()
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC
+    refused = 0
+    for i in range(40):
+        try:
+            (full_mount.mountpoint / f"d{i}").mkdir()
+            (full_mount.mountpoint / f"d{i}" / "f").write_bytes(pattern(i, 20_000))
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC, exc
+            refused += 1
+    assert refused, "nothing was refused on a full disk"
+    assert os.statvfs(full_mount.mountpoint).f_bavail == 0
+    ballast.unlink()
+    (small_state / "ballast2").unlink()
+    (full_mount.mountpoint / "later").mkdir()
+    (full_mount.mountpoint / "later" / "f").write_bytes(pattern(500, 2 * MiB))
+    fd = os.open(full_mount.mountpoint / "later", os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    seen = tree_of(full_mount.mountpoint)
+    assert "later/f" in seen
+    full_mount.stop()
+    full_mount.start()
+    assert tree_of(full_mount.mountpoint) == seen
+
+
+def tree_of(root: Path) -> dict[str, bytes | None]:
+    """Every path under ``root`` → its content (None for a directory)."""
+    out: dict[str, bytes | None] = {}
+    for dirpath, dirs, files in os.walk(root):
+        for name in dirs:
+            out[os.path.relpath(os.path.join(dirpath, name), root)] = None
+        for name in files:
+            path = os.path.join(dirpath, name)
+            out[os.path.relpath(path, root)] = Path(path).read_bytes()
+    return out
