@@ -342,7 +342,10 @@ class FileContents:
                 raise self._take_error(of)
         _check_size(offset + len(data))
         # Acknowledged only if it fits: ENOSPC now, with nothing changed (module docstring).
-        self.space.admit(len(data) + BLOCK_SLACK, f"a write of {len(data)} bytes")
+        try:
+            self.space.admit(len(data) + BLOCK_SLACK, f"a write of {len(data)} bytes")
+        except OSError as exc:  # an ordinary error: logged by ``space``, not per write
+            raise NamespaceError(errno.ENOSPC, str(exc)) from None
         self._begin_change(of)
         cs = of.chunk_size
         view = memoryview(data)

@@ -69,10 +69,19 @@ PERSISTING_HANDLERS = frozenset(
 )
 
 
+# Handlers that change the tree: refused with ENOSPC before they apply anything when the op
+# journal can no longer keep room to record them (the disk is full; see journal.has_room).
+ROOM_CHECKED_HANDLERS = frozenset(
+    {"mknod", "mkdir", "symlink", "link", "rename", "setattr", "setxattr", "removexattr",
+     "create"}
+)
+
+
 def _errno_mapped(fn: F) -> F:
     """Map every exception of a handler to an errno; persist as PERSISTING_HANDLERS says."""
     deferred = fn.__name__ not in PERSISTING_HANDLERS
     name = fn.__name__
+    room_checked = name in ROOM_CHECKED_HANDLERS
 
     @functools.wraps(fn)
     async def wrapper(self: Operations, *args: Any, **kwargs: Any) -> Any:
@@ -80,6 +89,9 @@ def _errno_mapped(fn: F) -> F:
         t0 = time.perf_counter() if observe is not None else 0.0
         ok = False
         try:
+            journal = self.tree.ns.journal
+            if room_checked and journal is not None and not journal.has_room():
+                raise pyfuse3.FUSEError(errno.ENOSPC)
             result = await fn(self, *args, **kwargs)
             ok = True
             return result

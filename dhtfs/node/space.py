@@ -24,11 +24,15 @@ which the margin covers).
 from __future__ import annotations
 
 import errno
+import logging
 import math
 import os
 import threading
 import time
 from collections.abc import Callable
+
+log = logging.getLogger(__name__)
+SAY_EVERY = 60.0
 
 MARGIN = 8 * 1024 * 1024
 """Bytes kept free for metadata by default (a SQLite WAL checkpoints at about 4 MiB)."""
@@ -68,6 +72,7 @@ class DiskSpace:
         self._frsize = 4096
         self._written = 0  # bytes written since the last measure
         self.refusals = 0  # blocks or writes refused for want of space (status, tests)
+        self._said_at = -math.inf
 
     def measure(self) -> os.statvfs_result:
         """statvfs now (and remember it)."""
@@ -102,9 +107,16 @@ class DiskSpace:
         return self.available(need) >= need
 
     def admit(self, need: int, what: str) -> None:
-        """ENOSPC (counted) unless ``need`` bytes fit (see ``room``)."""
+        """ENOSPC (counted; logged once a minute at most) unless ``need`` bytes fit."""
         if not self.room(need):
             self.refusals += 1
+            now = time.monotonic()
+            if now >= self._said_at + SAY_EVERY:
+                self._said_at = now
+                log.warning("%s: no space left for writes (%d bytes free, %d held for "
+                            "writes in progress, %d kept for metadata); refusing with ENOSPC "
+                            "(%d refused so far)", self.path, self.free(), self.reserved,
+                            self.margin, self.refusals)
             raise no_space(what)
 
     def wrote(self, nbytes: int) -> None:
