@@ -3,6 +3,10 @@
 Invariants:
 - inode numbers are assigned by SQLite AUTOINCREMENT in a local (never replicated) table, so a
   number is never reused, even across remounts, and an object keeps its number for good;
+  the next number is counted here too, so a transaction that SQLite rolled back (a COMMIT
+  on a full disk fails with SQLITE_FULL and rolls back) cannot make this process hand out a
+  number twice: the kernel may hold it. (Such rows are lost from the table; an object whose
+  row was lost gets a new number after the kernel has forgotten the old one.)
 - inode 1 is the root object;
 - ``lookups[ino]`` is how many references the kernel holds (each entry returned by lookup,
   create, mkdir, … or readdirplus adds one; ``forget`` takes them away); an inode the kernel
@@ -33,6 +37,9 @@ class InodeMap:
         db.executescript(SCHEMA)
         if db.execute("SELECT 1 FROM inodes WHERE ino=?", (pyfuse3.ROOT_INODE,)).fetchone() is None:
             db.execute("INSERT INTO inodes(ino, obj) VALUES (?, ?)", (pyfuse3.ROOT_INODE, ROOT_OBJ))
+        seq = db.execute("SELECT seq FROM sqlite_sequence WHERE name='inodes'").fetchone()
+        top = db.execute("SELECT max(ino) FROM inodes").fetchone()[0] or pyfuse3.ROOT_INODE
+        self._next = max(top, seq[0] if seq else 0) + 1
         self._obj_by_ino: dict[int, bytes] = {pyfuse3.ROOT_INODE: ROOT_OBJ}
         self._ino_by_obj: dict[bytes, int] = {ROOT_OBJ: pyfuse3.ROOT_INODE}
         self.lookups: dict[int, int] = {}
@@ -48,7 +55,9 @@ class InodeMap:
                 else self.db.execute("SELECT ino FROM inodes WHERE obj=?", (obj,)).fetchone()
             )
             if row is None:
-                ino = self.db.execute("INSERT INTO inodes(obj) VALUES (?)", (obj,)).lastrowid
+                ino = self._next
+                self.db.execute("INSERT INTO inodes(ino, obj) VALUES (?, ?)", (ino, obj))
+                self._next += 1
             else:
                 ino = row[0]
             assert ino is not None

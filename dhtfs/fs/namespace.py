@@ -160,7 +160,14 @@ class Namespace:
         """End the open transaction: applied ops now survive a crash of this process."""
         if self.db.in_transaction:
             self.write_back()
-            self.db.execute("COMMIT")
+            try:
+                self.db.execute("COMMIT")
+            except sqlite3.Error:
+                # A full disk (SQLITE_FULL) rolls the transaction back: apply its ops again
+                # (the journal still holds them), so the tables match what was applied.
+                if not self.db.in_transaction:
+                    self._redo_transaction()
+                raise
         self._tx_ops = []
         if self.journal is not None:
             self.journal.reset()
