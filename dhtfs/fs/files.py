@@ -168,6 +168,8 @@ class FileContents:
         # first ``await admit()``.
         self.backlog_full: Callable[[], bool] | None = None
         self.admit: Callable[[], Awaitable[None]] | None = None
+        # Told the object of each dropped change (the kernel's cached pages of it are stale).
+        self.on_dropped: Callable[[bytes], None] | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -592,6 +594,8 @@ class FileContents:
             of.size, of.chunk_size, of.mtime = of.clean
         of.error = exc
         self._drain(of)
+        if self.on_dropped is not None:
+            self.on_dropped(of.obj)
 
     def store_block(self, data: bytes | bytearray, *, reserved: bool = False) -> bytes:
         """Store ``data`` as a block; returns its ID. Thread-safe (runs in worker threads).

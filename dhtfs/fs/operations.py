@@ -181,6 +181,8 @@ class Operations(pyfuse3.Operations):
         # (compaction).
         self.on_content: Callable[[bytes, dict[int, list[Piece]]], None] | None = None
         self.after_init: Callable[[], None] | None = None  # called when FUSE_INIT is handled
+        # A dropped change (disk full): the next open must not keep the kernel's pages of it.
+        contents.on_dropped = lambda obj: self._kernel_version.pop(obj, None)
 
     def init(self) -> None:
         """FUSE_INIT (pyfuse3 forbids raising here)."""

@@ -190,6 +190,34 @@ def test_df_tells_what_can_be_written(full_mount: Mount, small_state: Path):
     assert mount_avail(full_mount) < 2 * MiB, "df still shows room after ENOSPC"
 
 
+def test_space_held_for_writes_is_given_back(full_mount: Mount, small_state: Path):
+    """Writes of every shape (sequential, sparse, overwrites, appends, truncated while
+    buffered, unlinked while open), once closed, hold nothing: df on the mount is the backing
+    disk's free space less the metadata margin (8 MiB) again."""
+    m = full_mount.mountpoint
+    (m / "seq").write_bytes(pattern(1, 3 * MiB + 17))
+    fd = os.open(m / "sparse", os.O_RDWR | os.O_CREAT, 0o644)
+    for i in range(6):
+        os.pwrite(fd, pattern(10 + i, 100_000), i * MiB + 4096)
+    os.pwrite(fd, pattern(20, 50_000), 2 * MiB + 10_000)  # over buffered bytes
+    os.ftruncate(fd, 3 * MiB)  # drops buffered ranges past it
+    os.close(fd)
+    fd = os.open(m / "app", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    for i in range(50):
+        os.write(fd, pattern(100 + i, 3000))
+    os.close(fd)
+    fd = os.open(m / "gone", os.O_WRONLY | os.O_CREAT, 0o644)
+    os.write(fd, pattern(200, 700_000))
+    os.unlink(m / "gone")
+    os.close(fd)
+    fd = os.open(m / "zero", os.O_WRONLY | os.O_CREAT, 0o644)
+    os.write(fd, pattern(300, 900_000))
+    os.ftruncate(fd, 0)
+    os.close(fd)
+    held = backing_avail(small_state) - mount_avail(full_mount)
+    assert 8 * MiB - 64 * 1024 <= held <= 8 * MiB + 64 * 1024, held
+
+
 def test_writes_work_again_once_space_is_freed(full_mount: Mount, small_state: Path):
     """A ballast file leaves a few MiB; the writer fills them (ENOSPC at write, exactly the
     acknowledged bytes kept); the ballast goes; new writes and appends work, no remount."""
