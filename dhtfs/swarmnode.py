@@ -143,6 +143,7 @@ class SwarmNode:
         contents.on_local_read = cache.touch
         contents.backlog_full = lambda: replication.full
         contents.admit = replication.admit
+        contents.make_room = cache.make_room  # a full disk: cached copies are reclaimable
         self.fs.operations.locate = self.locate
         self.fs.operations.replicate = lambda ids: replication.wait(
             ids, config.replication_deadline

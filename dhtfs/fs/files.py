@@ -27,7 +27,8 @@ Invariants:
 A full disk (``dhtfs.node.space``): a write is acknowledged only if its bytes fit on the
 state directory's disk beside every byte acknowledged and not yet stored (the buffers and
 blocks being sealed: ``space.reserved``) and the margin kept for metadata; else it fails with
-ENOSPC and changes nothing. The rule when storing a block fails all the same (something else
+ENOSPC and changes nothing (a swarm mount first evicts cached copies: they are reclaimable
+space, see ``dhtfs.node.cache``). The rule when storing a block fails all the same (something else
 filled the disk meanwhile, or an I/O error): the file's whole uncommitted change is dropped,
 at once, and the file is back to its last committed version (size, bytes, mtime): it never
 shows a size that covers bytes that were not stored, i.e. zeros nobody wrote. Every handle
@@ -62,6 +63,8 @@ log = logging.getLogger(__name__)
 THREAD_THRESHOLD = 64 * 1024  # hash/encrypt larger buffers off the trio thread
 PREFETCH_CHUNKS = 4
 """Chunks fetched ahead of a sequential reader (enough to keep a link to the swarm busy)."""
+RECLAIM_MORE = 4 * 1024 * 1024
+"""Evicted beyond what a write lacks when the disk is full (see ``make_room``)."""
 UNSYNCED_MAX = 65536
 """Blocks that may wait for an fsync; past it all are synced in the background (as the
 kernel writes back dirty pages), so the list of them stays bounded."""
@@ -168,6 +171,9 @@ class FileContents:
         # first ``await admit()``.
         self.backlog_full: Callable[[], bool] | None = None
         self.admit: Callable[[], Awaitable[None]] | None = None
+        # A swarm mount's disk cache: ``make_room(nbytes)`` evicts that many bytes of cached
+        # copies (a write found the disk full).
+        self.make_room: Callable[[int], Awaitable[int]] | None = None
         # Told the object of each dropped change (the kernel's cached pages of it are stale).
         self.on_dropped: Callable[[bytes], None] | None = None
 
@@ -344,8 +350,16 @@ class FileContents:
                 raise self._take_error(of)
         _check_size(offset + len(data))
         # Acknowledged only if it fits: ENOSPC now, with nothing changed (module docstring).
+        need = len(data) + BLOCK_SLACK
+        if self.make_room is not None and not self.space.room(need):
+            # Cached copies are reclaimable: evict what is missing (and a little more, so
+            # the next writes need not wait), then look again.
+            await self.make_room(need - self.space.available(need) + RECLAIM_MORE)
+            self.space.invalidate()
+            if of.error is not None:
+                raise self._take_error(of)
         try:
-            self.space.admit(len(data) + BLOCK_SLACK, f"a write of {len(data)} bytes")
+            self.space.admit(need, f"a write of {len(data)} bytes")
         except OSError as exc:  # an ordinary error: logged by ``space``, not per write
             raise NamespaceError(errno.ENOSPC, str(exc)) from None
         self._begin_change(of)

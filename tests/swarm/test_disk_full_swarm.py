@@ -69,3 +69,32 @@ def test_full_replica_refuses_and_the_block_goes_elsewhere(tmp_path: Path) -> No
             assert reader.read_bytes() == data
     finally:
         remove_small_fs(image, root / "node1" / "state")
+
+
+def test_cached_copies_make_room_for_writes(tmp_path: Path) -> None:
+    """A writer whose disk holds cached copies (its blocks whose closest node is another,
+    replicas=1 on 3 nodes) writes past what the disk has free: the copies are evicted for it
+    (they are reclaimable) instead of the write failing with ENOSPC."""
+    root = tmp_path / "swarm"
+    image = tmp_path / "writer.img"
+    try:
+        with swarmctl.running_swarm(root, 3, "replicas=1") as nodes:
+            move_state_to_small_fs(root, nodes[0], image)
+            nodes = swarmctl.restart(root)
+            writer = by_name(nodes)["node0"]
+            wait_until(lambda: control(writer.state, "status")["peers"] >= 2, "both peers")
+            first = os.urandom(36 * MIB)
+            write_fsynced(writer.mountpoint / "first", first)
+            cached = wait_until(lambda: control(writer.state, "status")["cache"]["bytes"]
+                                >= 16 * MIB and control(writer.state, "status")["cache"],
+                                "the writer's copies placed elsewhere become cached copies")
+            st = os.statvfs(writer.mountpoint)
+            free = st.f_bavail * st.f_frsize
+            second = os.urandom(free + 8 * MIB)  # more than df says is free
+            write_fsynced(writer.mountpoint / "second", second)
+            status = control(writer.state, "status")["cache"]
+            assert status["evicted"] > cached["evicted"], status
+            assert (writer.mountpoint / "second").read_bytes() == second
+            assert (writer.mountpoint / "first").read_bytes() == first
+    finally:
+        remove_small_fs(image, root / "node0" / "state")
