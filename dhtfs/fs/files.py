@@ -27,11 +27,13 @@ Invariants:
 A full disk (``dhtfs.node.space``): a write is acknowledged only if its bytes fit on the
 state directory's disk beside every byte acknowledged and not yet stored (the buffers and
 blocks being sealed: ``space.reserved``) and the margin kept for metadata; else it fails with
-ENOSPC and changes nothing (a swarm mount first evicts cached copies: they are reclaimable
-space, see ``dhtfs.node.cache``). The rule when storing a block fails all the same (something else
-filled the disk meanwhile, or an I/O error): the file's whole uncommitted change is dropped,
-at once, and the file is back to its last committed version (size, bytes, mtime): it never
-shows a size that covers bytes that were not stored, i.e. zeros nobody wrote. Every handle
+ENOSPC and changes nothing (cached copies are evicted first: they are reclaimable space,
+see ``dhtfs.node.cache``). The rule when storing a block fails all the same (something
+else filled the disk meanwhile, or an I/O error): the file's whole uncommitted change is
+dropped at once, and the file is back to its last committed version (size, bytes, mtime):
+it never shows a size that covers bytes that were not stored, i.e. zeros nobody wrote (the
+next open drops the kernel's cached pages of it; a handle already open may still read them
+from the page cache until closed, as the kernel keeps them). Every handle
 open on it then fails writes, flushes and fsyncs with that error (ENOSPC) until all of them
 are closed (the next open starts clean), so a writer that goes on cannot leave a hole where
 bytes it was told were written used to be. So after any ENOSPC a file holds either its
