@@ -353,17 +353,19 @@ class FileContents:
         _check_size(offset + len(data))
         # Acknowledged only if it fits: ENOSPC now, with nothing changed (module docstring).
         need = len(data) + BLOCK_SLACK
-        if self.make_room is not None and not self.space.room(need):
-            # Cached copies are reclaimable: evict what is missing (and a little more, so
-            # the next writes need not wait), then look again.
-            await self.make_room(need - self.space.available(need) + RECLAIM_MORE)
-            self.space.invalidate()
-            if of.error is not None:
-                raise self._take_error(of)
-        try:
-            self.space.admit(need, f"a write of {len(data)} bytes")
-        except OSError as exc:  # an ordinary error: logged by ``space``, not per write
-            raise NamespaceError(errno.ENOSPC, str(exc)) from None
+        lacking = need - self.space.available(need)
+        if lacking > 0:
+            if self.make_room is not None:
+                # Cached copies are reclaimable: evict what is missing (and a little more,
+                # so the next writes need not wait), then look again.
+                await self.make_room(lacking + RECLAIM_MORE)
+                self.space.invalidate()
+                if of.error is not None:
+                    raise self._take_error(of)
+            try:
+                self.space.admit(need, f"a write of {len(data)} bytes")
+            except OSError as exc:  # an ordinary error: logged by ``space``, not per write
+                raise NamespaceError(errno.ENOSPC, str(exc)) from None
         self._begin_change(of)
         cs = of.chunk_size
         view = memoryview(data)
