@@ -13,9 +13,9 @@ Invariants:
 - a write that fails (ENOSPC: the disk is full) never leaves a torn record: the file is cut
   back to its last whole record, the change is kept in memory (``add``/``discard`` never
   raise for it), and the whole set is rewritten at the next change that finds room, at most
-  once a second meanwhile (a crash before then loses the changes not written: a block's
-  replication is then found missing by repair, a cached copy is counted as held for the
-  swarm); the same when the compacting rewrite at open finds no room;
+  once a second meanwhile, and at ``close`` (a crash before then loses the changes not
+  written: a block's replication is then found missing by repair, a cached copy is counted
+  as held for the swarm); the same when the compacting rewrite at open finds no room;
 - after ``close`` (the process is stopping) changes are kept in memory only: the file's
   records stay the truth for the next start (a replication finished after it is done again
   then, harmlessly; nothing is added after the backlog is drained and closed).
@@ -149,6 +149,12 @@ class IdSetFile:
                     self._failed(exc)
 
     def close(self) -> None:
+        if self._stale and not self._closed:  # a last try: the file is the next start's truth
+            try:
+                self._rewrite()
+            except OSError as exc:
+                log.warning("%s: cannot write (%s); the last changes are lost with this "
+                            "process", self.path, exc)
         self._closed = True
         if self._fd >= 0:
             os.close(self._fd)

@@ -287,3 +287,52 @@ def test_metadata_on_a_full_disk_is_refused_not_lost(full_mount: Mount, small_st
             assert path.is_dir(), name
         else:
             assert path.read_bytes() == content, name
+
+
+def fill_up(where: Path) -> Path:
+    """A ballast file that takes every free block of ``where``'s filesystem."""
+    ballast = where / "ballast"
+    fd = os.open(ballast, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        for step in (MiB, 4096, 1):
+            try:
+                while True:
+                    os.write(fd, b"\xff" * step)
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC
+    finally:
+        os.close(fd)
+    return ballast
+
+
+def test_journal_and_id_sets_never_tear_on_a_full_disk(small_state: Path):
+    """The op journal and the replication backlog / cache index files on a disk that fills
+    up: a failed append leaves no partial record (replay and reload see every whole one),
+    nothing raises from an id set, and both catch up once there is room."""
+    from dhtfs.fs.journal import OpJournal
+    from dhtfs.node.idset import IdSetFile
+
+    journal = OpJournal(small_state / "ops.journal")
+    ids = IdSetFile(small_state / "replication.backlog")
+    ballast = fill_up(small_state)
+    written = 0
+    with pytest.raises(OSError) as failed:
+        for i in range(100_000):  # past the room the journal keeps allocated
+            journal.add(pattern(i, 1000))
+            journal.write()
+            written += 1
+    assert failed.value.errno == errno.ENOSPC
+    assert [len(r) for r in journal.records()] == [1000] * written
+    members = [pattern(10_000 + i, 32) for i in range(2000)]
+    for cid in members:  # fills what is left, then keeps the rest in memory
+        ids.add(cid)
+    ids.discard(members[0])
+    assert IdSetFile(small_state / "replication.backlog").members.keys() <= set(members)
+    ballast.unlink()
+    journal.write()  # the op that failed, now that there is room
+    assert len(journal.records()) == written + 1
+    ids.add(pattern(99_999, 32))
+    ids.close()  # with room again, the whole set is written back (now, or at the latest here)
+    journal.close()
+    again = IdSetFile(small_state / "replication.backlog")
+    assert list(again) == [*members[1:], pattern(99_999, 32)]
