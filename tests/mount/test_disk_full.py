@@ -305,19 +305,37 @@ def fill_up(where: Path) -> Path:
     return ballast
 
 
-def test_journal_and_id_sets_never_tear_on_a_full_disk(small_state: Path):
+@pytest.fixture
+def tiny_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A 2 MiB tmpfs (it writes short when it fills mid-write, as ext4 seldom does)."""
+    where = tmp_path / "tiny"
+    where.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m,mode=0700", "tmpfs", str(where)],
+                   check=True)
+    try:
+        yield where
+    finally:
+        if subprocess.run(["umount", str(where)], check=False, capture_output=True).returncode:
+            subprocess.run(["umount", "-l", str(where)], check=False, capture_output=True)
+
+
+def test_journal_and_id_sets_never_tear_on_a_full_disk(tiny_tmpfs: Path):
     """The op journal and the replication backlog / cache index files on a disk that fills
     up: a failed append leaves no partial record (replay and reload see every whole one),
     nothing raises from an id set, and both catch up once there is room."""
     from dhtfs.fs.journal import OpJournal
     from dhtfs.node.idset import IdSetFile
 
-    journal = OpJournal(small_state / "ops.journal")
-    ids = IdSetFile(small_state / "replication.backlog")
-    ballast = fill_up(small_state)
+    journal = OpJournal(tiny_tmpfs / "ops.journal")
+    ids = IdSetFile(tiny_tmpfs / "replication.backlog")
     written = 0
+    for i in range(3):  # a block of the journal is partly filled: the disk fills mid-record
+        journal.add(pattern(i, 1000))
+        journal.write()
+        written += 1
+    ballast = fill_up(tiny_tmpfs)
     with pytest.raises(OSError) as failed:
-        for i in range(100_000):  # past the room the journal keeps allocated
+        for i in range(3, 100_000):  # past the room the journal keeps allocated
             journal.add(pattern(i, 1000))
             journal.write()
             written += 1
@@ -327,12 +345,12 @@ def test_journal_and_id_sets_never_tear_on_a_full_disk(small_state: Path):
     for cid in members:  # fills what is left, then keeps the rest in memory
         ids.add(cid)
     ids.discard(members[0])
-    assert IdSetFile(small_state / "replication.backlog").members.keys() <= set(members)
+    assert IdSetFile(tiny_tmpfs / "replication.backlog").members.keys() <= set(members)
     ballast.unlink()
     journal.write()  # the op that failed, now that there is room
     assert len(journal.records()) == written + 1
     ids.add(pattern(99_999, 32))
     ids.close()  # with room again, the whole set is written back (now, or at the latest here)
     journal.close()
-    again = IdSetFile(small_state / "replication.backlog")
+    again = IdSetFile(tiny_tmpfs / "replication.backlog")
     assert list(again) == [*members[1:], pattern(99_999, 32)]
