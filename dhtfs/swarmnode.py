@@ -393,6 +393,8 @@ class SwarmNode:
             if self.repairer else {},
             "invalidations": self.remote.done,
             "cache": self.cache.status() if self.cache else {},
+            "space": {**self.fs.store.space.status(), "refused_blocks": self.node.refused_full,
+                      "full_peers": len(self.node.full_until)},
             "collection": self.reclaimer.status() if self.reclaimer else {},
             "crl": self.revocations.number if self.revocations else 0,
             "refusals": self.transport.refusals if self.transport else 0,

@@ -132,3 +132,9 @@ class DiskSpace:
     @property
     def frsize(self) -> int:
         return self._frsize
+
+    def status(self) -> dict[str, int]:
+        """For ``dhtfs status``: bytes free (measured now), held for writes in progress,
+        kept for metadata, and the writes and blocks refused so far."""
+        return {"free": self.free(), "reserved": self.reserved, "margin": self.margin,
+                "refused": self.refusals}

@@ -63,6 +63,7 @@ def test_full_replica_refuses_and_the_block_goes_elsewhere(tmp_path: Path) -> No
             assert "no space for blocks from peers" in (full.state / "dhtfs.log").read_text()
             assert f"peer {full.node_id[:12]}" in writer.log.read_text()
             assert "has no space for blocks" in writer.log.read_text()
+            assert control(full.state, "status")["space"]["refused_blocks"] >= 1
             reader = other.mountpoint / "f"
             wait_until(lambda: reader.exists() and reader.stat().st_size == len(data),
                        "the file on node2")
