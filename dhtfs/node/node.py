@@ -176,7 +176,8 @@ class Node(ChunkReads):
         # Told of each block pushed here by PUT_CHUNK (held for the swarm from then on).
         self.on_placed: Callable[[bytes], None] | None = None
         # Metrics (dhtfs.node.metrics): each outgoing RPC (method, outcome, seconds: "ok",
-        # "refused", or "failed" also when cancelled) and each lookup (hops, queries).
+        # "refused", "full" (rpc.NO_SPACE), or "failed" also when cancelled) and each lookup
+        # (hops, queries).
         self.on_rpc: Callable[[str, str, float], None] | None = None
         self.on_lookup: Callable[[int, int], None] | None = None
 
