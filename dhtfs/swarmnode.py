@@ -150,6 +150,7 @@ class SwarmNode:
         contents.on_local_read = cache.touch
         contents.backlog_full = lambda: replication.full
         contents.admit = replication.admit
+        contents.make_room = cache.make_room  # a full disk: cached copies are reclaimable
         self.fs.operations.locate = self.locate
         self.fs.operations.replicate = lambda ids: replication.wait(
             ids, config.replication_deadline
@@ -409,6 +410,8 @@ class SwarmNode:
             "directories": {"followed": self.remote.followed,
                             "renumbered": self.fs.inodes.renumbered},
             "cache": self.cache.status() if self.cache else {},
+            "space": {**self.fs.store.space.status(), "refused_blocks": self.node.refused_full,
+                      "full_peers": len(self.node.full_until)},
             "collection": self.reclaimer.status() if self.reclaimer else {},
             "crl": self.revocations.number if self.revocations else 0,
             "refusals": self.transport.refusals if self.transport else 0,

@@ -23,6 +23,21 @@ Invariants:
   the op is O(what changed), never O(file);
 - ``unsynced`` names every block stored but not yet fsynced, per file, so ``fsync`` costs what
   changed since the last one.
+
+A full disk (``dhtfs.node.space``): a write is acknowledged only if its bytes fit on the
+state directory's disk beside every byte acknowledged and not yet stored (the buffers and
+blocks being sealed: ``space.reserved``) and the margin kept for metadata; else it fails with
+ENOSPC and changes nothing (cached copies are evicted first: they are reclaimable space,
+see ``dhtfs.node.cache``). The rule when storing a block fails all the same (something
+else filled the disk meanwhile, or an I/O error): the file's whole uncommitted change is
+dropped at once, and the file is back to its last committed version (size, bytes, mtime):
+it never shows a size that covers bytes that were not stored, i.e. zeros nobody wrote (the
+next open drops the kernel's cached pages of it; a handle already open may still read them
+from the page cache until closed, as the kernel keeps them). Every handle
+open on it then fails writes, flushes and fsyncs with that error (ENOSPC) until all of them
+are closed (the next open starts clean), so a writer that goes on cannot leave a hole where
+bytes it was told were written used to be. So after any ENOSPC a file holds either its
+previous version or exactly the bytes acknowledged.
 """
 
 from __future__ import annotations
@@ -43,12 +58,15 @@ from dhtfs.fs.extents import Piece, clip, overlay, overlay_all
 from dhtfs.fs.namespace import ObjectRow
 from dhtfs.fs.versions import MAX_FILE_SIZE
 from dhtfs.node.chunkstore import ChunkStore, chunk_id_of
+from dhtfs.node.space import BLOCK_SLACK
 
 log = logging.getLogger(__name__)
 
 THREAD_THRESHOLD = 64 * 1024  # hash/encrypt larger buffers off the trio thread
 PREFETCH_CHUNKS = 4
 """Chunks fetched ahead of a sequential reader (enough to keep a link to the swarm busy)."""
+RECLAIM_MORE = 4 * 1024 * 1024
+"""Evicted beyond what a write lacks when the disk is full (see ``make_room``)."""
 UNSYNCED_MAX = 65536
 """Blocks that may wait for an fsync; past it all are synced in the background (as the
 kernel writes back dirty pages), so the list of them stays bounded."""
@@ -71,7 +89,7 @@ class Sealing:
     limit: int
     offset: int = 0
     block: bytes | None = None
-    failed: bool = False
+    failed: bool = False  # not stored, or its change was dropped: never lands in ``new``
 
 
 @dataclass(eq=False)
@@ -92,7 +110,8 @@ class OpenFile:
     buffered: int = 0
     pending: int = 0
     idle: trio.Event = field(default_factory=trio.Event)
-    error: OSError | None = None
+    error: OSError | None = None  # a dropped change: handles fail until all are closed
+    clean: tuple[int, int, int] | None = None  # (size, chunk_size, mtime) before the change
 
     def __post_init__(self) -> None:
         self.idle.set()
@@ -124,6 +143,7 @@ class FileContents:
         max_buffers: int = 32,
     ) -> None:
         self.store = store
+        self.space = store.space  # what writes may still take (see the module docstring)
         self.cache = cache
         self.default_chunk_size = default_chunk_size
         self._commit = commit
@@ -153,6 +173,11 @@ class FileContents:
         # first ``await admit()``.
         self.backlog_full: Callable[[], bool] | None = None
         self.admit: Callable[[], Awaitable[None]] | None = None
+        # A swarm mount's disk cache: ``make_room(nbytes)`` evicts that many bytes of cached
+        # copies (a write found the disk full).
+        self.make_room: Callable[[int], Awaitable[int]] | None = None
+        # Told the object of each dropped change (the kernel's cached pages of it are stale).
+        self.on_dropped: Callable[[bytes], None] | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -168,6 +193,8 @@ class FileContents:
                 mtime=row.mtime,
             )
             self.open_files[row.obj] = of
+        elif of.handles <= 0:
+            of.error = None  # every handle that saw a dropped change is closed
         return of
 
     def release(self, of: OpenFile) -> None:
@@ -326,11 +353,31 @@ class FileContents:
         if self.backlog_full is not None and self.backlog_full():
             assert self.admit is not None
             await self.admit()
+            if of.error is not None:
+                raise self._take_error(of)
         _check_size(offset + len(data))
+        # Acknowledged only if it fits: ENOSPC now, with nothing changed (module docstring).
+        need = len(data) + BLOCK_SLACK
+        lacking = need - self.space.available(need)
+        if lacking > 0:
+            if self.make_room is not None:
+                # Cached copies are reclaimable: evict what is missing (and a little more,
+                # so the next writes need not wait), then look again.
+                await self.make_room(lacking + RECLAIM_MORE)
+                self.space.invalidate()
+                if of.error is not None:
+                    raise self._take_error(of)
+            try:
+                self.space.admit(need, f"a write of {len(data)} bytes")
+            except OSError as exc:  # an ordinary error: logged by ``space``, not per write
+                raise NamespaceError(errno.ENOSPC, str(exc)) from None
+        self._begin_change(of)
         cs = of.chunk_size
         view = memoryview(data)
         pos = 0
         while pos < len(view):
+            if of.error is not None:  # dropped meanwhile: none of this write stays
+                raise self._take_error(of)
             index, start = divmod(offset + pos, cs)
             n = min(cs - start, len(view) - pos)
             if n == cs and index not in of.buffers:
@@ -346,6 +393,7 @@ class FileContents:
             ranges = of.buffers.setdefault(index, [])
             held, grew = merge_range(ranges, start, view[pos : pos + n])
             of.buffered += grew
+            self.space.reserved += grew
             pos += n
             if held[0] == 0 and len(held[1]) == cs:
                 await self._seal_soon(of, index)
@@ -356,10 +404,21 @@ class FileContents:
         of.dirty = True
         while of.buffered > self.max_buffered and of.buffers:
             await self._seal_soon(of, min(of.buffers))
+        if of.error is not None:  # dropped while this write waited: not acknowledged
+            raise self._take_error(of)
         return len(view)
+
+    def _begin_change(self, of: OpenFile) -> None:
+        """Remember the committed state of a file whose change begins (what a dropped change
+        goes back to)."""
+        if not of.changing and not of.new:
+            of.clean = (of.size, of.chunk_size, of.mtime)
 
     async def truncate(self, of: OpenFile, size: int) -> None:
         _check_size(size)
+        if of.error is not None:
+            raise self._take_error(of)
+        self._begin_change(of)
         cs = of.chunk_size
         if size < of.size:
             of.cut = size if of.cut is None else min(of.cut, size)
@@ -372,7 +431,9 @@ class FileContents:
             for s in of.sealing:
                 s.limit = max(0, min(s.limit, size - (s.index * cs + s.pos)))
             for index in [i for i in of.buffers if i >= keep]:
-                of.buffered -= clip_ranges(of.buffers[index], size - index * cs)
+                dropped = clip_ranges(of.buffers[index], size - index * cs)
+                of.buffered -= dropped
+                self.space.reserved -= dropped
                 if not of.buffers[index]:
                     del of.buffers[index]
         of.size = size
@@ -388,7 +449,12 @@ class FileContents:
         tail, a small file: equal ones dedup); the others (small writes into the middle of
         chunks) are packed together into blocks of up to ``chunk_size``, each range a piece at
         its offset in the pack, so a flush after N scattered writes stores a few blocks, not N.
+
+        If a block cannot be stored, the change is dropped (module docstring) and this raises
+        its error (ENOSPC for a full disk) without committing anything.
         """
+        if of.error is not None:
+            raise self._take_error(of)
         while of.buffers or of.pending:
             pack: list[Sealing] = []
             packed = 0
@@ -453,6 +519,7 @@ class FileContents:
 
     async def _seal_bytes(self, of: OpenFile, index: int, pos: int, data: bytes) -> None:
         """Seal ``data`` at ``pos`` of chunk ``index`` in the background (waits for a slot)."""
+        self.space.reserved += len(data)  # admitted by ``write``; released once sealed
         await self._seal_job(of, [Sealing(index, pos, data, len(data))], inline=False)
 
     async def _seal_job(self, of: OpenFile, entries: list[Sealing], *, inline: bool = True) -> None:
@@ -463,15 +530,19 @@ class FileContents:
         The entries join ``sealing`` at once, in order, so readers see their bytes and a later
         range over the same bytes stays on top once they move into ``new``."""
         data = entries[0].data if len(entries) == 1 else b"".join(e.data for e in entries)
+        # Every byte of the entries was reserved (``write``, ``_seal_bytes``); released here,
+        # once stored or failed.
         if inline and len(data) <= THREAD_THRESHOLD:
             of.sealing.extend(entries)
             try:
-                block = self.store_block(data)
+                block = self._store_reserved(data)
             except OSError as exc:
                 self._failed(of, entries, exc)
             else:
                 self._stored(of, entries, block, data)
                 self.cache.put(block, data)
+            finally:
+                self.space.reserved -= len(data)
             self._drain(of)
             return
         of.sealing.extend(entries)
@@ -481,6 +552,7 @@ class FileContents:
         try:
             await self._sealing_slots.acquire()
         except BaseException:
+            self.space.reserved -= len(data)
             self._failed(of, entries, OSError(errno.EINTR, "interrupted before storing"))
             self._done_one(of)
             raise
@@ -489,12 +561,15 @@ class FileContents:
 
     async def _seal(self, of: OpenFile, entries: list[Sealing], data: bytes | bytearray) -> None:
         try:
-            block = await trio.to_thread.run_sync(self.store_block, data, limiter=self._limiter)
+            block = await trio.to_thread.run_sync(
+                self._store_reserved, data, limiter=self._limiter
+            )
         except OSError as exc:
             self._failed(of, entries, exc)
         else:
             self._stored(of, entries, block, data)
         finally:
+            self.space.reserved -= len(data)
             self._sealing_slots.release()
             self._done_one(of)
 
@@ -510,23 +585,51 @@ class FileContents:
         landed: dict[int, list[Piece]] = {}
         while of.sealing and (of.sealing[0].block is not None or of.sealing[0].failed):
             e = of.sealing.popleft()
-            if e.block is not None and e.limit > 0:
+            if e.block is not None and e.limit > 0 and not e.failed:
                 landed.setdefault(e.index, []).append((e.pos, e.limit, e.block, e.offset))
         for index, pieces in landed.items():  # in order: overlay_all keeps later ones on top
             of.new[index] = overlay_all(of.new.get(index, []), pieces)
 
-    @staticmethod
-    def _failed(of: OpenFile, entries: list[Sealing], exc: OSError) -> None:
-        log.error("storing a block failed: %s", exc)
-        of.error = exc
+    def _failed(self, of: OpenFile, entries: list[Sealing], exc: OSError) -> None:
         for e in entries:
             e.failed = True
+        if of.error is None:
+            self._drop_change(of, exc)
 
-    def store_block(self, data: bytes | bytearray) -> bytes:
-        """Store ``data`` as a block; returns its ID. Thread-safe (runs in worker threads)."""
+    def _drop_change(self, of: OpenFile, exc: OSError) -> None:
+        """A block of ``of``'s uncommitted change could not be stored: forget the whole
+        change (buffers, blocks in flight or stored for it, truncations), put the file back to
+        its committed version, and fail its handles with ``exc`` until they are all closed."""
+        log.error(
+            "storing a block of file %s failed: %s; its changes since it was last saved are "
+            "dropped (it keeps its previous version, %d bytes) and its open handles fail "
+            "until closed", of.obj.hex()[:16], exc, of.clean[0] if of.clean else of.size,
+        )
+        self.space.reserved -= of.buffered
+        of.buffers.clear()
+        of.buffered = 0
+        for e in of.sealing:  # in flight: they release their own reservations
+            e.failed = True
+        of.new.clear()
+        of.cut = None
+        of.dirty = False
+        if of.clean is not None:
+            of.size, of.chunk_size, of.mtime = of.clean
+        of.error = exc
+        self._drain(of)
+        if self.on_dropped is not None:
+            self.on_dropped(of.obj)
+
+    def store_block(self, data: bytes | bytearray, *, reserved: bool = False) -> bytes:
+        """Store ``data`` as a block; returns its ID. Thread-safe (runs in worker threads).
+        ``reserved``: its space was reserved when its bytes were written (a write's block);
+        else (compaction) ENOSPC if it does not fit beside the reservations and margin."""
         block = chunk_id_of(data)
-        self.store.put(block, data)
+        self.store.put(block, data, reserved=reserved)
         return block
+
+    def _store_reserved(self, data: bytes | bytearray) -> bytes:
+        return self.store_block(data, reserved=True)
 
     def _stored(
         self, of: OpenFile, entries: list[Sealing], block: bytes, data: bytes | bytearray
@@ -556,5 +659,6 @@ class FileContents:
 
     @staticmethod
     def _take_error(of: OpenFile) -> NamespaceError:
-        exc, of.error = of.error, None
+        """The errno of a dropped change (it stays until every handle is closed)."""
+        exc = of.error
         return NamespaceError(exc.errno if exc and exc.errno else errno.EIO, str(exc))

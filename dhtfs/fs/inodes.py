@@ -23,8 +23,9 @@ and an inode whose move failed is never handed out again.
 Invariants:
 - numbers are allocated above every number ever allocated in this state directory (the
   ``inodes`` table is AUTOINCREMENT and each allocation is explicit, so a number is never
-  reused, even when the transaction that stored it rolled back); the table maps each object
-  to its newest number; inode 1 is the root object;
+  reused, even when the transaction that stored it rolled back: a COMMIT on a full disk fails
+  with SQLITE_FULL and rolls back, and the kernel may hold the number); the table maps each
+  object to its newest number; inode 1 is the root object;
 - ``lookups[ino]`` is how many references the kernel holds (each entry returned by lookup,
   create, mkdir, … or readdirplus adds one; ``forget`` takes them away); a number the kernel
   has forgotten may be dropped from the in-memory maps (and a superseded one is then gone);

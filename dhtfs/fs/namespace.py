@@ -98,6 +98,7 @@ class Namespace:
         # ops applied in the open transaction, in order, with their seq, sig and link
         self._tx_ops: list[tuple[Op, int, bytes | None, bytes]] = []
         self._oplog_rows: list[tuple[Any, ...]] = []  # their unwritten rows
+        self._keep_journal = False  # ops applied here may be missing from the tables
         self._ensure_root()
         if self.meta_get("log_numbered") is None:  # once per state directory
             number_legacy_ops(db)
@@ -160,9 +161,21 @@ class Namespace:
         """End the open transaction: applied ops now survive a crash of this process."""
         if self.db.in_transaction:
             self.write_back()
-            self.db.execute("COMMIT")
+            try:
+                self.db.execute("COMMIT")
+            except sqlite3.Error:
+                # A full disk (SQLITE_FULL) rolls the transaction back: apply its ops again
+                # (the journal still holds them), so the tables match what was applied. If
+                # even that fails, the journal is kept until the next start replays it.
+                if not self.db.in_transaction:
+                    try:
+                        self._redo_transaction()
+                    except Exception:
+                        self._keep_journal = True
+                        raise
+                raise
         self._tx_ops = []
-        if self.journal is not None:
+        if self.journal is not None and not self._keep_journal:
             self.journal.reset()
 
     def persist(self) -> None:

@@ -40,6 +40,7 @@ ENTRY_TIMEOUT = 1.0
 ATTR_TIMEOUT = 1.0
 DOT_OFFSET, DOTDOT_OFFSET = 1, 2  # readdir offsets of "." and ".."; links follow
 BLKSIZE = 128 * 1024
+SQLITE_FULL = 13  # sqlite3.Error.sqlite_errorcode of "database or disk is full"
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -68,10 +69,19 @@ PERSISTING_HANDLERS = frozenset(
 )
 
 
+# Handlers that change the tree: refused with ENOSPC before they apply anything when the op
+# journal can no longer keep room to record them (the disk is full; see journal.has_room).
+ROOM_CHECKED_HANDLERS = frozenset(
+    {"mknod", "mkdir", "symlink", "link", "rename", "setattr", "setxattr", "removexattr",
+     "create"}
+)
+
+
 def _errno_mapped(fn: F) -> F:
     """Map every exception of a handler to an errno; persist as PERSISTING_HANDLERS says."""
     deferred = fn.__name__ not in PERSISTING_HANDLERS
     name = fn.__name__
+    room_checked = name in ROOM_CHECKED_HANDLERS
 
     @functools.wraps(fn)
     async def wrapper(self: Operations, *args: Any, **kwargs: Any) -> Any:
@@ -79,6 +89,9 @@ def _errno_mapped(fn: F) -> F:
         t0 = time.perf_counter() if observe is not None else 0.0
         ok = False
         try:
+            journal = self.tree.ns.journal
+            if room_checked and journal is not None and not journal.has_room():
+                raise pyfuse3.FUSEError(errno.ENOSPC)
             result = await fn(self, *args, **kwargs)
             ok = True
             return result
@@ -92,6 +105,9 @@ def _errno_mapped(fn: F) -> F:
         except DhtfsError as exc:
             log.error("%s failed: %s", name, exc)
             raise pyfuse3.FUSEError(errno.EIO) from None
+        except sqlite3.Error as exc:
+            log.error("%s failed: %s", name, exc)
+            raise pyfuse3.FUSEError(_storage_errno(exc)) from None
         except Exception:
             log.exception("%s failed unexpectedly; returning EIO", name)
             raise pyfuse3.FUSEError(errno.EIO) from None
@@ -109,7 +125,14 @@ def _persist(ns: Namespace) -> None:
         ns.persist()
     except (OSError, sqlite3.Error) as exc:
         log.error("persisting metadata failed: %s (is the state directory's disk full?)", exc)
-        raise pyfuse3.FUSEError(errno.EIO) from None
+        raise pyfuse3.FUSEError(_storage_errno(exc)) from None
+
+
+def _storage_errno(exc: OSError | sqlite3.Error) -> int:
+    """ENOSPC for a full disk (an OSError's, or SQLite's SQLITE_FULL), else EIO."""
+    if isinstance(exc, OSError):
+        return errno.ENOSPC if exc.errno in (errno.ENOSPC, errno.EDQUOT) else errno.EIO
+    return errno.ENOSPC if getattr(exc, "sqlite_errorcode", None) == SQLITE_FULL else errno.EIO
 
 
 def _direct_io(flags: int, row: ObjectRow, has_xattrs: bool) -> bool:
@@ -158,6 +181,8 @@ class Operations(pyfuse3.Operations):
         # (compaction).
         self.on_content: Callable[[bytes, dict[int, list[Piece]]], None] | None = None
         self.after_init: Callable[[], None] | None = None  # called when FUSE_INIT is handled
+        # A dropped change (disk full): the next open must not keep the kernel's pages of it.
+        contents.on_dropped = lambda obj: self._kernel_version.pop(obj, None)
 
     def init(self) -> None:
         """FUSE_INIT (pyfuse3 forbids raising here)."""
@@ -524,13 +549,19 @@ class Operations(pyfuse3.Operations):
 
     @_errno_mapped
     async def statfs(self, ctx):
-        st = os.statvfs(self.state_dir)
+        """The state directory's disk (df on the mount): free less what writes acknowledged
+        and not yet stored hold (``space.reserved``); available also less the margin kept
+        for metadata, i.e. about what writes may still take."""
+        space = self.contents.space
+        st = space.measure()
+        frsize = st.f_frsize or 4096
+        held = -(-space.reserved // frsize)
         s = pyfuse3.StatvfsData()
         s.f_bsize = st.f_bsize
         s.f_frsize = st.f_frsize
         s.f_blocks = st.f_blocks
-        s.f_bfree = st.f_bfree
-        s.f_bavail = st.f_bavail
+        s.f_bfree = max(0, st.f_bfree - held)
+        s.f_bavail = max(0, st.f_bavail - held - space.margin // frsize)
         count = self.tree.ns.object_count()
         s.f_files = count + st.f_ffree
         s.f_ffree = st.f_ffree

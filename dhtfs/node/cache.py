@@ -23,7 +23,9 @@ Invariants:
 - constructing one reads the index and stats every member (blocking): callers on the trio
   thread build it in a worker thread;
 - eviction runs in its own task, never inline in a read or write; its file deletions run in a
-  worker thread, a batch at a time, until the cache is at most ``LOW_WATER`` of capacity.
+  worker thread, a batch at a time, until the cache is at most ``LOW_WATER`` of capacity;
+- cached copies are reclaimable space: a write that finds the disk full first asks
+  ``make_room`` to evict (the same rules) that many bytes of them, whatever the capacity.
 """
 
 from __future__ import annotations
@@ -131,7 +133,18 @@ class BlockCache:
         (skipping protected ones); returns how many went."""
         if self.bytes <= self.capacity:
             return 0
-        goal = int(self.capacity * LOW_WATER)
+        return await self._evict_to(int(self.capacity * LOW_WATER))
+
+    async def make_room(self, nbytes: int) -> int:
+        """Evict least recently used cached blocks worth at least ``nbytes`` (or all that may
+        go: protected ones stay): the disk is full and a write needs the room. Returns the
+        bytes the cache shrank by."""
+        before = self.bytes
+        if nbytes > 0 and self.lru:
+            await self._evict_to(max(0, self.bytes - nbytes))
+        return before - self.bytes
+
+    async def _evict_to(self, goal: int) -> int:
         gone = 0
         skipped: list[tuple[bytes, int]] = []  # still counted, and members on disk
         while self.bytes > goal and self.lru:

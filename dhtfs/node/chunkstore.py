@@ -16,11 +16,19 @@ Invariants:
   call: a replica's store-and-fsync takes one worker-thread hop, not two). A process crash
   loses nothing already ``put``: the kernel holds it.
 - every method is synchronous and thread-safe; callers on the trio thread use
-  ``trio.to_thread.run_sync`` for anything larger than a few KiB.
+  ``trio.to_thread.run_sync`` for anything larger than a few KiB;
+- a full disk is an ordinary error: ``put`` of a new chunk raises ENOSPC (OSError) and
+  leaves no file behind, both when the disk itself is full and, for a chunk stored for
+  others (a replica's PUT_CHUNK, a cached copy: every ``put`` not called with
+  ``reserved=True``), when it would eat into the margin kept for metadata or into the
+  space the filesystem reserved for writes it acknowledged (``space``, see
+  ``dhtfs.node.space``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import logging
 import os
@@ -35,6 +43,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from dhtfs.errors import ChunkCorrupt, ChunkMissing
 from dhtfs.node.durable import fsync_dir, fsync_file
 from dhtfs.node.masterkey import MasterKey
+from dhtfs.node.space import DiskSpace, no_space
 from dhtfs.randbytes import random_bytes
 
 log = logging.getLogger(__name__)
@@ -44,6 +53,7 @@ NONCE_BYTES = 12
 TAG_BYTES = 16
 HEADER_BYTES = 1 + NONCE_BYTES
 ID_BYTES = 32
+NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
 def sealed_size(plaintext_size: int) -> int:
@@ -119,6 +129,7 @@ class ChunkStore:
         self._root_str = str(root)
         self._dirs: set[str] = set()  # subdirectories known to exist
         root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.space = DiskSpace(root)
         os.chmod(root, 0o700)
         self._remove_stale_temps()
         if master.ephemeral:
@@ -139,14 +150,21 @@ class ChunkStore:
         return self.path_of(chunk_id).exists()
 
     def put(
-        self, chunk_id: bytes, plaintext: bytes | memoryview, *, durable: bool = False
+        self,
+        chunk_id: bytes,
+        plaintext: bytes | memoryview,
+        *,
+        durable: bool = False,
+        reserved: bool = False,
     ) -> bool:
         """Store ``plaintext`` under ``chunk_id``; True if it was new. Caller vouches for the ID.
 
         Three system calls for a new chunk (open with O_EXCL, write, close); an existing
         complete file ends the call at the open (dedup). A torn file is replaced atomically.
         ``durable``: return only once the chunk (new or already there) is fsynced, file and
-        directory, as ``sync`` would make it.
+        directory, as ``sync`` would make it. ``reserved``: the space was reserved by the
+        caller (the filesystem's writes); else a new chunk that does not fit beside the
+        reservations and the metadata margin is refused with ENOSPC.
         """
         if len(chunk_id) != ID_BYTES:
             raise ValueError(f"chunk id must be {ID_BYTES} bytes, got {len(chunk_id)}")
@@ -156,30 +174,51 @@ class ChunkStore:
         if directory not in self._dirs:
             os.makedirs(directory, mode=0o700, exist_ok=True)
             self._dirs.add(directory)
+        size = sealed_size(len(plaintext))
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:
-            if os.stat(path).st_size == sealed_size(len(plaintext)):
+            if os.stat(path).st_size == size:
                 if durable:  # written earlier, maybe not fsynced yet
                     self.sync([chunk_id])
                 return False
             log.warning("replacing torn chunk file %s", path)
-            self._write_atomically(path, seal(self._aead, chunk_id, plaintext), durable)
+            with self._space_error():
+                self._write_atomically(path, seal(self._aead, chunk_id, plaintext), durable)
             if durable:
                 fsync_dir(directory)
             return True
+        except OSError as exc:
+            if exc.errno in NO_SPACE_ERRNOS:
+                self.space.invalidate()
+            raise
         try:
-            _write_all(fd, _seal_scratch(self._aead, chunk_id, plaintext))
-            if durable:
-                os.fsync(fd)
+            if not reserved and not self.space.room(size):
+                self.space.refusals += 1
+                raise no_space(f"not storing a block of {size} bytes for others")
+            with self._space_error():
+                _write_all(fd, _seal_scratch(self._aead, chunk_id, plaintext))
+                if durable:
+                    os.fsync(fd)
         except BaseException:
             os.close(fd)
             os.unlink(path)
             raise
         os.close(fd)
+        self.space.wrote(size)
         if durable:
             fsync_dir(directory)
         return True
+
+    @contextlib.contextmanager
+    def _space_error(self) -> Iterator[None]:
+        """A write that failed for want of space makes the next space check measure."""
+        try:
+            yield
+        except OSError as exc:
+            if exc.errno in NO_SPACE_ERRNOS:
+                self.space.invalidate()
+            raise
 
     def put_verified(
         self, chunk_id: bytes, plaintext: bytes | memoryview, *, durable: bool = False
@@ -260,12 +299,17 @@ class ChunkStore:
         tmp = f"{path}.{os.getpid()}.{seq}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            _write_all(fd, blob)
-            if durable:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
+            try:
+                _write_all(fd, blob)
+                if durable:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
 
     def _remove_stale_temps(self) -> None:
         for tmp in self.root.glob("*/*.tmp"):

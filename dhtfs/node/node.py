@@ -53,6 +53,7 @@ hints. A node also answers FIND_PROVIDERS with itself when it holds the chunk.
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import os
@@ -87,6 +88,9 @@ CACHE_QUEUE = 256
 """Fetched chunks waiting to be cached; past that they are not cached."""
 YOUNG_SECONDS = 5.0
 """A chunk file changed this recently that does not unseal is taken as being written."""
+FULL_SECONDS = 60.0
+"""A peer that refused a PUT_CHUNK for want of space (``rpc.NO_SPACE``) is no placement
+target for this long: blocks go to the next closest node (``peer_full``)."""
 
 
 class Node(ChunkReads):
@@ -153,6 +157,9 @@ class Node(ChunkReads):
         self._providers: dict[bytes, dict[bytes, tuple[Contact, float]]] = {}
         # chunk id -> when we last announced ourselves as its provider
         self._announced: dict[bytes, float] = {}
+        # peer -> until when it counts as full (it refused a PUT_CHUNK: rpc.NO_SPACE)
+        self.full_until: dict[bytes, float] = {}
+        self.refused_full = 0  # PUT_CHUNKs this node refused for want of space
         self._ping_send, self._ping_recv = trio.open_memory_channel[tuple[Contact, Contact]](64)
         self._pinging: set[bytes] = set()
         self._background: trio.Nursery | None = None     # set while run_maintenance runs
@@ -177,7 +184,8 @@ class Node(ChunkReads):
         # Told of each block pushed here by PUT_CHUNK (held for the swarm from then on).
         self.on_placed: Callable[[bytes], None] | None = None
         # Metrics (dhtfs.node.metrics): each outgoing RPC (method, outcome, seconds: "ok",
-        # "refused", or "failed" also when cancelled) and each lookup (hops, queries).
+        # "refused", "full" (rpc.NO_SPACE), or "failed" also when cancelled) and each lookup
+        # (hops, queries).
         self.on_rpc: Callable[[str, str, float], None] | None = None
         self.on_lookup: Callable[[int, int], None] | None = None
 
@@ -291,8 +299,11 @@ class Node(ChunkReads):
         try:
             answer = await self.network.call(peer, method, args, timeout=timeout)
             outcome = "ok"
-        except RemoteError:
+        except RemoteError as exc:
             outcome = "refused"
+            if rpc.error_code(exc) == rpc.NO_SPACE:
+                outcome = "full"
+                self._mark_full(peer)
             self._seen(peer, trio.current_time() - t0)     # alive, it just refused
             raise
         except NetworkError:
@@ -400,6 +411,14 @@ class Node(ChunkReads):
                     new = await self._offload(len(data), self.store.put_verified, cid, data)
             except ChunkCorrupt:
                 raise RemoteError(f"{method}: data does not hash to its id") from None
+            except OSError as exc:
+                if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                self.refused_full += 1
+                if self.refused_full == 1 or self.refused_full % 100 == 0:
+                    log.warning("no space for blocks from peers (%s); told %s so (%d refused "
+                                "so far)", exc, caller, self.refused_full)
+                raise rpc.coded(rpc.NO_SPACE, f"{method}: no space left on this node") from None
             self._announced.setdefault(cid, trio.current_time())
             if self.on_placed is not None:
                 self.on_placed(cid)
@@ -614,10 +633,28 @@ class Node(ChunkReads):
         provs = _dedupe([*self.local_providers(key), *(c for f in result.found for c in f)])
         return ValueResult(None, provs, result)
 
+    def _mark_full(self, peer: Contact) -> None:
+        if not self.peer_full(peer):
+            log.warning("peer %s has no space for blocks: placing them on the next closest "
+                        "nodes for %.0fs", peer, FULL_SECONDS)
+        self.full_until[peer.node_id] = trio.current_time() + FULL_SECONDS
+
+    def peer_full(self, peer: Contact) -> bool:
+        """Whether ``peer`` refused a block for want of space within ``FULL_SECONDS``."""
+        until = self.full_until.get(peer.node_id)
+        if until is None:
+            return False
+        if until <= trio.current_time():
+            del self.full_until[peer.node_id]
+            return False
+        return True
+
     def rightful_holders(self, cid: bytes) -> list[Contact]:
-        """The R nodes closest to ``cid`` in this node's view: its routing table's, and this
+        """The R nodes closest to ``cid`` in this node's view: its routing table's (but the
+        peers that are full, see ``peer_full``: the next closest take their place), and this
         node itself unless it is a client (which holds nothing for the swarm)."""
-        known = self.routing.closest(cid, self.replication)
+        known = self.routing.closest(cid, self.replication + len(self.full_until))
+        known = [c for c in known if not self.peer_full(c)][: self.replication]
         if not self.client:
             known = [self.contact, *known]
         return sorted(known, key=lambda c: distance(c.node_id, cid))[: self.replication]
@@ -743,7 +780,7 @@ class Node(ChunkReads):
         result: LookupResult | None = None
 
         def on_settled(closest: list[Contact]) -> None:
-            settled.extend(closest)
+            settled.extend(c for c in closest if not self.peer_full(c))
             got_settled.set()
 
         async def look() -> None:
@@ -762,7 +799,8 @@ class Node(ChunkReads):
                             return
                     await found.wait()
                     assert result is not None
-                    rest = [c for c in result.closest if c.node_id not in tried]
+                    rest = [c for c in result.closest
+                            if c.node_id not in tried and not self.peer_full(c)]
                     if not rest:
                         return
                     queue.extend(c for c in rest if c not in queue)
@@ -782,7 +820,8 @@ class Node(ChunkReads):
                 pushed.set()
             assert result is not None
             # The full lookup may have found closer nodes than the settled ones: fill them too.
-            final = result.closest[: remote_slots(result.closest)]
+            usable = [c for c in result.closest if not self.peer_full(c)]
+            final = usable[: remote_slots(usable)]
             async with trio.open_nursery() as nursery:
                 for c in final:
                     if c.node_id not in tried:

@@ -38,6 +38,13 @@ the bytes in ``data`` (and itself among the providers, no contacts), so a read o
 ends at the first holder its lookup reaches, with no GET_CHUNK round trip. The caller verifies
 ``data`` against the key like any GET_CHUNK answer.
 
+Error codes: an ERROR answer's message may begin with a code, ``"CODE: text"`` (the wire is
+unchanged: a peer that knows no codes reads a plain message). ``NO_SPACE`` (``ENOSPC``): the
+callee cannot store the chunk of a PUT_CHUNK, its disk being full (or at the margin it keeps
+for its own metadata); the caller places the chunk on the next closest node instead and
+leaves the full one alone for a while (``dhtfs.node.node``). ``error_code`` reads the code
+of a ``RemoteError``.
+
 Limits: at most ``MAX_CONTACTS`` contacts per answer, chunk data at most ``MAX_CHUNK_BYTES``,
 provider TTL in (0, ``MAX_PROVIDER_TTL``]. Anything else — a missing or extra-typed field, a
 wrong length, an unknown method — is rejected with ``RemoteError`` by the handler, and an
@@ -64,6 +71,9 @@ QUICK_METHODS = frozenset({PING, FIND_NODE, FIND_PROVIDERS, ADD_PROVIDER})
 """Answered from memory or a small local read (inline data is at most ``MAX_INLINE_BYTES``):
 the transport runs them on the connection's reader task (``Transport.inline_methods``)."""
 
+NO_SPACE = "ENOSPC"
+ERROR_CODES = frozenset({NO_SPACE})
+
 MAX_CONTACTS = 64
 MAX_REPLICA_HINTS = 8
 MAX_CHUNK_BYTES = 64 * 1024 * 1024
@@ -71,6 +81,23 @@ MAX_INLINE_BYTES = 64 * 1024
 MAX_HOLD_IDS = 4096
 MAX_PROVIDER_TTL = 7 * 24 * 3600.0
 MAX_HOST_LEN = 255
+
+
+# -- error codes -------------------------------------------------------------------------------
+
+
+def coded(code: str, message: str) -> RemoteError:
+    """A ``RemoteError`` whose ERROR answer carries ``code`` (one of ``ERROR_CODES``)."""
+    return RemoteError(f"{code}: {message}")
+
+
+def error_code(exc: BaseException) -> str | None:
+    """The code of an ERROR answer (``RemoteError``), or None. The calling side's message is
+    ``"<peer>: CODE: text"``, the answering side's ``"CODE: text"``."""
+    for part in str(exc).split(": ", 2)[:2]:
+        if part in ERROR_CODES:
+            return part
+    return None
 
 
 # -- encoding ----------------------------------------------------------------------------------

@@ -1,0 +1,101 @@
+"""A replica whose disk is full says so (a PUT_CHUNK refused with ``ENOSPC``) and the writer
+places the block on the next closest node: real processes on 127.0.0.x, one node's state
+directory on a small ext4 filesystem the test makes and fills.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.mount.test_disk_full import make_small_fs, remove_small_fs
+from tests.swarm import swarmctl
+from tests.swarm.observe import control, wait_until
+from tests.swarm.test_data_replication import blocks_of, by_name, holds, write_fsynced
+
+pytestmark = [pytest.mark.mount, pytest.mark.slow]
+MIB = 1 << 20
+
+
+def move_state_to_small_fs(root: Path, node: swarmctl.NodeInfo, image: Path) -> None:
+    """Stop ``node``, put its state directory on a fresh 64 MiB ext4, start it again."""
+    swarmctl.kill(root, node.name)
+    staging = image.with_suffix(".staging")
+    shutil.copytree(node.state, staging, symlinks=True, ignore=shutil.ignore_patterns("*.sock"))
+    shutil.rmtree(node.state)
+    make_small_fs(image, node.state)
+    shutil.copytree(staging, node.state, symlinks=True, dirs_exist_ok=True)
+    os.chmod(node.state, 0o700)
+
+
+def fill(where: Path, leave: int) -> None:
+    """A ballast file that leaves ``leave`` bytes free on ``where``'s filesystem."""
+    st = os.statvfs(where)
+    with open(where / "ballast", "wb") as fh:
+        fh.write(b"\xff" * max(0, st.f_bavail * st.f_frsize - leave))
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def test_full_replica_refuses_and_the_block_goes_elsewhere(tmp_path: Path) -> None:
+    root = tmp_path / "swarm"
+    image = tmp_path / "full.img"
+    try:
+        with swarmctl.running_swarm(root, 3, "replicas=2,replication_deadline=30") as nodes:
+            full = nodes[1]
+            move_state_to_small_fs(root, full, image)
+            nodes = swarmctl.restart(root)
+            writer, full, other = (by_name(nodes)[n] for n in ("node0", "node1", "node2"))
+            fill(full.state, 2 * MIB)  # less than a node keeps for its own metadata
+            wait_until(lambda: control(writer.state, "status")["peers"] >= 2, "both peers")
+            f = writer.mountpoint / "f"
+            data = os.urandom(8 * MIB)
+            write_fsynced(f, data)  # raises (EIO) if the blocks did not get 2 copies
+            blocks = blocks_of(f)
+            assert len(blocks) == 8
+            for block in blocks:
+                assert holds(writer.state, block) and holds(other.state, block), block[:12]
+                assert not holds(full.state, block), block[:12]
+            # The full node told the writer why (a coded refusal), and both say so.
+            assert "no space for blocks from peers" in (full.state / "dhtfs.log").read_text()
+            assert f"peer {full.node_id[:12]}" in writer.log.read_text()
+            assert "has no space for blocks" in writer.log.read_text()
+            assert control(full.state, "status")["space"]["refused_blocks"] >= 1
+            reader = other.mountpoint / "f"
+            wait_until(lambda: reader.exists() and reader.stat().st_size == len(data),
+                       "the file on node2")
+            assert reader.read_bytes() == data
+    finally:
+        remove_small_fs(image, root / "node1" / "state")
+
+
+def test_cached_copies_make_room_for_writes(tmp_path: Path) -> None:
+    """A writer whose disk holds cached copies (its blocks whose closest node is another,
+    replicas=1 on 3 nodes) writes past what the disk has free: the copies are evicted for it
+    (they are reclaimable) instead of the write failing with ENOSPC."""
+    root = tmp_path / "swarm"
+    image = tmp_path / "writer.img"
+    try:
+        with swarmctl.running_swarm(root, 3, "replicas=1") as nodes:
+            move_state_to_small_fs(root, nodes[0], image)
+            nodes = swarmctl.restart(root)
+            writer = by_name(nodes)["node0"]
+            wait_until(lambda: control(writer.state, "status")["peers"] >= 2, "both peers")
+            first = os.urandom(36 * MIB)
+            write_fsynced(writer.mountpoint / "first", first)
+            cached = wait_until(lambda: control(writer.state, "status")["cache"]["bytes"]
+                                >= 16 * MIB and control(writer.state, "status")["cache"],
+                                "the writer's copies placed elsewhere become cached copies")
+            st = os.statvfs(writer.mountpoint)
+            free = st.f_bavail * st.f_frsize
+            second = os.urandom(free + 8 * MIB)  # more than df says is free
+            write_fsynced(writer.mountpoint / "second", second)
+            status = control(writer.state, "status")["cache"]
+            assert status["evicted"] > cached["evicted"], status
+            assert (writer.mountpoint / "second").read_bytes() == second
+            assert (writer.mountpoint / "first").read_bytes() == first
+    finally:
+        remove_small_fs(image, root / "node0" / "state")
