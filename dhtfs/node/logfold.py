@@ -50,6 +50,8 @@ class Folding:
         return self.folding.clock() if self.folding is not None else None
 
     def member(self, node_id: bytes) -> None:
+        """``node_id`` exchanged a log RPC with us: a member, heard from now."""
+        self.membership.heard(node_id)
         if node_id not in self.members and node_id != self.own_id:
             self.members.add(node_id)
             if self.folding is not None:
