@@ -219,6 +219,7 @@ class LogReplicator:
         # entries ahead of a gap, with the peer that sent them
         self._stash: dict[tuple[bytes, int], tuple[LogEntry, bytes | None]] = {}
         self._accept_lock = trio.Lock()
+        self._rejoin_lock = trio.Lock()
         self._synced: set[bytes] = set()     # peers we ran anti-entropy with
         self._pulling: set[bytes] = set()
         self._nursery: trio.Nursery | None = None
@@ -448,6 +449,12 @@ class LogReplicator:
     async def _rejoin(self, peer: Contact) -> bool:
         """This node was forgotten: take ``peer``'s snapshot, make own entries past the cut
         anew on top of it, and mark this node rejoined. True if done."""
+        async with self._rejoin_lock:  # one rejoin, whichever peer answered first
+            if not self.membership.is_forgotten(self.own_id):
+                return True
+            return await self._rejoin_locked(peer)
+
+    async def _rejoin_locked(self, peer: Contact) -> bool:
         cut = self.membership.cut(self.own_id) or 0
         if self._folding is not None:
             before = self.store.vector().get(self.own_id, 0)
