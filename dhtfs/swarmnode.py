@@ -130,13 +130,14 @@ class SwarmNode:
         replication.on_placed_elsewhere = cache.add
         signer = Signatures(self.identity)
         revocations = self.revocations
+        members = Membership(self.identity.node_id, config.state_dir / MEMBERS_FILE,
+                             member_timeout=config.member_timeout,
+                             peer_cert=getattr(self.transport, "_peer_certs", {}).get)
         self.replicator = LogReplicator(
             node, self.log_store, signer, fold_interval=config.fold_interval,
-            fold_alone=not config.bootstrap and config.ca is None,
-            membership=Membership(self.identity.node_id, config.state_dir / MEMBERS_FILE,
-                                  member_timeout=config.member_timeout),
-            revoked=lambda n: (der := self.log_store.cert(n)) is not None
-            and revocations.is_revoked(der),
+            fold_alone=not config.bootstrap and config.ca is None, membership=members,
+            revoked=lambda n: (der := self.log_store.cert(n) or members.certs.get(n))
+            is not None and revocations.is_revoked(der),
         )
         self.log_store.protected = lambda: (
             self.fs.inodes.known_objects() | set(self.fs.contents.open_files)

@@ -117,11 +117,13 @@ async def serve_node(
         # The replicated op log too, so a returning mount can catch up from this node when
         # no other mount is up.
         log_store = SqliteLogStore(config.state_dir / LOG_DB_NAME)
+        members = Membership(identity.node_id, config.state_dir / MEMBERS_FILE,
+                             member_timeout=config.member_timeout,
+                             peer_cert=getattr(transport, "_peer_certs", {}).get)
         replicator = LogReplicator(
             node, log_store, Signatures(identity), fold_interval=config.fold_interval,
-            membership=Membership(identity.node_id, config.state_dir / MEMBERS_FILE,
-                                  member_timeout=config.member_timeout),
-            revoked=lambda n: (der := log_store.cert(n)) is not None
+            membership=members,
+            revoked=lambda n: (der := log_store.cert(n) or members.certs.get(n)) is not None
             and revocations.is_revoked(der),
         )
         for method in LOG_METHODS:

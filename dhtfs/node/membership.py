@@ -84,8 +84,13 @@ class Membership:
     """The forget records this node holds, and when it last heard each member."""
 
     def __init__(self, own_id: bytes, path: Path | None = None, *,
-                 member_timeout: float = 0.0) -> None:
+                 member_timeout: float = 0.0,
+                 peer_cert: Callable[[bytes], bytes | None] | None = None) -> None:
+        """``peer_cert``: a connected peer's certificate (DER), to learn members' names."""
         self.own_id = own_id
+        self.peer_cert = peer_cert
+        self.certs: dict[bytes, bytes] = {}  # members' certificates seen (revocation)
+        self.names: dict[bytes, str] = {}  # members' certificate common names (persisted)
         self.path = path
         self.member_timeout = member_timeout
         self.records: dict[bytes, Record] = {}
@@ -103,16 +108,19 @@ class Membership:
         try:
             doc = json.loads(self.path.read_text())
             items = [[bytes.fromhex(r[0]), r[1], r[2], r[3]] for r in doc["forgotten"]]
+            names = {bytes.fromhex(n): str(cn) for n, cn in doc.get("names", {}).items()}
         except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
             log.error("cannot read %s (%s): no node is forgotten until a peer tells this one "
                       "again", self.path, exc)
             return
         self.records = records_from_wire(items)
+        self.names = names
 
     def _save(self) -> None:
         if self.path is None:
             return
-        doc = {"forgotten": [[n.hex(), *r] for n, r in sorted(self.records.items())]}
+        doc = {"forgotten": [[n.hex(), *r] for n, r in sorted(self.records.items())],
+               "names": {n.hex(): cn for n, cn in sorted(self.names.items())}}
         tmp = self.path.with_name(f".{self.path.name}.tmp")
         tmp.write_text(json.dumps(doc, indent=1) + "\n")
         os.replace(tmp, self.path)
@@ -201,6 +209,14 @@ class Membership:
     # -- silence -------------------------------------------------------------------------------
 
     def heard(self, node: bytes) -> None:
+        if node not in self.certs and self.peer_cert is not None:
+            der = self.peer_cert(node)
+            if der is not None:
+                self.certs[node] = der
+                name = common_name(der)
+                if name is not None and self.names.get(node) != name:
+                    self.names[node] = name
+                    self._save()
         now = _now()
         self._heard[node] = now
         if node != self.own_id:
@@ -277,7 +293,8 @@ def control_methods(replicator: Any) -> dict[str, Callable[[dict[str, Any]], Any
     def candidates() -> dict[bytes, str | None]:
         nodes = replicator.fold.known_members() | set(replicator.membership.records)
         nodes.discard(replicator.own_id)
-        return {n: common_name(replicator.store.cert(n)) for n in nodes}
+        names = replicator.membership.names
+        return {n: names.get(n) or common_name(replicator.store.cert(n)) for n in nodes}
 
     async def forget(args: dict[str, Any]) -> dict[str, Any]:
         query = args.get("node")
