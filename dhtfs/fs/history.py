@@ -13,7 +13,10 @@ ops were folded; ``fold_ts`` = T refuses any op stamped at or before it. Once no
 unfolded, objects without a name (unlinked files) and their xattrs are deleted too, unless the
 kernel or an open handle still holds them (``protected``). Until every known member has
 reported, nothing is folded: a member that stays away holds folding back (the log then grows
-until it returns).
+until it returns), unless it is forgotten (``dhtfs.node.membership``): then the others fold
+without it, and when it comes back it installs a snapshot with ``restamp_after`` (its ops
+that nobody saw stamped anew on top; one that no longer applies is kept in the ``aside``
+table, never dropped).
 
 Snapshots. A node whose vector is behind another's ``folded`` cannot get the missing ops any
 more; it gets the other's replicated tables instead (objects, links, xattrs, the unfolded

@@ -567,6 +567,8 @@ class LogReplicator:
                         offenders.add(bad_sender)
             self._drain_stash()
         self.stats.entries_accepted += len(fresh)
+        for origin in {e.origin for e in fresh}:
+            self.membership.heard(origin)  # its new entries: it was alive lately
         for node_id in offenders:
             self.stats.rejected += 1
             self.node.routing.penalize(node_id)
@@ -676,7 +678,8 @@ class LogReplicator:
                     theirs = vector_from_wire(ans.get("vector"), LOG_PULL, answer=True)
                     self.fold.report(peer.node_id, theirs, ans.get("clock"),
                                      self.membership.known_in(records))
-                    if self.membership.is_forgotten(self.own_id) and not installed:
+                    if (self.membership.is_forgotten(self.own_id) and not installed
+                            and not self.membership.is_forgotten(peer.node_id)):
                         installed = True
                         if await self._rejoin(peer):
                             continue
