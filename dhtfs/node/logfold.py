@@ -16,6 +16,7 @@ Invariants:
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -80,6 +81,20 @@ class Folding:
             if all((x, epoch) in self.knew.get(m, ()) for m in others)
         }
         return members - gone
+
+    def forget(self, node: bytes, why: str) -> tuple[int, bool, int] | None:
+        """Forget member ``node``, keeping what we hold of its entries (its cut)."""
+        return self.membership.forget(node, self.store.vector().get(node, 0), why)
+
+    def auto_forget(self, revoked: Callable[[bytes], bool] | None) -> None:
+        """Forget members whose certificate is ``revoked``, and members silent too long."""
+        members = self.known_members()
+        for m in sorted(members):
+            if revoked is not None and not self.membership.is_forgotten(m) and revoked(m):
+                self.forget(m, "its certificate was revoked")
+        for m in self.membership.silent(members):
+            self.forget(m, f"not heard from for member_timeout="
+                           f"{self.membership.member_timeout:g}s")
 
     def behind(self, theirs: dict[bytes, int]) -> bool:
         """True if a node with vector ``theirs`` lacks entries we no longer serve."""

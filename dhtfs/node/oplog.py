@@ -363,18 +363,7 @@ class LogReplicator:
     def forget(self, node: bytes, why: str) -> Record | None:
         """Forget member ``node`` (see ``dhtfs.node.membership``); the new record, or None if
         it was forgotten already or is this node."""
-        return self.membership.forget(node, self.store.vector().get(node, 0), why)
-
-    def _auto_forget(self) -> None:
-        """Forget members whose certificate is revoked, and members silent too long."""
-        members = self.fold.known_members()
-        for m in sorted(members):
-            if self.revoked is not None and not self.membership.is_forgotten(m) \
-                    and self.revoked(m):
-                self.forget(m, "its certificate was revoked")
-        for m in self.membership.silent(members):
-            self.forget(m, f"not heard from for member_timeout="
-                           f"{self.membership.member_timeout:g}s")
+        return self.fold.forget(node, why)
 
     # -- receiving -----------------------------------------------------------------------------
 
@@ -647,7 +636,7 @@ class LogReplicator:
             now = trio.current_time()
             if now - self._last_fold >= self.fold_interval:
                 self._last_fold = now
-                self._auto_forget()
+                self.fold.auto_forget(self.revoked)
                 self.fold.maybe_fold()
             await trio.sleep(self.sync_interval * (0.5 + self.rng.random()))
 
