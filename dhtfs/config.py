@@ -106,6 +106,9 @@ class Config:
     discovery: bool | None = None
     # Seconds between attempts to fold the op history every member holds (dhtfs.fs.history).
     fold_interval: float = 10.0
+    # Seconds a member may stay silent (while others are heard) before it is forgotten, so
+    # that folding resumes without it (dhtfs.node.membership); 0 = never.
+    member_timeout: float = 7 * 86400.0
     # Blocks written here go to the `replicas` XOR-closest nodes (dhtfs.node.replication);
     # fsync waits for them up to `replication_deadline` seconds (then EIO); writers wait
     # while more than `replication_backlog` bytes are not yet replicated.
@@ -199,6 +202,17 @@ def _coerce(key: str, value: Any) -> Any:
             raise ConfigError(f"{key}={value}: expected seconds, e.g. 0.05") from None
         if not 0 < seconds <= 3600:
             raise ConfigError(f"{key}={value}: must be more than 0 and at most 3600 seconds")
+        return seconds
+    if key == "member_timeout":
+        if str(value).strip().lower() in ("off", "never", "false", "no"):
+            return 0.0
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}={value}: expected seconds (e.g. 604800), or 0/off")\
+                from None
+        if not 0 <= seconds <= 3650 * 86400:
+            raise ConfigError(f"{key}={value}: must be 0 (off) up to 3650 days in seconds")
         return seconds
     if key == "gc_grace":
         try:

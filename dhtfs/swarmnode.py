@@ -47,6 +47,8 @@ from dhtfs.node.clientplace import ClientPlacement
 from dhtfs.node.control import CONTROL_SOCKET_NAME, ControlServer
 from dhtfs.node.discovery import Discovery
 from dhtfs.node.headless import parse_address
+from dhtfs.node.membership import MEMBERS_FILE, Membership
+from dhtfs.node.membership import control_methods as membership_methods
 from dhtfs.node.network import Contact, Message
 from dhtfs.node.node import Node
 from dhtfs.node.oplog import METHODS as LOG_METHODS
@@ -130,9 +132,15 @@ class SwarmNode:
         node.on_placed = cache.forget  # now one of the block's R holders: not a cached copy
         replication.on_placed_elsewhere = cache.add
         signer = Signatures(self.identity)
+        revocations = self.revocations
+        members = Membership(self.identity.node_id, config.state_dir / MEMBERS_FILE,
+                             member_timeout=config.member_timeout,
+                             peer_cert=getattr(self.transport, "_peer_certs", {}).get)
         self.replicator = LogReplicator(
             node, self.log_store, signer, fold_interval=config.fold_interval,
-            fold_alone=not config.bootstrap and config.ca is None,
+            fold_alone=not config.bootstrap and config.ca is None, membership=members,
+            revoked=lambda n: (der := self.log_store.cert(n) or members.certs.get(n))
+            is not None and revocations.is_revoked(der),
         )
         self.log_store.protected = lambda: (
             self.fs.inodes.known_objects() | set(self.fs.contents.open_files)
@@ -159,7 +167,7 @@ class SwarmNode:
             "status": self._status, "oplog": self._oplog, "isolate": self._isolate,
             "faults": self._faults, "fsck": self._fsck,
             "sync": self._sync, "digest": self._digest, "fold": self._fold, "gc": self._gc,
-            "crl": self._crl,
+            "crl": self._crl, **membership_methods(self.replicator),
         })
         await nursery.start(control.serve, config.state_dir / CONTROL_SOCKET_NAME)
         nursery.start_soon(node.run_maintenance)
@@ -463,6 +471,7 @@ class SwarmNode:
             "unfolded": ns.db.execute("SELECT count(*) FROM oplog").fetchone()[0],
             "fold_ts": ns.fold_ts,
             "members": len(self.replicator.fold.members),
+            "forgotten": sorted(self.replicator.membership.forgotten()),
         }
 
     async def _isolate(self, args: Message) -> Message:

@@ -1,5 +1,6 @@
 """``dhtfs swarm up --nodes N DIR`` and ``dhtfs swarm down DIR``: N mounting nodes on this
-machine (a first look at a swarm; tests and benchmarks use it too).
+machine (a first look at a swarm; tests and benchmarks use it too). ``dhtfs swarm forget``
+(a member that is gone, on any running node) lives in ``dhtfs.commands.forget``.
 
 Layout, all made by ``up`` (DIR must be new, empty, or a swarm made by this command)::
 
@@ -44,6 +45,7 @@ from typing import Any
 
 import trio
 
+from dhtfs.commands import forget
 from dhtfs.commands.swarmprocs import (
     EXIT_SECONDS,
     POLL,
@@ -130,6 +132,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     down = ssub.add_parser("down", help="unmount every node of the swarm in DIR")
     down.add_argument("dir", type=Path)
     down.set_defaults(func=_one_line(cmd_down))
+    forget.add_parser(ssub)  # dhtfs.commands.forget: a running node's membership
 
 
 def _one_line(command: Callable[[argparse.Namespace], int]

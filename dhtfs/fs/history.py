@@ -13,7 +13,10 @@ ops were folded; ``fold_ts`` = T refuses any op stamped at or before it. Once no
 unfolded, objects without a name (unlinked files) and their xattrs are deleted too, unless the
 kernel or an open handle still holds them (``protected``). Until every known member has
 reported, nothing is folded: a member that stays away holds folding back (the log then grows
-until it returns).
+until it returns), unless it is forgotten (``dhtfs.node.membership``): then the others fold
+without it, and when it comes back it installs a snapshot with ``restamp_after`` (its ops
+that nobody saw stamped anew on top; one that no longer applies is kept in the ``aside``
+table, never dropped).
 
 Snapshots. A node whose vector is behind another's ``folded`` cannot get the missing ops any
 more; it gets the other's replicated tables instead (objects, links, xattrs, the unfolded
@@ -34,7 +37,7 @@ from typing import Any
 import msgpack
 
 from dhtfs.fs.namespace import Namespace, link_ops
-from dhtfs.fs.ops import ROOT_OBJ, HybridClock, Op, decode_op
+from dhtfs.fs.ops import ROOT_OBJ, HybridClock, Op, decode_op, encode_op
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +198,8 @@ class History:
             vector[node] = max(vector.get(node, 0), seq)
         return vector
 
-    def install(self, blob: bytes, own: bytes, clock: HybridClock) -> dict[bytes, int]:
+    def install(self, blob: bytes, own: bytes, clock: HybridClock,
+                restamp_after: int | None = None) -> dict[bytes, int]:
         """Replace the replicated tables with a snapshot; returns the new vector. ValueError
         (and nothing changed) if it is malformed.
 
@@ -203,6 +207,9 @@ class History:
         places in this node's log; one stamped at or before the snapshot's fold point (made
         while no member of the snapshot's swarm knew this node) is stamped anew by ``clock``
         (content ops that built on it follow it), since nothing may go before folded history.
+        ``restamp_after``: own ops past that place are stamped anew whatever their time (a
+        node that was forgotten: the swarm refuses them as they were, see
+        ``dhtfs.node.membership``).
         """
         try:
             doc = msgpack.unpackb(zlib.decompress(blob), raw=False)
@@ -218,7 +225,8 @@ class History:
                 "apart from that swarm with this certificate); installing it would lose them. "
                 "Copy the files out, then mount a fresh state directory to join"
             )
-        mine = [decode_op(row[1]) for row in self.entries(own, vector.get(own, 0), 1 << 40)]
+        mine = [(row[0], decode_op(row[1]))
+                for row in self.entries(own, vector.get(own, 0), 1 << 40)]
         ns.commit()
         db = self.db
         with db:
@@ -235,8 +243,8 @@ class History:
         ns.reset_caches()
         clock.observe(ns.last_ts())
         renamed: dict[tuple[int, bytes], list[Any]] = {}
-        for op in mine:
-            if op.ts <= ns.fold_ts:
+        for seq, op in mine:
+            if op.ts <= ns.fold_ts or (restamp_after is not None and seq > restamp_after):
                 new = Op(clock.now(), op.node, op.changes)
                 renamed[op.op_id] = [new.ts, new.node]
                 op = new
@@ -245,12 +253,28 @@ class History:
                 if c.get("c") in ("content", "compact") and c.get("base") is not None else c
                 for c in op.changes
             )
-            ns.apply(Op(op.ts, op.node, changes))
+            try:
+                ns.apply(Op(op.ts, op.node, changes))
+            except (KeyError, TypeError, ValueError) as exc:
+                self._keep_aside(op, exc)
         ns.commit()
         if mine:
             log.warning("kept %d ops made here on top of the snapshot (%d stamped anew)",
                         len(mine), len(renamed))
         return dict(ns.vector)
+
+    def _keep_aside(self, op: Op, exc: Exception) -> None:
+        """An op of ours that no longer applies on top of a snapshot: kept in the ``aside``
+        table (never dropped), with an error naming where."""
+        db = self.db
+        db.execute("CREATE TABLE IF NOT EXISTS aside (ts INTEGER, node BLOB, body BLOB, "
+                   "why TEXT)")
+        db.execute("INSERT INTO aside VALUES (?,?,?,?)", (op.ts, op.node, encode_op(op),
+                                                         repr(exc)))
+        path = next((r[2] for r in db.execute("PRAGMA database_list") if r[1] == "main"), "")
+        log.error("an op made here (at %d) does not apply on top of the swarm's snapshot (%r);"
+                  " it is kept aside in table 'aside' of %s (decode with "
+                  "dhtfs.fs.ops.decode_op)", op.ts, exc, path)
 
     # -- migration -------------------------------------------------------------------------------
 

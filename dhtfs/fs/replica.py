@@ -70,9 +70,10 @@ class NamespaceLog:
     def snapshot(self) -> bytes:
         return self.history.snapshot()
 
-    def install(self, blob: bytes) -> None:
-        """Install a snapshot (ValueError if it is malformed)."""
-        vector = self.history.install(blob, self.tree.node_id, self.tree.clock)
+    def install(self, blob: bytes, restamp_after: int | None = None) -> None:
+        """Install a snapshot (ValueError if it is malformed); own ops past
+        ``restamp_after`` are stamped anew (``History.install``)."""
+        vector = self.history.install(blob, self.tree.node_id, self.tree.clock, restamp_after)
         log.info("installed a snapshot of the tree (%d ops)", sum(vector.values()))
         if self.on_installed is not None:
             self.on_installed()

@@ -20,6 +20,9 @@ Methods (args → answer):
                                         background, e.g. announcements after a put, summed
                                         over every node of the process)
 
+Mounts and headless nodes add theirs through ``extra`` (status, oplog, ...; ``forget`` and
+``members`` from ``dhtfs.node.membership``).
+
 ``elapsed``: seconds the node spent on the operation itself (``time.perf_counter``), without
 the control socket's round trip: benchmarks compare it with libraries timed in-process.
 

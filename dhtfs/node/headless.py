@@ -32,6 +32,8 @@ from dhtfs.node.control import CONTROL_SOCKET_NAME, ControlServer
 from dhtfs.node.discovery import Discovery
 from dhtfs.node.identity import configured_identity
 from dhtfs.node.logstore import SqliteLogStore
+from dhtfs.node.membership import MEMBERS_FILE, Membership
+from dhtfs.node.membership import control_methods as membership_methods
 from dhtfs.node.node import Node
 from dhtfs.node.oplog import METHODS as LOG_METHODS
 from dhtfs.node.oplog import LogReplicator, Signatures
@@ -103,7 +105,8 @@ async def serve_node(
         local = await nursery.start(transport.serve)
         node = Node(transport, store, replication=config.replicas)
         transport.handler = node.handle
-        start_revocation(nursery, node, transport, identity.ca_cert, config.state_dir, config.crl)
+        revocations = start_revocation(nursery, node, transport, identity.ca_cert,
+                                       config.state_dir, config.crl)
         cache = await trio.to_thread.run_sync(lambda: BlockCache(  # stats every cached block
             config.state_dir, config.cache_disk, size_of=file_size(store.path_of),
             remove=store.remove, responsible=node.responsible_for, pending=lambda _cid: False))
@@ -114,8 +117,14 @@ async def serve_node(
         # The replicated op log too, so a returning mount can catch up from this node when
         # no other mount is up.
         log_store = SqliteLogStore(config.state_dir / LOG_DB_NAME)
+        members = Membership(identity.node_id, config.state_dir / MEMBERS_FILE,
+                             member_timeout=config.member_timeout,
+                             peer_cert=getattr(transport, "_peer_certs", {}).get)
         replicator = LogReplicator(
-            node, log_store, Signatures(identity), fold_interval=config.fold_interval
+            node, log_store, Signatures(identity), fold_interval=config.fold_interval,
+            membership=members,
+            revoked=lambda n: (der := log_store.cert(n) or members.certs.get(n)) is not None
+            and revocations.is_revoked(der),
         )
         for method in LOG_METHODS:
             node.services[method] = replicator.handle
@@ -168,7 +177,8 @@ async def serve_node(
             node.on_rpc, node.on_lookup = metrics.rpc, metrics.lookup
             nursery.start_soon(metrics.serve, *parse_metrics_address(config.metrics))
 
-        extra = {"oplog": oplog, "status": status, "fsck": fsck}
+        extra = {"oplog": oplog, "status": status, "fsck": fsck,
+                 **membership_methods(replicator)}
         await nursery.start(ControlServer([node], extra=extra).serve, control_path)
         if seeds:
             size = await node.join_addresses(seeds)

@@ -7,17 +7,22 @@ Invariants:
   node that makes no entries) is only ever a lower bound of what it holds;
 - nothing is folded until every member has reported, and a node that must not fold alone
   (``fold_alone`` False) folds nothing while it knows no member;
-- a store that cannot fold but can ``trim`` (a headless node's) drops what every member holds.
+- a store that cannot fold but can ``trim`` (a headless node's) drops what every member holds;
+- a forgotten member (``dhtfs.node.membership``) is left out of "every member" only once every
+  other member's last report showed it knew of the forgetting; its own reports are ignored
+  while it stays forgotten.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 import trio
 
 from dhtfs.errors import RemoteError
+from dhtfs.node.membership import Membership
 from dhtfs.node.network import Message
 
 LOG_SNAPSHOT = "LOG_SNAPSHOT"
@@ -28,7 +33,8 @@ SNAPSHOT_TTL = 120.0
 class Folding:
     """What a replicator knows of the other members, and what it may fold (see above)."""
 
-    def __init__(self, store: Any, own_id: bytes, *, fold_alone: bool = True) -> None:
+    def __init__(self, store: Any, own_id: bytes, *, fold_alone: bool = True,
+                 membership: Membership | None = None) -> None:
         self.store = store
         self.own_id = own_id
         self.fold_alone = fold_alone
@@ -36,19 +42,59 @@ class Folding:
         self.folding: Any = store if hasattr(store, "fold") else None
         self.members: set[bytes] = self.folding.members() if self.folding else set()
         self.reports: dict[bytes, tuple[dict[bytes, int], int | None]] = {}
+        self.membership = membership if membership is not None else Membership(own_id)
+        # (node, epoch) forgettings each member's last report showed it knew
+        self.knew: dict[bytes, frozenset[tuple[bytes, int]]] = {}
         self._snapshot: tuple[bytes, list[bytes], float] | None = None  # id, pages, expiry
 
     def clock(self) -> int | None:
         return self.folding.clock() if self.folding is not None else None
 
     def member(self, node_id: bytes) -> None:
+        """``node_id`` exchanged a log RPC with us: a member, heard from now."""
+        self.membership.heard(node_id)
         if node_id not in self.members and node_id != self.own_id:
             self.members.add(node_id)
             if self.folding is not None:
                 self.folding.add_member(node_id)
 
-    def report(self, node_id: bytes, vector: dict[bytes, int], clock: Any) -> None:
+    def report(self, node_id: bytes, vector: dict[bytes, int], clock: Any,
+               knew: frozenset[tuple[bytes, int]] = frozenset()) -> None:
         self.reports[node_id] = (vector, clock if type(clock) is int else None)
+        self.knew[node_id] = knew
+        self.membership.heard(node_id)
+
+    def known_members(self) -> set[bytes]:
+        """Every member this node knows of (forgotten ones too), itself excepted."""
+        members = self.members | set(self.store.vector())
+        members.discard(self.own_id)
+        return members
+
+    def required(self) -> set[bytes]:
+        """The members whose reports folding waits for: the known ones, but the forgotten
+        ones that every other one's last report knew were forgotten."""
+        members = self.known_members()
+        forgotten = self.membership.forgotten()
+        others = members - set(forgotten)
+        gone = {
+            x for x, epoch in forgotten.items()
+            if all((x, epoch) in self.knew.get(m, ()) for m in others)
+        }
+        return members - gone
+
+    def forget(self, node: bytes, why: str) -> tuple[int, bool, int] | None:
+        """Forget member ``node``, keeping what we hold of its entries (its cut)."""
+        return self.membership.forget(node, self.store.vector().get(node, 0), why)
+
+    def auto_forget(self, revoked: Callable[[bytes], bool] | None) -> None:
+        """Forget members whose certificate is ``revoked``, and members silent too long."""
+        members = self.known_members()
+        for m in sorted(members):
+            if revoked is not None and not self.membership.is_forgotten(m) and revoked(m):
+                self.forget(m, "its certificate was revoked")
+        for m in self.membership.silent(members):
+            self.forget(m, f"not heard from for member_timeout="
+                           f"{self.membership.member_timeout:g}s")
 
     def behind(self, theirs: dict[bytes, int]) -> bool:
         """True if a node with vector ``theirs`` lacks entries we no longer serve."""
@@ -60,10 +106,9 @@ class Folding:
     def maybe_fold(self) -> int:
         """Fold (or trim) what every known member holds; returns the entries folded."""
         vector = self.store.vector()
-        members = self.members | set(vector)
-        members.discard(self.own_id)
-        if not members and not self.fold_alone:
+        if not self.known_members() and not self.fold_alone:
             return 0
+        members = self.required()
         clock = self.clock()
         reports = {**self.reports, self.own_id: (vector, clock)}
         if any(m not in reports for m in members):

@@ -47,6 +47,11 @@ component-wise minimum and maximum of the vectors and the smallest clock, every
 what the answering node folded gets ``"snapshot": true`` instead of entries and fetches the
 store's snapshot page by page (LOG_SNAPSHOT), installs it, and pulls again.
 
+Members that are gone (``dhtfs.node.membership``): forget records ride on every message
+(``"forgotten"``); entries of a forgotten origin past its cut are refused quietly; a node that
+learns it was forgotten takes a snapshot from the next peer it syncs with, makes its own
+changes that nobody saw again on top of it, and marks itself rejoined.
+
 RPCs (args → answer)::
 
     LOG_PUSH      {"entries": [[origin, seq, body, sig], ...], "certs": [[origin, der], ...]}
@@ -63,7 +68,7 @@ import logging
 import math
 import random
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -82,6 +87,7 @@ from dhtfs.node.logwire import (
     vector_from_wire,
     vector_to_wire,
 )
+from dhtfs.node.membership import Membership, Record, records_from_wire
 from dhtfs.node.network import Contact, Message
 
 log = logging.getLogger(__name__)
@@ -151,7 +157,7 @@ class FoldingStore(LogStore, Protocol):
 
     def snapshot(self) -> bytes: ...
 
-    def install(self, blob: bytes) -> None: ...
+    def install(self, blob: bytes, restamp_after: int | None = None) -> None: ...
 
     def members(self) -> set[bytes]: ...
 
@@ -169,6 +175,7 @@ class ReplicatorStats:
     duplicates: int = 0
     rejected: int = 0
     stashed: int = 0
+    refused_forgotten: int = 0  # entries of forgotten origins past their cut
 
 
 class LogReplicator:
@@ -192,6 +199,8 @@ class LogReplicator:
         push_gap: float = 0.02,
         fold_alone: bool = True,
         rng: random.Random | None = None,
+        membership: Membership | None = None,
+        revoked: Callable[[bytes], bool] | None = None,
     ) -> None:
         self.node = node
         self.store = store
@@ -210,6 +219,7 @@ class LogReplicator:
         # entries ahead of a gap, with the peer that sent them
         self._stash: dict[tuple[bytes, int], tuple[LogEntry, bytes | None]] = {}
         self._accept_lock = trio.Lock()
+        self._rejoin_lock = trio.Lock()
         self._synced: set[bytes] = set()     # peers we ran anti-entropy with
         self._pulling: set[bytes] = set()
         self._nursery: trio.Nursery | None = None
@@ -221,7 +231,9 @@ class LogReplicator:
         # no other member known? Yes for a private swarm of one; not for a node meant to join
         # one (it would fold changes its swarm never saw, and could then not take the
         # swarm's snapshot without losing them).
-        self.fold = Folding(store, self.own_id, fold_alone=fold_alone)
+        self.fold = Folding(store, self.own_id, fold_alone=fold_alone, membership=membership)
+        self.membership = self.fold.membership
+        self.revoked = revoked  # node ID → its certificate is revoked (auto-forgetting)
         self._folding: FoldingStore | None = self.fold.folding
         self._last_fold = -math.inf
 
@@ -333,16 +345,32 @@ class LogReplicator:
             [o, c] for o in origins
             if (c := self.signer.own_cert if o == self.own_id else self.store.cert(o))
         ]
-        return {
+        message: Message = {
             "entries": [[e.origin, e.seq, e.body, e.sig or b""] for e in entries],
             "certs": certs,
         }
+        if self.membership.records:
+            message["forgotten"] = self.membership.to_wire()
+        return message
+
+    def _learn(self, args: Message) -> dict[bytes, Record]:
+        """Merge the forget records a message carries; returns them."""
+        records = records_from_wire(args.get("forgotten"))
+        if records:
+            self.membership.merge(records, self.store.vector())
+        return records
+
+    def forget(self, node: bytes, why: str) -> Record | None:
+        """Forget member ``node`` (see ``dhtfs.node.membership``); the new record, or None if
+        it was forgotten already or is this node."""
+        return self.fold.forget(node, why)
 
     # -- receiving -----------------------------------------------------------------------------
 
     async def handle(self, caller: Contact, method: str, args: Message) -> Message:
         """The RPC handler for ``METHODS`` (``caller`` is authenticated)."""
         self.fold.member(caller.node_id)
+        records = self._learn(args)
         if method == LOG_PUSH:
             entries = entries_from_wire(args.get("entries"), method)
             certs = certs_from_wire(args.get("certs", []), method)
@@ -353,7 +381,8 @@ class LogReplicator:
             limit = args.get("limit", MAX_ENTRIES)
             if type(limit) is not int or limit <= 0:
                 raise RemoteError(f"{method}: 'limit' must be a positive int")
-            self.fold.report(caller.node_id, theirs, args.get("clock"))
+            self.fold.report(caller.node_id, theirs, args.get("clock"),
+                             self.membership.known_in(records))
             if self.fold.behind(theirs):
                 answer = self._message([])
                 answer["snapshot"] = True
@@ -370,10 +399,11 @@ class LogReplicator:
             return self.fold.snapshot_page(args)
         raise RemoteError(f"unknown method {method!r}")
 
-    async def _install_from(self, peer: Contact) -> None:
-        """Fetch ``peer``'s snapshot page by page and install it."""
+    async def _install_from(self, peer: Contact, restamp_after: int | None = None) -> bool:
+        """Fetch ``peer``'s snapshot page by page and install it (own entries past
+        ``restamp_after``, if given, are made anew on top of it); True if installed."""
         if self._folding is None:
-            return
+            return False
         pages: list[bytes] = []
         snap_id: bytes | None = None
         while True:
@@ -389,15 +419,49 @@ class LogReplicator:
                 break
         async with self._accept_lock:
             try:
-                self._folding.install(b"".join(pages))
+                if restamp_after is None:
+                    self._folding.install(b"".join(pages))
+                else:
+                    self._folding.install(b"".join(pages), restamp_after=restamp_after)
             except ValueError as exc:
                 if peer.node_id not in self._refused_snapshots:
                     self._refused_snapshots.add(peer.node_id)
                     log.error("snapshot from %s not installed: %s", peer, exc)
-                return
+                return False
         self._stash.clear()
-        self._pushed = min(self._pushed, self.store.vector().get(self.own_id, 0))
+        self._sigs.clear()  # own entries may have been made anew: sign them again
+        self._pushed = min(self._pushed, self.store.vector().get(self.own_id, 0),
+                           restamp_after if restamp_after is not None else self._pushed)
         log.info("installed the snapshot of %s", peer)
+        return True
+
+    async def _rejoin(self, peer: Contact) -> bool:
+        """This node was forgotten: take ``peer``'s snapshot, make own entries past the cut
+        anew on top of it, and mark this node rejoined. True if done."""
+        async with self._rejoin_lock:  # one rejoin, whichever peer answered first
+            if not self.membership.is_forgotten(self.own_id):
+                return True
+            return await self._rejoin_locked(peer)
+
+    async def _rejoin_locked(self, peer: Contact) -> bool:
+        cut = self.membership.cut(self.own_id) or 0
+        if self._folding is not None:
+            before = self.store.vector().get(self.own_id, 0)
+            try:
+                if not await self._install_from(peer, restamp_after=cut):
+                    return False
+            except (NetworkError, RemoteError, ProtocolError) as exc:
+                log.info("rejoining through %s failed (%s); trying another peer", peer, exc)
+                return False
+            log.warning(
+                "this node had been forgotten by the swarm; rejoined with the snapshot of %s: "
+                "%d changes made here that the swarm had not seen were applied again as new "
+                "ops", peer, max(0, before - cut))
+        else:
+            log.warning("this node had been forgotten by the swarm; it is a member again")
+        self.membership.rejoined()
+        self._wake.set()
+        return True
 
     def _missing(self, theirs: dict[bytes, int], limit: int) -> tuple[list[LogEntry], bool]:
         """Entries we hold that a node with vector ``theirs`` lacks (about ``limit`` or
@@ -443,6 +507,9 @@ class LogReplicator:
             by_origin = sorted(entries, key=lambda e: (e.origin, e.seq))
             sender_id = sender.node_id if sender is not None else None
             for e in by_origin:
+                if self.membership.refuses(e.origin, e.seq):
+                    self.stats.refused_forgotten += 1  # made anew when it rejoins
+                    continue
                 if e.seq <= vector.get(e.origin, 0):
                     self.stats.duplicates += 1
                     if e.origin == self.own_id:
@@ -489,6 +556,8 @@ class LogReplicator:
                         offenders.add(bad_sender)
             self._drain_stash()
         self.stats.entries_accepted += len(fresh)
+        for origin in {e.origin for e in fresh}:
+            self.membership.heard(origin)  # its new entries: it was alive lately
         for node_id in offenders:
             self.stats.rejected += 1
             self.node.routing.penalize(node_id)
@@ -567,6 +636,7 @@ class LogReplicator:
             now = trio.current_time()
             if now - self._last_fold >= self.fold_interval:
                 self._last_fold = now
+                self.fold.auto_forget(self.revoked)
                 self.fold.maybe_fold()
             await trio.sleep(self.sync_interval * (0.5 + self.rng.random()))
 
@@ -587,12 +657,21 @@ class LogReplicator:
                     }
                     if self._folding is not None:
                         request["clock"] = self._folding.clock()
+                    if self.membership.records:
+                        request["forgotten"] = self.membership.to_wire()
                     ans = await self.node.call(peer, LOG_PULL, request, self.rpc_timeout)
                     self.fold.member(peer.node_id)
+                    records = self._learn(ans)
                     entries = entries_from_wire(ans.get("entries"), LOG_PULL, answer=True)
                     certs = certs_from_wire(ans.get("certs", []), LOG_PULL, answer=True)
                     theirs = vector_from_wire(ans.get("vector"), LOG_PULL, answer=True)
-                    self.fold.report(peer.node_id, theirs, ans.get("clock"))
+                    self.fold.report(peer.node_id, theirs, ans.get("clock"),
+                                     self.membership.known_in(records))
+                    if (self.membership.is_forgotten(self.own_id) and not installed
+                            and not self.membership.is_forgotten(peer.node_id)):
+                        installed = True
+                        if await self._rejoin(peer):
+                            continue
                     if ans.get("snapshot") is True and not installed:
                         await self._install_from(peer)
                         installed = True

@@ -99,6 +99,7 @@ class TimedLogStore(MemoryLogStore):
     def __init__(self, own_id: bytes, recorder: Recorder | None = None) -> None:
         super().__init__(own_id)
         self.recorder = recorder
+        self.trimmed: dict[bytes, int] = {}  # see ``trim``
 
     def accept(self, entries: Sequence[LogEntry]) -> None:
         for e in entries:
@@ -109,6 +110,18 @@ class TimedLogStore(MemoryLogStore):
     def entries(self, origin: bytes) -> list[LogEntry]:
         """Every entry of ``origin`` held, in order."""
         return self.entries_after(origin, 0, 1 << 62)
+
+    def trim(self, stable: dict[bytes, int]) -> int:
+        """What folding found stable (``dhtfs.node.logfold``: every member holds it): kept in
+        ``trimmed`` (origin → seq), as a headless node's store would drop it; the entries
+        stay (the simulator serves them on). Returns how many became stable now."""
+        gained = 0
+        for origin, seq in stable.items():
+            seq = min(seq, self.vector().get(origin, 0))
+            if seq > self.trimmed.get(origin, 0):
+                gained += seq - self.trimmed.get(origin, 0)
+                self.trimmed[origin] = seq
+        return gained
 
 
 def seed_scheduler(seed: int) -> None:
