@@ -135,7 +135,7 @@ class SwarmNode:
         revocations = self.revocations
         members = Membership(self.identity.node_id, config.state_dir / MEMBERS_FILE,
                              member_timeout=config.member_timeout,
-                             peer_cert=getattr(self.transport, "_peer_certs", {}).get)
+                             peer_cert=self.transport.peer_cert)
         self.replicator = LogReplicator(
             node, self.log_store, signer, fold_interval=config.fold_interval,
             fold_alone=not config.bootstrap and config.ca is None, membership=members,

@@ -119,7 +119,7 @@ async def serve_node(
         log_store = SqliteLogStore(config.state_dir / LOG_DB_NAME)
         members = Membership(identity.node_id, config.state_dir / MEMBERS_FILE,
                              member_timeout=config.member_timeout,
-                             peer_cert=getattr(transport, "_peer_certs", {}).get)
+                             peer_cert=transport.peer_cert)
         replicator = LogReplicator(
             node, log_store, Signatures(identity), fold_interval=config.fold_interval,
             membership=members,

@@ -424,6 +424,10 @@ class Transport:
         return {"delay": self.fault_delay, "tamper": self.fault_tamper, "mute": self.fault_mute,
                 "hold": sorted(self.fault_hold)}
 
+    def peer_cert(self, node_id: bytes) -> bytes | None:
+        """The DER certificate a peer showed at its last handshake with this node, if any."""
+        return self._peer_certs.get(node_id)
+
     def addresses(self) -> dict[str, Any]:
         """Where this node is bound and what its HELLO advertises (``dhtfs status``)."""
         return describe(self.bound, client=self.client)
