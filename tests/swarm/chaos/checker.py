@@ -15,9 +15,11 @@
    it on the same descriptor) and that nobody changed afterwards reads back with exactly that
    content on every mount. "Nobody changed it": no other op that may have changed the path
    or one of its ancestors (see ``model.touches``) is later or concurrent. An op O of another
-   node counts as before the write W only if O ended ``margin`` seconds before W started and
-   no fault was in force anywhere in between (so W's node had seen O); otherwise W is not
-   checked (a file renamed or replaced by another node is not "lost").
+   node counts as before the write W only if W's node had applied it when W started: its
+   version vector sampled before W covers O's node's own count sampled after O. Without
+   those samples, only if O ended ``margin`` seconds before W started and no fault was in
+   force anywhere in between. Otherwise W is not checked (a file renamed or replaced by
+   another node is not "lost").
 """
 
 from __future__ import annotations
@@ -159,6 +161,10 @@ def stable_writes(ops: Sequence[Op], windows: Sequence[Window], margin: float) -
 def _before(o: Op, w: Op, windows: Sequence[Window], margin: float) -> bool:
     if o.node == w.node:
         return o.index < w.index
+    if o.end >= w.start:
+        return False
+    if o.seq is not None and w.view is not None:
+        return w.view.get(o.node, 0) >= o.seq
     if o.end + margin > w.start:
         return False
     return not any(win.overlaps(o.start, w.start) for win in windows)

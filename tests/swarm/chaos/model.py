@@ -12,13 +12,16 @@ Invariants:
   (nothing changed), ``"done"`` when every step succeeded, ``"unknown"`` otherwise (a failure
   half-way, a node killed under the call): the checker treats unknown as "may have changed";
 - ``fsynced`` is (size, sha256) of what the file held, read back on the same descriptor
-  right after its ``fsync`` returned.
+  right after its ``fsync`` returned;
+- ``seq``/``view`` come from the node's op-log version vector (control socket), sampled
+  outside ``start``..``end``: after a call, the node's own count bounds the call's ops from
+  above; before a call, what the node had applied from each origin.
 """
 
 from __future__ import annotations
 
 import errno
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 # The shared tree: directories that ops create, remove and rename (into each other too),
 # and where files live.
@@ -72,7 +75,12 @@ class Op:
     fsynced: tuple[int, str] | None = None
     wrote: str | None = None       # sha256 of the bytes written by create/overwrite
     note: str = ""
-    faults: list[str] = field(default_factory=list)  # faults active meanwhile (for reports)
+    # Happened-before evidence from the nodes' op-log version vectors (None: not sampled):
+    # ``seq``, this node's own op count right after the call (an upper bound of the call's
+    # op sequence number); ``view``, by node index, the ops this node had applied just
+    # before the call started.
+    seq: int | None = None
+    view: dict[int, int] | None = None
 
     def describe(self) -> str:
         what = " -> ".join(self.paths)

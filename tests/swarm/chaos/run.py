@@ -20,7 +20,8 @@ from pathlib import Path
 from dhtfs.commands.swarmprocs import is_live
 from tests.swarm import swarmctl
 from tests.swarm.chaos import checker, faults, workload
-from tests.swarm.chaos.model import DIRS, Op
+from tests.swarm.chaos.model import CHANGES_CONTENT, DIRS, Op
+from tests.swarm.observe import control
 
 MIB = 1 << 20
 
@@ -176,6 +177,16 @@ def _run(config: ChaosConfig, root: Path, workdir: Path, disks: dict[int, faults
     crashed: list[str] = []
     total = n * config.ops
 
+    origin = {info.node_id: i for i, info in enumerate(infos)}
+
+    def vector(i: int) -> dict[int, int] | None:
+        """Node i's op-log version vector by node index; None if it does not answer."""
+        try:
+            answer = control(infos[i].state, "oplog")
+        except Exception:  # a node being killed: no evidence, the checker falls back
+            return None
+        return {origin[o.hex()]: seq for o, seq in answer["vector"] if o.hex() in origin}
+
     def worker(i: int) -> None:
         pace = random.Random(f"pace:{config.seed}:{i}")
         for index, spec in enumerate(workload.specs(config.seed, i, config.ops)):
@@ -184,9 +195,14 @@ def _run(config: ChaosConfig, root: Path, workdir: Path, disks: dict[int, faults
                     return
             if stop.is_set():
                 return
+            view = vector(i) if spec.fsync or spec.kind == "fsync" else None
             current[i] = (None, time.monotonic())
             op = workload.run_op(mounts[i], config.seed, i, index, spec, clock)
             current.pop(i, None)
+            op.view = view
+            if op.kind in CHANGES_CONTENT and op.effect != "none":
+                after = vector(i)
+                op.seq = after.get(i) if after is not None else None
             with lock:
                 ops.append(op)
             if op.errno in (errno.ENOTCONN, errno.ECONNABORTED) and up[i].is_set() \
