@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import random
+import shutil
 import threading
 import time
 from collections import Counter
@@ -24,6 +25,7 @@ from tests.swarm.chaos.model import CHANGES_CONTENT, DIRS, Op
 from tests.swarm.observe import control
 
 MIB = 1 << 20
+SLOW = 5.0  # a call longer than this (seconds) is listed in the details
 
 
 @dataclass
@@ -115,6 +117,9 @@ class Report:
         by_kind = Counter((u.op.split()[0], u.error) for u in self.unexpected)
         out += [f"# unexpected {op} {err}: {n} times" for (op, err), n in sorted(by_kind.items())]
         out += [f"# UNEXPECTED {u.describe()}" for u in self.unexpected]
+        slow = sorted((o for o in self.ops if o.end - o.start > SLOW), key=lambda o: o.start)
+        out += [f"# slow call {o.end - o.start:.1f}s at t={o.start:.2f}s: {o.describe()}"
+                for o in slow]
         out += [f"# DIVERGED {d}" for d in self.diff]
         out += [f"# LOST {loss.describe()}" for loss in self.losses]
         out += [f"# HARNESS {h}" for h in self.harness_errors]
@@ -137,6 +142,10 @@ def run_chaos(config: ChaosConfig, workdir: Path) -> Report:
         except Exception as exc:  # reported, then the last resort
             report.harness_errors.append(f"swarm down: {exc}")
             swarmctl.kill_all(root)
+        logs = workdir / "logs"  # the state of a small disk goes with it: keep the logs
+        logs.mkdir(exist_ok=True)
+        for log in root.glob("node*/state/dhtfs.log"):
+            shutil.copy(log, logs / f"{log.parent.parent.name}.log")
         for disk in disks.values():
             disk.close()
         report.elapsed = time.monotonic() - t_start
