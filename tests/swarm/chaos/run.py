@@ -196,6 +196,30 @@ def _run(config: ChaosConfig, root: Path, workdir: Path, disks: dict[int, faults
             return None
         return {origin[o.hex()]: seq for o, seq in answer["vector"] if o.hex() in origin}
 
+    def recover(i: int, op: Op) -> bool:
+        """Node i's daemon exited on its own: report it (its log's last error), remount it
+        once no fault is in force on it (a full disk freed), go on. False if it won't."""
+        window = faults.Window("crash", i, op.end)
+        report.windows.append(window)
+        up[i].clear()
+        last = ", ".join(_error_lines(infos[i].log, last=True)) or "no ERROR line"
+        report.unexpected.append(Unexpected(
+            config.seed, i, "daemon exited", "-", "mount gone", op.end,
+            f"not killed by the harness; first seen by {op.describe()}; log: {last}"))
+        while any(w.node == i and w.end is None and w is not window for w in report.windows):
+            if stop.is_set():
+                return False
+            time.sleep(0.1)
+        try:
+            swarmctl.restart(root)
+        except Exception as exc:  # reported: the run goes on without this node
+            crashed.append(f"node{i} could not be remounted after it exited: {exc}")
+            return False
+        window.end = clock()
+        window.note = "daemon exited by itself, remounted by the harness"
+        up[i].set()
+        return True
+
     def worker(i: int) -> None:
         pace = random.Random(f"pace:{config.seed}:{i}")
         for index, spec in enumerate(workload.specs(config.seed, i, config.ops)):
@@ -215,9 +239,7 @@ def _run(config: ChaosConfig, root: Path, workdir: Path, disks: dict[int, faults
             with lock:
                 ops.append(op)
             if op.errno in (errno.ENOTCONN, errno.ECONNABORTED) and up[i].is_set() \
-                    and not is_live(mounts[i]):
-                crashed.append(f"node{i} daemon gone (not killed by the harness) at "
-                               f"t={op.end:.2f}s after {op.describe()}")
+                    and not is_live(mounts[i]) and not recover(i, op):
                 return
             time.sleep(pace.expovariate(1 / config.pace) if config.pace > 0 else 0)
 
@@ -289,8 +311,8 @@ def _watch(threads: list[threading.Thread], current: dict[int, tuple[Op | None, 
     return None
 
 
-def _error_lines(log: Path) -> Counter:
-    """The ``msg`` of every ERROR line of a node's log, counted."""
+def _error_lines(log: Path, last: bool = False) -> Counter:
+    """The ``msg`` of every ERROR line of a node's log, counted (``last``: only the last)."""
     found: Counter = Counter()
     try:
         text = log.read_text(errors="replace")
@@ -298,5 +320,8 @@ def _error_lines(log: Path) -> Counter:
         return found
     for line in text.splitlines():
         if " level=ERROR " in line:
-            found[line.partition(' msg="')[2].partition('"')[0] or line[:120]] += 1
+            msg = line.partition(' msg="')[2].partition('"')[0] or line[:120]
+            if last:
+                found.clear()
+            found[msg] += 1
     return found
