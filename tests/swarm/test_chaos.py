@@ -35,12 +35,12 @@ def test_chaos_short_run_no_unexpected_error_converges_loses_nothing(tmp_path: P
     summary = "\n".join([*report.details(), *report.figures()])
     replay = (f"replay: .venv/bin/python scripts/chaos.py --seed {SEED} --ops 150 "
               f"--faults kill=1,partition=1,disk=1")
-    assert len(report.ops) == 3 * 150, summary
-    assert {w.kind for w in report.windows} == {"kill", "partition", "disk"}, summary
-    assert not report.harness_errors, f"{summary}\n{replay}"
     assert not report.unexpected, f"{summary}\n{replay}"
+    assert not report.harness_errors, f"{summary}\n{replay}"
     assert report.converge_seconds is not None, f"{summary}\n{replay}"
     assert not report.losses, f"{summary}\n{replay}"
+    assert len(report.ops) == 3 * 150, summary
+    assert {w.kind for w in report.windows} == {"kill", "partition", "disk"}, summary
 
 
 # -- the checker on hand-made histories (no mount) --------------------------------------------
@@ -48,8 +48,7 @@ def test_chaos_short_run_no_unexpected_error_converges_loses_nothing(tmp_path: P
 
 def op(node: int, index: int, kind: str, *paths: str, start: float, end: float,
        err: int | None = None, effect: str = "done", **kw) -> Op:
-    o = Op(node, index, kind, paths, start, end, err, "", effect, **kw)
-    return o
+    return Op(node, index, kind, paths, start, end, err, "", effect, **kw)
 
 
 def test_classify_allows_race_errnos_and_excuses_only_inside_fault_windows() -> None:

@@ -18,7 +18,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dhtfs.commands.swarmprocs import is_live
+from dhtfs.commands.swarmprocs import is_live, mounted
 from tests.swarm import swarmctl
 from tests.swarm.chaos import checker, faults, workload
 from tests.swarm.chaos.model import CHANGES_CONTENT, DIRS, Op
@@ -205,11 +205,17 @@ def _run(config: ChaosConfig, root: Path, workdir: Path, disks: dict[int, faults
         last = ", ".join(_error_lines(infos[i].log, last=True)) or "no ERROR line"
         report.unexpected.append(Unexpected(
             config.seed, i, "daemon exited", "-", "mount gone", op.end,
-            f"not killed by the harness; first seen by {op.describe()}; log: {last}"))
+            f"not killed by the harness; first seen after {op.describe()}; log: {last}"))
         while any(w.node == i and w.end is None and w is not window for w in report.windows):
             if stop.is_set():
                 return False
             time.sleep(0.1)
+        if not mounted(mounts[i]):  # what calls left in the bare mount point directory
+            for leftover in mounts[i].iterdir():
+                if leftover.is_dir() and not leftover.is_symlink():
+                    shutil.rmtree(leftover, ignore_errors=True)
+                else:
+                    leftover.unlink(missing_ok=True)
         try:
             swarmctl.restart(root)
         except Exception as exc:  # reported: the run goes on without this node
@@ -238,9 +244,13 @@ def _run(config: ChaosConfig, root: Path, workdir: Path, disks: dict[int, faults
                 op.seq = after.get(i) if after is not None else None
             with lock:
                 ops.append(op)
-            if op.errno in (errno.ENOTCONN, errno.ECONNABORTED) and up[i].is_set() \
-                    and not is_live(mounts[i]) and not recover(i, op):
-                return
+            if up[i].is_set() and not is_live(mounts[i]):
+                # The daemon went away under this call (a daemon that exits unmounts: the
+                # call may even have run on the bare directory): its outcome means nothing.
+                op.effect, op.fsynced, op.view = "unknown", None, None
+                op.note = "the mount went away during the call"
+                if not recover(i, op):
+                    return
             time.sleep(pace.expovariate(1 / config.pace) if config.pace > 0 else 0)
 
     schedule = faults.schedule(config.seed, n, config.faults, config.hold, sorted(disks))
