@@ -25,8 +25,8 @@ from dataclasses import dataclass
 
 # The shared tree: directories that ops create, remove and rename (into each other too),
 # and where files live.
-DIRS = ("a", "b", "c", "a/b", "b/c")
-PARENTS = ("", "a", "b", "a/b")
+DIRS = ("a", "b", "c", "a/b", "b/c", "a/b/c")
+PARENTS = ("", "a", "b", "a/b", "b/c")
 NAMES = ("f0", "f1", "f2", "l0")
 FILES = tuple(f"{p}/{n}" if p else n for p in PARENTS for n in NAMES)
 # Symlink targets never resolve inside the tree ("nowhere" is never created), so no call

@@ -29,7 +29,7 @@ from tests.swarm.chaos.model import (
 
 WEIGHTS = {
     "create": 8, "overwrite": 12, "append": 8, "truncate": 5, "read": 8, "fsync": 6,
-    "rename_file": 10, "rename_dir": 5, "unlink": 6, "mkdir": 6, "rmdir": 4, "symlink": 4,
+    "rename_file": 10, "rename_dir": 9, "unlink": 6, "mkdir": 6, "rmdir": 4, "symlink": 4,
     "chmod": 4, "cleanup": 2,
 }
 FSYNC_CHANCE = 0.4  # of a create / overwrite / append
