@@ -19,7 +19,10 @@ Invariants:
 - ``up`` starts only the nodes that are not mounted (a stale mount of a dead daemon is lazily
   unmounted first), each bootstrapping to every other recorded address; when none runs, the
   first starts alone, then the rest in parallel. It returns once every node answers with at
-  least ``joined_target(N)`` peers;
+  least ``joined_target(N)`` peers (with client-only nodes, ``storage=false`` in their own
+  options: a storage node waits for the other storage nodes, a client for every storage node);
+- ``-o`` options go to every node (kept in DIR/mount-options), ``--node-options NODE:OPTS``
+  to one node after them (kept in DIR/NODE/mount-options); both are reused by later runs;
 - ``down`` leaves no daemon running and nothing mounted (umount.dhtfs, SIGKILL past a deadline,
   lazy unmount of what is left) and is idempotent;
 - one command per DIR at a time (flock on DIR); every wait has a deadline; failures are one
@@ -127,6 +130,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     up.add_argument("-o", dest="options", metavar="OPTS",
                     help="more mount options for every node, e.g. replicas=2 (kept in "
                     "DIR/mount-options: later 'up' runs reuse them unless given -o again)")
+    up.add_argument("--node-options", dest="node_options", action="append", default=[],
+                    metavar="NODE:OPTS",
+                    help="more mount options for one node, after -o's, e.g. "
+                    "node2:storage=false for a client-only node (repeatable; kept in "
+                    "DIR/NODE/mount-options and reused unless given again for that node)")
     up.add_argument("dir", type=Path)
     up.set_defaults(func=_one_line(cmd_up))
     down = ssub.add_parser("down", help="unmount every node of the swarm in DIR")
@@ -288,16 +296,18 @@ async def _call(node: Node, method: str, seconds: float = STATUS_SECONDS) -> dic
             await client.aclose()
 
 
-def _wait_ready(nodes: Sequence[Node], target: int, seconds: float) -> dict[str, dict[str, Any]]:
-    """Poll each node's status until it has ``target`` peers; record ports still 0. Returns the
-    last answers; raises naming the first node that is not ready at the deadline or whose
-    mount went away."""
+def _wait_ready(nodes: Sequence[Node], target: int | dict[str, int], seconds: float
+                ) -> dict[str, dict[str, Any]]:
+    """Poll each node's status until it has ``target`` peers (or its own, by name); record
+    ports still 0. Returns the last answers; raises naming the first node that is not ready
+    at the deadline or whose mount went away."""
     answers: dict[str, dict[str, Any]] = {}
     waiting = {n.name: "no answer on its control socket" for n in nodes}
     dead: list[Node] = []
 
     async def one(node: Node, cancel: Callable[[], None]) -> None:
         next_refresh = trio.current_time() + REFRESH_EVERY
+        wanted = target if isinstance(target, int) else target[node.name]
         while True:
             try:
                 ans = await _call(node, "status")
@@ -314,10 +324,10 @@ def _wait_ready(nodes: Sequence[Node], target: int, seconds: float) -> dict[str,
                 if node.port == 0 and port.isdigit():
                     node.port = int(port)
                 peers = ans.get("peers") if isinstance(ans.get("peers"), int) else 0
-                if peers >= target:
+                if peers >= wanted:
                     del waiting[node.name]
                     return
-                waiting[node.name] = f"{peers} of {target} peers"
+                waiting[node.name] = f"{peers} of {wanted} peers"
                 if trio.current_time() >= next_refresh:  # a nudge: look up every bucket now
                     next_refresh = trio.current_time() + REFRESH_EVERY
                     with contextlib.suppress(DhtfsError, OSError, trio.TooSlowError):
@@ -350,20 +360,54 @@ MANAGED_OPTIONS = ("state", "ca", "cert", "cert_key", "listen", "bootstrap")
 OPTIONS_FILE = "mount-options"
 
 
-def _extra_options(root: Path, given: str | None) -> list[str]:
-    """The extra mount options: ``given`` (then kept in DIR), else those kept before."""
+def _extra_options(root: Path, given: str | None, flag: str = "-o") -> list[str]:
+    """The extra mount options: ``given`` (then kept in ``root``), else those kept before."""
     path = root / OPTIONS_FILE
     if given is not None:
         items = [o.strip() for o in given.split(",") if o.strip()]
         for item in items:
             if item.split("=", 1)[0].strip().replace("-", "_") in MANAGED_OPTIONS:
-                raise ConfigError(f"-o {item}: 'swarm up' sets {', '.join(MANAGED_OPTIONS)} "
-                                  f"itself")
+                raise ConfigError(f"{flag} {item}: 'swarm up' sets "
+                                  f"{', '.join(MANAGED_OPTIONS)} itself")
         path.write_text(",".join(items) + "\n")
         return items
     if path.exists():
         return [o for o in path.read_text().strip().split(",") if o]
     return []
+
+
+def _node_options(root: Path, nodes: Sequence[Node], given: Sequence[str],
+                  common: Sequence[str]) -> dict[str, list[str]]:
+    """Each node's mount options: ``common`` then its own (``--node-options NODE:OPTS``, kept
+    in DIR/NODE/mount-options, else those kept before)."""
+    by_name = {n.name: n for n in nodes}
+    own: dict[str, str] = {}
+    for spec in given:
+        name, sep, opts = spec.partition(":")
+        if not sep or name not in by_name:
+            raise ConfigError(f"--node-options {spec}: expected NODE:OPTS with NODE one of "
+                              f"{', '.join(by_name)}")
+        own[name] = opts
+    return {n.name: [*common, *_extra_options(n.state.parent, own.get(n.name),
+                                              "--node-options")] for n in nodes}
+
+
+def _is_client(options: Sequence[str]) -> bool:
+    """``storage=false`` (the last ``storage`` option wins, as for mount.dhtfs)."""
+    value = "true"
+    for item in options:
+        key, sep, val = item.partition("=")
+        if key.strip().replace("-", "_") == "storage":
+            value = val.strip().lower() if sep else "true"
+    return value in ("0", "false", "no", "off")
+
+
+def _join_targets(nodes: Sequence[Node], options: dict[str, list[str]]) -> dict[str, int]:
+    """Peers each node must know before ``up`` returns: storage nodes count only the other
+    storage nodes (a client is in nobody's routing table), a client every storage node."""
+    storage = sum(not _is_client(options[n.name]) for n in nodes)
+    return {n.name: (min(storage, joined_target(storage + 1)) if _is_client(options[n.name])
+                     else joined_target(storage)) for n in nodes}
 
 
 def _start(node: Node, bootstrap: Sequence[str], extra: Sequence[str] = ()) -> str | None:
@@ -378,7 +422,7 @@ def _start(node: Node, bootstrap: Sequence[str], extra: Sequence[str] = ()) -> s
 
 
 def _start_batch(
-    root: Path, nodes: Sequence[Node], batch: Sequence[Node], extra: Sequence[str] = ()
+    root: Path, nodes: Sequence[Node], batch: Sequence[Node], extra: dict[str, list[str]]
 ) -> None:
     """Start ``batch`` in parallel, each bootstrapping to every other recorded address; record
     the ports they got (also when some failed), then raise the first failure."""
@@ -386,7 +430,7 @@ def _start_batch(
         return
     boot = {n.name: [o.address for o in nodes if o is not n and o.port] for n in batch}
     with ThreadPoolExecutor(min(PARALLEL, len(batch))) as pool:
-        failures = list(pool.map(lambda n: _start(n, boot[n.name], extra), batch))
+        failures = list(pool.map(lambda n: _start(n, boot[n.name], extra[n.name]), batch))
     started = [n for n, failure in zip(batch, failures, strict=True) if failure is None]
     try:
         _wait_ready(started, 0, START_SECONDS)
@@ -416,7 +460,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         nodes += [Node.at(root, i) for i in range(len(nodes), count)]
         save_swarm(root, nodes)
         _ensure_files(root, nodes)
-        extra = _extra_options(root, args.options)
+        extra = _node_options(root, nodes, args.node_options,
+                              _extra_options(root, args.options))
         todo = [n for n in nodes if not is_live(n.mountpoint)]
         for node in nodes:
             if node not in todo:
@@ -425,7 +470,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             _start_batch(root, nodes, todo[:1], extra)
             todo = todo[1:]
         _start_batch(root, nodes, todo, extra)
-        answers = _wait_ready(nodes, joined_target(len(nodes)), JOIN_SECONDS)
+        answers = _wait_ready(nodes, _join_targets(nodes, extra), JOIN_SECONDS)
         save_swarm(root, nodes)
     _print_nodes(nodes, answers, args.json)
     return 0

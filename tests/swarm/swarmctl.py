@@ -65,11 +65,14 @@ def run_cli(*args: str, timeout: float = TIMEOUT) -> subprocess.CompletedProcess
                           timeout=timeout, check=False)
 
 
-def up(root: Path, n: int | None = None, options: str | None = None) -> list[NodeInfo]:
-    """``dhtfs swarm up --json [--nodes n] [-o options] root``: start what is not mounted,
-    wait, describe."""
+def up(root: Path, n: int | None = None, options: str | None = None,
+       node_options: dict[str, str] | None = None) -> list[NodeInfo]:
+    """``dhtfs swarm up --json [--nodes n] [-o options] [--node-options NAME:OPTS...] root``:
+    start what is not mounted, wait, describe."""
     argv = ["swarm", "up", "--json", *(["--nodes", str(n)] if n is not None else []),
-            *(["-o", options] if options is not None else []), str(root)]
+            *(["-o", options] if options is not None else []),
+            *(a for name, opts in (node_options or {}).items()
+              for a in ("--node-options", f"{name}:{opts}")), str(root)]
     res = run_cli(*argv)
     if res.returncode != 0:
         raise SwarmError(f"swarm up exited {res.returncode}: {res.stderr.strip()}")
@@ -122,10 +125,11 @@ def kill_all(root: Path) -> None:
 
 
 @contextlib.contextmanager
-def running_swarm(root: Path, n: int, options: str | None = None) -> Iterator[list[NodeInfo]]:
+def running_swarm(root: Path, n: int, options: str | None = None,
+                  node_options: dict[str, str] | None = None) -> Iterator[list[NodeInfo]]:
     """An ``n``-node swarm in ``root`` for the ``with`` block; always brought down after."""
     try:
-        yield up(root, n, options)
+        yield up(root, n, options, node_options)
     finally:
         try:
             down(root)
