@@ -476,7 +476,7 @@ class Transport:
             raise PeerUnreachable(f"contact at {host}:{port}: this node is isolated")
         with deadline(timeout, f"contact at {host}:{port}"):
             conn = await self._connection(None, host, port)
-            return Contact(conn.peer.node_id, host, port)
+            return Contact(conn.peer.node_id, host, conn.peer.port)
         raise AssertionError("unreachable")
 
     # -- serving ---------------------------------------------------------------------------------
@@ -659,7 +659,11 @@ class Transport:
                 tls.close()
             await trio.aclose_forcefully(tcp)
             raise
-        return _Connection(self, frames, Contact(peer_id, host, port), True)
+        # A client-only node listens (it must, to be dialed by a bootstrap address) but
+        # advertises port 0: it stays a port-0 contact, which nobody routes or stores through,
+        # even when dialed at its real port.
+        return _Connection(self, frames, Contact(peer_id, host, 0 if hello.port == 0 else port),
+                           True)
 
     @property
     def _advertised_port(self) -> int:

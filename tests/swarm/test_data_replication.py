@@ -322,6 +322,26 @@ def test_client_only_mounts_store_nothing_for_others(tmp_path: Path) -> None:
                 client.close()
 
 
+def test_a_client_dialed_at_its_real_port_is_still_no_replica(tmp_path: Path) -> None:
+    """A client-only mount listens (so a bootstrap address can reach it) but advertises port
+    0. A storage node that dials it at its real port (``dhtfs swarm up`` restarts a node with
+    every recorded address as bootstrap) must still not route to it nor place blocks on it:
+    it did, and a client's full disk then failed other nodes' fsyncs."""
+    root = tmp_path / "swarm"
+    with swarmctl.running_swarm(root, 3, node_options={"node2": "storage=false"}) as nodes:
+        storage0, storage1, client = nodes
+        swarmctl.kill(root, "node0")
+        swarmctl.restart(root)  # node0 bootstraps to node1 and to the client's real port
+        wait_until(lambda: control(storage0.state, "status")["peers"] >= 1, "node0 rejoined")
+        peers = {p[0].hex() if isinstance(p[0], bytes) else p[0]
+                 for p in control(storage0.state, "peers")["peers"]}
+        assert client.node_id not in peers and storage1.node_id in peers, peers
+        data = os.urandom(3 * MIB)
+        write_fsynced(storage0.mountpoint / "f", data)
+        for block in blocks_of(storage0.mountpoint / "f"):
+            assert holds(storage1.state, block) and not holds(client.state, block), block[:12]
+
+
 def test_a_restarted_node_whose_peers_are_out_of_reach_is_not_alone(tmp_path: Path) -> None:
     """A node restarted while the peers it knew are down must not call its own copy enough:
     its fsync fails with EIO by the deadline (the same rule as a node cut off mid-run)."""
