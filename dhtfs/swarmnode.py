@@ -163,6 +163,7 @@ class SwarmNode:
         self.fs.operations.replicate = lambda ids: replication.wait(
             ids, config.replication_deadline
         )
+        self.fs.operations.swarm_short_of_space = replication.short_of_space
         control = ControlServer([node], extra={
             "status": self._status, "oplog": self._oplog, "isolate": self._isolate,
             "faults": self._faults, "fsck": self._fsck,

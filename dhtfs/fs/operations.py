@@ -177,6 +177,9 @@ class Operations(pyfuse3.Operations):
         self.locate: Callable[[list[bytes]], Awaitable[dict[bytes, list[list[Any]]]]] | None = None
         # A swarm mount's wait for blocks to reach their replicas: → the ones that did not.
         self.replicate: Callable[[list[bytes]], Awaitable[list[bytes]]] | None = None
+        self.swarm_short_of_space: Callable[[], bool] = lambda: False
+        """Whether the peers a block should go to are too often full for its copies (then
+        an fsync that could not replicate fails with ENOSPC, not EIO)."""
         # Told (obj, {chunk index: pieces laid}) after each content change committed here
         # (compaction).
         self.on_content: Callable[[bytes, dict[int, list[Piece]]], None] | None = None
@@ -466,7 +469,8 @@ class Operations(pyfuse3.Operations):
     async def durable(self, files: list[OpenFile]) -> None:
         """Make the named files' blocks (those stored since their last fsync) and all applied
         metadata survive power loss here, then (a swarm mount) wait for those blocks to be on
-        their R nodes: EIO if ``replicate`` says some could not get there in time."""
+        their R nodes: EIO if ``replicate`` says some could not get there in time, ENOSPC if
+        they could not because the nodes they go to are full."""
         self.tree.ns.commit()
         taken = {of.obj: await self.contents.take_unsynced(of.obj) for of in files}
         ids = [i for blocks in taken.values() for i in blocks]
@@ -486,6 +490,11 @@ class Operations(pyfuse3.Operations):
         if missing:
             for obj, blocks in taken.items():
                 self.contents.put_back_unsynced(obj, blocks)
+            if self.swarm_short_of_space():
+                log.error("fsync: %d of %d blocks cannot get their copies: the nodes they go "
+                          "to are out of space (see their dhtfs status); the data is safe "
+                          "here and keeps replicating", len(missing), len(ids))
+                raise NamespaceError(errno.ENOSPC, "the swarm's replicas are out of space")
             log.error(
                 "fsync: %d of %d blocks did not reach their replicas in time (is the swarm "
                 "reachable? see replication_deadline); the data is safe here and keeps "

@@ -51,6 +51,8 @@ LIVE_SECONDS = 600.0
 """While the routing table is empty, peers heard from within this long still count as live:
 a node cut off from the swarm (its routing table empties as calls fail) does not think itself
 alone and call a block replicated with its own copy only."""
+SPACE_CHECK_SECONDS = 0.25
+"""How often a waiting ``wait`` checks whether full peers leave its blocks nowhere to go."""
 
 
 class ChunkReplicator:
@@ -160,12 +162,28 @@ class ChunkReplicator:
         self._work.set()
         with trio.move_on_after(deadline):
             for cid in waiting:
-                event = self._done.get(cid)
-                if event is None:
-                    event = self._done[cid] = trio.Event()
-                if cid in self.sizes:
-                    await event.wait()
+                while cid in self.sizes:
+                    event = self._done.get(cid)
+                    if event is None:
+                        event = self._done[cid] = trio.Event()
+                    with trio.move_on_after(SPACE_CHECK_SECONDS):
+                        await event.wait()
+                    if cid in self.sizes and self._attempts.get(cid, 0) and self.short_of_space():
+                        # Tried, and too many of the nodes it should go to are full: waiting
+                        # out the deadline would not help (the caller says ENOSPC).
+                        return [c for c in waiting if c in self.sizes]
         return [c for c in waiting if c in self.sizes]
+
+    def short_of_space(self) -> bool:
+        """Too few peers with room for a block to get its copies: of the live peers, those
+        that refused a block for want of space lately (``Node.peer_full``) are no targets,
+        and the rest plus this node's own copy fall short of ``min(R, live peers + own)``."""
+        if not self.node.full_until:
+            return False
+        own = 0 if self.node.client else 1
+        live = self.live_peers()
+        full = sum(1 for c in self.node.routing.contacts() if self.node.peer_full(c))
+        return (live - full) + own < min(self.node.replication, live + own)
 
     async def drain(self, deadline: float, every: float = 5.0) -> int:
         """Wait for the whole backlog, logging progress every ``every`` seconds, up to

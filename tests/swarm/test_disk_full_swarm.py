@@ -5,6 +5,7 @@ directory on a small ext4 filesystem the test makes and fills.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 from pathlib import Path
@@ -99,3 +100,34 @@ def test_cached_copies_make_room_for_writes(tmp_path: Path) -> None:
             assert (writer.mountpoint / "first").read_bytes() == first
     finally:
         remove_small_fs(image, root / "node0" / "state")
+
+
+def test_fsync_says_enospc_when_every_other_replica_is_full(tmp_path: Path) -> None:
+    """Two storage nodes, one full: a block written on the other has nowhere to get its
+    second copy. fsync fails with ENOSPC (the swarm is out of space), as soon as the refusal
+    is in, not with EIO at the end of ``replication_deadline``; once the full node has room
+    again the block is placed and the next fsync succeeds."""
+    root = tmp_path / "swarm"
+    image = tmp_path / "full.img"
+    try:
+        with swarmctl.running_swarm(root, 2, "replication_deadline=120") as nodes:
+            move_state_to_small_fs(root, nodes[1], image)
+            nodes = swarmctl.restart(root)
+            writer, full = (by_name(nodes)[n] for n in ("node0", "node1"))
+            fill(full.state, 2 * MIB)
+            wait_until(lambda: control(writer.state, "status")["peers"] >= 1, "the peer")
+            fd = os.open(writer.mountpoint / "f", os.O_WRONLY | os.O_CREAT, 0o644)
+            try:
+                os.write(fd, os.urandom(2 * MIB))
+                with pytest.raises(OSError) as failed:
+                    os.fsync(fd)
+                assert failed.value.errno == errno.ENOSPC, failed.value
+                assert "out of space" in writer.log.read_text()
+                (full.state / "ballast").unlink()
+                wait_until(lambda: not control(writer.state, "status")["replication"]["pending"],
+                           "the block placed once the full node has room", timeout=120)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    finally:
+        remove_small_fs(image, root / "node1" / "state")
