@@ -58,6 +58,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+ALONE_AFTER = 600.0
+"""A read gives up at once for want of peers only when none was heard from for this long."""
 RETRY_FIRST = 0.05
 """Seconds a patient read waits before its second look for a copy; doubled after each look,
 up to ``RETRY_MAX`` (news of the chunk arriving here ends a wait at once)."""
@@ -121,7 +123,8 @@ class ChunkReads:
             got = await self._look_for(chunk_id, hints, until, news)
         if got is None:
             if until is not None:
-                self.arrivals.missed(chunk_id)
+                if trio.current_time() >= until:  # a whole deadline waited: not again at once
+                    self.arrivals.missed(chunk_id)
                 log.warning("chunk %s: no copy on any reachable node (its writer: %s)",
                             chunk_id.hex()[:16], hints[0].hex()[:12] if hints else "unknown")
             elif hints:
@@ -144,11 +147,16 @@ class ChunkReads:
         return c
 
     def _alone(self) -> bool:
-        """No peer to ask or to hear from: waiting for a copy could only end in EIO."""
+        """No peer to ask or to hear from: waiting for a copy could only end in EIO. A
+        routing table emptied by failing calls is not that: peers heard from within
+        ``ALONE_AFTER`` seconds mean this node is more likely cut off (or they are busy)
+        than alone, and the read waits for them (the replication backlog's rule too)."""
         if len(self.routing):
             return False
         connected = getattr(self.network, "connected_peers", None)
-        return connected is None or not connected()
+        if connected is not None and connected():
+            return False
+        return self.recent_peers(ALONE_AFTER) == 0
 
     async def _look_for(
         self, cid: bytes, hints: list[bytes], until: float | None, news: Watch

@@ -3,7 +3,10 @@
 1. **Errnos.** Every errno a call returned is one its kind allows for a race (``ALLOWED``), or
    is excused by a fault in force on that node during the call, and only then:
    - any errno, for a call overlapping the window in which its node was killed and remounted;
-   - ENOSPC, for a call on the node whose disk was full, overlapping that window;
+   - ENOSPC, for a call on the node whose disk was full, overlapping that window; and for an
+     ``fsync`` on any node from the window's start until ``FULL_MARK_SECONDS`` after its end
+     (a replica that refused a block for want of space is no target for that long, and an
+     fsync whose blocks have nowhere else to go says ENOSPC);
    - EIO, for a call on a node cut off (partition) that lasted at least the read or
      replication deadline (the documented way a read or fsync with no reachable copy ends).
    Anything else (EIO, ESTALE, ENOTCONN... on a node that is up) is unexpected.
@@ -39,6 +42,11 @@ from tests.swarm.chaos.model import ALLOWED, Op, touches
 Tree = dict[str, tuple[str, int, int | None, str | None]]
 
 
+FULL_MARK_SECONDS = 60.0
+"""How long a writer takes a peer that refused a block for want of space as full
+(``dhtfs.node.node.FULL_SECONDS``)."""
+
+
 def classify(op: Op, windows: Sequence[Window], deadline: float) -> str:
     """``ok``, ``race`` (an allowed errno), ``excused: WHY`` or ``unexpected``."""
     if op.errno is None:
@@ -50,6 +58,10 @@ def classify(op: Op, windows: Sequence[Window], deadline: float) -> str:
         return "excused: node killed meanwhile"
     if op.errno == errno.ENOSPC and any(w.kind == "disk" for w in mine):
         return "excused: disk full"
+    if (op.errno == errno.ENOSPC and op.step == "fsync"
+            and any(w.kind == "disk" and w.overlaps(op.start - FULL_MARK_SECONDS, op.end)
+                    for w in windows)):
+        return "excused: a replica's disk full"
     if (op.errno == errno.EIO and any(w.kind == "partition" for w in mine)
             and op.end - op.start >= deadline):
         return "excused: cut off past the deadline"
