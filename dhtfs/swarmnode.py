@@ -485,10 +485,12 @@ class SwarmNode:
         reachable through this root-only control socket: ``{"delay": seconds, "tamper": bool,
         "mute": bool, "hold": [method, ...]}``, each optional; returns the settings now in
         force. (``"follow": bool`` switches the mount's following of directories moved
-        elsewhere: remote.py.)"""
+        elsewhere, ``"invalidate": bool`` holds its kernel invalidations back: remote.py.)"""
         assert self.transport is not None
         if args.get("follow") is not None:  # following directories moved elsewhere (remote.py)
             self.remote.follow = bool(args["follow"])
+        if args.get("invalidate") is not None:  # kernel invalidations held back (remote.py)
+            self.remote.hold(not args["invalidate"])
         try:
             return self.transport.set_faults(
                 delay=args.get("delay"),

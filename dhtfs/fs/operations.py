@@ -397,7 +397,17 @@ class Operations(pyfuse3.Operations):
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int, ctx):
         parent = self._obj(parent_inode)
         gid, mode = self._new_group(parent, stat.S_IFREG | mode, ctx)
-        obj = self.tree.create(parent, name, stat.S_IFREG, mode, ctx.uid, gid)
+        try:
+            obj = self.tree.create(parent, name, stat.S_IFREG, mode, ctx.uid, gid)
+        except NamespaceError as exc:
+            if exc.errno != errno.EEXIST or flags & os.O_EXCL:
+                raise
+            # The kernel's entry said "no such name", but another node created it since
+            # (its invalidation not in yet). open(O_CREAT) without O_EXCL must open that
+            # file, never say EEXIST: ESTALE makes the VFS walk again with a fresh lookup
+            # (do_filp_open's LOOKUP_REVAL retry), which finds the file and opens it with
+            # the usual permission checks and O_TRUNC.
+            raise pyfuse3.FUSEError(errno.ESTALE) from None
         row = self.tree.require(obj)
         of = self.contents.load(row)
         fh = self._new_fh(of)

@@ -64,8 +64,18 @@ class RemoteChanges:
         self.done = 0
         self.mountpoint: Path | None = None  # set once mounted: where ``follow`` walks
         self.follow = True  # a test switch (the control socket's ``faults``)
+        self._resumed = trio.Event()  # a test switch: invalidations held while not set
+        self._resumed.set()
         self.followed = 0
         self._busy = 0
+
+    def hold(self, on: bool) -> None:
+        """Hold the queued invalidations back (tests of what the kernel does with entries
+        that are stale for a while: the control socket's ``faults {"invalidate": false}``)."""
+        if on and self._resumed.is_set():
+            self._resumed = trio.Event()
+        elif not on:
+            self._resumed.set()
 
     @property
     def pending(self) -> int:
@@ -192,6 +202,7 @@ class RemoteChanges:
         """Make the queued invalidations and follows, one at a time, each in a worker
         thread."""
         async for item in self._recv:
+            await self._resumed.wait()
             self._busy = 1
             try:
                 await self._do(item)
