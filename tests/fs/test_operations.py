@@ -101,8 +101,13 @@ async def test_names_rename_link_unlink_rmdir(fs: LocalFilesystem) -> None:
     await ops.unlink(ROOT, b"b", CTX)
     assert (await ops.getattr(ino)).st_nlink == 1
     with pytest.raises(pyfuse3.FUSEError) as e:
-        await ops.create(ROOT, b"hard", 0o644, os.O_RDWR, CTX)
+        await ops.create(ROOT, b"hard", 0o644, os.O_RDWR | os.O_EXCL, CTX)
     assert e.value.errno == errno.EEXIST
+    # Without O_EXCL the kernel only calls create for a name it holds as missing: another
+    # node made it since, and ESTALE makes the VFS look it up again and open it.
+    with pytest.raises(pyfuse3.FUSEError) as e:
+        await ops.create(ROOT, b"hard", 0o644, os.O_RDWR, CTX)
+    assert e.value.errno == errno.ESTALE
     with pytest.raises(pyfuse3.FUSEError) as e:
         await ops.mkdir(ROOT, b"x" * 256, 0o755, CTX)
     assert e.value.errno == errno.ENAMETOOLONG
