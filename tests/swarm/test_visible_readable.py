@@ -40,6 +40,7 @@ import pytest
 from tests.mounting import Mount
 from tests.swarm import swarmctl
 from tests.swarm.observe import control, member_options, wait_until
+from tests.swarm.test_read_path import READER
 
 HOLD = ["PUT_CHUNK", "ADD_PROVIDER"]
 SIZES = {"tiny": 3000, "small": 100 * 1024}
@@ -48,17 +49,6 @@ fetched with GET_CHUNK; both below the size replication streams at once."""
 BOUND_DEADLINE = 4.0
 """``read_deadline`` of the swarm in the bound test."""
 
-READER = r"""
-import hashlib, json, sys, time
-began = time.monotonic()
-try:
-    with open(sys.argv[1], "rb") as fh:
-        out = {"sha256": hashlib.sha256(fh.read()).hexdigest(), "errno": None}
-except OSError as exc:
-    out = {"sha256": None, "errno": exc.errno}
-out["elapsed"] = time.monotonic() - began
-print(json.dumps(out))
-"""
 READ_TIMEOUT = 120.0
 """The subprocess reading a file is killed past this (the test then fails, never hangs)."""
 
