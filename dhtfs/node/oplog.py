@@ -67,6 +67,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import sqlite3
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -636,8 +637,14 @@ class LogReplicator:
             now = trio.current_time()
             if now - self._last_fold >= self.fold_interval:
                 self._last_fold = now
-                self.fold.auto_forget(self.revoked)
-                self.fold.maybe_fold()
+                try:
+                    self.fold.auto_forget(self.revoked)
+                    self.fold.maybe_fold()
+                except (sqlite3.Error, OSError) as exc:
+                    # A full disk (SQLITE_FULL, ENOSPC): the fold's transaction rolled back,
+                    # nothing changed; the next round tries again.
+                    log.warning("folding history failed (%s); tried again in %gs",
+                                exc, self.fold_interval)
             await trio.sleep(self.sync_interval * (0.5 + self.rng.random()))
 
     async def sync_with(self, peer: Contact, *, deadline: float = 30.0) -> int:

@@ -5,6 +5,7 @@ directory on a small ext4 filesystem the test makes and fills.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.mount.test_disk_full import make_small_fs, remove_small_fs
+from tests.mounting import is_mounted
 from tests.swarm import swarmctl
 from tests.swarm.observe import control, wait_until
 from tests.swarm.test_data_replication import blocks_of, by_name, holds, write_fsynced
@@ -129,5 +131,45 @@ def test_fsync_says_enospc_when_every_other_replica_is_full(tmp_path: Path) -> N
                 os.fsync(fd)
             finally:
                 os.close(fd)
+    finally:
+        remove_small_fs(image, root / "node1" / "state")
+
+
+def fill_up(where: Path) -> None:
+    """A ballast file on ``where``'s filesystem that takes every byte there is."""
+    with open(where / "ballast", "wb", buffering=0) as fh:
+        try:
+            while True:
+                fh.write(b"\xff" * MIB)
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC, exc
+        with contextlib.suppress(OSError):
+            os.fsync(fh.fileno())
+
+
+def test_folding_on_a_full_disk_is_retried_not_fatal(tmp_path: Path) -> None:
+    """Ops from a peer reach a node whose disk is full, and its periodic fold of the op log
+    then fails its commit (SQLITE_FULL): the daemon goes on (it died: found by the chaos
+    harness), and once there is room again the node catches up and shows the peer's files."""
+    root = tmp_path / "swarm"
+    image = tmp_path / "full.img"
+    try:
+        with swarmctl.running_swarm(root, 2, "fold_interval=1") as nodes:
+            move_state_to_small_fs(root, nodes[1], image)
+            nodes = swarmctl.restart(root)
+            writer, full = (by_name(nodes)[n] for n in ("node0", "node1"))
+            wait_until(lambda: control(writer.state, "status")["peers"] >= 1, "the peer")
+            fill_up(full.state)
+            for i in range(200):
+                (writer.mountpoint / f"f{i}").write_bytes(b"%d" % i)
+            log = full.state / "dhtfs.log"
+            wait_until(lambda: "folding history failed" in log.read_text(),
+                       "a fold on the full disk", timeout=60)
+            assert is_mounted(full.mountpoint), log.read_text()[-2000:]
+            (full.state / "ballast").unlink()
+            # (about 45 s here: how long a node whose commits failed takes to catch up)
+            wait_until(lambda: (full.mountpoint / "f199").exists(),
+                       "the peer's files on the node once it has room", timeout=150)
+            assert (full.mountpoint / "f199").read_bytes() == b"199"
     finally:
         remove_small_fs(image, root / "node1" / "state")
