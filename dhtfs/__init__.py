@@ -1,6 +1,6 @@
 """dhtfs: a FUSE filesystem backed by a Kademlia DHT content-delivery network.
 
-Package layout (see DESIGN.md): ``dhtfs.node`` is a content store and a replicated log and
+Package layout (README, Layout): ``dhtfs.node`` is a content store and a replicated log and
 knows nothing of files; ``dhtfs.fs`` turns them into a filesystem; ``dhtfs.sim`` runs the real
 node code over an in-memory network with virtual time.
 """

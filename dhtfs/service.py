@@ -1,4 +1,4 @@
-"""One mount = one process = one ``trio.run`` = one nursery (see DESIGN.md, Process model).
+"""One mount = one process = one ``trio.run`` = one nursery (no task outside it).
 
 ``open_state`` opens the state directory (exclusive lock, master key, chunk store, namespace,
 swarm identity); ``serve`` starts the swarm node (``dhtfs.swarmnode``: listener, Kademlia,

@@ -1,5 +1,5 @@
 """A mount's swarm node: transport, Kademlia node, op-log replication, chunk placement and
-the control socket, all in the mount's one nursery (DESIGN.md, Process model).
+the control socket, all in the mount's one nursery (see dhtfs.service).
 
 Start-up (``start``), each step under a deadline, so a mount never hangs on the network:
 listen (``listen=``; by default ``DEFAULT_LISTEN``, or any free port if that is taken), the

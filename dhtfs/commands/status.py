@@ -6,7 +6,7 @@ xattrs the mount serves for PATH (its extents; its providers, which the mount lo
 DHT, at most ``dhtfs.swarmnode.LOCATE_DEADLINE`` seconds). Human tables by default, ``--json``
 for scripts; see ``dhtfs.commands.target`` for the exit status.
 
-Blocks held by kind (DESIGN.md, "Storage on one node"): ``origin`` (written here, waiting for
+Blocks held by kind: ``origin`` (written here, waiting for
 replication: the replication backlog), ``cached`` (the disk cache's index), ``swarm`` (the
 rest: held as one of the R closest nodes, or written here and already replicated).
 """

@@ -1,7 +1,7 @@
 """The disk cache: copies of blocks held here beyond the swarm's R, evicted least recently
 used first once they pass ``capacity`` bytes (``-o cache_disk=BYTES``).
 
-A block in the store is one of (DESIGN.md, "Storage on one node"):
+A block in the store is one of:
 - *origin*: written here and not yet replicated (in the replication backlog);
 - *responsible*: placed here as one of the R XOR-closest nodes (PUT_CHUNK, repair, hand-off),
   or written here by a node that is itself among the R closest;

@@ -1,5 +1,6 @@
 """LAN discovery by mDNS / DNS-SD (zeroconf): announce this node, find and join the swarm's
-other nodes on the LAN with no bootstrap address configured (DESIGN.md, Process model).
+other nodes on the LAN with no bootstrap address configured (a task in the node's nursery:
+see dhtfs.service).
 
 What is announced: a ``_dhtfs._tcp.local.`` service named ``dhtfs-<first 16 hex digits of
 the node ID>``, SRV port = the listen port, A/AAAA records = the listen address, and TXT
