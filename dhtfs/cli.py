@@ -15,8 +15,8 @@ import importlib
 import logging
 import sys
 
-from dhtfs.errors import DhtfsError
-from dhtfs.logs import setup_logging
+from dhtfs.base.errors import DhtfsError
+from dhtfs.base.logs import setup_logging
 
 GROUPS = ("ca", "node", "chunk", "swarm", "sync", "status", "fsck")
 COMMANDS = {"peers": "status", "stat": "status"}  # commands a group of another name registers

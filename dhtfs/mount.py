@@ -29,11 +29,11 @@ from pathlib import Path
 import trio
 
 from dhtfs import __version__
-from dhtfs.config import Config, load_config, parse_mount_options
-from dhtfs.errors import DhtfsError
-from dhtfs.logs import capture_native_stderr, event, setup_logging
-from dhtfs.malloc import tune_malloc
-from dhtfs.service import check_mountpoint, open_state, serve
+from dhtfs.base.config import Config, load_config, parse_mount_options
+from dhtfs.base.errors import DhtfsError
+from dhtfs.base.logs import capture_native_stderr, event, setup_logging
+from dhtfs.base.malloc import tune_malloc
+from dhtfs.runtime.service import check_mountpoint, open_state, serve
 
 log = logging.getLogger("dhtfs.mount")
 

@@ -1,1 +1,4 @@
-"""``dhtfs`` command groups; each module has ``register(subparsers)`` (see ``dhtfs.cli``)."""
+"""The ``dhtfs`` command line: one module per command group.
+
+May import: any layer except ``dhtfs.sim``.
+"""

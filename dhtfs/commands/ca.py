@@ -6,8 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from dhtfs.errors import ConfigError
-from dhtfs.node import pki, revocation
+from dhtfs.base.errors import ConfigError
+from dhtfs.trust import pki, revocation
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -9,9 +9,9 @@ from typing import Any
 
 import trio
 
-from dhtfs.config import DEFAULT_STATE_ROOT
-from dhtfs.errors import ConfigError
-from dhtfs.node.control import CONTROL_SOCKET_NAME, ControlClient
+from dhtfs.base.config import DEFAULT_STATE_ROOT
+from dhtfs.base.errors import ConfigError
+from dhtfs.net.control import CONTROL_SOCKET_NAME, ControlClient
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -44,7 +44,7 @@ def _call(args: argparse.Namespace, method: str, call_args: dict[str, Any]) -> d
     return trio.run(go)
 
 
-def _chunk_id(text: str) -> bytes:
+def _block_id(text: str) -> bytes:
     try:
         cid = bytes.fromhex(text)
     except ValueError:
@@ -65,7 +65,7 @@ def cmd_put(args: argparse.Namespace) -> int:
 
 
 def cmd_get(args: argparse.Namespace) -> int:
-    data = _call(args, "get", {"id": _chunk_id(args.id)})["data"]
+    data = _call(args, "get", {"id": _block_id(args.id)})["data"]
     if args.out:
         args.out.write_bytes(data)
     else:
@@ -74,7 +74,7 @@ def cmd_get(args: argparse.Namespace) -> int:
 
 
 def cmd_providers(args: argparse.Namespace) -> int:
-    for node_id, host, port in _call(args, "providers", {"id": _chunk_id(args.id)})["providers"]:
+    for node_id, host, port in _call(args, "providers", {"id": _block_id(args.id)})["providers"]:
         print(f"{node_id.hex()} {host}:{port}")
     return 0
 

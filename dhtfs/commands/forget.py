@@ -5,7 +5,7 @@ thrown away, a node re-created under a new certificate) holds it back forever. T
 running node at PATH (a path on its mount, default the current directory) or ``--state DIR``
 to forget NODE (a node ID or a unique prefix of one, as ``dhtfs peers``/``status`` show them,
 or its certificate's common name). The decision spreads with the op log to every node
-(``dhtfs.node.membership``); folding resumes everywhere once every member has heard of it. A
+(``dhtfs.oplog.membership``); folding resumes everywhere once every member has heard of it. A
 forgotten node that comes back rejoins with a snapshot; its changes nobody saw are made again.
 
 Plain socket client (``dhtfs.commands.target``): no trio at start-up.
@@ -16,8 +16,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from dhtfs.base.errors import DhtfsError
 from dhtfs.commands.target import EXIT_HELP, Control, add_target, exits_3_without_node, socket_of
-from dhtfs.errors import DhtfsError
 
 
 def add_parser(ssub: argparse._SubParsersAction) -> None:

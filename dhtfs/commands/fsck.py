@@ -1,6 +1,6 @@
 """``dhtfs fsck [PATH|--state DIR] [--repair] [--json]``: check a mount's node.
 
-The node does the work (control method ``fsck``: ``dhtfs.node.verify``, ``dhtfs.fs.fsck``):
+The node does the work (control method ``fsck``: ``dhtfs.blocks.verify``, ``dhtfs.fs.fsck``):
 every block it stores is read, unsealed (the AES-GCM tag, bound to the block ID) and its
 SHA-256 compared with its ID, a page at a time in a worker thread of the node (progress on
 stderr when it is a terminal); then the namespace's invariants. ``--repair``: each bad block

@@ -6,9 +6,9 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from dhtfs.config import load_config, parse_mount_options
-from dhtfs.malloc import tune_malloc
-from dhtfs.node import headless
+from dhtfs.base.config import load_config, parse_mount_options
+from dhtfs.base.malloc import tune_malloc
+from dhtfs.runtime import headless
 
 
 def register(sub: argparse._SubParsersAction) -> None:

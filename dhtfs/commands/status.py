@@ -3,7 +3,7 @@
 ``status`` and ``peers`` ask the node's control socket (found from a PATH on its mount, by
 default the current directory, or from ``--state DIR``); ``stat`` reads the ``user.dhtfs.*``
 xattrs the mount serves for PATH (its extents; its providers, which the mount looks up in the
-DHT, at most ``dhtfs.swarmnode.LOCATE_DEADLINE`` seconds). Human tables by default, ``--json``
+DHT, at most ``swarmnode.LOCATE_DEADLINE`` seconds). Human tables by default, ``--json``
 for scripts; see ``dhtfs.commands.target`` for the exit status.
 
 Blocks held by kind: ``origin`` (written here, waiting for
@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from dhtfs.base.errors import DhtfsError
 from dhtfs.commands.target import (
     EXIT_HELP,
     Control,
@@ -35,8 +36,7 @@ from dhtfs.commands.target import (
     size_text,
     socket_of,
 )
-from dhtfs.errors import DhtfsError
-from dhtfs.node.addresses import advertised_text
+from dhtfs.net.addresses import advertised_text
 
 STATUS_TIMEOUT = 30.0
 

@@ -48,6 +48,7 @@ from typing import Any
 
 import trio
 
+from dhtfs.base.errors import ConfigError, DhtfsError
 from dhtfs.commands import forget
 from dhtfs.commands.swarmprocs import (
     EXIT_SECONDS,
@@ -61,9 +62,8 @@ from dhtfs.commands.swarmprocs import (
     stale,
     wait_gone,
 )
-from dhtfs.errors import ConfigError, DhtfsError
-from dhtfs.node import pki
-from dhtfs.node.control import CONTROL_SOCKET_NAME, ControlClient
+from dhtfs.net.control import CONTROL_SOCKET_NAME, ControlClient
+from dhtfs.trust import pki
 
 SWARM_FILE = "swarm.json"
 FIRST_HOST = 10  # node I listens on 127.0.0.(FIRST_HOST + I)

@@ -21,9 +21,9 @@ from typing import Any
 
 import trio
 
+from dhtfs.base.errors import DhtfsError
 from dhtfs.commands.target import control_socket
-from dhtfs.errors import DhtfsError
-from dhtfs.node.control import ControlClient
+from dhtfs.net.control import ControlClient
 
 POLL_SECONDS = 0.2
 

@@ -4,7 +4,7 @@ and printing (tables through ``rich``, imported only when a table is printed; ``
 
 A mount names its control socket in the ``user.dhtfs.control`` xattr of every file; a node's
 socket is ``<state>/control.sock`` (root only). The client here is synchronous (a plain Unix
-socket speaking ``dhtfs.node.wire`` frames, as ``dhtfs.node.control`` defines them): it
+socket speaking ``dhtfs.net.wire`` frames, as ``dhtfs.net.control`` defines them): it
 spares a command the start-up cost of trio, which the mount's own client needs.
 
 Exit status of these commands: 0 done; 1 an error (one line on stderr); 2 bad usage;
@@ -25,13 +25,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from dhtfs.errors import DhtfsError
-from dhtfs.node import wire
-from dhtfs.node.sockaddr import socket_address
+from dhtfs.base.errors import DhtfsError
+from dhtfs.base.sockaddr import socket_address
+from dhtfs.net import wire
 
 EXIT_NO_NODE = 3
 EXIT_PROBLEMS = 4
-SOCKET_NAME = "control.sock"  # dhtfs.node.control.CONTROL_SOCKET_NAME (that module brings trio)
+SOCKET_NAME = "control.sock"  # dhtfs.net.control.CONTROL_SOCKET_NAME (that module brings trio)
 CALL_TIMEOUT = 60.0
 
 EXIT_HELP = ("exit status: 0 done; 1 error; 2 bad usage; 3 no node runs at PATH/--state "

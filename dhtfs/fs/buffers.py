@@ -12,7 +12,7 @@ from collections import OrderedDict
 from typing import Any
 
 
-class ChunkCache:
+class PlaintextCache:
     """LRU of decrypted block plaintext, bounded in bytes."""
 
     def __init__(self, capacity: int) -> None:
@@ -20,16 +20,16 @@ class ChunkCache:
         self._items: OrderedDict[bytes, bytes] = OrderedDict()
         self._bytes = 0
 
-    def get(self, chunk_id: bytes) -> bytes | None:
-        data = self._items.get(chunk_id)
+    def get(self, block_id: bytes) -> bytes | None:
+        data = self._items.get(block_id)
         if data is not None:
-            self._items.move_to_end(chunk_id)
+            self._items.move_to_end(block_id)
         return data
 
-    def put(self, chunk_id: bytes, data: bytes) -> None:
-        if len(data) > self.capacity or chunk_id in self._items:
+    def put(self, block_id: bytes, data: bytes) -> None:
+        if len(data) > self.capacity or block_id in self._items:
             return
-        self._items[chunk_id] = data
+        self._items[block_id] = data
         self._bytes += len(data)
         while self._bytes > self.capacity:
             _, old = self._items.popitem(last=False)

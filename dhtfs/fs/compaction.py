@@ -4,7 +4,7 @@ Small writes leave a chunk as many pieces of small blocks; reading it then costs
 fetch per piece, and blocks that later writes hid stay referenced. Once a file this node
 changed has been left alone for ``idle_seconds``, each chunk the changes touched that holds
 more than ``max_pieces`` pieces is read, its bytes from its first piece to its last stored as
-one block, and the result committed as a ``compact`` op (``dhtfs.fs.versions``): the same
+one block, and the result committed as a ``compact`` op (``dhtfs.meta.versions``): the same
 bytes, so the version keeps its ID and nobody's later write conflicts with it.
 
 Invariants:
@@ -23,9 +23,9 @@ from collections.abc import Callable
 
 import trio
 
-from dhtfs.fs.extents import Piece
 from dhtfs.fs.files import FileContents
-from dhtfs.fs.tree import Tree
+from dhtfs.meta.extents import Piece
+from dhtfs.meta.tree import Tree
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +139,7 @@ class Compactor:
         hi = pieces[-1][0] + pieces[-1][1]
         data = bytearray(hi - lo)
         for pos, length, block, boff in pieces:
-            plain = await self.contents.get_chunk(block, (writer,))
+            plain = await self.contents.get_block(block, (writer,))
             part = plain[boff : boff + length]
             data[pos - lo : pos - lo + len(part)] = part
         plain_bytes = bytes(data)

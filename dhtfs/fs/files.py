@@ -3,7 +3,7 @@
 One ``OpenFile`` per inode with open handles (all handles of an inode share it), so that every
 reader sees every writer's bytes at once, as on a local filesystem.
 
-A file's bytes, per chunk index ``i`` (see ``dhtfs.fs.extents``), in layers, top wins:
+A file's bytes, per chunk index ``i`` (see ``dhtfs.meta.extents``), in layers, top wins:
 
 1. ``buffers[i]``: written ranges ``[pos, bytearray]`` not yet sealed (plaintext in memory);
 2. ``sealing``: ranges being hashed, encrypted and stored as blocks, in start order;
@@ -24,11 +24,11 @@ Invariants:
 - ``unsynced`` names every block stored but not yet fsynced, per file, so ``fsync`` costs what
   changed since the last one.
 
-A full disk (``dhtfs.node.space``): a write is acknowledged only if its bytes fit on the
+A full disk (``dhtfs.store.space``): a write is acknowledged only if its bytes fit on the
 state directory's disk beside every byte acknowledged and not yet stored (the buffers and
 blocks being sealed: ``space.reserved``) and the margin kept for metadata; else it fails with
 ENOSPC and changes nothing (cached copies are evicted first: they are reclaimable space,
-see ``dhtfs.node.cache``). The rule when storing a block fails all the same (something
+see ``dhtfs.store.diskcache``). The rule when storing a block fails all the same (something
 else filled the disk meanwhile, or an I/O error): the file's whole uncommitted change is
 dropped at once, and the file is back to its last committed version (size, bytes, mtime):
 it never shows a size that covers bytes that were not stored, i.e. zeros nobody wrote (the
@@ -52,13 +52,13 @@ from typing import Any
 
 import trio
 
-from dhtfs.errors import ChunkError, ChunkMissing, NamespaceError
-from dhtfs.fs.buffers import ChunkCache, clip_ranges, copy_over, merge_range
-from dhtfs.fs.extents import Piece, clip, overlay, overlay_all
-from dhtfs.fs.namespace import ObjectRow
-from dhtfs.fs.versions import MAX_FILE_SIZE
-from dhtfs.node.chunkstore import ChunkStore, chunk_id_of
-from dhtfs.node.space import BLOCK_SLACK
+from dhtfs.base.errors import BlockError, BlockMissing, NamespaceError
+from dhtfs.fs.buffers import PlaintextCache, clip_ranges, copy_over, merge_range
+from dhtfs.meta.extents import Piece, clip, overlay, overlay_all
+from dhtfs.meta.namespace import ObjectRow
+from dhtfs.meta.versions import MAX_FILE_SIZE
+from dhtfs.store.blockstore import BlockStore, block_id_of
+from dhtfs.store.space import BLOCK_SLACK
 
 log = logging.getLogger(__name__)
 
@@ -133,8 +133,8 @@ class FileContents:
 
     def __init__(
         self,
-        store: ChunkStore,
-        cache: ChunkCache,
+        store: BlockStore,
+        cache: PlaintextCache,
         default_chunk_size: int,
         commit: Callable[[OpenFile], tuple[int, bytes]],
         committed: Callable[[bytes, int], list[Piece]],
@@ -266,12 +266,12 @@ class FileContents:
         if len(stored) == 1 and not sealing and not ranges:
             pos, length, block, boff = stored[0]
             if pos <= start and end <= pos + length:
-                data = await self.get_chunk(block, (of.base[1],))
+                data = await self.get_block(block, (of.base[1],))
                 piece = data[boff + start - pos : boff + end - pos]
                 return piece if len(piece) == n else piece + bytes(n - len(piece))
         out = bytearray(n)
         for pos, length, block, boff in stored:
-            data = await self.get_chunk(block, (of.base[1],))
+            data = await self.get_block(block, (of.base[1],))
             lo, hi = max(pos, start), min(pos + length, end)
             piece = data[boff + lo - pos : boff + hi - pos]
             out[lo - start : lo - start + len(piece)] = piece
@@ -281,54 +281,54 @@ class FileContents:
             copy_over(out, start, end, r_pos, memoryview(r_data))
         return bytes(out)
 
-    async def get_chunk(self, chunk_id: bytes, hints: tuple[bytes, ...] = ()) -> bytes:
+    async def get_block(self, block_id: bytes, hints: tuple[bytes, ...] = ()) -> bytes:
         """Plaintext of a block (cached): from the local store, else (a swarm mount) from the
         swarm via ``fetch`` with ``hints``; EIO if no one has it or it fails to verify.
 
         Concurrent calls for one block share one fetch.
         """
-        data = self.cache.get(chunk_id)
+        data = self.cache.get(block_id)
         if data is not None:
             self.reads["memory"] += 1
             return data
-        waiting = self._fetching.get(chunk_id)
+        waiting = self._fetching.get(block_id)
         if waiting is not None:
             await waiting.wait()
-            data = self.cache.get(chunk_id)
+            data = self.cache.get(block_id)
             if data is not None:
                 return data
-        done = self._fetching[chunk_id] = trio.Event()
+        done = self._fetching[block_id] = trio.Event()
         try:
             try:
-                if self.fetch is not None and not self.store.has(chunk_id):
+                if self.fetch is not None and not self.store.has(block_id):
                     # Not stored here (one stat): no worker thread just to find that out.
-                    raise ChunkMissing(chunk_id, "not stored on this node")
+                    raise BlockMissing(block_id, "not stored on this node")
                 data = await trio.to_thread.run_sync(
-                    self.store.get, chunk_id, limiter=self._limiter
+                    self.store.get, block_id, limiter=self._limiter
                 )
                 self.reads["local"] += 1
                 if self.on_local_read is not None:
-                    self.on_local_read(chunk_id)
-            except ChunkError as exc:
+                    self.on_local_read(block_id)
+            except BlockError as exc:
                 if self.fetch is None:
                     raise
-                if not isinstance(exc, ChunkMissing):
+                if not isinstance(exc, BlockMissing):
                     # Being stored here right now (a replica's copy, a cached one: the file
                     # is created, then filled), or damaged: the swarm has it whole.
                     log.info("local copy of chunk %s does not unseal (%s): reading it "
-                             "from the swarm", chunk_id.hex()[:16], exc)
-                data = await self.fetch(chunk_id, hints)
+                             "from the swarm", block_id.hex()[:16], exc)
+                data = await self.fetch(block_id, hints)
                 self.reads["remote"] += 1
-        except ChunkError as exc:
+        except BlockError as exc:
             log.error("read failed: %s", exc)
             raise NamespaceError(errno.EIO, str(exc)) from exc
         finally:
             # After a failed fetch, several waiters may each retry and replace the entry;
             # remove only our own.
-            if self._fetching.get(chunk_id) is done:
-                del self._fetching[chunk_id]
+            if self._fetching.get(block_id) is done:
+                del self._fetching[block_id]
             done.set()
-        self.cache.put(chunk_id, data)
+        self.cache.put(block_id, data)
         return data
 
     def _prefetch(self, of: OpenFile, index: int) -> None:
@@ -339,9 +339,9 @@ class FileContents:
             if block not in self._fetching and self.cache.get(block) is None:
                 self.nursery.start_soon(self._prefetch_one, block, (of.base[1],))
 
-    async def _prefetch_one(self, chunk_id: bytes, hints: tuple[bytes, ...]) -> None:
+    async def _prefetch_one(self, block_id: bytes, hints: tuple[bytes, ...]) -> None:
         try:
-            await self.get_chunk(chunk_id, hints)
+            await self.get_block(block_id, hints)
         except NamespaceError:
             pass  # the reader that needs it will get the error
 
@@ -624,7 +624,7 @@ class FileContents:
         """Store ``data`` as a block; returns its ID. Thread-safe (runs in worker threads).
         ``reserved``: its space was reserved when its bytes were written (a write's block);
         else (compaction) ENOSPC if it does not fit beside the reservations and margin."""
-        block = chunk_id_of(data)
+        block = block_id_of(data)
         self.store.put(block, data, reserved=reserved)
         return block
 

@@ -1,18 +1,18 @@
 """``dhtfs fsck`` in a mount: the namespace's invariants, and the node's blocks
-(``dhtfs.node.verify``), behind the control method ``fsck``.
+(``dhtfs.blocks.verify``), behind the control method ``fsck``.
 
     {"namespace": true} → {"objects", "links", "extents", "referenced" (distinct blocks live
                            files use), "held" (of those, stored here), "problems": [str]}
-    anything else       → ``dhtfs.node.verify.control`` (block pages, repair)
+    anything else       → ``dhtfs.blocks.verify.control`` (block pages, repair)
 
 Checked (each one stated where the namespace keeps it; a problem names the entry):
 - the root exists and is a directory;
 - every link names an existing object of the link's kind, under an existing directory;
   names are unique per directory; a directory has one link;
 - every directory is reachable from the root (no orphaned subtree, no cycle);
-- every stored piece list (``dhtfs.fs.extents``) is sorted, non-overlapping, with positive
+- every stored piece list (``dhtfs.meta.extents``) is sorted, non-overlapping, with positive
   lengths, inside its chunk, with a 32-byte block ID, and no piece reaches past its file's
-  size (``dhtfs.fs.versions``).
+  size (``dhtfs.meta.versions``).
 
 It reads the database on the trio thread (as every namespace call does), after
 ``write_back``; a namespace of a million entries takes about a second.
@@ -26,10 +26,10 @@ from typing import Any
 
 import trio
 
-from dhtfs.fs.extents import unpack_pieces
-from dhtfs.fs.ops import ROOT_OBJ
-from dhtfs.node import verify
-from dhtfs.node.network import Message
+from dhtfs.blocks import verify
+from dhtfs.meta.extents import unpack_pieces
+from dhtfs.meta.ops import ROOT_OBJ
+from dhtfs.net.network import Message
 
 MAX_PROBLEMS = 100
 

@@ -40,7 +40,7 @@ import sqlite3
 
 import pyfuse3
 
-from dhtfs.fs.ops import ROOT_OBJ
+from dhtfs.meta.ops import ROOT_OBJ
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS inodes (

@@ -24,15 +24,15 @@ from typing import Any, TypeVar
 import pyfuse3
 import trio
 
-from dhtfs.errors import DhtfsError, NamespaceError
-from dhtfs.fs.extents import Piece
+from dhtfs.base.durable import fsync_file
+from dhtfs.base.errors import DhtfsError, NamespaceError
 from dhtfs.fs.files import FileContents, OpenFile
 from dhtfs.fs.inodes import InodeMap
-from dhtfs.fs.namespace import Namespace, ObjectRow
-from dhtfs.fs.tree import Tree
 from dhtfs.fs.xattrs import VIRTUAL_PREFIX, check_settable, virtual_value
-from dhtfs.node.control import CONTROL_SOCKET_NAME
-from dhtfs.node.durable import fsync_file
+from dhtfs.meta.extents import Piece
+from dhtfs.meta.namespace import Namespace, ObjectRow
+from dhtfs.meta.tree import Tree
+from dhtfs.net.control import CONTROL_SOCKET_NAME
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +171,7 @@ class Operations(pyfuse3.Operations):
         self._next_fh = 1
         self._kernel_version: dict[bytes, tuple[int, bytes]] = {}
         self._data_chunks: dict[tuple[bytes, int, bytes], int] = {}
-        # Metrics (dhtfs.node.metrics): told of every request (handler name, success, seconds).
+        # Metrics (dhtfs.runtime.metrics): told of every request (handler name, success, seconds).
         self.observe: Callable[[str, bool, float], None] | None = None
         # A swarm mount's provider lookup: block → [[node hex, "host:port", rtt ms | None]].
         self.locate: Callable[[list[bytes]], Awaitable[dict[bytes, list[list[Any]]]]] | None = None

@@ -37,9 +37,9 @@ import trio
 
 from dhtfs.fs.files import FileContents
 from dhtfs.fs.inodes import InodeMap
-from dhtfs.fs.namespace import Namespace
-from dhtfs.fs.ops import ROOT_OBJ, Op
-from dhtfs.fs.replica import LinkPlaces
+from dhtfs.meta.namespace import Namespace
+from dhtfs.meta.ops import ROOT_OBJ, Op
+from dhtfs.meta.replica import LinkPlaces
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from dhtfs.errors import NamespaceError
-from dhtfs.fs.namespace import ObjectRow
+from dhtfs.base.errors import NamespaceError
+from dhtfs.meta.namespace import ObjectRow
 
 VIRTUAL_PREFIX = b"user.dhtfs."
 MAX_VALUE = 64 * 1024

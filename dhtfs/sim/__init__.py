@@ -1,1 +1,5 @@
-"""In-memory network and virtual time that run the real node code at scale."""
+"""The simulator: the real DHT and op-log code over an in-memory network with virtual time.
+
+May import: ``dhtfs.base``, ``dhtfs.net``, ``dhtfs.dht``, ``dhtfs.store``, ``dhtfs.blocks``,
+``dhtfs.oplog``.
+"""

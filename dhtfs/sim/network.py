@@ -1,7 +1,7 @@
 """An in-memory ``Network`` for many nodes in one process, under trio's (virtual) clock.
 
 ``SimWorld`` is the shared medium; ``SimNetwork`` is one node's endpoint implementing the
-``dhtfs.node.network.Network`` protocol. Run it under
+``dhtfs.net.network.Network`` protocol. Run it under
 ``trio.testing.MockClock(autojump_threshold=0)`` so simulated time jumps whenever every task
 sleeps: a timeout costs simulated seconds, not real ones.
 
@@ -27,8 +27,8 @@ from dataclasses import dataclass
 
 import trio
 
-from dhtfs.errors import CallTimeout, PeerUnreachable, RemoteError
-from dhtfs.node.network import Contact, Message, RequestHandler
+from dhtfs.base.errors import CallTimeout, PeerUnreachable, RemoteError
+from dhtfs.net.network import Contact, Message, RequestHandler
 
 SIM_HOST = "sim"
 

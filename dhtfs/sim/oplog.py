@@ -1,4 +1,4 @@
-"""The replicated op log (``dhtfs.node.oplog``) on a simulated swarm: wiring, writers, churn,
+"""The replicated op log (``dhtfs.oplog.replicator``) on a simulated swarm: wiring, writers, churn,
 and measurement of how each op spreads.
 
 ``OpLogSim`` attaches a real ``LogReplicator`` (with a ``TimedLogStore`` and the simulator's
@@ -45,10 +45,10 @@ from typing import Any
 
 import trio
 
-from dhtfs.node import oplog
-from dhtfs.node.logstore import MemoryLogStore
-from dhtfs.node.node import Node
-from dhtfs.node.oplog import KeyedSigner, LogEntry, LogReplicator
+from dhtfs.dht.node import Node
+from dhtfs.oplog import replicator as oplog
+from dhtfs.oplog.logstore import MemoryLogStore
+from dhtfs.oplog.replicator import KeyedSigner, LogEntry, LogReplicator
 from dhtfs.sim.network import SimWorld
 from dhtfs.sim.swarm import Swarm
 
@@ -112,7 +112,7 @@ class TimedLogStore(MemoryLogStore):
         return self.entries_after(origin, 0, 1 << 62)
 
     def trim(self, stable: dict[bytes, int]) -> int:
-        """What folding found stable (``dhtfs.node.logfold``: every member holds it): kept in
+        """What folding found stable (``dhtfs.oplog.folding``: every member holds it): kept in
         ``trimmed`` (origin → seq), as a headless node's store would drop it; the entries
         stay (the simulator serves them on). Returns how many became stable now."""
         gained = 0

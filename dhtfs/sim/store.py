@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from dhtfs.errors import ChunkCorrupt, ChunkMissing
-from dhtfs.node.ids import sha256_id
+from dhtfs.base.errors import BlockCorrupt, BlockMissing
+from dhtfs.base.ids import sha256_id
 
 
 class MemoryStore:
@@ -18,28 +18,28 @@ class MemoryStore:
     def __init__(self) -> None:
         self._chunks: dict[bytes, bytes] = {}
 
-    def has(self, chunk_id: bytes) -> bool:
-        return chunk_id in self._chunks
+    def has(self, block_id: bytes) -> bool:
+        return block_id in self._chunks
 
-    def get(self, chunk_id: bytes) -> bytes:
+    def get(self, block_id: bytes) -> bytes:
         try:
-            return self._chunks[chunk_id]
+            return self._chunks[block_id]
         except KeyError:
-            raise ChunkMissing(chunk_id, "not stored on this node") from None
+            raise BlockMissing(block_id, "not stored on this node") from None
 
-    def put(self, chunk_id: bytes, data: bytes) -> bool:
-        if chunk_id in self._chunks:
+    def put(self, block_id: bytes, data: bytes) -> bool:
+        if block_id in self._chunks:
             return False
-        self._chunks[chunk_id] = bytes(data)
+        self._chunks[block_id] = bytes(data)
         return True
 
-    def put_verified(self, chunk_id: bytes, data: bytes) -> bool:
-        if sha256_id(data) != chunk_id:
-            raise ChunkCorrupt(chunk_id, "content does not hash to its id")
-        return self.put(chunk_id, data)
+    def put_verified(self, block_id: bytes, data: bytes) -> bool:
+        if sha256_id(data) != block_id:
+            raise BlockCorrupt(block_id, "content does not hash to its id")
+        return self.put(block_id, data)
 
-    def remove(self, chunk_id: bytes) -> bool:
-        return self._chunks.pop(chunk_id, None) is not None
+    def remove(self, block_id: bytes) -> bool:
+        return self._chunks.pop(block_id, None) is not None
 
     def ids(self) -> Iterator[bytes]:
         return iter(list(self._chunks))

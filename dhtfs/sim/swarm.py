@@ -20,9 +20,9 @@ from typing import Any
 
 import trio
 
-from dhtfs.node.ids import ID_BITS, random_id, to_int
-from dhtfs.node.network import Contact
-from dhtfs.node.node import Node
+from dhtfs.base.ids import ID_BITS, random_id, to_int
+from dhtfs.dht.node import Node
+from dhtfs.net.network import Contact
 from dhtfs.sim.network import SimWorld
 from dhtfs.sim.store import MemoryStore
 

@@ -7,7 +7,7 @@ Prints one line per figure: ``figure: NAME=VALUE UNIT`` (success rates: ``…_su
 How it runs on a small machine: N nodes are hosted by W worker processes (W = N/32, at least
 2; each worker one ``trio.run`` with N/W nodes, each node its own 127.0.x.y address, port 0,
 own TLS identity and encrypted ChunkStore, ephemeral key). The driver sends puts and gets to
-random nodes through the workers' control sockets (``dhtfs.node.control``), CONCURRENCY at a
+random nodes through the workers' control sockets (``dhtfs.net.control``), CONCURRENCY at a
 time. A get asks a node other than the one that put the chunk. Two timings per operation:
 
 - ``dhtfs_nN_{put,get}_SIZE_p50/p95``: end to end as the driver sees it, including the
@@ -60,8 +60,8 @@ sys.path.insert(0, str(REPO))
 
 import trio  # noqa: E402
 
-from dhtfs.malloc import tune_malloc  # noqa: E402
-from dhtfs.node import pki  # noqa: E402
+from dhtfs.base.malloc import tune_malloc  # noqa: E402
+from dhtfs.trust import pki  # noqa: E402
 
 CONCURRENCY = 4
 KIB, MIB = 1024, 1024 * 1024
@@ -85,11 +85,11 @@ def raise_fd_limit() -> None:
 
 
 async def worker_main(args: argparse.Namespace) -> None:
-    from dhtfs.node.chunkstore import ChunkStore
-    from dhtfs.node.control import ControlServer
-    from dhtfs.node.masterkey import load_master_key
-    from dhtfs.node.node import Node
-    from dhtfs.node.transport import Transport
+    from dhtfs.dht.node import Node
+    from dhtfs.net.control import ControlServer
+    from dhtfs.net.transport import Transport
+    from dhtfs.store.blockstore import BlockStore
+    from dhtfs.store.masterkey import load_master_key
 
     raise_fd_limit()
     tune_malloc()
@@ -104,7 +104,7 @@ async def worker_main(args: argparse.Namespace) -> None:
         for i, (host, ident) in enumerate(idents):
             transport = Transport(ident, host, 0)
             await nursery.start(transport.serve)
-            store = ChunkStore(root / f"chunks{i}", load_master_key("ephemeral", root))
+            store = BlockStore(root / f"chunks{i}", load_master_key("ephemeral", root))
             node = Node(transport, store)
             transport.handler = node.handle
             nodes.append(node)
@@ -171,7 +171,7 @@ def start_workers(n: int, workers: int, tmp: Path) -> list[tuple[subprocess.Pope
 async def refresh_all(procs: list[tuple[subprocess.Popen, Path, int]]) -> None:
     """Once all are up, every node refreshes every bucket (what the periodic refresh would do
     later): nodes that joined early learn of those that joined after them."""
-    from dhtfs.node.control import ControlClient
+    from dhtfs.net.control import ControlClient
 
     async def worker(path: Path, indexes: list[int]) -> None:
         client = await ControlClient.connect(path)
@@ -224,7 +224,7 @@ class Phase:
 
 async def run_jobs(phase: Phase, jobs: list[int], op: str) -> None:
     """Do ``op`` (put/get) for ``jobs`` one after the other, timing each end to end."""
-    from dhtfs.node.control import ControlClient
+    from dhtfs.net.control import ControlClient
 
     clients: dict[Path, ControlClient] = {}
     try:
@@ -271,7 +271,7 @@ async def settle(procs: list[tuple[subprocess.Popen, Path, int]], limit: float =
     its R copies are stored and announces the chunk afterwards, so the next phase starts on a
     quiet swarm, as it does after the kademlia reference's sets (which return after their
     STOREs)."""
-    from dhtfs.node.control import ControlClient
+    from dhtfs.net.control import ControlClient
 
     with trio.move_on_after(limit):
         for _, path, _ in procs:
@@ -364,7 +364,7 @@ async def kademlia_main(n: int, ops: int) -> None:
 
 
 async def tput_server(args: argparse.Namespace) -> None:
-    from dhtfs.node.transport import Transport
+    from dhtfs.net.transport import Transport
 
     tune_malloc()
     data = os.urandom(MIB)
@@ -380,8 +380,8 @@ async def tput_server(args: argparse.Namespace) -> None:
 
 
 async def tput_client(ca_dir: Path, peer_id: bytes, port: int, rounds: int) -> None:
-    from dhtfs.node.network import Contact
-    from dhtfs.node.transport import Transport
+    from dhtfs.net.network import Contact
+    from dhtfs.net.transport import Transport
 
     cert, key, _ = pki.issue_node_cert(ca_dir, "client")
     ident = pki.Identity.load(ca_dir / "ca.crt", cert, key)

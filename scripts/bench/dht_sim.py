@@ -36,8 +36,8 @@ import trio.testing
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from dhtfs.node.ids import random_id, to_int
-from dhtfs.node.node import Node
+from dhtfs.base.ids import random_id, to_int
+from dhtfs.dht.node import Node
 from dhtfs.sim.network import SimWorld
 from dhtfs.sim.swarm import Swarm
 
@@ -48,7 +48,7 @@ DEFINITIONS = """\
 # findnode success: a FIND_NODE lookup for a random ID returns, first, the live node
 #   XOR-closest to that ID.
 # hops: the level of the query that produced the answer: a contact from the initiator's own
-#   table is asked at hop 1, one it learned from a hop-h answer at hop h+1 (dhtfs/node/lookup.py).
+#   table is asked at hop 1, one it learned from a hop-h answer at hop h+1 (dhtfs/dht/lookup.py).
 # time: simulated seconds from the start of the lookup to its result.
 # churn30: 30% of nodes replaced per simulated minute (silent deaths, real joins); measured
 #   after a warm-up of churn, while churn continues."""
@@ -94,7 +94,7 @@ class Bench:
 
     async def put(self) -> None:
         node = self.rng.choice(list(self.sw.nodes.values()))
-        self.chunks.append(await node.put_chunk(blob(self.rng)))
+        self.chunks.append(await node.put_block(blob(self.rng)))
 
     async def value_lookup(self, tally: Tally, recent: int | None = None) -> None:
         pool = self.chunks[-recent:] if recent else self.chunks

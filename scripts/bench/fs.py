@@ -469,7 +469,7 @@ def read_oplog(db_path: Path, after_ts: int | None) -> list[tuple[int, bytes]]:
 def op_bytes(path: Path, db_path: Path, rng: random.Random) -> tuple[float, str]:
     """Bytes of the content op(s) one 4 KiB write + close into ``path`` produces (see the
     module docstring); → (bytes, a description of the new ops for the ``# `` line)."""
-    from dhtfs.fs.ops import decode_op  # here: the rest of the bench does not need dhtfs
+    from dhtfs.meta.ops import decode_op  # here: the rest of the bench does not need dhtfs
 
     fsync_path(path)  # commits whatever the earlier steps left in the open transaction
     newest = read_oplog(db_path, None)

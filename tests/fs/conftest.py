@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from dhtfs.config import Config
-from dhtfs.service import LocalFilesystem, open_state
+from dhtfs.base.config import Config
+from dhtfs.runtime.service import LocalFilesystem, open_state
 
 CS = 4096
 

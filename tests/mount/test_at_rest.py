@@ -149,7 +149,7 @@ def test_ephemeral_key(tmp_path: Path) -> None:
         m.close()
 
 
-def _chunk_path(state: Path, chunk_hex: str) -> Path:
+def _block_path(state: Path, chunk_hex: str) -> Path:
     return state / "chunks" / chunk_hex[:2] / chunk_hex[2:]
 
 
@@ -185,15 +185,15 @@ def test_corrupt_chunks_give_eio(mount: Mount) -> None:
     chunks = {name: json.loads(os.getxattr(root / name, "user.dhtfs.chunks")) for name in files}
     _stopped(mount)
 
-    flip = _chunk_path(mount.state, chunks["flip"][1])
+    flip = _block_path(mount.state, chunks["flip"][1])
     blob = bytearray(flip.read_bytes())
     blob[len(blob) // 2] ^= 0x01
     flip.write_bytes(bytes(blob))
-    trunc = _chunk_path(mount.state, chunks["trunc"][2])
+    trunc = _block_path(mount.state, chunks["trunc"][2])
     trunc.write_bytes(trunc.read_bytes()[:20])
-    swap = _chunk_path(mount.state, chunks["swap"][0])
-    swap.write_bytes(_chunk_path(mount.state, chunks["swap"][1]).read_bytes())
-    _chunk_path(mount.state, chunks["gone"][1]).unlink()
+    swap = _block_path(mount.state, chunks["swap"][0])
+    swap.write_bytes(_block_path(mount.state, chunks["swap"][1]).read_bytes())
+    _block_path(mount.state, chunks["gone"][1]).unlink()
 
     mount.start()
     _check_reads(root / "flip", files["flip"], [MIB + 12345])

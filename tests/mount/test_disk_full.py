@@ -323,8 +323,8 @@ def test_journal_and_id_sets_never_tear_on_a_full_disk(tiny_tmpfs: Path):
     """The op journal and the replication backlog / cache index files on a disk that fills
     up: a failed append leaves no partial record (replay and reload see every whole one),
     nothing raises from an id set, and both catch up once there is room."""
-    from dhtfs.fs.journal import OpJournal
-    from dhtfs.node.idset import IdSetFile
+    from dhtfs.meta.journal import OpJournal
+    from dhtfs.store.idset import IdSetFile
 
     journal = OpJournal(tiny_tmpfs / "ops.journal")
     ids = IdSetFile(tiny_tmpfs / "replication.backlog")

@@ -10,7 +10,7 @@ import xattr
 from tests.mounting import Mount
 
 
-def chunk_ids(path: os.PathLike) -> list[str]:
+def block_ids(path: os.PathLike) -> list[str]:
     return [c for c in json.loads(xattr.getxattr(str(path), "user.dhtfs.chunks")) if c]
 
 
@@ -24,7 +24,7 @@ def test_deleted_file_chunks_are_collected_at_mount_shared_ones_kept(mount: Moun
     shared = os.urandom(1024 * 1024)
     (mnt / "a").write_bytes(shared + os.urandom(1024 * 1024))
     (mnt / "b").write_bytes(shared)  # the same first chunk: stored once
-    a_chunks, b_chunks = chunk_ids(mnt / "a"), chunk_ids(mnt / "b")
+    a_chunks, b_chunks = block_ids(mnt / "a"), block_ids(mnt / "b")
     assert a_chunks[0] == b_chunks[0]
     assert set(a_chunks) | set(b_chunks) <= stored(mount)
     (mnt / "a").unlink()

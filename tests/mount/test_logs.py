@@ -1,6 +1,6 @@
 """Logs: one structured event per line, quiet by default, verbose with -o debug, no secrets.
 
-The format tests call ``dhtfs.logs`` directly; the others mount for real and read what the
+The format tests call ``dhtfs.base.logs`` directly; the others mount for real and read what the
 daemon wrote (``<state>/dhtfs.log`` in daemon mode, stderr with ``-f``).
 """
 
@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
-from dhtfs.logs import KeyValueFormatter, quote
+from dhtfs.base.logs import KeyValueFormatter, quote
 from tests.mount.helpers import ENV, dhtfs_cmd, sh
 from tests.mounting import cleanup, is_mounted, wait_for
 
@@ -110,7 +110,7 @@ def test_journald_priority_prefix(tmp_path: Path) -> None:
     by default: INFO is not logged, the lifecycle events are."""
     code = (
         "import logging\n"
-        "from dhtfs.logs import event, setup_logging\n"
+        "from dhtfs.base.logs import event, setup_logging\n"
         "setup_logging(False)\n"
         "log = logging.getLogger('dhtfs.test')\n"
         "log.info('not shown'); log.warning('disk nearly full'); log.error('disk full')\n"
@@ -138,7 +138,7 @@ def test_native_stderr_becomes_events() -> None:
     logger=libfuse events; Python's own stderr still works."""
     code = (
         "import ctypes, os, sys, time\n"
-        "from dhtfs.logs import capture_native_stderr, setup_logging\n"
+        "from dhtfs.base.logs import capture_native_stderr, setup_logging\n"
         "capture_native_stderr(); setup_logging(True)\n"
         "libc = ctypes.CDLL(None)\n"
         "stderr = ctypes.c_void_p.in_dll(libc, 'stderr')\n"

@@ -24,15 +24,15 @@ from pathlib import Path
 
 import pytest
 
-from dhtfs import systemd
+from dhtfs.base import systemd
 from dhtfs.mount import RUN_DIR
-from dhtfs.swarmnode import SHUTDOWN_PUSH_DEADLINE, SHUTDOWN_REPLICATION_DEADLINE
+from dhtfs.runtime.swarmnode import SHUTDOWN_PUSH_DEADLINE, SHUTDOWN_REPLICATION_DEADLINE
 from dhtfs.umount import WAIT_SECONDS, daemon_pid, process_alive
 from tests.mount.helpers import ENV, dhtfs_cmd, sh
 from tests.mounting import VENV_BIN, Mount, is_mounted, unmount_and_reap, wait_for
 
 UNITS = Path(__file__).resolve().parents[2] / "systemd"
-FLUSH_SECONDS = 60  # dhtfs.service bounds the flush of open files at shutdown by this
+FLUSH_SECONDS = 60  # dhtfs.runtime.service bounds the flush of open files at shutdown by this
 STOP_WORK = FLUSH_SECONDS + SHUTDOWN_REPLICATION_DEADLINE + SHUTDOWN_PUSH_DEADLINE
 LOOPBACK = "listen=127.0.0.1:0"
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from nodehelpers import IdentityFactory, make_identity
 
-from dhtfs.node import pki
+from dhtfs.trust import pki
 
 
 @pytest.fixture(scope="session")

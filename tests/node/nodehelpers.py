@@ -13,11 +13,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from hypothesis import strategies as st
 
-from dhtfs.errors import ProtocolError
-from dhtfs.node import pki, wire
-from dhtfs.node.network import Contact
-from dhtfs.node.pki import Identity
-from dhtfs.node.transport import tls_context
+from dhtfs.base.errors import ProtocolError
+from dhtfs.net import wire
+from dhtfs.net.network import Contact
+from dhtfs.net.transport import tls_context
+from dhtfs.trust import pki
+from dhtfs.trust.pki import Identity
 
 _names = itertools.count()
 

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dhtfs.node.pki import Identity
+from dhtfs.trust.pki import Identity
 
 REPO = Path(__file__).resolve().parents[2]
 READY = re.compile(r"ready node_id=([0-9a-f]{64}) listen=([0-9.]+):(\d+) control=(\S+)")

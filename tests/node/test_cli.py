@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from swarmproc import REPO, Swarm
 
-from dhtfs.node.pki import Identity, load_cert, node_id_of
+from dhtfs.trust.pki import Identity, load_cert, node_id_of
 
 ENV = {**os.environ, "DHTFS_NO_SYSTEM_CONFIG": "1", "PYTHONPATH": str(REPO)}
 
@@ -100,7 +100,7 @@ def test_node_from_toml_and_chunk_verbs(tmp_path: Path, swarm_ca: Path) -> None:
         status = r.stdout.decode()
         assert f"node_id={ident.node_id.hex()}" in status and "chunks=1" in status
         r = dhtfs("chunk", "--state", str(state), "get", "00" * 32)
-        assert r.returncode == 1 and "ChunkMissing" in r.stderr.decode()
+        assert r.returncode == 1 and "BlockMissing" in r.stderr.decode()
         # nothing but sealed bytes on disk
         sealed = [p for p in (state / "chunks").rglob("*") if p.is_file()]
         assert len(sealed) == 1 and blob[:64] not in sealed[0].read_bytes()

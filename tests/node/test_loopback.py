@@ -1,6 +1,6 @@
 """The loopback proof: 16 real ``dhtfs node`` processes on 127.0.0.x (one each, port 0).
 
-Driven through each node's control socket (``dhtfs.node.control``), plus, where a test needs a
+Driven through each node's control socket (``dhtfs.net.control``), plus, where a test needs a
 misbehaving peer, an in-test trio node on the real TLS transport that joins the swarm.
 """
 
@@ -17,15 +17,15 @@ import trio
 from nodehelpers import draw_garbage, make_identity, make_self_signed, raw_session, rejected
 from swarmproc import NodeProc, Swarm
 
-from dhtfs.errors import AuthError, ChunkCorrupt, RemoteError
-from dhtfs.node import wire
-from dhtfs.node.chunkstore import ChunkStore, chunk_id_of
-from dhtfs.node.control import ControlClient
-from dhtfs.node.masterkey import load_master_key
-from dhtfs.node.network import Contact
-from dhtfs.node.node import Node
-from dhtfs.node.pki import Identity
-from dhtfs.node.transport import Transport
+from dhtfs.base.errors import AuthError, BlockCorrupt, RemoteError
+from dhtfs.dht.node import Node
+from dhtfs.net import wire
+from dhtfs.net.control import ControlClient
+from dhtfs.net.network import Contact
+from dhtfs.net.transport import Transport
+from dhtfs.store.blockstore import BlockStore, block_id_of
+from dhtfs.store.masterkey import load_master_key
+from dhtfs.trust.pki import Identity
 
 N_NODES = 16
 pytestmark = pytest.mark.slow
@@ -75,7 +75,7 @@ async def test_chunks_put_anywhere_are_fetched_everywhere(swarm: Swarm) -> None:
     ids = []
     for i, blob in enumerate(blobs):
         ans = await control(nodes[(5 * i + 3) % N_NODES], "put", data=blob)
-        assert ans["id"] == chunk_id_of(blob) and ans["complete"] and ans["elapsed"] > 0
+        assert ans["id"] == block_id_of(blob) and ans["complete"] and ans["elapsed"] > 0
         ids.append(ans["id"])
 
     async def quiet() -> bool:  # announcements go on after a put returns, then stop
@@ -91,7 +91,7 @@ async def test_chunks_put_anywhere_are_fetched_everywhere(swarm: Swarm) -> None:
     for n in nodes:  # every reader keeps what it fetched
         assert (await control(n, "status"))["chunks"] == len(blobs)
     missing = os.urandom(32)
-    with pytest.raises(RemoteError, match="ChunkMissing"):
+    with pytest.raises(RemoteError, match="BlockMissing"):
         await control(nodes[1], "get", id=missing)
 
 
@@ -186,7 +186,7 @@ async def test_silent_peers_do_not_stall_lookups(
     mute_scope = trio.CancelScope()
 
     async def run_node(i: int, task_status: trio.TaskStatus[Transport]) -> None:
-        store = ChunkStore(tmp_path / f"chunks{i}", load_master_key("ephemeral", tmp_path))
+        store = BlockStore(tmp_path / f"chunks{i}", load_master_key("ephemeral", tmp_path))
         try:
             with mute_scope if i == 1 else trio.CancelScope():
                 async with joined_node(idents[i], hosts[i], store, nodes[0]) as (_, transport):
@@ -245,7 +245,7 @@ async def test_silent_peers_do_not_stall_lookups(
 class TamperingStore:
     """A chunk store that serves every chunk with one bit flipped."""
 
-    def __init__(self, inner: ChunkStore) -> None:
+    def __init__(self, inner: BlockStore) -> None:
         self.inner = inner
 
     def has(self, cid: bytes) -> bool:
@@ -257,8 +257,8 @@ class TamperingStore:
         return bytes(data)
 
     def put_verified(self, cid: bytes, data: bytes) -> bool:
-        if chunk_id_of(data) != cid:
-            raise ChunkCorrupt(cid, "content does not hash to its id")
+        if block_id_of(data) != cid:
+            raise BlockCorrupt(cid, "content does not hash to its id")
         return self.inner.put(cid, data)
 
     def remove(self, cid: bytes) -> bool:
@@ -274,13 +274,13 @@ async def test_tampered_bytes_are_detected_and_penalized(
     nodes = swarm.nodes[:N_NODES]
     reader = nodes[7]
     blob = os.urandom(100_000)
-    cid = chunk_id_of(blob)
-    inner = ChunkStore(tmp_path / "chunks", load_master_key("ephemeral", tmp_path))
+    cid = block_id_of(blob)
+    inner = BlockStore(tmp_path / "chunks", load_master_key("ephemeral", tmp_path))
     ident = make_identity(swarm_ca, tmp_path)
     async with joined_node(ident, "127.0.0.202", TamperingStore(inner), nodes[0]) as (node, _):
         inner.put(cid, blob)
         assert await node.announce(cid) > 0  # the liar is the only provider
-        with pytest.raises(RemoteError, match="ChunkMissing"):
+        with pytest.raises(RemoteError, match="BlockMissing"):
             await control(reader, "get", id=cid)
         assert "do not hash" in reader.log()
         liar = [p for p in (await control(reader, "peers"))["peers"] if p[0] == ident.node_id]

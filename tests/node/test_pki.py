@@ -12,8 +12,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from dhtfs.errors import AuthError, ConfigError
-from dhtfs.node import pki
+from dhtfs.base.errors import AuthError, ConfigError
+from dhtfs.trust import pki
 
 
 def _mode(p: Path) -> int:

@@ -18,11 +18,11 @@ from nodehelpers import (
     rejected,
 )
 
-from dhtfs.errors import AuthError, CallTimeout, PeerUnreachable, ProtocolError, RemoteError
-from dhtfs.node import wire
-from dhtfs.node.network import Contact, Message
-from dhtfs.node.pki import Identity
-from dhtfs.node.transport import Transport, tls_context
+from dhtfs.base.errors import AuthError, CallTimeout, PeerUnreachable, ProtocolError, RemoteError
+from dhtfs.net import wire
+from dhtfs.net.network import Contact, Message
+from dhtfs.net.transport import Transport, tls_context
+from dhtfs.trust.pki import Identity
 
 
 async def echo(caller: Contact, method: str, args: Message) -> Message:
@@ -115,7 +115,7 @@ async def test_foreign_and_self_signed_refused(
     identity: IdentityFactory, foreign_ca: Path, swarm_ca: Path, tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="dhtfs.node.transport")
+    caplog.set_level(logging.WARNING, logger="dhtfs.net.transport")
     # a foreign node trusts our CA (so it would accept us) but has a cert from another CA
     foreign = make_identity(foreign_ca, tmp_path, trust=swarm_ca / "ca.crt")
     selfie = make_self_signed(tmp_path, swarm_ca / "ca.crt")

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dhtfs.errors import ProtocolError
-from dhtfs.node import wire
+from dhtfs.base.errors import ProtocolError
+from dhtfs.net import wire
 
 leaves = st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats(
     allow_nan=False
@@ -123,7 +123,7 @@ def test_size_limit_is_a_parameter() -> None:
         reader.feed(wire.LENGTH.pack(501))  # refused from the header alone
     with pytest.raises(ProtocolError, match="empty"):
         wire.FrameReader().feed(wire.LENGTH.pack(0))
-    assert wire.DEFAULT_MAX_FRAME > wire.MAX_CHUNK_BYTES
+    assert wire.DEFAULT_MAX_FRAME > wire.MAX_BLOCK_BYTES
 
 
 def test_chunk_sized_frame() -> None:

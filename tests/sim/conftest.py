@@ -7,8 +7,8 @@ from collections.abc import Callable
 import pytest
 import trio
 
-from dhtfs.node.ids import to_int
-from dhtfs.node.network import Contact
+from dhtfs.base.ids import to_int
+from dhtfs.net.network import Contact
 from dhtfs.sim.network import SimWorld
 from dhtfs.sim.swarm import Swarm
 

@@ -12,11 +12,11 @@ import trio.testing
 from conftest import ids_of, xor_sorted
 from trio.testing import MockClock
 
-from dhtfs.errors import ChunkMissing, RemoteError
-from dhtfs.node import rpc
-from dhtfs.node.ids import from_int, random_id, sha256_id, to_int
-from dhtfs.node.network import Contact, Message
-from dhtfs.node.node import Node
+from dhtfs.base.errors import BlockMissing, RemoteError
+from dhtfs.base.ids import from_int, random_id, sha256_id, to_int
+from dhtfs.dht.node import Node
+from dhtfs.net import rpc
+from dhtfs.net.network import Contact, Message
 from dhtfs.sim.network import SimWorld
 from dhtfs.sim.swarm import Swarm
 
@@ -50,18 +50,18 @@ async def test_put_then_get_from_every_node(
     nodes = list(sw.nodes.values())
     puts = []
     for i, origin in enumerate(nodes[:3]):
-        res = await origin.put_chunk_detailed(blob(i))
-        assert res.chunk_id == sha256_id(blob(i))
+        res = await origin.put_block_detailed(blob(i))
+        assert res.block_id == sha256_id(blob(i))
         assert res.complete and res.copies == 3
         # Placement by XOR only: the replicas are the R closest nodes other than the origin.
         holders = set(ids_of(res.replicas)) | ({origin.id} if res.local_slot else set())
-        assert holders == set(xor_sorted(list(sw.nodes), res.chunk_id)[:3])
+        assert holders == set(xor_sorted(list(sw.nodes), res.block_id)[:3])
         # The record reaches the k closest but the R replicas, which name themselves.
         assert res.announced + len(res.replicas) >= len(nodes) // 2
-        puts.append((res.chunk_id, blob(i)))
+        puts.append((res.block_id, blob(i)))
     for node in nodes:
         for cid, data in puts:
-            assert await node.get_chunk(cid) == data
+            assert await node.get_block(cid) == data
             assert node.store.has(cid)  # cached locally after a fetch
 
 
@@ -70,13 +70,13 @@ async def test_small_swarm_put_counts_what_exists(
 ) -> None:
     sw = make_swarm()
     a = await sw.spawn()
-    res = await a.put_chunk_detailed(b"alone")
+    res = await a.put_block_detailed(b"alone")
     assert res.copies == 1 and res.wanted == 1 and res.complete
     b = await sw.spawn()
     await sw.join(b)
-    res = await a.put_chunk_detailed(b"two of us")
+    res = await a.put_block_detailed(b"two of us")
     assert res.copies == 2 and res.wanted == 2 and res.complete
-    assert await b.get_chunk(res.chunk_id) == b"two of us"
+    assert await b.get_block(res.block_id) == b"two of us"
 
 
 class TamperingNode(Node):
@@ -87,8 +87,8 @@ class TamperingNode(Node):
 
     async def handle(self, caller: Contact, method: str, args: Message) -> Message:
         answer = await super().handle(caller, method, args)
-        if method in (rpc.GET_CHUNK, rpc.FIND_PROVIDERS) and answer.get("data"):
-            if method == rpc.GET_CHUNK:
+        if method in (rpc.GET_BLOCK, rpc.FIND_PROVIDERS) and answer.get("data"):
+            if method == rpc.GET_BLOCK:
                 TamperingNode.gets += 1
             else:
                 TamperingNode.inline += 1
@@ -112,7 +112,7 @@ async def test_tampered_bytes_are_penalized_and_avoided(
     evil.store.put_verified(cid, data)
     await evil.announce(cid)
     origin = sw.random_alive(exclude=(evil.id, reader.id))[0]
-    res = await origin.put_chunk_detailed(data)
+    res = await origin.put_block_detailed(data)
     # The honest holders are slow links; the evil node is the fastest provider.
     for h in [origin.id, *ids_of(res.replicas)]:
         world.extra_delay[h] = 0.4
@@ -121,13 +121,13 @@ async def test_tampered_bytes_are_penalized_and_avoided(
     provs = await reader.find_providers(cid, stop_early=False)
     assert evil.id in ids_of(provs)
     assert reader.routing.rank_providers(provs)[0].node_id == evil.id
-    assert await reader.get_chunk(cid) == data
+    assert await reader.get_block(cid) == data
     assert TamperingNode.gets == 1
     stats = reader.routing.stats(evil.id)
     assert stats is not None and stats.penalties == 1
     assert reader.routing.rank_providers(provs)[-1].node_id == evil.id
     reader.store.remove(cid)
-    assert await reader.get_chunk(cid) == data
+    assert await reader.get_block(cid) == data
     assert TamperingNode.gets == 1  # not asked again while others serve
 
 
@@ -147,16 +147,16 @@ async def test_tampered_inline_bytes_are_penalized(
     await evil.announce(cid)
     TamperingNode.inline = 0
     reader = sw.random_alive(exclude=(evil.id,))[0]
-    with pytest.raises(ChunkMissing):
-        await reader.get_chunk(cid)   # the only holder lies, inline and by GET_CHUNK
+    with pytest.raises(BlockMissing):
+        await reader.get_block(cid)   # the only holder lies, inline and by GET_CHUNK
     assert TamperingNode.inline >= 1
     stats = reader.routing.stats(evil.id)
     assert stats is not None and stats.penalties >= 1
     assert not reader.store.has(cid)
     origin = sw.random_alive(exclude=(evil.id, reader.id))[0]
-    res = await origin.put_chunk_detailed(data)
+    res = await origin.put_block_detailed(data)
     assert len(res.replicas) >= 2
-    assert await reader.get_chunk(cid) == data     # honest holders answer inline too
+    assert await reader.get_block(cid) == data     # honest holders answer inline too
 
 
 async def test_small_chunk_get_is_one_lookup_without_get_chunk(
@@ -167,7 +167,7 @@ async def test_small_chunk_get_is_one_lookup_without_get_chunk(
     sw = make_swarm()
     await sw.grow(40)
     nodes = list(sw.nodes.values())
-    res = await nodes[0].put_chunk_detailed(blob(11))
+    res = await nodes[0].put_block_detailed(blob(11))
     holders = {c.node_id for c in res.replicas} | {nodes[0].id}
     reader = next(n for n in nodes if n.id not in holders)
     sent: list[str] = []
@@ -178,9 +178,9 @@ async def test_small_chunk_get_is_one_lookup_without_get_chunk(
         return await call(peer, method, args, timeout=timeout)
 
     reader.network.call = counting  # type: ignore[method-assign]
-    assert await reader.get_chunk(res.chunk_id) == blob(11)
-    assert rpc.GET_CHUNK not in sent
-    full = await reader.lookup(res.chunk_id)
+    assert await reader.get_block(res.block_id) == blob(11)
+    assert rpc.GET_BLOCK not in sent
+    full = await reader.lookup(res.block_id)
     assert sent.count(rpc.FIND_PROVIDERS) < full.queries
 
 
@@ -192,14 +192,14 @@ async def test_value_lookup_asks_only_the_closest_known_holder(
     sw = make_swarm()
     await sw.grow(40)
     origin = sw.random_alive()[0]
-    res = await origin.put_chunk_detailed(blob(12, 8000))
-    holders = set(ids_of(sw.true_closest(res.chunk_id, origin.replication)))
+    res = await origin.put_block_detailed(blob(12, 8000))
+    holders = set(ids_of(sw.true_closest(res.block_id, origin.replicas)))
     readers = [n for n in sw.nodes.values()
                if n.id not in holders and n.id != origin.id
                and any(h in n.routing for h in holders)]
     assert readers
     for reader in readers[:10]:
-        got = await reader.get_chunk_detailed(res.chunk_id)
+        got = await reader.get_block_detailed(res.block_id)
         assert got.data == blob(12, 8000)
         assert (got.source, got.queries, got.hops) == ("inline", 1, 1)
 
@@ -212,14 +212,14 @@ async def test_value_lookup_hedges_past_a_silent_holder(
     sw = make_swarm(cache_fetched=False, rpc_timeout=30.0)
     await sw.grow(40)
     origin = sw.random_alive()[0]
-    res = await origin.put_chunk_detailed(blob(13, 8000))
-    holders = ids_of(sw.true_closest(res.chunk_id, origin.replication))
+    res = await origin.put_block_detailed(blob(13, 8000))
+    holders = ids_of(sw.true_closest(res.block_id, origin.replicas))
     reader = next(n for n in sw.nodes.values()
                   if n.id not in holders and n.id != origin.id and holders[0] in n.routing
-                  and n.routing.closest(res.chunk_id, 1)[0].node_id == holders[0])
+                  and n.routing.closest(res.block_id, 1)[0].node_id == holders[0])
     world.extra_delay[holders[0]] = 25.0
     t0 = trio.current_time()
-    got = await reader.get_chunk_detailed(res.chunk_id)
+    got = await reader.get_block_detailed(res.block_id)
     assert got.data == blob(13, 8000)
     assert got.queries >= 2
     assert trio.current_time() - t0 < reader.soft_timeout_ceiling
@@ -236,21 +236,21 @@ async def test_small_chunks_spread_to_the_k_closest_with_their_records(
     origin = sw.random_alive()[0]
     small, large = blob(31, 1024), blob(32, origin.spread_max + 1)
     for data in (small, large):
-        res = await origin.put_chunk_detailed(data)
+        res = await origin.put_block_detailed(data)
         await res.placed.wait()
         await trio.testing.wait_all_tasks_blocked()
-        k_closest = ids_of(sw.true_closest(res.chunk_id, origin.k))
-        holders = {i for i in k_closest if sw.nodes[i].store.has(res.chunk_id)}
+        k_closest = ids_of(sw.true_closest(res.block_id, origin.k))
+        holders = {i for i in k_closest if sw.nodes[i].store.has(res.block_id)}
         if data is small:
             assert len(holders) >= origin.k - 1
             for i in holders - {origin.id} - set(ids_of(res.replicas)):
-                assert sw.nodes[i]._announced[res.chunk_id] > -math.inf
+                assert sw.nodes[i]._announced[res.block_id] > -math.inf
         else:
             assert holders <= set(ids_of(res.replicas)) | {origin.id}
     cid = sha256_id(small)
     hops = []
     for reader in sw.random_alive(20, exclude=(origin.id,)):
-        got = await reader.get_chunk_detailed(cid)
+        got = await reader.get_block_detailed(cid)
         assert got.data == small
         hops.append(got.hops)
     assert sorted(hops)[len(hops) // 2] <= 1
@@ -275,7 +275,7 @@ async def test_lookups_start_from_replacement_contacts_too(
     assert holder.id not in reader.routing
     assert holder.id in ids_of(reader.routing.replacement_contacts(255))
     holder.store.put_verified(from_int(cid), data)
-    got = await reader.get_chunk_detailed(from_int(cid))
+    got = await reader.get_block_detailed(from_int(cid))
     assert (got.data, got.source, got.queries) == (data, "inline", 1)
 
 
@@ -291,13 +291,13 @@ async def test_put_returns_once_the_settled_closest_hold_the_chunk(
     for i in range(10):
         origin = rng.choice(list(sw.nodes.values()))
         t0 = trio.current_time()
-        res = await origin.put_chunk_detailed(blob(300 + i))
+        res = await origin.put_block_detailed(blob(300 + i))
         put_time = trio.current_time() - t0
         assert res.complete and not res.placed.is_set()
         await res.placed.wait()
         assert trio.current_time() - t0 > put_time
-        r = origin.replication
-        best = ids_of(sw.true_closest(res.chunk_id, r))
+        r = origin.replicas
+        best = ids_of(sw.true_closest(res.block_id, r))
         assert res.local_slot == (origin.id in best)
         assert set(best) - {origin.id} <= set(ids_of(res.replicas))
         assert res.announced >= origin.k // 2
@@ -333,9 +333,9 @@ async def test_replicas_are_handed_to_a_closer_newcomer(
     sw = make_swarm(maintenance=True)
     await sw.grow(30)
     origin = sw.random_alive()[0]
-    res = await origin.put_chunk_detailed(blob(21))
+    res = await origin.put_block_detailed(blob(21))
     await res.placed.wait()
-    cid = res.chunk_id
+    cid = res.block_id
     newcomer = await sw.spawn(from_int(to_int(cid) ^ 1))   # the closest node to the chunk
     await sw.join(newcomer)
     with trio.fail_after(120):
@@ -378,17 +378,17 @@ async def test_hedged_get_beats_a_slow_provider(
     sw = make_swarm(cache_fetched=False)
     await sw.grow(30)
     nodes = list(sw.nodes.values())
-    res = await nodes[0].put_chunk_detailed(blob(5))
+    res = await nodes[0].put_block_detailed(blob(5))
     holders = ids_of(res.replicas)
     reader = next(n for n in nodes[1:] if n.id not in holders)
     slow = holders[0]
     for _ in range(30):
         reader.routing.record_rtt(slow, 0.01)  # its history says it is fast...
     world.extra_delay[slow] = 20.0  # ...but now it takes 20 s to answer
-    provs = reader.routing.rank_providers(await reader.find_providers(res.chunk_id))
+    provs = reader.routing.rank_providers(await reader.find_providers(res.block_id))
     assert provs[0].node_id == slow
     t0 = trio.current_time()
-    assert await reader.get_chunk(res.chunk_id) == blob(5)
+    assert await reader.get_block(res.block_id) == blob(5)
     assert trio.current_time() - t0 < 2.0
 
 
@@ -399,8 +399,8 @@ async def test_get_of_unknown_chunk_raises_missing(
     await sw.grow(20)
     node = sw.random_alive()[0]
     t0 = trio.current_time()
-    with pytest.raises(ChunkMissing):
-        await node.get_chunk(sha256_id(b"nobody has this"))
+    with pytest.raises(BlockMissing):
+        await node.get_block(sha256_id(b"nobody has this"))
     assert trio.current_time() - t0 < 5.0
 
 
@@ -420,9 +420,9 @@ async def test_bad_requests_are_remote_errors(
         (rpc.ADD_PROVIDER, {"key": good}),
         (rpc.ADD_PROVIDER, {"key": good, "ttl": -1}),
         (rpc.ADD_PROVIDER, {"key": good, "ttl": True}),
-        (rpc.PUT_CHUNK, {"id": good, "data": b"does not hash to zero"}),
-        (rpc.PUT_CHUNK, {"id": good, "data": "str"}),
-        (rpc.GET_CHUNK, {"id": None}),
+        (rpc.PUT_BLOCK, {"id": good, "data": b"does not hash to zero"}),
+        (rpc.PUT_BLOCK, {"id": good, "data": "str"}),
+        (rpc.GET_BLOCK, {"id": None}),
     ]
     for method, args in bad_calls:
         with pytest.raises(RemoteError):
@@ -430,7 +430,7 @@ async def test_bad_requests_are_remote_errors(
         with pytest.raises(RemoteError):
             await b.network.call(a.contact, method, args, timeout=1.0)  # type: ignore[arg-type]
     assert b.id in a.routing  # the caller was still seen alive
-    assert (await a.handle(b.contact, rpc.GET_CHUNK, {"id": good})) == {"data": None}
+    assert (await a.handle(b.contact, rpc.GET_BLOCK, {"id": good})) == {"data": None}
 
 
 async def test_eviction_pings_the_least_recently_seen(
@@ -460,12 +460,12 @@ async def test_provider_records_expire_and_are_republished(
     sw = make_swarm(maintenance=True, provider_ttl=ttl, refresh_interval=600.0)
     await sw.grow(25)
     origin, reader = sw.random_alive(2)
-    res = await origin.put_chunk_detailed(blob(7))
+    res = await origin.put_block_detailed(blob(7))
     await res.placed.wait()     # with maintenance running, announcing goes on after the put
-    cid = res.chunk_id
+    cid = res.block_id
     recorders = [n for n in sw.nodes.values() if origin.id in ids_of(n.local_providers(cid))]
     assert len(recorders) >= 10
-    assert await reader.get_chunk(cid) == blob(7)
+    assert await reader.get_block(cid) == blob(7)
     # Republish keeps records alive well past the TTL, and the reader's cached copy gets
     # announced too (CDN-like spread).
     await trio.sleep(3 * ttl)
@@ -502,10 +502,10 @@ async def test_three_hundred_nodes(autojump_clock: MockClock, make_swarm: MakeSw
         hops.append(res.hops)
     assert sorted(hops)[len(hops) // 2] <= 3
     nodes = list(sw.nodes.values())
-    cids = [await rng.choice(nodes).put_chunk(blob(100 + i)) for i in range(5)]
+    cids = [await rng.choice(nodes).put_block(blob(100 + i)) for i in range(5)]
     for node in rng.sample(nodes, 30):
         for i, cid in enumerate(cids):
-            assert await node.get_chunk(cid) == blob(100 + i)
+            assert await node.get_block(cid) == blob(100 + i)
 
 
 async def test_churn(autojump_clock: MockClock, make_swarm: MakeSwarm) -> None:
@@ -515,7 +515,7 @@ async def test_churn(autojump_clock: MockClock, make_swarm: MakeSwarm) -> None:
     await sw.grow(80)
     rng = random.Random(5)
     nodes = list(sw.nodes.values())
-    cids = [await rng.choice(nodes).put_chunk(blob(200 + i)) for i in range(8)]
+    cids = [await rng.choice(nodes).put_block(blob(200 + i)) for i in range(8)]
     for _ in range(24):
         sw.kill(rng.choice(list(sw.nodes)))
         await sw.join(await sw.spawn())
@@ -533,7 +533,7 @@ async def test_churn(autojump_clock: MockClock, make_swarm: MakeSwarm) -> None:
         if any(n.store.has(cid) for n in sw.nodes.values()):
             readable += 1
             node = rng.choice(list(sw.nodes.values()))
-            assert await node.get_chunk(cid) == blob(200 + i)
+            assert await node.get_block(cid) == blob(200 + i)
     assert readable >= 6
 
 
@@ -549,23 +549,23 @@ async def test_partition_then_heal(
     b = sw.nodes[ids[-1]]
     data = blob(300)
     cid = sha256_id(data)
-    res = await a.put_chunk_detailed(data)
+    res = await a.put_block_detailed(data)
     assert set(ids_of(res.replicas)) <= left  # placed on the reachable side only
     target = random_id(random.Random(9))
     found = await a.find_node(target)
     assert set(ids_of(found)) <= left
     assert ids_of(found[:1]) == xor_sorted([i for i in left if i != a.id], target)[:1]
-    with pytest.raises(ChunkMissing):
-        await b.get_chunk(cid)
+    with pytest.raises(BlockMissing):
+        await b.get_block(cid)
     world.heal()
-    assert await b.get_chunk(cid) == data
+    assert await b.get_block(cid) == data
 
 
 class RefusingNode(Node):
     """Answers lookups but refuses to store chunks (say, its disk is full)."""
 
     async def handle(self, caller: Contact, method: str, args: Message) -> Message:
-        if method == rpc.PUT_CHUNK:
+        if method == rpc.PUT_BLOCK:
             raise RemoteError("PUT_CHUNK: no space left")
         return await super().handle(caller, method, args)
 
@@ -581,7 +581,7 @@ async def test_put_moves_on_when_a_replica_target_fails(
     refuser = await sw.spawn(from_int(int.from_bytes(cid, "big") ^ 1), node_cls=RefusingNode)
     await sw.join(refuser)
     origin = sw.random_alive(exclude=(refuser.id,))[0]
-    res = await origin.put_chunk_detailed(data)
+    res = await origin.put_block_detailed(data)
     assert res.complete and res.copies == 3
     assert refuser.id not in ids_of(res.replicas) and not refuser.store.has(cid)
     live = [i for i in xor_sorted(list(sw.nodes), cid) if i != refuser.id][:3]

@@ -1,4 +1,4 @@
-"""The replicated op log (``dhtfs.node.oplog``) with real Node code on the simulator.
+"""The replicated op log (``dhtfs.oplog.replicator``) with real Node code on the simulator.
 
 Scale tests (1,000 nodes, with and without churn) are marked slow; ``DHTFS_SIM_OPLOG_NODES``
 lowers their size. Times asserted are simulated ones, never wall-clock.
@@ -15,12 +15,12 @@ import pytest
 import trio
 from trio.testing import MockClock
 
-from dhtfs.node import oplog, pki
-from dhtfs.node.logstore import SqliteLogStore
-from dhtfs.node.logwire import chain_link, chain_start
-from dhtfs.node.network import Contact, Message
-from dhtfs.node.node import Node
-from dhtfs.node.oplog import (
+from dhtfs.dht.node import Node
+from dhtfs.net.network import Contact, Message
+from dhtfs.oplog import replicator as oplog
+from dhtfs.oplog.entries import chain_link, chain_start
+from dhtfs.oplog.logstore import SqliteLogStore
+from dhtfs.oplog.replicator import (
     LOG_PULL,
     LOG_PUSH,
     KeyedSigner,
@@ -32,6 +32,7 @@ from dhtfs.node.oplog import (
 from dhtfs.sim.network import SimWorld
 from dhtfs.sim.oplog import OpLogSim, OpRecord, TimedLogStore, simulate
 from dhtfs.sim.swarm import Swarm
+from dhtfs.trust import pki
 
 MakeSwarm = Callable[..., Swarm]
 BIG = int(os.environ.get("DHTFS_SIM_OPLOG_NODES", "1000"))

@@ -15,8 +15,8 @@ from typing import Any
 
 import trio
 
-from dhtfs.node import pki
-from dhtfs.node.control import ControlClient
+from dhtfs.net.control import ControlClient
+from dhtfs.trust import pki
 
 DEADLINE = 30.0
 

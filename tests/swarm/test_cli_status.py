@@ -14,12 +14,13 @@ from typing import Any
 
 import pytest
 
+from dhtfs.base.config import Config
+from dhtfs.blocks import verify
 from dhtfs.commands.target import EXIT_NO_NODE, EXIT_PROBLEMS, SOCKET_NAME
-from dhtfs.config import Config
 from dhtfs.fs.fsck import namespace_problems
-from dhtfs.node import pki, verify
-from dhtfs.node.control import CONTROL_SOCKET_NAME
-from dhtfs.service import open_state
+from dhtfs.net.control import CONTROL_SOCKET_NAME
+from dhtfs.runtime.service import open_state
+from dhtfs.trust import pki
 from tests.swarm import swarmctl
 from tests.swarm.observe import control, wait_until
 

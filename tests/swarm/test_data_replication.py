@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from dhtfs.node import pki
+from dhtfs.trust import pki
 from tests.mounting import VENV_BIN, Mount
 from tests.swarm import swarmctl
 from tests.swarm.observe import control, member_options, wait_until

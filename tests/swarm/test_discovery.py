@@ -1,4 +1,4 @@
-"""LAN discovery (``dhtfs.node.discovery``).
+"""LAN discovery (``dhtfs.dht.discovery``).
 
 Units: the trio side of ``Discovery`` fed from a foreign thread exactly as zeroconf's browser
 thread feeds it (``post``): the swarm filter, the bounded channel, a withdrawal.
@@ -24,8 +24,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from dhtfs.node import pki
-from dhtfs.node.discovery import (
+from dhtfs.dht.discovery import (
     PROTOCOL_VERSION,
     QUEUE_SIZE,
     Announcement,
@@ -33,6 +32,7 @@ from dhtfs.node.discovery import (
     announced_addresses,
     dialable,
 )
+from dhtfs.trust import pki
 from tests.mounting import Mount
 from tests.swarm.observe import control, member_options, wait_until
 

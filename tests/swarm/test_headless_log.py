@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from dhtfs.node import pki
+from dhtfs.trust import pki
 from tests.mounting import Mount
 from tests.swarm.observe import control, listing, member_options, wait_converged, wait_until
 

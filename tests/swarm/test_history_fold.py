@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from dhtfs.node import pki
+from dhtfs.trust import pki
 from tests.mounting import Mount
 from tests.swarm.observe import (
     control,

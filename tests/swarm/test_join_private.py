@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from dhtfs.node import pki
+from dhtfs.trust import pki
 from tests.mounting import MOUNT, Mount
 from tests.swarm.observe import control, member_options, wait_converged, wait_until
 

@@ -69,7 +69,7 @@ def test_metrics_move_with_the_workload(tmp_path: Path) -> None:
 def test_a_headless_node_serves_metrics_too(tmp_path: Path) -> None:
     import sys
 
-    from dhtfs.node import pki
+    from dhtfs.trust import pki
 
     sys.path.insert(0, str(Path(__file__).parents[1] / "node"))
     from swarmproc import Swarm  # the headless-node process helper

@@ -33,11 +33,12 @@ from typing import Any, TypeVar
 import pytest
 import trio
 
-from dhtfs.config import Config
-from dhtfs.errors import CallTimeout
-from dhtfs.node import pki, rpc
-from dhtfs.node.network import Contact, Message
-from dhtfs.node.transport import Transport
+from dhtfs.base.config import Config
+from dhtfs.base.errors import CallTimeout
+from dhtfs.net import rpc
+from dhtfs.net.network import Contact, Message
+from dhtfs.net.transport import Transport
+from dhtfs.trust import pki
 from tests.mounting import Mount
 from tests.swarm import swarmctl
 from tests.swarm.observe import control, member_options, wait_until
@@ -311,7 +312,7 @@ async def test_fault_switches_act_on_answers_only_while_on(tmp_path: Path) -> No
         return pki.Identity(tmp_path / "ca" / pki.CA_CERT_NAME, cert, key, node_id)
 
     async def handler(caller: Contact, method: str, args: Message) -> Message:
-        return {"data": args["data"]} if method == rpc.GET_CHUNK else {"method": method}
+        return {"data": args["data"]} if method == rpc.GET_BLOCK else {"method": method}
 
     server = Transport(identity("server"), "127.0.0.1", 0, handler=handler)
     client = Transport(identity("client"), "127.0.0.1", 0, handler=handler)
@@ -324,23 +325,23 @@ async def test_fault_switches_act_on_answers_only_while_on(tmp_path: Path) -> No
                                      "hold": []}
         assert await client.call(peer, rpc.PING, {}, timeout=10) == {"method": rpc.PING}
         server.set_faults(mute=True)
-        for method, args in ((rpc.PING, {}), (rpc.GET_CHUNK, {"data": data})):
+        for method, args in ((rpc.PING, {}), (rpc.GET_BLOCK, {"data": data})):
             with pytest.raises(CallTimeout):
                 await client.call(peer, method, args, timeout=0.3)
         server.set_faults(mute=False, delay=0.3)
-        for method, args in ((rpc.PING, {}), (rpc.GET_CHUNK, {"data": data})):
+        for method, args in ((rpc.PING, {}), (rpc.GET_BLOCK, {"data": data})):
             with pytest.raises(CallTimeout):  # the answer comes, but after the deadline
                 await client.call(peer, method, args, timeout=0.05)
             began = trio.current_time()
             assert await client.call(peer, method, args, timeout=10)
             assert trio.current_time() - began >= 0.3
         server.set_faults(delay=0, tamper=True)
-        tampered = await client.call(peer, rpc.GET_CHUNK, {"data": data}, timeout=10)
+        tampered = await client.call(peer, rpc.GET_BLOCK, {"data": data}, timeout=10)
         assert len(tampered["data"]) == len(data) and tampered["data"] != data
         assert await client.call(peer, rpc.PING, {}, timeout=10) == {"method": rpc.PING}
         assert server.set_faults(tamper=False) == {"delay": 0.0, "tamper": False, "mute": False,
                                                    "hold": []}
-        assert await client.call(peer, rpc.GET_CHUNK, {"data": data}, timeout=10) == {
+        assert await client.call(peer, rpc.GET_BLOCK, {"data": data}, timeout=10) == {
             "data": data}
         with pytest.raises(ValueError):
             server.set_faults(delay=-1)

@@ -14,11 +14,12 @@ from pathlib import Path
 import pytest
 import trio
 
-from dhtfs.fs.ops import ROOT_OBJ, Op, encode_op, new_id
-from dhtfs.node import oplog, pki
-from dhtfs.node.logwire import chain_link, chain_start
-from dhtfs.node.oplog import Signatures
-from dhtfs.node.transport import Transport
+from dhtfs.meta.ops import ROOT_OBJ, Op, encode_op, new_id
+from dhtfs.net.transport import Transport
+from dhtfs.oplog import replicator as oplog
+from dhtfs.oplog.entries import chain_link, chain_start
+from dhtfs.oplog.replicator import Signatures
+from dhtfs.trust import pki
 from tests.mounting import Mount
 from tests.swarm import swarmctl
 from tests.swarm.observe import (
@@ -115,7 +116,7 @@ def test_forged_ops_are_dropped_and_their_relay_penalized(tmp_path: Path) -> Non
                 # 1. the victim's origin, signed with the forger's key;
                 # 2. the forger's origin and signature, but the op inside names the victim;
                 # 3. a valid op of the forger's own (a member may write).
-                # (a signature covers the entry's chain link: see dhtfs.node.logsig)
+                # (a signature covers the entry's chain link: see dhtfs.oplog.signing)
                 victim_link = chain_link(victim_head, next_seq, body)
                 forger_link = chain_link(chain_start(forger_id), 1, claims_other)
                 for entries in (

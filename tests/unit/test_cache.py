@@ -1,4 +1,4 @@
-"""The disk cache's eviction rules (dhtfs.node.cache) over a dict standing in for the store."""
+"""The disk cache's eviction rules (dhtfs.store.diskcache) over a dict standing in for the store."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from dhtfs.node.cache import INDEX_NAME, BlockCache
-from dhtfs.node.idset import IdSetFile
+from dhtfs.store.diskcache import INDEX_NAME, DiskCache
+from dhtfs.store.idset import IdSetFile
 
 
 def cid(i: int) -> bytes:
@@ -25,8 +25,8 @@ class Store:
         return self.files.pop(c, None) is not None
 
 
-def make(tmp_path: Path, store: Store, capacity: int, *, responsible=(), pending=()) -> BlockCache:
-    return BlockCache(tmp_path, capacity, size_of=store.size_of, remove=store.remove,
+def make(tmp_path: Path, store: Store, capacity: int, *, responsible=(), pending=()) -> DiskCache:
+    return DiskCache(tmp_path, capacity, size_of=store.size_of, remove=store.remove,
                       responsible=lambda c: c in responsible, pending=lambda c: c in pending)
 
 

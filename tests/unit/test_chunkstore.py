@@ -10,20 +10,20 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dhtfs.errors import ChunkCorrupt, ChunkMissing, KeyFileError
-from dhtfs.node.chunkstore import ChunkStore, chunk_id_of
-from dhtfs.node.masterkey import MasterKey, load_master_key, verify_key_check
+from dhtfs.base.errors import BlockCorrupt, BlockMissing, KeyFileError
+from dhtfs.store.blockstore import BlockStore, block_id_of
+from dhtfs.store.masterkey import MasterKey, load_master_key, verify_key_check
 
 
-def store_in(tmp_path: Path, key: bytes | None = None) -> ChunkStore:
-    return ChunkStore(tmp_path / "chunks", MasterKey(key or bytes(32), False, None))
+def store_in(tmp_path: Path, key: bytes | None = None) -> BlockStore:
+    return BlockStore(tmp_path / "chunks", MasterKey(key or bytes(32), False, None))
 
 
 @settings(max_examples=50, deadline=None)
 @given(data=st.binary(max_size=70_000))
 def test_round_trip_and_dedup(tmp_path_factory: pytest.TempPathFactory, data: bytes) -> None:
     store = store_in(tmp_path_factory.mktemp("s"))
-    cid = chunk_id_of(data)
+    cid = block_id_of(data)
     assert store.put_verified(cid, data) is True
     assert store.put_verified(cid, data) is False  # stored once
     assert store.get(cid) == data
@@ -33,7 +33,7 @@ def test_round_trip_and_dedup(tmp_path_factory: pytest.TempPathFactory, data: by
 def test_on_disk_bytes_are_not_plaintext(tmp_path: Path) -> None:
     store = store_in(tmp_path)
     data = b"PLAINTEXT-MARKER-" * 100
-    cid = chunk_id_of(data)
+    cid = block_id_of(data)
     store.put(cid, data)
     blob = store.path_of(cid).read_bytes()
     assert b"PLAINTEXT-MARKER" not in blob
@@ -43,41 +43,41 @@ def test_on_disk_bytes_are_not_plaintext(tmp_path: Path) -> None:
 def test_tampered_chunk_is_corrupt_not_garbage(tmp_path: Path) -> None:
     store = store_in(tmp_path)
     data = os.urandom(5000)
-    cid = chunk_id_of(data)
+    cid = block_id_of(data)
     store.put(cid, data)
     path = store.path_of(cid)
     blob = bytearray(path.read_bytes())
     blob[100] ^= 1
     path.write_bytes(bytes(blob))
-    with pytest.raises(ChunkCorrupt):
+    with pytest.raises(BlockCorrupt):
         store.get(cid)
 
 
 def test_chunk_file_renamed_to_another_id_fails(tmp_path: Path) -> None:
     store = store_in(tmp_path)
     a, b = b"a" * 10, b"b" * 10
-    store.put(chunk_id_of(a), a)
-    other = store.path_of(chunk_id_of(b))
+    store.put(block_id_of(a), a)
+    other = store.path_of(block_id_of(b))
     other.parent.mkdir(exist_ok=True)
-    os.replace(store.path_of(chunk_id_of(a)), other)
-    with pytest.raises(ChunkCorrupt):
-        store.get(chunk_id_of(b))  # the chunk ID is the associated data
+    os.replace(store.path_of(block_id_of(a)), other)
+    with pytest.raises(BlockCorrupt):
+        store.get(block_id_of(b))  # the chunk ID is the associated data
 
 
 def test_wrong_key_cannot_read(tmp_path: Path) -> None:
     data = b"x" * 100
-    store_in(tmp_path, bytes(32)).put(chunk_id_of(data), data)
-    with pytest.raises(ChunkCorrupt):
-        store_in(tmp_path, b"\1" * 32).get(chunk_id_of(data))
+    store_in(tmp_path, bytes(32)).put(block_id_of(data), data)
+    with pytest.raises(BlockCorrupt):
+        store_in(tmp_path, b"\1" * 32).get(block_id_of(data))
 
 
 def test_missing_chunk(tmp_path: Path) -> None:
-    with pytest.raises(ChunkMissing):
+    with pytest.raises(BlockMissing):
         store_in(tmp_path).get(bytes(32))
 
 
 def test_put_verified_rejects_wrong_id(tmp_path: Path) -> None:
-    with pytest.raises(ChunkCorrupt):
+    with pytest.raises(BlockCorrupt):
         store_in(tmp_path).put_verified(bytes(32), b"not the preimage")
 
 
@@ -107,9 +107,9 @@ def test_wrong_key_for_state_dir_is_refused(tmp_path: Path) -> None:
 def test_ephemeral_key_is_never_written_and_discards_old_chunks(tmp_path: Path) -> None:
     key = load_master_key("ephemeral", tmp_path)
     assert key.ephemeral and not list(tmp_path.iterdir())
-    store = ChunkStore(tmp_path / "chunks", key)
-    store.put(chunk_id_of(b"old"), b"old")
-    again = ChunkStore(tmp_path / "chunks", load_master_key("ephemeral", tmp_path))
+    store = BlockStore(tmp_path / "chunks", key)
+    store.put(block_id_of(b"old"), b"old")
+    again = BlockStore(tmp_path / "chunks", load_master_key("ephemeral", tmp_path))
     assert list(again.ids()) == []
 
 
@@ -118,12 +118,12 @@ def test_torn_chunk_file_is_replaced_by_the_next_put(tmp_path: Path) -> None:
     ChunkCorrupt, and putting the same chunk again replaces it whole (no dedup against it)."""
     store = store_in(tmp_path)
     data = os.urandom(10_000)
-    cid = chunk_id_of(data)
+    cid = block_id_of(data)
     assert store.put(cid, data) is True
     path = store.path_of(cid)
     with open(path, "r+b") as fh:
         fh.truncate(4096)
-    with pytest.raises(ChunkCorrupt):
+    with pytest.raises(BlockCorrupt):
         store.get(cid)
     assert store.put(cid, data) is True
     assert store.get(cid) == data
@@ -138,7 +138,7 @@ def test_durable_put_fsyncs_file_and_directory(tmp_path: Path, monkeypatch) -> N
     whether the chunk is new, already there (dedup) or replaces a torn file."""
     store = store_in(tmp_path)
     data = os.urandom(100_000)
-    cid = chunk_id_of(data)
+    cid = block_id_of(data)
     synced: list[bool] = []  # one entry per fsync: is the target a directory?
     real_fsync = os.fsync
     monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(stat.S_ISDIR(os.fstat(fd).st_mode)),
@@ -155,5 +155,5 @@ def test_durable_put_fsyncs_file_and_directory(tmp_path: Path, monkeypatch) -> N
     assert store.get(cid) == data
     synced.clear()
     other = os.urandom(1000)
-    assert store.put(chunk_id_of(other), other) is True
+    assert store.put(block_id_of(other), other) is True
     assert synced == []

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from dhtfs.config import Config, apply_options, load_config, parse_mount_options
-from dhtfs.errors import ConfigError
-from dhtfs.node.identity import configured_identity
+from dhtfs.base.config import Config, apply_options, load_config, parse_mount_options
+from dhtfs.base.errors import ConfigError
+from dhtfs.trust.identity import configured_identity
 
 
 def test_bootstrap_addresses_separated_by_plus_on_an_fstab_line() -> None:

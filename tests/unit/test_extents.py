@@ -1,11 +1,11 @@
-"""Piece lists (dhtfs.fs.extents): overlay and clip against a byte-array model."""
+"""Piece lists (dhtfs.meta.extents): overlay and clip against a byte-array model."""
 
 from __future__ import annotations
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dhtfs.fs.extents import clip, overlay, overlay_all, split, stitch
+from dhtfs.meta.extents import clip, overlay, overlay_all, split, stitch
 
 SPAN = 64
 BLOCKS = {bytes([i]) * 32: bytes((i * 7 + j) % 251 + 1 for j in range(SPAN)) for i in range(5)}

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import msgpack
 
-from dhtfs.fs.namespace import Namespace, connect
-from dhtfs.fs.ops import ROOT_OBJ, Op
+from dhtfs.meta.namespace import Namespace, connect
+from dhtfs.meta.ops import ROOT_OBJ, Op
 from tests.unit.test_namespace_merge import LINKS, NODES, OBJS, fresh, pack_chunks, state
 
 F = OBJS[3]

@@ -1,4 +1,4 @@
-"""Folding stable history and snapshots (``dhtfs.fs.history``)."""
+"""Folding stable history and snapshots (``dhtfs.meta.history``)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import stat
 
 import pytest
 
-from dhtfs.fs.history import History
-from dhtfs.fs.namespace import Namespace, connect
-from dhtfs.fs.ops import ROOT_OBJ, HybridClock, Op
+from dhtfs.meta.history import History
+from dhtfs.meta.namespace import Namespace, connect
+from dhtfs.meta.ops import ROOT_OBJ, HybridClock, Op
 from tests.unit.test_namespace_merge import LINKS, NODES, OBJS, mkdir
 
 X, Y = NODES[0], NODES[1]

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dhtfs.node.ids import (
+from dhtfs.base.ids import (
     ID_BITS,
     ID_BYTES,
     bucket_index,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dhtfs.fs.journal import HEADER, OpJournal
-from dhtfs.fs.namespace import Namespace, connect
-from dhtfs.fs.ops import ROOT_OBJ
+from dhtfs.meta.journal import HEADER, OpJournal
+from dhtfs.meta.namespace import Namespace, connect
+from dhtfs.meta.ops import ROOT_OBJ
 from tests.unit.test_namespace_merge import mkdir
 
 

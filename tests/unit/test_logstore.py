@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dhtfs.node.logstore import SqliteLogStore
-from dhtfs.node.logwire import LogEntry, chain_link, chain_start
+from dhtfs.oplog.entries import LogEntry, chain_link, chain_start
+from dhtfs.oplog.logstore import SqliteLogStore
 
 A, B = bytes([1]) * 32, bytes([2]) * 32
 

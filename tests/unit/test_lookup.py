@@ -7,11 +7,11 @@ import random
 import trio
 import trio.testing
 
-from dhtfs.errors import CallTimeout
-from dhtfs.node.ids import from_int, random_id, to_int
-from dhtfs.node.lookup import Answer, iterative_lookup
-from dhtfs.node.network import Contact
-from dhtfs.node.routing import RoutingTable
+from dhtfs.base.errors import CallTimeout
+from dhtfs.base.ids import from_int, random_id, to_int
+from dhtfs.dht.lookup import Answer, iterative_lookup
+from dhtfs.dht.routing import RoutingTable
+from dhtfs.net.network import Contact
 
 K = 8
 

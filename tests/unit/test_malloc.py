@@ -7,7 +7,7 @@ import sys
 
 PROBE = """
 import os, resource, sys
-from dhtfs.malloc import tune_malloc
+from dhtfs.base.malloc import tune_malloc
 if sys.argv[1] == "tuned":
     assert tune_malloc()
 src = os.urandom(1 << 20)

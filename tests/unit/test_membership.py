@@ -1,4 +1,4 @@
-"""Forget records (``dhtfs.node.membership``): merging is order-insensitive, cuts rise to what
+"""Forget records (``dhtfs.oplog.membership``): merging is order-insensitive, cuts rise to what
 a node holds, persistence, silence, naming a node; and ``member_timeout`` in the config."""
 
 from __future__ import annotations
@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from dhtfs.config import Config, apply_options
-from dhtfs.errors import ConfigError
-from dhtfs.node.logfold import Folding
-from dhtfs.node.logstore import MemoryLogStore
-from dhtfs.node.membership import Membership, records_from_wire, resolve
+from dhtfs.base.config import Config, apply_options
+from dhtfs.base.errors import ConfigError
+from dhtfs.oplog.folding import Folding
+from dhtfs.oplog.logstore import MemoryLogStore
+from dhtfs.oplog.membership import Membership, records_from_wire, resolve
 
 A, B, C, X = (bytes([i]) * 32 for i in (1, 2, 3, 9))
 
@@ -78,7 +78,7 @@ def test_folding_leaves_out_a_forgotten_member_only_once_every_other_knew() -> N
 
 def test_silence_counts_only_while_others_are_heard(monkeypatch: pytest.MonkeyPatch) -> None:
     now = [100.0]
-    monkeypatch.setattr("dhtfs.node.membership._now", lambda: now[0])
+    monkeypatch.setattr("dhtfs.oplog.membership._now", lambda: now[0])
     m = Membership(A, member_timeout=10.0)
     m.heard(B)
     m.heard(X)

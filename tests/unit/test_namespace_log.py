@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from dhtfs.errors import ConfigError
-from dhtfs.fs.history import History
-from dhtfs.fs.journal import OpJournal
-from dhtfs.fs.namespace import Namespace, connect
-from dhtfs.fs.ops import ROOT_OBJ, decode_op, encode_op
-from dhtfs.fs.tree import bind_origin
-from dhtfs.node.logwire import chain_link, chain_start
+from dhtfs.base.errors import ConfigError
+from dhtfs.meta.history import History
+from dhtfs.meta.journal import OpJournal
+from dhtfs.meta.namespace import Namespace, connect
+from dhtfs.meta.ops import ROOT_OBJ, decode_op, encode_op
+from dhtfs.meta.tree import bind_origin
+from dhtfs.oplog.entries import chain_link, chain_start
 from tests.unit.test_namespace_merge import LINKS, NODES, OBJS, mkdir
 
 X, Y = NODES[0], NODES[1]

@@ -6,9 +6,9 @@ import stat
 
 import pytest
 
-from dhtfs.fs import objectrows
-from dhtfs.fs.namespace import Namespace, connect
-from dhtfs.fs.ops import ROOT_OBJ, Op
+from dhtfs.meta import objectrows
+from dhtfs.meta.namespace import Namespace, connect
+from dhtfs.meta.ops import ROOT_OBJ, Op
 from tests.unit.test_namespace_merge import LINKS, NODES, OBJS, mkdir, state
 
 

@@ -6,11 +6,11 @@ import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dhtfs.errors import RemoteError
-from dhtfs.node import rpc
-from dhtfs.node.ids import sha256_id
-from dhtfs.node.network import Contact
-from dhtfs.node.node import Node
+from dhtfs.base.errors import RemoteError
+from dhtfs.base.ids import sha256_id
+from dhtfs.dht.node import Node
+from dhtfs.net import rpc
+from dhtfs.net.network import Contact
 from dhtfs.sim.network import SimWorld
 from dhtfs.sim.store import MemoryStore
 
@@ -58,13 +58,13 @@ def test_valid_requests_round_trip() -> None:
     cid = sha256_id(data)
 
     async def run() -> None:
-        assert await node.handle(caller, rpc.PUT_CHUNK, {"id": cid, "data": data}) == {
+        assert await node.handle(caller, rpc.PUT_BLOCK, {"id": cid, "data": data}) == {
             "stored": True
         }
-        assert await node.handle(caller, rpc.PUT_CHUNK, {"id": cid, "data": data}) == {
+        assert await node.handle(caller, rpc.PUT_BLOCK, {"id": cid, "data": data}) == {
             "stored": False
         }
-        assert await node.handle(caller, rpc.GET_CHUNK, {"id": cid}) == {"data": data}
+        assert await node.handle(caller, rpc.GET_BLOCK, {"id": cid}) == {"data": data}
         other = Contact(bytes([7]) * 32, "h", 5)
         await node.handle(
             caller, rpc.ADD_PROVIDER,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from dhtfs.randbytes import BLOCK_BYTES, random_bytes
+from dhtfs.base.randbytes import BLOCK_BYTES, random_bytes
 
 
 def test_sizes_and_no_repeats_across_blocks() -> None:

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from dhtfs.errors import ConfigError
-from dhtfs.node import pki, revocation
-from dhtfs.node.revocation import RevocationList
+from dhtfs.base.errors import ConfigError
+from dhtfs.trust import pki, revocation
+from dhtfs.trust.revocation import RevocationList
 
 
 def der_of(path: Path) -> bytes:

@@ -7,9 +7,9 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dhtfs.node.ids import ID_BITS, bucket_index, from_int, random_id, to_int
-from dhtfs.node.network import Contact
-from dhtfs.node.routing import EWMA_WEIGHT, RoutingTable
+from dhtfs.base.ids import ID_BITS, bucket_index, from_int, random_id, to_int
+from dhtfs.dht.routing import EWMA_WEIGHT, RoutingTable
+from dhtfs.net.network import Contact
 
 OWN = bytes(32)
 

@@ -1,0 +1,229 @@
+"""The namespace's storage layout: the SQLite schema, the ``objects`` row type, opening a
+database (with the upgrades older state directories need) and the numbering and chain links
+of ops from before the swarm. ``dhtfs.meta.namespace`` holds the apply rules on top of it.
+
+Invariants:
+- ``connect`` leaves a database with every table and column this version uses, whatever
+  version created it (columns are added, never dropped: older data stays readable);
+- ``ObjectRow`` values are in ``OBJECT_COLUMNS`` order, the ``objects`` table's.
+"""
+
+from __future__ import annotations
+
+import operator
+import sqlite3
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgpack
+
+from dhtfs.meta import versions
+from dhtfs.meta.ops import Op, decode_op
+from dhtfs.oplog.entries import chain_link, chain_start
+
+SCHEMA = (
+    """
+CREATE TABLE IF NOT EXISTS objects (
+    obj BLOB PRIMARY KEY,
+    kind INTEGER NOT NULL,
+    mode INTEGER NOT NULL,
+    uid INTEGER NOT NULL,
+    gid INTEGER NOT NULL,
+    rdev INTEGER NOT NULL DEFAULT 0,
+    target BLOB,
+    atime INTEGER NOT NULL,
+    mtime INTEGER NOT NULL,
+    ctime INTEGER NOT NULL,
+    size INTEGER NOT NULL DEFAULT 0,
+    chunk_size INTEGER NOT NULL DEFAULT 0,
+    chunks BLOB NOT NULL DEFAULT x'',
+    content_ts INTEGER NOT NULL DEFAULT 0,
+    content_node BLOB NOT NULL DEFAULT x''
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS links (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    link BLOB NOT NULL UNIQUE,
+    parent BLOB NOT NULL,
+    name BLOB NOT NULL,
+    obj BLOB NOT NULL,
+    kind INTEGER NOT NULL,
+    lts INTEGER NOT NULL,
+    lnode BLOB NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS links_by_name ON links(parent, name);
+CREATE INDEX IF NOT EXISTS links_by_parent ON links(parent, id);
+DROP INDEX IF EXISTS links_by_kind;
+CREATE INDEX IF NOT EXISTS links_subdirs ON links(parent) WHERE kind=16384;
+CREATE INDEX IF NOT EXISTS links_by_obj ON links(obj);
+CREATE TABLE IF NOT EXISTS xattrs (
+    obj BLOB NOT NULL,
+    name BLOB NOT NULL,
+    value BLOB NOT NULL,
+    PRIMARY KEY (obj, name)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS oplog (
+    ts INTEGER NOT NULL,
+    node BLOB NOT NULL,
+    body BLOB NOT NULL,
+    undo BLOB NOT NULL,
+    seq INTEGER,
+    sig BLOB,
+    link BLOB,
+    PRIMARY KEY (ts, node)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB);
+CREATE TABLE IF NOT EXISTS certs (origin BLOB PRIMARY KEY, der BLOB NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS folded (
+    origin BLOB PRIMARY KEY, seq INTEGER NOT NULL, link BLOB
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS members (node BLOB PRIMARY KEY) WITHOUT ROWID;
+"""
+    + versions.SCHEMA
+)
+
+OBJECT_COLUMNS = (
+    "obj",
+    "kind",
+    "mode",
+    "uid",
+    "gid",
+    "rdev",
+    "target",
+    "atime",
+    "mtime",
+    "ctime",
+    "size",
+    "chunk_size",
+    "chunks",
+    "content_ts",
+    "content_node",
+)
+# Columns an insert may leave out (the schema's defaults), to build a cached row from an insert.
+OBJECT_DEFAULTS: dict[str, Any] = {
+    "rdev": 0,
+    "target": None,
+    "size": 0,
+    "chunk_size": 0,
+    "chunks": b"",
+    "content_ts": 0,
+    "content_node": b"",
+}
+LINK_COLUMNS = ("id", "link", "parent", "name", "obj", "kind", "lts", "lnode")
+_LINK_KIND = LINK_COLUMNS.index("kind")
+_object_values = operator.attrgetter(*OBJECT_COLUMNS)
+
+
+@dataclass(slots=True, frozen=True)
+class ObjectRow:
+    """An ``objects`` row. ``kind`` is the S_IFMT bits; ``mode`` the permission bits.
+
+    Frozen: rows are shared through the namespace's row cache.
+    """
+
+    obj: bytes
+    kind: int
+    mode: int
+    uid: int
+    gid: int
+    rdev: int
+    target: bytes | None
+    atime: int
+    mtime: int
+    ctime: int
+    size: int
+    chunk_size: int
+    chunks: bytes
+    content_ts: int
+    content_node: bytes
+
+    @property
+    def is_dir(self) -> bool:
+        return self.kind == stat.S_IFDIR
+
+    def values(self) -> tuple[Any, ...]:
+        """The row's values in ``OBJECT_COLUMNS`` order (the table's)."""
+        return _object_values(self)
+
+    def updated(self, fields: dict[str, Any]) -> ObjectRow:
+        """This row with ``fields`` (column → value) changed."""
+        return ObjectRow(*[fields[c] if c in fields else getattr(self, c) for c in OBJECT_COLUMNS])
+
+
+def decode_journal_record(record: bytes) -> tuple[Op, int | None, bytes | None]:
+    """``(op, seq, sig)`` of a journal record: ``[seq, sig, body]``, or (written before the
+    swarm) the bare op encoding, whose seq is the next of its origin."""
+    fields = msgpack.unpackb(record, raw=False)
+    if len(fields) == 3:
+        seq, sig, body = fields
+        return decode_op(body), seq, sig
+    return decode_op(record), None, None
+
+
+def number_legacy_ops(db: sqlite3.Connection) -> None:
+    """Give ops from before the swarm (no ``seq``) their places, per origin in op order."""
+    if db.execute("SELECT 1 FROM oplog WHERE seq IS NULL LIMIT 1").fetchone() is None:
+        return
+    rows = db.execute("SELECT ts, node FROM oplog WHERE seq IS NULL ORDER BY ts, node").fetchall()
+    counts: dict[bytes, int] = dict(
+        db.execute("SELECT node, max(seq) FROM oplog WHERE seq IS NOT NULL GROUP BY node")
+    )
+    updates = []
+    for ts, node in rows:
+        counts[node] = counts.get(node, 0) + 1
+        updates.append((counts[node], ts, node))
+    with db:
+        db.execute("BEGIN IMMEDIATE")
+        db.executemany("UPDATE oplog SET seq=? WHERE ts=? AND node=?", updates)
+
+
+def link_ops(db: sqlite3.Connection, origin: bytes | None = None) -> int:
+    """Fill in the chain links (``dhtfs.oplog.entries.chain_link``) of ops that have none
+    (from before links were kept), or, for ``origin``, recompute all of its (after its ops
+    were re-stamped); returns how many."""
+    if origin is None:
+        origins = [r[0] for r in db.execute("SELECT DISTINCT node FROM oplog WHERE link IS NULL")]
+    else:
+        origins = [origin]
+    updates = []
+    for node in origins:
+        row = db.execute("SELECT seq, link FROM folded WHERE origin=?", (node,)).fetchone()
+        link = row[1] if row and row[1] else chain_start(node)
+        rows = db.execute(
+            "SELECT ts, seq, body, link FROM oplog WHERE node=? ORDER BY seq", (node,)
+        ).fetchall()
+        for ts, seq, body, old in rows:
+            link = chain_link(link, seq, body) if old is None or origin is not None else old
+            if old != link:
+                updates.append((link, ts, node))
+    if updates:
+        with db:
+            db.execute("BEGIN IMMEDIATE")
+            db.executemany("UPDATE oplog SET link=? WHERE ts=? AND node=?", updates)
+    return len(updates)
+
+
+def conflict_name(name: bytes, node: bytes, ts: int) -> bytes:
+    return name + f".conflict-{node.hex()[:8]}-{ts}".encode()
+
+
+def connect(path: Path | str) -> sqlite3.Connection:
+    """Open (and create) the namespace database with the pragmas dhtfs relies on."""
+    db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    db.execute("PRAGMA journal_size_limit=1048576")  # a checkpointed WAL shrinks to 1 MiB
+    db.execute("PRAGMA cache_size=-16384")  # 16 MiB: a group commit's dirty pages stay in memory
+    db.execute("PRAGMA foreign_keys=OFF")
+    db.executescript(SCHEMA)
+    columns = {row[1] for row in db.execute("PRAGMA table_info(oplog)")}
+    if "seq" not in columns:  # a state directory from before the swarm: number its ops
+        db.execute("ALTER TABLE oplog ADD COLUMN seq INTEGER")
+        db.execute("ALTER TABLE oplog ADD COLUMN sig BLOB")
+    if "link" not in columns:
+        db.execute("ALTER TABLE oplog ADD COLUMN link BLOB")
+    if "link" not in {row[1] for row in db.execute("PRAGMA table_info(folded)")}:
+        db.execute("ALTER TABLE folded ADD COLUMN link BLOB")
+    db.execute("CREATE INDEX IF NOT EXISTS oplog_by_origin ON oplog(node, seq)")
+    return db
