@@ -18,7 +18,6 @@ import random
 
 ID_BITS = 256
 ID_BYTES = ID_BITS // 8
-ID_MAX = (1 << ID_BITS) - 1
 
 
 def to_int(node_id: bytes) -> int:
@@ -69,8 +68,3 @@ def random_id_in_bucket(own: bytes, index: int, rng: random.Random | None = None
 def sha256_id(data: bytes | memoryview) -> bytes:
     """The content ID of a chunk: SHA-256 of its plaintext."""
     return hashlib.sha256(data).digest()
-
-
-def node_id_of_key(spki_der: bytes) -> bytes:
-    """The node ID of a certificate key: SHA-256 of its DER SubjectPublicKeyInfo."""
-    return hashlib.sha256(spki_der).digest()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import stat
 import time
 from collections.abc import Callable
 from typing import Any
@@ -288,7 +287,3 @@ def bind_origin(ns: Namespace, node_id: bytes) -> bytes:
     ns.meta_set("node_id", node_id)
     ns.meta_set("node_id_bound", b"1")
     return node_id
-
-
-def file_type(row: ObjectRow) -> int:
-    return stat.S_IFMT(row.kind)

@@ -279,17 +279,6 @@ class BlockStore:
                 if len(f.name) == 2 * ID_BYTES - 2 and "." not in f.name:
                     yield bytes.fromhex(sub.name + f.name)
 
-    def usage(self) -> tuple[int, int]:
-        """(number of chunks, bytes on disk)."""
-        count = size = 0
-        for block_id in self.ids():
-            count += 1
-            try:
-                size += self.path_of(block_id).stat().st_size
-            except FileNotFoundError:
-                pass
-        return count, size
-
     # -- internals -----------------------------------------------------------------------------
 
     def _write_atomically(self, path: str, blob: bytes | bytearray, durable: bool = False) -> None:

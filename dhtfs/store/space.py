@@ -68,7 +68,6 @@ class DiskSpace:
         self._lock = threading.Lock()
         self._measured = -math.inf
         self._free = 0
-        self._total = 0
         self._frsize = 4096
         self._written = 0  # bytes written since the last measure
         self.refusals = 0  # blocks or writes refused for want of space (status, tests)
@@ -79,7 +78,6 @@ class DiskSpace:
         st = self._statvfs(self.path)
         with self._lock:
             self._free = st.f_bavail * st.f_frsize
-            self._total = st.f_blocks * st.f_frsize
             self._frsize = st.f_frsize or 4096
             self._written = 0
             self._measured = time.monotonic()

@@ -71,11 +71,6 @@ def node_id_of(cert: x509.Certificate) -> bytes:
     return hashlib.sha256(_spki(cert)).digest()
 
 
-def node_id_of_der(cert_der: bytes) -> bytes:
-    """``node_id_of`` for a DER certificate (as TLS hands it over)."""
-    return node_id_of(x509.load_der_x509_certificate(cert_der))
-
-
 def _spki(cert: x509.Certificate) -> bytes:
     return cert.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
