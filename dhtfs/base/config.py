@@ -84,7 +84,7 @@ class Config:
     state: Path | None = None  # None: DEFAULT_STATE_ROOT / swarm
     key: str = ""  # "" = <state>/master.key, "ephemeral", or a path
     chunk_size: int = 1024 * 1024
-    cache_size: int = 256 * 1024 * 1024  # decrypted chunk cache in memory
+    cache_size: int = 256 * 1024 * 1024  # decrypted block cache in memory
     debug: bool = False
     allow_other: bool = True
     # Seconds a metadata change may wait for its SQLite commit; until then the op journal

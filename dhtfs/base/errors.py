@@ -3,9 +3,9 @@
     DhtfsError                    base of everything dhtfs raises on purpose
     ├── ConfigError               bad option, bad config file, bad mount point (one-line message)
     ├── KeyFileError              master key file missing, unreadable, wrong mode or wrong key
-    ├── ChunkError                a chunk cannot be served from the local store
-    │   ├── ChunkMissing          not stored here
-    │   └── ChunkCorrupt          stored, but fails its GCM tag or its SHA-256
+    ├── BlockError                a block cannot be served from the local store
+    │   ├── BlockMissing          not stored here
+    │   └── BlockCorrupt          stored, but fails its GCM tag or its SHA-256
     ├── NetworkError              a remote call failed (never raised by the local store)
     │   ├── CallTimeout           no answer before the call's deadline
     │   ├── PeerUnreachable       could not connect, or the connection dropped mid-call
@@ -33,7 +33,7 @@ class KeyFileError(DhtfsError):
 
 
 class BlockError(DhtfsError):
-    """A chunk cannot be served from the local store."""
+    """A block cannot be served from the local store."""
 
     def __init__(self, block_id: bytes, message: str) -> None:
         super().__init__(f"chunk {block_id.hex()[:16]}…: {message}")
@@ -41,11 +41,11 @@ class BlockError(DhtfsError):
 
 
 class BlockMissing(BlockError):
-    """The chunk is not stored on this node."""
+    """The block is not stored on this node."""
 
 
 class BlockCorrupt(BlockError):
-    """The stored chunk failed authentication (GCM tag) or its content hash."""
+    """The stored block failed authentication (GCM tag) or its content hash."""
 
 
 class NetworkError(DhtfsError):

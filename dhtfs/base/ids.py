@@ -1,6 +1,6 @@
 """256-bit identifiers and the XOR metric (Kademlia paper, section 2.1).
 
-Node IDs and chunk IDs live in one 256-bit key space. ``distance(a, b) = a XOR b`` read as an
+Node IDs and block IDs live in one 256-bit key space. ``distance(a, b) = a XOR b`` read as an
 unsigned big-endian integer. It is a metric: ``d(a, a) = 0``, ``d(a, b) > 0`` for ``a != b``,
 symmetric, and satisfies the triangle inequality (``a^b ^ b^c = a^c`` and ``x ^ y <= x + y``).
 It is also *unidirectional*: for any ``a`` and distance ``Δ`` there is exactly one ``b`` with
@@ -66,5 +66,5 @@ def random_id_in_bucket(own: bytes, index: int, rng: random.Random | None = None
 
 
 def sha256_id(data: bytes | memoryview) -> bytes:
-    """The content ID of a chunk: SHA-256 of its plaintext."""
+    """The content ID of a block: SHA-256 of its plaintext."""
     return hashlib.sha256(data).digest()

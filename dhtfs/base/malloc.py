@@ -1,6 +1,6 @@
 """glibc malloc tuning for processes that move megabyte-sized buffers.
 
-pyfuse3 hands every write request over as a fresh ``bytes`` object, and chunks are sealed,
+pyfuse3 hands every write request over as a fresh ``bytes`` object, and blocks are sealed,
 sent and received as fresh megabyte buffers. With glibc's defaults those are either mmap'd
 (above the 128 KiB threshold) or trimmed from the top of the heap as soon as they are freed,
 so the next buffer page-faults its memory in again: for a 256 MiB write, 130,000+ faults and

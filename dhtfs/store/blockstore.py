@@ -1,24 +1,24 @@
-"""Content-addressed chunk store, encrypted at rest.
+"""Content-addressed block store, encrypted at rest.
 
-Layout: ``<root>/ab/cdef…`` where ``abcdef…`` is the hex SHA-256 of the chunk's plaintext.
-Each file is ``VERSION(1) ‖ nonce(12) ‖ AES-256-GCM(ciphertext ‖ tag)`` with the chunk ID as
+Layout: ``<root>/ab/cdef…`` where ``abcdef…`` is the hex SHA-256 of the block's plaintext.
+Each file is ``VERSION(1) ‖ nonce(12) ‖ AES-256-GCM(ciphertext ‖ tag)`` with the block ID as
 associated data, so a file renamed to another ID, or sealed under another key, fails to open.
 
 Invariants:
-- a chunk file is created exclusively (``O_EXCL``) under its final name and filled by one
+- a block file is created exclusively (``O_EXCL``) under its final name and filled by one
   write, or, replacing a torn one, written to a unique temp name and renamed over it. A file
   shorter than its sealed size (``sealed_size``) is a write a crash cut short: ``put`` of that
-  ID replaces it, and a reader gets ChunkCorrupt, never wrong bytes (the GCM tag);
+  ID replaces it, and a reader gets BlockCorrupt, never wrong bytes (the GCM tag);
 - plaintext never touches the disk; only sealed bytes are written;
 - equal content is stored once (``put`` of a present ID is a no-op);
-- ``put`` does not fsync; ``sync(ids)`` makes the named chunks durable against power loss
+- ``put`` does not fsync; ``sync(ids)`` makes the named blocks durable against power loss
   (file and directory fsync), and so does ``put(..., durable=True)`` before it returns (one
   call: a replica's store-and-fsync takes one worker-thread hop, not two). A process crash
   loses nothing already ``put``: the kernel holds it.
 - every method is synchronous and thread-safe; callers on the trio thread use
   ``trio.to_thread.run_sync`` for anything larger than a few KiB;
-- a full disk is an ordinary error: ``put`` of a new chunk raises ENOSPC (OSError) and
-  leaves no file behind, both when the disk itself is full and, for a chunk stored for
+- a full disk is an ordinary error: ``put`` of a new block raises ENOSPC (OSError) and
+  leaves no file behind, both when the disk itself is full and, for a block stored for
   others (a replica's PUT_CHUNK, a cached copy: every ``put`` not called with
   ``reserved=True``), when it would eat into the margin kept for metadata or into the
   space the filesystem reserved for writes it acknowledged (``space``, see
@@ -57,17 +57,17 @@ NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
 def sealed_size(plaintext_size: int) -> int:
-    """Bytes on disk of a chunk of ``plaintext_size`` bytes."""
+    """Bytes on disk of a block of ``plaintext_size`` bytes."""
     return HEADER_BYTES + plaintext_size + TAG_BYTES
 
 
 def block_id_of(plaintext: bytes | memoryview) -> bytes:
-    """The chunk ID: SHA-256 of the plaintext."""
+    """The block ID: SHA-256 of the plaintext."""
     return hashlib.sha256(plaintext).digest()
 
 
 def seal(aead: AESGCM, block_id: bytes, plaintext: bytes | memoryview) -> bytearray:
-    """Encrypt ``plaintext`` into the on-disk format, bound to ``chunk_id``: version ‖ nonce ‖
+    """Encrypt ``plaintext`` into the on-disk format, bound to ``block_id``: version ‖ nonce ‖
     ciphertext ‖ tag, sealed straight into one buffer of ``sealed_size`` bytes."""
     blob = bytearray(sealed_size(len(plaintext)))
     blob[0] = FORMAT_VERSION
@@ -78,7 +78,7 @@ def seal(aead: AESGCM, block_id: bytes, plaintext: bytes | memoryview) -> bytear
 
 
 SCRATCH_MAX = 4 * 1024 * 1024
-"""Chunks up to this size are sealed for ``put`` into a buffer kept per thread (see
+"""Blocks up to this size are sealed for ``put`` into a buffer kept per thread (see
 ``_seal_scratch``); larger ones into a fresh buffer each time."""
 
 _scratch = threading.local()
@@ -86,7 +86,7 @@ _scratch = threading.local()
 
 def _seal_scratch(aead: AESGCM, block_id: bytes, plaintext: bytes | memoryview) -> memoryview:
     """``seal`` into this thread's reusable buffer: no zero-filled megabyte and no freshly
-    faulted pages per chunk. The view is valid until this thread seals again: write it out
+    faulted pages per block. The view is valid until this thread seals again: write it out
     and drop it before then."""
     size = sealed_size(len(plaintext))
     if size > SCRATCH_MAX:
@@ -103,7 +103,7 @@ def _seal_scratch(aead: AESGCM, block_id: bytes, plaintext: bytes | memoryview) 
 
 
 def unseal(aead: AESGCM, block_id: bytes, blob: bytes) -> bytes:
-    """Decrypt a sealed chunk; raises ChunkCorrupt if the format, tag or binding is wrong."""
+    """Decrypt a sealed block; raises BlockCorrupt if the format, tag or binding is wrong."""
     if len(blob) < HEADER_BYTES + TAG_BYTES or blob[0] != FORMAT_VERSION:
         raise BlockCorrupt(block_id, "truncated or unknown format")
     try:
@@ -119,7 +119,7 @@ def _write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
 
 
 class BlockStore:
-    """Encrypted chunk files under one directory. See the module docstring for invariants."""
+    """Encrypted block files under one directory. See the module docstring for invariants."""
 
     def __init__(self, root: Path, master: MasterKey) -> None:
         self.root = root
@@ -138,7 +138,7 @@ class BlockStore:
     # -- paths ---------------------------------------------------------------------------------
 
     def path_of(self, block_id: bytes) -> Path:
-        """Where the sealed file of ``chunk_id`` lives (whether or not it exists)."""
+        """Where the sealed file of ``block_id`` lives (whether or not it exists)."""
         if len(block_id) != ID_BYTES:
             raise ValueError(f"chunk id must be {ID_BYTES} bytes, got {len(block_id)}")
         h = block_id.hex()
@@ -157,13 +157,13 @@ class BlockStore:
         durable: bool = False,
         reserved: bool = False,
     ) -> bool:
-        """Store ``plaintext`` under ``chunk_id``; True if it was new. Caller vouches for the ID.
+        """Store ``plaintext`` under ``block_id``; True if it was new. Caller vouches for the ID.
 
-        Three system calls for a new chunk (open with O_EXCL, write, close); an existing
+        Three system calls for a new block (open with O_EXCL, write, close); an existing
         complete file ends the call at the open (dedup). A torn file is replaced atomically.
-        ``durable``: return only once the chunk (new or already there) is fsynced, file and
+        ``durable``: return only once the block (new or already there) is fsynced, file and
         directory, as ``sync`` would make it. ``reserved``: the space was reserved by the
-        caller (the filesystem's writes); else a new chunk that does not fit beside the
+        caller (the filesystem's writes); else a new block that does not fit beside the
         reservations and the metadata margin is refused with ENOSPC.
         """
         if len(block_id) != ID_BYTES:
@@ -223,13 +223,13 @@ class BlockStore:
     def put_verified(
         self, block_id: bytes, plaintext: bytes | memoryview, *, durable: bool = False
     ) -> bool:
-        """Like ``put``, but first checks that ``chunk_id`` is the SHA-256 of ``plaintext``."""
+        """Like ``put``, but first checks that ``block_id`` is the SHA-256 of ``plaintext``."""
         if block_id_of(plaintext) != block_id:
             raise BlockCorrupt(block_id, "content does not hash to its id")
         return self.put(block_id, plaintext, durable=durable)
 
     def get(self, block_id: bytes) -> bytes:
-        """The plaintext of ``chunk_id``; ChunkMissing or ChunkCorrupt otherwise."""
+        """The plaintext of ``block_id``; BlockMissing or BlockCorrupt otherwise."""
         try:
             blob = self.path_of(block_id).read_bytes()
         except FileNotFoundError:
@@ -237,7 +237,7 @@ class BlockStore:
         return unseal(self._aead, block_id, blob)
 
     def touch(self, block_id: bytes) -> bool:
-        """Set the chunk file's mtime to now (its collection grace starts again); True if
+        """Set the block file's mtime to now (its collection grace starts again); True if
         it is stored."""
         try:
             os.utime(self.path_of(block_id))
@@ -246,14 +246,14 @@ class BlockStore:
             return False
 
     def age(self, block_id: bytes, now: float) -> float | None:
-        """Seconds since the chunk file was written or last ``touch``ed; None if absent."""
+        """Seconds since the block file was written or last ``touch``ed; None if absent."""
         try:
             return now - os.stat(self.path_of(block_id)).st_mtime
         except FileNotFoundError:
             return None
 
     def remove(self, block_id: bytes) -> bool:
-        """Delete a chunk; True if it was present."""
+        """Delete a block; True if it was present."""
         try:
             self.path_of(block_id).unlink()
             return True
@@ -261,7 +261,7 @@ class BlockStore:
             return False
 
     def sync(self, block_ids: Iterable[bytes]) -> None:
-        """fsync the named chunk files and their directories (power-loss durability)."""
+        """fsync the named block files and their directories (power-loss durability)."""
         dirs: set[Path] = set()
         for block_id in block_ids:
             path = self.path_of(block_id)
@@ -271,7 +271,7 @@ class BlockStore:
             fsync_dir(d)
 
     def ids(self) -> Iterator[bytes]:
-        """Every stored chunk ID (order unspecified)."""
+        """Every stored block ID (order unspecified)."""
         for sub in self.root.iterdir():
             if len(sub.name) != 2 or not sub.is_dir():
                 continue

@@ -1,4 +1,4 @@
-"""The per-node master key that encrypts chunks at rest.
+"""The per-node master key that encrypts blocks at rest.
 
 Invariants:
 - the key is 32 random bytes (AES-256-GCM);

@@ -16,7 +16,7 @@ bytes. So everything that writes blocks asks here first:
 the estimate comes within ``near`` bytes of the limit (then every check measures: one
 syscall, about a microsecond), or after a write failed for want of space (``invalidate``).
 
-Thread-safe: the chunk store calls ``wrote``/``room`` from worker threads; ``reserved`` is
+Thread-safe: the block store calls ``wrote``/``room`` from worker threads; ``reserved`` is
 changed by its owner on the trio thread (a plain int: readers may see it a moment late,
 which the margin covers).
 """

@@ -1,7 +1,7 @@
 """Opening a node's state directory: the same for a mount and for a headless node.
 
 Invariants: the directory is 0700 (tightened if it existed looser); the master key matches
-the data sealed there (``verify_key_check``) before any chunk is read or written.
+the data sealed there (``verify_key_check``) before any block is read or written.
 """
 
 from __future__ import annotations
