@@ -26,7 +26,8 @@ import trio
 
 from dhtfs.base.durable import fsync_file
 from dhtfs.base.errors import DhtfsError, NamespaceError
-from dhtfs.fs.files import FileContents, OpenFile
+from dhtfs.fs.buffers import OpenFile
+from dhtfs.fs.files import FileContents
 from dhtfs.fs.inodes import InodeMap
 from dhtfs.fs.xattrs import VIRTUAL_PREFIX, check_settable, virtual_value
 from dhtfs.meta.extents import Piece
