@@ -203,12 +203,6 @@ class BlockSealing:
         if self.on_sealed is not None:
             self.on_sealed(block, len(data), data)
 
-    def put_back_unsynced(self, obj: bytes, blocks: set[bytes]) -> None:
-        """Blocks a failed fsync took: the next fsync of ``obj`` waits for them again."""
-        waiting = self.unsynced.setdefault(obj, set())
-        self._unsynced_count += len(blocks - waiting)
-        waiting |= blocks
-
     # -- fsync --------------------------------------------------------------------------------
 
     async def take_unsynced(self, obj: bytes) -> set[bytes]:
@@ -218,6 +212,12 @@ class BlockSealing:
         blocks = self.unsynced.pop(obj, set())
         self._unsynced_count -= len(blocks)
         return blocks
+
+    def put_back_unsynced(self, obj: bytes, blocks: set[bytes]) -> None:
+        """Blocks a failed fsync took: the next fsync of ``obj`` waits for them again."""
+        waiting = self.unsynced.setdefault(obj, set())
+        self._unsynced_count += len(blocks - waiting)
+        waiting |= blocks
 
     async def _sync_backlog(self) -> None:
         """fsync every block waiting for it (the list grew past ``UNSYNCED_MAX``)."""
