@@ -1,15 +1,74 @@
-"""Write buffers and the block cache of ``dhtfs.fs.files``.
+"""What ``dhtfs.fs.files`` holds in memory: open files with their write buffers and the
+ranges being sealed, and the plaintext cache.
 
-A chunk's unsealed bytes are *ranges* ``[pos, bytearray]``: sorted by ``pos``, disjoint and
-not touching (``merge_range`` keeps them so), each to be stored as a block of its own or
-packed with others. ``ChunkCache`` keeps decrypted block plaintext, LRU, bounded in bytes.
+An ``OpenFile`` is one inode's live content while it has open handles (the layers a read
+applies are in ``dhtfs.fs.files``). A chunk's unsealed bytes are *ranges* ``[pos,
+bytearray]``: sorted by ``pos``, disjoint and not touching (``merge_range`` keeps them so),
+each to be stored as a block of its own or packed with others. ``PlaintextCache`` keeps
+decrypted block plaintext, LRU, bounded in bytes.
 """
 
 from __future__ import annotations
 
 import bisect
-from collections import OrderedDict
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
 from typing import Any
+
+import trio
+
+from dhtfs.meta.extents import Piece
+
+
+@dataclass(eq=False)
+class Sealing:
+    """A range being stored, at ``offset`` in a block (several small ranges share one block:
+    see ``FileContents.flush``). ``limit``: how many of its bytes still count (a truncate
+    during sealing lowers it); ``block``: set once stored."""
+
+    index: int
+    pos: int
+    data: bytes | bytearray  # a bytearray handed over by the write buffers: never changed
+    limit: int
+    offset: int = 0
+    block: bytes | None = None
+    failed: bool = False  # not stored, or its change was dropped: never lands in ``new``
+
+
+@dataclass(eq=False)
+class OpenFile:
+    """The live content of one inode while it has open handles (or is being changed)."""
+
+    obj: bytes
+    size: int
+    chunk_size: int
+    base: tuple[int, bytes]
+    mtime: int
+    handles: int = 0
+    dirty: bool = False
+    cut: int | None = None
+    new: dict[int, list[Piece]] = field(default_factory=dict)
+    sealing: deque[Sealing] = field(default_factory=deque)
+    buffers: dict[int, list[list[Any]]] = field(default_factory=dict)
+    buffered: int = 0
+    pending: int = 0
+    idle: trio.Event = field(default_factory=trio.Event)
+    error: OSError | None = None  # a dropped change: handles fail until all are closed
+    clean: tuple[int, int, int] | None = None  # (size, chunk_size, mtime) before the change
+
+    def __post_init__(self) -> None:
+        self.idle.set()
+
+    @property
+    def changing(self) -> bool:
+        """True while this file has changes not yet committed."""
+        return bool(self.dirty or self.buffers or self.sealing or self.pending)
+
+    def stored_blocks(self) -> set[bytes]:
+        """Blocks stored for this file's uncommitted change."""
+        out = {p[2] for pieces in self.new.values() for p in pieces}
+        out.update(s.block for s in self.sealing if s.block is not None)
+        return out
 
 
 class PlaintextCache:

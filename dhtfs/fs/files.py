@@ -1,4 +1,6 @@
-"""File contents: write buffers, background sealing of blocks, reads, truncate.
+"""File contents: open files, writes into their buffers, truncate, flush (the commit of a
+change); reads are in ``dhtfs.fs.reading``, sealing, storing and syncing blocks in
+``dhtfs.fs.sealing``, the in-memory state (``OpenFile``, ranges) in ``dhtfs.fs.buffers``.
 
 One ``OpenFile`` per inode with open handles (all handles of an inode share it), so that every
 reader sees every writer's bytes at once, as on a local filesystem.
@@ -15,7 +17,7 @@ A write only ever costs what it wrote: no chunk is read to modify it. A range th
 whole chunk becomes one ``chunk_size`` block (the same block as any equal chunk: dedup).
 
 Invariants:
-- plaintext is only ever in memory; the chunk store writes sealed bytes;
+- plaintext is only ever in memory; the block store writes sealed bytes;
 - at most ``max_sealing`` blocks are in flight (backpressure on the writer) and at most
   ``max_buffered`` bytes are held unsealed per file before the lowest chunk's are sealed;
 - ``flush`` returns once every buffered byte is in a stored block and the change (``cut``,
@@ -43,33 +45,24 @@ previous version or exactly the bytes acknowledged.
 from __future__ import annotations
 
 import errno
-import logging
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import trio
 
-from dhtfs.base.errors import BlockError, BlockMissing, NamespaceError
-from dhtfs.fs.buffers import PlaintextCache, clip_ranges, copy_over, merge_range
-from dhtfs.meta.extents import Piece, clip, overlay, overlay_all
+from dhtfs.base.errors import NamespaceError
+from dhtfs.fs.buffers import OpenFile, PlaintextCache, Sealing, clip_ranges, merge_range
+from dhtfs.fs.reading import FileReads
+from dhtfs.fs.sealing import THREAD_THRESHOLD, BlockSealing
+from dhtfs.meta.extents import Piece, clip
 from dhtfs.meta.namespace import ObjectRow
 from dhtfs.meta.versions import MAX_FILE_SIZE
-from dhtfs.store.blockstore import BlockStore, block_id_of
+from dhtfs.store.blockstore import BlockStore
 from dhtfs.store.space import BLOCK_SLACK
 
-log = logging.getLogger(__name__)
-
-THREAD_THRESHOLD = 64 * 1024  # hash/encrypt larger buffers off the trio thread
-PREFETCH_CHUNKS = 4
-"""Chunks fetched ahead of a sequential reader (enough to keep a link to the swarm busy)."""
 RECLAIM_MORE = 4 * 1024 * 1024
 """Evicted beyond what a write lacks when the disk is full (see ``make_room``)."""
-UNSYNCED_MAX = 65536
-"""Blocks that may wait for an fsync; past it all are synced in the background (as the
-kernel writes back dirty pages), so the list of them stays bounded."""
 
 
 def _check_size(size: int) -> None:
@@ -77,59 +70,8 @@ def _check_size(size: int) -> None:
         raise NamespaceError(errno.EFBIG, f"files are limited to {MAX_FILE_SIZE} bytes")
 
 
-@dataclass(eq=False)
-class Sealing:
-    """A range being stored, at ``offset`` in a block (several small ranges share one block:
-    see ``FileContents.flush``). ``limit``: how many of its bytes still count (a truncate
-    during sealing lowers it); ``block``: set once stored."""
-
-    index: int
-    pos: int
-    data: bytes | bytearray  # a bytearray handed over by the write buffers: never changed
-    limit: int
-    offset: int = 0
-    block: bytes | None = None
-    failed: bool = False  # not stored, or its change was dropped: never lands in ``new``
-
-
-@dataclass(eq=False)
-class OpenFile:
-    """The live content of one inode while it has open handles (or is being changed)."""
-
-    obj: bytes
-    size: int
-    chunk_size: int
-    base: tuple[int, bytes]
-    mtime: int
-    handles: int = 0
-    dirty: bool = False
-    cut: int | None = None
-    new: dict[int, list[Piece]] = field(default_factory=dict)
-    sealing: deque[Sealing] = field(default_factory=deque)
-    buffers: dict[int, list[list[Any]]] = field(default_factory=dict)
-    buffered: int = 0
-    pending: int = 0
-    idle: trio.Event = field(default_factory=trio.Event)
-    error: OSError | None = None  # a dropped change: handles fail until all are closed
-    clean: tuple[int, int, int] | None = None  # (size, chunk_size, mtime) before the change
-
-    def __post_init__(self) -> None:
-        self.idle.set()
-
-    @property
-    def changing(self) -> bool:
-        """True while this file has changes not yet committed."""
-        return bool(self.dirty or self.buffers or self.sealing or self.pending)
-
-    def stored_blocks(self) -> set[bytes]:
-        """Blocks stored for this file's uncommitted change."""
-        out = {p[2] for pieces in self.new.values() for p in pieces}
-        out.update(s.block for s in self.sealing if s.block is not None)
-        return out
-
-
-class FileContents:
-    """Reads and writes file contents through the chunk store. Lives on the trio thread."""
+class FileContents(FileReads, BlockSealing):
+    """Reads and writes file contents through the block store. Lives on the trio thread."""
 
     def __init__(
         self,
@@ -202,148 +144,6 @@ class FileContents:
         if of.handles <= 0 and not of.changing and not of.new:
             self.open_files.pop(of.obj, None)
 
-    async def take_unsynced(self, obj: bytes) -> set[bytes]:
-        """The blocks of ``obj`` stored since its last fsync (forgotten: the caller syncs
-        them). Waits for a background sync of the backlog, which may hold some of them."""
-        await self._backlog_synced.wait()
-        blocks = self.unsynced.pop(obj, set())
-        self._unsynced_count -= len(blocks)
-        return blocks
-
-    async def _sync_backlog(self) -> None:
-        """fsync every block waiting for it (the list grew past ``UNSYNCED_MAX``)."""
-        backlog, self.unsynced, self._unsynced_count = self.unsynced, {}, 0
-        try:
-            blocks = [b for per_file in backlog.values() for b in per_file]
-            await trio.to_thread.run_sync(self.store.sync, blocks)
-        except OSError as exc:
-            log.error("syncing %d stored blocks failed: %s", len(backlog), exc)
-            for obj, per_file in backlog.items():  # an fsync of their files will retry
-                self.unsynced.setdefault(obj, set()).update(per_file)
-                self._unsynced_count += len(per_file)
-        finally:
-            self._backlog_synced.set()
-
-    # -- reading -------------------------------------------------------------------------------
-
-    def pieces(self, of: OpenFile, index: int) -> list[Piece]:
-        """Chunk ``index``'s stored pieces as this file sees them: the committed version
-        (minus what ``cut`` dropped) under the uncommitted change's."""
-        cs = of.chunk_size
-        start = index * cs
-        committed: list[Piece] = []
-        if of.cut is None or start < of.cut:
-            committed = self._committed(of.obj, index)
-            if of.cut is not None:
-                committed = clip(committed, of.cut - start)
-        for piece in of.new.get(index, ()):
-            committed = overlay(committed, piece)
-        return clip(committed, max(0, of.size - start))
-
-    async def read(self, of: OpenFile, offset: int, length: int) -> bytes:
-        end = min(offset + length, of.size)
-        if offset >= end:
-            return b""
-        cs = of.chunk_size
-        pieces: list[bytes] = []
-        pos = offset
-        while pos < end:
-            index, start = divmod(pos, cs)
-            n = min(cs - start, end - pos)
-            pieces.append(await self._read_in_chunk(of, index, start, n))
-            if start + n == cs or start == 0:
-                for ahead in range(1, PREFETCH_CHUNKS + 1):
-                    self._prefetch(of, index + ahead)
-            pos += n
-        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
-
-    async def _read_in_chunk(self, of: OpenFile, index: int, start: int, n: int) -> bytes:
-        """Bytes ``[start, start + n)`` of chunk ``index``, every layer applied."""
-        end = start + n
-        stored = [p for p in self.pieces(of, index) if p[0] < end and p[0] + p[1] > start]
-        sealing = [s for s in of.sealing if s.index == index]
-        ranges = of.buffers.get(index, ())
-        if len(stored) == 1 and not sealing and not ranges:
-            pos, length, block, boff = stored[0]
-            if pos <= start and end <= pos + length:
-                data = await self.get_block(block, (of.base[1],))
-                piece = data[boff + start - pos : boff + end - pos]
-                return piece if len(piece) == n else piece + bytes(n - len(piece))
-        out = bytearray(n)
-        for pos, length, block, boff in stored:
-            data = await self.get_block(block, (of.base[1],))
-            lo, hi = max(pos, start), min(pos + length, end)
-            piece = data[boff + lo - pos : boff + hi - pos]
-            out[lo - start : lo - start + len(piece)] = piece
-        for s in sealing:
-            copy_over(out, start, end, s.pos, memoryview(s.data)[: s.limit])
-        for r_pos, r_data in ranges:
-            copy_over(out, start, end, r_pos, memoryview(r_data))
-        return bytes(out)
-
-    async def get_block(self, block_id: bytes, hints: tuple[bytes, ...] = ()) -> bytes:
-        """Plaintext of a block (cached): from the local store, else (a swarm mount) from the
-        swarm via ``fetch`` with ``hints``; EIO if no one has it or it fails to verify.
-
-        Concurrent calls for one block share one fetch.
-        """
-        data = self.cache.get(block_id)
-        if data is not None:
-            self.reads["memory"] += 1
-            return data
-        waiting = self._fetching.get(block_id)
-        if waiting is not None:
-            await waiting.wait()
-            data = self.cache.get(block_id)
-            if data is not None:
-                return data
-        done = self._fetching[block_id] = trio.Event()
-        try:
-            try:
-                if self.fetch is not None and not self.store.has(block_id):
-                    # Not stored here (one stat): no worker thread just to find that out.
-                    raise BlockMissing(block_id, "not stored on this node")
-                data = await trio.to_thread.run_sync(
-                    self.store.get, block_id, limiter=self._limiter
-                )
-                self.reads["local"] += 1
-                if self.on_local_read is not None:
-                    self.on_local_read(block_id)
-            except BlockError as exc:
-                if self.fetch is None:
-                    raise
-                if not isinstance(exc, BlockMissing):
-                    # Being stored here right now (a replica's copy, a cached one: the file
-                    # is created, then filled), or damaged: the swarm has it whole.
-                    log.info("local copy of chunk %s does not unseal (%s): reading it "
-                             "from the swarm", block_id.hex()[:16], exc)
-                data = await self.fetch(block_id, hints)
-                self.reads["remote"] += 1
-        except BlockError as exc:
-            log.error("read failed: %s", exc)
-            raise NamespaceError(errno.EIO, str(exc)) from exc
-        finally:
-            # After a failed fetch, several waiters may each retry and replace the entry;
-            # remove only our own.
-            if self._fetching.get(block_id) is done:
-                del self._fetching[block_id]
-            done.set()
-        self.cache.put(block_id, data)
-        return data
-
-    def _prefetch(self, of: OpenFile, index: int) -> None:
-        """Start fetching chunk ``index``'s blocks in the background (sequential read-ahead)."""
-        if self.nursery is None or index * of.chunk_size >= of.size:
-            return
-        for block in {p[2] for p in self.pieces(of, index)}:
-            if block not in self._fetching and self.cache.get(block) is None:
-                self.nursery.start_soon(self._prefetch_one, block, (of.base[1],))
-
-    async def _prefetch_one(self, block_id: bytes, hints: tuple[bytes, ...]) -> None:
-        try:
-            await self.get_block(block_id, hints)
-        except NamespaceError:
-            pass  # the reader that needs it will get the error
 
     # -- writing -------------------------------------------------------------------------------
 
@@ -500,162 +300,6 @@ class FileContents:
             for index in sorted(of.new)
             for pos, length, block, boff in of.new[index]
         ]
-
-    # -- sealing -------------------------------------------------------------------------------
-
-    async def _seal_soon(self, of: OpenFile, index: int) -> None:
-        """Hand chunk ``index``'s buffered ranges to background sealers (waits for slots)."""
-        while True:
-            ranges = of.buffers.get(index)
-            if not ranges:
-                of.buffers.pop(index, None)
-                return
-            pos, data = ranges.pop(0)
-            of.buffered -= len(data)
-            if not ranges:
-                del of.buffers[index]
-            # Popped, the range is ours: sealed (and lent to ``on_sealed``) without a copy.
-            await self._seal_job(of, [Sealing(index, pos, data, len(data))], inline=False)
-
-    async def _seal_bytes(self, of: OpenFile, index: int, pos: int, data: bytes) -> None:
-        """Seal ``data`` at ``pos`` of chunk ``index`` in the background (waits for a slot)."""
-        self.space.reserved += len(data)  # admitted by ``write``; released once sealed
-        await self._seal_job(of, [Sealing(index, pos, data, len(data))], inline=False)
-
-    async def _seal_job(self, of: OpenFile, entries: list[Sealing], *, inline: bool = True) -> None:
-        """Store the entries' bytes, concatenated at their offsets, as one block: on this
-        thread if small and ``inline`` (cheaper than a task and a thread hop), else in a
-        background task holding one sealing slot (waits for a free one: backpressure).
-
-        The entries join ``sealing`` at once, in order, so readers see their bytes and a later
-        range over the same bytes stays on top once they move into ``new``."""
-        data = entries[0].data if len(entries) == 1 else b"".join(e.data for e in entries)
-        # Every byte of the entries was reserved (``write``, ``_seal_bytes``); released here,
-        # once stored or failed.
-        if inline and len(data) <= THREAD_THRESHOLD:
-            of.sealing.extend(entries)
-            try:
-                block = self._store_reserved(data)
-            except OSError as exc:
-                self._failed(of, entries, exc)
-            else:
-                self._stored(of, entries, block, data)
-                self.cache.put(block, data)
-            finally:
-                self.space.reserved -= len(data)
-            self._drain(of)
-            return
-        of.sealing.extend(entries)
-        if of.pending == 0:
-            of.idle = trio.Event()
-        of.pending += 1  # from now: flush waits for it
-        try:
-            await self._sealing_slots.acquire()
-        except BaseException:
-            self.space.reserved -= len(data)
-            self._failed(of, entries, OSError(errno.EINTR, "interrupted before storing"))
-            self._done_one(of)
-            raise
-        assert self.nursery is not None, "FileContents.nursery must be set by the service"
-        self.nursery.start_soon(self._seal, of, entries, data)
-
-    async def _seal(self, of: OpenFile, entries: list[Sealing], data: bytes | bytearray) -> None:
-        try:
-            block = await trio.to_thread.run_sync(
-                self._store_reserved, data, limiter=self._limiter
-            )
-        except OSError as exc:
-            self._failed(of, entries, exc)
-        else:
-            self._stored(of, entries, block, data)
-        finally:
-            self.space.reserved -= len(data)
-            self._sealing_slots.release()
-            self._done_one(of)
-
-    def _done_one(self, of: OpenFile) -> None:
-        of.pending -= 1
-        self._drain(of)
-        if of.pending == 0:
-            of.idle.set()
-
-    def _drain(self, of: OpenFile) -> None:
-        """Move stored ranges from the front of ``sealing`` into ``new``, in start order (a
-        later range over the same bytes must stay on top)."""
-        landed: dict[int, list[Piece]] = {}
-        while of.sealing and (of.sealing[0].block is not None or of.sealing[0].failed):
-            e = of.sealing.popleft()
-            if e.block is not None and e.limit > 0 and not e.failed:
-                landed.setdefault(e.index, []).append((e.pos, e.limit, e.block, e.offset))
-        for index, pieces in landed.items():  # in order: overlay_all keeps later ones on top
-            of.new[index] = overlay_all(of.new.get(index, []), pieces)
-
-    def _failed(self, of: OpenFile, entries: list[Sealing], exc: OSError) -> None:
-        for e in entries:
-            e.failed = True
-        if of.error is None:
-            self._drop_change(of, exc)
-
-    def _drop_change(self, of: OpenFile, exc: OSError) -> None:
-        """A block of ``of``'s uncommitted change could not be stored: forget the whole
-        change (buffers, blocks in flight or stored for it, truncations), put the file back to
-        its committed version, and fail its handles with ``exc`` until they are all closed."""
-        log.error(
-            "storing a block of file %s failed: %s; its changes since it was last saved are "
-            "dropped (it keeps its previous version, %d bytes) and its open handles fail "
-            "until closed", of.obj.hex()[:16], exc, of.clean[0] if of.clean else of.size,
-        )
-        self.space.reserved -= of.buffered
-        of.buffers.clear()
-        of.buffered = 0
-        for e in of.sealing:  # in flight: they release their own reservations
-            e.failed = True
-        of.new.clear()
-        of.cut = None
-        of.dirty = False
-        if of.clean is not None:
-            of.size, of.chunk_size, of.mtime = of.clean
-        of.error = exc
-        self._drain(of)
-        if self.on_dropped is not None:
-            self.on_dropped(of.obj)
-
-    def store_block(self, data: bytes | bytearray, *, reserved: bool = False) -> bytes:
-        """Store ``data`` as a block; returns its ID. Thread-safe (runs in worker threads).
-        ``reserved``: its space was reserved when its bytes were written (a write's block);
-        else (compaction) ENOSPC if it does not fit beside the reservations and margin."""
-        block = block_id_of(data)
-        self.store.put(block, data, reserved=reserved)
-        return block
-
-    def _store_reserved(self, data: bytes | bytearray) -> bytes:
-        return self.store_block(data, reserved=True)
-
-    def _stored(
-        self, of: OpenFile, entries: list[Sealing], block: bytes, data: bytes | bytearray
-    ) -> None:
-        """Bookkeeping for a block just stored for ``of`` (on the trio thread)."""
-        for e in entries:
-            e.block = block
-        waiting = self.unsynced.setdefault(of.obj, set())
-        if block not in waiting:
-            waiting.add(block)
-            self._unsynced_count += 1
-            if (
-                self._unsynced_count > UNSYNCED_MAX
-                and self._backlog_synced.is_set()
-                and self.nursery is not None
-            ):
-                self._backlog_synced = trio.Event()
-                self.nursery.start_soon(self._sync_backlog)
-        if self.on_sealed is not None:
-            self.on_sealed(block, len(data), data)
-
-    def put_back_unsynced(self, obj: bytes, blocks: set[bytes]) -> None:
-        """Blocks a failed fsync took: the next fsync of ``obj`` waits for them again."""
-        waiting = self.unsynced.setdefault(obj, set())
-        self._unsynced_count += len(blocks - waiting)
-        waiting |= blocks
 
     @staticmethod
     def _take_error(of: OpenFile) -> NamespaceError:

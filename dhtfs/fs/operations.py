@@ -1,8 +1,10 @@
-"""The pyfuse3 handlers: map inodes to objects, call Tree/FileContents, map errors to errnos.
+"""The pyfuse3 handlers: map inodes to objects and handles to open files, call Tree and
+FileContents, reply with what ``dhtfs.fs.attributes`` builds.
 
-Handlers hold no logic of their own. Every handler runs inside ``_errno_mapped``: any
-exception other than FUSEError would kill the mount, so NamespaceError and OSError become their
-errno and anything unexpected becomes EIO with the traceback logged.
+Handlers hold no logic of their own. Every handler runs inside ``errno_mapped``
+(``dhtfs.fs.errnos``): any exception other than FUSEError would kill the mount. Attributes
+and statfs come from ``dhtfs.fs.attributes``, the ``user.dhtfs.*`` xattrs from
+``dhtfs.fs.xattrs``, fsync's wait for replicas from ``FileContents.make_durable``.
 
 The kernel enforces permissions (``default_permissions``); entry and attribute timeouts are
 short because other nodes change the tree too.
@@ -11,147 +13,31 @@ short because other nodes change the tree too.
 from __future__ import annotations
 
 import errno
-import functools
-import json
 import logging
 import os
-import sqlite3
 import stat
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import pyfuse3
-import trio
 
 from dhtfs.base.durable import fsync_file
-from dhtfs.base.errors import DhtfsError, NamespaceError
-from dhtfs.fs.files import FileContents, OpenFile
+from dhtfs.base.errors import NamespaceError
+from dhtfs.fs.attributes import ENTRY_TIMEOUT, direct_io, entry_attributes, statfs_of
+from dhtfs.fs.buffers import OpenFile
+from dhtfs.fs.errnos import errno_mapped
+from dhtfs.fs.files import FileContents
 from dhtfs.fs.inodes import InodeMap
-from dhtfs.fs.xattrs import VIRTUAL_PREFIX, check_settable, virtual_value
+from dhtfs.fs.xattrs import VIRTUAL_PREFIX, check_settable, file_extents, virtual_value
 from dhtfs.meta.extents import Piece
-from dhtfs.meta.namespace import Namespace, ObjectRow
+from dhtfs.meta.namespace import ObjectRow
 from dhtfs.meta.tree import Tree
 from dhtfs.net.control import CONTROL_SOCKET_NAME
 
 log = logging.getLogger(__name__)
 
-ENTRY_TIMEOUT = 1.0
-ATTR_TIMEOUT = 1.0
 DOT_OFFSET, DOTDOT_OFFSET = 1, 2  # readdir offsets of "." and ".."; links follow
-BLKSIZE = 128 * 1024
-SQLITE_FULL = 13  # sqlite3.Error.sqlite_errorcode of "database or disk is full"
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-# Handlers that persist the namespace (Namespace.persist: the op journal) before they reply,
-# so that what the kernel was told survives a crash of this process. The others change
-# nothing, or (create) are always followed by a flush/release of their handle, which
-# persists; the service's commit task commits everything shortly after in any case.
-PERSISTING_HANDLERS = frozenset(
-    {
-        "mknod",
-        "mkdir",
-        "symlink",
-        "link",
-        "unlink",
-        "rmdir",
-        "rename",
-        "setattr",
-        "setxattr",
-        "removexattr",
-        "flush",
-        "fsync",
-        "fsyncdir",
-        "release",
-    }
-)
-
-
-# Handlers that change the tree: refused with ENOSPC before they apply anything when the op
-# journal can no longer keep room to record them (the disk is full; see journal.has_room).
-ROOM_CHECKED_HANDLERS = frozenset(
-    {"mknod", "mkdir", "symlink", "link", "rename", "setattr", "setxattr", "removexattr",
-     "create"}
-)
-
-
-def _errno_mapped(fn: F) -> F:
-    """Map every exception of a handler to an errno; persist as PERSISTING_HANDLERS says."""
-    deferred = fn.__name__ not in PERSISTING_HANDLERS
-    name = fn.__name__
-    room_checked = name in ROOM_CHECKED_HANDLERS
-
-    @functools.wraps(fn)
-    async def wrapper(self: Operations, *args: Any, **kwargs: Any) -> Any:
-        observe = self.observe  # metrics: every request timed, by kind and outcome
-        t0 = time.perf_counter() if observe is not None else 0.0
-        ok = False
-        try:
-            journal = self.tree.ns.journal
-            if room_checked and journal is not None and not journal.has_room():
-                raise pyfuse3.FUSEError(errno.ENOSPC)
-            result = await fn(self, *args, **kwargs)
-            ok = True
-            return result
-        except pyfuse3.FUSEError:
-            raise
-        except NamespaceError as exc:
-            raise pyfuse3.FUSEError(exc.errno) from None
-        except OSError as exc:
-            log.warning("%s failed: %s", name, exc)
-            raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
-        except DhtfsError as exc:
-            log.error("%s failed: %s", name, exc)
-            raise pyfuse3.FUSEError(errno.EIO) from None
-        except sqlite3.Error as exc:
-            log.error("%s failed: %s", name, exc)
-            raise pyfuse3.FUSEError(_storage_errno(exc)) from None
-        except Exception:
-            log.exception("%s failed unexpectedly; returning EIO", name)
-            raise pyfuse3.FUSEError(errno.EIO) from None
-        finally:
-            if not deferred and self.tree.ns.pending:
-                _persist(self.tree.ns)  # also after a failure: earlier ops were acknowledged
-            if observe is not None:
-                observe(name, ok, time.perf_counter() - t0)
-
-    return wrapper  # type: ignore[return-value]
-
-
-def _persist(ns: Namespace) -> None:
-    try:
-        ns.persist()
-    except (OSError, sqlite3.Error) as exc:
-        log.error("persisting metadata failed: %s (is the state directory's disk full?)", exc)
-        raise pyfuse3.FUSEError(_storage_errno(exc)) from None
-
-
-def _storage_errno(exc: OSError | sqlite3.Error) -> int:
-    """ENOSPC for a full disk (an OSError's, or SQLite's SQLITE_FULL), else EIO."""
-    if isinstance(exc, OSError):
-        return errno.ENOSPC if exc.errno in (errno.ENOSPC, errno.EDQUOT) else errno.EIO
-    return errno.ENOSPC if getattr(exc, "sqlite_errorcode", None) == SQLITE_FULL else errno.EIO
-
-
-def _direct_io(flags: int, row: ObjectRow, has_xattrs: bool) -> bool:
-    """Whether a handle bypasses the page cache (FOPEN_DIRECT_IO): write-only handles of
-    files with no set-ID bits and no xattrs.
-
-    A write-only handle cannot read or mmap, so caching its writes gains nothing, and the
-    direct path saves a copy into the page cache and the security.capability getxattr the
-    kernel sends before every cached write. That getxattr is how the kernel clears set-ID
-    bits and file capabilities on an unprivileged write (file_remove_privs); on the direct
-    path it leaves that to the server through a write flag pyfuse3 does not pass on, hence
-    files with set-ID bits or xattrs keep the cached path. The kernel drops cached pages of
-    a directly written range, so readers on other handles stay coherent.
-    """
-    return (
-        flags & os.O_ACCMODE == os.O_WRONLY
-        and not row.mode & (stat.S_ISUID | stat.S_ISGID)
-        and not has_xattrs
-    )
 
 
 class Operations(pyfuse3.Operations):
@@ -206,49 +92,10 @@ class Operations(pyfuse3.Operations):
     def _attrs(
         self, row: ObjectRow, ino: int | None = None, *, new: bool = False
     ) -> pyfuse3.EntryAttributes:
-        a = pyfuse3.EntryAttributes()
-        a.st_ino = ino if ino is not None else self.inodes.ino_of(row.obj, new=new)
-        a.generation = 0
-        a.entry_timeout = ENTRY_TIMEOUT
-        a.attr_timeout = ATTR_TIMEOUT
-        a.st_mode = row.kind | row.mode
-        a.st_uid = row.uid
-        a.st_gid = row.gid
-        a.st_rdev = row.rdev
-        a.st_atime_ns = row.atime
-        a.st_ctime_ns = row.ctime
-        a.st_blksize = BLKSIZE
+        if ino is None:
+            ino = self.inodes.ino_of(row.obj, new=new)
         of = self.contents.open_files.get(row.obj)
-        if row.is_dir:  # a just-created object has one name and no subdirectories
-            a.st_nlink = 2 if new else 2 + self.tree.ns.subdir_count(row.obj)
-            a.st_size = 4096
-            a.st_blocks = 8
-            a.st_mtime_ns = row.mtime
-        else:
-            a.st_nlink = 1 if new else self.tree.ns.link_count(row.obj)
-            if of is not None:
-                size, mtime, cs = of.size, of.mtime, of.chunk_size
-                stored = self._chunks_with_data(row) + len(of.new) + len(of.buffers)
-            elif row.kind == stat.S_IFLNK:
-                size, mtime, cs, stored = len(row.target or b""), row.mtime, 0, 0
-            else:
-                size, mtime, cs = row.size, row.mtime, row.chunk_size
-                stored = self._chunks_with_data(row) if size else 0
-            a.st_size = size
-            a.st_mtime_ns = mtime
-            a.st_blocks = (min(size, stored * cs) + 511) // 512 if cs else (size + 511) // 512
-        return a
-
-    def _chunks_with_data(self, row: ObjectRow) -> int:
-        """How many chunks of ``row``'s version hold data (cached per version: a count over
-        the file's extents rows)."""
-        version = (row.obj, row.content_ts, row.content_node)
-        count = self._data_chunks.get(version)
-        if count is None:
-            if len(self._data_chunks) >= 4096:
-                self._data_chunks.clear()
-            count = self._data_chunks[version] = self.tree.ns.chunks_with_data(row.obj)
-        return count
+        return entry_attributes(row, ino, of, self.tree.ns, self._data_chunks, new=new)
 
     def _entry(
         self,
@@ -293,7 +140,7 @@ class Operations(pyfuse3.Operations):
 
     # -- lookups and attributes ----------------------------------------------------------------
 
-    @_errno_mapped
+    @errno_mapped
     async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None):
         parent = self._obj(parent_inode)
         if name == b".":
@@ -312,16 +159,16 @@ class Operations(pyfuse3.Operations):
         )
         return self._entry(hit[1], place=(parent_inode, name), follow=follow)
 
-    @_errno_mapped
+    @errno_mapped
     async def forget(self, inode_list: list[tuple[int, int]]) -> None:
         for ino, count in inode_list:
             self.inodes.forget(ino, count)
 
-    @_errno_mapped
+    @errno_mapped
     async def getattr(self, inode: int, ctx: Any = None):
         return self._attrs(self.tree.require(self._obj(inode)), inode)
 
-    @_errno_mapped
+    @errno_mapped
     async def setattr(self, inode: int, attr, fields, fh, ctx):
         obj = self._obj(inode)
         row = self.tree.require(obj)
@@ -355,7 +202,7 @@ class Operations(pyfuse3.Operations):
             self.tree.set_attrs(obj, changes)
         return self._attrs(self.tree.require(obj), inode)
 
-    @_errno_mapped
+    @errno_mapped
     async def readlink(self, inode: int, ctx: Any = None) -> bytes:
         row = self.tree.require(self._obj(inode))
         if row.kind != stat.S_IFLNK:
@@ -372,28 +219,28 @@ class Operations(pyfuse3.Operations):
             return ctx.gid, mode
         return row.gid, mode | stat.S_ISGID if stat.S_ISDIR(mode) else mode
 
-    @_errno_mapped
+    @errno_mapped
     async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx):
         parent = self._obj(parent_inode)
         gid, mode = self._new_group(parent, mode, ctx)
         obj = self.tree.create(parent, name, stat.S_IFMT(mode), mode, ctx.uid, gid, rdev=rdev)
         return self._entry(obj, new=True)
 
-    @_errno_mapped
+    @errno_mapped
     async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx):
         parent = self._obj(parent_inode)
         gid, mode = self._new_group(parent, stat.S_IFDIR | mode, ctx)
         obj = self.tree.create(parent, name, stat.S_IFDIR, mode, ctx.uid, gid)
         return self._entry(obj, new=True, place=(parent_inode, name))
 
-    @_errno_mapped
+    @errno_mapped
     async def symlink(self, parent_inode: int, name: bytes, target: bytes, ctx):
         parent = self._obj(parent_inode)
         gid, _mode = self._new_group(parent, stat.S_IFLNK | 0o777, ctx)
         obj = self.tree.create(parent, name, stat.S_IFLNK, 0o777, ctx.uid, gid, target=target)
         return self._entry(obj, new=True)
 
-    @_errno_mapped
+    @errno_mapped
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int, ctx):
         parent = self._obj(parent_inode)
         gid, mode = self._new_group(parent, stat.S_IFREG | mode, ctx)
@@ -412,26 +259,26 @@ class Operations(pyfuse3.Operations):
         of = self.contents.load(row)
         fh = self._new_fh(of)
         self._kernel_version[obj] = of.base
-        direct = _direct_io(flags, row, has_xattrs=False)
+        direct = direct_io(flags, row, has_xattrs=False)
         info = pyfuse3.FileInfo(fh=fh, keep_cache=True, direct_io=direct)
         return info, self._entry(obj, new=True)
 
-    @_errno_mapped
+    @errno_mapped
     async def link(self, inode: int, new_parent_inode: int, new_name: bytes, ctx):
         obj = self._obj(inode)
         self.tree.link(obj, self._obj(new_parent_inode), new_name)
         return self._entry(obj)
 
-    @_errno_mapped
+    @errno_mapped
     async def unlink(self, parent_inode: int, name: bytes, ctx) -> None:
         self.tree.remove(self._obj(parent_inode), name, directory=False)
 
-    @_errno_mapped
+    @errno_mapped
     async def rmdir(self, parent_inode: int, name: bytes, ctx) -> None:
         self.tree.remove(self._obj(parent_inode), name, directory=True)
         self.inodes.removed((parent_inode, name))
 
-    @_errno_mapped
+    @errno_mapped
     async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
         parent_old = self._obj(parent_inode_old)
         hit = self.tree.ns.lookup(parent_old, name_old)  # what the kernel's entry should be
@@ -445,7 +292,7 @@ class Operations(pyfuse3.Operations):
 
     # -- file contents -------------------------------------------------------------------------
 
-    @_errno_mapped
+    @errno_mapped
     async def open(self, inode: int, flags: int, ctx):
         row = self.tree.require(self._obj(inode))
         if row.is_dir:
@@ -455,22 +302,22 @@ class Operations(pyfuse3.Operations):
             await self.contents.truncate(of, 0)
         keep = self._kernel_version.get(row.obj) == (row.content_ts, row.content_node)
         self._kernel_version[row.obj] = (row.content_ts, row.content_node)
-        direct = _direct_io(flags, row, self.tree.ns.has_xattrs(row.obj))
+        direct = direct_io(flags, row, self.tree.ns.has_xattrs(row.obj))
         return pyfuse3.FileInfo(fh=self._new_fh(of), keep_cache=keep, direct_io=direct)
 
-    @_errno_mapped
+    @errno_mapped
     async def read(self, fh: int, off: int, size: int) -> bytes:
         return await self.contents.read(self._file(fh), off, size)
 
-    @_errno_mapped
+    @errno_mapped
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         return await self.contents.write(self._file(fh), off, buf)
 
-    @_errno_mapped
+    @errno_mapped
     async def flush(self, fh: int) -> None:
         await self.contents.flush(self._file(fh))
 
-    @_errno_mapped
+    @errno_mapped
     async def fsync(self, fh: int, datasync: bool) -> None:
         of = self._file(fh)
         await self.contents.flush(of)
@@ -480,39 +327,14 @@ class Operations(pyfuse3.Operations):
         """Make the named files' blocks (those stored since their last fsync) and all applied
         metadata survive power loss here, then (a swarm mount) wait for those blocks to be on
         their R nodes: EIO if ``replicate`` says some could not get there in time, ENOSPC if
-        they could not because the nodes they go to are full."""
+        they could not because the nodes they go to are full (``FileContents.make_durable``)."""
         self.tree.ns.commit()
-        taken = {of.obj: await self.contents.take_unsynced(of.obj) for of in files}
-        ids = [i for blocks in taken.values() for i in blocks]
         wal = os.path.join(self.state_dir, "namespace.db-wal")
+        await self.contents.make_durable(
+            files, lambda: fsync_file(wal), self.replicate, self.swarm_short_of_space
+        )
 
-        def sync() -> None:
-            self.contents.store.sync(ids)
-            fsync_file(wal)
-
-        try:
-            await trio.to_thread.run_sync(sync)
-            missing = await self.replicate(ids) if self.replicate is not None and ids else []
-        except BaseException:
-            for obj, blocks in taken.items():
-                self.contents.put_back_unsynced(obj, blocks)
-            raise
-        if missing:
-            for obj, blocks in taken.items():
-                self.contents.put_back_unsynced(obj, blocks)
-            if self.swarm_short_of_space():
-                log.error("fsync: %d of %d blocks cannot get their copies: the nodes they go "
-                          "to are out of space (see their dhtfs status); the data is safe "
-                          "here and keeps replicating", len(missing), len(ids))
-                raise NamespaceError(errno.ENOSPC, "the swarm's replicas are out of space")
-            log.error(
-                "fsync: %d of %d blocks did not reach their replicas in time (is the swarm "
-                "reachable? see replication_deadline); the data is safe here and keeps "
-                "replicating", len(missing), len(ids)
-            )
-            raise NamespaceError(errno.EIO, "replication deadline passed")
-
-    @_errno_mapped
+    @errno_mapped
     async def release(self, fh: int) -> None:
         of = self._handles.pop(fh, None)
         if of is None:
@@ -525,12 +347,12 @@ class Operations(pyfuse3.Operations):
 
     # -- directories ---------------------------------------------------------------------------
 
-    @_errno_mapped
+    @errno_mapped
     async def opendir(self, inode: int, ctx):
         self.tree.require_dir(self._obj(inode))
         return inode
 
-    @_errno_mapped
+    @errno_mapped
     async def readdir(self, fh: int, start_id: int, token) -> None:
         """``.`` (offset 1), ``..`` (offset 2), then the links in rowid order at offset
         rowid + 2: offsets stay valid whatever is added, renamed or removed meanwhile."""
@@ -558,96 +380,54 @@ class Operations(pyfuse3.Operations):
                 self.inodes.remember(attrs.st_ino)
                 after = row_id
 
-    @_errno_mapped
+    @errno_mapped
     async def releasedir(self, fh: int) -> None:
         return None
 
-    @_errno_mapped
+    @errno_mapped
     async def fsyncdir(self, fh: int, datasync: bool) -> None:
         await self.durable([])
 
-    @_errno_mapped
+    @errno_mapped
     async def statfs(self, ctx):
-        """The state directory's disk (df on the mount): free less what writes acknowledged
-        and not yet stored hold (``space.reserved``); available also less the margin kept
-        for metadata, i.e. about what writes may still take."""
-        space = self.contents.space
-        st = space.measure()
-        frsize = st.f_frsize or 4096
-        held = -(-space.reserved // frsize)
-        s = pyfuse3.StatvfsData()
-        s.f_bsize = st.f_bsize
-        s.f_frsize = st.f_frsize
-        s.f_blocks = st.f_blocks
-        s.f_bfree = max(0, st.f_bfree - held)
-        s.f_bavail = max(0, st.f_bavail - held - space.margin // frsize)
-        count = self.tree.ns.object_count()
-        s.f_files = count + st.f_ffree
-        s.f_ffree = st.f_ffree
-        s.f_favail = st.f_favail
-        s.f_namemax = 255
-        return s
+        """The state directory's disk as df shows it on the mount (``statfs_of``)."""
+        return statfs_of(self.contents.space, self.tree.ns.object_count())
 
     # -- extended attributes -------------------------------------------------------------------
 
-    @_errno_mapped
+    @errno_mapped
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx) -> None:
         check_settable(name, value)
         self.tree.set_xattr(self._obj(inode), name, value)
 
-    @_errno_mapped
+    @errno_mapped
     async def removexattr(self, inode: int, name: bytes, ctx) -> None:
         check_settable(name)
         self.tree.set_xattr(self._obj(inode), name, None)
 
-    @_errno_mapped
+    @errno_mapped
     async def getxattr(self, inode: int, name: bytes, ctx) -> bytes:
         if name.startswith(b"system."):
             raise NamespaceError(errno.ENODATA)  # never stored (ls asks for ACLs on every entry)
         obj = self._obj(inode)
-        if not name.startswith(VIRTUAL_PREFIX):
-            value = self.tree.ns.xattr(obj, name)
-            if value is None:
-                raise NamespaceError(errno.ENODATA)
-            return value
-        row = self.tree.require(obj)
-        of = self.contents.open_files.get(obj)
-        if name == b"user.dhtfs.control":  # where ``dhtfs sync`` finds this mount
-            return os.path.join(self.state_dir, CONTROL_SOCKET_NAME).encode()
-        if name in (b"user.dhtfs.replicas", b"user.dhtfs.providers") and self.locate:
-            blocks = list(dict.fromkeys(e[2] for e in self._extents(row, of)))
-            found = await self.locate(blocks)
-            if name == b"user.dhtfs.replicas":
-                doc: list[Any] = [[b.hex(), len(found.get(b, []))] for b in blocks]
-            else:
-                doc = [[b.hex(), found.get(b, [])] for b in blocks]
-            return json.dumps(doc).encode()
-        value = virtual_value(name, row, lambda: self._extents(row, of))
+        value = None
+        if name.startswith(VIRTUAL_PREFIX):
+            row = self.tree.require(obj)
+            of = self.contents.open_files.get(obj)
+            value = await virtual_value(
+                name,
+                row,
+                lambda: file_extents(row, of, self.tree.ns, self.contents.pieces),
+                control_socket=os.path.join(self.state_dir, CONTROL_SOCKET_NAME),
+                locate=self.locate,
+            )
         if value is None:
             value = self.tree.ns.xattr(obj, name)
         if value is None:
             raise NamespaceError(errno.ENODATA)
         return value
 
-    def _extents(self, row: ObjectRow, of: OpenFile | None) -> list[list[Any]]:
-        """``[offset, length, block, block_offset]`` of every extent of the file, in order
-        (an open file's as its readers see it, uncommitted blocks included)."""
-        if of is None:
-            cs = row.chunk_size
-            return [
-                [i * cs + pos, n, block, boff]
-                for i, pieces in self.tree.ns.extents(row.obj)
-                for pos, n, block, boff in pieces
-            ]
-        indexes = sorted({i for i, _ in self.tree.ns.extents(row.obj)} | set(of.new))
-        cs = of.chunk_size
-        return [
-            [i * cs + pos, n, block, boff]
-            for i in indexes
-            for pos, n, block, boff in self.contents.pieces(of, i)
-        ]
-
-    @_errno_mapped
+    @errno_mapped
     async def listxattr(self, inode: int, ctx) -> list[bytes]:
         # The virtual user.dhtfs.* names are readable by name but not listed: xattr-copying
         # tools (cp -a, rsync -X, tar --xattrs) would otherwise try to set them on copies.
