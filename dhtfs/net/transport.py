@@ -232,7 +232,7 @@ class Transport:
         """Where this node is bound and what its HELLO advertises (``dhtfs status``)."""
         return describe(self.bound, client=self.client)
 
-    # -- Network ---------------------------------------------------------------------------------
+    # -- Network ----------------------------------------------------------------------------------
 
     @property
     def local(self) -> Contact:
@@ -272,7 +272,7 @@ class Transport:
             return Contact(conn.peer.node_id, host, conn.peer.port)
         raise AssertionError("unreachable")
 
-    # -- serving ---------------------------------------------------------------------------------
+    # -- serving ----------------------------------------------------------------------------------
 
     async def serve(self, *, task_status: trio.TaskStatus[Contact] = trio.TASK_STATUS_IGNORED):
         """Listen, accept and dial until cancelled; ``started`` with the real local contact."""
@@ -314,7 +314,7 @@ class Transport:
             self._pool.register(conn)
             await self._pool.run(conn)
 
-    # -- the pool ------------------------------------------------------------------------------
+    # -- the pool ---------------------------------------------------------------------------------
 
     def close_idle(self, room: int = 0) -> int:
         """Close connections idle (no call pending, no request in hand) for ``idle_timeout``,
