@@ -14,6 +14,7 @@ import logging
 import ssl
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 import trio
 
@@ -25,17 +26,23 @@ from dhtfs.net.tls import TLSStream
 
 log = logging.getLogger("dhtfs.net.transport")  # one logger for the whole transport
 
+T = TypeVar("T")
+
 SEND_HIGH_WATER = 4 * 1024 * 1024
 """Bytes queued on one connection past which senders wait (see ``Connection._send``)."""
 
 
 @dataclass
-class Traffic:
-    """Counters every connection of one transport adds to (metrics, tests)."""
+class Counters:
+    """What one transport counts (metrics, ``dhtfs status``, tests), shared by its parts."""
 
     bytes_received: int = 0  # frame bytes in and out on peer connections
     bytes_sent: int = 0
     protocol_errors: int = 0  # connections closed for a malformed or unexpected frame
+    refusals: int = 0  # inbound peers refused at the handshake
+    aborted: int = 0  # inbound handshakes the peer hung up in the middle of
+    dials: int = 0  # outbound connections attempted (each a TLS handshake)
+    closed_idle: int = 0  # connections closed for being idle
 
 
 @dataclass(frozen=True)
@@ -50,25 +57,28 @@ class ConnectionSettings:
     max_frame: int
     max_handlers: int
     inline_methods: frozenset[str]
-    traffic: Traffic
+    counters: Counters
     faults: Faults
 
 
 @dataclass
-class _Pending:
+class Outcome(Generic[T]):
+    """What one task waits for another to settle (an answer, a dial): a value or an error,
+    then ``event`` is set."""
+
     event: trio.Event = field(default_factory=trio.Event)
-    answer: Message | None = None
+    value: T | None = None
     error: NetworkError | None = None
 
 
 class FrameStream:
     """Whole frames out of a byte stream (``wire.FrameReader`` over ``receive_some``)."""
 
-    def __init__(self, stream: TLSStream, max_frame: int, traffic: Traffic) -> None:
+    def __init__(self, stream: TLSStream, max_frame: int, counters: Counters) -> None:
         self.stream = stream
         self.reader = wire.FrameReader(max_frame)
         self.ready: deque[bytes] = deque()
-        self.traffic = traffic  # counts the bytes received
+        self.counters = counters  # counts the bytes received
 
     async def receive(self) -> wire.Frame | None:
         """The next frame, or None at a clean EOF between frames."""
@@ -82,7 +92,7 @@ class FrameStream:
                     raise ProtocolError("connection closed in the middle of a frame")
                 return None
             for piece in pieces:
-                self.traffic.bytes_received += len(piece)
+                self.counters.bytes_received += len(piece)
                 self.ready.extend(self.reader.feed(piece))
         return wire.decode_body(self.ready.popleft())
 
@@ -104,7 +114,7 @@ class Connection:
         self.outbound = outbound
         self.awaiting_hello = awaiting_hello  # dialed: requests went out before its HELLO
         self.reason: NetworkError | None = None  # why it closed, once it has
-        self.pending: dict[int, _Pending] = {}
+        self.pending: dict[int, Outcome[Message]] = {}  # the answers awaited, by request id
         self.last_id = 0
         self.closed = False
         self.scope = trio.CancelScope()
@@ -123,7 +133,7 @@ class Connection:
         rid = self.last_id
         self.last_active = trio.current_time()
         frame = wire.encode_request_parts(rid, method, args, self.settings.max_frame)
-        pending = self.pending[rid] = _Pending()
+        pending = self.pending[rid] = Outcome[Message]()
         try:
             try:
                 await self._send(frame)
@@ -134,8 +144,8 @@ class Connection:
             self.pending.pop(rid, None)
         if pending.error is not None:
             raise pending.error
-        assert pending.answer is not None
-        return pending.answer
+        assert pending.value is not None
+        return pending.value
 
     def _failure(self, cause: object = "") -> NetworkError:
         """Why calls on this connection fail once it is gone."""
@@ -155,7 +165,7 @@ class Connection:
         are queued on this connection (backpressure)."""
         stream = self.frames.stream
         stream.write_nowait(frame)
-        self.settings.traffic.bytes_sent += (
+        self.settings.counters.bytes_sent += (
             len(frame) if isinstance(frame, bytes | bytearray) else sum(map(len, frame)))
         if stream.backlog_bytes > SEND_HIGH_WATER:
             await stream.wait_drained(SEND_HIGH_WATER)
@@ -171,7 +181,7 @@ class Connection:
                         await self._reader(nursery)
                     except ProtocolError as exc:
                         log.warning("closing connection to %s: %s", self.peer, exc)
-                        self.settings.traffic.protocol_errors += 1
+                        self.settings.counters.protocol_errors += 1
                         reason = ProtocolError(f"{self.peer}: {exc}")
                     except PeerUnreachable as exc:
                         log.debug("connection to %s lost: %s", self.peer, exc)
@@ -218,7 +228,7 @@ class Connection:
                         raise ProtocolError(f"answer to request {frame.request_id} never sent")
                     continue  # late answer to a call that already timed out
                 if frame.kind == wire.RESPONSE:
-                    pending.answer = frame.payload
+                    pending.value = frame.payload
                 else:
                     pending.error = RemoteError(f"{self.peer}: {frame.message}")
                 pending.event.set()
@@ -264,7 +274,7 @@ class Connection:
     def _send_nowait(self, data: bytes) -> None:
         with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
             self.frames.stream.write_nowait(data)
-            self.settings.traffic.bytes_sent += len(data)
+            self.settings.counters.bytes_sent += len(data)
 
     async def _serve_request(self, frame: wire.Frame, nursery: trio.Nursery) -> None:
         try:

@@ -115,10 +115,8 @@ class _UnixStream:
 class PeerStats(Protocol):
     """What a node measured about one peer."""
 
-    @property
-    def rtt_ewma(self) -> float | None: ...
-    @property
-    def penalties(self) -> int: ...
+    rtt_ewma: float | None
+    penalties: int
 
 
 class PeerTable(Protocol):
@@ -138,8 +136,8 @@ class BlockIds(Protocol):
 class Placement(Protocol):
     """Where ``put`` placed a block (``dhtfs.dht.results.PutResult``)."""
 
-    @property
-    def block_id(self) -> bytes: ...
+    block_id: bytes
+
     @property
     def copies(self) -> int: ...
     @property
@@ -149,16 +147,11 @@ class Placement(Protocol):
 class Fetched(Protocol):
     """What ``get`` did (``dhtfs.dht.results.GetResult``)."""
 
-    @property
-    def data(self) -> bytes: ...
-    @property
-    def source(self) -> str: ...
-    @property
-    def queries(self) -> int: ...
-    @property
-    def hops(self) -> int: ...
-    @property
-    def dials(self) -> int: ...
+    data: bytes
+    source: str
+    queries: int
+    hops: int
+    dials: int
 
 
 class ControlledNode(Protocol):

@@ -6,8 +6,8 @@ Invariants (the security ones of ``dhtfs.net.transport``):
   possession; ``_verify`` then re-checks it with ``pki.verify_node_cert_der`` and derives the
   peer's node ID from its key; a certificate ``revoked`` refuses is refused too;
 - no request is read, and no frame sent, before that succeeds; an inbound peer that fails is
-  logged with its reason (``refused peer ...``) and counted in ``refusals``, one that merely
-  hung up in the middle (a port scan, its own deadline) in ``aborted``;
+  logged with its reason (``refused peer ...``) and counted (``Counters.refusals``), one that
+  merely hung up in the middle (a port scan, its own deadline) too (``Counters.aborted``);
 - a dialer that expected a node ID gets ``AuthError`` if the key behind the address differs;
 - every accept finishes within ``timeout``; whatever a hostile peer sends, ``accept`` returns
   None (and closes the socket) rather than raise.
@@ -50,15 +50,11 @@ class Handshake:
         timeout: float,
         revoked: Callable[[bytes], bool] | None = None,
     ) -> None:
-        self.host = host
-        self.settings = settings
-        self.hello = hello
-        self.timeout = timeout
-        self.revoked = revoked
+        self.settings, self.counters = settings, settings.counters
+        self.hello, self.timeout, self.revoked = hello, timeout, revoked
         self.peer_certs: dict[bytes, bytes] = {}  # the certificates (DER) of peers met, by ID
-        self.refusals = 0
-        self.aborted = 0
-        self.dials = 0  # outbound connections attempted (each a TLS handshake)
+        # Connections we open leave from our listening address, unless that is a wildcard.
+        self._local_address = None if host in WILDCARD_HOSTS else host
         self._server_ctx = tls_context(identity, server_side=True)
         self._client_ctx = tls_context(identity, server_side=False)
         self._ca = pki.load_cert(identity.ca_cert)
@@ -76,11 +72,11 @@ class Handshake:
         return node_id
 
     def _refuse(self, who: str, reason: str) -> None:
-        self.refusals += 1
+        self.counters.refusals += 1
         log.warning("refused peer %s: %s", who, reason)
 
     def _frames(self, tls: TLSStream) -> FrameStream:
-        return FrameStream(tls, self.settings.max_frame, self.settings.traffic)
+        return FrameStream(tls, self.settings.max_frame, self.counters)
 
     # -- accepting -------------------------------------------------------------------------------
 
@@ -114,7 +110,7 @@ class Handshake:
                 if isinstance(exc, ssl.SSLEOFError) or (
                     isinstance(cause, OSError) and not isinstance(cause, ssl.SSLError)
                 ):  # the peer hung up (its own deadline, a port scan): not a verdict on it
-                    self.aborted += 1
+                    self.counters.aborted += 1
                     log.info("handshake with %s aborted: %s", remote_ip, tls_reason(exc))
                 else:
                     self._refuse(remote_ip, tls_reason(exc))
@@ -130,7 +126,7 @@ class Handshake:
 
     async def dial(self, node_id: bytes | None, host: str, port: int) -> Connection:
         """A new connection to ``host:port`` (whose key must be ``node_id``'s, if given)."""
-        self.dials += 1
+        self.counters.dials += 1
         tcp = await self._connect_tcp(host, port)
         tls: TLSStream | None = None
         try:
@@ -179,7 +175,7 @@ class Handshake:
     async def _connect_tcp(self, host: str, port: int) -> trio.SocketStream:
         """TCP connect from our listening address. Numeric addresses (what routing holds) skip
         ``open_tcp_stream``'s resolver and happy-eyeballs nursery: joins open thousands."""
-        local = None if self.host in WILDCARD_HOSTS else self.host
+        local = self._local_address
         try:
             family = ipaddress.ip_address(host).version
         except ValueError:

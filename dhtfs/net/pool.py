@@ -16,24 +16,16 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field
 from typing import Any
 
 import trio
 
 from dhtfs.base.errors import CallTimeout, NetworkError, PeerUnreachable
-from dhtfs.net.connection import Connection
+from dhtfs.net.connection import Connection, Outcome
 from dhtfs.net.handshake import Handshake
 from dhtfs.net.network import Contact
 
 log = logging.getLogger("dhtfs.net.transport")  # one logger for the whole transport
-
-
-@dataclass
-class _Dial:
-    event: trio.Event = field(default_factory=trio.Event)
-    conn: Connection | None = None
-    error: NetworkError | None = None
 
 
 class ConnectionPool:
@@ -53,10 +45,10 @@ class ConnectionPool:
         self.max_connections = max_connections
         self.conns: dict[bytes, Connection] = {}  # the registered connection of each peer
         self.live: set[Connection] = set()   # every running connection, registered or not
-        self.closed_idle = 0
+        self.counters = handshake.counters
         self.nursery: trio.Nursery | None = None
         """Where dials and connections run: the transport's nursery while it serves."""
-        self._dialing: dict[Any, _Dial] = {}
+        self._dialing: dict[Any, Outcome[Connection]] = {}  # by node ID, or (host, port)
 
     async def connection(self, node_id: bytes | None, host: str, port: int) -> Connection:
         """The open connection to ``node_id``, else a new one to ``host:port``."""
@@ -69,16 +61,16 @@ class ConnectionPool:
         key = node_id if node_id is not None else (host, port)
         dial = self._dialing.get(key)
         if dial is None:
-            dial = self._dialing[key] = _Dial()
+            dial = self._dialing[key] = Outcome[Connection]()
             self.nursery.start_soon(self._dial, key, node_id, host, port, dial)
         await dial.event.wait()
         if dial.error is not None:
             raise type(dial.error)(str(dial.error))
-        assert dial.conn is not None
-        return dial.conn
+        assert dial.value is not None
+        return dial.value
 
     async def _dial(
-        self, key: Any, node_id: bytes | None, host: str, port: int, dial: _Dial
+        self, key: Any, node_id: bytes | None, host: str, port: int, dial: Outcome[Connection]
     ) -> None:
         conn = None
         try:
@@ -97,7 +89,7 @@ class ConnectionPool:
             self._dialing.pop(key, None)
             if conn is not None:
                 self.register(conn)
-                dial.conn = conn
+                dial.value = conn
             dial.event.set()
         if conn is not None:
             await self.run(conn)
@@ -144,7 +136,7 @@ class ConnectionPool:
             closing += rest[:excess]
         for c in closing:
             c.close()
-        self.closed_idle += len(closing)
+        self.counters.closed_idle += len(closing)
         return len(closing)
 
     def close_all(self) -> None:

@@ -56,7 +56,7 @@ import trio
 from dhtfs.base.errors import CallTimeout, PeerUnreachable, RemoteError
 from dhtfs.net import rpc, wire
 from dhtfs.net.addresses import WILDCARD_HOSTS, describe
-from dhtfs.net.connection import ConnectionSettings, Traffic
+from dhtfs.net.connection import ConnectionSettings, Counters
 from dhtfs.net.faults import Faults
 from dhtfs.net.handshake import Handshake
 from dhtfs.net.network import Contact, Message, RequestHandler
@@ -76,8 +76,22 @@ def deadline(seconds: float, what: str) -> Iterator[None]:
         raise CallTimeout(f"{what}: no answer within {seconds:.3g}s")
 
 
+def _counter(name: str) -> property:
+    """A read-only attribute of ``Transport``: its count ``counters.<name>``."""
+    return property(lambda transport: getattr(transport.counters, name),
+                    doc=f"``counters.{name}`` (see ``dhtfs.net.connection.Counters``)")
+
+
 class Transport:
     """``Network`` over TLS. Construct, set ``handler``, then ``await nursery.start(serve)``."""
+
+    refusals = _counter("refusals")
+    aborted = _counter("aborted")
+    dials = _counter("dials")
+    protocol_errors = _counter("protocol_errors")
+    bytes_received = _counter("bytes_received")
+    bytes_sent = _counter("bytes_sent")
+    closed_idle = _counter("closed_idle")
 
     def __init__(
         self,
@@ -113,11 +127,11 @@ class Transport:
         self.bound: list[tuple[str, int]] = []
         """The listening sockets' addresses, once serving."""
         self.faults = Faults()  # test switches (see ``set_faults``, ``isolate``); all off
-        self.traffic = Traffic()
+        self.counters = Counters()
         settings = ConnectionSettings(
             handler=self._handle, max_frame=max_frame,
             max_handlers=max_handlers_per_connection, inline_methods=self.inline_methods,
-            traffic=self.traffic, faults=self.faults)
+            counters=self.counters, faults=self.faults)
         # Revocation (dhtfs.trust.revocation): a peer whose certificate (DER) ``revoked``
         # refuses is refused at the handshake.
         self._handshake = Handshake(identity, host, settings, self._hello,
@@ -141,56 +155,13 @@ class Transport:
         host = "" if self.host in WILDCARD_HOSTS else self.host
         return wire.encode_hello(host, 0 if self.client else self.local.port)
 
-    # -- counters (metrics, ``dhtfs status``, tests) ----------------------------------------------
-
-    @property
-    def refusals(self) -> int:
-        """Inbound peers refused at the handshake."""
-        return self._handshake.refusals
-
-    @property
-    def aborted(self) -> int:
-        """Inbound handshakes the peer hung up in the middle of."""
-        return self._handshake.aborted
-
-    @property
-    def dials(self) -> int:
-        """Outbound connections attempted (each a TLS handshake)."""
-        return self._handshake.dials
-
-    @property
-    def protocol_errors(self) -> int:
-        """Connections closed for a malformed or unexpected frame."""
-        return self.traffic.protocol_errors
-
-    @property
-    def bytes_received(self) -> int:
-        """Frame bytes in on peer connections."""
-        return self.traffic.bytes_received
-
-    @property
-    def bytes_sent(self) -> int:
-        """Frame bytes out on peer connections."""
-        return self.traffic.bytes_sent
-
-    @property
-    def closed_idle(self) -> int:
-        """Connections closed for being idle (``close_idle``)."""
-        return self._pool.closed_idle
-
     # -- test switches ----------------------------------------------------------------------------
 
-    def set_faults(
-        self,
-        *,
-        delay: float | None = None,
-        tamper: bool | None = None,
-        mute: bool | None = None,
-        hold: Collection[str] | None = None,
-    ) -> dict[str, Any]:
-        """Test switches, off by default, reachable only through the root-only control
-        socket (``faults``), for tests of the read path against bad peers. Each argument
-        left None keeps its setting; returns the settings now in force.
+    def set_faults(self, **switches: Any) -> dict[str, Any]:
+        """Set the test switches given by keyword (``Faults.set``): off by default, reachable
+        only through the root-only control socket (``faults``), for tests of the read path
+        against bad peers. Each one left out (or None) keeps its setting; returns the
+        settings now in force; an unknown keyword raises ``TypeError``.
 
         ``delay``: every answer this node serves waits that many seconds first (the
         connection goes on reading meanwhile); ``tamper``: GET_CHUNK answers carry bytes
@@ -199,7 +170,7 @@ class Transport:
         outgoing calls of these methods (e.g. ``["PUT_CHUNK"]``) wait, within their deadline,
         until the hold is lifted (``hold=[]``), as if the network held them back: a call held
         past its deadline fails with ``CallTimeout``."""
-        return self.faults.set(delay=delay, tamper=tamper, mute=mute, hold=hold)
+        return self.faults.set(**switches)
 
     @property
     def isolated(self) -> bool:
