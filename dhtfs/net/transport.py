@@ -83,7 +83,9 @@ def _counter(name: str) -> property:
 
 
 class Transport:
-    """``Network`` over TLS. Construct, set ``handler``, then ``await nursery.start(serve)``."""
+    """``Network`` over TLS. Construct, then ``await nursery.start(serve)``. ``handler``,
+    ``client`` and ``revoked`` are best given to the constructor; they may still be set
+    later (requests that come before a handler get a "node is not ready" ERROR answer)."""
 
     refusals = _counter("refusals")
     aborted = _counter("aborted")
