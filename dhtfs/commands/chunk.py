@@ -1,4 +1,9 @@
-"""``dhtfs chunk put|get|providers|peers|status``: talk to a running node's control socket."""
+"""``dhtfs chunk put|get|providers|peers|status``: talk to a running node's control socket.
+
+What these store, fetch and locate are blocks (content-addressed by SHA-256, see
+``docs/architecture.md``); the verb, its help and its output keep the first name, "chunk",
+as the CLI and the control socket's keys are frozen.
+"""
 
 from __future__ import annotations
 

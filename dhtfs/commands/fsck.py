@@ -20,6 +20,7 @@ from dhtfs.commands.target import (
     EXIT_PROBLEMS,
     Control,
     add_target,
+    console,
     exits_3_without_node,
     plain,
     print_json,
@@ -59,8 +60,6 @@ def _check_blocks(ctl: Control, show: bool) -> tuple[int, int, list[list[Any]]]:
             page = ctl.call("fsck", {"after": after, "limit": PAGE}, timeout=PAGE_TIMEOUT)
             if "total" in page and show:
                 from rich.progress import MofNCompleteColumn, Progress
-
-                from dhtfs.commands.target import console
 
                 progress = Progress(*Progress.get_default_columns(), MofNCompleteColumn(),
                                     console=console(stderr=True), transient=True)

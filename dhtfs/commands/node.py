@@ -47,5 +47,5 @@ def cmd_node(args: argparse.Namespace) -> int:
     if args.bootstrap:
         options["bootstrap"] = args.bootstrap
     config = load_config(args.config, options)
-    tune_malloc()  # chunks arrive and leave as fresh megabyte buffers
+    tune_malloc()  # blocks arrive and leave as fresh megabyte buffers
     return headless.run(config)

@@ -2,12 +2,8 @@
 machine (a first look at a swarm; tests and benchmarks use it too). ``dhtfs swarm forget``
 (a member that is gone, on any running node) lives in ``dhtfs.commands.forget``.
 
-Layout, all made by ``up`` (DIR must be new, empty, or a swarm made by this command)::
-
-    DIR/swarm.json   {"nodes": [{"name", "host", "port", "state", "mountpoint", "cert", "key",
-                                 "ca"}, ...]}
-    DIR/ca/          ca.key ca.crt
-    DIR/nodeI/       nodeI.crt nodeI.key  state/  mnt/
+DIR's layout, ``swarm.json``, lock and kept options are ``dhtfs.commands.swarmdir``'s; the
+processes and mounts ``dhtfs.commands.swarmprocs``'s. This module starts and stops the nodes.
 
 Invariants:
 - node I listens on 127.0.0.(10+I), loopback only. Its first start binds port 0 and the real
@@ -33,16 +29,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import json
 import os
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +43,18 @@ import trio
 
 from dhtfs.base.errors import ConfigError, DhtfsError
 from dhtfs.commands import forget
+from dhtfs.commands.swarmdir import (
+    MAX_NODES,
+    SWARM_FILE,
+    Node,
+    extra_options,
+    join_targets,
+    load_swarm,
+    locked,
+    node_options,
+    save_swarm,
+    swarm_root,
+)
 from dhtfs.commands.swarmprocs import (
     EXIT_SECONDS,
     POLL,
@@ -62,58 +67,15 @@ from dhtfs.commands.swarmprocs import (
     stale,
     wait_gone,
 )
-from dhtfs.net.control import CONTROL_SOCKET_NAME, ControlClient
+from dhtfs.net.control import ControlClient
 from dhtfs.trust import pki
 
-SWARM_FILE = "swarm.json"
-FIRST_HOST = 10  # node I listens on 127.0.0.(FIRST_HOST + I)
-MAX_NODES = 255 - FIRST_HOST  # up to 127.0.0.254
-FULL_MESH_MAX = 20  # swarms up to this size wait until every node knows every other
 START_SECONDS = 60.0  # one mount.dhtfs until it returns, then its first status answer
 JOIN_SECONDS = 60.0  # every node answering with enough peers
-LOCK_SECONDS = 120.0
 STATUS_SECONDS = 5.0  # one control call
 REFRESH_EVERY = 3.0  # seconds between bucket refreshes asked of a node short of peers
 PARALLEL = 16  # mount.dhtfs / umount.dhtfs processes at once
 VENV_BIN = Path(sys.executable).parent
-
-
-@dataclass(slots=True)
-class Node:
-    """One node of the swarm; everything but ``port`` follows from DIR and the index."""
-
-    name: str
-    host: str
-    port: int
-    state: Path
-    mountpoint: Path
-    cert: Path
-    key: Path
-    ca: Path
-
-    @classmethod
-    def at(cls, root: Path, index: int) -> Node:
-        name = f"node{index}"
-        base = root / name
-        return cls(name, f"127.0.0.{FIRST_HOST + index}", 0, base / "state", base / "mnt",
-                   base / f"{name}.crt", base / f"{name}.key", root / "ca" / pki.CA_CERT_NAME)
-
-    @property
-    def address(self) -> str:
-        return f"{self.host}:{self.port}"
-
-    @property
-    def log(self) -> Path:
-        return self.state / "dhtfs.log"
-
-    @property
-    def control(self) -> Path:
-        return self.state / CONTROL_SOCKET_NAME
-
-    def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "host": self.host, "port": self.port,
-                "state": str(self.state), "mountpoint": str(self.mountpoint),
-                "cert": str(self.cert), "key": str(self.key), "ca": str(self.ca)}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -161,84 +123,7 @@ def _say(message: str) -> None:
     print(f"dhtfs swarm: {message}", file=sys.stderr, flush=True)
 
 
-def joined_target(count: int) -> int:
-    """Peers each node of a ``count``-node swarm must know before ``up`` returns."""
-    return count - 1 if count <= FULL_MESH_MAX else 1
-
-
-# -- DIR and swarm.json ----------------------------------------------------------------------
-
-
-def swarm_root(path: Path) -> Path:
-    """``path`` made absolute with symlinks resolved (as /proc/mounts shows mount points)."""
-    root = path.expanduser().resolve()
-    if "," in str(root):
-        raise ConfigError(f"{root}: a swarm directory cannot contain ',' (mount options do)")
-    if root.exists() and not root.is_dir():
-        raise ConfigError(f"{root} is not a directory")
-    return root
-
-
-def load_swarm(root: Path) -> list[Node] | None:
-    """The recorded nodes; None when ``root`` is missing or empty. Refuses anything else."""
-    path = root / SWARM_FILE
-    if not path.exists():
-        if root.is_dir() and any(root.iterdir()):
-            raise ConfigError(f"{root} is not empty and has no {SWARM_FILE}: not a swarm made by "
-                              "'dhtfs swarm up' (use a new or empty directory)")
-        return None
-    try:
-        data = json.loads(path.read_text())
-        items = data["nodes"]
-        if not isinstance(items, list):
-            raise TypeError("'nodes' is not a list")
-        return [_node_from_json(root, i, item) for i, item in enumerate(items)]
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ConfigError(f"{path} is not a swarm file made by 'dhtfs swarm up' "
-                          f"({type(exc).__name__}: {exc})") from None
-
-
-def _node_from_json(root: Path, index: int, item: Any) -> Node:
-    """The layout's node ``index`` with the recorded port; the recorded name and host must be
-    the layout's (paths are taken from the layout, so a moved DIR still works)."""
-    node = Node.at(root, index)
-    if not isinstance(item, dict):
-        raise TypeError(f"node {index} is not an object")
-    if item["name"] != node.name or item["host"] != node.host:
-        raise ValueError(f"node {index} should be {node.name} on {node.host}")
-    port = item["port"]
-    if type(port) is not int or not 0 <= port < 65536:
-        raise ValueError(f"{node.name}: bad port {port!r}")
-    node.port = port
-    return node
-
-
-def save_swarm(root: Path, nodes: Sequence[Node]) -> None:
-    tmp = root / f".{SWARM_FILE}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps({"nodes": [n.to_json() for n in nodes]}, indent=2) + "\n")
-    os.replace(tmp, root / SWARM_FILE)
-
-
-@contextlib.contextmanager
-def _locked(root: Path) -> Iterator[None]:
-    """Hold an exclusive flock on the directory ``root`` (the fd is not inherited)."""
-    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        deadline = time.monotonic() + LOCK_SECONDS
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise ConfigError(f"{root}: another 'dhtfs swarm' command still holds it "
-                                      f"after {LOCK_SECONDS:.0f}s") from None
-                time.sleep(POLL)
-        yield
-    finally:
-        os.close(fd)
+# -- files and leftovers ---------------------------------------------------------------------
 
 
 def _ensure_files(root: Path, nodes: Sequence[Node]) -> None:
@@ -356,60 +241,6 @@ def _wait_ready(nodes: Sequence[Node], target: int | dict[str, int], seconds: fl
 # -- up --------------------------------------------------------------------------------------
 
 
-MANAGED_OPTIONS = ("state", "ca", "cert", "cert_key", "listen", "bootstrap")
-OPTIONS_FILE = "mount-options"
-
-
-def _extra_options(root: Path, given: str | None, flag: str = "-o") -> list[str]:
-    """The extra mount options: ``given`` (then kept in ``root``), else those kept before."""
-    path = root / OPTIONS_FILE
-    if given is not None:
-        items = [o.strip() for o in given.split(",") if o.strip()]
-        for item in items:
-            if item.split("=", 1)[0].strip().replace("-", "_") in MANAGED_OPTIONS:
-                raise ConfigError(f"{flag} {item}: 'swarm up' sets "
-                                  f"{', '.join(MANAGED_OPTIONS)} itself")
-        path.write_text(",".join(items) + "\n")
-        return items
-    if path.exists():
-        return [o for o in path.read_text().strip().split(",") if o]
-    return []
-
-
-def _node_options(root: Path, nodes: Sequence[Node], given: Sequence[str],
-                  common: Sequence[str]) -> dict[str, list[str]]:
-    """Each node's mount options: ``common`` then its own (``--node-options NODE:OPTS``, kept
-    in DIR/NODE/mount-options, else those kept before)."""
-    by_name = {n.name: n for n in nodes}
-    own: dict[str, str] = {}
-    for spec in given:
-        name, sep, opts = spec.partition(":")
-        if not sep or name not in by_name:
-            raise ConfigError(f"--node-options {spec}: expected NODE:OPTS with NODE one of "
-                              f"{', '.join(by_name)}")
-        own[name] = opts
-    return {n.name: [*common, *_extra_options(n.state.parent, own.get(n.name),
-                                              "--node-options")] for n in nodes}
-
-
-def _is_client(options: Sequence[str]) -> bool:
-    """``storage=false`` (the last ``storage`` option wins, as for mount.dhtfs)."""
-    value = "true"
-    for item in options:
-        key, sep, val = item.partition("=")
-        if key.strip().replace("-", "_") == "storage":
-            value = val.strip().lower() if sep else "true"
-    return value in ("0", "false", "no", "off")
-
-
-def _join_targets(nodes: Sequence[Node], options: dict[str, list[str]]) -> dict[str, int]:
-    """Peers each node must know before ``up`` returns: storage nodes count only the other
-    storage nodes (a client is in nobody's routing table), a client every storage node."""
-    storage = sum(not _is_client(options[n.name]) for n in nodes)
-    return {n.name: (min(storage, joined_target(storage + 1)) if _is_client(options[n.name])
-                     else joined_target(storage)) for n in nodes}
-
-
 def _start(node: Node, bootstrap: Sequence[str], extra: Sequence[str] = ()) -> str | None:
     """Run ``mount.dhtfs`` for ``node``; None once mounted, else the one-line reason."""
     opts = [f"state={node.state}", f"ca={node.ca}", f"cert={node.cert}",
@@ -451,7 +282,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     if load_swarm(root) is None and args.nodes is None:  # refuses a foreign DIR first
         raise ConfigError(f"{root} holds no swarm yet: give --nodes N")
     root.mkdir(parents=True, exist_ok=True)
-    with _locked(root):
+    with locked(root):
         nodes = load_swarm(root) or []
         count = args.nodes or len(nodes)
         if count < len(nodes):
@@ -460,8 +291,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         nodes += [Node.at(root, i) for i in range(len(nodes), count)]
         save_swarm(root, nodes)
         _ensure_files(root, nodes)
-        extra = _node_options(root, nodes, args.node_options,
-                              _extra_options(root, args.options))
+        extra = node_options(root, nodes, args.node_options,
+                             extra_options(root, args.options))
         todo = [n for n in nodes if not is_live(n.mountpoint)]
         for node in nodes:
             if node not in todo:
@@ -470,7 +301,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             _start_batch(root, nodes, todo[:1], extra)
             todo = todo[1:]
         _start_batch(root, nodes, todo, extra)
-        answers = _wait_ready(nodes, _join_targets(nodes, extra), JOIN_SECONDS)
+        answers = _wait_ready(nodes, join_targets(nodes, extra), JOIN_SECONDS)
         save_swarm(root, nodes)
     _print_nodes(nodes, answers, args.json)
     return 0
@@ -534,7 +365,7 @@ def cmd_down(args: argparse.Namespace) -> int:
     root = swarm_root(args.dir)
     if not (root / SWARM_FILE).is_file():
         raise ConfigError(f"{root}: no {SWARM_FILE}, not a swarm made by 'dhtfs swarm up'")
-    with _locked(root):
+    with locked(root):
         nodes = load_swarm(root) or []
         if not nodes:
             return 0

@@ -10,7 +10,7 @@ Methods (args → answer):
     status     {}                    → {"node_id", "listen", "peers", "chunks"}
     put        {"data": bytes}        → {"id", "replicas", "complete", "elapsed"}
     get        {"id": bytes}          → {"data": bytes, "elapsed", "source", "queries",
-                                        "hops", "dials"}  (see ``GetResult``; error: chunk
+                                        "hops", "dials"}  (see ``GetResult``; error: block
                                         missing)
     providers  {"id": bytes}          → {"providers": [[node_id, host, port], ...]}
     peers      {}                    → {"peers": [[node_id, host, port, rtt|None, penalties,
@@ -19,6 +19,9 @@ Methods (args → answer):
     pending    {}                    → {"background": n}  (jobs still running in the
                                         background, e.g. announcements after a put, summed
                                         over every node of the process)
+
+``put``, ``get`` and ``providers`` are about blocks (``id``: a block ID); ``status``'s
+``chunks`` is the number of blocks stored (the key keeps its old name: formats are frozen).
 
 Mounts and headless nodes add theirs through ``extra`` (status, oplog, ...; ``forget`` and
 ``members`` from ``dhtfs.oplog.membership``).
@@ -42,16 +45,16 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Protocol
 
 import trio
 
 from dhtfs.base.errors import DhtfsError, NetworkError, ProtocolError, RemoteError
 from dhtfs.base.sockaddr import socket_address
 from dhtfs.net import wire
-from dhtfs.net.network import Message
+from dhtfs.net.network import Contact, Message
 
 log = logging.getLogger(__name__)
 
@@ -109,12 +112,75 @@ class _UnixStream:
         await trio.lowlevel.checkpoint()
 
 
+class PeerStats(Protocol):
+    """What a node measured about one peer."""
+
+    rtt_ewma: float | None
+    penalties: int
+
+
+class PeerTable(Protocol):
+    """A node's routing table, as far as ``peers`` and ``status`` read it."""
+
+    def __len__(self) -> int: ...
+    def contacts(self) -> list[Contact]: ...
+    def stats(self, node_id: bytes) -> PeerStats | None: ...
+
+
+class BlockIds(Protocol):
+    """A node's block store, as far as ``status`` reads it."""
+
+    def ids(self) -> Iterable[bytes]: ...
+
+
+class Placement(Protocol):
+    """Where ``put`` placed a block (``dhtfs.dht.results.PutResult``)."""
+
+    block_id: bytes
+
+    @property
+    def copies(self) -> int: ...
+    @property
+    def complete(self) -> bool: ...
+
+
+class Fetched(Protocol):
+    """What ``get`` did (``dhtfs.dht.results.GetResult``)."""
+
+    data: bytes
+    source: str
+    queries: int
+    hops: int
+    dials: int
+
+
+class ControlledNode(Protocol):
+    """What the control server needs of a node (``dhtfs.dht.node.Node`` is one).
+
+    ``seen_at``: when (``trio.current_time``) each peer last answered or called this node."""
+
+    @property
+    def contact(self) -> Contact: ...
+    @property
+    def routing(self) -> PeerTable: ...
+    @property
+    def store(self) -> BlockIds: ...
+    @property
+    def background_jobs(self) -> int: ...
+    @property
+    def seen_at(self) -> Mapping[bytes, float]: ...
+    async def put_block_detailed(self, data: bytes) -> Placement: ...
+    async def get_block_detailed(self, block_id: bytes) -> Fetched: ...
+    async def find_providers(self, key: bytes, *, stop_early: bool = True) -> list[Contact]: ...
+    async def refresh_buckets(self, max_age: float | None = None) -> int: ...
+
+
 class ControlServer:
-    """Answers control requests for ``nodes`` (``dhtfs.dht.node.Node`` instances)."""
+    """Answers control requests for ``nodes``."""
 
     def __init__(
         self,
-        nodes: Sequence[Any],
+        nodes: Sequence[ControlledNode],
         extra: dict[str, Callable[[Message], Awaitable[Message]]] | None = None,
     ) -> None:
         """``extra``: more methods (a mount's: status with its file side, oplog, isolate,
@@ -122,7 +188,7 @@ class ControlServer:
         self.nodes = list(nodes)
         self.extra = dict(extra or {})
 
-    def _node(self, args: Message) -> Any:
+    def _node(self, args: Message) -> ControlledNode:
         index = args.get("node", 0)
         if type(index) is not int or not 0 <= index < len(self.nodes):
             raise RemoteError(f"no node {index!r} here")
@@ -162,7 +228,7 @@ class ControlServer:
             return {"providers": [[p.node_id, p.host, p.port] for p in provs]}
         if method == "peers":
             out = []
-            now, seen = trio.current_time(), getattr(node, "seen_at", {})
+            now, seen = trio.current_time(), node.seen_at
             for c in node.routing.contacts():
                 st = node.routing.stats(c.node_id)
                 ago = now - seen[c.node_id] if c.node_id in seen else None
@@ -227,7 +293,7 @@ class ControlServer:
             with trio.fail_after(REQUEST_TIMEOUT):
                 answer = await self.handle(frame.method, frame.payload or {})
             out = wire.encode_response(rid, answer)
-        except DhtfsError as exc:  # RemoteError, ChunkMissing, NetworkError, ...
+        except DhtfsError as exc:  # RemoteError, BlockMissing, NetworkError, ...
             out = wire.encode_error(rid, f"{type(exc).__name__}: {exc}")
         except trio.TooSlowError:
             out = wire.encode_error(rid, f"timed out after {REQUEST_TIMEOUT}s")

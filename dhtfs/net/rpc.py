@@ -6,7 +6,13 @@ the list ``[node_id: bytes(32), host: str, port: int]``. The caller of every req
 a node announces itself as a provider. The optional ``replicas`` of ADD_PROVIDER (at most
 ``MAX_REPLICA_HINTS``) names the nodes that just acknowledged a PUT_CHUNK of that key from the
 caller: they are recorded as providers too, as hints — harmless if false, since every fetched
-chunk is hash-verified and a peer serving bad bytes is penalized.
+block is hash-verified and a peer serving bad bytes is penalized.
+
+Names: the unit a node stores is a *block* (``docs/architecture.md``: content-addressed, its
+ID the SHA-256 of its bytes, sealed only at rest). The constants ``PUT_BLOCK`` and
+``GET_BLOCK`` name the methods that store and fetch one, but their strings on the wire keep
+the protocol's first spelling, ``"PUT_CHUNK"`` and ``"GET_CHUNK"`` (the wire format is
+frozen): the table below, and the fault switches, use the wire strings.
 
 =============== ================================== ==========================================
 method          args                               answer
@@ -28,24 +34,24 @@ HOLD (at most ``MAX_HOLD_IDS`` IDs) renews the blocks' grace period against coll
 (``dhtfs.blocks.reclaim``), as a PUT_CHUNK of a block already held does: a writer sends it for
 blocks of files still open, which no file version references yet.
 
-ADD_PROVIDER's optional ``data`` (at most ``MAX_INLINE_BYTES``) is the chunk itself, sent
-with the records of small chunks: the receiver may keep it as a cached copy (if it is within
+ADD_PROVIDER's optional ``data`` (at most ``MAX_INLINE_BYTES``) is the block itself, sent
+with the records of small blocks: the receiver may keep it as a cached copy (if it is within
 its own size limit), after checking it hashes to ``key``; bytes that do not are an error.
 
-FIND_PROVIDERS with ``inline`` > 0 is Kademlia's FIND_VALUE for small chunks: a node that holds
-the chunk and whose plaintext is at most ``min(inline, MAX_INLINE_BYTES)`` bytes answers with
-the bytes in ``data`` (and itself among the providers, no contacts), so a read of a small chunk
+FIND_PROVIDERS with ``inline`` > 0 is Kademlia's FIND_VALUE for small blocks: a node that holds
+the block and whose plaintext is at most ``min(inline, MAX_INLINE_BYTES)`` bytes answers with
+the bytes in ``data`` (and itself among the providers, no contacts), so a read of a small block
 ends at the first holder its lookup reaches, with no GET_CHUNK round trip. The caller verifies
 ``data`` against the key like any GET_CHUNK answer.
 
 Error codes: an ERROR answer's message may begin with a code, ``"CODE: text"`` (the wire is
 unchanged: a peer that knows no codes reads a plain message). ``NO_SPACE`` (``ENOSPC``): the
-callee cannot store the chunk of a PUT_CHUNK, its disk being full (or at the margin it keeps
-for its own metadata); the caller places the chunk on the next closest node instead and
+callee cannot store the block of a PUT_CHUNK, its disk being full (or at the margin it keeps
+for its own metadata); the caller places the block on the next closest node instead and
 leaves the full one alone for a while (``dhtfs.dht.node``). ``error_code`` reads the code
 of a ``RemoteError``.
 
-Limits: at most ``MAX_CONTACTS`` contacts per answer, chunk data at most ``MAX_CHUNK_BYTES``,
+Limits: at most ``MAX_CONTACTS`` contacts per answer, block data at most ``MAX_BLOCK_BYTES``,
 provider TTL in (0, ``MAX_PROVIDER_TTL``]. Anything else — a missing or extra-typed field, a
 wrong length, an unknown method — is rejected with ``RemoteError`` by the handler, and an
 answer that does not match its schema raises ``ProtocolError`` on the calling side.
@@ -174,7 +180,7 @@ def req_data(args: Any, method: str) -> bytes:
     if not isinstance(v, (bytes, bytearray, memoryview)):
         raise RemoteError(f"{method}: 'data' must be bytes")
     if len(v) > MAX_BLOCK_BYTES:
-        raise RemoteError(f"{method}: chunk larger than {MAX_BLOCK_BYTES} bytes")
+        raise RemoteError(f"{method}: block larger than {MAX_BLOCK_BYTES} bytes")
     return bytes(v)
 
 

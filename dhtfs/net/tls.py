@@ -1,7 +1,7 @@
 """TLS 1.3 over a TCP socket, tuned for many small RPCs and for bulk transfer.
 
 Why not ``trio.SSLStream``: it decrypts one TLS record (≤ 16 KiB) per ``receive_some`` and
-goes through its retry machinery each time, so a 1 MiB chunk costs ~64 scheduler round trips;
+goes through its retry machinery each time, so a 1 MiB block costs ~64 scheduler round trips;
 measured here, that capped a 1 MiB request/response at ~270 MB/s with both ends in one process.
 ``TLSStream`` drives the same ``ssl.SSLObject`` over memory BIOs, but:
 

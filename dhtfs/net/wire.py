@@ -18,9 +18,9 @@ Invariants:
 - ``encode`` refuses (``ProtocolError``) to produce a frame larger than ``max_frame``, so a
   sender never emits what its peer must reject;
 - ``encode_request_parts`` gives the same bytes as ``encode_request``, as a list of buffers:
-  a top-level ``args`` value of ``BIG_BIN`` bytes or more (a chunk) is one of them, not copied
+  a top-level ``args`` value of ``BIG_BIN`` bytes or more (a block) is one of them, not copied
   (it must not change until the parts are consumed). ``encode_request``/``encode_response``
-  join such parts once (one copy of the chunk, where ``packb`` and the length prefix made three).
+  join such parts once (one copy of the block, where ``packb`` and the length prefix made three).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ LENGTH = struct.Struct(">I")
 HEADER_BYTES = LENGTH.size
 MAX_BLOCK_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_FRAME = MAX_BLOCK_BYTES + 64 * 1024
-"""A little over the largest chunk, so one chunk plus its envelope always fits."""
+"""A little over the largest block, so one block plus its envelope always fits."""
 MAX_REQUEST_ID = 2**63 - 1
 MAX_METHOD_LEN = 64
 MAX_MESSAGE_LEN = 4096

@@ -16,7 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from dhtfs.commands.swarm import Node, _is_client, _join_targets
+from dhtfs.commands.swarmdir import Node
+from dhtfs.commands.swarmdir import is_client as _is_client
+from dhtfs.commands.swarmdir import join_targets as _join_targets
 from tests.swarm.chaos import ChaosConfig, run_chaos
 from tests.swarm.chaos.checker import classify, stable_writes
 from tests.swarm.chaos.faults import Window, schedule
