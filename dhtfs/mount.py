@@ -33,7 +33,8 @@ from dhtfs.base.config import Config, load_config, parse_mount_options
 from dhtfs.base.errors import DhtfsError
 from dhtfs.base.logs import capture_native_stderr, event, setup_logging
 from dhtfs.base.malloc import tune_malloc
-from dhtfs.runtime.service import check_mountpoint, open_state, serve
+from dhtfs.runtime.localfs import open_state_dir
+from dhtfs.runtime.service import check_mountpoint, serve
 
 log = logging.getLogger("dhtfs.mount")
 
@@ -136,15 +137,15 @@ def run_daemon(config: Config, mountpoint: Path, ready_fd: int | None) -> int:
     event("start", f"dhtfs {__version__} starting", mountpoint=mountpoint,
           swarm=config.swarm, state=config.state_dir, version=__version__)
     try:
-        fs = open_state(config)
+        state = open_state_dir(config)
         try:
             record = _record_mount(mountpoint, config)
             try:
-                trio.run(serve, fs, mountpoint, lambda: report("ok"))
+                trio.run(serve, state, mountpoint, lambda: report("ok"))
             except BaseExceptionGroup as group:
                 raise _deliberate(group) from None
         finally:
-            fs.close()
+            state.close()
     except DhtfsError as exc:
         log.error("%s", exc)
         report(f"error {exc}")

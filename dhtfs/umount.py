@@ -26,7 +26,7 @@ from dhtfs.mount import RUN_DIR
 
 PROG = "umount.dhtfs"
 # The daemon may spend up to 60 s flushing open files, 60 s finishing replication and 5 s
-# handing its last ops to peers (dhtfs.runtime.service, dhtfs.runtime.swarmnode).
+# handing its last ops to peers (dhtfs.runtime.service, dhtfs.runtime.assembly).
 WAIT_SECONDS = 150.0
 
 

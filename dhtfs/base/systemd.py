@@ -1,7 +1,7 @@
 """sd_notify(3) without libsystemd: one datagram on ``$NOTIFY_SOCKET`` when set.
 
 The mount sends (dhtfs.runtime.service): ``STATUS=joining swarm``, ``STATUS=catching up with N
-peers`` (dhtfs.runtime.swarmnode, once joined), ``STATUS=mounting``, ``READY=1`` +
+peers`` (dhtfs.runtime.mountnode, once joined), ``STATUS=mounting``, ``READY=1`` +
 ``STATUS=mounted, N peers`` once the mount is live, and on the way out
 ``STOPPING=1`` + ``STATUS=flushing open files``, then ``STATUS=flushing N blocks`` (the
 replication backlog it waits for). A message may hold several ``KEY=VALUE`` lines. The

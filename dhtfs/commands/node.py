@@ -25,8 +25,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cert", help="this node's certificate")
     p.add_argument("--key", dest="cert_key", help="this node's private key")
     p.add_argument("--listen", help="HOST:PORT to listen on (port 0: any free port)")
-    p.add_argument("--bootstrap", action="extend", nargs="+", metavar="HOST:PORT",
-                   help="node(s) to join through (repeatable)")
+    p.add_argument("--bootstrap", action="extend", nargs="+", metavar="HOST[:PORT]",
+                   help="node(s) to join through (repeatable; the port defaults to 7420, "
+                   "as for a mount)")
     p.add_argument("--master-key", dest="key",
                    help="at-rest key: a path, 'ephemeral', or empty for <state>/master.key")
     p.add_argument("--fold-interval", dest="fold_interval", type=float, metavar="SECONDS",

@@ -3,8 +3,8 @@
 ``status`` and ``peers`` ask the node's control socket (found from a PATH on its mount, by
 default the current directory, or from ``--state DIR``); ``stat`` reads the ``user.dhtfs.*``
 xattrs the mount serves for PATH (its extents; its providers, which the mount looks up in the
-DHT, at most ``swarmnode.LOCATE_DEADLINE`` seconds). Human tables by default, ``--json``
-for scripts; see ``dhtfs.commands.target`` for the exit status.
+DHT, at most ``dhtfs.runtime.mountnode.LOCATE_DEADLINE`` seconds). Human tables by default,
+``--json`` for scripts; see ``dhtfs.commands.target`` for the exit status.
 
 Blocks held by kind: ``origin`` (written here, waiting for
 replication: the replication backlog), ``cached`` (the disk cache's index), ``swarm`` (the

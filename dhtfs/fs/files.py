@@ -83,18 +83,37 @@ class FileContents(FileReads, BlockSealing):
         *,
         max_sealing: int = 4,
         max_buffers: int = 32,
+        nursery: trio.Nursery | None = None,
+        fetch: Callable[[bytes, tuple[bytes, ...]], Awaitable[bytes]] | None = None,
+        on_local_read: Callable[[bytes], None] | None = None,
+        on_sealed: Callable[[bytes, int, bytes], None] | None = None,
+        backlog_full: Callable[[], bool] | None = None,
+        admit: Callable[[], Awaitable[None]] | None = None,
+        make_room: Callable[[int], Awaitable[int]] | None = None,
+        on_dropped: Callable[[bytes], None] | None = None,
     ) -> None:
+        """``commit(of)`` commits ``of``'s change as one content op and returns its ID;
+        ``committed(obj, index)``: the pieces of a chunk in the namespace's current version.
+        The rest is a swarm mount's (None for a node alone): ``nursery`` runs background
+        sealing; ``fetch(block_id, hints)`` returns a block not stored here, verified
+        plaintext (hints: node IDs likely to hold it), or raises NamespaceError;
+        ``on_local_read`` is told of each block read from the local store (the disk cache's
+        recency); ``on_sealed`` the ID, size and plaintext of every block stored here (the
+        swarm replicates it; the plaintext is only lent: the callee must not change it);
+        while ``backlog_full()`` (the replication backlog), writes first ``await admit()``;
+        ``make_room(nbytes)`` evicts that many bytes of cached copies (a write found the disk
+        full); ``on_dropped`` is told the object of each dropped change (the kernel's cached
+        pages of it are stale)."""
         self.store = store
         self.space = store.space  # what writes may still take (see the module docstring)
         self.cache = cache
         self.default_chunk_size = default_chunk_size
         self._commit = commit
-        # committed(obj, index): the pieces of a chunk in the namespace's current version.
         self._committed = committed
         self._sealing_slots = trio.Semaphore(max_sealing)
         self._limiter = trio.CapacityLimiter(max(2, max_sealing))
         self.max_buffered = max_buffers * default_chunk_size
-        self.nursery: trio.Nursery | None = None
+        self.nursery = nursery
         self.open_files: dict[bytes, OpenFile] = {}
         self.unsynced: dict[bytes, set[bytes]] = {}  # obj → blocks stored, not yet fsynced
         self._unsynced_count = 0
@@ -103,23 +122,13 @@ class FileContents(FileReads, BlockSealing):
         self._fetching: dict[bytes, trio.Event] = {}
         # Blocks read, by where they came from: the memory cache, the local store, the swarm.
         self.reads = {"memory": 0, "local": 0, "remote": 0}
-        # A swarm mount's way to chunks not stored here: ``fetch(chunk_id, hints)`` returns
-        # verified plaintext (hints: node IDs likely to hold it) or raises NamespaceError.
-        self.fetch: Callable[[bytes, tuple[bytes, ...]], Awaitable[bytes]] | None = None
-        # Told of each block read from the local store (the disk cache's recency).
-        self.on_local_read: Callable[[bytes], None] | None = None
-        # Told the ID, size and plaintext of every block stored here (the swarm replicates
-        # it; the plaintext is only lent: the callee must not change it).
-        self.on_sealed: Callable[[bytes, int, bytes], None] | None = None
-        # Backpressure (the swarm's replication backlog): while ``backlog_full()``, writes
-        # first ``await admit()``.
-        self.backlog_full: Callable[[], bool] | None = None
-        self.admit: Callable[[], Awaitable[None]] | None = None
-        # A swarm mount's disk cache: ``make_room(nbytes)`` evicts that many bytes of cached
-        # copies (a write found the disk full).
-        self.make_room: Callable[[int], Awaitable[int]] | None = None
-        # Told the object of each dropped change (the kernel's cached pages of it are stale).
-        self.on_dropped: Callable[[bytes], None] | None = None
+        self.fetch = fetch
+        self.on_local_read = on_local_read
+        self.on_sealed = on_sealed
+        self.backlog_full = backlog_full
+        self.admit = admit
+        self.make_room = make_room
+        self.on_dropped = on_dropped
 
     # -- lifecycle -----------------------------------------------------------------------------
 

@@ -26,6 +26,7 @@ from dhtfs.base.durable import fsync_file
 from dhtfs.base.errors import NamespaceError
 from dhtfs.fs.attributes import ENTRY_TIMEOUT, direct_io, entry_attributes, statfs_of
 from dhtfs.fs.buffers import OpenFile
+from dhtfs.fs.compaction import Compactor
 from dhtfs.fs.errnos import errno_mapped
 from dhtfs.fs.files import FileContents
 from dhtfs.fs.inodes import InodeMap
@@ -47,31 +48,54 @@ class Operations(pyfuse3.Operations):
     enable_writeback_cache = False
     enable_acl = False
 
-    def __init__(self, tree: Tree, contents: FileContents, inodes: InodeMap, state_dir: str):
+    def __init__(
+        self,
+        tree: Tree,
+        inodes: InodeMap,
+        state_dir: str,
+        contents: Callable[..., FileContents],
+        *,
+        compact: bool = False,
+        observe: Callable[[str, bool, float], None] | None = None,
+        locate: Callable[[list[bytes]], Awaitable[dict[bytes, list[list[Any]]]]] | None = None,
+        replicate: Callable[[list[bytes]], Awaitable[list[bytes]]] | None = None,
+        swarm_short_of_space: Callable[[], bool] = lambda: False,
+        after_init: Callable[[], None] | None = None,
+    ):
+        """``contents(commit=..., on_dropped=...)`` builds the FileContents these handlers
+        serve, given the way they commit a file's change (``_commit_content``) and forget the
+        kernel's pages of a dropped change; with ``compact``, a ``Compactor`` is told of each
+        content change committed here (its ``run`` is the caller's to start).
+        ``observe`` (metrics, ``dhtfs.runtime.metrics``) is told of every request (handler
+        name, success, seconds). A swarm mount's: ``locate`` looks up providers (block →
+        [[node hex, "host:port", rtt ms | None]]); ``replicate`` waits for blocks to reach
+        their replicas and returns the ones that did not; ``swarm_short_of_space()`` says
+        whether the peers a block should go to are too often full for its copies (then an
+        fsync that could not replicate fails with ENOSPC, not EIO). ``after_init`` is called
+        when FUSE_INIT is handled."""
         super().__init__()
         self.tree = tree
-        self.contents = contents
         self.inodes = inodes
         self.state_dir = state_dir
         self._handles: dict[int, OpenFile] = {}
         self._next_fh = 1
         self._kernel_version: dict[bytes, tuple[int, bytes]] = {}
         self._data_chunks: dict[tuple[bytes, int, bytes], int] = {}
-        # Metrics (dhtfs.runtime.metrics): told of every request (handler name, success, seconds).
-        self.observe: Callable[[str, bool, float], None] | None = None
-        # A swarm mount's provider lookup: block → [[node hex, "host:port", rtt ms | None]].
-        self.locate: Callable[[list[bytes]], Awaitable[dict[bytes, list[list[Any]]]]] | None = None
-        # A swarm mount's wait for blocks to reach their replicas: → the ones that did not.
-        self.replicate: Callable[[list[bytes]], Awaitable[list[bytes]]] | None = None
-        self.swarm_short_of_space: Callable[[], bool] = lambda: False
-        """Whether the peers a block should go to are too often full for its copies (then
-        an fsync that could not replicate fails with ENOSPC, not EIO)."""
-        # Told (obj, {chunk index: pieces laid}) after each content change committed here
-        # (compaction).
-        self.on_content: Callable[[bytes, dict[int, list[Piece]]], None] | None = None
-        self.after_init: Callable[[], None] | None = None  # called when FUSE_INIT is handled
+        self.observe = observe
+        self.locate = locate
+        self.replicate = replicate
+        self.swarm_short_of_space = swarm_short_of_space
+        self.after_init = after_init
         # A dropped change (disk full): the next open must not keep the kernel's pages of it.
-        contents.on_dropped = lambda obj: self._kernel_version.pop(obj, None)
+        self.contents = contents(
+            commit=self._commit_content,
+            on_dropped=lambda obj: self._kernel_version.pop(obj, None),
+        )
+        self.compactor = Compactor(tree, self.contents) if compact else None
+        # Told (obj, {chunk index: pieces laid}) after each content change committed here.
+        self.on_content: Callable[[bytes, dict[int, list[Piece]]], None] | None = (
+            self.compactor.changed if self.compactor is not None else None
+        )
 
     def init(self) -> None:
         """FUSE_INIT (pyfuse3 forbids raising here)."""

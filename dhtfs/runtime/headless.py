@@ -1,11 +1,11 @@
-"""A storage node without a mount: transport + Kademlia node + encrypted chunk store.
+"""A storage node without a mount: the node assembly (``dhtfs.runtime.assembly``) over an
+encrypted block store, with its own op-log store.
 
 ``run(config)`` is what ``dhtfs node`` runs. Start-up order (each step fails with a one-line
 ``DhtfsError`` before anything listens): identity (certificate chains to the CA, key matches),
-state directory (0700), master key (+ key check), chunk store, then in one nursery: listener,
-node, control socket, a readiness line, bootstrap (retried while the table is empty),
-maintenance, the disk cache's eviction, repair, the op log. SIGTERM/SIGINT cancel the
-nursery; ``run`` then returns 0.
+state directory (0700), master key (+ key check), block store, then in one nursery: listener,
+node, the assembly's start (control socket, tasks, the join, bounded and retried as a
+mount's), a readiness line. SIGTERM/SIGINT cancel the nursery; ``run`` then returns 0.
 
 Readiness: once listening and bootstrapped, one line on stdout (flushed)::
 
@@ -23,48 +23,30 @@ from collections.abc import Callable
 
 import trio
 
-from dhtfs.base.config import Config, parse_metrics_address
+from dhtfs.base.config import Config
 from dhtfs.base.errors import ConfigError
 from dhtfs.blocks import verify
-from dhtfs.blocks.reclaim import Reclaimer
-from dhtfs.blocks.repair import Repairer
-from dhtfs.dht.discovery import Discovery
-from dhtfs.dht.node import Node
-from dhtfs.net.control import CONTROL_SOCKET_NAME, ControlServer
-from dhtfs.net.transport import Transport
+from dhtfs.net.control import CONTROL_SOCKET_NAME
+from dhtfs.net.network import Message
 from dhtfs.oplog.logstore import SqliteLogStore
-from dhtfs.oplog.membership import MEMBERS_FILE, Membership
-from dhtfs.oplog.membership import control_methods as membership_methods
-from dhtfs.oplog.replicator import METHODS as LOG_METHODS
-from dhtfs.oplog.replicator import LogReplicator, Signatures
+from dhtfs.runtime.assembly import (
+    ControlMethod,
+    NodeAssembly,
+    load_cache,
+    open_network,
+    stop_on_signal,
+)
+from dhtfs.runtime.joining import Joiner, PeerMemory, seed_addresses
+from dhtfs.runtime.metrics import Metrics
 from dhtfs.store.blockstore import BlockStore
-from dhtfs.store.diskcache import DiskCache, file_size
 from dhtfs.store.statedir import open_block_store, prepare_state_dir
 from dhtfs.trust import pki
 from dhtfs.trust.identity import configured_identity
-from dhtfs.trust.revocation import start_revocation
 
 log = logging.getLogger(__name__)
 
-JOIN_RETRY_SECONDS = 5.0
 LOG_DB_NAME = "oplog.db"
-
-
-def parse_address(text: str, what: str, *, default_port: int | None = None) -> tuple[str, int]:
-    """``HOST:PORT`` (``[v6]:PORT`` too) → (host, port); ConfigError naming ``what``."""
-    host, sep, port_text = text.rpartition(":")
-    if not sep:
-        if default_port is None:
-            raise ConfigError(f"{what}={text!r}: expected HOST:PORT")
-        host, port_text = text, str(default_port)
-    host = host.strip("[]")
-    try:
-        port = int(port_text)
-    except ValueError:
-        raise ConfigError(f"{what}={text!r}: port must be a number") from None
-    if not 0 <= port < 65536 or not host:
-        raise ConfigError(f"{what}={text!r}: expected HOST:PORT with a port below 65536")
-    return host, port
+DEFAULT_LISTEN = "0.0.0.0:0"
 
 
 def load_identity(config: Config) -> pki.Identity:
@@ -80,12 +62,28 @@ def open_store(config: Config) -> BlockStore:
     return open_block_store(config.state_dir, config.key)
 
 
-async def keep_joined(node: Node, seeds: list[tuple[str, int]]) -> None:
-    """Bootstrap again while the routing table is empty (e.g. seeds started after us)."""
-    while True:
-        await trio.sleep(JOIN_RETRY_SECONDS)
-        if len(node.routing) == 0:
-            await node.join_addresses(seeds)
+class HeadlessNode(NodeAssembly):
+    """A node without a mount: its op log in its own store (``LOG_DB_NAME``), so a returning
+    mount can catch up from it when no other mount is up; no namespace, so collection asks a
+    caught-up mount (``dhtfs.blocks.reclaim``) and ``fsck`` checks blocks only."""
+
+    async def _oplog(self, args: Message) -> Message:
+        log_store = self.log_store
+        assert isinstance(log_store, SqliteLogStore)
+        return {
+            "vector": [[o, s] for o, s in log_store.vector().items()],
+            "trimmed": [[o, s] for o, s in log_store.folded().items()],
+            "entries": log_store.db.execute("SELECT count(*) FROM entries").fetchone()[0],
+        }
+
+    async def _fsck(self, args: Message) -> Message:  # blocks only: no namespace here
+        if args.get("namespace"):
+            return {"objects": 0, "links": 0, "extents": 0, "referenced": 0, "held": 0,
+                    "problems": [], "headless": True}
+        return await verify.control(self.node, self.store, args)
+
+    def control_methods(self) -> dict[str, ControlMethod]:
+        return {**super().control_methods(), "oplog": self._oplog, "fsck": self._fsck}
 
 
 async def serve_node(
@@ -97,103 +95,24 @@ async def serve_node(
     """Run the node until SIGTERM/SIGINT (or cancellation). Returns the exit status."""
     identity = load_identity(config)
     store = open_store(config)
-    host, port = parse_address(config.listen or "0.0.0.0:0", "listen")
-    seeds = [parse_address(b, "bootstrap") for b in config.bootstrap]
-    transport = Transport(identity, host, port)
+    seeds = seed_addresses(config.bootstrap)
     async with trio.open_nursery() as nursery:
         if handle_signals:
-            nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
-        local = await nursery.start(transport.serve)
-        node = Node(transport, store, replicas=config.replicas)
-        transport.handler = node.handle
-        revocations = start_revocation(nursery, node, transport, identity.ca_cert,
-                                       config.state_dir, config.crl)
-        cache = await trio.to_thread.run_sync(lambda: DiskCache(  # stats every cached block
-            config.state_dir, config.cache_disk, size_of=file_size(store.path_of),
-            remove=store.remove, responsible=node.responsible_for, pending=lambda _cid: False))
-        node.on_cached = cache.add
-        node.on_served = cache.touch
-        node.on_placed = cache.forget
-        repairer = Repairer(node, interval=config.repair_interval)
-        # The replicated op log too, so a returning mount can catch up from this node when
-        # no other mount is up.
-        log_store = SqliteLogStore(config.state_dir / LOG_DB_NAME)
-        members = Membership(identity.node_id, config.state_dir / MEMBERS_FILE,
-                             member_timeout=config.member_timeout,
-                             peer_cert=transport.peer_cert)
-        replicator = LogReplicator(
-            node, log_store, Signatures(identity), fold_interval=config.fold_interval,
-            membership=members,
-            revoked=lambda n: (der := log_store.cert(n) or members.certs.get(n)) is not None
-            and revocations.is_revoked(der),
+            nursery.start_soon(stop_on_signal, nursery.cancel_scope.cancel, "stopping",
+                               (signal.SIGTERM, signal.SIGINT))
+        transport, node, revocations = await open_network(
+            nursery, config, identity, store, DEFAULT_LISTEN)
+        cache = await load_cache(config, store, node, pending=lambda _cid: False)
+        headless = HeadlessNode(
+            config, identity, store, transport, node, cache, revocations,
+            SqliteLogStore(config.state_dir / LOG_DB_NAME), Joiner(node, seeds, PeerMemory()),
+            metrics=Metrics() if config.metrics else None,
+            discover=config.discovery is not False,
         )
-        for method in LOG_METHODS:
-            node.services[method] = replicator.handle
-        # No namespace here: collection asks a caught-up mount (see dhtfs.blocks.reclaim).
-        reclaimer = Reclaimer(node, config.gc_grace, log_vector=log_store.vector,
-                              on_removed=cache.forget)
-        control_path = config.state_dir / CONTROL_SOCKET_NAME
-        discovery = (Discovery.for_node(node, identity, host)
-                     if config.discovery is not False else None)
-
-        async def oplog(args: dict) -> dict:
-            return {
-                "vector": [[o, s] for o, s in log_store.vector().items()],
-                "trimmed": [[o, s] for o, s in log_store.folded().items()],
-                "entries": log_store.db.execute("SELECT count(*) FROM entries").fetchone()[0],
-            }
-
-        async def status(args: dict) -> dict:
-            c = node.contact
-            chunks = await trio.to_thread.run_sync(lambda: sum(1 for _ in store.ids()))
-            return {"node_id": c.node_id, "listen": f"{c.host}:{c.port}", "chunks": chunks,
-                    **transport.addresses(),
-                    "peers": len(node.routing), "cache": cache.status(),
-                    "collection": reclaimer.status(),
-                    "repair": {"passes": repairer.passes, "pushed": repairer.pushed},
-                    "discovery": discovery.status() if discovery else {},
-                    "metrics": "{}:{}".format(*metrics.address)
-                    if metrics and metrics.address else ""}
-
-        async def fsck(args: dict) -> dict:  # blocks only: a headless node has no namespace
-            if args.get("namespace"):
-                return {"objects": 0, "links": 0, "extents": 0, "referenced": 0, "held": 0,
-                        "problems": [], "headless": True}
-            return await verify.control(node, store, args)
-
-        metrics = None
-        if config.metrics:  # Prometheus (dhtfs.runtime.metrics): no FUSE requests here
-            from dhtfs.runtime.metrics import Metrics
-
-            def snapshot() -> dict:
-                return {
-                    "blocks": {"cached": cache.added, "evicted": cache.evicted,
-                               "repaired": repairer.pushed, "reclaimed": reclaimer.reclaimed},
-                    "network": {"received": transport.bytes_received,
-                                "sent": transport.bytes_sent},
-                    "cache_bytes": cache.bytes, "peers": len(node.routing),
-                }
-
-            metrics = Metrics(snapshot)
-            node.on_rpc, node.on_lookup = metrics.rpc, metrics.lookup
-            nursery.start_soon(metrics.serve, *parse_metrics_address(config.metrics))
-
-        extra = {"oplog": oplog, "status": status, "fsck": fsck,
-                 **membership_methods(replicator)}
-        await nursery.start(ControlServer([node], extra=extra).serve, control_path)
-        if seeds:
-            size = await node.join_addresses(seeds)
-            log.info("bootstrapped: %d contacts", size)
-            nursery.start_soon(keep_joined, node, seeds)
-        if discovery is not None:  # LAN peers of the swarm by mDNS
-            nursery.start_soon(discovery.run)
-        nursery.start_soon(node.run_maintenance)
-        nursery.start_soon(cache.run)
-        nursery.start_soon(repairer.run)
-        nursery.start_soon(reclaimer.run)
-        nursery.start_soon(replicator.run)
+        await headless.start(nursery)
+        local = transport.local
         line = f"ready node_id={identity.node_id.hex()} listen={local.host}:{local.port} " \
-               f"control={control_path}"
+               f"control={config.state_dir / CONTROL_SOCKET_NAME}"
         log.info("%s", line)
         (announce or _print)(line)
     return 0
@@ -203,14 +122,6 @@ def _print(line: str) -> None:
     print(line, flush=True)
 
 
-async def _stop_on_signal(scope: trio.CancelScope) -> None:
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async for signum in signals:
-            log.info("received %s, stopping", signal.Signals(signum).name)
-            scope.cancel()
-            return
-
-
 def run(config: Config) -> int:
     """Blocking entry for ``dhtfs node``."""
     status = trio.run(serve_node, config)
@@ -218,4 +129,4 @@ def run(config: Config) -> int:
     return status
 
 
-__all__ = ["parse_address", "run", "serve_node"]
+__all__ = ["HeadlessNode", "run", "serve_node"]

@@ -50,7 +50,7 @@ class Metrics:
     """The node's metrics: event hooks (``rpc``, ``lookup``, ``fuse_op``) and the scrape-time
     ``snapshot`` of its counters (see the module docstring)."""
 
-    def __init__(self, snapshot: Callable[[], Snapshot]) -> None:
+    def __init__(self) -> None:
         from prometheus_client import CollectorRegistry, Histogram
 
         self.registry = CollectorRegistry()
@@ -66,7 +66,7 @@ class Metrics:
         self.fuse_seconds = Histogram(
             "dhtfs_fuse_op_seconds", "FUSE requests by kind and outcome, latency in seconds",
             ["op", "outcome"], buckets=LATENCY_BUCKETS, registry=self.registry)
-        self._snapshot = snapshot
+        self._snapshot: Callable[[], Snapshot] | None = None  # given to ``serve``
         self._token: trio.lowlevel.TrioToken | None = None
         self.registry.register(_SnapshotCollector(self))
         self.address: tuple[str, int] | None = None
@@ -86,10 +86,12 @@ class Metrics:
 
     # -- serving -------------------------------------------------------------------------------
 
-    async def serve(self, host: str, port: int) -> None:
-        """Serve ``/metrics`` until cancelled (the server thread is shut down then)."""
+    async def serve(self, snapshot: Callable[[], Snapshot], host: str, port: int) -> None:
+        """Serve ``/metrics`` until cancelled (the server thread is shut down then); each
+        scrape reads ``snapshot()`` on the trio thread."""
         from prometheus_client import start_http_server
 
+        self._snapshot = snapshot
         self._token = trio.lowlevel.current_trio_token()
         try:
             server, _thread = await trio.to_thread.run_sync(
@@ -109,7 +111,7 @@ class Metrics:
 
     def read_snapshot(self) -> Snapshot | None:
         """The node's counters, read on the trio thread (called from the server's)."""
-        if self._token is None:
+        if self._token is None or self._snapshot is None:
             return None
         try:
             return trio.from_thread.run_sync(self._snapshot, trio_token=self._token)

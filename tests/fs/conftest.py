@@ -10,7 +10,7 @@ import pytest
 import trio
 
 from dhtfs.base.config import Config
-from dhtfs.runtime.service import LocalFilesystem, open_state
+from dhtfs.runtime.localfs import LocalFilesystem, open_state
 
 CS = 4096
 

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pyfuse3
 import pytest
 
-from dhtfs.runtime.service import LocalFilesystem
+from dhtfs.runtime.localfs import LocalFilesystem
 
 ROOT = pyfuse3.ROOT_INODE
 CTX = SimpleNamespace(uid=0, gid=0, pid=1, umask=0o022)

@@ -26,7 +26,7 @@ import pytest
 
 from dhtfs.base import systemd
 from dhtfs.mount import RUN_DIR
-from dhtfs.runtime.swarmnode import SHUTDOWN_PUSH_DEADLINE, SHUTDOWN_REPLICATION_DEADLINE
+from dhtfs.runtime.assembly import SHUTDOWN_PUSH_DEADLINE, SHUTDOWN_REPLICATION_DEADLINE
 from dhtfs.umount import WAIT_SECONDS, daemon_pid, process_alive
 from tests.mount.helpers import ENV, dhtfs_cmd, sh
 from tests.mounting import VENV_BIN, Mount, is_mounted, unmount_and_reap, wait_for

@@ -19,7 +19,7 @@ from dhtfs.blocks import verify
 from dhtfs.commands.target import EXIT_NO_NODE, EXIT_PROBLEMS, SOCKET_NAME
 from dhtfs.fs.fsck import namespace_problems
 from dhtfs.net.control import CONTROL_SOCKET_NAME
-from dhtfs.runtime.service import open_state
+from dhtfs.runtime.localfs import open_state
 from dhtfs.trust import pki
 from tests.swarm import swarmctl
 from tests.swarm.observe import control, wait_until

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from dhtfs.base.config import DEFAULT_PORT
 from dhtfs.trust import pki
 from tests.mounting import Mount
 from tests.swarm.observe import control, listing, member_options, wait_converged, wait_until
@@ -62,5 +63,24 @@ def test_returning_mount_catches_up_from_a_headless_node(tmp_path: Path) -> None
             assert kept["entries"] < sum(s for _, s in kept["vector"])  # it did not keep all
         finally:
             b.close()
+    finally:
+        headless.close()
+
+
+def test_a_headless_node_takes_a_bootstrap_address_without_a_port(tmp_path: Path) -> None:
+    """``bootstrap=HOST`` means HOST at the default port for a headless node as for a mount
+    (it used to be refused as a config error): the node starts, goes on without peers when
+    nobody answers there, and stops cleanly."""
+    ca = tmp_path / "ca"
+    pki.init_ca(ca)
+    cert, key, node_id = pki.issue_node_cert(ca, "storage", tmp_path / "storage")
+    headless = Swarm(tmp_path / "headless")
+    try:
+        h = headless.start(pki.Identity(ca / "ca.crt", cert, key, node_id), "127.0.0.33",
+                           ["127.0.0.34"])
+        Swarm.wait([h])
+        assert control(h.state, "status")["peers"] == 0
+        assert f"127.0.0.34:{DEFAULT_PORT}" in h.log()  # it tried the default port
+        assert headless.stop(h) == 0
     finally:
         headless.close()
