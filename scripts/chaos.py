@@ -26,8 +26,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("DHTFS_DISCOVERY", "off")  # never mDNS on the host's network
 
-from tests.swarm.chaos import ChaosConfig, run_chaos
-from tests.swarm.chaos.faults import KINDS
+from testkit.chaos import ChaosConfig, run_chaos
+from testkit.chaos.faults import KINDS
 
 
 def parse_faults(text: str) -> dict[str, int]:

@@ -28,8 +28,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.swarm import swarmctl  # noqa: E402
-from tests.swarm.observe import control, dir_size, wait_converged, wait_until  # noqa: E402
+from testkit import swarmctl  # noqa: E402
+from testkit.observe import control, dir_size, wait_converged  # noqa: E402
+from testkit.wait import wait_until  # noqa: E402
 
 
 def unfolded(state: Path) -> int:

@@ -1,6 +1,6 @@
 """Looking at a running swarm from a test: control-socket calls, tree listings, convergence.
 
-Every wait polls a condition under a deadline; nothing sleeps a fixed time.
+Every wait polls a condition under a deadline (``testkit.wait``); nothing sleeps a fixed time.
 """
 
 from __future__ import annotations
@@ -8,8 +8,6 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +15,7 @@ import trio
 
 from dhtfs.net.control import ControlClient
 from dhtfs.trust import pki
-
-DEADLINE = 30.0
+from testkit.wait import DEADLINE, wait_until
 
 
 def control(state: Path, method: str, args: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -32,24 +29,6 @@ def control(state: Path, method: str, args: dict[str, Any] | None = None) -> dic
             await client.aclose()
 
     return trio.run(call)
-
-
-def wait_until(condition: Callable[[], Any], what: str, timeout: float = DEADLINE) -> Any:
-    """Poll ``condition`` until it returns something true; its value. An OSError from it
-    (a name not there yet) counts as "not yet". TimeoutError past ``timeout`` (naming
-    ``what`` and the last OSError)."""
-    end = time.monotonic() + timeout
-    last: OSError | None = None
-    while True:
-        try:
-            value = condition()
-        except OSError as exc:
-            value, last = None, exc
-        if value:
-            return value
-        if time.monotonic() > end:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {what} (last: {last})")
-        time.sleep(0.02)
 
 
 def listing(root: Path) -> dict[str, tuple[Any, ...]]:

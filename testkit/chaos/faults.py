@@ -23,8 +23,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.swarm import swarmctl
-from tests.swarm.observe import control
+from testkit import swarmctl
+from testkit.observe import control
 
 MIB = 1 << 20
 KINDS = ("kill", "partition", "disk")

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.mounting import Mount
+from testkit.mounting import Mount
 
 pytestmark = pytest.mark.mount
 

@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 
 from dhtfs.commands.swarm import Node, _is_client, _join_targets
-from tests.swarm.chaos import ChaosConfig, run_chaos
-from tests.swarm.chaos.checker import classify, stable_writes
-from tests.swarm.chaos.faults import Window, schedule
-from tests.swarm.chaos.model import Op, touches
-from tests.swarm.chaos.workload import specs
+from testkit.chaos import ChaosConfig, run_chaos
+from testkit.chaos.checker import classify, stable_writes
+from testkit.chaos.faults import Window, schedule
+from testkit.chaos.model import Op, touches
+from testkit.chaos.workload import specs
 
 SEED = int(os.environ.get("DHTFS_CHAOS_SEED", "1"))
 

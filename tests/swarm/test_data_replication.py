@@ -16,9 +16,11 @@ from pathlib import Path
 import pytest
 
 from dhtfs.trust import pki
-from tests.mounting import VENV_BIN, Mount
-from tests.swarm import swarmctl
-from tests.swarm.observe import control, member_options, wait_until
+from testkit import swarmctl
+from testkit.env import VENV_BIN
+from testkit.mounting import Mount
+from testkit.observe import control, member_options
+from testkit.wait import wait_until
 
 pytestmark = [pytest.mark.mount, pytest.mark.slow]
 MIB = 1 << 20

@@ -33,8 +33,9 @@ from dhtfs.dht.discovery import (
     dialable,
 )
 from dhtfs.trust import pki
-from tests.mounting import Mount
-from tests.swarm.observe import control, member_options, wait_until
+from testkit.mounting import Mount
+from testkit.observe import control, member_options
+from testkit.wait import wait_until
 
 ME = bytes(range(32))
 PEER = bytes([7]) * 32
