@@ -57,6 +57,10 @@ def listing(root: Path) -> dict[str, tuple[Any, ...]]:
     return out
 
 
+def unfolded(state: Path) -> int:
+    return int(control(state, "oplog")["unfolded"])
+
+
 def digests(states: list[Path]) -> list[str]:
     return [control(s, "digest")["digest"] for s in states]
 

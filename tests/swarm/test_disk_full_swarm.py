@@ -18,8 +18,8 @@ import pytest
 from testkit import swarmctl
 from testkit.mounting import is_mounted
 from testkit.observe import control
+from testkit.smalldisk import make_small_fs, remove_small_fs
 from testkit.wait import wait_until
-from tests.mount.test_disk_full import make_small_fs, remove_small_fs
 from tests.swarm.test_data_replication import blocks_of, by_name, holds, write_fsynced
 
 pytestmark = [pytest.mark.mount, pytest.mark.slow]
