@@ -12,6 +12,8 @@ Modules, lowest first (each imports only those above it, and ``dhtfs``):
 - ``nodehelpers``: node identities (good and bad) and hostile wire peers.
 - ``swarmctl``: drive ``dhtfs swarm`` (up, down, kill, restart).
 - ``observe``: look at a running swarm (control calls, listings, convergence).
+- ``blocks``: which blocks a file refers to, who holds them, a write fsynced to its replicas.
+- ``forgetting``: the steps of the forget experiment (a member away, files made and deleted).
 - ``smalldisk``: a tiny loop-mounted filesystem, to fill a node's disk.
 - ``xor``: XOR-distance orderings of node ids (for the simulator tests).
 - ``fixtures``: pytest fixtures (CAs, identities, mounts) every test folder can request.

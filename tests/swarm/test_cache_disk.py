@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from testkit import swarmctl
+from testkit.blocks import blocks_of, closest, holds, write_fsynced
 from testkit.mounting import Mount
 from testkit.observe import control, member_options
 from testkit.wait import wait_until
-from tests.swarm.test_data_replication import blocks_of, closest, holds, write_fsynced
 
 pytestmark = [pytest.mark.mount, pytest.mark.slow]
 MIB = 1 << 20

@@ -1,4 +1,4 @@
-"""The chaos harness (tests/swarm/chaos): a short run against a real swarm, and its checker
+"""The chaos harness (testkit/chaos): a short run against a real swarm, and its checker
 on hand-made histories.
 
 The run: 2 storage mounts and 1 client-only mount, each running seeded random ops on one

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 
 from dhtfs.trust import pki
+from testkit.blocks import blocks_of, holds, write_fsynced
 from testkit.mounting import Mount
 from testkit.nodeproc import Swarm
 from testkit.observe import control, member_options
 from testkit.wait import wait_until
-from tests.swarm.test_data_replication import blocks_of, holds, write_fsynced
 
 pytestmark = [pytest.mark.mount, pytest.mark.slow]
 MIB = 1 << 20

@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 
 from testkit import swarmctl
+from testkit.blocks import blocks_of, by_name, holds, write_fsynced
 from testkit.mounting import is_mounted
 from testkit.observe import control
 from testkit.smalldisk import make_small_fs, remove_small_fs
 from testkit.wait import wait_until
-from tests.swarm.test_data_replication import blocks_of, by_name, holds, write_fsynced
 
 pytestmark = [pytest.mark.mount, pytest.mark.slow]
 MIB = 1 << 20

@@ -11,10 +11,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from testkit import swarmctl
+from testkit.blocks import write_fsynced
 from testkit.nodeproc import Swarm
 from testkit.observe import control
 from testkit.wait import wait_until
-from tests.swarm.test_data_replication import write_fsynced
 
 pytestmark = [pytest.mark.mount, pytest.mark.slow]
 MIB = 1 << 20
