@@ -9,13 +9,11 @@ Modules, lowest first (each imports only those above it, and ``dhtfs``):
 - ``mounting``: ``Mount``, one ``mount.dhtfs -f`` process; ``is_mounted``, ``cleanup``.
 - ``shell``: run a tool, act as another user, snapshot and build trees.
 - ``nodeproc``: headless ``dhtfs node`` processes (``Swarm``, ``NodeProc``).
-- ``nodehelpers``: node identities (good and bad) and hostile wire peers.
+- ``nodehelpers``: node identities (good and bad), hostile wire peers, XOR orderings of ids.
 - ``swarmctl``: drive ``dhtfs swarm`` (up, down, kill, restart).
-- ``observe``: look at a running swarm (control calls, listings, convergence).
-- ``blocks``: which blocks a file refers to, who holds them, a write fsynced to its replicas.
+- ``observe``: look at a running swarm (control calls, listings, convergence, block holders).
 - ``forgetting``: the steps of the forget experiment (a member away, files made and deleted).
 - ``smalldisk``: a tiny loop-mounted filesystem, to fill a node's disk.
-- ``xor``: XOR-distance orderings of node ids (for the simulator tests).
 - ``fixtures``: pytest fixtures (CAs, identities, mounts) every test folder can request.
 - ``chaos``: the Jepsen-like concurrency harness (tests/swarm/test_chaos.py, scripts/chaos.py).
 """

@@ -1,4 +1,6 @@
-"""Looking at a running swarm from a test: control-socket calls, tree listings, convergence.
+"""Looking at a running swarm from a test: control-socket calls, tree listings, convergence,
+where a file's blocks are (its ``user.dhtfs.extents`` xattr, the nodes that hold them, the
+XOR-closest ones) and a write that returns once replicated (fsync).
 
 Every wait polls a condition under a deadline (``testkit.wait``); nothing sleeps a fixed time.
 """
@@ -6,6 +8,7 @@ Every wait polls a condition under a deadline (``testkit.wait``); nothing sleeps
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import stat
 from pathlib import Path
@@ -15,6 +18,7 @@ import trio
 
 from dhtfs.net.control import ControlClient
 from dhtfs.trust import pki
+from testkit import swarmctl
 from testkit.wait import DEADLINE, wait_until
 
 
@@ -91,3 +95,31 @@ def member_options(ca_dir: Path, name: str, out: Path) -> list[str]:
     is in ``ca_dir`` (its certificate and key issued into ``out``)."""
     cert, key, _ = pki.issue_node_cert(ca_dir, name, out)
     return [f"ca={ca_dir / pki.CA_CERT_NAME}", f"cert={cert}", f"cert_key={key}"]
+
+
+def blocks_of(path: Path) -> list[str]:
+    return sorted({e[2] for e in json.loads(os.getxattr(path, "user.dhtfs.extents"))})
+
+
+def holds(state: Path, block: str) -> bool:
+    return (state / "chunks" / block[:2] / block[2:]).is_file()
+
+
+def closest(nodes: list[swarmctl.NodeInfo], block: str, r: int) -> list[str]:
+    key = int(block, 16)
+    assert all(n.node_id for n in nodes)
+    return sorted(
+        (n.name for n in nodes), key=lambda name: int(by_name(nodes)[name].node_id, 16) ^ key
+    )[:r]
+
+
+def by_name(nodes: list[swarmctl.NodeInfo]) -> dict[str, swarmctl.NodeInfo]:
+    return {n.name: n for n in nodes}
+
+
+def write_fsynced(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` and fsync it (on a swarm mount: replicated on return)."""
+    with open(path, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())

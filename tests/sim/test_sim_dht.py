@@ -18,7 +18,7 @@ from dhtfs.net import rpc
 from dhtfs.net.network import Contact, Message
 from dhtfs.sim.network import SimWorld
 from dhtfs.sim.swarm import Swarm
-from testkit.xor import ids_of, xor_sorted
+from testkit.nodehelpers import ids_of, xor_sorted
 
 MakeSwarm = Callable[..., Swarm]
 

@@ -13,9 +13,8 @@ from pathlib import Path
 import pytest
 
 from testkit import swarmctl
-from testkit.blocks import blocks_of, closest, holds, write_fsynced
 from testkit.mounting import Mount
-from testkit.observe import control, member_options
+from testkit.observe import blocks_of, closest, control, holds, member_options, write_fsynced
 from testkit.wait import wait_until
 
 pytestmark = [pytest.mark.mount, pytest.mark.slow]

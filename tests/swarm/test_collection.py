@@ -11,10 +11,9 @@ from pathlib import Path
 import pytest
 
 from dhtfs.trust import pki
-from testkit.blocks import blocks_of, holds, write_fsynced
 from testkit.mounting import Mount
 from testkit.nodeproc import Swarm
-from testkit.observe import control, member_options
+from testkit.observe import blocks_of, control, holds, member_options, write_fsynced
 from testkit.wait import wait_until
 
 pytestmark = [pytest.mark.mount, pytest.mark.slow]

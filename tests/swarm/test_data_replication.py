@@ -17,10 +17,17 @@ import pytest
 
 from dhtfs.trust import pki
 from testkit import swarmctl
-from testkit.blocks import blocks_of, by_name, closest, holds, write_fsynced
 from testkit.env import VENV_BIN
 from testkit.mounting import Mount
-from testkit.observe import control, member_options
+from testkit.observe import (
+    blocks_of,
+    by_name,
+    closest,
+    control,
+    holds,
+    member_options,
+    write_fsynced,
+)
 from testkit.wait import wait_until
 
 pytestmark = [pytest.mark.mount, pytest.mark.slow]

@@ -16,9 +16,8 @@ from pathlib import Path
 import pytest
 
 from testkit import swarmctl
-from testkit.blocks import blocks_of, by_name, holds, write_fsynced
 from testkit.mounting import is_mounted
-from testkit.observe import control
+from testkit.observe import blocks_of, by_name, control, holds, write_fsynced
 from testkit.smalldisk import make_small_fs, remove_small_fs
 from testkit.wait import wait_until
 

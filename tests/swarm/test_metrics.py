@@ -11,9 +11,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from testkit import swarmctl
-from testkit.blocks import write_fsynced
 from testkit.nodeproc import Swarm
-from testkit.observe import control
+from testkit.observe import control, write_fsynced
 from testkit.wait import wait_until
 
 pytestmark = [pytest.mark.mount, pytest.mark.slow]
