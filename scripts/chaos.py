@@ -7,7 +7,7 @@ venv's interpreter)::
 
 Each run: N mounts (node0..node{N-2} storage, the last client-only), each running its seeded
 random ops on one small shared tree, with the faults injected mid-run (SIGKILL + remount, a
-partition and its heal, a full disk), then the checks of ``tests/swarm/chaos/checker.py``:
+partition and its heal, a full disk), then the checks of ``testkit/chaos/checker.py``:
 only race errnos, every mount converges to the identical tree, every fsynced file nobody
 changed reads back exactly. Prints ``figure: NAME=VALUE UNIT`` lines per run, ``# `` lines
 with every unexpected error, divergence and loss, and the command that replays the run.
@@ -24,10 +24,10 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-os.environ.setdefault("DHTFS_DISCOVERY", "off")  # never mDNS on the host's network
+# testkit.env (imported by the harness) keeps every daemon off mDNS on the host's network.
 
-from tests.swarm.chaos import ChaosConfig, run_chaos
-from tests.swarm.chaos.faults import KINDS
+from testkit.chaos import ChaosConfig, run_chaos
+from testkit.chaos.faults import KINDS
 
 
 def parse_faults(text: str) -> dict[str, int]:

@@ -19,7 +19,6 @@ remembered, once forgotten, and the seconds from ``forget`` until both had folde
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import time
@@ -28,12 +27,15 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.swarm import swarmctl  # noqa: E402
-from tests.swarm.observe import control, dir_size, wait_converged, wait_until  # noqa: E402
-
-
-def unfolded(state: Path) -> int:
-    return int(control(state, "oplog")["unfolded"])
+from testkit import swarmctl  # noqa: E402
+from testkit.forgetting import (  # noqa: E402
+    collect,
+    create_and_delete,
+    cut_off_last,
+    fold_and_collect,
+)
+from testkit.observe import unfolded, wait_converged  # noqa: E402
+from testkit.wait import wait_until  # noqa: E402
 
 
 def main() -> int:
@@ -46,23 +48,12 @@ def main() -> int:
     print(f"# swarm in {root}, {args.files} files", flush=True)
     with swarmctl.running_swarm(root, 3, options="fold_interval=1") as (a, b, c):
         live = [a.state, b.state]
-        wait_converged([a.state, b.state, c.state])
-        swarmctl.kill(root, c.name)
-        start = [dir_size(s) for s in live]
-        many = a.mountpoint / "many"
-        many.mkdir()
+        start = cut_off_last(root, [a, b, c])
         t0 = time.monotonic()
-        for i in range(args.files):
-            (many / f"f{i}").write_bytes(os.urandom(64) + b"%d" % i)
-        for i in range(args.files):
-            (many / f"f{i}").unlink()
-        many.rmdir()
+        create_and_delete(a.mountpoint / "many", args.files)
         print(f"# created and deleted in {time.monotonic() - t0:.1f} s", flush=True)
         wait_converged(live, timeout=600)
-        for s in live:
-            control(s, "fold")
-            control(s, "gc", {"grace": 0})
-        kept = [dir_size(s) for s in live]
+        kept = fold_and_collect(live)
         unfolded_kept = [unfolded(s) for s in live]
         t1 = time.monotonic()
         res = swarmctl.run_cli("swarm", "forget", c.name, "--state", str(b.state))
@@ -72,9 +63,7 @@ def main() -> int:
         print(f"# {res.stdout.strip()}", flush=True)
         wait_until(lambda: all(unfolded(s) == 0 for s in live), "both to fold", 600)
         folded_after = time.monotonic() - t1
-        for s in live:
-            control(s, "gc", {"grace": 0})
-        end = [dir_size(s) for s in live]
+        end = collect(live)
     print(f"figure: forget_files={args.files} files")
     for name, i in (("node0", 0), ("node1", 1)):
         print(f"figure: {name}_state_start={start[i] // 1024} KiB")

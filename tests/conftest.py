@@ -1,4 +1,5 @@
-"""Fixtures shared by all tiers. Real mounts are in ``tests/mounting.py``."""
+"""Fixtures shared by all tiers: ``mount`` here, the CA and identity fixtures in
+``testkit.fixtures`` (loaded as a plugin). Real mounts are in ``testkit/mounting.py``."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.mounting import Mount
+from testkit.mounting import Mount
+
+pytest_plugins = ["testkit.fixtures"]
 
 
 @pytest.fixture

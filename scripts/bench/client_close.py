@@ -34,9 +34,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from tests.mounting import Mount  # noqa: E402
-from tests.swarm import swarmctl  # noqa: E402
-from tests.swarm.observe import control, member_options, wait_until  # noqa: E402
+from testkit import swarmctl  # noqa: E402
+from testkit.mounting import Mount  # noqa: E402
+from testkit.observe import control, member_options  # noqa: E402
+from testkit.wait import wait_until  # noqa: E402
 
 SIZE = 4096
 

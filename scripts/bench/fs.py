@@ -94,7 +94,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from tests.mounting import MOUNT, Mount, cleanup, is_mounted, wait_for  # noqa: E402
+from testkit.env import MOUNT  # noqa: E402
+from testkit.mounting import Mount, cleanup, is_mounted  # noqa: E402
+from testkit.wait import wait_until  # noqa: E402
 
 KiB = 1024
 MiB = 1024 * 1024
@@ -198,7 +200,7 @@ class Bindfs:
             return self.start()
         if proc.returncode != 0:
             raise BenchError(f"bindfs exited {proc.returncode}: {proc.stderr.strip()}")
-        wait_for(lambda: is_mounted(self.mountpoint), f"bindfs at {self.mountpoint}", 10)
+        wait_until(lambda: is_mounted(self.mountpoint), f"bindfs at {self.mountpoint}", 10)
 
     def stop(self) -> None:
         if is_mounted(self.mountpoint):

@@ -58,9 +58,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from tests.mounting import Mount  # noqa: E402
-from tests.swarm import swarmctl  # noqa: E402
-from tests.swarm.observe import control, listing, member_options, wait_until  # noqa: E402
+from testkit import swarmctl  # noqa: E402
+from testkit.mounting import Mount  # noqa: E402
+from testkit.observe import control, listing, member_options  # noqa: E402
+from testkit.wait import wait_until  # noqa: E402
 
 FILE_SIZE = 4096
 FILES_PER_DIR = 100

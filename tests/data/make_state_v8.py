@@ -28,10 +28,14 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-import time
 from pathlib import Path
 
 import dhtfs
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the harness, testkit/
+from testkit.env import child_env
+from testkit.mounting import is_mounted
+from testkit.wait import wait_until
 
 CHUNK = 64 * 1024
 OPTIONS = [f"chunk_size={CHUNK}"]
@@ -42,24 +46,7 @@ HERE = Path(__file__).resolve().parent
 CHECKOUT = Path(dhtfs.__file__).resolve().parent.parent
 # The daemon runs ``python -m`` from the checkout, so it imports the very dhtfs this script
 # imported (``-m`` puts the working directory first on sys.path, ahead of PYTHONPATH).
-ENV = dict(
-    os.environ,
-    DHTFS_NO_SYSTEM_CONFIG="1",
-    PYTHONPATH=os.pathsep.join([str(CHECKOUT), os.environ.get("PYTHONPATH", "")]),
-)
-
-
-def _is_mounted(path: Path) -> bool:
-    with open("/proc/mounts") as fh:
-        return any(line.split()[1] == str(path) for line in fh)
-
-
-def _wait_for(condition, what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.01)
+ENV = child_env(PYTHONPATH=os.pathsep.join([str(CHECKOUT), os.environ.get("PYTHONPATH", "")]))
 
 
 def mount(mnt: Path, state: Path, log: Path) -> subprocess.Popen:
@@ -73,7 +60,7 @@ def mount(mnt: Path, state: Path, log: Path) -> subprocess.Popen:
             env=ENV,
             cwd=CHECKOUT,
         )
-    _wait_for(lambda: _is_mounted(mnt) or proc.poll() is not None, f"mount of {mnt}")
+    wait_until(lambda: is_mounted(mnt) or proc.poll() is not None, f"mount of {mnt}")
     if proc.poll() is not None:
         raise RuntimeError(f"mount exited {proc.returncode}: {log.read_text(errors='replace')}")
     return proc
@@ -222,9 +209,9 @@ def main() -> int:
         if proc is not None and proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             proc.wait(30)
-        if _is_mounted(mnt):
+        if is_mounted(mnt):
             subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=False)
-        if not _is_mounted(mnt):
+        if not is_mounted(mnt):
             shutil.rmtree(work, ignore_errors=True)
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.mounting import Mount, is_mounted
+from testkit.mounting import Mount, is_mounted
 
 SMALL_CHUNK = 64 * 1024
 

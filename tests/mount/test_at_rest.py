@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.mounting import Mount
+from testkit.mounting import Mount
 
 pytestmark = pytest.mark.mount
 
@@ -211,7 +211,8 @@ def test_daemon_mode_log_file_is_private(tmp_path: Path) -> None:
     """In daemon mode the log goes to <state>/dhtfs.log, readable by root only."""
     import subprocess
 
-    from tests.mounting import MOUNT, UMOUNT, cleanup
+    from testkit.env import MOUNT, UMOUNT
+    from testkit.mounting import cleanup
 
     state, mnt = tmp_path / "state", tmp_path / "mnt"
     mnt.mkdir()

@@ -20,29 +20,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.mounting import Mount
+from testkit.mounting import Mount
+from testkit.smalldisk import fill_until_full, make_small_fs, remove_small_fs
 
 pytestmark = pytest.mark.mount
 
 MiB = 1024 * 1024
-DISK = 64 * MiB
-
-
-def make_small_fs(image: Path, where: Path, size: int = DISK) -> None:
-    """A fresh ext4 of ``size`` bytes (no root reserve) loop-mounted at ``where``."""
-    with open(image, "wb") as fh:
-        fh.truncate(size)
-    subprocess.run(["mkfs.ext4", "-q", "-F", "-m", "0", str(image)], check=True)
-    where.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["mount", "-o", "loop", str(image), str(where)], check=True)
-
-
-def remove_small_fs(image: Path, where: Path) -> None:
-    if subprocess.run(["umount", str(where)], check=False, capture_output=True).returncode:
-        subprocess.run(["umount", "-l", str(where)], check=False, capture_output=True)
-    image.unlink(missing_ok=True)
-
-
 @pytest.fixture
 def small_state(tmp_path: Path) -> Iterator[Path]:
     """A 64 MiB ext4 filesystem to hold a mount's state directory (unmounted afterwards)."""
@@ -132,13 +115,8 @@ def test_storing_fails_after_write_acknowledged(full_mount: Mount, small_state: 
     try:
         assert os.write(fd, pattern(1, 512 * 1024)) == 512 * 1024  # half a chunk: buffered
         ballast = small_state / "ballast"
-        with open(ballast, "wb") as fh:  # fill the disk to the last block
-            try:
-                while True:
-                    fh.write(b"\xff" * MiB)
-                    fh.flush()
-            except OSError as exc:
-                assert exc.errno == errno.ENOSPC
+        exc = fill_until_full(ballast, MiB)  # fill the disk to the last block
+        assert exc.errno == errno.ENOSPC
         closed: OSError | None = None
     finally:
         try:
@@ -242,20 +220,10 @@ def test_metadata_on_a_full_disk_is_refused_not_lost(full_mount: Mount, small_st
     with ENOSPC (never EIO), the mount lives on, and once space is back every change works;
     what was acknowledged survives a remount."""
     ballast = small_state / "ballast"
-    with open(ballast, "wb") as fh:
-        try:
-            while True:
-                fh.write(b"\xff" * MiB)
-                fh.flush()
-        except OSError as exc:
-            assert exc.errno == errno.ENOSPC
-        with open(small_state / "ballast2", "wb") as small:  # the last partial MiB too
-            try:
-                while True:
-                    small.write(b"\xff" * 4096)
-                    small.flush()
-            except OSError as exc:
-                assert exc.errno == errno.ENOSPC
+    exc = fill_until_full(ballast, MiB)
+    assert exc.errno == errno.ENOSPC
+    exc = fill_until_full(small_state / "ballast2", 4096)  # the last partial MiB too
+    assert exc.errno == errno.ENOSPC
     refused = 0
     acked: dict[str, bytes | None] = {}  # what each call that succeeded left: None, a dir
     for i in range(40):

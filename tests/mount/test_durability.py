@@ -12,8 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.mount.helpers import ENV, sh
-from tests.mounting import MOUNT, Mount, is_mounted, wait_for
+from testkit.env import MOUNT
+from testkit.mounting import Mount, is_mounted
+from testkit.shell import ENV, sh
+from testkit.wait import wait_until
 
 pytestmark = pytest.mark.mount
 
@@ -164,7 +166,7 @@ def test_stale_mount_cleaned_by_next_mount(mount: Mount) -> None:
             return False
         return is_mounted(mount.mountpoint) and (mount.mountpoint / "f").exists()
 
-    wait_for(live, "the new mount over the stale one")
+    wait_until(live, "the new mount over the stale one")
     assert (mount.mountpoint / "f").read_bytes() == b"before the crash"
     with open("/proc/mounts") as fh:
         entries = [ln for ln in fh if ln.split()[1] == str(mount.mountpoint)]
@@ -186,7 +188,7 @@ def test_kill9_during_unfinished_write(mount: Mount) -> None:
         stderr=subprocess.DEVNULL,
     )
     try:
-        wait_for(lambda: (root / "big").stat().st_size > 100 * 65536 + MIB, "dd to be writing")
+        wait_until(lambda: (root / "big").stat().st_size > 100 * 65536 + MIB, "dd to be writing")
         mount.kill()
     finally:
         writer.kill()

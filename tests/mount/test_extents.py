@@ -24,8 +24,9 @@ from pathlib import Path
 
 import pytest
 
+from testkit.mounting import Mount
+from testkit.wait import wait_until
 from tests.mount.conftest import SMALL_CHUNK
-from tests.mounting import Mount, wait_for
 
 pytestmark = pytest.mark.mount
 
@@ -385,14 +386,14 @@ def test_compaction_under_concurrent_reads(small_mount: Mount) -> None:
             return len(last) == 4
 
         try:
-            wait_for(compacted, "compaction", timeout=60)
+            wait_until(compacted, "compaction", timeout=60)
         except TimeoutError:
             pytest.fail(
                 f"no compaction within 60 s: chunks 0..3 still hold {len(last)} extents "
                 f"(first: {last[:6]})"
             )
         wanted = max(5, reader.reads + 3)  # some reads of the compacted layout too
-        wait_for(lambda: reader.reads >= wanted or not reader.is_alive(), "reads after it")
+        wait_until(lambda: reader.reads >= wanted or not reader.is_alive(), "reads after it")
     finally:
         reader.finish()
     assert reader.errors == [], reader.errors

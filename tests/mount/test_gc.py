@@ -7,7 +7,7 @@ import os
 
 import xattr
 
-from tests.mounting import Mount
+from testkit.mounting import Mount
 
 
 def block_ids(path: os.PathLike) -> list[str]:

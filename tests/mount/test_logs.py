@@ -21,11 +21,11 @@ import pytest
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from dhtfs.base.logs import KeyValueFormatter, quote
-from tests.mount.helpers import ENV, dhtfs_cmd, sh
-from tests.mounting import cleanup, is_mounted, wait_for
+from testkit.env import MOUNT, UMOUNT
+from testkit.mounting import cleanup, is_mounted
+from testkit.shell import ENV, sh
+from testkit.wait import wait_until
 
-MOUNT = dhtfs_cmd("mount.dhtfs")
-UMOUNT = dhtfs_cmd("umount.dhtfs")
 PAIR = re.compile(r'([A-Za-z_][\w.-]*)=("(?:[^"\\]|\\.)*"|[^\s"]*)(?: |$)')
 REQUIRED = ("ts", "level", "logger", "pid", "msg")
 
@@ -223,7 +223,7 @@ def test_debug_log_has_no_secrets(mnt: Path, tmp_path: Path) -> None:
     with open(stderr_log, "wb") as err:
         proc = subprocess.Popen([MOUNT, "-f", mnt, "-o", opts], stderr=err, env=ENV)
     try:
-        wait_for(lambda: is_mounted(mnt) or proc.poll() is not None, "the -f mount")
+        wait_until(lambda: is_mounted(mnt) or proc.poll() is not None, "the -f mount")
         assert (mnt / "d" / "f").read_bytes() == data
         _use(mnt, "g", data[:70_000])
     finally:

@@ -14,13 +14,13 @@ from pathlib import Path
 import pytest
 
 from dhtfs.umount import daemon_pid, process_alive
-from tests.mount.helpers import dhtfs_cmd, sh
-from tests.mounting import Mount, is_mounted, unmount_and_reap, wait_for
+from testkit.env import MOUNT, UMOUNT
+from testkit.mounting import Mount, is_mounted, unmount_and_reap
+from testkit.shell import sh
+from testkit.wait import wait_until
 
 pytestmark = pytest.mark.mount
 
-MOUNT = dhtfs_cmd("mount.dhtfs")
-UMOUNT = dhtfs_cmd("umount.dhtfs")
 
 
 @contextmanager
@@ -266,7 +266,7 @@ def test_sigterm_to_daemon(mnt: Path, tmp_path: Path) -> None:
     pid = daemon_pid(mnt)
     assert pid is not None
     os.kill(pid, signal.SIGTERM)
-    wait_for(lambda: not process_alive(pid), "the daemon to exit")
+    wait_until(lambda: not process_alive(pid), "the daemon to exit")
     assert not is_mounted(mnt)
     os.stat(mnt)
     assert daemon_pid(mnt) is None  # its record is removed

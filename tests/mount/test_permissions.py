@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.mount.helpers import NOBODY, as_user
-from tests.mounting import Mount, is_mounted
+from testkit.mounting import Mount, is_mounted
+from testkit.shell import NOBODY, as_user
 
 pytestmark = pytest.mark.mount
 

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from testkit.mounting import Mount
+from testkit.shell import sh
 from tests.mount.conftest import SMALL_CHUNK
-from tests.mount.helpers import sh
-from tests.mounting import Mount
 
 pytestmark = pytest.mark.mount
 

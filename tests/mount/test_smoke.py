@@ -6,7 +6,7 @@ import os
 import time
 from pathlib import Path
 
-from tests.mounting import Mount
+from testkit.mounting import Mount
 
 
 def test_write_read_remount(mount: Mount, tmp_path: Path) -> None:

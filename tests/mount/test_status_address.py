@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.mounting import Mount
-from tests.swarm.swarmctl import run_cli
+from testkit.mounting import Mount
+from testkit.swarmctl import run_cli
 
 pytestmark = pytest.mark.mount
 

@@ -28,8 +28,10 @@ from dhtfs.base import systemd
 from dhtfs.mount import RUN_DIR
 from dhtfs.runtime.assembly import SHUTDOWN_PUSH_DEADLINE, SHUTDOWN_REPLICATION_DEADLINE
 from dhtfs.umount import WAIT_SECONDS, daemon_pid, process_alive
-from tests.mount.helpers import ENV, dhtfs_cmd, sh
-from tests.mounting import VENV_BIN, Mount, is_mounted, unmount_and_reap, wait_for
+from testkit.env import UMOUNT, VENV_BIN
+from testkit.mounting import Mount, is_mounted, unmount_and_reap
+from testkit.shell import ENV, sh
+from testkit.wait import wait_until
 
 UNITS = Path(__file__).resolve().parents[2] / "systemd"
 FLUSH_SECONDS = 60  # dhtfs.runtime.service bounds the flush of open files at shutdown by this
@@ -309,7 +311,7 @@ def test_mount_t_dhtfs_and_plain_umount(mnt: Path, tmp_path: Path) -> None:
     assert pid is not None
     sh(["umount", mnt], timeout=STOP_WORK + 30)
     assert not is_mounted(mnt)
-    wait_for(lambda: not process_alive(pid), "the daemon to exit", timeout=STOP_WORK + 30)
+    wait_until(lambda: not process_alive(pid), "the daemon to exit", timeout=STOP_WORK + 30)
     assert stop_event(state) == "0"
     sh(["mount", "-t", "dhtfs", "lab", mnt, "-o", f"_netdev,{opts}"], timeout=90)
     assert (mnt / "g").read_bytes() == data[:100_000]
@@ -332,7 +334,7 @@ def test_kernel_unmount_drains_and_exits(mnt: Path, tmp_path: Path) -> None:
     assert pid is not None
     sh(["umount", "-i", mnt], timeout=60)
     assert not is_mounted(mnt)
-    wait_for(lambda: not process_alive(pid), "the daemon to exit", timeout=STOP_WORK + 30)
+    wait_until(lambda: not process_alive(pid), "the daemon to exit", timeout=STOP_WORK + 30)
     assert stop_event(state) == "0"
     sh(["mount", "-t", "dhtfs", "dhtfs:default", mnt, "-o", opts], timeout=90)
     assert (mnt / "f").read_bytes() == b"kernel unmount\n" * 10_000 and (mnt / "d").is_dir()
@@ -371,6 +373,6 @@ def test_fstab_line_and_mount_a(mnt: Path, tmp_path: Path) -> None:
 def test_umount_helper_accepts_umount8_flags(mnt: Path) -> None:
     """umount(8) may pass -n -r -v -t TYPE to the helper: accepted (here: nothing mounted,
     so a one-line error, not a usage error)."""
-    result = sh([dhtfs_cmd("umount.dhtfs"), mnt, "-n", "-r", "-v", "-t", "fuse.dhtfs"],
+    result = sh([UMOUNT, mnt, "-n", "-r", "-v", "-t", "fuse.dhtfs"],
                 check=False)
     assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.mount.helpers import ENV, make_tree, sh, snapshot
-from tests.mounting import Mount
+from testkit.mounting import Mount
+from testkit.shell import ENV, make_tree, sh, snapshot
 
 pytestmark = pytest.mark.mount
 

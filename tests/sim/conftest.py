@@ -7,8 +7,6 @@ from collections.abc import Callable
 import pytest
 import trio
 
-from dhtfs.base.ids import to_int
-from dhtfs.net.network import Contact
 from dhtfs.sim.network import SimWorld
 from dhtfs.sim.swarm import Swarm
 
@@ -30,11 +28,3 @@ def make_swarm(world: SimWorld, nursery: trio.Nursery) -> Callable[..., Swarm]:
 
     return make
 
-
-def ids_of(contacts: list[Contact]) -> list[bytes]:
-    return [c.node_id for c in contacts]
-
-
-def xor_sorted(ids: list[bytes], target: bytes) -> list[bytes]:
-    t = to_int(target)
-    return sorted(ids, key=lambda i: to_int(i) ^ t)

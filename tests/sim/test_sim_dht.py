@@ -9,7 +9,6 @@ from collections.abc import Callable
 import pytest
 import trio
 import trio.testing
-from conftest import ids_of, xor_sorted
 from trio.testing import MockClock
 
 from dhtfs.base.errors import BlockMissing, RemoteError
@@ -19,6 +18,7 @@ from dhtfs.net import rpc
 from dhtfs.net.network import Contact, Message
 from dhtfs.sim.network import SimWorld
 from dhtfs.sim.swarm import Swarm
+from testkit.nodehelpers import ids_of, xor_sorted
 
 MakeSwarm = Callable[..., Swarm]
 

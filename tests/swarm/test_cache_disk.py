@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.mounting import Mount
-from tests.swarm import swarmctl
-from tests.swarm.observe import control, member_options, wait_until
-from tests.swarm.test_data_replication import blocks_of, closest, holds, write_fsynced
+from testkit import swarmctl
+from testkit.mounting import Mount
+from testkit.observe import blocks_of, closest, control, holds, member_options, write_fsynced
+from testkit.wait import wait_until
 
 pytestmark = [pytest.mark.mount, pytest.mark.slow]
 MIB = 1 << 20

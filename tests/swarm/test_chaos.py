@@ -1,4 +1,4 @@
-"""The chaos harness (tests/swarm/chaos): a short run against a real swarm, and its checker
+"""The chaos harness (testkit/chaos): a short run against a real swarm, and its checker
 on hand-made histories.
 
 The run: 2 storage mounts and 1 client-only mount, each running seeded random ops on one
@@ -19,11 +19,11 @@ import pytest
 from dhtfs.commands.swarmdir import Node
 from dhtfs.commands.swarmdir import is_client as _is_client
 from dhtfs.commands.swarmdir import join_targets as _join_targets
-from tests.swarm.chaos import ChaosConfig, run_chaos
-from tests.swarm.chaos.checker import classify, stable_writes
-from tests.swarm.chaos.faults import Window, schedule
-from tests.swarm.chaos.model import Op, touches
-from tests.swarm.chaos.workload import specs
+from testkit.chaos import ChaosConfig, run_chaos
+from testkit.chaos.checker import classify, stable_writes
+from testkit.chaos.faults import Window, schedule
+from testkit.chaos.model import Op, touches
+from testkit.chaos.workload import specs
 
 SEED = int(os.environ.get("DHTFS_CHAOS_SEED", "1"))
 

@@ -21,8 +21,9 @@ from dhtfs.fs.fsck import namespace_problems
 from dhtfs.net.control import CONTROL_SOCKET_NAME
 from dhtfs.runtime.localfs import open_state
 from dhtfs.trust import pki
-from tests.swarm import swarmctl
-from tests.swarm.observe import control, wait_until
+from testkit import swarmctl
+from testkit.observe import control
+from testkit.wait import wait_until
 
 MIB = 1024 * 1024
 CLI_TIMEOUT = 120.0

@@ -6,18 +6,15 @@ from __future__ import annotations
 
 import hashlib
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
 from dhtfs.trust import pki
-from tests.mounting import Mount
-from tests.swarm.observe import control, member_options, wait_until
-from tests.swarm.test_data_replication import blocks_of, holds, write_fsynced
-
-sys.path.insert(0, str(Path(__file__).parents[1] / "node"))
-from swarmproc import Swarm  # the headless-node process helper
+from testkit.mounting import Mount
+from testkit.nodeproc import Swarm
+from testkit.observe import blocks_of, control, holds, member_options, write_fsynced
+from testkit.wait import wait_until
 
 pytestmark = [pytest.mark.mount, pytest.mark.slow]
 MIB = 1 << 20

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.swarm import swarmctl
-from tests.swarm.observe import control, wait_until
+from testkit import swarmctl
+from testkit.observe import control
+from testkit.wait import wait_until
 
 pytestmark = [pytest.mark.mount, pytest.mark.slow]
 

@@ -16,40 +16,22 @@ from pathlib import Path
 import pytest
 
 from dhtfs.trust import pki
-from tests.mounting import VENV_BIN, Mount
-from tests.swarm import swarmctl
-from tests.swarm.observe import control, member_options, wait_until
+from testkit import swarmctl
+from testkit.env import VENV_BIN
+from testkit.mounting import Mount
+from testkit.observe import (
+    blocks_of,
+    by_name,
+    closest,
+    control,
+    holds,
+    member_options,
+    write_fsynced,
+)
+from testkit.wait import wait_until
 
 pytestmark = [pytest.mark.mount, pytest.mark.slow]
 MIB = 1 << 20
-
-
-def blocks_of(path: Path) -> list[str]:
-    return sorted({e[2] for e in json.loads(os.getxattr(path, "user.dhtfs.extents"))})
-
-
-def holds(state: Path, block: str) -> bool:
-    return (state / "chunks" / block[:2] / block[2:]).is_file()
-
-
-def closest(nodes: list[swarmctl.NodeInfo], block: str, r: int) -> list[str]:
-    key = int(block, 16)
-    assert all(n.node_id for n in nodes)
-    return sorted(
-        (n.name for n in nodes), key=lambda name: int(by_name(nodes)[name].node_id, 16) ^ key
-    )[:r]
-
-
-def by_name(nodes: list[swarmctl.NodeInfo]) -> dict[str, swarmctl.NodeInfo]:
-    return {n.name: n for n in nodes}
-
-
-def write_fsynced(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` and fsync it (on a swarm mount: replicated on return)."""
-    with open(path, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
 
 
 def fsynced_file(

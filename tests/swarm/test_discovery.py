@@ -33,8 +33,9 @@ from dhtfs.dht.discovery import (
     dialable,
 )
 from dhtfs.trust import pki
-from tests.mounting import Mount
-from tests.swarm.observe import control, member_options, wait_until
+from testkit.mounting import Mount
+from testkit.observe import control, member_options
+from testkit.wait import wait_until
 
 ME = bytes(range(32))
 PEER = bytes([7]) * 32
@@ -202,7 +203,7 @@ def test_three_nodes_find_each_other_and_ignore_another_swarm(lan: Lan, tmp_path
     def node(i: int, ca: Path, name: str, host: str | None = None) -> Mount:
         return Mount(tmp_path / f"{name}-mnt", tmp_path / f"{name}-state", [
             *member_options(ca, name, tmp_path / name), f"listen={host or lan.address(i)}:0",
-            "discovery=on",  # over the test harness's off (tests/mounting.py)
+            "discovery=on",  # over the test harness's off (testkit/env.py)
         ], prefix=lan.prefix(i))
 
     # a2 listens on the wildcard address: it announces its namespace's interface, not lo.

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.mount.test_disk_full import make_small_fs, remove_small_fs
-from tests.mounting import is_mounted
-from tests.swarm import swarmctl
-from tests.swarm.observe import control, wait_until
-from tests.swarm.test_data_replication import blocks_of, by_name, holds, write_fsynced
+from testkit import swarmctl
+from testkit.mounting import is_mounted
+from testkit.observe import blocks_of, by_name, control, holds, write_fsynced
+from testkit.smalldisk import make_small_fs, remove_small_fs
+from testkit.wait import wait_until
 
 pytestmark = [pytest.mark.mount, pytest.mark.slow]
 MIB = 1 << 20

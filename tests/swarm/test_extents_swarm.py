@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.swarm import swarmctl
-from tests.swarm.observe import control, listing, wait_converged, wait_until
+from testkit import swarmctl
+from testkit.observe import control, listing, wait_converged
+from testkit.wait import wait_until
 
 pytestmark = [pytest.mark.mount, pytest.mark.slow]
 MIB = 1 << 20

@@ -10,16 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.swarm import swarmctl
-from tests.swarm.observe import control, dir_size, listing, wait_converged, wait_until
+from testkit import swarmctl
+from testkit.forgetting import collect, create_and_delete, cut_off_last, fold_and_collect
+from testkit.observe import control, listing, unfolded, wait_converged
+from testkit.wait import wait_until
 
 pytestmark = [pytest.mark.mount, pytest.mark.slow]
 
 MIB = 1024 * 1024
-
-
-def unfolded(state: Path) -> int:
-    return int(control(state, "oplog")["unfolded"])
 
 
 def forgotten(state: Path) -> set[str]:
@@ -84,27 +82,14 @@ def test_an_absent_member_forgotten_lets_the_state_shrink_back(tmp_path: Path) -
     root = tmp_path / "swarm"
     with swarmctl.running_swarm(root, 3, options="fold_interval=1") as (a, b, c):
         live = [a.state, b.state]
-        wait_converged([a.state, b.state, c.state])
-        swarmctl.kill(root, c.name)
-        start = [dir_size(s) for s in live]
-        many = a.mountpoint / "many"
-        many.mkdir()
-        for i in range(files):
-            (many / f"f{i}").write_bytes(os.urandom(64) + b"%d" % i)
-        for i in range(files):
-            (many / f"f{i}").unlink()
-        many.rmdir()
+        start = cut_off_last(root, [a, b, c])
+        create_and_delete(a.mountpoint / "many", files)
         wait_converged(live, timeout=120)
-        for s in live:
-            control(s, "fold")
-            control(s, "gc", {"grace": 0})
-        kept = [dir_size(s) for s in live]
+        kept = fold_and_collect(live)
         res = swarmctl.run_cli("swarm", "forget", c.name, "--state", str(b.state))
         assert res.returncode == 0, res.stderr
         wait_until(lambda: all(unfolded(s) == 0 for s in live), "a and b to fold", 120)
-        for s in live:
-            control(s, "gc", {"grace": 0})
-        end = [dir_size(s) for s in live]
+        end = collect(live)
         print(f"files={files} start={start} remembered={kept} forgotten={end}")
         for s, k, e in zip(start, kept, end, strict=True):
             assert k > s + files * 1024, (s, k)  # remembered: every op and block is kept

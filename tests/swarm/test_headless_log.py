@@ -3,18 +3,16 @@ when no other mount is up; and the headless log, too, drops what every member ho
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
 from dhtfs.base.config import DEFAULT_PORT
 from dhtfs.trust import pki
-from tests.mounting import Mount
-from tests.swarm.observe import control, listing, member_options, wait_converged, wait_until
-
-sys.path.insert(0, str(Path(__file__).parents[1] / "node"))
-from swarmproc import Swarm  # the headless-node process helper
+from testkit.mounting import Mount
+from testkit.nodeproc import Swarm
+from testkit.observe import control, listing, member_options, wait_converged
+from testkit.wait import wait_until
 
 pytestmark = [pytest.mark.mount, pytest.mark.slow]
 

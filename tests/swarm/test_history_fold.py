@@ -12,15 +12,9 @@ from pathlib import Path
 import pytest
 
 from dhtfs.trust import pki
-from tests.mounting import Mount
-from tests.swarm.observe import (
-    control,
-    dir_size,
-    listing,
-    member_options,
-    wait_converged,
-    wait_until,
-)
+from testkit.mounting import Mount
+from testkit.observe import control, dir_size, listing, member_options, wait_converged
+from testkit.wait import wait_until
 
 pytestmark = [pytest.mark.mount, pytest.mark.slow]
 

@@ -3,7 +3,6 @@ with a certificate issued from that swarm's CA; bad swarm options are one-line e
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import time
@@ -12,12 +11,14 @@ from pathlib import Path
 import pytest
 
 from dhtfs.trust import pki
-from tests.mounting import MOUNT, Mount
-from tests.swarm.observe import control, member_options, wait_converged, wait_until
+from testkit.env import MOUNT, child_env
+from testkit.mounting import Mount
+from testkit.observe import control, member_options, wait_converged
+from testkit.wait import wait_until
 
 pytestmark = [pytest.mark.mount, pytest.mark.slow]
 
-ENV = {**os.environ, "DHTFS_NO_SYSTEM_CONFIG": "1"}
+ENV = child_env()
 
 
 def test_second_node_joins_a_zero_config_mount(tmp_path: Path) -> None:

@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.swarm import swarmctl
-from tests.swarm.observe import control, wait_until
-from tests.swarm.test_data_replication import write_fsynced
+from testkit import swarmctl
+from testkit.nodeproc import Swarm
+from testkit.observe import control, write_fsynced
+from testkit.wait import wait_until
 
 pytestmark = [pytest.mark.mount, pytest.mark.slow]
 MIB = 1 << 20
@@ -67,12 +68,7 @@ def test_metrics_move_with_the_workload(tmp_path: Path) -> None:
 
 
 def test_a_headless_node_serves_metrics_too(tmp_path: Path) -> None:
-    import sys
-
     from dhtfs.trust import pki
-
-    sys.path.insert(0, str(Path(__file__).parents[1] / "node"))
-    from swarmproc import Swarm  # the headless-node process helper
 
     ca = tmp_path / "ca"
     pki.init_ca(ca)

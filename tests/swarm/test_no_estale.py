@@ -34,8 +34,9 @@ from typing import Any
 
 import pytest
 
-from tests.swarm import swarmctl
-from tests.swarm.observe import control, listing, wait_converged, wait_until
+from testkit import swarmctl
+from testkit.observe import control, listing, wait_converged
+from testkit.wait import wait_until
 
 pytestmark = [pytest.mark.mount, pytest.mark.slow]
 
@@ -116,6 +117,15 @@ def make(base: Path, dirs: list[str], files: dict[str, bytes] | None = None) -> 
         (base / f).write_bytes(data)
 
 
+def staged(nodes: list[swarmctl.NodeInfo], top: str, dirs: list[str],
+           files: dict[str, bytes] | None = None) -> None:
+    """A scenario's starting tree: ``make`` it on the first mount, ``settle``, then ``warm``
+    the second mount's cache of ``top``."""
+    make(nodes[0].mountpoint, dirs, files)
+    settle(nodes)
+    warm(nodes[1].mountpoint / top)
+
+
 def test_directory_moved_or_removed_elsewhere_gives_no_estale(tmp_path: Path) -> None:
     with swarmctl.running_swarm(tmp_path / "swarm", 2) as nodes:
         a, b = (n.mountpoint for n in nodes)
@@ -124,9 +134,7 @@ def test_directory_moved_or_removed_elsewhere_gives_no_estale(tmp_path: Path) ->
 
         # 1. A directory moved elsewhere while an open directory pins its old dentry here;
         # renamed here by its new path into another directory (the rename's own lookup).
-        make(a, ["s1/a/D", "s1/b", "s1/c"], {"s1/a/D/f": b"one"})
-        settle(nodes)
-        warm(b / "s1")
+        staged(nodes, "s1", ["s1/a/D", "s1/b", "s1/c"], {"s1/a/D/f": b"one"})
         with opened(b / "s1/a/D", os.O_RDONLY | os.O_DIRECTORY):
             os.rename(a / "s1/a/D", a / "s1/b/D")
             settle(nodes)
@@ -136,9 +144,7 @@ def test_directory_moved_or_removed_elsewhere_gives_no_estale(tmp_path: Path) ->
 
         # 2. A file's parent moved elsewhere while the file is open here: write through the
         # handle, move the directory on, read the file at its newest path.
-        make(a, ["s2/a/D", "s2/b", "s2/c"], {"s2/a/D/f": b"two"})
-        settle(nodes)
-        warm(b / "s2")
+        staged(nodes, "s2", ["s2/a/D", "s2/b", "s2/c"], {"s2/a/D/f": b"two"})
         with opened(b / "s2/a/D/f", os.O_RDWR) as fd:
             os.rename(a / "s2/a/D", a / "s2/b/D")
             settle(nodes)
@@ -149,9 +155,7 @@ def test_directory_moved_or_removed_elsewhere_gives_no_estale(tmp_path: Path) ->
 
         # 3. Only cached (nothing pinned): files into, out of and through the moved
         # directory, by the new path; the old path is simply gone.
-        make(a, ["s3/a/D", "s3/b", "s3/c"], {"s3/a/D/f": b"3", "s3/g": b"g"})
-        settle(nodes)
-        warm(b / "s3")
+        staged(nodes, "s3", ["s3/a/D", "s3/b", "s3/c"], {"s3/a/D/f": b"3", "s3/g": b"g"})
         os.rename(a / "s3/a/D", a / "s3/b/D")
         settle(nodes)
         calls.must("s3 file into moved dir", os.rename, b / "s3/g", b / "s3/b/D/g")
@@ -161,9 +165,7 @@ def test_directory_moved_or_removed_elsewhere_gives_no_estale(tmp_path: Path) ->
 
         # 4. The moved directory is the target of a rename here (an empty directory
         # replaces it), while its old dentry is pinned.
-        make(a, ["s4/a/D", "s4/b", "s4/E"])
-        settle(nodes)
-        warm(b / "s4")
+        staged(nodes, "s4", ["s4/a/D", "s4/b", "s4/E"])
         with opened(b / "s4/a/D", os.O_RDONLY | os.O_DIRECTORY):
             os.rename(a / "s4/a/D", a / "s4/b/D")
             settle(nodes)
@@ -172,9 +174,7 @@ def test_directory_moved_or_removed_elsewhere_gives_no_estale(tmp_path: Path) ->
         # 5. Two directories swapped elsewhere (q out of p, then p into q) while q's old
         # dentry (and so p's, its parent) is pinned: a lookup through q's handle finds p,
         # which the kernel still holds as q's parent (ELOOP if the inode were the same).
-        make(a, ["s5/p/q", "s5/x"])
-        settle(nodes)
-        warm(b / "s5")
+        staged(nodes, "s5", ["s5/p/q", "s5/x"])
         with opened(b / "s5/p/q", os.O_RDONLY | os.O_DIRECTORY) as q:
             os.rename(a / "s5/p/q", a / "s5/q")
             os.rename(a / "s5/p", a / "s5/q/p")
@@ -184,9 +184,7 @@ def test_directory_moved_or_removed_elsewhere_gives_no_estale(tmp_path: Path) ->
             calls.must("s5 rename old parent", os.rename, b / "s5/q/p", b / "s5/x/p")
 
         # 6. A subdirectory of the moved directory is pinned: renamed here by its new path.
-        make(a, ["s6/a/D/E", "s6/b", "s6/c"])
-        settle(nodes)
-        warm(b / "s6")
+        staged(nodes, "s6", ["s6/a/D/E", "s6/b", "s6/c"])
         with opened(b / "s6/a/D/E", os.O_RDONLY | os.O_DIRECTORY):
             os.rename(a / "s6/a/D", a / "s6/b/D")
             settle(nodes)
@@ -194,9 +192,7 @@ def test_directory_moved_or_removed_elsewhere_gives_no_estale(tmp_path: Path) ->
 
         # 7. A directory removed and re-created with the same name elsewhere while the old
         # one is pinned here.
-        make(a, ["s7/D", "s7/c"], {"s7/D/f": b"old"})
-        settle(nodes)
-        warm(b / "s7")
+        staged(nodes, "s7", ["s7/D", "s7/c"], {"s7/D/f": b"old"})
         with opened(b / "s7/D", os.O_RDONLY | os.O_DIRECTORY) as old:
             (a / "s7/D/f").unlink()
             (a / "s7/D").rmdir()
@@ -207,9 +203,7 @@ def test_directory_moved_or_removed_elsewhere_gives_no_estale(tmp_path: Path) ->
         assert (b / "s7/c/D/g").read_bytes() == b"new"
 
         # 8. Moved away and back elsewhere, while pinned; then renamed here.
-        make(a, ["s8/a/D", "s8/b", "s8/c"])
-        settle(nodes)
-        warm(b / "s8")
+        staged(nodes, "s8", ["s8/a/D", "s8/b", "s8/c"])
         with opened(b / "s8/a/D", os.O_RDONLY | os.O_DIRECTORY):
             os.rename(a / "s8/a/D", a / "s8/b/D")
             settle(nodes)
@@ -229,9 +223,7 @@ def test_concurrent_directory_changes_give_no_estale(tmp_path: Path) -> None:
 
         # 1. A directory moved into a directory that another node deletes meanwhile; the
         # mount that holds the directory pinned then renames it wherever it ended up.
-        make(a, ["t1/D", "t1/E", "t1/F"])
-        settle(nodes)
-        warm(b / "t1")
+        staged(nodes, "t1", ["t1/D", "t1/E", "t1/F"])
         with opened(b / "t1/D", os.O_RDONLY | os.O_DIRECTORY):
             control(nodes[2].state, "isolate", {"on": True})
             os.rename(a / "t1/D", a / "t1/E/D")
@@ -243,9 +235,7 @@ def test_concurrent_directory_changes_give_no_estale(tmp_path: Path) -> None:
 
         # 2. Concurrent cross-directory moves of one directory (here and elsewhere), then a
         # rename here of wherever it won.
-        make(a, ["t2/a/D", "t2/b", "t2/c", "t2/x"], {"t2/a/D/f": b"t2"})
-        settle(nodes)
-        warm(b / "t2")
+        staged(nodes, "t2", ["t2/a/D", "t2/b", "t2/c", "t2/x"], {"t2/a/D/f": b"t2"})
         with opened(b / "t2/a/D/f"):
             control(nodes[1].state, "isolate", {"on": True})
             os.rename(a / "t2/a/D", a / "t2/b/D")
@@ -258,9 +248,7 @@ def test_concurrent_directory_changes_give_no_estale(tmp_path: Path) -> None:
 
         # 3. A directory removed here (its handle still open) while another node created a
         # file in it: the removal loses and the directory comes back, whole, here too.
-        make(a, ["t3/E"])
-        settle(nodes)
-        warm(b / "t3")
+        staged(nodes, "t3", ["t3/E"])
         with opened(b / "t3/E", os.O_RDONLY | os.O_DIRECTORY):
             control(nodes[1].state, "isolate", {"on": True})
             (a / "t3/E/f").write_bytes(b"kept")
@@ -275,9 +263,7 @@ def test_concurrent_directory_changes_give_no_estale(tmp_path: Path) -> None:
         # 4. Directories moved elsewhere while this mount moves a file into and out of
         # them and moves them back, by their new paths, without waiting (the invalidations
         # race the calls, so any outcome a race allows is fine; no other).
-        make(a, [f"t4/d{i}" for i in range(4)], {"t4/g": b"g"})
-        settle(nodes)
-        warm(b / "t4")
+        staged(nodes, "t4", [f"t4/d{i}" for i in range(4)], {"t4/g": b"g"})
         for step in range(24):
             i, j = step % 4, (step + 1) % 4
             inner = f"t4/d{j}/d{i}"

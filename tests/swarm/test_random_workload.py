@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.swarm import swarmctl
-from tests.swarm.observe import control, listing, wait_converged
+from testkit import swarmctl
+from testkit.observe import control, listing, wait_converged
 
 pytestmark = [pytest.mark.mount, pytest.mark.slow]
 

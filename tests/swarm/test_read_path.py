@@ -39,9 +39,10 @@ from dhtfs.net import rpc
 from dhtfs.net.network import Contact, Message
 from dhtfs.net.transport import Transport
 from dhtfs.trust import pki
-from tests.mounting import Mount
-from tests.swarm import swarmctl
-from tests.swarm.observe import control, member_options, wait_until
+from testkit import swarmctl
+from testkit.mounting import Mount
+from testkit.observe import control, member_options
+from testkit.wait import wait_until
 
 F = TypeVar("F", bound=Callable[..., Any])
 MIB = 1 << 20

@@ -16,14 +16,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.swarm import swarmctl
-from tests.swarm.observe import control, listing, wait_converged, wait_until
+from testkit import swarmctl
+from testkit.env import UMOUNT, child_env
+from testkit.observe import control, listing, wait_converged
+from testkit.wait import wait_until
 
 pytestmark = [pytest.mark.mount, pytest.mark.slow]
 
-ENV = {**os.environ, "DHTFS_NO_SYSTEM_CONFIG": "1", "GIT_AUTHOR_NAME": "t",
-       "GIT_AUTHOR_EMAIL": "t@example.invalid", "GIT_COMMITTER_NAME": "t",
-       "GIT_COMMITTER_EMAIL": "t@example.invalid"}
+ENV = child_env(GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@example.invalid",
+                GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@example.invalid")
 
 
 def exists(path: Path) -> bool:
@@ -162,7 +163,7 @@ def test_partition_unmount_and_remount_converge(tmp_path: Path) -> None:
         (c / "made-on-c").write_bytes(b"c")
         (a / "made-on-a-dir").mkdir()
         # c, still cut off, goes down with its change; a changes more meanwhile.
-        assert subprocess.run([str(swarmctl.REPO / ".venv/bin/umount.dhtfs"), str(c)],
+        assert subprocess.run([UMOUNT, str(c)],
                               env=ENV, timeout=60).returncode == 0
         (a / "made-on-a-dir" / "later").write_bytes(b"later")
         nodes = swarmctl.restart(root)  # c comes back (no longer isolated: a new process)

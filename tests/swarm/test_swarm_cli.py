@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from dhtfs.commands.swarmprocs import daemon_pids, is_live, process_alive
-from tests.mounting import is_mounted
-from tests.swarm import swarmctl
+from testkit import swarmctl
+from testkit.mounting import is_mounted
 
 LINE = re.compile(r"^(node\d+)\s+(/\S+)\s+(127\.0\.0\.\d+):(\d+)$")
 

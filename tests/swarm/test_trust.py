@@ -20,15 +20,10 @@ from dhtfs.oplog import replicator as oplog
 from dhtfs.oplog.entries import chain_link, chain_start
 from dhtfs.oplog.replicator import Signatures
 from dhtfs.trust import pki
-from tests.mounting import Mount
-from tests.swarm import swarmctl
-from tests.swarm.observe import (
-    control,
-    listing,
-    member_options,
-    wait_converged,
-    wait_until,
-)
+from testkit import swarmctl
+from testkit.mounting import Mount
+from testkit.observe import control, listing, member_options, wait_converged
+from testkit.wait import wait_until
 
 pytestmark = [pytest.mark.mount, pytest.mark.slow]
 

@@ -37,9 +37,10 @@ from typing import Any
 
 import pytest
 
-from tests.mounting import Mount
-from tests.swarm import swarmctl
-from tests.swarm.observe import control, member_options, wait_until
+from testkit import swarmctl
+from testkit.mounting import Mount
+from testkit.observe import control, member_options
+from testkit.wait import wait_until
 from tests.swarm.test_read_path import READER
 
 HOLD = ["PUT_CHUNK", "ADD_PROVIDER"]

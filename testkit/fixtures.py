@@ -1,13 +1,14 @@
-"""Fixtures for the node tests: a swarm CA, a foreign CA, node identities."""
+"""Fixtures any test folder may request (``tests/conftest.py`` loads this module as a pytest
+plugin): a swarm CA, a foreign CA, node identities."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-from nodehelpers import IdentityFactory, make_identity
 
 from dhtfs.trust import pki
+from testkit.nodehelpers import IdentityFactory, make_identity
 
 
 @pytest.fixture(scope="session")

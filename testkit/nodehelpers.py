@@ -1,4 +1,5 @@
-"""Helpers shared by the node tests (identities, including bad ones)."""
+"""Helpers shared by the node tests (identities, including bad ones; hostile wire peers; XOR
+orderings of node ids, as the simulator tests check lookups against them)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from hypothesis import strategies as st
 
 from dhtfs.base.errors import ProtocolError
+from dhtfs.base.ids import to_int
 from dhtfs.net import wire
 from dhtfs.net.network import Contact
 from dhtfs.net.transport import tls_context
@@ -115,3 +117,12 @@ def draw_garbage(n: int) -> list[bytes]:
 
     collect()
     return payloads
+
+
+def ids_of(contacts: list[Contact]) -> list[bytes]:
+    return [c.node_id for c in contacts]
+
+
+def xor_sorted(ids: list[bytes], target: bytes) -> list[bytes]:
+    t = to_int(target)
+    return sorted(ids, key=lambda i: to_int(i) ^ t)

@@ -23,8 +23,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.swarm import swarmctl
-from tests.swarm.observe import control
+from testkit import swarmctl
+from testkit.observe import control
+from testkit.smalldisk import make_small_fs
 
 MIB = 1 << 20
 KINDS = ("kill", "partition", "disk")
@@ -94,11 +95,7 @@ class SmallDisk:
     def mount(self, state: Path) -> None:
         self.disk.mkdir(parents=True, exist_ok=True)
         if self.fs == "ext4":
-            image = self.base / "disk.img"
-            with open(image, "wb") as fh:
-                fh.truncate(self.size)
-            _run("mkfs.ext4", "-q", "-F", "-m", "0", str(image))
-            _run("mount", "-o", "loop", str(image), str(self.disk))
+            make_small_fs(self.base / "disk.img", self.disk, self.size)
         elif self.fs == "tmpfs":
             _run("mount", "-t", "tmpfs", "-o", f"size={self.size},mode=0700", "tmpfs",
                  str(self.disk))

@@ -1,15 +1,16 @@
-"""Looking at a running swarm from a test: control-socket calls, tree listings, convergence.
+"""Looking at a running swarm from a test: control-socket calls, tree listings, convergence,
+where a file's blocks are (its ``user.dhtfs.extents`` xattr, the nodes that hold them, the
+XOR-closest ones) and a write that returns once replicated (fsync).
 
-Every wait polls a condition under a deadline; nothing sleeps a fixed time.
+Every wait polls a condition under a deadline (``testkit.wait``); nothing sleeps a fixed time.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import stat
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +18,8 @@ import trio
 
 from dhtfs.net.control import ControlClient
 from dhtfs.trust import pki
-
-DEADLINE = 30.0
+from testkit import swarmctl
+from testkit.wait import DEADLINE, wait_until
 
 
 def control(state: Path, method: str, args: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -32,24 +33,6 @@ def control(state: Path, method: str, args: dict[str, Any] | None = None) -> dic
             await client.aclose()
 
     return trio.run(call)
-
-
-def wait_until(condition: Callable[[], Any], what: str, timeout: float = DEADLINE) -> Any:
-    """Poll ``condition`` until it returns something true; its value. An OSError from it
-    (a name not there yet) counts as "not yet". TimeoutError past ``timeout`` (naming
-    ``what`` and the last OSError)."""
-    end = time.monotonic() + timeout
-    last: OSError | None = None
-    while True:
-        try:
-            value = condition()
-        except OSError as exc:
-            value, last = None, exc
-        if value:
-            return value
-        if time.monotonic() > end:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {what} (last: {last})")
-        time.sleep(0.02)
 
 
 def listing(root: Path) -> dict[str, tuple[Any, ...]]:
@@ -76,6 +59,10 @@ def listing(root: Path) -> dict[str, tuple[Any, ...]]:
                 st.st_gid, content, xattrs,
             )
     return out
+
+
+def unfolded(state: Path) -> int:
+    return int(control(state, "oplog")["unfolded"])
 
 
 def digests(states: list[Path]) -> list[str]:
@@ -108,3 +95,31 @@ def member_options(ca_dir: Path, name: str, out: Path) -> list[str]:
     is in ``ca_dir`` (its certificate and key issued into ``out``)."""
     cert, key, _ = pki.issue_node_cert(ca_dir, name, out)
     return [f"ca={ca_dir / pki.CA_CERT_NAME}", f"cert={cert}", f"cert_key={key}"]
+
+
+def blocks_of(path: Path) -> list[str]:
+    return sorted({e[2] for e in json.loads(os.getxattr(path, "user.dhtfs.extents"))})
+
+
+def holds(state: Path, block: str) -> bool:
+    return (state / "chunks" / block[:2] / block[2:]).is_file()
+
+
+def closest(nodes: list[swarmctl.NodeInfo], block: str, r: int) -> list[str]:
+    key = int(block, 16)
+    assert all(n.node_id for n in nodes)
+    return sorted(
+        (n.name for n in nodes), key=lambda name: int(by_name(nodes)[name].node_id, 16) ^ key
+    )[:r]
+
+
+def by_name(nodes: list[swarmctl.NodeInfo]) -> dict[str, swarmctl.NodeInfo]:
+    return {n.name: n for n in nodes}
+
+
+def write_fsynced(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` and fsync it (on a swarm mount: replicated on return)."""
+    with open(path, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())

@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dhtfs.commands.swarmprocs import is_live, mounted
-from tests.swarm import swarmctl
-from tests.swarm.chaos import checker, faults, workload
-from tests.swarm.chaos.model import CHANGES_CONTENT, DIRS, Op
-from tests.swarm.observe import control
+from testkit import swarmctl
+from testkit.chaos import checker, faults, workload
+from testkit.chaos.model import CHANGES_CONTENT, DIRS, Op
+from testkit.observe import control
 
 MIB = 1 << 20
 SLOW = 5.0  # a call longer than this (seconds) is listed in the details

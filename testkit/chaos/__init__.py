@@ -8,6 +8,6 @@ running one op), ``faults`` (fault schedule, injector, small disks), ``checker``
 checks), ``run`` (one run, its report and figures).
 """
 
-from tests.swarm.chaos.run import ChaosConfig, Report, run_chaos
+from testkit.chaos.run import ChaosConfig, Report, run_chaos
 
 __all__ = ["ChaosConfig", "Report", "run_chaos"]

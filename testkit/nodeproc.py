@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import subprocess
@@ -12,8 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dhtfs.trust.pki import Identity
+from testkit.env import REPO, child_env
+from testkit.wait import wait_until
 
-REPO = Path(__file__).resolve().parents[2]
 READY = re.compile(r"ready node_id=([0-9a-f]{64}) listen=([0-9.]+):(\d+) control=(\S+)")
 
 
@@ -69,7 +69,7 @@ class Swarm:
                 "--listen", f"{host}:0", "--master-key", "ephemeral", *extra]
         for b in bootstrap:
             argv += ["--bootstrap", b]
-        env = {**os.environ, "DHTFS_NO_SYSTEM_CONFIG": "1", "PYTHONPATH": str(REPO)}
+        env = child_env(PYTHONPATH=str(REPO))
         with out.open("wb") as o, err.open("wb") as e:
             proc = subprocess.Popen(argv, stdout=o, stderr=e, cwd=REPO, env=env,
                                     stdin=subprocess.DEVNULL)
@@ -80,15 +80,16 @@ class Swarm:
     @staticmethod
     def wait(nodes: list[NodeProc], timeout: float = 60.0) -> None:
         """Poll until every node printed its readiness line (or fail at the deadline)."""
-        end = time.monotonic() + timeout
         pending = list(nodes)
-        while pending:
-            pending = [n for n in pending if not n.poll_ready()]
-            if not pending:
-                return
-            if time.monotonic() > end:
-                raise TimeoutError(f"not ready after {timeout}s: {[n.name for n in pending]}")
-            time.sleep(0.05)
+
+        def all_ready() -> bool:
+            pending[:] = [n for n in pending if not n.poll_ready()]
+            return not pending
+
+        try:
+            wait_until(all_ready, "the nodes' readiness lines", timeout, interval=0.05)
+        except TimeoutError:
+            raise TimeoutError(f"not ready after {timeout}s: {[n.name for n in pending]}") from None
 
     def stop(self, node: NodeProc, timeout: float = 10.0) -> int:
         """SIGTERM, wait for a clean exit; SIGKILL past ``timeout``. Returns the exit status."""

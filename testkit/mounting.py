@@ -1,7 +1,8 @@
 """Real mounts in subprocesses for tests: start, wait until live, always clean up.
 
 One ``mount.dhtfs -f`` process per mount (pyfuse3 allows one filesystem per process). Waiting
-is polling ``/proc/mounts`` under a deadline, never a fixed sleep.
+is polling ``/proc/mounts`` under a deadline (``testkit.wait``), never a fixed sleep; the daemon
+gets ``testkit.env.child_env()``.
 """
 
 from __future__ import annotations
@@ -9,33 +10,18 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-VENV_BIN = Path(sys.executable).parent
-MOUNT = str(VENV_BIN / "mount.dhtfs")
-UMOUNT = str(VENV_BIN / "umount.dhtfs")
-DEADLINE = 30.0
-# Tests never speak mDNS on the host's network: every daemon a test starts copies os.environ
-# (this module is imported by tests/conftest.py), so discovery is off unless its options turn
-# it on (tests/swarm/test_discovery.py does, inside network namespaces of its own).
-os.environ.setdefault("DHTFS_DISCOVERY", "off")
+from dhtfs.umount import daemon_pid, process_alive
+from testkit.env import MOUNT, child_env
+from testkit.wait import DEADLINE, wait_until
 
 
 def is_mounted(path: Path) -> bool:
     target = str(path)
     with open("/proc/mounts") as fh:
         return any(line.split()[1] == target for line in fh)
-
-
-def wait_for(condition, what: str, timeout: float = DEADLINE) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.01)
 
 
 @dataclass
@@ -53,7 +39,7 @@ class Mount:
         self.mountpoint.mkdir(parents=True, exist_ok=True)
         self.log = self.state.parent / f"{self.state.name}.log"
         opts = ",".join([f"state={self.state}", *self.options])
-        env = dict(os.environ, DHTFS_NO_SYSTEM_CONFIG="1")
+        env = child_env()
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 [*self.prefix, MOUNT, str(self.mountpoint), "-f", "-o", opts],
@@ -62,7 +48,7 @@ class Mount:
                 env=env,
             )
         try:
-            wait_for(
+            wait_until(
                 lambda: is_mounted(self.mountpoint) or self.proc.poll() is not None,
                 f"mount of {self.mountpoint}",
             )
@@ -118,12 +104,10 @@ def cleanup(mountpoint: Path) -> None:
 def unmount_and_reap(mountpoint: Path, timeout: float = 20.0) -> None:
     """``cleanup``, then wait for the daemon that served ``mountpoint`` to exit (SIGKILL past
     ``timeout``), so no test leaves a daemon behind."""
-    from dhtfs.umount import daemon_pid, process_alive
-
     pid = daemon_pid(mountpoint) if is_mounted(mountpoint) else None
     cleanup(mountpoint)
     if pid is not None:
         try:
-            wait_for(lambda: not process_alive(pid), f"daemon {pid} to exit", timeout=timeout)
+            wait_until(lambda: not process_alive(pid), f"daemon {pid} to exit", timeout=timeout)
         except TimeoutError:
             os.kill(pid, signal.SIGKILL)

@@ -13,7 +13,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,8 +20,9 @@ from typing import Any
 
 from dhtfs.commands.swarm import SWARM_FILE
 from dhtfs.commands.swarmprocs import daemon_pids, lazy_unmount, process_alive
+from testkit.env import REPO, child_env
+from testkit.wait import wait_until
 
-REPO = Path(__file__).resolve().parents[2]
 TIMEOUT = 240.0  # one swarm command (``up`` waits at most ~3 x 60 s itself)
 KILL_SECONDS = 15.0
 
@@ -59,8 +59,7 @@ class NodeInfo:
 
 def run_cli(*args: str, timeout: float = TIMEOUT) -> subprocess.CompletedProcess[str]:
     """``python -m dhtfs.cli ARGS`` without the system config; never raises on exit status."""
-    env = {**os.environ, "DHTFS_NO_SYSTEM_CONFIG": "1"}
-    return subprocess.run([sys.executable, "-m", "dhtfs.cli", *args], cwd=REPO, env=env,
+    return subprocess.run([sys.executable, "-m", "dhtfs.cli", *args], cwd=REPO, env=child_env(),
                           stdin=subprocess.DEVNULL, capture_output=True, text=True,
                           timeout=timeout, check=False)
 
@@ -109,11 +108,8 @@ def kill(root: Path, name: str) -> list[int]:
 
 
 def wait_gone(pids: list[int], timeout: float = KILL_SECONDS) -> None:
-    deadline = time.monotonic() + timeout
-    while any(process_alive(p) for p in pids):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"processes {pids} still alive after {timeout}s")
-        time.sleep(0.05)
+    wait_until(lambda: not any(process_alive(p) for p in pids), f"processes {pids} to exit",
+               timeout)
 
 
 def kill_all(root: Path) -> None:

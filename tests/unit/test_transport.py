@@ -9,7 +9,13 @@ from pathlib import Path
 
 import pytest
 import trio
-from nodehelpers import (
+
+from dhtfs.base.errors import AuthError, CallTimeout, PeerUnreachable, ProtocolError, RemoteError
+from dhtfs.net import wire
+from dhtfs.net.network import Contact, Message
+from dhtfs.net.transport import Transport, tls_context
+from dhtfs.trust.pki import Identity
+from testkit.nodehelpers import (
     IdentityFactory,
     draw_garbage,
     make_identity,
@@ -17,12 +23,7 @@ from nodehelpers import (
     raw_session,
     rejected,
 )
-
-from dhtfs.base.errors import AuthError, CallTimeout, PeerUnreachable, ProtocolError, RemoteError
-from dhtfs.net import wire
-from dhtfs.net.network import Contact, Message
-from dhtfs.net.transport import Transport, tls_context
-from dhtfs.trust.pki import Identity
+from testkit.wait import wait_until_async
 
 
 async def echo(caller: Contact, method: str, args: Message) -> Message:
@@ -265,17 +266,12 @@ async def test_big_frames_and_limit(identity: IdentityFactory) -> None:
         assert (await b.call(a.local, "ok", {}, timeout=5))["method"] == "ok"
 
 
-async def wait_until(predicate, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
-    with trio.fail_after(timeout):
-        while not predicate():
-            await trio.sleep(0.01)
-
-
 async def test_idle_connections_close_and_calls_reconnect(identity: IdentityFactory) -> None:
     async with serving(identity(), idle_timeout=0.2) as a, serving(identity()) as b:
         assert (await b.call(a.local, "one", {}, timeout=5))["method"] == "one"
         assert len(b.connected_peers()) == 1
-        await wait_until(lambda: not a.connected_peers() and not b.connected_peers())
+        await wait_until_async(lambda: not a.connected_peers() and not b.connected_peers(),
+                               "both idle connections to close", 5.0)
         assert a.closed_idle >= 1
         assert (await b.call(a.local, "two", {}, timeout=5))["method"] == "two"
 
@@ -294,7 +290,7 @@ async def test_connection_cap_closes_least_recently_used(identity: IdentityFacto
                 clients.append(await nursery.start(_client, identity()))
             for c in clients:
                 assert (await c.call(a.local, "hi", {}, timeout=5))["method"] == "hi"
-            await wait_until(lambda: len(a.connected_peers()) <= 2)
+            await wait_until_async(lambda: len(a.connected_peers()) <= 2, "the cap", 5.0)
             for c in clients:  # the ones cut off reconnect
                 assert (await c.call(a.local, "again", {}, timeout=5))["method"] == "again"
             nursery.cancel_scope.cancel()

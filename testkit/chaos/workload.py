@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.swarm.chaos.model import (
+from testkit.chaos.model import (
     ALLOWED,
     CONFLICT,
     DIRS,

@@ -14,8 +14,6 @@ from pathlib import Path
 
 import pytest
 import trio
-from nodehelpers import draw_garbage, make_identity, make_self_signed, raw_session, rejected
-from swarmproc import NodeProc, Swarm
 
 from dhtfs.base.errors import AuthError, BlockCorrupt, RemoteError
 from dhtfs.dht.node import Node
@@ -26,6 +24,9 @@ from dhtfs.net.transport import Transport
 from dhtfs.store.blockstore import BlockStore, block_id_of
 from dhtfs.store.masterkey import load_master_key
 from dhtfs.trust.pki import Identity
+from testkit.nodehelpers import draw_garbage, make_identity, make_self_signed, raw_session, rejected
+from testkit.nodeproc import NodeProc, Swarm
+from testkit.wait import wait_until_async
 
 N_NODES = 16
 pytestmark = pytest.mark.slow
@@ -56,15 +57,6 @@ async def control(node: NodeProc, method: str, timeout: float = 60, **args: obje
         await client.aclose()
 
 
-async def wait_for(predicate, timeout: float, what: str) -> None:
-    """Poll an async ``predicate`` until it holds; fail at the deadline."""
-    with trio.move_on_after(timeout):
-        while not await predicate():
-            await trio.sleep(0.05)
-        return
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
 async def test_chunks_put_anywhere_are_fetched_everywhere(swarm: Swarm) -> None:
     nodes = swarm.nodes[:N_NODES]
     assert all(n.proc.poll() is None for n in nodes)
@@ -81,13 +73,13 @@ async def test_chunks_put_anywhere_are_fetched_everywhere(swarm: Swarm) -> None:
     async def quiet() -> bool:  # announcements go on after a put returns, then stop
         return [(await control(n, "pending"))["background"] for n in nodes] == [0] * N_NODES
 
-    await wait_for(quiet, 30, "every node's background work to finish")
+    await wait_until_async(quiet, "every node's background work to finish", 30)
     for n in nodes:
         for cid, blob in zip(ids, blobs, strict=True):
             got = await control(n, "get", id=cid)
             assert got["data"] == blob, f"{n.name} returned different bytes"
             assert got["elapsed"] > 0
-    await wait_for(quiet, 30, "fetched chunks to be cached")
+    await wait_until_async(quiet, "fetched chunks to be cached", 30)
     for n in nodes:  # every reader keeps what it fetched
         assert (await control(n, "status"))["chunks"] == len(blobs)
     missing = os.urandom(32)
@@ -125,7 +117,7 @@ async def test_foreign_and_self_signed_nodes_refused(
     async def refused_logged() -> bool:
         return seed.log().count("refused peer") >= before + 4
 
-    await wait_for(refused_logged, 10, "the seed to log the refusals")
+    await wait_until_async(refused_logged, "the seed to log the refusals", 10)
     log = seed.log()
     assert "refused peer 127.0.0.100: unable to get local issuer certificate" in log
     assert "refused peer 127.0.0.101:" in log
@@ -209,7 +201,7 @@ async def test_silent_peers_do_not_stall_lookups(
                     counts[i] += idents[i].node_id in peers
             return min(counts) >= N_NODES // 2
 
-        await wait_for(known_widely, 20, "the silent nodes to be in most routing tables")
+        await wait_until_async(known_widely, "the silent nodes to be in most routing tables", 20)
 
         async def never_answer(caller: Contact, method: str, args: dict) -> dict:
             await trio.sleep_forever()

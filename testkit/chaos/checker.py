@@ -36,8 +36,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.swarm.chaos.faults import Window
-from tests.swarm.chaos.model import ALLOWED, Op, touches
+from testkit.chaos.faults import Window
+from testkit.chaos.model import ALLOWED, Op, touches
 
 Tree = dict[str, tuple[str, int, int | None, str | None]]
 

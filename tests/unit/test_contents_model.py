@@ -13,7 +13,7 @@ import pytest
 from dhtfs.fs.compaction import Compactor
 from dhtfs.meta.ops import decode_op, encode_op
 from dhtfs.runtime.localfs import LocalFilesystem
-from tests.fs.test_operations import CTX, SIZE_FIELDS, check_invariants, create
+from tests.unit.test_operations import CTX, SIZE_FIELDS, check_invariants, create
 
 ROOT = pyfuse3.ROOT_INODE
 CS = 4096

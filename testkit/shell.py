@@ -1,4 +1,4 @@
-"""Helpers for the real-mount tier: run tools, compare trees, act as an unprivileged user."""
+"""Run tools, compare trees, act as an unprivileged user (mostly for the real-mount tests)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
-from tests.mounting import VENV_BIN
+from testkit.env import child_env
 
 NOBODY = 65534
-ENV = dict(os.environ, DHTFS_NO_SYSTEM_CONFIG="1", LC_ALL="C")
+ENV = child_env(LC_ALL="C")
 
 
 def sh(
@@ -43,10 +43,6 @@ def as_user(
     """Run ``args`` as ``uid`` (no supplementary groups); never raises on failure."""
     prefix = ["setpriv", f"--reuid={uid}", f"--regid={gid if gid is not None else uid}"]
     return sh([*prefix, "--clear-groups", *args], check=False)
-
-
-def dhtfs_cmd(name: str) -> str:
-    return str(VENV_BIN / name)
 
 
 def snapshot(root: Path) -> dict[str, tuple]:

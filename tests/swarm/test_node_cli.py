@@ -10,11 +10,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from swarmproc import REPO, Swarm
 
 from dhtfs.trust.pki import Identity, load_cert, node_id_of
+from testkit.env import REPO, child_env
+from testkit.nodehelpers import make_identity
+from testkit.nodeproc import NodeProc, Swarm
 
-ENV = {**os.environ, "DHTFS_NO_SYSTEM_CONFIG": "1", "PYTHONPATH": str(REPO)}
+ENV = child_env(PYTHONPATH=str(REPO))
 
 
 def dhtfs(*argv: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
@@ -64,8 +66,6 @@ def test_usage_error_exits_2() -> None:
 
 
 def test_node_from_toml_and_chunk_verbs(tmp_path: Path, swarm_ca: Path) -> None:
-    from nodehelpers import make_identity
-
     ident: Identity = make_identity(swarm_ca, tmp_path)
     state = tmp_path / "state"
     config = tmp_path / "node.toml"
@@ -79,8 +79,6 @@ def test_node_from_toml_and_chunk_verbs(tmp_path: Path, swarm_ca: Path) -> None:
     with (out / "o").open("wb") as o, (out / "e").open("wb") as e:
         proc = subprocess.Popen(argv, stdout=o, stderr=e, cwd=REPO, env=ENV)
     swarm = Swarm(tmp_path)
-    from swarmproc import NodeProc
-
     node = NodeProc("cfg", proc, state, out / "o", out / "e")
     swarm.nodes.append(node)
     try:
