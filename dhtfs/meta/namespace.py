@@ -67,7 +67,7 @@ import msgpack
 from dhtfs.meta import versions
 from dhtfs.meta.extents import Piece, pack_pieces
 from dhtfs.meta.journal import OpJournal
-from dhtfs.meta.objectrows import ObjectRows
+from dhtfs.meta.rows import ObjectRows
 from dhtfs.meta.ops import ROOT_OBJ, Change, Op, decode_op, encode_op, pack
 from dhtfs.meta.schema import (
     OBJECT_COLUMNS,

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dhtfs.meta.extents import Piece, pack_pieces
-from dhtfs.meta.objectrows import ObjectRows
+from dhtfs.meta.rows import ObjectRows
 from dhtfs.meta.ops import Op
 from dhtfs.meta.schema import _LINK_KIND, OBJECT_DEFAULTS, ObjectRow
 
