@@ -17,8 +17,9 @@ from typing import Any
 
 from dhtfs.base.errors import ConfigError, NamespaceError
 from dhtfs.meta.history import History
-from dhtfs.meta.namespace import Namespace, ObjectRow
+from dhtfs.meta.namespace import Namespace
 from dhtfs.meta.ops import ROOT_OBJ, Change, HybridClock, Op, new_id
+from dhtfs.meta.schema import ObjectRow
 
 NAME_MAX = 255
 RENAME_NOREPLACE = 1
