@@ -185,8 +185,8 @@ class ObjectRow:
 
 # -- state directories from older versions --------------------------------------------------
 
-CHUNK_ID_BYTES = 32
-HOLE = bytes(CHUNK_ID_BYTES)
+BLOCK_ID_BYTES = 32
+HOLE = bytes(BLOCK_ID_BYTES)
 
 
 def decode_journal_record(record: bytes) -> tuple[Op, int | None, bytes | None]:
@@ -243,12 +243,13 @@ def link_ops(db: sqlite3.Connection, origin: bytes | None = None) -> int:
 
 
 def legacy_extents(chunks: bytes, chunk_size: int, size: int) -> list[list[Any]]:
-    """A pre-extents chunk list as extents: chunk ``i`` covers its span (the block may be
-    shorter: the rest reads as zeros)."""
+    """A pre-extents chunk list (one 32-byte block ID per chunk, all-zero for a hole) as
+    extents: the block of chunk ``i`` covers the chunk's span (the block may be shorter: the
+    rest reads as zeros)."""
     out = []
-    for i in range(0, len(chunks), CHUNK_ID_BYTES):
-        block = chunks[i : i + CHUNK_ID_BYTES]
-        offset = (i // CHUNK_ID_BYTES) * chunk_size
+    for i in range(0, len(chunks), BLOCK_ID_BYTES):
+        block = chunks[i : i + BLOCK_ID_BYTES]
+        offset = (i // BLOCK_ID_BYTES) * chunk_size
         span = min(chunk_size, size - offset)
         if block != HOLE and span > 0:
             out.append([offset, span, block, 0])

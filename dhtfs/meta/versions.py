@@ -13,10 +13,11 @@ Two changes write versions; both are O(what they change):
   a list of ``[offset, length, block, block_offset]`` extents laid over the result in order,
   then everything at or past ``size`` is dropped too. If ``base`` is not the current version
   (a concurrent writer), the current content is first kept beside the file as a conflict copy
-  (``keep_conflict_copy``), then the change is laid over it: where two writers
-  touched different bytes both survive; where they overlap the later op wins.
-  A content change from before extents carries ``chunks`` (the whole list of 32-byte chunk
-  IDs, all-zero for a hole) instead of ``cut``/``put``: it replaces the whole content.
+  (``keep_conflict_copy``), then the change is laid over it: where two writers touched
+  different bytes both survive; where they overlap the later op wins.
+  A content change from before extents carries ``chunks`` (the 32-byte ID of the block
+  holding each chunk, in order, all-zero for a hole) instead of ``cut``/``put``: it replaces
+  the whole content.
 - ``{"c": "compact", "obj", "base", "put"}``: the same bytes in fewer blocks (written by
   ``dhtfs.fs.compaction``). Applied only if ``base`` is still the current version, and it
   keeps that version's ID, so a writer that based its change on that version does not
