@@ -180,9 +180,10 @@ def blocks_of_object(db: sqlite3.Connection, obj: bytes) -> Iterator[bytes]:
 
 class NamespaceRows:
     """The namespace's tables read through caches: objects (``ObjectRows``), facts about
-    links (``LinkFacts``) and which objects have xattrs. Read-only: every write goes through
-    one op's ``dhtfs.meta.undo.UndoableWrites`` (``dhtfs.meta.changes``). Not thread-safe:
-    use from one thread (the trio one)."""
+    links (``LinkFacts``) and which objects have xattrs. Read-only but for ``ensure_root`` and
+    ``meta_set``: every write to the tree goes through one op's
+    ``dhtfs.meta.undo.UndoableWrites`` (``dhtfs.meta.changes``). Not thread-safe: use from
+    one thread (the trio one)."""
 
     def __init__(self, db: sqlite3.Connection) -> None:
         self.db = db
@@ -351,6 +352,7 @@ class NamespaceRows:
             obj = parent
 
     def ensure_root(self) -> None:
+        """Give a new database its root directory (the one object no op makes)."""
         if self.get_object(ROOT_OBJ) is None:
             self.db.execute(
                 "INSERT INTO objects(obj, kind, mode, uid, gid, atime, mtime, ctime) "
@@ -359,6 +361,7 @@ class NamespaceRows:
             )
 
     def free_name(self, parent: bytes, name: bytes) -> bytes:
+        """``name``, or if ``parent`` has it, the first free ``name~2``, ``name~3``, …"""
         candidate, n = name, 1
         while self.lookup(parent, candidate) is not None:
             n += 1
