@@ -36,8 +36,9 @@ from typing import Any
 
 import msgpack
 
-from dhtfs.meta.namespace import Namespace, link_ops
+from dhtfs.meta.namespace import Namespace
 from dhtfs.meta.ops import ROOT_OBJ, HybridClock, Op, decode_op, encode_op
+from dhtfs.meta.schema import link_ops
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,28 @@
 """The namespace's storage layout: the SQLite schema, the ``objects`` row type, opening a
-database (with the upgrades older state directories need) and the numbering and chain links
-of ops from before the swarm. ``dhtfs.meta.namespace`` holds the apply rules on top of it.
+database, and the upgrades older state directories need (numbering and chain links of ops from
+before the swarm, content from before extents). The rows are read in ``dhtfs.meta.rows`` and
+changed only by applying ops (``dhtfs.meta.namespace``).
+
+Tables (one SQLite file, WAL mode):
+
+- ``objects``: one row per file/dir/symlink/special object, keyed by a 16-byte global ID.
+  Content is ``size`` + ``chunk_size`` and the ``extents`` rows of the object (see
+  ``dhtfs.meta.versions``); ``content_ts``/``content_node`` name the op that wrote the current
+  content (its version). ``chunks`` is the content of state directories from before extents,
+  moved into ``extents`` once at start (``upgrade``); it stays empty.
+- ``links``: names. ``(parent, name) → obj``, keyed by a global link ID; a directory has exactly
+  one link, a file may have several (hard links). ``id`` (SQLite rowid) is a stable readdir
+  offset: a rename updates the row in place. ``lts``/``lnode`` is the op that last named it.
+- ``xattrs``: ``(obj, name) → value``.
+- ``extents``: ``(obj, chunk index) → pieces``: where the bytes of each chunk of a file are, as
+  ranges of blocks (``dhtfs.meta.extents``); a chunk without data has no row.
+- ``oplog``: every op ever applied, ordered by ``(ts, node)``, with its undo record, its
+  place ``seq`` in its origin's sequence (1, 2, … with no gaps: the replicated log of
+  ``dhtfs.oplog.replicator``, whose version vector is ``vector``) and, for ops of other origins,
+  their signature ``sig``.
+- ``certs``: certificates of the origins whose ops are here (relayed with their ops).
+- ``folded``: per origin, the last op folded away (``dhtfs.meta.history``).
+- ``meta``: this node's ID and other scalars.
 
 Invariants:
 - ``connect`` leaves a database with every table and column this version uses, whatever
@@ -13,15 +35,25 @@ from __future__ import annotations
 import operator
 import sqlite3
 import stat
+from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import msgpack
 
-from dhtfs.meta import versions
+from dhtfs.meta.extents import Piece, overlay, pack_pieces, split
 from dhtfs.meta.ops import Op, decode_op
 from dhtfs.oplog.entries import chain_link, chain_start
+
+EXTENTS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS extents (
+    obj BLOB NOT NULL,
+    idx INTEGER NOT NULL,
+    pieces BLOB NOT NULL,
+    PRIMARY KEY (obj, idx)
+) WITHOUT ROWID;
+"""
 
 SCHEMA = (
     """
@@ -80,7 +112,7 @@ CREATE TABLE IF NOT EXISTS folded (
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS members (node BLOB PRIMARY KEY) WITHOUT ROWID;
 """
-    + versions.SCHEMA
+    + EXTENTS_SCHEMA
 )
 
 OBJECT_COLUMNS = (
@@ -111,7 +143,7 @@ OBJECT_DEFAULTS: dict[str, Any] = {
     "content_node": b"",
 }
 LINK_COLUMNS = ("id", "link", "parent", "name", "obj", "kind", "lts", "lnode")
-_LINK_KIND = LINK_COLUMNS.index("kind")
+LINK_KIND_INDEX = LINK_COLUMNS.index("kind")
 _object_values = operator.attrgetter(*OBJECT_COLUMNS)
 
 
@@ -149,6 +181,12 @@ class ObjectRow:
     def updated(self, fields: dict[str, Any]) -> ObjectRow:
         """This row with ``fields`` (column → value) changed."""
         return ObjectRow(*[fields[c] if c in fields else getattr(self, c) for c in OBJECT_COLUMNS])
+
+
+# -- state directories from older versions --------------------------------------------------
+
+BLOCK_ID_BYTES = 32
+HOLE = bytes(BLOCK_ID_BYTES)
 
 
 def decode_journal_record(record: bytes) -> tuple[Op, int | None, bytes | None]:
@@ -202,6 +240,99 @@ def link_ops(db: sqlite3.Connection, origin: bytes | None = None) -> int:
             db.execute("BEGIN IMMEDIATE")
             db.executemany("UPDATE oplog SET link=? WHERE ts=? AND node=?", updates)
     return len(updates)
+
+
+def legacy_extents(chunks: bytes, chunk_size: int, size: int) -> list[list[Any]]:
+    """A pre-extents chunk list (one 32-byte block ID per chunk, all-zero for a hole) as
+    extents: the block of chunk ``i`` covers the chunk's span (the block may be shorter: the
+    rest reads as zeros)."""
+    out = []
+    for i in range(0, len(chunks), BLOCK_ID_BYTES):
+        block = chunks[i : i + BLOCK_ID_BYTES]
+        offset = (i // BLOCK_ID_BYTES) * chunk_size
+        span = min(chunk_size, size - offset)
+        if block != HOLE and span > 0:
+            out.append([offset, span, block, 0])
+    return out
+
+
+def legacy_rows(chunks: bytes, chunk_size: int, size: int) -> list[list[Any]]:
+    """``[idx, pieces blob]`` rows of a pre-extents chunk list."""
+    rows: dict[int, list[Piece]] = defaultdict(list)
+    for offset, length, block, block_offset in legacy_extents(chunks, chunk_size, size):
+        for index, piece in split(offset, length, block, block_offset, chunk_size):
+            rows[index] = overlay(rows[index], piece)
+    return [[index, pack_pieces(p)] for index, p in sorted(rows.items())]
+
+
+def migrate_extents(db: sqlite3.Connection) -> int:
+    """Move content from the pre-extents ``chunks`` column into ``extents`` rows; returns how
+    many objects moved. Run once per state directory (``upgrade`` records it in ``meta``):
+    every undo image it finds is taken to be from before extents.
+
+    The op log's undo records of the same era hold object images with ``chunks``: each such
+    image of a regular file gets an ``extents_all`` entry (the rows its chunk list means, all
+    of them, none for an empty list) and its ``chunks`` is emptied, so undoing an old op
+    restores the content it found, in today's form.
+    """
+    moved = 0
+    for obj, chunks, chunk_size, size in db.execute(
+        "SELECT obj, chunks, chunk_size, size FROM objects WHERE length(chunks)>0"
+    ).fetchall():
+        db.execute("DELETE FROM extents WHERE obj=?", (obj,))
+        db.executemany(
+            "INSERT INTO extents(obj, idx, pieces) VALUES (?,?,?)",
+            [(obj, i, p) for i, p in legacy_rows(chunks, chunk_size, size)],
+        )
+        db.execute("UPDATE objects SET chunks=x'' WHERE obj=?", (obj,))
+        moved += 1
+    col = {name: i for i, name in enumerate(OBJECT_COLUMNS)}
+    updates = []
+    for ts, node, undo_blob in db.execute("SELECT ts, node, undo FROM oplog").fetchall():
+        undo = msgpack.unpackb(undo_blob, raw=False)
+        out, changed = [], False
+        for entry in undo:
+            table, key, image = entry
+            if table == "objects" and image is not None and (
+                image[col["kind"]] == stat.S_IFREG or image[col["chunks"]]
+            ):
+                rows = legacy_rows(
+                    image[col["chunks"]], image[col["chunk_size"]], image[col["size"]]
+                )
+                image = list(image)
+                image[col["chunks"]] = b""
+                out.append([table, key, image])
+                out.append(["extents_all", key, rows])
+                changed = True
+            else:
+                out.append(entry)
+        if changed:
+            updates.append((msgpack.packb(out, use_bin_type=True), ts, node))
+    db.executemany("UPDATE oplog SET undo=? WHERE ts=? AND node=?", updates)
+    return moved
+
+
+def upgrade(db: sqlite3.Connection) -> None:
+    """Once per state directory (each step records that it ran in ``meta``): number and link
+    the ops from before the swarm, then move content from before extents into ``extents``."""
+    if meta_value(db, "log_numbered") is None:
+        number_legacy_ops(db)
+        link_ops(db)
+        set_meta_value(db, "log_numbered", b"1")
+    if meta_value(db, "extents") is None:
+        db.execute("BEGIN IMMEDIATE")
+        migrate_extents(db)
+        set_meta_value(db, "extents", b"1")
+        db.execute("COMMIT")
+
+
+def meta_value(db: sqlite3.Connection, key: str) -> bytes | None:
+    row = db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+    return row[0] if row else None
+
+
+def set_meta_value(db: sqlite3.Connection, key: str, value: bytes) -> None:
+    db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?,?)", (key, value))
 
 
 def conflict_name(name: bytes, node: bytes, ts: int) -> bytes:

@@ -16,8 +16,9 @@ from typing import Any
 
 from dhtfs.base.errors import ConfigError, NamespaceError
 from dhtfs.meta.history import History
-from dhtfs.meta.namespace import Namespace, ObjectRow
-from dhtfs.meta.ops import ROOT_OBJ, Change, HybridClock, Op, new_id
+from dhtfs.meta.namespace import Namespace
+from dhtfs.meta.ops import Change, HybridClock, Op, new_id
+from dhtfs.meta.schema import ObjectRow
 
 NAME_MAX = 255
 RENAME_NOREPLACE = 1
@@ -129,7 +130,7 @@ class Tree:
         link, obj = self.require_entry(parent, name)
         self.require_dir(new_parent)
         moving = self.require(obj)
-        if moving.is_dir and self._is_ancestor(obj, new_parent):
+        if moving.is_dir and self.ns.is_ancestor(obj, new_parent):
             raise NamespaceError(errno.EINVAL)
         replaced = self.ns.lookup(new_parent, new_name)
         replace_link = None
@@ -241,17 +242,6 @@ class Tree:
         if hit is None:
             raise NamespaceError(errno.ENOENT)
         return hit
-
-    def _is_ancestor(self, ancestor: bytes, obj: bytes) -> bool:
-        while True:
-            if obj == ancestor:
-                return True
-            if obj == ROOT_OBJ:
-                return False
-            parent = self.ns.parent_of(obj)
-            if parent is None:
-                return False
-            obj = parent
 
     @staticmethod
     def _check_name(name: bytes) -> None:

@@ -1,10 +1,12 @@
-"""Writing one op's changes, undoably: ``_Tx`` records the before-image of every row it
-changes (``undo``), ``_restore`` puts such images back, and ``LinkFacts`` caches answers
-about names that writes to ``links`` keep true (``dhtfs.meta.namespace`` applies ops with them).
+"""Writing one op's changes, undoably: ``UndoableWrites`` records the before-image of every row
+it changes (``undo``), and ``restore`` puts such images back (``dhtfs.meta.changes`` applies an
+op's changes with it, ``dhtfs.meta.namespace`` undoes and redoes ops with both). Both keep the
+caches of ``dhtfs.meta.rows`` true.
 
 Invariants:
-- every write to ``objects`` goes through ``_Tx`` (into the write-back buffer ``ObjectRows``)
-  or ``_restore``; every write to ``links`` tells ``LinkFacts`` what it may have made false;
+- every write to ``objects`` goes through ``UndoableWrites`` (into the write-back buffer
+  ``ObjectRows``) or ``restore``; every write to ``links`` tells ``LinkFacts`` what it may
+  have made false;
 - an undo record holds at most one before-image per row (the first), so restoring it in
   reverse order gives back exactly the state before the op.
 """
@@ -13,70 +15,19 @@ from __future__ import annotations
 
 import sqlite3
 import stat
-from dataclasses import dataclass, field
 from typing import Any
 
 from dhtfs.meta.extents import Piece, pack_pieces
-from dhtfs.meta.objectrows import ObjectRows
 from dhtfs.meta.ops import Op
-from dhtfs.meta.schema import _LINK_KIND, OBJECT_DEFAULTS, ObjectRow
-
-FACTS_ENTRIES = 65536
-
-
-@dataclass(slots=True)
-class LinkFacts:
-    """What the namespace knows about ``links`` without asking SQLite; every write to
-    ``links`` that could make a fact false tells it (``link_added`` or ``forget``), so a fact
-    is never stale. Removing a file's link makes none false (it frees a name).
-
-    - ``live_dirs``: directories that have their name (or are the root); adding a link never
-      takes a name away;
-    - ``subdirs``: directory → number of subdirectories; adding a directory's link changes it;
-    - ``free_names``: ``(parent, name)`` pairs that no link holds; adding any link may take one
-      (the kernel's lookup of a name, then the create's own checks, ask three times).
-    """
-
-    live_dirs: set[bytes] = field(default_factory=set)
-    subdirs: dict[bytes, int] = field(default_factory=dict)
-    free_names: set[tuple[bytes, bytes]] = field(default_factory=set)
-
-    def remember_free(self, parent: bytes, name: bytes) -> None:
-        _bounded(self.free_names)
-        self.free_names.add((parent, name))
-
-    def remember_live(self, obj: bytes) -> None:
-        _bounded(self.live_dirs)
-        self.live_dirs.add(obj)
-
-    def remember_subdirs(self, obj: bytes, count: int) -> None:
-        _bounded(self.subdirs)
-        self.subdirs[obj] = count
-
-    def link_added(self, kind: int) -> None:
-        self.free_names.clear()
-        if kind == stat.S_IFDIR:
-            self.subdirs.clear()
-
-    def forget(self) -> None:
-        """A link moved, was renamed or went away (or the tables were rolled back)."""
-        self.live_dirs.clear()
-        self.subdirs.clear()
-        self.free_names.clear()
+from dhtfs.meta.rows import LinkFacts, ObjectRows
+from dhtfs.meta.schema import LINK_KIND_INDEX, OBJECT_DEFAULTS, ObjectRow
 
 
-def _bounded(facts: set[Any] | dict[Any, Any]) -> None:
-    """Keep a fact collection at most ``FACTS_ENTRIES`` long (emptied when full: a fact is
-    an answer cached, so forgetting it only costs a query)."""
-    if len(facts) >= FACTS_ENTRIES:
-        facts.clear()
-
-
-class _Tx:
+class UndoableWrites:
     """Mutations of one op, each preceded by a before-image for undo.
 
     Every write to ``objects`` goes through here (into the write-back buffer ``rows``) or
-    through ``_restore`` (after a flush); every write to ``links`` tells ``facts`` (see
+    through ``restore`` (after a flush); every write to ``links`` tells ``facts`` (see
     ``LinkFacts``) what it may have made false.
     """
 
@@ -171,7 +122,7 @@ class _Tx:
 
     def delete_link(self, link: bytes) -> None:
         before = self._capture("links", (link,))
-        if before is None or before[_LINK_KIND] == stat.S_IFDIR:
+        if before is None or before[LINK_KIND_INDEX] == stat.S_IFDIR:
             self.facts.forget()
         # A file's link going away frees a name and changes no directory: every fact holds.
         self.db.execute("DELETE FROM links WHERE link=?", (link,))
@@ -215,7 +166,7 @@ class _Tx:
             )
 
 
-def _restore(db: sqlite3.Connection, tx: _Tx, undo: list[list[Any]]) -> None:
+def restore(db: sqlite3.Connection, tx: UndoableWrites, undo: list[list[Any]]) -> None:
     """Put back the before-images of one op (written straight to the tables) with the
     caches of ``tx``."""
     rows = tx.rows

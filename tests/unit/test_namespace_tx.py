@@ -6,7 +6,7 @@ import stat
 
 import pytest
 
-from dhtfs.meta import objectrows
+from dhtfs.meta import rows
 from dhtfs.meta.namespace import Namespace, connect
 from dhtfs.meta.ops import ROOT_OBJ, Op
 from tests.unit.test_namespace_merge import LINKS, NODES, OBJS, mkdir, state
@@ -54,7 +54,7 @@ def test_buffered_rows_are_read_back_and_written_once_at_commit() -> None:
 
 
 def test_a_full_cache_writes_its_dirty_rows_before_forgetting_them(monkeypatch) -> None:
-    monkeypatch.setattr(objectrows, "CACHE_ENTRIES", 3)
+    monkeypatch.setattr(rows, "CACHE_ENTRIES", 3)
     ns = Namespace(connect(":memory:"))
     for i in range(6):  # more new rows than the cache holds, none committed
         ns.apply(mkdir(OBJS[i], LINKS[i], ROOT_OBJ, b"d%d" % i, i + 1))
