@@ -91,7 +91,6 @@ def test_packages_import_only_what_the_table_allows() -> None:
     assert not offenders, "\n".join(offenders)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 17: the restructuring in progress")
 def test_no_import_cycles() -> None:
     graph = {name: imports_of(name) - {"dhtfs"} for name in MODULES}
     index: dict[str, int] = {}
