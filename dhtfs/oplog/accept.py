@@ -31,13 +31,10 @@ from dataclasses import dataclass
 
 import trio
 
-from dhtfs.dht.node import Node
 from dhtfs.net.network import Contact
 from dhtfs.oplog.entries import InvalidEntry, LogEntry, chain_link
-from dhtfs.oplog.gossip import Gossip, ReplicatorStats
-from dhtfs.oplog.logstore import LogStore
-from dhtfs.oplog.membership import Membership
-from dhtfs.oplog.signing import Signer
+from dhtfs.oplog.gossip import Gossip
+from dhtfs.oplog.shared import LogContext, Side
 
 log = logging.getLogger(__name__)
 
@@ -57,26 +54,13 @@ class Accepted:
     gap: bool
 
 
-class Acceptor:
+class Acceptor(Side):
     """Takes entries into the store (see the module docstring). ``gossip`` learns of own
     entries accepted from elsewhere (they need no push from here)."""
 
-    def __init__(
-        self,
-        node: Node,
-        store: LogStore,
-        signer: Signer,
-        membership: Membership,
-        stats: ReplicatorStats,
-        gossip: Gossip,
-    ) -> None:
-        self.node = node
-        self.store = store
-        self.signer = signer
-        self.membership = membership
-        self.stats = stats
+    def __init__(self, context: LogContext, gossip: Gossip) -> None:
+        super().__init__(context)
         self.gossip = gossip
-        self.own_id = signer.own_id
         self.lock = trio.Lock()
         # entries ahead of a gap, with the peer that sent them
         self.stash: dict[tuple[bytes, int], tuple[LogEntry, bytes | None]] = {}

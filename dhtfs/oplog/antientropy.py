@@ -29,14 +29,12 @@ from __future__ import annotations
 
 import logging
 import math
-import random
 import sqlite3
 from collections.abc import Callable
 
 import trio
 
 from dhtfs.base.errors import NetworkError, RemoteError
-from dhtfs.dht.node import Node
 from dhtfs.net.network import Contact, Message
 from dhtfs.oplog.accept import Acceptor
 from dhtfs.oplog.entries import (
@@ -48,9 +46,9 @@ from dhtfs.oplog.entries import (
     vector_to_wire,
 )
 from dhtfs.oplog.folding import Folding
-from dhtfs.oplog.gossip import Gossip, ReplicatorStats
-from dhtfs.oplog.logstore import LogStore
+from dhtfs.oplog.gossip import Gossip
 from dhtfs.oplog.membership import Record, records_from_wire
+from dhtfs.oplog.shared import LogContext, Side
 from dhtfs.oplog.snapshots import Snapshots
 
 log = logging.getLogger(__name__)
@@ -61,47 +59,34 @@ MAX_BATCH_BYTES = 8 * 1024 * 1024
 """Body bytes in one message at most (well below the wire's frame limit)."""
 
 
-class AntiEntropy:
+class AntiEntropy(Side):
     """The pull side of a ``LogReplicator`` (see the module docstring); ``receive`` is where
     every batch that arrives goes, pushed or pulled. Start ``run`` in a nursery."""
 
     def __init__(
         self,
-        node: Node,
-        store: LogStore,
+        context: LogContext,
         fold: Folding,
-        stats: ReplicatorStats,
         gossip: Gossip,
         acceptor: Acceptor,
         snapshots: Snapshots,
         *,
         sync_interval: float,
-        rpc_timeout: float,
         fold_interval: float,
-        rng: random.Random,
         revoked: Callable[[bytes], bool] | None,
     ) -> None:
-        self.node = node
-        self.store = store
+        super().__init__(context)
         self.fold = fold
-        self.membership = fold.membership
-        self.stats = stats
         self.gossip = gossip
         self.acceptor = acceptor
         self.snapshots = snapshots
-        self.own_id = gossip.own_id
         self.sync_interval = sync_interval
-        self.rpc_timeout = rpc_timeout
         self.fold_interval = fold_interval
-        self.rng = rng
         self.revoked = revoked  # node ID → its certificate is revoked (auto-forgetting)
         self.synced: set[bytes] = set()     # peers we ran anti-entropy with
         self._pulling: set[bytes] = set()
         self._nursery: trio.Nursery | None = None
         self._last_fold = -math.inf
-
-    def peers(self) -> list[Contact]:
-        return self.node.routing.contacts()
 
     def learn(self, args: Message) -> dict[bytes, Record]:
         """Merge the forget records a message carries; returns them."""

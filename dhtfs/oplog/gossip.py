@@ -29,20 +29,15 @@ from __future__ import annotations
 
 import logging
 import math
-import random
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 
 import trio
 
 from dhtfs.base.errors import NetworkError
-from dhtfs.dht.node import Node
 from dhtfs.net.network import Contact, Message
 from dhtfs.oplog.entries import MAX_ENTRIES, LogEntry
-from dhtfs.oplog.logstore import LogStore
-from dhtfs.oplog.membership import Membership
-from dhtfs.oplog.signing import Signer
+from dhtfs.oplog.shared import LogContext, Side
 
 log = logging.getLogger(__name__)
 
@@ -53,52 +48,18 @@ BURST = 4
 """A push batch this large means a burst: the next batch waits for ``push_gap``."""
 
 
-@dataclass(slots=True)
-class ReplicatorStats:
-    """Counters for tests, benchmarks and ``dhtfs status`` (one object, shared by every side
-    of a ``LogReplicator``)."""
-
-    pushes_sent: int = 0
-    pulls_sent: int = 0
-    entries_sent: int = 0
-    entries_accepted: int = 0
-    duplicates: int = 0
-    rejected: int = 0
-    stashed: int = 0
-    refused_forgotten: int = 0  # entries of forgotten origins past their cut
-
-
-class Gossip:
+class Gossip(Side):
     """The push side of a ``LogReplicator`` (see the module docstring).
 
     Start ``run`` in a nursery; call ``notify`` (synchronous, cheap) whenever the store gained
     own entries; ``forward`` entries new to this node once accepted.
     """
 
-    def __init__(
-        self,
-        node: Node,
-        store: LogStore,
-        signer: Signer,
-        membership: Membership,
-        stats: ReplicatorStats,
-        *,
-        fanout: int,
-        rpc_timeout: float,
-        push_gap: float,
-        rng: random.Random,
-    ) -> None:
-        self.node = node
-        self.store = store
-        self.signer = signer
-        self.membership = membership
-        self.stats = stats
-        self.own_id = signer.own_id
+    def __init__(self, context: LogContext, *, fanout: int, push_gap: float) -> None:
+        super().__init__(context)
         self.fanout = fanout
-        self.rpc_timeout = rpc_timeout
         self.push_gap = push_gap
-        self.rng = rng
-        self.pushed = store.vector().get(self.own_id, 0)  # own entries pushed so far
+        self.pushed = self.store.vector().get(self.own_id, 0)  # own entries pushed so far
         self._wake = trio.Event()
         self._sigs: OrderedDict[int, bytes] = OrderedDict()  # own seq → signature
         self._nursery: trio.Nursery | None = None
@@ -110,9 +71,6 @@ class Gossip:
     def forget_signatures(self) -> None:
         """Own entries may have been made anew (a snapshot was installed): sign them again."""
         self._sigs.clear()
-
-    def peers(self) -> list[Contact]:
-        return self.node.routing.contacts()
 
     async def run(self) -> None:
         """Push new own entries as they come, and forward what ``forward`` is given; until

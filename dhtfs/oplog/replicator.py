@@ -3,57 +3,39 @@
 ``dhtfs.oplog`` knows nothing of what an entry means. An entry is ``(origin, seq, body, sig)``:
 the 32-byte node ID of the node that made it, its place in that origin's sequence (1, 2, 3, …
 with no gaps), opaque bytes (for a mount, ``dhtfs.meta.ops.encode_op``, which starts with its
-own format version), and the origin's ECDSA signature over ``signed_message(origin, seq,
-body)``. A ``LogStore`` (``dhtfs.oplog.logstore``) holds entries and applies them (the
-namespace on a mount, a plain table on a headless node); a ``LogReplicator`` moves them between
-nodes. It ties four sides together, one module each, sharing the store, the membership, the
-counters (``ReplicatorStats``) and one seeded RNG:
+own format version), and the origin's ECDSA signature (on the last entry of a batch, over the
+chain link that covers the whole run: ``dhtfs.oplog.signing``). A ``LogStore``
+(``dhtfs.oplog.logstore``) holds entries and applies them (the namespace on a mount, a plain
+table on a headless node); a ``LogReplicator`` moves them between nodes. It ties four sides
+together, one module each, built in its constructor around one ``LogContext``
+(``dhtfs.oplog.shared``: the node, the store, the signer, the membership, the counters and one
+seeded RNG); each side's module states the invariants it keeps:
 
-- ``dhtfs.oplog.gossip``: push (own entries at once, new ones on to random peers);
-- ``dhtfs.oplog.accept``: authenticating and accepting what arrives, stashing what is early;
-- ``dhtfs.oplog.antientropy``: push-pull rounds, pulls that fill gaps, pull answers, and the
-  folding beat (``dhtfs.oplog.folding`` decides what is stable);
+- ``dhtfs.oplog.gossip``: push; own entries go out at once, signed once per batch, and a node
+  forwards entries new to it to ``fanout`` random peers (infect-and-die gossip);
+- ``dhtfs.oplog.accept``: an entry is accepted only if it extends its origin's run by one and
+  a verified signature of the origin covers its chain link; early ones are stashed, a relay
+  whose batch fails is penalized;
+- ``dhtfs.oplog.antientropy``: push-pull rounds with one random peer every
+  ``sync_interval``, pulls that fill gaps, pull answers, and the folding beat;
 - ``dhtfs.oplog.snapshots``: snapshots for nodes behind what was folded, and rejoining.
 
-Invariants:
+Invariants of the whole:
 - a store holds, for every origin, exactly the entries ``1..vector()[origin]`` (a version
   vector with no holes), so "what do you lack" is one integer per origin;
-- an entry is accepted only if it extends its origin's run by one and a signature of the
-  origin covers it: entries of an origin form a hash chain and the last entry of each batch
-  carries a signature over its link (``dhtfs.oplog.signing``), verified against the origin's
-  certificate, which must chain to the swarm CA and hash to the origin ID. A relayed batch
-  whose signature fails is dropped, and the peer that sent it is penalized
-  (``RoutingTable.penalize``); a relay can neither forge, alter nor reorder another node's
-  entries;
-- a store's own entries are signed when they leave the node, once per batch (the signatures
-  kept in memory: after a restart they are signed again, any valid signature will do); an
-  entry a store hands out survives a crash of its process (``LogStore.entries_after``);
-- entries of our own origin that we lack (this certificate's history, made with a state
-  directory since lost) are accepted like any other's, so a node remounted on a fresh state
-  directory continues its log instead of reusing its places; one that differs from ours at
-  a place we hold means two state directories share a certificate, logged as an error;
+- an entry a store hands out survives a crash of its process (``LogStore.entries_after``);
+- a relay can neither forge, alter nor reorder another node's entries (``dhtfs.oplog.accept``,
+  ``dhtfs.oplog.signing``);
 - a peer that cannot authenticate with the swarm CA never reaches these handlers (the transport
   refuses it at the handshake), so it learns nothing of the log.
-
-Dissemination (Demers et al., "Epidemic algorithms for replicated database maintenance"):
-- push: new own entries go at once to up to ``fanout`` peers (every peer, in a swarm no larger
-  than ``fanout + 1``); in a burst at most one batch per ``push_gap`` (20 ms). A
-  node that knows more than ``fanout`` peers forwards entries that are new to it to
-  ``fanout`` random peers (infect-and-die gossip), so an entry reaches N nodes in about
-  log_fanout(N) hops at ``fanout`` messages per node;
-- anti-entropy: every ``sync_interval`` a node pulls from one random peer what its vector
-  lacks, and pushes back what the peer's vector lacks (push-pull). A node that was offline,
-  partitioned or just joined catches up this way; a peer not yet synced with goes first;
-- an entry that arrives ahead of a gap is stashed (bounded) and a pull from its sender is
-  started, which brings the missing ones in order.
 
 Folding (a store that can: ``FoldingStore``, the namespace of a mount): every node reports
 its vector and clock in each pull and pull answer; a node that has reports from every member
 it knows (every node it exchanged log RPCs with, and every origin) hands the store the
 component-wise minimum and maximum of the vectors and the smallest clock, every
-``fold_interval``, and the store folds what is stable (``dhtfs.meta.history``). A puller behind
-what the answering node folded gets ``"snapshot": true`` instead of entries and fetches the
-store's snapshot page by page (LOG_SNAPSHOT), installs it, and pulls again.
+``fold_interval``, and the store folds what is stable (``dhtfs.oplog.folding``,
+``dhtfs.meta.history``). A puller behind what the answering node folded installs a snapshot
+instead (``dhtfs.oplog.snapshots``).
 
 Members that are gone (``dhtfs.oplog.membership``): forget records ride on every message
 (``"forgotten"``); entries of a forgotten origin past its cut are refused quietly; a node that
@@ -89,9 +71,10 @@ from dhtfs.oplog.entries import (
     entries_from_wire,
 )
 from dhtfs.oplog.folding import Folding
-from dhtfs.oplog.gossip import LOG_PUSH, Gossip, ReplicatorStats
+from dhtfs.oplog.gossip import LOG_PUSH, Gossip
 from dhtfs.oplog.logstore import FoldingStore, LogStore
 from dhtfs.oplog.membership import Membership, Record
+from dhtfs.oplog.shared import LogContext, ReplicatorStats
 from dhtfs.oplog.signing import KeyedSigner, Signatures, Signer, signed_message
 from dhtfs.oplog.snapshots import LOG_SNAPSHOT, Snapshots
 
@@ -127,7 +110,6 @@ class LogReplicator:
         self.signer = signer
         self.own_id = signer.own_id
         self.stats = ReplicatorStats()
-        rng = rng if rng is not None else random.Random(signer.own_id)
         self.store.add_cert(self.own_id, signer.own_cert)
         signer.check_cert(self.own_id, signer.own_cert)
         # Members, their reports, folding (``dhtfs.oplog.folding``). ``fold_alone``: fold with
@@ -136,15 +118,15 @@ class LogReplicator:
         # swarm's snapshot without losing them).
         self.fold = Folding(store, self.own_id, fold_alone=fold_alone, membership=membership)
         self.membership = self.fold.membership
-        self.gossip = Gossip(node, store, signer, self.membership, self.stats, fanout=fanout,
-                             rpc_timeout=rpc_timeout, push_gap=push_gap, rng=rng)
-        self.acceptor = Acceptor(node, store, signer, self.membership, self.stats, self.gossip)
-        self.snapshots = Snapshots(node, store, self.fold.folding, self.membership,
-                                   self.acceptor, self.gossip, rpc_timeout=rpc_timeout)
+        context = LogContext(node, store, signer, self.membership, self.stats,
+                             rng if rng is not None else random.Random(signer.own_id),
+                             rpc_timeout)
+        self.gossip = Gossip(context, fanout=fanout, push_gap=push_gap)
+        self.acceptor = Acceptor(context, self.gossip)
+        self.snapshots = Snapshots(context, self.fold.folding, self.acceptor, self.gossip)
         self.anti_entropy = AntiEntropy(
-            node, store, self.fold, self.stats, self.gossip, self.acceptor, self.snapshots,
-            sync_interval=sync_interval, rpc_timeout=rpc_timeout, fold_interval=fold_interval,
-            rng=rng, revoked=revoked)
+            context, self.fold, self.gossip, self.acceptor, self.snapshots,
+            sync_interval=sync_interval, fold_interval=fold_interval, revoked=revoked)
 
     # -- wiring --------------------------------------------------------------------------------
 

@@ -34,12 +34,11 @@ import os
 import trio
 
 from dhtfs.base.errors import NetworkError, ProtocolError, RemoteError
-from dhtfs.dht.node import Node
 from dhtfs.net.network import Contact, Message
 from dhtfs.oplog.accept import Acceptor
 from dhtfs.oplog.gossip import Gossip
-from dhtfs.oplog.logstore import FoldingStore, LogStore
-from dhtfs.oplog.membership import Membership
+from dhtfs.oplog.logstore import FoldingStore
+from dhtfs.oplog.shared import LogContext, Side
 
 log = logging.getLogger(__name__)
 
@@ -48,29 +47,16 @@ SNAPSHOT_PAGE = 4 * 1024 * 1024
 SNAPSHOT_TTL = 120.0
 
 
-class Snapshots:
+class Snapshots(Side):
     """Serves, fetches and installs snapshots of ``folding`` (None: a store that does not
     fold), see the module docstring."""
 
-    def __init__(
-        self,
-        node: Node,
-        store: LogStore,
-        folding: FoldingStore | None,
-        membership: Membership,
-        acceptor: Acceptor,
-        gossip: Gossip,
-        *,
-        rpc_timeout: float,
-    ) -> None:
-        self.node = node
-        self.store = store
+    def __init__(self, context: LogContext, folding: FoldingStore | None, acceptor: Acceptor,
+                 gossip: Gossip) -> None:
+        super().__init__(context)
         self.folding = folding
-        self.membership = membership
         self.acceptor = acceptor
         self.gossip = gossip
-        self.own_id = gossip.own_id
-        self.rpc_timeout = rpc_timeout
         self._snapshot: tuple[bytes, list[bytes], float] | None = None  # id, pages, expiry
         self._refused_snapshots: set[bytes] = set()  # peers whose snapshot we logged refusing
         self._rejoin_lock = trio.Lock()
