@@ -50,7 +50,7 @@ import os
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 from cryptography import x509
@@ -286,7 +286,27 @@ def common_name(der: bytes | None) -> str | None:
     return str(names[0].value) if names else None
 
 
-def control_methods(replicator: Any) -> dict[str, Callable[[dict[str, Any]], Any]]:
+class MemberControl(Protocol):
+    """What ``control_methods`` needs of a node's replicator (a
+    ``dhtfs.oplog.replicator.LogReplicator``)."""
+
+    own_id: bytes
+    membership: Membership
+
+    def known_members(self) -> set[bytes]:
+        """Every member known (forgotten ones too), this node excepted."""
+        ...
+
+    def cert(self, node: bytes) -> bytes | None:
+        """The certificate of ``node``, if known."""
+        ...
+
+    def forget(self, node: bytes, why: str) -> Record | None:
+        """Forget member ``node``; the new record, or None."""
+        ...
+
+
+def control_methods(replicator: MemberControl) -> dict[str, Callable[[dict[str, Any]], Any]]:
     """The control-socket methods of a node's membership (``replicator``: its
     ``dhtfs.oplog.replicator.LogReplicator``)::
 
@@ -295,10 +315,10 @@ def control_methods(replicator: Any) -> dict[str, Callable[[dict[str, Any]], Any
     """
 
     def candidates() -> dict[bytes, str | None]:
-        nodes = replicator.fold.known_members() | set(replicator.membership.records)
+        nodes = replicator.known_members() | set(replicator.membership.records)
         nodes.discard(replicator.own_id)
         names = replicator.membership.names
-        return {n: names.get(n) or common_name(replicator.store.cert(n)) for n in nodes}
+        return {n: names.get(n) or common_name(replicator.cert(n)) for n in nodes}
 
     async def forget(args: dict[str, Any]) -> dict[str, Any]:
         query = args.get("node")

@@ -152,6 +152,14 @@ class LogReplicator:
         it was forgotten already or is this node."""
         return self.fold.forget(node, why)
 
+    def known_members(self) -> set[bytes]:
+        """Every member known (forgotten ones too), this node excepted."""
+        return self.fold.known_members()
+
+    def cert(self, node: bytes) -> bytes | None:
+        """The certificate of ``node``, if known (the store keeps them)."""
+        return self.store.cert(node)
+
     async def sync_with(self, peer: Contact, *, deadline: float = 30.0) -> int:
         """One push-pull round with ``peer`` (``AntiEntropy.sync_with``); the entries gained."""
         return await self.anti_entropy.sync_with(peer, deadline=deadline)

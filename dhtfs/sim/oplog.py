@@ -100,7 +100,7 @@ class Recorder:
 
 class TimedLogStore(MemoryLogStore, TrimmingStore):
     """A ``MemoryLogStore`` that tells a ``Recorder`` when each entry was accepted, and keeps
-    what folding found stable (a ``TrimmingStore`` that trims nothing)."""
+    what folding found stable (a ``TrimmingStore`` that drops nothing: see ``trim``)."""
 
     def __init__(self, own_id: bytes, recorder: Recorder | None = None) -> None:
         super().__init__(own_id)
