@@ -24,6 +24,7 @@ from dhtfs.meta.history import History
 from dhtfs.meta.ops import Op, decode_op
 from dhtfs.meta.tree import Tree
 from dhtfs.oplog.entries import InvalidEntry, LogEntry, chain_start
+from dhtfs.oplog.logstore import FoldingStore
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ LinkPlaces = dict[bytes, tuple[bytes, bytes] | None]
 """link ID → ``(parent, name)`` it held before a batch (None: it did not exist)."""
 
 
-class NamespaceLog:
+class NamespaceLog(FoldingStore):
     """``LogStore`` over one mount's namespace (see the module docstring)."""
 
     def __init__(self, tree: Tree) -> None:

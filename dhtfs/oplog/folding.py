@@ -1,5 +1,5 @@
 """Membership, reports and folding of the replicated log (``dhtfs.oplog.replicator``'s side of
-``dhtfs.meta.history``), and the snapshots a folding store serves.
+``dhtfs.meta.history``); the snapshots a folding store serves are ``dhtfs.oplog.snapshots``.
 
 Invariants:
 - ``members``: every node that exchanged log RPCs with us (persisted by a store that can
@@ -8,6 +8,8 @@ Invariants:
 - nothing is folded until every member has reported, and a node that must not fold alone
   (``fold_alone`` False) folds nothing while it knows no member;
 - a store that cannot fold but can ``trim`` (a headless node's) drops what every member holds;
+  which a store can do is the protocol it implements (``dhtfs.oplog.logstore``: a
+  ``FoldingStore``, a ``TrimmingStore``, or a plain ``LogStore`` that keeps everything);
 - a forgotten member (``dhtfs.oplog.membership``) is left out of "every member" only once every
   other member's last report showed it knew of the forgetting; its own reports are ignored
   while it stays forgotten.
@@ -15,37 +17,30 @@ Invariants:
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import Any
 
-import trio
-
-from dhtfs.base.errors import RemoteError
-from dhtfs.net.network import Message
+from dhtfs.oplog.logstore import FoldingStore, LogStore, TrimmingStore
 from dhtfs.oplog.membership import Membership
-
-LOG_SNAPSHOT = "LOG_SNAPSHOT"
-SNAPSHOT_PAGE = 4 * 1024 * 1024
-SNAPSHOT_TTL = 120.0
 
 
 class Folding:
     """What a replicator knows of the other members, and what it may fold (see above)."""
 
-    def __init__(self, store: Any, own_id: bytes, *, fold_alone: bool = True,
+    def __init__(self, store: LogStore, own_id: bytes, *, fold_alone: bool = True,
                  membership: Membership | None = None) -> None:
         self.store = store
         self.own_id = own_id
         self.fold_alone = fold_alone
-        # The store's folding side (a mount's namespace), if it has one.
-        self.folding: Any = store if hasattr(store, "fold") else None
+        # The store's folding side (a mount's namespace), if it has one; else its trimming
+        # side (a headless node's), if it has one.
+        self.folding = store if isinstance(store, FoldingStore) else None
+        self.trimming = store if isinstance(store, TrimmingStore) else None
         self.members: set[bytes] = self.folding.members() if self.folding else set()
         self.reports: dict[bytes, tuple[dict[bytes, int], int | None]] = {}
         self.membership = membership if membership is not None else Membership(own_id)
         # (node, epoch) forgettings each member's last report showed it knew
         self.knew: dict[bytes, frozenset[tuple[bytes, int]]] = {}
-        self._snapshot: tuple[bytes, list[bytes], float] | None = None  # id, pages, expiry
 
     def clock(self) -> int | None:
         return self.folding.clock() if self.folding is not None else None
@@ -98,10 +93,10 @@ class Folding:
 
     def behind(self, theirs: dict[bytes, int]) -> bool:
         """True if a node with vector ``theirs`` lacks entries we no longer serve."""
-        folded = getattr(self.store, "folded", None)
-        if folded is None:
+        side = self.folding if self.folding is not None else self.trimming
+        if side is None:
             return False
-        return any(theirs.get(o, 0) < s for o, s in folded().items())
+        return any(theirs.get(o, 0) < s for o, s in side.folded().items())
 
     def maybe_fold(self) -> int:
         """Fold (or trim) what every known member holds; returns the entries folded."""
@@ -117,26 +112,7 @@ class Folding:
         origins = set().union(*vectors)
         stable = {o: min(v.get(o, 0) for v in vectors) for o in origins}
         if self.folding is None:
-            trim = getattr(self.store, "trim", None)
-            return trim(stable) if trim is not None else 0
+            return self.trimming.trim(stable) if self.trimming is not None else 0
         highest = {o: max(v.get(o, 0) for v in vectors) for o in origins}
         clocks = [c for m in (*members, self.own_id) if (c := reports[m][1]) is not None]
         return self.folding.fold(stable, highest, min(clocks))
-
-    def snapshot_page(self, args: Message) -> Message:
-        if self.folding is None:
-            raise RemoteError(f"{LOG_SNAPSHOT}: this node keeps no snapshots")
-        page = args.get("page")
-        if type(page) is not int or page < 0:
-            raise RemoteError(f"{LOG_SNAPSHOT}: 'page' must be a non-negative int")
-        now = trio.current_time()
-        snap = self._snapshot
-        if snap is None or snap[2] < now or (page == 0 and args.get("id") != snap[0]):
-            blob = self.folding.snapshot()
-            pages = [blob[i : i + SNAPSHOT_PAGE] for i in range(0, len(blob), SNAPSHOT_PAGE)]
-            snap = self._snapshot = (os.urandom(8), pages or [b""], now + SNAPSHOT_TTL)
-        if args.get("id", snap[0]) != snap[0]:
-            raise RemoteError(f"{LOG_SNAPSHOT}: that snapshot expired; start again")
-        if page >= len(snap[1]):
-            raise RemoteError(f"{LOG_SNAPSHOT}: no page {page}")
-        return {"id": snap[0], "pages": len(snap[1]), "data": snap[1][page]}

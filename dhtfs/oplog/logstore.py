@@ -1,11 +1,17 @@
-"""Log stores for nodes without a namespace: in memory (the simulator) and in SQLite (a
-headless storage node, so that a returning mount can catch up from it when no other mount is
-up). A mount's store is its namespace (``dhtfs.meta.replica``).
+"""Log stores: what the replicator needs of one (``LogStore`` and the two kinds that also
+forget history, ``TrimmingStore`` and ``FoldingStore``), and the stores of nodes without a
+namespace: in memory (the simulator) and in SQLite (a headless storage node, so that a
+returning mount can catch up from it when no other mount is up). A mount's store is its
+namespace (``dhtfs.meta.replica.NamespaceLog``, a ``FoldingStore``).
 
-Invariants (``dhtfs.oplog.replicator.LogStore``): entries of an origin are held as the run
-``1..vector[origin]`` with no holes; ``accept`` takes entries that extend the runs, in order.
-These stores apply nothing: they keep and serve. A headless node's drops what every member
-holds (``trim``), so its log does not grow forever either.
+Every store names the protocol it implements as a base class; the replicator
+(``dhtfs.oplog.folding.Folding``) tells the kinds apart by those protocols, never by probing for
+attributes.
+
+Invariants (``LogStore``): entries of an origin are held as the run ``1..vector[origin]`` with
+no holes; ``accept`` takes entries that extend the runs, in order. The stores here apply
+nothing: they keep and serve. A headless node's drops what every member holds (``trim``), so
+its log does not grow forever either.
 """
 
 from __future__ import annotations
@@ -13,11 +19,98 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 from dhtfs.oplog.entries import InvalidEntry, LogEntry, chain_link, chain_start
 
 
-class MemoryLogStore:
+@runtime_checkable
+class LogStore(Protocol):
+    """Where a node keeps the log (see ``dhtfs.oplog.replicator`` for the invariants)."""
+
+    def vector(self) -> dict[bytes, int]:
+        """origin → highest seq held (every lower one is held too)."""
+        ...
+
+    def entries_after(self, origin: bytes, seq: int, limit: int) -> list[LogEntry]:
+        """Up to ``limit`` entries of ``origin`` after ``seq``, in order, with their links
+        and the signatures held (a run of another origin's ends with a signed entry). Each
+        survives a crash of this process from now on (a store persists before it hands
+        out)."""
+        ...
+
+    def accept(self, entries: Sequence[LogEntry]) -> None:
+        """Store and apply authenticated entries (with their signatures, None inside a
+        batch); each extends its origin's run by one, in order; the store keeps each one's
+        chain link. Raises ``InvalidEntry`` for the first one it refuses (those before it
+        are kept)."""
+        ...
+
+    def head(self, origin: bytes) -> bytes:
+        """The chain link of the last entry of ``origin`` held (``chain_start`` if none)."""
+        ...
+
+    def cert(self, origin: bytes) -> bytes | None:
+        """The DER certificate of ``origin``, if known."""
+        ...
+
+    def add_cert(self, origin: bytes, der: bytes) -> None:
+        """Keep a verified certificate (relays must forward it with the origin's entries)."""
+        ...
+
+
+@runtime_checkable
+class TrimmingStore(LogStore, Protocol):
+    """A store that drops what every member holds, keeping only its vector and chain heads
+    (a headless node's; the simulator's)."""
+
+    def folded(self) -> dict[bytes, int]:
+        """origin → entries no longer served one by one (a puller behind them is told)."""
+        ...
+
+    def trim(self, stable: dict[bytes, int]) -> int:
+        """Drop the entries of each origin up to ``stable[origin]`` (every member holds
+        them); returns how many went."""
+        ...
+
+
+@runtime_checkable
+class FoldingStore(LogStore, Protocol):
+    """A store that can fold stable history and serve and install snapshots (a mount's)."""
+
+    def clock(self) -> int:
+        """Every entry made here from now on is ordered after this."""
+        ...
+
+    def folded(self) -> dict[bytes, int]:
+        """origin → entries folded (no longer served one by one)."""
+        ...
+
+    def fold(self, stable: dict[bytes, int], highest: dict[bytes, int], floor: int) -> int:
+        """Fold what is stable: ``stable``/``highest`` are the component-wise minimum and
+        maximum of every member's vector, ``floor`` the smallest clock any member reported;
+        returns the entries folded (``dhtfs.meta.history``)."""
+        ...
+
+    def snapshot(self) -> bytes:
+        """The replicated state, as one blob a peer can ``install``."""
+        ...
+
+    def install(self, blob: bytes, restamp_after: int | None = None) -> None:
+        """Install a peer's ``snapshot`` (ValueError if it is malformed); own entries past
+        ``restamp_after``, if given, are made anew on top of it."""
+        ...
+
+    def members(self) -> set[bytes]:
+        """The members kept from earlier runs."""
+        ...
+
+    def add_member(self, node: bytes) -> None:
+        """Keep ``node`` as a member across restarts."""
+        ...
+
+
+class MemoryLogStore(LogStore):
     """Entries in dicts; ``append_own`` makes a new own entry (the simulator's writers)."""
 
     def __init__(self, own_id: bytes) -> None:
@@ -77,7 +170,7 @@ CREATE TABLE IF NOT EXISTS trimmed (
 """
 
 
-class SqliteLogStore:
+class SqliteLogStore(TrimmingStore):
     """Entries in ``<state>/oplog.db`` (WAL; each ``accept`` is one transaction).
 
     ``trim(stable)`` drops entries every member holds (``trimmed`` keeps, per origin, how

@@ -50,9 +50,13 @@ import os
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import trio
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+
+from dhtfs.base.errors import RemoteError
 
 log = logging.getLogger(__name__)
 
@@ -222,6 +226,10 @@ class Membership:
         if node != self.own_id:
             self._last_other = now
 
+    def last_heard(self, node: bytes) -> float | None:
+        """When ``node`` was last heard from (``_now``), if it was since this process began."""
+        return self._heard.get(node)
+
     def silent(self, members: Iterable[bytes]) -> list[bytes]:
         """Members not heard from for ``member_timeout`` seconds of this process's running
         time, while some member was heard within it (empty when the timeout is off)."""
@@ -270,9 +278,6 @@ def common_name(der: bytes | None) -> str | None:
     """The common name of a DER certificate (None if there is none or it does not parse)."""
     if der is None:
         return None
-    from cryptography import x509
-    from cryptography.x509.oid import NameOID
-
     try:
         names = x509.load_der_x509_certificate(der).subject.get_attributes_for_oid(
             NameOID.COMMON_NAME)
@@ -281,20 +286,39 @@ def common_name(der: bytes | None) -> str | None:
     return str(names[0].value) if names else None
 
 
-def control_methods(replicator: Any) -> dict[str, Callable[[dict[str, Any]], Any]]:
+class MemberControl(Protocol):
+    """What ``control_methods`` needs of a node's replicator (a
+    ``dhtfs.oplog.replicator.LogReplicator``)."""
+
+    own_id: bytes
+    membership: Membership
+
+    def known_members(self) -> set[bytes]:
+        """Every member known (forgotten ones too), this node excepted."""
+        ...
+
+    def cert(self, node: bytes) -> bytes | None:
+        """The certificate of ``node``, if known."""
+        ...
+
+    def forget(self, node: bytes, why: str) -> Record | None:
+        """Forget member ``node``; the new record, or None."""
+        ...
+
+
+def control_methods(replicator: MemberControl) -> dict[str, Callable[[dict[str, Any]], Any]]:
     """The control-socket methods of a node's membership (``replicator``: its
     ``dhtfs.oplog.replicator.LogReplicator``)::
 
         forget   {"node": str} → {"node": bytes, "name": str|None, "cut": int, "new": bool}
         members  {} → {"members": [[node, name|None, forgotten, epoch, cut, heard_ago|None]]}
     """
-    from dhtfs.base.errors import RemoteError
 
     def candidates() -> dict[bytes, str | None]:
-        nodes = replicator.fold.known_members() | set(replicator.membership.records)
+        nodes = replicator.known_members() | set(replicator.membership.records)
         nodes.discard(replicator.own_id)
         names = replicator.membership.names
-        return {n: names.get(n) or common_name(replicator.store.cert(n)) for n in nodes}
+        return {n: names.get(n) or common_name(replicator.cert(n)) for n in nodes}
 
     async def forget(args: dict[str, Any]) -> dict[str, Any]:
         query = args.get("node")
@@ -315,7 +339,7 @@ def control_methods(replicator: Any) -> dict[str, Callable[[dict[str, Any]], Any
         rows = []
         for node, name in sorted(candidates().items()):
             rec = ms.records.get(node)
-            heard = ms._heard.get(node)
+            heard = ms.last_heard(node)
             rows.append([node, name, ms.is_forgotten(node), rec[0] if rec else 0,
                          rec[2] if rec else 0, None if heard is None else now - heard])
         return {"members": rows}

@@ -47,10 +47,15 @@ import trio
 
 from dhtfs.dht.node import Node
 from dhtfs.oplog import replicator as oplog
-from dhtfs.oplog.logstore import MemoryLogStore
+from dhtfs.oplog.logstore import MemoryLogStore, TrimmingStore
 from dhtfs.oplog.replicator import KeyedSigner, LogEntry, LogReplicator
 from dhtfs.sim.network import SimWorld
 from dhtfs.sim.swarm import Swarm
+
+try:  # trio's scheduler RNG: private, and the only handle on its scheduling order
+    from trio._core._run import _r as TRIO_SCHEDULER_RNG
+except ImportError:  # pragma: no cover - gone in this trio: runs are not repeatable
+    TRIO_SCHEDULER_RNG = None
 
 OpKey = tuple[bytes, int]
 
@@ -93,8 +98,9 @@ class Recorder:
             rec.arrivals[node_id] = trio.current_time()
 
 
-class TimedLogStore(MemoryLogStore):
-    """A ``MemoryLogStore`` that tells a ``Recorder`` when each entry was accepted."""
+class TimedLogStore(MemoryLogStore, TrimmingStore):
+    """A ``MemoryLogStore`` that tells a ``Recorder`` when each entry was accepted, and keeps
+    what folding found stable (a ``TrimmingStore`` that drops nothing: see ``trim``)."""
 
     def __init__(self, own_id: bytes, recorder: Recorder | None = None) -> None:
         super().__init__(own_id)
@@ -111,6 +117,10 @@ class TimedLogStore(MemoryLogStore):
         """Every entry of ``origin`` held, in order."""
         return self.entries_after(origin, 0, 1 << 62)
 
+    def folded(self) -> dict[bytes, int]:
+        """Nothing: every entry is still served (see ``trim``)."""
+        return {}
+
     def trim(self, stable: dict[bytes, int]) -> int:
         """What folding found stable (``dhtfs.oplog.folding``: every member holds it): kept in
         ``trimmed`` (origin → seq), as a headless node's store would drop it; the entries
@@ -126,15 +136,10 @@ class TimedLogStore(MemoryLogStore):
 
 def seed_scheduler(seed: int) -> None:
     """Make trio's task scheduling order a function of ``seed`` (trio otherwise reverses each
-    batch of runnable tasks at random, from an unseeded RNG). Uses a private trio attribute;
-    a no-op if it is gone."""
-    try:
-        from trio._core import _run
-    except ImportError:  # pragma: no cover
-        return
-    r = getattr(_run, "_r", None)
-    if isinstance(r, random.Random):
-        r.seed(seed)
+    batch of runnable tasks at random, from an unseeded RNG). Uses a private trio attribute
+    (``TRIO_SCHEDULER_RNG``); a no-op if it is gone."""
+    if isinstance(TRIO_SCHEDULER_RNG, random.Random):
+        TRIO_SCHEDULER_RNG.seed(seed)
 
 
 class OpLogSim:
@@ -186,7 +191,7 @@ class OpLogSim:
         the replicator starts as if it had run anti-entropy with every contact in its table
         already, as in a swarm that has been up for a while. That skips the first round (at
         1,000 nodes, every node pulling from each of its ~150 contacts at once), which only
-        costs wall time. Sets ``LogReplicator._synced``; a no-op if that is gone.
+        costs wall time. Fills ``AntiEntropy.synced``.
         """
         store = TimedLogStore(node.id, self.recorder)
         signer = KeyedSigner(node.id, self.secret_of)
@@ -198,9 +203,7 @@ class OpLogSim:
             node.services[m] = rep.handle
         if presync:
             assert not self.recorder.ops, "presync is for an empty log"
-            synced = getattr(rep, "_synced", None)
-            if isinstance(synced, set):
-                synced.update(c.node_id for c in rep.peers())
+            rep.anti_entropy.synced.update(c.node_id for c in rep.peers())
         self.replicators.append(rep)
         self.alive[node.id] = rep
         self.spawned[node.id] = trio.current_time()

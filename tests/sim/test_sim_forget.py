@@ -82,7 +82,7 @@ async def test_entries_past_the_cut_are_refused_until_the_node_rejoins(
     await trio.sleep(30.0)
     assert all(rep.membership.is_forgotten(gone) for n, rep in sim.alive.items() if n != gone)
     entry = sim.alive[gone].store.entries_after(gone, 1, 1)  # unsigned: sign as a push would
-    signed = sim.alive[gone]._sign_last(entry)
+    signed = sim.alive[gone].gossip.sign_last(entry)
     taker = sim.alive[forgetter]
     assert await taker.receive(None, signed, {}) == []
     assert taker.stats.refused_forgotten == 1

@@ -128,7 +128,7 @@ async def test_receive_is_order_and_duplicate_insensitive(
     assert store.entries(a.id) == entries
     assert rep.stats.entries_accepted == len(entries)
     assert rep.stats.duplicates > 0 and rep.stats.rejected == 0
-    assert not rep._stash
+    assert not rep.acceptor.stash
 
 
 class ShufflingNetwork:
@@ -175,7 +175,7 @@ async def test_reordered_and_duplicated_gossip_converges(
     assert sum(r.stats.stashed for r in reps) > 0
     assert sum(r.stats.duplicates for r in reps) > 0
     assert sum(r.stats.rejected for r in reps) == 0
-    assert all(not r._stash for r in reps)
+    assert all(not r.acceptor.stash for r in reps)
 
 
 async def test_partition_then_heal_converges(
