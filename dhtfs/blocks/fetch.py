@@ -1,8 +1,7 @@
-"""Reads of chunks: the ``get_chunk`` half of ``dhtfs.dht.node.Node``, split out by concept.
+"""Reads of blocks: the ``get_block`` half of ``dhtfs.blocks.node.BlockNode``.
 
-``ChunkReads`` is a mixin of ``Node`` (it uses the node's routing table, lookups, calls and
-store; see the attributes declared below). The rules, with their reasons, are in the node's
-module docstring ("get_chunk"); in short:
+``BlockReads`` is a mixin of ``BlockNode`` (it uses the node's routing table, lookups, calls and
+store; see the attributes declared below). In short:
 
 - local store first; then the nodes hinted to hold it (the writer of the version naming it,
   through its routing contact or, a client-only writer being in nobody's routing table, the
@@ -48,6 +47,7 @@ import trio.testing
 from dhtfs.base.errors import BlockMissing, NetworkError
 from dhtfs.base.ids import sha256_id
 from dhtfs.blocks.arrivals import Arrivals, Watch
+from dhtfs.blocks.storage import BlockStorage, PeerNetwork
 from dhtfs.dht.results import GetResult, ValueResult
 from dhtfs.net import rpc
 from dhtfs.net.network import Contact, Message
@@ -67,13 +67,13 @@ RETRY_MAX = 2.0
 
 
 class BlockReads:
-    """``get_chunk`` and the caching of fetched chunks (a mixin of ``Node``)."""
+    """``get_block`` and the caching of fetched blocks (a mixin of ``BlockNode``)."""
 
-    # Provided by Node:
+    # Provided by BlockNode:
     id: bytes
     replicas: int
-    store: Any
-    network: Any
+    store: BlockStorage
+    network: PeerNetwork
     routing: RoutingTable
     fetch_timeout: float
     cache_fetched: bool
@@ -86,6 +86,7 @@ class BlockReads:
     _cache_recv: trio.MemoryReceiveChannel[tuple[bytes, bytes, float]]
     _cache_queued: int
     _offload: Callable[..., Awaitable[Any]]
+    recent_peers: Callable[[float], int]
     _call: Callable[[Contact, str, Message, float], Awaitable[Message]]
     _local_get: Callable[..., Awaitable[bytes | None]]
     find_value: Callable[..., Awaitable[ValueResult]]
@@ -141,9 +142,7 @@ class BlockReads:
         opened to push its ops carries our requests too), else None."""
         c = self.routing.get(node_id)
         if c is None:
-            connected = getattr(self.network, "connected_contact", None)
-            if connected is not None:
-                c = connected(node_id)
+            c = self.network.connected_contact(node_id)
         return c
 
     def _alone(self) -> bool:
@@ -153,8 +152,7 @@ class BlockReads:
         than alone, and the read waits for them (the replication backlog's rule too)."""
         if len(self.routing):
             return False
-        connected = getattr(self.network, "connected_peers", None)
-        if connected is not None and connected():
+        if self.network.connected_peers():
             return False
         return self.recent_peers(ALONE_AFTER) == 0
 
@@ -241,7 +239,7 @@ class BlockReads:
     async def _get_by_lookup(self, block_id: bytes, *, quiet: bool = False) -> GetResult | None:
         """The chunk through a FIND_VALUE lookup and the providers it names (verified);
         None (with a warning, unless ``quiet``) when none could serve it."""
-        dials0 = getattr(self.network, "dials", 0)
+        dials0 = self.network.dials
         tried: set[bytes] = {self.id}
         notes = []
         queries = hops = 0
@@ -265,7 +263,7 @@ class BlockReads:
                 hops += 1
             if data is not None:
                 return GetResult(data, source, queries, hops,
-                                 getattr(self.network, "dials", 0) - dials0, provider)
+                                 self.network.dials - dials0, provider)
         if not quiet:
             log.warning("chunk %s: no provider could serve it (%s)", block_id.hex()[:16],
                         "; ".join(notes))

@@ -26,10 +26,11 @@ import trio
 from dhtfs.base.config import Config, parse_metrics_address
 from dhtfs.base.errors import ConfigError
 from dhtfs.blocks import verify
+from dhtfs.blocks.node import BlockNode
 from dhtfs.blocks.reclaim import Reclaimer
 from dhtfs.blocks.repair import Repairer
 from dhtfs.dht.discovery import Discovery
-from dhtfs.dht.node import Node
+from dhtfs.dht.revocations import start_revocation
 from dhtfs.net.control import CONTROL_SOCKET_NAME, ControlServer
 from dhtfs.net.transport import Transport
 from dhtfs.oplog.logstore import SqliteLogStore
@@ -42,7 +43,6 @@ from dhtfs.store.diskcache import DiskCache, file_size
 from dhtfs.store.statedir import open_block_store, prepare_state_dir
 from dhtfs.trust import pki
 from dhtfs.trust.identity import configured_identity
-from dhtfs.trust.revocation import start_revocation
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ def open_store(config: Config) -> BlockStore:
     return open_block_store(config.state_dir, config.key)
 
 
-async def keep_joined(node: Node, seeds: list[tuple[str, int]]) -> None:
+async def keep_joined(node: BlockNode, seeds: list[tuple[str, int]]) -> None:
     """Bootstrap again while the routing table is empty (e.g. seeds started after us)."""
     while True:
         await trio.sleep(JOIN_RETRY_SECONDS)
@@ -104,7 +104,7 @@ async def serve_node(
         if handle_signals:
             nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
         local = await nursery.start(transport.serve)
-        node = Node(transport, store, replicas=config.replicas)
+        node = BlockNode(transport, store, replicas=config.replicas)
         transport.handler = node.handle
         revocations = start_revocation(nursery, node, transport, identity.ca_cert,
                                        config.state_dir, config.crl)

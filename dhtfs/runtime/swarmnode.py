@@ -40,13 +40,14 @@ from dhtfs.base import systemd
 from dhtfs.base.config import DEFAULT_LISTEN, DEFAULT_PORT, parse_metrics_address
 from dhtfs.base.errors import BlockError, ConfigError, NamespaceError, NetworkError, RemoteError
 from dhtfs.blocks.clientplace import ClientPlacement
+from dhtfs.blocks.node import BlockNode
 from dhtfs.blocks.reclaim import BATCH as REFS_BATCH
 from dhtfs.blocks.reclaim import REFS, Reclaimer
 from dhtfs.blocks.repair import Repairer
 from dhtfs.blocks.replication import LIVE_SECONDS, BlockReplicator
 from dhtfs.blocks.verify import log_lag
 from dhtfs.dht.discovery import Discovery
-from dhtfs.dht.node import Node
+from dhtfs.dht.revocations import start_revocation
 from dhtfs.fs.remote import RemoteChanges
 from dhtfs.meta.replica import NamespaceLog
 from dhtfs.net import rpc
@@ -60,7 +61,7 @@ from dhtfs.oplog.replicator import LogReplicator, Signatures
 from dhtfs.runtime.headless import parse_address
 from dhtfs.store.diskcache import DiskCache, file_size
 from dhtfs.trust import pki
-from dhtfs.trust.revocation import RevocationList, start_revocation
+from dhtfs.trust.revocation import RevocationList
 
 if TYPE_CHECKING:
     from dhtfs.runtime.metrics import Metrics
@@ -87,7 +88,7 @@ class SwarmNode:
         self.fs = fs
         self.identity = identity
         self.transport: Transport | None = None
-        self.node: Node | None = None
+        self.node: BlockNode | None = None
         self.log_store = NamespaceLog(fs.tree)
         self.log_log_replicator: LogReplicator | None = None
         self.remote = RemoteChanges(fs.namespace, fs.inodes, fs.contents)
@@ -112,8 +113,8 @@ class SwarmNode:
         """Listen, serve, join and catch up (bounded); the tasks live in ``nursery``."""
         config = self.fs.config
         self.transport = await self._listen(nursery, config.listen)
-        node = self.node = Node(self.transport, self.fs.store, replicas=config.replicas,
-                                fetch_timeout=config.read_deadline)
+        node = self.node = BlockNode(self.transport, self.fs.store, replicas=config.replicas,
+                                     fetch_timeout=config.read_deadline)
         node.client = self.transport.client = not config.storage
         self.transport.handler = node.handle
         self.revocations = start_revocation(nursery, node, self.transport,

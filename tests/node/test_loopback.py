@@ -18,7 +18,7 @@ from nodehelpers import draw_garbage, make_identity, make_self_signed, raw_sessi
 from swarmproc import NodeProc, Swarm
 
 from dhtfs.base.errors import AuthError, BlockCorrupt, RemoteError
-from dhtfs.dht.node import Node
+from dhtfs.blocks.node import BlockNode
 from dhtfs.net import wire
 from dhtfs.net.control import ControlClient
 from dhtfs.net.network import Contact
@@ -135,12 +135,12 @@ async def test_foreign_and_self_signed_nodes_refused(
 
 @asynccontextmanager
 async def joined_node(ident: Identity, host: str, store: object, seed: NodeProc
-                    ) -> AsyncIterator[tuple[Node, Transport]]:
+                    ) -> AsyncIterator[tuple[BlockNode, Transport]]:
     """An in-test node on the real transport that has joined the swarm through ``seed``."""
     transport = Transport(ident, host, 0)
     async with trio.open_nursery() as nursery:
         await nursery.start(transport.serve)
-        node = Node(transport, store)
+        node = BlockNode(transport, store)
         transport.handler = node.handle
         assert await node.join_addresses([(seed.host, seed.port)]) > 3
         yield node, transport
