@@ -56,11 +56,11 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 SEAL_OVERHEAD = HEADER_BYTES + TAG_BYTES
-"""Bytes a sealed chunk file adds to its plaintext (``dhtfs.store.blockstore``)."""
+"""Bytes a sealed block file adds to its plaintext (``dhtfs.store.blockstore``)."""
 CACHE_QUEUE = 256
-"""Fetched chunks waiting to be cached; past that they are not cached."""
+"""Fetched blocks waiting to be cached; past that they are not cached."""
 YOUNG_SECONDS = 5.0
-"""A chunk file changed this recently that does not unseal is taken as being written."""
+"""A block file changed this recently that does not unseal is taken as being written."""
 
 
 class BlockNode(BlockReads, BlockPlacement, Node):
@@ -93,12 +93,12 @@ class BlockNode(BlockReads, BlockPlacement, Node):
         self.on_placed = on_placed
         self.refused_full = 0  # PUT_CHUNKs this node refused for want of space
         self._block_path = _block_path_function(store)
-        # (chunk id, bytes, when it counts as announced)
+        # (block id, bytes, when it counts as announced)
         self._cache_send, self._cache_recv = trio.open_memory_channel[
             tuple[bytes, bytes, float]
         ](CACHE_QUEUE)
         self._cache_queued = 0
-        # Reads waiting for a chunk no reachable node could serve yet (``dhtfs.blocks.fetch``),
+        # Reads waiting for a block no reachable node could serve yet (``dhtfs.blocks.fetch``),
         # told when a copy or a provider record of it comes in.
         self.arrivals = Arrivals()
         self.services[rpc.PUT_BLOCK] = self._handle_put
@@ -177,7 +177,7 @@ class BlockNode(BlockReads, BlockPlacement, Node):
     # -- the block store --------------------------------------------------------------------------
 
     def _store_durably(self, cid: bytes, data: bytes) -> bool:
-        """(Worker thread.) Verify, store and fsync a pushed chunk; True if it was new. One
+        """(Worker thread.) Verify, store and fsync a pushed block; True if it was new. One
         already held is touched instead (see ``_hold``)."""
         new = self.store.put_verified(cid, data, durable=True)
         if not new:
@@ -208,8 +208,8 @@ class BlockNode(BlockReads, BlockPlacement, Node):
     async def _local_get(
         self, cid: bytes, *, limit: int | None = None, size: int | None = None
     ) -> bytes | None:
-        """The chunk's bytes if stored here (and at most ``limit`` bytes), else None. Small
-        chunks are read on the trio thread, large ones in a worker thread. ``size``: what
+        """The block's bytes if stored here (and at most ``limit`` bytes), else None. Small
+        blocks are read on the trio thread, large ones in a worker thread. ``size``: what
         ``_stored_size`` just said, if the caller asked it."""
         if size is None:
             size = self._stored_size(cid)
@@ -225,13 +225,13 @@ class BlockNode(BlockReads, BlockPlacement, Node):
         except BlockCorrupt:
             if self._being_written(cid):
                 return None     # a store of it in progress: not here yet, and not ours to drop
-            log.warning("dropping corrupt local chunk %s", cid.hex()[:16])
+            log.warning("dropping corrupt local block %s", cid.hex()[:16])
             self.store.remove(cid)
             self._announced.pop(cid, None)
             return None
 
     def _being_written(self, cid: bytes) -> bool:
-        """Whether the chunk's file changed within ``YOUNG_SECONDS``: a store creates it under
+        """Whether the block's file changed within ``YOUNG_SECONDS``: a store creates it under
         its final name, then seals and fills it (``dhtfs.store.blockstore``), so a read
         meanwhile sees a short file that does not unseal. Such a file is skipped, never
         dropped (dropping it would lose the copy being stored)."""
@@ -243,7 +243,7 @@ class BlockNode(BlockReads, BlockPlacement, Node):
             return False
 
     async def hand_off(self, newcomer: Contact) -> int:
-        """Push to ``newcomer`` every chunk held here for which both it and this node are
+        """Push to ``newcomer`` every block held here for which both it and this node are
         among the R XOR-closest (this node's view), unless it already has it. Returns how many
         were pushed."""
         ids = await self._offload(self.offload_threshold or 0, lambda: list(self.store.ids()))

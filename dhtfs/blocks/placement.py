@@ -62,8 +62,8 @@ class BlockPlacement:
         return await self.place_block(cid, data)
 
     async def place_block(self, cid: bytes, data: bytes) -> PutResult:
-        """Place a chunk already stored here (``data`` hashes to ``cid``: the caller vouches)
-        on the R closest nodes, as ``put_chunk_detailed`` does after storing it."""
+        """Place a block already stored here (``data`` hashes to ``cid``: the caller vouches)
+        on the R closest nodes, as ``put_block_detailed`` does after storing it."""
         res = PutResult(cid)
         pushed = trio.Event()
         await self._in_background(self._place, res, data, pushed)
@@ -147,7 +147,7 @@ class BlockPlacement:
                         nursery.start_soon(push, c)
             await self._announce_to(cid, result.closest, res, data)
         except Exception:
-            log.exception("placing chunk %s failed", cid.hex()[:16])
+            log.exception("placing block %s failed", cid.hex()[:16])
         finally:
             pushed.set()
             res.placed.set()

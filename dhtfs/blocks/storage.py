@@ -83,9 +83,9 @@ class PeerNetwork(Network, Protocol):
 
 
 def _block_path_function(store: BlockFiles) -> Callable[[bytes], str] | None:
-    """How to name a chunk's file for ``stat``: ``store.path_of`` as a string, built without
+    """How to name a block's file for ``stat``: ``store.path_of`` as a string, built without
     ``pathlib`` (a third of a FIND_PROVIDERS answer's cost) when a probe shows the store lays
-    chunks out as ``<root>/ab/cdef…``; None for stores without files (the simulator's)."""
+    blocks out as ``<root>/ab/cdef…``; None for stores without files (the simulator's)."""
     root = store.root
     if root is None:
         return None

@@ -140,7 +140,7 @@ class Node(KademliaProtocol):
         return result
 
     def _enough_providers(self, key: bytes) -> Callable[[Contact, Answer], bool]:
-        """FIND_PROVIDERS may stop early once an answering node says it holds the chunk itself
+        """FIND_PROVIDERS may stop early once an answering node says it holds the block itself
         (a provider proven alive just now), or once ``replicas`` distinct providers are
         named (records may be stale; several are unlikely to be all dead)."""
         named: set[bytes] = set()
@@ -154,9 +154,9 @@ class Node(KademliaProtocol):
 
     async def find_value(self, key: bytes, *, stop_early: bool = True) -> ValueResult:
         """FIND_PROVIDERS asking for inline data (Kademlia's FIND_VALUE, see ``rpc``): the
-        verified bytes from the first holder of a small chunk the lookup reaches (the lookup
+        verified bytes from the first holder of a small block the lookup reaches (the lookup
         stops there), else the providers named on the way (ours first). With ``stop_early``
-        it also stops as ``find_providers`` does (a holder of a chunk too large to inline, or
+        it also stops as ``find_providers`` does (a holder of a block too large to inline, or
         R providers named); without, it runs to the k closest."""
         got: list[bytes] = []
         inline = self.inline_max
@@ -245,8 +245,8 @@ class Node(KademliaProtocol):
         data: bytes | None = None,
     ) -> int:
         """ADD_PROVIDER (ourselves, and the replicas of ``res``) on each of ``targets`` but
-        those replicas (they just stored the chunk, and a holder names itself in its
-        FIND_PROVIDERS answers), with the chunk's bytes when it is at most ``spread_max``
+        those replicas (they just stored the block, and a holder names itself in its
+        FIND_PROVIDERS answers), with the block's bytes when it is at most ``spread_max``
         (``data``, else read here); returns the acknowledgements."""
         acks = 0
         args: Message = {"key": key, "ttl": self.provider_ttl}
@@ -272,7 +272,7 @@ class Node(KademliaProtocol):
 
         async with trio.open_nursery() as nursery:
             for c in targets:
-                if c.node_id not in replicas:  # it just stored the chunk: it names itself
+                if c.node_id not in replicas:  # it just stored the block: it names itself
                     nursery.start_soon(one, c)
         self._announced[key] = trio.current_time()
         if res is not None:

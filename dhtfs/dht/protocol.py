@@ -47,6 +47,8 @@ log = logging.getLogger(__name__)
 FULL_SECONDS = 60.0
 """A peer that refused a PUT_CHUNK for want of space (``rpc.NO_SPACE``) is no placement
 target for this long: blocks go to the next closest node (``peer_full``)."""
+KADEMLIA_METHODS = frozenset({rpc.PING, rpc.FIND_NODE, rpc.FIND_PROVIDERS, rpc.ADD_PROVIDER})
+"""The requests answered here; any other goes to the handler registered in ``services``."""
 
 
 class KademliaProtocol:
@@ -142,9 +144,9 @@ class KademliaProtocol:
 
     def _maybe_hand_off(self, newcomer: Contact) -> None:
         """A node we did not know: if it lands among our k closest neighbours, it may now be
-        one of the R closest to chunks we hold as a replica (paper 2.5: a node that learns of
+        one of the R closest to blocks we hold as a replica (paper 2.5: a node that learns of
         a new node closer to some of its keys replicates them to it). ``_handoff_loop``
-        checks each chunk."""
+        checks each block."""
         near = self.routing.closest(self.id, self.k)
         if len(near) >= self.k and distance(newcomer.node_id, self.id) > distance(
             near[-1].node_id, self.id
@@ -262,7 +264,7 @@ class KademliaProtocol:
         """The ``RequestHandler``: validate, refresh the caller in routing, answer."""
         if not isinstance(args, dict):
             raise RemoteError(f"{method}: arguments must be a map")
-        if method not in (rpc.PING, rpc.FIND_NODE, rpc.FIND_PROVIDERS, rpc.ADD_PROVIDER):
+        if method not in KADEMLIA_METHODS:
             service = self.services.get(method)
             if service is None:
                 raise RemoteError(f"unknown method {method!r}")

@@ -110,7 +110,7 @@ class _UnixStream:
 
 
 class ControlServer:
-    """Answers control requests for ``nodes`` (``dhtfs.dht.node.Node`` instances)."""
+    """Answers control requests for ``nodes`` (``dhtfs.blocks.node.BlockNode`` instances)."""
 
     def __init__(
         self,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -245,18 +245,32 @@ async def test_silent_peers_do_not_stall_lookups(
 class TamperingStore:
     """A chunk store that serves every chunk with one bit flipped."""
 
+    root = None  # no files to stat: sizes and reads go through ``get``
+
     def __init__(self, inner: BlockStore) -> None:
         self.inner = inner
 
+    def path_of(self, cid: bytes) -> Path:
+        return self.inner.path_of(cid)
+
     def has(self, cid: bytes) -> bool:
         return self.inner.has(cid)
+
+    def put(self, cid: bytes, data: bytes) -> bool:
+        return self.inner.put(cid, data)
+
+    def touch(self, cid: bytes) -> bool:
+        return self.inner.touch(cid)
+
+    def sync(self, cids: Iterable[bytes]) -> None:
+        self.inner.sync(cids)
 
     def get(self, cid: bytes) -> bytes:
         data = bytearray(self.inner.get(cid))
         data[0] ^= 1
         return bytes(data)
 
-    def put_verified(self, cid: bytes, data: bytes) -> bool:
+    def put_verified(self, cid: bytes, data: bytes, *, durable: bool = False) -> bool:
         if block_id_of(data) != cid:
             raise BlockCorrupt(cid, "content does not hash to its id")
         return self.inner.put(cid, data)
