@@ -1,22 +1,22 @@
-"""Reads waiting for a chunk that no reachable node could serve yet, and what wakes them.
+"""Reads waiting for a block that no reachable node could serve yet, and what wakes them.
 
 A node may show a file version before any node it can reach holds its blocks (the version's
 writer placed them late, or is a client-only mount nobody routes to; see
 ``dhtfs.blocks.fetch``). Such a read keeps looking, with backoff, until its deadline; news that
-the chunk is on its way cuts the wait short:
+the block is on its way cuts the wait short:
 
 - a replica's copy pushed here (PUT_CHUNK): the bytes themselves, already verified;
-- a small chunk spread with its provider record (ADD_PROVIDER with data): the bytes, verified;
+- a small block spread with its provider record (ADD_PROVIDER with data): the bytes, verified;
 - a provider record for it (ADD_PROVIDER without data): a lookup now would find it.
 
-A read that waited out its deadline is remembered for ``MISSED_SECONDS`` (news of the chunk
+A read that waited out its deadline is remembered for ``MISSED_SECONDS`` (news of the block
 forgets it): a read of it again meanwhile fails at once. The kernel retries a failed page read
 at once, and a reader that just got EIO after the whole deadline must not wait that long a
 second time for the same answer (even one more look can take seconds when peers are silent).
 
 Invariants: a watch is registered before the reader's first ask, so news arriving between an
 ask and the wait is never lost (the event stays set); ``arrived`` costs one dict lookup when
-nobody waits (it is on the RPC handler's path); watches are counted, so two reads of one chunk
+nobody waits (it is on the RPC handler's path); watches are counted, so two reads of one block
 share its news and the entry goes when the last one leaves.
 """
 
@@ -29,11 +29,11 @@ import trio
 
 MISSED_SECONDS = 5.0
 MISSED_MAX = 4096
-"""Chunks remembered as missed at most (the oldest go first)."""
+"""Blocks remembered as missed at most (the oldest go first)."""
 
 
 class Watch:
-    """News of one chunk for the reads waiting for it."""
+    """News of one block for the reads waiting for it."""
 
     __slots__ = ("data", "event", "readers", "waiting")
 
@@ -50,15 +50,15 @@ class Watch:
 
 
 class Arrivals:
-    """Chunk ID → ``Watch`` for the reads waiting for it (on the trio thread)."""
+    """Block ID → ``Watch`` for the reads waiting for it (on the trio thread)."""
 
     def __init__(self) -> None:
         self._watches: dict[bytes, Watch] = {}
-        self._missed: dict[bytes, float] = {}   # chunk → until when it counts as missed
+        self._missed: dict[bytes, float] = {}   # block → until when it counts as missed
 
     @property
     def waiting(self) -> int:
-        """How many chunks reads found nowhere yet and wait for now (``dhtfs status``:
+        """How many blocks reads found nowhere yet and wait for now (``dhtfs status``:
         ``reads.waiting``)."""
         return sum(1 for w in self._watches.values() if w.waiting and w.data is None)
 

@@ -1,18 +1,17 @@
-"""Reads of chunks: the ``get_chunk`` half of ``dhtfs.dht.node.Node``, split out by concept.
+"""Reads of blocks: the ``get_block`` half of ``dhtfs.blocks.node.BlockNode``.
 
-``ChunkReads`` is a mixin of ``Node`` (it uses the node's routing table, lookups, calls and
-store; see the attributes declared below). The rules, with their reasons, are in the node's
-module docstring ("get_chunk"); in short:
+``BlockReads`` is a mixin of ``BlockNode`` (it uses the node's routing table, lookups, calls and
+store; see the attributes declared below). In short:
 
 - local store first; then the nodes hinted to hold it (the writer of the version naming it,
   through its routing contact or, a client-only writer being in nobody's routing table, the
   connection it opened to us; when neither exists, the R closest in our routing table);
-  then FIND_PROVIDERS asking for the bytes inline (Kademlia's FIND_VALUE for small chunks);
+  then FIND_PROVIDERS asking for the bytes inline (Kademlia's FIND_VALUE for small blocks);
   then the providers it named, ranked by RTT EWMA, hedged to the next one when a provider is
   slower than its expected time, falling through on failure (``_fetch``);
 - every answer is verified against its ID (SHA-256); a provider that sends bad bytes is
   penalized (ranked last from then on) and the next one is asked;
-- a fetched chunk is kept as a cached copy (``_cache_later``): written when the process is
+- a fetched block is kept as a cached copy (``_cache_later``): written when the process is
   otherwise idle, announced at the next republish, and reported to ``on_cached`` (the disk
   cache, which evicts such copies least recently used first).
 
@@ -23,8 +22,8 @@ only copy until placement, reachable only over its own connections), and a read 
 them failed with EIO for bytes that arrived a moment later. The rule: **a version a node
 shows can be read there**. A read that finds no copy keeps looking until its deadline, with
 backoff (``RETRY_FIRST`` doubling to ``RETRY_MAX``): a lookup each time, the local store, and
-the version's writer again once a connection to it exists. News of the chunk reaching this
-node (a replica's copy pushed here, a provider record or a small chunk's bytes with it:
+the version's writer again once a connection to it exists. News of the block reaching this
+node (a replica's copy pushed here, a provider record or a small block's bytes with it:
 ``dhtfs.blocks.arrivals``) ends a wait at once. EIO only when the deadline passes with no copy
 found, or at once on a node with no peer at all (nobody could bring one). Chosen over
 holding a version back until its blocks are placed, which would need the op log to order a
@@ -48,6 +47,7 @@ import trio.testing
 from dhtfs.base.errors import BlockMissing, NetworkError
 from dhtfs.base.ids import sha256_id
 from dhtfs.blocks.arrivals import Arrivals, Watch
+from dhtfs.blocks.storage import BlockStorage, PeerNetwork
 from dhtfs.dht.results import GetResult, ValueResult
 from dhtfs.net import rpc
 from dhtfs.net.network import Contact, Message
@@ -62,18 +62,18 @@ ALONE_AFTER = 600.0
 """A read gives up at once for want of peers only when none was heard from for this long."""
 RETRY_FIRST = 0.05
 """Seconds a patient read waits before its second look for a copy; doubled after each look,
-up to ``RETRY_MAX`` (news of the chunk arriving here ends a wait at once)."""
+up to ``RETRY_MAX`` (news of the block arriving here ends a wait at once)."""
 RETRY_MAX = 2.0
 
 
 class BlockReads:
-    """``get_chunk`` and the caching of fetched chunks (a mixin of ``Node``)."""
+    """``get_block`` and the caching of fetched blocks (a mixin of ``BlockNode``)."""
 
-    # Provided by Node:
+    # Provided by BlockNode:
     id: bytes
     replicas: int
-    store: Any
-    network: Any
+    store: BlockStorage
+    network: PeerNetwork
     routing: RoutingTable
     fetch_timeout: float
     cache_fetched: bool
@@ -86,6 +86,7 @@ class BlockReads:
     _cache_recv: trio.MemoryReceiveChannel[tuple[bytes, bytes, float]]
     _cache_queued: int
     _offload: Callable[..., Awaitable[Any]]
+    recent_peers: Callable[[float], int]
     _call: Callable[[Contact, str, Message, float], Awaitable[Message]]
     _local_get: Callable[..., Awaitable[bytes | None]]
     find_value: Callable[..., Awaitable[ValueResult]]
@@ -93,23 +94,23 @@ class BlockReads:
     _served_bad_bytes: Callable[[Contact, bytes], None]
 
     async def get_block(self, block_id: bytes, hints: Iterable[bytes] = ()) -> bytes:
-        """The chunk's bytes, verified; from here, else from the fastest provider that has it.
+        """The block's bytes, verified; from here, else from the fastest provider that has it.
         ``hints``: node IDs likely to hold it (the writer of the file version that names it),
-        asked directly, before any lookup, when reachable. Raises ``ChunkMissing`` when no
+        asked directly, before any lookup, when reachable. Raises ``BlockMissing`` when no
         provider can serve it."""
         return (await self.get_block_detailed(block_id, hints)).data
 
     async def get_block_detailed(
         self, block_id: bytes, hints: Iterable[bytes] = (), *, until: float | None = None
     ) -> GetResult:
-        """``get_chunk``, saying how the bytes were found (``GetResult``).
+        """``get_block``, saying how the bytes were found (``GetResult``).
 
         The hinted holders are asked first; if they have not answered within the first one's
         hedge delay (or failed), the lookup path starts too, and the first verified answer
         wins: a hinted writer that went silent costs a read its hedge delay, not a timeout.
 
         ``until`` (trio time; None: give up at once): while no copy is found, keep looking
-        until then (see the module docstring, "patience"); ``ChunkMissing`` only past it, or
+        until then (see the module docstring, "patience"); ``BlockMissing`` only past it, or
         at once when this node has no peer at all."""
         local = await self._local_get(block_id)
         if local is not None:
@@ -125,10 +126,10 @@ class BlockReads:
             if until is not None:
                 if trio.current_time() >= until:  # a whole deadline waited: not again at once
                     self.arrivals.missed(block_id)
-                log.warning("chunk %s: no copy on any reachable node (its writer: %s)",
+                log.warning("block %s: no copy on any reachable node (its writer: %s)",
                             block_id.hex()[:16], hints[0].hex()[:12] if hints else "unknown")
             elif hints:
-                log.warning("chunk %s: neither the hinted holders nor the providers a lookup "
+                log.warning("block %s: neither the hinted holders nor the providers a lookup "
                             "found could serve it", block_id.hex()[:16])
             raise BlockMissing(block_id, "no reachable provider has it")
         if self.cache_fetched and got.source not in ("local", "arrived"):
@@ -141,9 +142,7 @@ class BlockReads:
         opened to push its ops carries our requests too), else None."""
         c = self.routing.get(node_id)
         if c is None:
-            connected = getattr(self.network, "connected_contact", None)
-            if connected is not None:
-                c = connected(node_id)
+            c = self.network.connected_contact(node_id)
         return c
 
     def _alone(self) -> bool:
@@ -153,15 +152,14 @@ class BlockReads:
         than alone, and the read waits for them (the replication backlog's rule too)."""
         if len(self.routing):
             return False
-        connected = getattr(self.network, "connected_peers", None)
-        if connected is not None and connected():
+        if self.network.connected_peers():
             return False
         return self.recent_peers(ALONE_AFTER) == 0
 
     async def _look_for(
         self, cid: bytes, hints: list[bytes], until: float | None, news: Watch
     ) -> GetResult | None:
-        """The rounds of one read (see ``get_chunk_detailed``); None when nothing served it."""
+        """The rounds of one read (see ``get_block_detailed``); None when nothing served it."""
         hinted = [c for h in hints if (c := self._reachable(h)) is not None]
         asked = {c.node_id for c in hinted}
         guessed = False
@@ -213,7 +211,7 @@ class BlockReads:
                         return      # else the hinted writer's answer decides
                     if not news.waiting:
                         news.waiting = True
-                        log.info("chunk %s: no copy found yet; waiting up to %.1fs for one",
+                        log.info("block %s: no copy found yet; waiting up to %.1fs for one",
                                  cid.hex()[:16], until - now)
                     with trio.move_on_after(min(delay, until - now)):
                         await news.event.wait()
@@ -239,9 +237,9 @@ class BlockReads:
         return got
 
     async def _get_by_lookup(self, block_id: bytes, *, quiet: bool = False) -> GetResult | None:
-        """The chunk through a FIND_VALUE lookup and the providers it names (verified);
+        """The block through a FIND_VALUE lookup and the providers it names (verified);
         None (with a warning, unless ``quiet``) when none could serve it."""
-        dials0 = getattr(self.network, "dials", 0)
+        dials0 = self.network.dials
         tried: set[bytes] = {self.id}
         notes = []
         queries = hops = 0
@@ -265,16 +263,16 @@ class BlockReads:
                 hops += 1
             if data is not None:
                 return GetResult(data, source, queries, hops,
-                                 getattr(self.network, "dials", 0) - dials0, provider)
+                                 self.network.dials - dials0, provider)
         if not quiet:
-            log.warning("chunk %s: no provider could serve it (%s)", block_id.hex()[:16],
+            log.warning("block %s: no provider could serve it (%s)", block_id.hex()[:16],
                         "; ".join(notes))
         return None
 
     async def _cache_later(
         self, cid: bytes, data: bytes, *, announced: float = -math.inf
     ) -> None:
-        """Keep a verified chunk as a cached copy (a fetched one, or one spread with its
+        """Keep a verified block as a cached copy (a fetched one, or one spread with its
         provider record), counted as announced at ``announced`` (default: never, so the next
         republish announces it). While ``run_maintenance`` runs, the write is queued for
         ``_cache_loop``; under overload (queue full) the copy is skipped, caching being an
@@ -290,7 +288,7 @@ class BlockReads:
             log.debug("cache queue full: not caching %s", cid.hex()[:16])
 
     async def _cache_loop(self) -> None:
-        """Write queued fetched chunks when the process is otherwise idle (every other task
+        """Write queued fetched blocks when the process is otherwise idle (every other task
         blocked: ``trio.testing.wait_all_tasks_blocked``, public trio API used as an idle
         priority), so cache writes never delay the RPCs and reads in progress. Measured at
         N=64 on loopback: writing at once cost a read ~0.5 ms of median latency, a worker
@@ -306,14 +304,14 @@ class BlockReads:
                 self._cache_queued -= 1
 
     def _cache_batch(self, batch: list[tuple[bytes, bytes, float]]) -> list[tuple[bytes, int]]:
-        """Store the chunks (in a worker thread); returns the ones that were new, sized."""
+        """Store the blocks (in a worker thread); returns the ones that were new, sized."""
         new = []
         for cid, data, announced in batch:
             try:
                 if self.store.put(cid, data):
                     new.append((cid, sealed_size(len(data))))
             except OSError as exc:
-                log.warning("cannot cache chunk %s: %s", cid.hex()[:16], exc)
+                log.warning("cannot cache block %s: %s", cid.hex()[:16], exc)
                 continue
             self._announced[cid] = max(announced, self._announced.get(cid, -math.inf))
         return new

@@ -37,7 +37,7 @@ import trio
 
 from dhtfs.base.errors import NetworkError
 from dhtfs.base.periodic import every
-from dhtfs.dht.node import Node
+from dhtfs.blocks.node import BlockNode
 from dhtfs.net.network import Contact, Message
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ class Reclaimer:
 
     def __init__(
         self,
-        node: Node,
+        node: BlockNode,
         grace: float,
         *,
         local_refs: LocalRefs | None = None,

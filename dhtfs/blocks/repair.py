@@ -25,7 +25,7 @@ import trio
 
 from dhtfs.base.errors import BlockError, NetworkError
 from dhtfs.base.periodic import every
-from dhtfs.dht.node import Node
+from dhtfs.blocks.node import BlockNode
 from dhtfs.net import rpc
 from dhtfs.net.network import Contact
 
@@ -39,7 +39,9 @@ CONCURRENCY = 8
 class Repairer:
     """The repair passes of one node (see the module docstring)."""
 
-    def __init__(self, node: Node, *, interval: float = INTERVAL_SECONDS, rate: int = RATE) -> None:
+    def __init__(
+        self, node: BlockNode, *, interval: float = INTERVAL_SECONDS, rate: int = RATE
+    ) -> None:
         self.node = node
         self.interval = interval
         self.rate = rate

@@ -30,7 +30,7 @@ from pathlib import Path
 import trio
 
 from dhtfs.base.errors import BlockError
-from dhtfs.dht.node import Node
+from dhtfs.blocks.node import BlockNode
 from dhtfs.store.idset import IdSetFile
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ class BlockReplicator:
 
     def __init__(
         self,
-        node: Node,
+        node: BlockNode,
         backlog_path: Path,
         *,
         max_bytes: int,

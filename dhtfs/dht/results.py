@@ -1,4 +1,4 @@
-"""What the node's chunk operations report: ``PutResult`` (where a put placed a chunk),
+"""What the node's block operations report: ``PutResult`` (where a put placed a block),
 ``GetResult`` (where a get found it) and ``ValueResult`` (what a FIND_VALUE lookup found)."""
 
 from __future__ import annotations
@@ -13,14 +13,14 @@ from dhtfs.net.network import Contact
 
 @dataclass(slots=True)
 class PutResult:
-    """Where ``put_chunk`` placed a chunk.
+    """Where ``put_block`` placed a block.
 
     ``replicas``: the remote nodes among the R XOR-closest that acknowledged PUT_CHUNK (if those
     fail, the next closest are tried, so a replica may come from further down the k closest).
     ``local_slot``: this node is itself among the R closest, so its copy fills one slot.
     ``copies`` = R slots filled; ``complete`` when ``copies >= min(R, nodes known + 1)``, i.e.
     R copies, or every node the lookup found when the swarm is smaller than R.
-    ``put_chunk`` never fails for lack of replicas (the local copy is durable); callers that must
+    ``put_block`` never fails for lack of replicas (the local copy is durable); callers that must
     wait for replication (fsync) check ``complete``.
     """
 
@@ -42,7 +42,7 @@ class PutResult:
 
 @dataclass(slots=True)
 class GetResult:
-    """What ``get_chunk_detailed`` did: the verified bytes, where they came from (``local``,
+    """What ``get_block_detailed`` did: the verified bytes, where they came from (``local``,
     ``hinted``: GET_CHUNK from a hinted node, ``inline``: a FIND_VALUE answer, ``fetched``:
     GET_CHUNK from a provider, which is ``provider``), the lookup RPCs sent (``queries``),
     sequential RPCs (``hops``, see ``dhtfs.dht.lookup``; a fetch adds one) and new

@@ -176,7 +176,7 @@ class ControlledNode(Protocol):
 
 
 class ControlServer:
-    """Answers control requests for ``nodes``."""
+    """Answers control requests for ``nodes`` (``dhtfs.blocks.node.BlockNode`` instances)."""
 
     def __init__(
         self,

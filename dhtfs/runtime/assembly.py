@@ -28,11 +28,12 @@ import trio
 
 from dhtfs.base.config import Config, parse_metrics_address
 from dhtfs.base.errors import ConfigError
+from dhtfs.blocks.node import BlockNode
 from dhtfs.blocks.reclaim import LocalRefs, Reclaimer
 from dhtfs.blocks.repair import Repairer
 from dhtfs.blocks.replication import BlockReplicator
 from dhtfs.dht.discovery import Discovery
-from dhtfs.dht.node import Node
+from dhtfs.dht.revocations import start_revocation
 from dhtfs.net.control import CONTROL_SOCKET_NAME, ControlServer
 from dhtfs.net.network import Message
 from dhtfs.net.transport import Transport
@@ -45,7 +46,7 @@ from dhtfs.runtime.metrics import Metrics
 from dhtfs.store.blockstore import BlockStore
 from dhtfs.store.diskcache import DiskCache, file_size
 from dhtfs.trust import pki
-from dhtfs.trust.revocation import RevocationList, start_revocation
+from dhtfs.trust.revocation import RevocationList
 
 log = logging.getLogger(__name__)
 
@@ -78,11 +79,11 @@ async def listen(nursery: trio.Nursery, identity: pki.Identity, configured: str,
 async def open_network(
     nursery: trio.Nursery, config: Config, identity: pki.Identity, store: BlockStore,
     default_listen: str, *, client: bool = False,
-) -> tuple[Transport, Node, RevocationList]:
+) -> tuple[Transport, BlockNode, RevocationList]:
     """Listen, the Kademlia node over ``store``, and the revocation list (its tasks and the
     transport's in ``nursery``)."""
     transport = await listen(nursery, identity, config.listen, default_listen)
-    node = Node(transport, store, replicas=config.replicas, fetch_timeout=config.read_deadline)
+    node = BlockNode(transport, store, replicas=config.replicas, fetch_timeout=config.read_deadline)
     node.client = transport.client = client
     transport.handler = node.handle
     revocations = start_revocation(nursery, node, transport, identity.ca_cert,
@@ -90,7 +91,7 @@ async def open_network(
     return transport, node, revocations
 
 
-async def load_cache(config: Config, store: BlockStore, node: Node,
+async def load_cache(config: Config, store: BlockStore, node: BlockNode,
                      pending: Callable[[bytes], bool]) -> DiskCache:
     """The disk cache of copies held for reading (its index stats every cached block: in a
     worker thread), told by ``node`` of what it caches, serves and now holds for the swarm."""
@@ -129,7 +130,7 @@ class NodeAssembly:
         identity: pki.Identity,
         store: BlockStore,
         transport: Transport,
-        node: Node,
+        node: BlockNode,
         cache: DiskCache,
         revocations: RevocationList,
         log_store: LogStore,

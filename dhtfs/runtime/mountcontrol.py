@@ -12,7 +12,7 @@ import hashlib
 from typing import Any
 
 from dhtfs.base.errors import RemoteError
-from dhtfs.dht.node import Node
+from dhtfs.blocks.node import BlockNode
 from dhtfs.fs import fsck
 from dhtfs.fs.remote import RemoteChanges
 from dhtfs.net.network import Message
@@ -26,7 +26,7 @@ from dhtfs.trust.revocation import RevocationList
 class MountControl:
     """The control methods of one mount, over its parts."""
 
-    def __init__(self, fs: LocalFilesystem, node: Node, transport: Transport,
+    def __init__(self, fs: LocalFilesystem, node: BlockNode, transport: Transport,
                  log_replicator: LogReplicator, remote: RemoteChanges,
                  revocations: RevocationList) -> None:
         self.fs = fs

@@ -38,11 +38,11 @@ from dhtfs.base import systemd
 from dhtfs.base.config import DEFAULT_LISTEN, Config
 from dhtfs.base.errors import BlockError, NamespaceError, NetworkError
 from dhtfs.blocks.clientplace import ClientPlacement
+from dhtfs.blocks.node import BlockNode
 from dhtfs.blocks.reclaim import BATCH as REFS_BATCH
 from dhtfs.blocks.reclaim import REFS
 from dhtfs.blocks.replication import BlockReplicator
 from dhtfs.blocks.verify import log_lag
-from dhtfs.dht.node import Node
 from dhtfs.fs.remote import RemoteChanges
 from dhtfs.meta.replica import NamespaceLog
 from dhtfs.net import rpc
@@ -73,7 +73,7 @@ class RemoteReads:
     """Blocks not stored here, from the swarm: a mount's ``FileContents.fetch`` and its
     ``user.dhtfs.providers`` lookups; counts remote reads by where they came from."""
 
-    def __init__(self, node: Node, read_deadline: float) -> None:
+    def __init__(self, node: BlockNode, read_deadline: float) -> None:
         self.node = node
         self.read_deadline = read_deadline
         self.by_source: dict[str, int] = {}  # remote reads: provider (hex) or source
@@ -134,7 +134,7 @@ class MountNode(NodeAssembly):
         fs: LocalFilesystem,
         mountpoint: Path,
         transport: Transport,
-        node: Node,
+        node: BlockNode,
         cache: DiskCache,
         revocations: RevocationList,
         block_replicator: BlockReplicator,

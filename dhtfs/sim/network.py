@@ -127,12 +127,21 @@ class SimWorld:
 
 
 class SimNetwork:
-    """One node's view of the simulated network (implements ``Network``)."""
+    """One node's view of the simulated network (implements ``Network`` and
+    ``dhtfs.blocks.storage.PeerNetwork``: it has no connections, so none are open and none
+    are dialed)."""
 
     def __init__(self, world: SimWorld, local: Contact) -> None:
         self.world = world
         self._local = local
         self.handler: RequestHandler | None = None
+        self.dials = 0
+
+    def connected_peers(self) -> list[Contact]:
+        return []
+
+    def connected_contact(self, node_id: bytes) -> Contact | None:
+        return None
 
     @property
     def local(self) -> Contact:

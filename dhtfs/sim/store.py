@@ -1,9 +1,11 @@
-"""A chunk store in memory, for the simulator: the same contract as ``ChunkStore``, no disk,
-no encryption (simulated nodes share one process, and nothing leaves it)."""
+"""A block store in memory, for the simulator: the same contract as ``BlockStore``
+(``dhtfs.blocks.storage.BlockStorage``), no disk, no encryption (simulated nodes share one
+process, and nothing leaves it)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from pathlib import Path
 
 from dhtfs.base.errors import BlockCorrupt, BlockMissing
 from dhtfs.base.ids import sha256_id
@@ -14,6 +16,9 @@ class MemoryStore:
     to its key, unless written by ``put`` (which, like ``ChunkStore.put``, trusts the caller)."""
 
     __slots__ = ("_chunks",)
+
+    root: Path | None = None
+    """No files: the blocks live in memory."""
 
     def __init__(self) -> None:
         self._chunks: dict[bytes, bytes] = {}
@@ -33,10 +38,22 @@ class MemoryStore:
         self._chunks[block_id] = bytes(data)
         return True
 
-    def put_verified(self, block_id: bytes, data: bytes) -> bool:
+    def path_of(self, block_id: bytes) -> Path:
+        """No block has a file here (``root`` is None)."""
+        raise BlockMissing(block_id, "a memory store keeps no files")
+
+    def put_verified(self, block_id: bytes, data: bytes, *, durable: bool = False) -> bool:
+        """``durable`` changes nothing: memory is all there is."""
         if sha256_id(data) != block_id:
             raise BlockCorrupt(block_id, "content does not hash to its id")
         return self.put(block_id, data)
+
+    def touch(self, block_id: bytes) -> bool:
+        """Whether ``block_id`` is held (nothing is collected here: no grace to restart)."""
+        return block_id in self._chunks
+
+    def sync(self, block_ids: Iterable[bytes]) -> None:
+        """Nothing to make durable."""
 
     def remove(self, block_id: bytes) -> bool:
         return self._chunks.pop(block_id, None) is not None

@@ -1,4 +1,4 @@
-"""Many real ``Node``s on one ``SimWorld``: spawn, join, kill, replace, and ground truth.
+"""Many real ``BlockNode``s on one ``SimWorld``: spawn, join, kill, replace, and ground truth.
 
 Two ways to fill routing tables:
 - ``join``: the real protocol — the node bootstraps from seed contacts (PING, lookup of its own
@@ -21,7 +21,7 @@ from typing import Any
 import trio
 
 from dhtfs.base.ids import ID_BITS, random_id, to_int
-from dhtfs.dht.node import Node
+from dhtfs.blocks.node import BlockNode
 from dhtfs.net.network import Contact
 from dhtfs.sim.network import SimWorld
 from dhtfs.sim.store import MemoryStore
@@ -45,12 +45,14 @@ class Swarm:
         self.rng = random.Random(seed)
         self.maintenance = maintenance
         self.node_kwargs = {"offload_threshold": None, "cache_when_idle": False, **node_kwargs}
-        self.nodes: dict[bytes, Node] = {}          # alive nodes
+        self.nodes: dict[bytes, BlockNode] = {}     # alive nodes
         self._scopes: dict[bytes, trio.CancelScope] = {}
 
     # -- membership ----------------------------------------------------------------------------
 
-    async def spawn(self, node_id: bytes | None = None, *, node_cls: type[Node] = Node) -> Node:
+    async def spawn(
+        self, node_id: bytes | None = None, *, node_cls: type[BlockNode] = BlockNode
+    ) -> BlockNode:
         """A new node, attached to the world (and its maintenance started if enabled)."""
         nid = node_id if node_id is not None else random_id(self.rng)
         ep = self.world.endpoint(nid)
@@ -62,7 +64,7 @@ class Swarm:
             self._scopes[nid] = await self.nursery.start(self._maintain, node)
         return node
 
-    async def _maintain(self, node: Node, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    async def _maintain(self, node: BlockNode, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         with trio.CancelScope() as scope:
             task_status.started(scope)
             await node.run_maintenance()
@@ -75,17 +77,17 @@ class Swarm:
         if scope is not None:
             scope.cancel()
 
-    def random_alive(self, count: int = 1, exclude: Iterable[bytes] = ()) -> list[Node]:
+    def random_alive(self, count: int = 1, exclude: Iterable[bytes] = ()) -> list[BlockNode]:
         skip = set(exclude)
         pool = [n for nid, n in self.nodes.items() if nid not in skip]
         return self.rng.sample(pool, min(count, len(pool)))
 
-    async def join(self, node: Node, seeds: int = 3) -> int:
+    async def join(self, node: BlockNode, seeds: int = 3) -> int:
         """Bootstrap ``node`` through up to ``seeds`` random live nodes (the real protocol)."""
         others = self.random_alive(seeds, exclude=(node.id,))
         return await node.bootstrap([o.contact for o in others])
 
-    async def grow(self, count: int, seeds: int = 3) -> list[Node]:
+    async def grow(self, count: int, seeds: int = 3) -> list[BlockNode]:
         """Add ``count`` nodes one after another, each joining by the real protocol."""
         added = []
         for _ in range(count):

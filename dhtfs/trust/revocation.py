@@ -7,9 +7,8 @@ last (``list_revoked`` reads it back).
 The node side (``RevocationList``): a node loads the newest CRL it has (its configured
 ``-o crl=PATH``, re-read when the file changes, and the one it adopted earlier, kept in its
 state directory) and refuses revoked peers at the handshake (``Transport.revoked``). Nodes
-spread a newer list to each other (the ``CRL`` service: a node asks a few peers every
-``SYNC_SECONDS`` with its CRL number, and whoever has a newer list hands it over); a node that
-adopts one drops its connections to the nodes it revokes and forgets them.
+spread a newer list to each other (``dhtfs.dht.revocations``: the ``CRL`` service); a node that
+adopts one drops its connections to the nodes it revokes and forgets them (``on_adopted``).
 
 Invariants:
 - a list is adopted only if the swarm CA signed it, it names the CA as issuer, and its CRL
@@ -25,18 +24,13 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
-import random
 from collections.abc import Callable
 from pathlib import Path
 
-import trio
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
-from dhtfs.base.errors import ConfigError, NetworkError, RemoteError
-from dhtfs.dht.node import Node
-from dhtfs.net.network import Contact, Message
-from dhtfs.net.transport import Transport
+from dhtfs.base.errors import ConfigError
 from dhtfs.trust import pki
 
 log = logging.getLogger(__name__)
@@ -44,10 +38,6 @@ log = logging.getLogger(__name__)
 CRL_NAME = "crl.pem"
 ADOPTED_NAME = "crl.der"
 CRL_VALIDITY = dt.timedelta(days=3650)
-SERVICE = "CRL"
-"""``{"number": int}`` → ``{"number": int, "crl"?: bytes}`` (the DER list, when newer)."""
-SYNC_SECONDS = 5.0
-SYNC_PEERS = 3
 
 
 # -- the CA side -------------------------------------------------------------------------------
@@ -136,14 +126,19 @@ class RevocationList:
     """The newest valid CRL this node knows (see the module docstring). Lives on the trio
     thread; ``is_revoked`` is cheap (a set lookup after one certificate parse)."""
 
-    def __init__(self, ca: x509.Certificate, state_dir: Path, configured: Path | None) -> None:
+    def __init__(
+        self, ca: x509.Certificate, state_dir: Path, configured: Path | None,
+        *, on_adopted: Callable[[], None] | None = None,
+    ) -> None:
+        """``on_adopted``: told after each newer list is adopted (loading the ones at hand
+        included)."""
         self.ca = ca
         self.adopted_path = state_dir / ADOPTED_NAME
         self.configured = configured
         self.number = 0
         self.der: bytes | None = None
         self.serials: frozenset[int] = frozenset()
-        self.on_adopted: Callable[[], None] | None = None
+        self.on_adopted = on_adopted
         self._configured_stamp: tuple[int, int] | None = None
         if self.adopted_path.exists():
             self.offer(self.adopted_path.read_bytes(), source="the state directory")
@@ -194,56 +189,3 @@ class RevocationList:
             return False
         self._configured_stamp = stamp
         return self.offer(self.configured.read_bytes(), source=str(self.configured))
-
-    async def handle(self, caller: Contact, method: str, args: Message) -> Message:
-        """The ``CRL`` service: hand over our list when the caller's is older."""
-        theirs = args.get("number")
-        if not isinstance(theirs, int):
-            raise RemoteError("CRL: 'number' must be an integer")
-        if self.der is not None and theirs < self.number:
-            return {"number": self.number, "crl": self.der}
-        return {"number": self.number}
-
-    async def run(
-        self,
-        peers: Callable[[], list[Contact]],
-        call: Callable[[Contact, str, Message], object],
-    ) -> None:
-        """Every ``SYNC_SECONDS``: re-read the configured file, and ask a few peers."""
-        rng = random.Random()
-        while True:
-            await trio.sleep(SYNC_SECONDS * (0.75 + 0.5 * rng.random()))
-            self.reload_configured()
-            known = peers()
-            for peer in rng.sample(known, min(SYNC_PEERS, len(known))):
-                try:
-                    ans = await call(peer, SERVICE, {"number": self.number})  # type: ignore[misc]
-                except NetworkError:
-                    continue
-                crl = ans.get("crl") if isinstance(ans, dict) else None
-                if isinstance(crl, bytes):
-                    self.offer(crl, source=f"peer {peer}")
-
-
-def start_revocation(
-    nursery: trio.Nursery, node: Node, transport: Transport, ca_cert: Path, state_dir: Path,
-    configured: Path | None,
-) -> RevocationList:
-    """Load the node's list, make the transport refuse revoked peers, serve and spread newer
-    lists (in ``nursery``); a newly adopted list drops the peers it revokes at once."""
-    revocations = RevocationList(pki.load_cert(ca_cert), state_dir, configured)
-    transport.revoked = revocations.is_revoked
-
-    def adopted() -> None:
-        for node_id in transport.drop_revoked():
-            node.routing.remove(node_id)
-            log.warning("dropped revoked peer %s", node_id.hex()[:16])
-
-    revocations.on_adopted = adopted
-    adopted()
-    node.services[SERVICE] = revocations.handle
-    nursery.start_soon(
-        revocations.run, node.routing.contacts,
-        lambda peer, method, args: node.call(peer, method, args, node.rpc_timeout),
-    )
-    return revocations

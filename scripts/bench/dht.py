@@ -85,7 +85,7 @@ def raise_fd_limit() -> None:
 
 
 async def worker_main(args: argparse.Namespace) -> None:
-    from dhtfs.dht.node import Node
+    from dhtfs.blocks.node import BlockNode
     from dhtfs.net.control import ControlServer
     from dhtfs.net.transport import Transport
     from dhtfs.store.blockstore import BlockStore
@@ -99,13 +99,13 @@ async def worker_main(args: argparse.Namespace) -> None:
         if line:
             host, cert, key = line.split()
             idents.append((host, pki.Identity.load(Path(args.ca), Path(cert), Path(key))))
-    nodes: list[Node] = []
+    nodes: list[BlockNode] = []
     async with trio.open_nursery() as nursery:
         for i, (host, ident) in enumerate(idents):
             transport = Transport(ident, host, 0)
             await nursery.start(transport.serve)
             store = BlockStore(root / f"chunks{i}", load_master_key("ephemeral", root))
-            node = Node(transport, store)
+            node = BlockNode(transport, store)
             transport.handler = node.handle
             nodes.append(node)
         own = f"{nodes[0].contact.host}:{nodes[0].contact.port}"
@@ -113,7 +113,7 @@ async def worker_main(args: argparse.Namespace) -> None:
         limiter = trio.CapacityLimiter(8)
         rng = random.Random(own)
 
-        async def join(node: Node) -> None:
+        async def join(node: BlockNode) -> None:
             async with limiter:
                 await node.join_addresses([rng.choice(seeds)])
 

@@ -37,7 +37,7 @@ import trio.testing
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from dhtfs.base.ids import random_id, to_int
-from dhtfs.dht.node import Node
+from dhtfs.blocks.node import BlockNode
 from dhtfs.sim.network import SimWorld
 from dhtfs.sim.swarm import Swarm
 
@@ -114,7 +114,7 @@ class Bench:
         tally.times.append(trio.current_time() - t0)
 
     async def findnode_lookup(self, tally: Tally) -> None:
-        node: Node = self.rng.choice(list(self.sw.nodes.values()))
+        node: BlockNode = self.rng.choice(list(self.sw.nodes.values()))
         target = random_id(self.rng)
         t0 = trio.current_time()
         tally.total += 1

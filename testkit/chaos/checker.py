@@ -44,7 +44,7 @@ Tree = dict[str, tuple[str, int, int | None, str | None]]
 
 FULL_MARK_SECONDS = 60.0
 """How long a writer takes a peer that refused a block for want of space as full
-(``dhtfs.dht.node.FULL_SECONDS``)."""
+(``dhtfs.dht.protocol.FULL_SECONDS``)."""
 
 
 def classify(op: Op, windows: Sequence[Window], deadline: float) -> str:

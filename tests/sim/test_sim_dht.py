@@ -13,7 +13,7 @@ from trio.testing import MockClock
 
 from dhtfs.base.errors import BlockMissing, RemoteError
 from dhtfs.base.ids import from_int, random_id, sha256_id, to_int
-from dhtfs.dht.node import Node
+from dhtfs.blocks.node import BlockNode
 from dhtfs.net import rpc
 from dhtfs.net.network import Contact, Message
 from dhtfs.sim.network import SimWorld
@@ -79,7 +79,7 @@ async def test_small_swarm_put_counts_what_exists(
     assert await b.get_block(res.block_id) == b"two of us"
 
 
-class TamperingNode(Node):
+class TamperingNode(BlockNode):
     """Serves every chunk with one byte flipped, by GET_CHUNK and inline in FIND_PROVIDERS."""
 
     gets = 0
@@ -481,7 +481,7 @@ async def test_provider_records_expire_and_are_republished(
     for n in recorders:
         if n.id in sw.nodes:
             assert origin.id not in ids_of(n.local_providers(cid))
-            assert all(origin.id not in recs for recs in n._providers.values())
+            assert all(origin.id not in recs for recs in n.providers.values())
 
 
 async def test_three_hundred_nodes(autojump_clock: MockClock, make_swarm: MakeSwarm) -> None:
@@ -561,7 +561,7 @@ async def test_partition_then_heal(
     assert await b.get_block(cid) == data
 
 
-class RefusingNode(Node):
+class RefusingNode(BlockNode):
     """Answers lookups but refuses to store chunks (say, its disk is full)."""
 
     async def handle(self, caller: Contact, method: str, args: Message) -> Message:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -16,7 +16,7 @@ import pytest
 import trio
 
 from dhtfs.base.errors import AuthError, BlockCorrupt, RemoteError
-from dhtfs.dht.node import Node
+from dhtfs.blocks.node import BlockNode
 from dhtfs.net import wire
 from dhtfs.net.control import ControlClient
 from dhtfs.net.network import Contact
@@ -127,12 +127,12 @@ async def test_foreign_and_self_signed_nodes_refused(
 
 @asynccontextmanager
 async def joined_node(ident: Identity, host: str, store: object, seed: NodeProc
-                    ) -> AsyncIterator[tuple[Node, Transport]]:
+                    ) -> AsyncIterator[tuple[BlockNode, Transport]]:
     """An in-test node on the real transport that has joined the swarm through ``seed``."""
     transport = Transport(ident, host, 0)
     async with trio.open_nursery() as nursery:
         await nursery.start(transport.serve)
-        node = Node(transport, store)
+        node = BlockNode(transport, store)
         transport.handler = node.handle
         assert await node.join_addresses([(seed.host, seed.port)]) > 3
         yield node, transport
@@ -237,18 +237,32 @@ async def test_silent_peers_do_not_stall_lookups(
 class TamperingStore:
     """A chunk store that serves every chunk with one bit flipped."""
 
+    root = None  # no files to stat: sizes and reads go through ``get``
+
     def __init__(self, inner: BlockStore) -> None:
         self.inner = inner
 
+    def path_of(self, cid: bytes) -> Path:
+        return self.inner.path_of(cid)
+
     def has(self, cid: bytes) -> bool:
         return self.inner.has(cid)
+
+    def put(self, cid: bytes, data: bytes) -> bool:
+        return self.inner.put(cid, data)
+
+    def touch(self, cid: bytes) -> bool:
+        return self.inner.touch(cid)
+
+    def sync(self, cids: Iterable[bytes]) -> None:
+        self.inner.sync(cids)
 
     def get(self, cid: bytes) -> bytes:
         data = bytearray(self.inner.get(cid))
         data[0] ^= 1
         return bytes(data)
 
-    def put_verified(self, cid: bytes, data: bytes) -> bool:
+    def put_verified(self, cid: bytes, data: bytes, *, durable: bool = False) -> bool:
         if block_id_of(data) != cid:
             raise BlockCorrupt(cid, "content does not hash to its id")
         return self.inner.put(cid, data)

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from dhtfs.base.errors import RemoteError
 from dhtfs.base.ids import sha256_id
-from dhtfs.dht.node import Node
+from dhtfs.blocks.node import BlockNode
 from dhtfs.net import rpc
 from dhtfs.net.network import Contact
 from dhtfs.sim.network import SimWorld
@@ -29,10 +29,10 @@ ARGS = st.one_of(
 )
 
 
-def make_node() -> tuple[Node, Contact]:
+def make_node() -> tuple[BlockNode, Contact]:
     world = SimWorld(seed=1)
     ep = world.endpoint(bytes(range(32)))
-    node = Node(ep, MemoryStore(), offload_threshold=None)
+    node = BlockNode(ep, MemoryStore(), offload_threshold=None)
     world.attach(ep, node.handle)
     return node, Contact(bytes(32), "sim", 999)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from dhtfs.dht import node as node_mod
+from dhtfs.blocks import storage as node_mod
 from dhtfs.sim.store import MemoryStore
 from dhtfs.store.blockstore import BlockStore
 from dhtfs.store.masterkey import load_master_key
