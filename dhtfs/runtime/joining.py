@@ -25,8 +25,8 @@ import trio
 
 from dhtfs.base.config import DEFAULT_PORT
 from dhtfs.base.errors import ConfigError
-from dhtfs.dht.node import Node
 from dhtfs.blocks.replication import LIVE_SECONDS
+from dhtfs.dht.node import Node
 
 log = logging.getLogger(__name__)
 

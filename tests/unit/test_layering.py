@@ -74,7 +74,6 @@ def test_every_package_is_in_the_table() -> None:
     assert {p.split(".")[1] for p in PACKAGES} == set(ALLOWED) - {""}
 
 
-@pytest.mark.xfail(strict=True, reason="issue 17: the restructuring in progress")
 def test_packages_import_only_what_the_table_allows() -> None:
     offenders = []
     for name in MODULES:
@@ -126,7 +125,6 @@ def test_no_import_cycles() -> None:
     assert not cycles, "\n".join(" <-> ".join(c) for c in cycles)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 17: the restructuring in progress")
 def test_modules_and_folders_stay_small() -> None:
     long_modules = [f"{n}: {len(p.read_text().splitlines())} lines" for n, p in MODULES.items()
                     if len(p.read_text().splitlines()) > MAX_MODULE_LINES]
