@@ -15,7 +15,8 @@ import stat
 import pyfuse3
 
 from dhtfs.fs.buffers import OpenFile
-from dhtfs.meta.namespace import Namespace, ObjectRow
+from dhtfs.meta.namespace import Namespace
+from dhtfs.meta.schema import ObjectRow
 from dhtfs.store.space import DiskSpace
 
 ENTRY_TIMEOUT = 1.0

@@ -56,7 +56,7 @@ from dhtfs.fs.buffers import OpenFile, PlaintextCache, Sealing, clip_ranges, mer
 from dhtfs.fs.reading import FileReads
 from dhtfs.fs.sealing import THREAD_THRESHOLD, BlockSealing
 from dhtfs.meta.extents import Piece, clip
-from dhtfs.meta.namespace import ObjectRow
+from dhtfs.meta.schema import ObjectRow
 from dhtfs.meta.versions import MAX_FILE_SIZE
 from dhtfs.store.blockstore import BlockStore
 from dhtfs.store.space import BLOCK_SLACK

@@ -32,7 +32,7 @@ from dhtfs.fs.files import FileContents
 from dhtfs.fs.inodes import InodeMap
 from dhtfs.fs.xattrs import VIRTUAL_PREFIX, check_settable, file_extents, virtual_value
 from dhtfs.meta.extents import Piece
-from dhtfs.meta.namespace import ObjectRow
+from dhtfs.meta.schema import ObjectRow
 from dhtfs.meta.tree import Tree
 from dhtfs.net.control import CONTROL_SOCKET_NAME
 

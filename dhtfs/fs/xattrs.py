@@ -17,7 +17,8 @@ from typing import Any
 from dhtfs.base.errors import NamespaceError
 from dhtfs.fs.buffers import OpenFile
 from dhtfs.meta.extents import Piece
-from dhtfs.meta.namespace import Namespace, ObjectRow
+from dhtfs.meta.namespace import Namespace
+from dhtfs.meta.schema import ObjectRow
 
 VIRTUAL_PREFIX = b"user.dhtfs."
 MAX_VALUE = 64 * 1024

@@ -35,12 +35,7 @@ import msgpack
 from dhtfs.meta.changes import TreeChanges
 from dhtfs.meta.journal import OpJournal
 from dhtfs.meta.ops import Op, decode_op, encode_op, pack
-from dhtfs.meta.schema import (  # noqa: F401 (ObjectRow, connect: callers import them from here)
-    ObjectRow,
-    connect,
-    decode_journal_record,
-    upgrade,
-)
+from dhtfs.meta.schema import decode_journal_record, upgrade
 from dhtfs.meta.undo import UndoableWrites, restore
 from dhtfs.oplog.entries import chain_link, chain_start
 

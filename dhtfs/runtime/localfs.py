@@ -31,7 +31,8 @@ from dhtfs.fs.files import FileContents
 from dhtfs.fs.inodes import InodeMap
 from dhtfs.fs.operations import Operations
 from dhtfs.meta.journal import OpJournal
-from dhtfs.meta.namespace import Namespace, connect
+from dhtfs.meta.namespace import Namespace
+from dhtfs.meta.schema import connect
 from dhtfs.meta.tree import Tree, bind_origin
 from dhtfs.store.blockstore import BlockStore
 from dhtfs.store.statedir import open_block_store, prepare_state_dir

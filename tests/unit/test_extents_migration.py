@@ -9,8 +9,9 @@ from pathlib import Path
 
 import msgpack
 
-from dhtfs.meta.namespace import Namespace, connect
+from dhtfs.meta.namespace import Namespace
 from dhtfs.meta.ops import ROOT_OBJ, Op
+from dhtfs.meta.schema import connect
 from tests.unit.test_namespace_merge import LINKS, NODES, OBJS, fresh, pack_chunks, state
 
 F = OBJS[3]

@@ -7,8 +7,9 @@ import stat
 import pytest
 
 from dhtfs.meta.history import History
-from dhtfs.meta.namespace import Namespace, connect
+from dhtfs.meta.namespace import Namespace
 from dhtfs.meta.ops import ROOT_OBJ, HybridClock, Op
+from dhtfs.meta.schema import connect
 from tests.unit.test_namespace_merge import LINKS, NODES, OBJS, mkdir
 
 X, Y = NODES[0], NODES[1]

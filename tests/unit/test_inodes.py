@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from dhtfs.fs.inodes import InodeMap
-from dhtfs.meta.namespace import connect
+from dhtfs.meta.schema import connect
 
 ROOT = 1
 D, E, F = b"D" * 16, b"E" * 16, b"F" * 16

@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from dhtfs.meta.journal import HEADER, OpJournal
-from dhtfs.meta.namespace import Namespace, connect
+from dhtfs.meta.namespace import Namespace
 from dhtfs.meta.ops import ROOT_OBJ
+from dhtfs.meta.schema import connect
 from tests.unit.test_namespace_merge import mkdir
 
 

@@ -11,8 +11,9 @@ import pytest
 from dhtfs.base.errors import ConfigError
 from dhtfs.meta.history import History
 from dhtfs.meta.journal import OpJournal
-from dhtfs.meta.namespace import Namespace, connect
+from dhtfs.meta.namespace import Namespace
 from dhtfs.meta.ops import ROOT_OBJ, decode_op, encode_op
+from dhtfs.meta.schema import connect
 from dhtfs.meta.tree import bind_origin
 from dhtfs.oplog.entries import chain_link, chain_start
 from tests.unit.test_namespace_merge import LINKS, NODES, OBJS, mkdir

@@ -7,8 +7,9 @@ import stat
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dhtfs.meta.namespace import Namespace, connect
+from dhtfs.meta.namespace import Namespace
 from dhtfs.meta.ops import ROOT_OBJ, Op
+from dhtfs.meta.schema import connect
 
 NODES = [bytes([n]) * 32 for n in (1, 2, 3)]
 OBJS = [bytes([0xA0 + i]) * 16 for i in range(6)]

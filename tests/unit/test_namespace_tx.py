@@ -7,8 +7,9 @@ import stat
 import pytest
 
 from dhtfs.meta import rows
-from dhtfs.meta.namespace import Namespace, connect
+from dhtfs.meta.namespace import Namespace
 from dhtfs.meta.ops import ROOT_OBJ, Op
+from dhtfs.meta.schema import connect
 from tests.unit.test_namespace_merge import LINKS, NODES, OBJS, mkdir, state
 
 
