@@ -1,4 +1,4 @@
-"""The Kademlia DHT: node IDs in a routing table, lookups, providers and placement.
+"""The Kademlia DHT: node IDs in a routing table, lookups, provider records and upkeep.
 
 Holds node (one Kademlia node: lookups, joining, provider announcements, upkeep), protocol
 (its calls with RTT bookkeeping, the RPC policy, the answers to requests and the registry of
