@@ -29,8 +29,7 @@ log = logging.getLogger(__name__)
 
 class Tree:
     """The namespace as a POSIX filesystem sees it, addressed by object IDs. ``written``: rung
-    after each op this node writes (a mount's op log waits on it to push; None: a node
-    alone)."""
+    after each op this node writes (a mount's op log waits on it to push the op)."""
 
     def __init__(
         self, namespace: Namespace, node_id: bytes, *, written: Doorbell | None = None
