@@ -1,10 +1,10 @@
 """Replication of the blocks written on this node to the R XOR-closest nodes.
 
 Every block stored here by a writer (``add``) joins the *backlog*; workers push each to the R
-nodes closest to its ID (``Node.put_chunk_detailed``: a replica acknowledges once the block is
-fsynced there) and take it out once it has ``min(R, live peers + 1)`` copies (see
-``live_peers``: a node cut off from the swarm is not alone). A block that
-could not get them is tried again later, with backoff.
+nodes closest to its ID (``BlockNode.put_block_detailed``: a replica acknowledges once the
+block is fsynced there) and take it out once it has ``min(R, live peers + 1)`` copies (see
+``live_peers``: a node cut off from the swarm is not alone). A block that could not get them
+is tried again later, with backoff.
 
 Invariants:
 - the backlog survives a crash of the process: ``+ID`` and ``-ID`` records are appended to a
@@ -66,6 +66,8 @@ class BlockReplicator:
         max_bytes: int,
         admit_deadline: float = 60.0,
         workers: int = WORKERS,
+        on_placed_elsewhere: Callable[[bytes], None] | None = None,
+        remembered: int = 0,
     ) -> None:
         self.node = node
         self.file = IdSetFile(backlog_path)
@@ -90,8 +92,8 @@ class BlockReplicator:
         self._held_bytes = 0
         # Told of each block whose copies were all placed on other nodes (this node not among
         # its R closest): its own copy is then an extra one (the disk cache takes it).
-        self.on_placed_elsewhere: Callable[[bytes], None] | None = None
-        self.remembered = 0  # peers known at the last run (see ``live_peers``)
+        self.on_placed_elsewhere = on_placed_elsewhere
+        self.remembered = remembered  # peers known at the last run (see ``live_peers``)
         self._started = trio.current_time()
         self.replicated = 0  # blocks that reached their copies (for status and tests)
         self.added = 0  # blocks written here and given to replication

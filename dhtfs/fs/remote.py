@@ -55,14 +55,17 @@ directory to follow to its new place."""
 class RemoteChanges:
     """The ``NamespaceLog.on_remote`` hook of a mount, and the task that invalidates."""
 
-    def __init__(self, ns: Namespace, inodes: InodeMap, contents: FileContents) -> None:
+    def __init__(
+        self, ns: Namespace, inodes: InodeMap, contents: FileContents,
+        mountpoint: Path | None = None,
+    ) -> None:
         self.ns = ns
         self.inodes = inodes
         self.contents = contents
         self._send, self._recv = trio.open_memory_channel[Invalidation | bytes](QUEUE)
         self.dropped = 0
         self.done = 0
-        self.mountpoint: Path | None = None  # set once mounted: where ``follow`` walks
+        self.mountpoint = mountpoint  # where ``follow`` walks (None: directories not followed)
         self.follow = True  # a test switch (the control socket's ``faults``)
         self._resumed = trio.Event()  # a test switch: invalidations held while not set
         self._resumed.set()

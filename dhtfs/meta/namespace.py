@@ -27,11 +27,11 @@ recognised and skipped), so a crash between a persist and the next commit loses 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable
 from typing import Any
 
 import msgpack
 
+from dhtfs.base.periodic import Doorbell
 from dhtfs.meta.changes import TreeChanges
 from dhtfs.meta.journal import OpJournal
 from dhtfs.meta.ops import Op, decode_op, encode_op, pack
@@ -43,11 +43,16 @@ from dhtfs.oplog.entries import chain_link, chain_start
 class Namespace(TreeChanges):
     """The tree in SQLite plus ``apply``. Not thread-safe: use from one thread (the trio one).
 
-    ``journal``: where ``persist()`` writes applied ops (None: ``persist()`` commits)."""
+    ``journal``: where ``persist()`` writes applied ops (None: ``persist()`` commits).
+    ``opened``: rung each time a transaction opens (the group-commit loop of
+    ``dhtfs.runtime.service`` waits on it; None: nobody does)."""
 
-    def __init__(self, db: sqlite3.Connection, journal: OpJournal | None = None) -> None:
+    def __init__(
+        self, db: sqlite3.Connection, journal: OpJournal | None = None, *,
+        opened: Doorbell | None = None,
+    ) -> None:
         super().__init__(db)
-        self.on_begin: Callable[[], None] | None = None  # told when a transaction opens
+        self.opened = opened  # see commit()
         self.journal = journal  # see persist()
         # ops applied in the open transaction, in order, with their seq, sig and link
         self._tx_ops: list[tuple[Op, int, bytes | None, bytes]] = []
@@ -150,8 +155,8 @@ class Namespace(TreeChanges):
             self.db.execute("BEGIN IMMEDIATE")
             self._tx_ops = []
             self._tx_newest = self._newest
-            if self.on_begin is not None:
-                self.on_begin()
+            if self.opened is not None:
+                self.opened.ring()
 
     def write_back(self) -> None:
         """Write buffered ``objects`` and ``oplog`` rows to the tables (in the open

@@ -33,16 +33,24 @@ LinkPlaces = dict[bytes, tuple[bytes, bytes] | None]
 
 
 class NamespaceLog(FoldingStore):
-    """``LogStore`` over one mount's namespace (see the module docstring)."""
+    """``LogStore`` over one mount's namespace (see the module docstring). ``protected``: the
+    objects that must survive folding though unnamed (the kernel's, open files');
+    ``on_installed``: told after a snapshot is installed (everything may have changed)."""
 
-    def __init__(self, tree: Tree) -> None:
+    def __init__(
+        self,
+        tree: Tree,
+        *,
+        on_remote: Callable[[list[Op], LinkPlaces], None] | None = None,
+        on_installed: Callable[[], None] | None = None,
+        protected: Callable[[], set[bytes]] = set,
+    ) -> None:
         self.tree = tree
         self.ns = tree.ns
         self.history = History(tree.ns)
-        self.on_remote: Callable[[list[Op], LinkPlaces], None] | None = None
-        # Objects that must survive folding though unnamed (the kernel's, open files').
-        self.protected: Callable[[], set[bytes]] = set
-        self.on_installed: Callable[[], None] | None = None
+        self.on_remote = on_remote
+        self.protected = protected
+        self.on_installed = on_installed
 
     def vector(self) -> dict[bytes, int]:
         return dict(self.ns.vector)

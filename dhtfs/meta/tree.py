@@ -11,10 +11,10 @@ from __future__ import annotations
 import errno
 import logging
 import time
-from collections.abc import Callable
 from typing import Any
 
 from dhtfs.base.errors import ConfigError, NamespaceError
+from dhtfs.base.periodic import Doorbell
 from dhtfs.meta.history import History
 from dhtfs.meta.namespace import Namespace
 from dhtfs.meta.ops import Change, HybridClock, Op, new_id
@@ -28,22 +28,25 @@ log = logging.getLogger(__name__)
 
 
 class Tree:
-    """The namespace as a POSIX filesystem sees it, addressed by object IDs."""
+    """The namespace as a POSIX filesystem sees it, addressed by object IDs. ``written``: rung
+    after each op this node writes (a mount's op log waits on it to push the op)."""
 
-    def __init__(self, namespace: Namespace, node_id: bytes) -> None:
+    def __init__(
+        self, namespace: Namespace, node_id: bytes, *, written: Doorbell | None = None
+    ) -> None:
         self.ns = namespace
         self.node_id = node_id
         self.clock = HybridClock(namespace.last_ts())
-        self.on_op: Callable[[Op], None] | None = None  # replication hook (swarm work)
+        self.written = written  # rung after each op (the op log pushes it: swarm work)
 
     # -- writing -------------------------------------------------------------------------------
 
     def commit(self, changes: list[Change]) -> Op:
-        """Stamp ``changes`` as one op, apply it, and hand it to the replication hook."""
+        """Stamp ``changes`` as one op, apply it, and ring ``written``."""
         op = Op(self.clock.now(), self.node_id, tuple(changes))
         self.ns.apply(op)
-        if self.on_op is not None:
-            self.on_op(op)
+        if self.written is not None:
+            self.written.ring()
         return op
 
     def create(

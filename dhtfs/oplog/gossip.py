@@ -35,6 +35,7 @@ from collections.abc import Iterable, Sequence
 import trio
 
 from dhtfs.base.errors import NetworkError
+from dhtfs.base.periodic import Doorbell
 from dhtfs.net.network import Contact, Message
 from dhtfs.oplog.entries import MAX_ENTRIES, LogEntry
 from dhtfs.oplog.shared import LogContext, Side
@@ -55,18 +56,21 @@ class Gossip(Side):
     own entries; ``forward`` entries new to this node once accepted.
     """
 
-    def __init__(self, context: LogContext, *, fanout: int, push_gap: float) -> None:
+    def __init__(
+        self, context: LogContext, *, fanout: int, push_gap: float, wake: Doorbell | None = None
+    ) -> None:
         super().__init__(context)
         self.fanout = fanout
         self.push_gap = push_gap
         self.pushed = self.store.vector().get(self.own_id, 0)  # own entries pushed so far
-        self._wake = trio.Event()
+        # rung by ``notify``, or by whoever writes own entries (a mount's tree)
+        self._wake = wake if wake is not None else Doorbell()
         self._sigs: OrderedDict[int, bytes] = OrderedDict()  # own seq → signature
         self._nursery: trio.Nursery | None = None
 
     def notify(self) -> None:
         """The store has new own entries: push them soon."""
-        self._wake.set()
+        self._wake.ring()
 
     def forget_signatures(self) -> None:
         """Own entries may have been made anew (a snapshot was installed): sign them again."""
@@ -90,11 +94,11 @@ class Gossip(Side):
             wait = last + self.push_gap - trio.current_time()
             if size >= BURST and wait > 0:
                 await trio.sleep(wait)
-            self._wake = trio.Event()
+            self._wake.clear()
             last = trio.current_time()
             size, more = await self._push_batch()
             if more:
-                self._wake.set()
+                self._wake.ring()
 
     async def push_pending(self) -> None:
         """Push every own entry not pushed yet, batch after batch (at shutdown)."""

@@ -60,6 +60,7 @@ from collections.abc import Callable
 import trio
 
 from dhtfs.base.errors import RemoteError
+from dhtfs.base.periodic import Doorbell
 from dhtfs.dht.node import Node
 from dhtfs.net.network import Contact, Message
 from dhtfs.oplog.accept import Acceptor
@@ -85,8 +86,8 @@ class LogReplicator:
     """Moves log entries between this node and its peers (see the module docstring).
 
     ``node`` is a ``dhtfs.dht.node.Node`` (routing table, calls with RTT bookkeeping). Start
-    ``run`` in a nursery; call ``notify`` (synchronous, cheap) whenever the store gained own
-    entries; register ``handle`` for ``METHODS`` on the node.
+    ``run`` in a nursery; call ``notify`` (synchronous, cheap), or ring ``wake``, whenever
+    the store gained own entries; register ``handle`` for ``METHODS`` on the node.
     """
 
     def __init__(
@@ -104,6 +105,7 @@ class LogReplicator:
         rng: random.Random | None = None,
         membership: Membership | None = None,
         revoked: Callable[[bytes], bool] | None = None,
+        wake: Doorbell | None = None,
     ) -> None:
         self.node = node
         self.store = store
@@ -121,7 +123,7 @@ class LogReplicator:
         context = LogContext(node, store, signer, self.membership, self.stats,
                              rng if rng is not None else random.Random(signer.own_id),
                              rpc_timeout)
-        self.gossip = Gossip(context, fanout=fanout, push_gap=push_gap)
+        self.gossip = Gossip(context, fanout=fanout, push_gap=push_gap, wake=wake)
         self.acceptor = Acceptor(context, self.gossip)
         self.snapshots = Snapshots(context, self.fold.folding, self.acceptor, self.gossip)
         self.anti_entropy = AntiEntropy(

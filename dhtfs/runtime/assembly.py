@@ -9,6 +9,12 @@ in its constructor. A mount (``dhtfs.runtime.mountnode``) and a headless node
 metrics keys, and tasks; everything else, the rejoin rule (``dhtfs.runtime.joining``) and the
 signal handling included, is here once.
 
+Every object gets its collaborators in its constructor, none is patched afterwards. Where two
+need each other, a small object made before both stands between them: ``Inbound`` (the
+transport serves before the node that answers its requests exists: the node is built on its
+local contact) and ``CacheNotices`` (the node and the block replicator tell the disk cache,
+whose index is loaded after them and asks them what is held for the swarm).
+
 Start-up (``start``), each step under a deadline, so a node never hangs on the network: the
 control socket, Kademlia maintenance, the cache's eviction, metrics, collection, the op-log
 replicator, discovery, a join through ``bootstrap=`` and remembered addresses (retried in the
@@ -27,7 +33,8 @@ from typing import Any
 import trio
 
 from dhtfs.base.config import Config, parse_metrics_address
-from dhtfs.base.errors import ConfigError
+from dhtfs.base.errors import ConfigError, RemoteError
+from dhtfs.base.periodic import Doorbell
 from dhtfs.blocks.node import BlockNode
 from dhtfs.blocks.reclaim import LocalRefs, Reclaimer
 from dhtfs.blocks.repair import Repairer
@@ -35,7 +42,7 @@ from dhtfs.blocks.replication import BlockReplicator
 from dhtfs.dht.discovery import Discovery
 from dhtfs.dht.revocations import start_revocation
 from dhtfs.net.control import CONTROL_SOCKET_NAME, ControlServer
-from dhtfs.net.network import Message
+from dhtfs.net.network import Contact, Message, RequestHandler
 from dhtfs.net.transport import Transport
 from dhtfs.oplog.membership import MEMBERS_FILE, Membership
 from dhtfs.oplog.membership import control_methods as membership_methods
@@ -57,51 +64,115 @@ SHUTDOWN_REPLICATION_DEADLINE = 60.0
 ControlMethod = Callable[[Message], Awaitable[Message]]
 
 
+class Inbound:
+    """The transport's request handler, made before the node that answers the requests: the
+    transport serves first (the node is built on its local contact), with ``handle``; once
+    the node is built, ``open_network`` names its handler (``answer_with``, once). Until then
+    a request gets a "node is not ready" ERROR answer, as a transport without a handler
+    gives."""
+
+    def __init__(self) -> None:
+        self._answer: RequestHandler | None = None
+
+    def answer_with(self, handler: RequestHandler) -> None:
+        self._answer = handler
+
+    async def handle(self, caller: Contact, method: str, args: Message) -> Message:
+        answer = self._answer
+        if answer is None:
+            raise RemoteError("node is not ready")
+        return await answer(caller, method, args)
+
+
+class CacheNotices:
+    """What the block node and a mount's block replicator tell the disk cache, made before
+    all three: the cache is loaded last (its index asks the node which blocks it is
+    responsible for, and the replicator which are pending), so the node and the replicator are
+    given these methods, and ``load_cache`` names the cache once loaded (``deliver_to``).
+    Notices before that are dropped: the cache's index, read from disk, is what it knows."""
+
+    def __init__(self) -> None:
+        self._cache: DiskCache | None = None
+
+    def deliver_to(self, cache: DiskCache) -> None:
+        self._cache = cache
+
+    def cached(self, block_id: bytes, size: int) -> None:
+        """A block newly cached here (``BlockNode.on_cached``)."""
+        if self._cache is not None:
+            self._cache.add(block_id, size)
+
+    def served(self, block_id: bytes) -> None:
+        """A block served from here (``BlockNode.on_served``): the most recently used."""
+        if self._cache is not None:
+            self._cache.touch(block_id)
+
+    def placed(self, block_id: bytes) -> None:
+        """A block pushed here (``BlockNode.on_placed``): now one of its R holders, not a
+        cached copy."""
+        if self._cache is not None:
+            self._cache.forget(block_id)
+
+    def placed_elsewhere(self, block_id: bytes) -> None:
+        """A block written here whose R copies are all on other nodes
+        (``BlockReplicator.on_placed_elsewhere``): the copy here is a cached one."""
+        if self._cache is not None:
+            self._cache.add(block_id)
+
+
 async def listen(nursery: trio.Nursery, identity: pki.Identity, configured: str,
-                 default: str) -> Transport:
+                 default: str, *, handler: RequestHandler, client: bool) -> Transport:
     """A transport serving in ``nursery`` on ``configured`` (else ``default``; a taken
-    default port falls back to any free one, with a warning)."""
+    default port falls back to any free one, with a warning), answering with ``handler``;
+    ``client``: a client-only node (``dhtfs.net.transport``)."""
     text = configured or default
     host, port = parse_address(text, "listen")
     try:
-        transport = Transport(identity, host, port)
+        transport = Transport(identity, host, port, handler=handler, client=client)
         await nursery.start(transport.serve)
         return transport
     except OSError as exc:
         if configured or exc.errno != errno.EADDRINUSE:
             raise ConfigError(f"cannot listen on {text}: {exc.strerror or exc}") from None
     log.warning("port %d is taken; listening on a free port instead (see dhtfs status)", port)
-    transport = Transport(identity, host, 0)
+    transport = Transport(identity, host, 0, handler=handler, client=client)
     await nursery.start(transport.serve)
     return transport
 
 
 async def open_network(
     nursery: trio.Nursery, config: Config, identity: pki.Identity, store: BlockStore,
-    default_listen: str, *, client: bool = False,
+    default_listen: str, notices: CacheNotices, *, metrics: Metrics | None,
+    client: bool = False,
 ) -> tuple[Transport, BlockNode, RevocationList]:
-    """Listen, the Kademlia node over ``store``, and the revocation list (its tasks and the
-    transport's in ``nursery``)."""
-    transport = await listen(nursery, identity, config.listen, default_listen)
-    node = BlockNode(transport, store, replicas=config.replicas, fetch_timeout=config.read_deadline)
-    node.client = transport.client = client
-    transport.handler = node.handle
+    """Listen, the Kademlia node over ``store`` (telling ``notices`` and ``metrics``), and the
+    revocation list (its tasks and the transport's in ``nursery``)."""
+    inbound = Inbound()
+    transport = await listen(nursery, identity, config.listen, default_listen,
+                             handler=inbound.handle, client=client)
+    node = BlockNode(
+        transport, store, replicas=config.replicas, fetch_timeout=config.read_deadline,
+        client=client, on_cached=notices.cached, on_served=notices.served,
+        on_placed=notices.placed,
+        on_rpc=metrics.rpc if metrics is not None else None,
+        on_lookup=metrics.lookup if metrics is not None else None,
+    )
+    inbound.answer_with(node.handle)
     revocations = start_revocation(nursery, node, transport, identity.ca_cert,
                                    config.state_dir, config.crl)
     return transport, node, revocations
 
 
 async def load_cache(config: Config, store: BlockStore, node: BlockNode,
-                     pending: Callable[[bytes], bool]) -> DiskCache:
+                     pending: Callable[[bytes], bool], notices: CacheNotices) -> DiskCache:
     """The disk cache of copies held for reading (its index stats every cached block: in a
-    worker thread), told by ``node`` of what it caches, serves and now holds for the swarm."""
+    worker thread); from then on ``notices`` (given to ``node``) reach it: what the node
+    caches, serves and now holds for the swarm."""
     cache = await trio.to_thread.run_sync(lambda: DiskCache(
         config.state_dir, config.cache_disk, size_of=file_size(store.path_of),
         remove=store.remove, responsible=node.responsible_for, pending=pending,
     ))
-    node.on_cached = cache.add
-    node.on_served = cache.touch
-    node.on_placed = cache.forget  # now one of the block's R holders: not a cached copy
+    notices.deliver_to(cache)
     return cache
 
 
@@ -141,6 +212,7 @@ class NodeAssembly:
         fold_alone: bool = True,
         block_replicator: BlockReplicator | None = None,
         local_refs: LocalRefs | None = None,
+        log_written: Doorbell | None = None,
     ) -> None:
         self.config = config
         self.identity = identity
@@ -161,6 +233,7 @@ class NodeAssembly:
             fold_alone=fold_alone, membership=members,
             revoked=lambda n: (der := log_store.cert(n) or members.certs.get(n)) is not None
             and revocations.is_revoked(der),
+            wake=log_written,  # a mount's tree rings it after each op written here
         )
         for method in LOG_METHODS:
             node.services[method] = self.log_replicator.handle
@@ -176,8 +249,6 @@ class NodeAssembly:
                          else None)
         self.discovery = (Discovery.for_node(node, identity, transport.host) if discover
                           else None)
-        if metrics is not None:
-            node.on_rpc, node.on_lookup = metrics.rpc, metrics.lookup
 
     # -- running -------------------------------------------------------------------------------
 
@@ -199,10 +270,6 @@ class NodeAssembly:
         nursery.start_soon(self.log_replicator.run)
         if self.discovery is not None:  # LAN peers of the swarm by mDNS
             nursery.start_soon(self.discovery.run)
-        if self.block_replicator is not None:
-            own = self.transport.local
-            self.block_replicator.remembered = len(
-                (set(self.joiner.seeds) | self.joiner.known) - {(own.host, own.port)})
         await self.joiner.join()
         if self.SETTLE_ON_LAN and self.discovery and config.ca is not None \
                 and not len(node.routing):

@@ -30,6 +30,7 @@ from dhtfs.net.control import CONTROL_SOCKET_NAME
 from dhtfs.net.network import Message
 from dhtfs.oplog.logstore import SqliteLogStore
 from dhtfs.runtime.assembly import (
+    CacheNotices,
     ControlMethod,
     NodeAssembly,
     load_cache,
@@ -100,14 +101,15 @@ async def serve_node(
         if handle_signals:
             nursery.start_soon(stop_on_signal, nursery.cancel_scope.cancel, "stopping",
                                (signal.SIGTERM, signal.SIGINT))
+        metrics = Metrics() if config.metrics else None
+        notices = CacheNotices()
         transport, node, revocations = await open_network(
-            nursery, config, identity, store, DEFAULT_LISTEN)
-        cache = await load_cache(config, store, node, pending=lambda _cid: False)
+            nursery, config, identity, store, DEFAULT_LISTEN, notices, metrics=metrics)
+        cache = await load_cache(config, store, node, lambda _cid: False, notices)
         headless = HeadlessNode(
             config, identity, store, transport, node, cache, revocations,
             SqliteLogStore(config.state_dir / LOG_DB_NAME), Joiner(node, seeds, PeerMemory()),
-            metrics=Metrics() if config.metrics else None,
-            discover=config.discovery is not False,
+            metrics=metrics, discover=config.discovery is not False,
         )
         await headless.start(nursery)
         local = transport.local

@@ -100,6 +100,11 @@ class Joiner:
         self.memory = memory
         self.known = memory.load()
 
+    def remembered(self, own: Address) -> int:
+        """How many peers other than ``own`` this node knows before joining: its seeds and
+        the peers remembered from its last run (``BlockReplicator.remembered``)."""
+        return len((set(self.seeds) | self.known) - {own})
+
     def candidates(self) -> list[Address]:
         """The seeds, then the remembered peers (each once)."""
         return list(dict.fromkeys([*self.seeds, *sorted(self.known)]))

@@ -26,6 +26,7 @@ import trio
 
 from dhtfs.base.config import Config
 from dhtfs.base.errors import ConfigError
+from dhtfs.base.periodic import Doorbell
 from dhtfs.fs.buffers import PlaintextCache
 from dhtfs.fs.files import FileContents
 from dhtfs.fs.inodes import InodeMap
@@ -105,15 +106,15 @@ def open_state_dir(config: Config) -> StateDir:
         store = open_block_store(state, config.key)
         db = connect(state / "namespace.db")
         os.chmod(state / "namespace.db", 0o600)
-        namespace = Namespace(db)
-        namespace.journal = OpJournal(state / "ops.journal")
+        # ``opened``: the commit loop's (dhtfs.runtime.service); ``written``: the op log's.
+        namespace = Namespace(db, OpJournal(state / "ops.journal"), opened=Doorbell())
         replayed = namespace.replay_journal()
         if replayed:
             log.warning(
                 "replayed %d namespace ops from the journal: the last run did not stop cleanly",
                 replayed,
             )
-        tree = Tree(namespace, bind_origin(namespace, identity.node_id))
+        tree = Tree(namespace, bind_origin(namespace, identity.node_id), written=Doorbell())
         inodes = InodeMap(db)
     except BaseException:
         os.close(lock_fd)
@@ -166,8 +167,8 @@ def held_blocks(state: StateDir) -> set[bytes]:
     return refs
 
 
-def referenced_chunks(fs: LocalFilesystem) -> set[bytes]:
-    """Chunks that a named object, or an object the kernel or a handle still holds, uses."""
+def referenced_blocks(fs: LocalFilesystem) -> set[bytes]:
+    """Blocks that a named object, or an object the kernel or a handle still holds, uses."""
     refs = held_blocks(fs)
     for of in fs.contents.open_files.values():
         refs.update(of.stored_blocks())
@@ -175,12 +176,12 @@ def referenced_chunks(fs: LocalFilesystem) -> set[bytes]:
 
 
 def collect_garbage(fs: LocalFilesystem, grace_seconds: float) -> int:
-    """Delete chunk files nothing references and older than the grace period; returns count."""
-    return remove_unreferenced(fs.store, referenced_chunks(fs), grace_seconds)
+    """Delete block files nothing references and older than the grace period; returns count."""
+    return remove_unreferenced(fs.store, referenced_blocks(fs), grace_seconds)
 
 
 def remove_unreferenced(store: BlockStore, refs: set[bytes], grace_seconds: float) -> int:
-    """Delete the chunk files not in ``refs`` and older than the grace period; returns count."""
+    """Delete the block files not in ``refs`` and older than the grace period; returns count."""
     cutoff = time.time() - grace_seconds
     removed = 0
     for block_id in list(store.ids()):
@@ -194,5 +195,5 @@ def remove_unreferenced(store: BlockStore, refs: set[bytes], grace_seconds: floa
         store.remove(block_id)
         removed += 1
     if removed:
-        log.info("garbage collection removed %d unreferenced chunks", removed)
+        log.info("garbage collection removed %d unreferenced blocks", removed)
     return removed

@@ -13,7 +13,7 @@ Invariants:
   ``replication_backlog`` bytes); ``fsync`` waits for a file's new blocks to be there (EIO
   after ``replication_deadline``); stopping waits for the backlog (bounded); a reader
   elsewhere that races the replication asks the writer of the version directly
-  (``get_chunk`` hints);
+  (``get_block`` hints);
 - a remote read has a deadline (``-o read_deadline``): while no copy of a block is reachable
   the read waits for one (a version may show here before its writer placed its blocks), and
   past the deadline the reader gets EIO;
@@ -48,14 +48,20 @@ from dhtfs.meta.replica import NamespaceLog
 from dhtfs.net import rpc
 from dhtfs.net.network import Contact, Message
 from dhtfs.net.transport import Transport
-from dhtfs.runtime.assembly import ControlMethod, NodeAssembly, load_cache, open_network
+from dhtfs.runtime.assembly import (
+    CacheNotices,
+    ControlMethod,
+    NodeAssembly,
+    load_cache,
+    open_network,
+)
 from dhtfs.runtime.joining import Joiner, NamespacePeers, seed_addresses
 from dhtfs.runtime.localfs import (
     LocalFilesystem,
     StateDir,
     SwarmParts,
     build_filesystem,
-    referenced_chunks,
+    referenced_blocks,
 )
 from dhtfs.runtime.metrics import Metrics
 from dhtfs.runtime.mountcontrol import MountControl
@@ -79,7 +85,7 @@ class RemoteReads:
         self.by_source: dict[str, int] = {}  # remote reads: provider (hex) or source
 
     async def fetch(self, block_id: bytes, hints: tuple[bytes, ...]) -> bytes:
-        """A chunk not stored here, from the swarm (verified), within ``read_deadline``:
+        """A block not stored here, from the swarm (verified), within ``read_deadline``:
         while no copy is reachable the read waits for one (``dhtfs.blocks.fetch``), so a
         version shown here before its blocks could be fetched reads once they can."""
         deadline = self.read_deadline
@@ -93,10 +99,10 @@ class RemoteReads:
             self.by_source[who] = self.by_source.get(who, 0) + 1
             return got.data
         self.node.arrivals.missed(block_id)
-        log.error("chunk %s: no copy could be fetched from the swarm within "
+        log.error("block %s: no copy could be fetched from the swarm within "
                   "read_deadline=%gs; the read fails with EIO (are its holders up? see dhtfs "
                   "status)", block_id.hex()[:16], deadline)
-        raise NamespaceError(errno.EIO, "chunk fetch timed out")
+        raise NamespaceError(errno.EIO, "block fetch timed out")
 
     async def locate(self, blocks: list[bytes]) -> dict[bytes, list[list[Any]]]:
         """Providers of each block (``user.dhtfs.providers``/``replicas``): the unexpired
@@ -150,20 +156,19 @@ class MountNode(NodeAssembly):
         self.mountpoint = mountpoint
         self.reads = reads
         self.placement = placement
-        self.remote = RemoteChanges(fs.namespace, fs.inodes, fs.contents)
-        log_store = NamespaceLog(fs.tree)
-        log_store.on_remote = self.remote
-        log_store.on_installed = self.remote.everything_changed
-        log_store.protected = lambda: fs.inodes.known_objects() | set(fs.contents.open_files)
+        self.remote = RemoteChanges(fs.namespace, fs.inodes, fs.contents, mountpoint)
+        log_store = NamespaceLog(
+            fs.tree, on_remote=self.remote, on_installed=self.remote.everything_changed,
+            protected=lambda: fs.inodes.known_objects() | set(fs.contents.open_files))
         self._refs_cache: tuple[float, set[bytes]] = (-math.inf, set())
         super().__init__(
             config, fs.identity, fs.store, transport, node, cache, revocations, log_store,
             joiner, metrics=metrics, discover=discover,
             fold_alone=not config.bootstrap and config.ca is None,
             block_replicator=block_replicator, local_refs=self._referenced,
+            log_written=fs.tree.written,
         )
         self.block_replicator: BlockReplicator = block_replicator
-        self.fs.tree.on_op = lambda _op: self.log_replicator.notify()
         node.services[REFS] = self._refs
         self.control = MountControl(fs, node, transport, self.log_replicator, self.remote,
                                     revocations)
@@ -176,7 +181,6 @@ class MountNode(NodeAssembly):
         if self.placement is not None:  # a client's blocks wait for a pause in writing 1 s
             nursery.start_soon(self.placement.run)
         nursery.start_soon(self._hold_open_blocks, self.config.gc_grace / 4)
-        self.remote.mountpoint = self.mountpoint
         nursery.start_soon(self.remote.run)
         await super().start(nursery)
         if len(self.node.routing):
@@ -195,7 +199,7 @@ class MountNode(NodeAssembly):
         at, refs = self._refs_cache
         if trio.current_time() - at >= REFS_FRESH_SECONDS:
             self.fs.namespace.write_back()
-            refs = referenced_chunks(self.fs)
+            refs = referenced_blocks(self.fs)
             self._refs_cache = (trio.current_time(), refs)
         return refs
 
@@ -270,22 +274,28 @@ class MountNode(NodeAssembly):
 async def open_mount_node(nursery: trio.Nursery, state: StateDir, mountpoint: Path, *,
                           after_init: Callable[[], None]) -> MountNode:
     """Build a mount's node over its opened state directory, each part with its
-    collaborators, in dependency order: the network (listening in ``nursery``), the block
-    replicator, the disk cache, then the filesystem (``dhtfs.runtime.localfs``) over them,
-    then the node. ``after_init`` is called when FUSE_INIT is handled."""
-    config, store = state.config, state.store
+    collaborators, in dependency order: the network (listening in ``nursery``), the joiner,
+    the block replicator, the disk cache, then the filesystem (``dhtfs.runtime.localfs``)
+    over them, then the node. ``after_init`` is called when FUSE_INIT is handled."""
+    config, store, ns = state.config, state.store, state.namespace
+    metrics = Metrics() if config.metrics else None
+    notices = CacheNotices()
     transport, node, revocations = await open_network(
-        nursery, config, state.identity, store, DEFAULT_LISTEN, client=not config.storage)
+        nursery, config, state.identity, store, DEFAULT_LISTEN, notices, metrics=metrics,
+        client=not config.storage)
+    joiner = Joiner(node, seed_addresses(config.bootstrap),
+                    NamespacePeers(ns.meta_get, ns.meta_set))
+    own = transport.local
     block_replicator = BlockReplicator(
         node, config.state_dir / "replication.backlog",
         max_bytes=config.replication_backlog, admit_deadline=config.replication_deadline,
+        on_placed_elsewhere=notices.placed_elsewhere,
+        remembered=joiner.remembered((own.host, own.port)),
     )
-    cache = await load_cache(config, store, node, block_replicator.is_pending)
-    block_replicator.on_placed_elsewhere = cache.add
+    cache = await load_cache(config, store, node, block_replicator.is_pending, notices)
     reads = RemoteReads(node, config.read_deadline)
     # A client's blocks wait for a pause in writing (1 s at most) before their placement.
     placement = None if config.storage else ClientPlacement(block_replicator)
-    metrics = Metrics() if config.metrics else None
     swarm = SwarmParts(
         fetch=reads.fetch, locate=reads.locate,
         on_sealed=placement.sealed if placement is not None else block_replicator.add,
@@ -297,9 +307,6 @@ async def open_mount_node(nursery: trio.Nursery, state: StateDir, mountpoint: Pa
         observe=metrics.fuse_op if metrics is not None else None,
     )
     fs = build_filesystem(state, swarm, nursery=nursery, compact=True, after_init=after_init)
-    ns = fs.namespace
-    joiner = Joiner(node, seed_addresses(config.bootstrap),
-                    NamespacePeers(ns.meta_get, ns.meta_set))
     # LAN peers by mDNS (dhtfs.dht.discovery); "auto": not for a private swarm of one.
     discover = bool(config.discovery or (
         config.discovery is None and (config.ca is not None or joiner.candidates())))

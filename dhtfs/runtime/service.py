@@ -77,25 +77,20 @@ def fuse_options(config: Config) -> set[str]:
 async def _commit_loop(fs: LocalFilesystem, task_status=trio.TASK_STATUS_IGNORED) -> None:
     """Commit metadata changes at most ``commit_interval`` after the first of them (group
     commit: a burst of creates, renames or unlinks shares one WAL commit; the op journal
-    protects them meanwhile)."""
-    opened = trio.Event()
-
-    def on_begin() -> None:
-        opened.set()
-
-    fs.namespace.on_begin = on_begin
+    protects them meanwhile). The namespace rings ``opened`` as each transaction opens (it was
+    built with it: ``dhtfs.runtime.localfs``); rings before the loop starts are forgotten."""
+    opened = fs.namespace.opened
+    assert opened is not None, "a mount's namespace is built with its commit doorbell"
+    opened.clear()
     task_status.started()
-    try:
-        while True:
-            await opened.wait()
-            opened = trio.Event()
-            await trio.sleep(fs.config.commit_interval)
-            try:
-                fs.namespace.commit()
-            except sqlite3.Error as exc:  # the next handler's commit reports it as EIO
-                log.error("committing metadata failed: %s", exc)
-    finally:
-        fs.namespace.on_begin = None
+    while True:
+        await opened.wait()
+        opened.clear()
+        await trio.sleep(fs.config.commit_interval)
+        try:
+            fs.namespace.commit()
+        except sqlite3.Error as exc:  # the next handler's commit reports it as EIO
+            log.error("committing metadata failed: %s", exc)
 
 
 async def serve(state: StateDir, mountpoint: Path, ready: Callable[[], None]) -> None:

@@ -78,6 +78,9 @@ class SimWorld:
         return SimNetwork(self, Contact(node_id, SIM_HOST, port))
 
     def attach(self, ep: SimNetwork, handler: RequestHandler) -> None:
+        """Plug ``ep`` into the world, answering with ``handler`` (the node built on ``ep``):
+        a registration, as a switch port is, undone by ``kill``. The world, not the node,
+        owns whether an endpoint is alive, so the handler is the world's to set."""
         ep.handler = handler
         self._endpoints[ep.local.node_id] = ep
         self._by_port[ep.local.port] = ep.local.node_id
