@@ -367,7 +367,7 @@ def test_user_xattrs(mount: Mount) -> None:
 
 
 def test_dhtfs_chunks_xattr(small_mount: Mount) -> None:
-    """user.dhtfs.chunks lists the file's chunk ids (SHA-256 of each chunk) and is read-only."""
+    """user.dhtfs.chunks lists the file's block ids (SHA-256 of each chunk) and is read-only."""
     f = small_mount.mountpoint / "f"
     data = os.urandom(2 * SMALL_CHUNK + 100)
     f.write_bytes(data)
