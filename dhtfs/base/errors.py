@@ -36,7 +36,7 @@ class BlockError(DhtfsError):
     """A block cannot be served from the local store."""
 
     def __init__(self, block_id: bytes, message: str) -> None:
-        super().__init__(f"chunk {block_id.hex()[:16]}…: {message}")
+        super().__init__(f"block {block_id.hex()[:16]}…: {message}")
         self.block_id = block_id
 
 

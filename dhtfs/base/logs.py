@@ -163,8 +163,8 @@ def _pump(fd: int) -> None:
     log = logging.getLogger(NATIVE)
     pending = b""
     with open(fd, "rb", buffering=0) as pipe:
-        while chunk := pipe.read(1 << 16):
-            *lines, pending = (pending + chunk).split(b"\n")
+        while data := pipe.read(1 << 16):
+            *lines, pending = (pending + data).split(b"\n")
             for raw in lines:
                 text = raw.decode(errors="backslashreplace").strip()
                 if text:

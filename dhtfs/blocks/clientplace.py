@@ -10,7 +10,7 @@ A client writing without pause (a long copy) would leave the versions it publish
 unreadable, for as long as it writes, on every node it has no connection with (in a swarm
 larger than the op push's fan-out, most of them), and a reader there gives up after
 ``read_deadline``. So on a client (``ClientPlacement``), a block still waiting
-``HURRY_AFTER`` seconds after it was stored is put first in line (``ChunkReplicator.wait``
+``HURRY_AFTER`` seconds after it was stored is put first in line (``BlockReplicator.wait``
 with no wait: it only hurries it), pause or not.
 
 Nothing here delays ``close()`` (it returns on local durability, as on a storage node) or

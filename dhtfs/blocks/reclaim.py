@@ -10,7 +10,7 @@ moment: that mount has applied every op this node has seen, so its view is at le
 
 The grace period covers the rest, which no namespace shows yet:
 - a block is a candidate only once its file is older than ``grace``: a PUT_CHUNK of a block
-  already held, and HOLD, restart it (``ChunkStore.touch``). Writers send HOLD every
+  already held, and HOLD, restart it (``BlockStore.touch``). Writers send HOLD every
   ``grace / 4`` for the blocks of files still open, which no op references until they are
   flushed; and a block written again (dedup) is pushed again, so it is young again;
 - a candidate found unreferenced is only *marked*; it is deleted at a later pass at least

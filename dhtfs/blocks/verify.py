@@ -16,7 +16,7 @@ Invariants:
   or removed meanwhile may or may not be seen, and a block that vanished is not "bad");
 - repair checks each block again first (a good one is left alone, ``fine``); a bad one is
   removed (it is unreadable anyway: the node's own reads drop such files too), fetched
-  from the swarm with ``Node.get_chunk_detailed`` (verified against its ID there), and
+  from the swarm with ``BlockNode.get_block_detailed`` (verified against its ID there), and
   stored back durably; at most ``REPAIR_MAX`` per request, ``REPAIR_PARALLEL`` at a time,
   each under ``REPAIR_DEADLINE`` seconds.
 """
@@ -92,7 +92,7 @@ def count_ids(root: Path) -> int:
 
 
 def check_one(store: Any, cid: bytes) -> tuple[str | None, int]:
-    """(why the block is bad or None, its plaintext size); ChunkMissing if it is gone."""
+    """(why the block is bad or None, its plaintext size); BlockMissing if it is gone."""
     try:
         data = store.get(cid)
     except BlockMissing:

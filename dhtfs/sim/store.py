@@ -13,29 +13,29 @@ from dhtfs.base.ids import sha256_id
 
 class MemoryStore:
     """``has/get/put/put_verified/remove/ids`` over a dict. Invariant: every stored value hashes
-    to its key, unless written by ``put`` (which, like ``ChunkStore.put``, trusts the caller)."""
+    to its key, unless written by ``put`` (which, like ``BlockStore.put``, trusts the caller)."""
 
-    __slots__ = ("_chunks",)
+    __slots__ = ("_blocks",)
 
     root: Path | None = None
     """No files: the blocks live in memory."""
 
     def __init__(self) -> None:
-        self._chunks: dict[bytes, bytes] = {}
+        self._blocks: dict[bytes, bytes] = {}
 
     def has(self, block_id: bytes) -> bool:
-        return block_id in self._chunks
+        return block_id in self._blocks
 
     def get(self, block_id: bytes) -> bytes:
         try:
-            return self._chunks[block_id]
+            return self._blocks[block_id]
         except KeyError:
             raise BlockMissing(block_id, "not stored on this node") from None
 
     def put(self, block_id: bytes, data: bytes) -> bool:
-        if block_id in self._chunks:
+        if block_id in self._blocks:
             return False
-        self._chunks[block_id] = bytes(data)
+        self._blocks[block_id] = bytes(data)
         return True
 
     def path_of(self, block_id: bytes) -> Path:
@@ -50,16 +50,16 @@ class MemoryStore:
 
     def touch(self, block_id: bytes) -> bool:
         """Whether ``block_id`` is held (nothing is collected here: no grace to restart)."""
-        return block_id in self._chunks
+        return block_id in self._blocks
 
     def sync(self, block_ids: Iterable[bytes]) -> None:
         """Nothing to make durable."""
 
     def remove(self, block_id: bytes) -> bool:
-        return self._chunks.pop(block_id, None) is not None
+        return self._blocks.pop(block_id, None) is not None
 
     def ids(self) -> Iterator[bytes]:
-        return iter(list(self._chunks))
+        return iter(list(self._blocks))
 
     def __len__(self) -> int:
-        return len(self._chunks)
+        return len(self._blocks)

@@ -140,7 +140,7 @@ class BlockStore:
     def path_of(self, block_id: bytes) -> Path:
         """Where the sealed file of ``block_id`` lives (whether or not it exists)."""
         if len(block_id) != ID_BYTES:
-            raise ValueError(f"chunk id must be {ID_BYTES} bytes, got {len(block_id)}")
+            raise ValueError(f"block id must be {ID_BYTES} bytes, got {len(block_id)}")
         h = block_id.hex()
         return self.root / h[:2] / h[2:]
 
@@ -167,7 +167,7 @@ class BlockStore:
         reservations and the metadata margin is refused with ENOSPC.
         """
         if len(block_id) != ID_BYTES:
-            raise ValueError(f"chunk id must be {ID_BYTES} bytes, got {len(block_id)}")
+            raise ValueError(f"block id must be {ID_BYTES} bytes, got {len(block_id)}")
         h = block_id.hex()
         directory = f"{self._root_str}/{h[:2]}"
         path = f"{directory}/{h[2:]}"
@@ -182,7 +182,7 @@ class BlockStore:
                 if durable:  # written earlier, maybe not fsynced yet
                     self.sync([block_id])
                 return False
-            log.warning("replacing torn chunk file %s", path)
+            log.warning("replacing torn block file %s", path)
             with self._space_error():
                 self._write_atomically(path, seal(self._aead, block_id, plaintext), durable)
             if durable:
@@ -308,7 +308,7 @@ class BlockStore:
         count = sum(1 for _ in self.ids())
         if count:
             log.warning(
-                "ephemeral key: discarding %d chunks sealed by an earlier key in %s "
+                "ephemeral key: discarding %d blocks sealed by an earlier key in %s "
                 "(the swarm refills what it still needs)",
                 count,
                 self.root,

@@ -6,9 +6,9 @@ Prints one line per figure: ``figure: NAME=VALUE UNIT`` (success rates: ``…_su
 
 How it runs on a small machine: N nodes are hosted by W worker processes (W = N/32, at least
 2; each worker one ``trio.run`` with N/W nodes, each node its own 127.0.x.y address, port 0,
-own TLS identity and encrypted ChunkStore, ephemeral key). The driver sends puts and gets to
+own TLS identity and encrypted BlockStore, ephemeral key). The driver sends puts and gets to
 random nodes through the workers' control sockets (``dhtfs.net.control``), CONCURRENCY at a
-time. A get asks a node other than the one that put the chunk. Two timings per operation:
+time. A get asks a node other than the one that put the block. Two timings per operation:
 
 - ``dhtfs_nN_{put,get}_SIZE_p50/p95``: end to end as the driver sees it, including the
   control socket's round trip to the worker process;
@@ -33,7 +33,7 @@ Where the time goes (2 shared cores): starting N nodes costs a few dozen TLS 1.3
 node (~1.7 ms of OpenSSL 3.0 CPU each, both ends) plus the joins' lookups; at N=256 with the
 refresh that is 75-85 s here, so the quick mode stops at N=64. The per-operation figures are
 measured after start-up. Beside the get figures, one ``#`` line per phase says how the gets
-went (``Node.get_chunk_detailed``): served locally, inline by FIND_VALUE or fetched by
+went (``BlockNode.get_block_detailed``): served locally, inline by FIND_VALUE or fetched by
 GET_CHUNK; lookup RPCs, sequential hops and new connections (TLS handshakes) per get. On this
 2-core machine a get's latency is mostly CPU queueing (4 at a time, driver and workers
 sharing the cores), so fewer RPCs per get and fewer handshakes are what made gets faster.
@@ -268,7 +268,7 @@ async def run_jobs(phase: Phase, jobs: list[int], op: str) -> None:
 
 async def settle(procs: list[tuple[subprocess.Popen, Path, int]], limit: float = 60.0) -> None:
     """Wait (at most ``limit`` s) until no node has background work left: a put returns once
-    its R copies are stored and announces the chunk afterwards, so the next phase starts on a
+    its R copies are stored and announces the block afterwards, so the next phase starts on a
     quiet swarm, as it does after the kademlia reference's sets (which return after their
     STOREs)."""
     from dhtfs.net.control import ControlClient

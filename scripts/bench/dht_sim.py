@@ -4,13 +4,13 @@
 Prints ``figure: NAME=VALUE UNIT`` lines. For each network size N:
 
 1. N nodes; routing tables oracle-seeded (``Swarm.seed_tables``: the table each node would
-   hold after joining and refreshing its buckets in a stable network); then chunks are put by
-   random nodes with the real ``put_chunk`` (lookup, PUT_CHUNK to R=3, ADD_PROVIDER to k=20).
+   hold after joining and refreshing its buckets in a stable network); then blocks are put by
+   random nodes with the real ``put_block`` (lookup, PUT_CHUNK to R=3, ADD_PROVIDER to k=20).
 2. Without churn: value lookups and FIND_NODE lookups from random nodes.
 3. With churn: 30% of the nodes replaced per simulated minute (a random live node dies
    silently; a fresh node joins through 3 random live nodes by the real protocol), maintenance
    running on every node. After a warm-up (default 20 simulated seconds, i.e. 10% replaced),
-   chunks keep being put and looked up (open-loop, every simulated second) while churn goes on
+   blocks keep being put and looked up (open-loop, every simulated second) while churn goes on
    (default 10 simulated seconds, plus up to GRACE for the last lookups to finish).
 
 Cost: at 10,000 nodes churn means 50 real joins per simulated second (each ~300 RPCs); on
@@ -43,8 +43,8 @@ from dhtfs.sim.swarm import Swarm
 
 DEFINITIONS = """\
 # lookup success: a FIND_PROVIDERS lookup (stopping early as Node.find_providers does), from a
-#   random live node, for a chunk put earlier that some live node still holds, returns at least
-#   one provider that is alive and holds the chunk (checked against the simulator's ground truth).
+#   random live node, for a block put earlier that some live node still holds, returns at least
+#   one provider that is alive and holds the block (checked against the simulator's ground truth).
 # findnode success: a FIND_NODE lookup for a random ID returns, first, the live node
 #   XOR-closest to that ID.
 # hops: the level of the query that produced the answer: a contact from the initiator's own
@@ -87,17 +87,17 @@ class Bench:
     def __init__(self, swarm: Swarm, rng: random.Random) -> None:
         self.sw = swarm
         self.rng = rng
-        self.chunks: list[bytes] = []
+        self.blocks: list[bytes] = []
 
     def holders(self, cid: bytes) -> set[bytes]:
         return {nid for nid, n in self.sw.nodes.items() if n.store.has(cid)}
 
     async def put(self) -> None:
         node = self.rng.choice(list(self.sw.nodes.values()))
-        self.chunks.append(await node.put_block(blob(self.rng)))
+        self.blocks.append(await node.put_block(blob(self.rng)))
 
     async def value_lookup(self, tally: Tally, recent: int | None = None) -> None:
-        pool = self.chunks[-recent:] if recent else self.chunks
+        pool = self.blocks[-recent:] if recent else self.blocks
         cid = self.rng.choice(pool)
         if not self.holders(cid):
             return                          # nobody alive holds it: not a lookup we can judge

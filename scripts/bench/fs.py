@@ -40,7 +40,7 @@ MB/s``); VALUE is the median over the runs, and every individual run is printed 
   the ``oplog`` rows newer than the mark are polled (5 s deadline) until a content op shows
   up; the figure is the total ``len(body)`` of the new ops that change content.
 
-The dhtfs state directory (the chunk store) is on its own tmpfs, so disk speed does not enter;
+The dhtfs state directory (the block store) is on its own tmpfs, so disk speed does not enter;
 the figures are the file system's own overhead. Targets run interleaved within each run
 (run 1: dhtfs, tmpfs, bindfs; run 2: ...), so background noise spreads over all of them.
 ``--quick``: 64 MiB and 500 files (instead of 256 MiB and 2,000), W=500 random writes (instead
@@ -335,9 +335,9 @@ def seq_write(path: Path, data: memoryview) -> float:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             for off in range(0, len(data), MiB):
-                chunk = data[off : off + MiB]
-                while chunk:
-                    chunk = chunk[os.write(fd, chunk) :]
+                rest = data[off : off + MiB]
+                while rest:
+                    rest = rest[os.write(fd, rest) :]
             os.fsync(fd)
         finally:
             os.close(fd)

@@ -159,8 +159,8 @@ def timed_read(path: Path, data: memoryview) -> float:
     began = time.perf_counter()
     got = bytearray()
     with open(path, "rb", buffering=0) as fh:
-        while chunk := fh.read(1 << 20):
-            got += chunk
+        while part := fh.read(1 << 20):
+            got += part
     seconds = time.perf_counter() - began
     if got != data:
         raise RuntimeError(f"{path}: read back differs from what was written")

@@ -341,9 +341,9 @@ class Grid:
             resp = conn.getresponse()
             if resp.status != 200:
                 raise RuntimeError(f"GET /uri/CAP: {resp.status} {resp.read()[:500]!r}")
-            while chunk := resp.read(PIECE):
-                digest.update(chunk)
-                length += len(chunk)
+            while data := resp.read(PIECE):
+                digest.update(data)
+                length += len(data)
             seconds = time.perf_counter() - began
         finally:
             conn.close()

@@ -112,10 +112,10 @@ class SmallDisk:
         block = b"\xa5" * MIB
         fd = os.open(self.ballast, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
-            for chunk in (MIB, 4096, 512):  # down to the last few bytes
+            for size in (MIB, 4096, 512):  # down to the last few bytes
                 while True:
                     try:
-                        written += os.write(fd, block[:chunk])
+                        written += os.write(fd, block[:size])
                     except OSError as exc:
                         if exc.errno != errno.ENOSPC:
                             raise

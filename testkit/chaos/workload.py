@@ -105,14 +105,14 @@ def _step(name: str, fn: Callable[[], object]) -> object:
 
 def _read_all(fd: int) -> bytes:
     size = os.fstat(fd).st_size
-    chunks, offset = [], 0
+    parts, offset = [], 0
     while offset < size:
         data = os.pread(fd, min(1 << 20, size - offset), offset)
         if not data:
             break
-        chunks.append(data)
+        parts.append(data)
         offset += len(data)
-    return b"".join(chunks)
+    return b"".join(parts)
 
 
 def run_op(mount: Path, seed: int, node: int, index: int, spec: Spec,

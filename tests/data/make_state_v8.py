@@ -10,7 +10,7 @@ It mounts a fresh state directory with 64 KiB chunks, builds a small tree that c
 kind of content the old format stores (multi-chunk, overwritten in the middle, sparse,
 truncated to an unaligned size, hard link, symlink, empty, xattrs, renamed, unlinked), records
 a manifest of the mounted tree, unmounts cleanly, mounts again to check the manifest with the
-same code (that restart also collects the chunks the unlink and overwrites left behind),
+same code (that restart also collects the blocks the unlink and overwrites left behind),
 unmounts, and tars the state directory. Needs root and /dev/fuse.
 """
 

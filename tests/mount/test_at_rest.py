@@ -1,4 +1,4 @@
-"""At rest: no plaintext in the state directory, tight modes, ephemeral keys, corrupt chunks."""
+"""At rest: no plaintext in the state directory, tight modes, ephemeral keys, corrupt blocks."""
 
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ def _scan(mount: Mount, needles: list[bytes]) -> tuple[int, set[str]]:
 @pytest.mark.parametrize("debug", [False, True], ids=["quiet", "debug-log"])
 def test_no_plaintext_in_state_dir(tmp_path: Path, debug: bool) -> None:
     """A random marker written through the mount appears in no byte of any state file
-    (chunks, SQLite db and WAL while mounted and after unmount, logs, even at debug level)."""
+    (block files, SQLite db and WAL while mounted and after unmount, logs, even at debug level)."""
     mount = Mount(tmp_path / "mnt", tmp_path / "state", options=["debug"] if debug else [])
     mount.start()
     try:
@@ -80,7 +80,7 @@ def _write_markers(mount: Mount) -> None:
         os.fsync(fh.fileno())
     assert (root / "only-marker").read_bytes() == marker
     scanned, names = _scan(mount, needles)  # while mounted: the WAL is live
-    assert scanned > 3 * MIB  # the encrypted chunks were there to scan
+    assert scanned > 3 * MIB  # the encrypted blocks were there to scan
     assert {"namespace.db", "namespace.db-wal"} <= names
     _stopped(mount)
     scanned, names = _scan(mount, needles)
@@ -111,7 +111,7 @@ def test_state_modes_and_key_file(tmp_path: Path) -> None:
 
 
 def test_ephemeral_key(tmp_path: Path) -> None:
-    """key=ephemeral writes no key; after a restart old chunks are discarded with a warning
+    """key=ephemeral writes no key; after a restart old blocks are discarded with a warning
     and old files read as EIO, never as garbage; new writes work."""
     state = tmp_path / "state"
     m = Mount(tmp_path / "mnt", state, options=["key=ephemeral"]).start()
@@ -149,8 +149,8 @@ def test_ephemeral_key(tmp_path: Path) -> None:
         m.close()
 
 
-def _block_path(state: Path, chunk_hex: str) -> Path:
-    return state / "chunks" / chunk_hex[:2] / chunk_hex[2:]
+def _block_path(state: Path, block_hex: str) -> Path:
+    return state / "chunks" / block_hex[:2] / block_hex[2:]
 
 
 def _check_reads(path: Path, data: bytes, bad_offsets: list[int]) -> None:
@@ -175,25 +175,25 @@ def _check_reads(path: Path, data: bytes, bad_offsets: list[int]) -> None:
     assert info.value.errno == errno.EIO
 
 
-def test_corrupt_chunks_give_eio(mount: Mount) -> None:
-    """A flipped byte, a truncated, a swapped and a missing chunk file each read as EIO."""
+def test_corrupt_blocks_give_eio(mount: Mount) -> None:
+    """A flipped byte, a truncated, a swapped and a missing block file each read as EIO."""
     root = mount.mountpoint
     files = {name: os.urandom(3 * MIB + 100) for name in ("flip", "trunc", "swap", "gone")}
     files["intact"] = os.urandom(2 * MIB)
     for name, data in files.items():
         (root / name).write_bytes(data)
-    chunks = {name: json.loads(os.getxattr(root / name, "user.dhtfs.chunks")) for name in files}
+    blocks = {name: json.loads(os.getxattr(root / name, "user.dhtfs.chunks")) for name in files}
     _stopped(mount)
 
-    flip = _block_path(mount.state, chunks["flip"][1])
+    flip = _block_path(mount.state, blocks["flip"][1])
     blob = bytearray(flip.read_bytes())
     blob[len(blob) // 2] ^= 0x01
     flip.write_bytes(bytes(blob))
-    trunc = _block_path(mount.state, chunks["trunc"][2])
+    trunc = _block_path(mount.state, blocks["trunc"][2])
     trunc.write_bytes(trunc.read_bytes()[:20])
-    swap = _block_path(mount.state, chunks["swap"][0])
-    swap.write_bytes(_block_path(mount.state, chunks["swap"][1]).read_bytes())
-    _block_path(mount.state, chunks["gone"][1]).unlink()
+    swap = _block_path(mount.state, blocks["swap"][0])
+    swap.write_bytes(_block_path(mount.state, blocks["swap"][1]).read_bytes())
+    _block_path(mount.state, blocks["gone"][1]).unlink()
 
     mount.start()
     _check_reads(root / "flip", files["flip"], [MIB + 12345])

@@ -200,9 +200,9 @@ def test_kill9_during_unfinished_write(mount: Mount) -> None:
     assert (root / "other").read_bytes() == other
 
 
-def test_gc_keeps_shared_chunks_and_frees_the_rest(mount: Mount) -> None:
-    """After deletes and overwrites, the restart-time collection leaves exactly the chunks that
-    live files use: shared (deduplicated) chunks stay, every file reads back intact."""
+def test_gc_keeps_shared_blocks_and_frees_the_rest(mount: Mount) -> None:
+    """After deletes and overwrites, the restart-time collection leaves exactly the blocks that
+    live files use: shared (deduplicated) blocks stay, every file reads back intact."""
     root = mount.mountpoint
     shared = os.urandom(MIB)
     (root / "a").write_bytes(shared + os.urandom(MIB))

@@ -353,7 +353,7 @@ def test_compaction_under_concurrent_reads(small_mount: Mount) -> None:
     chunks as one block (extent ``[i * chunk, chunk, sha256(chunk), 0]``) while a reader
     keeps reading the whole file: every read, before, during and after, returns exactly the
     written bytes. The compacted layout is what a remount finds, and its blocks are in the
-    chunk store."""
+    block store."""
     m = small_mount
     c = SMALL_CHUNK
     f = m.mountpoint / "compact.bin"
@@ -421,7 +421,7 @@ def test_compaction_under_concurrent_reads(small_mount: Mount) -> None:
 
 def test_small_write_makes_small_block(mount: Mount) -> None:
     """On a 1 MiB-chunk mount, a 4 KiB write into the middle of a 4 MiB file is stored as a
-    4 KiB block of its own (id: SHA-256 of those bytes, sealed in the chunk store at
+    4 KiB block of its own (id: SHA-256 of those bytes, sealed in the block store at
     chunks/ab/cdef...), not as a rewrite of the 1 MiB chunk around it; the file's extents
     still cover all 4 MiB and the content reads back."""
     f = mount.mountpoint / "four.bin"
@@ -485,7 +485,7 @@ def _check_manifest(root: Path, manifest: dict[str, dict], skip: Collection[str]
 
 
 def test_migrates_state_from_v8(tmp_path: Path) -> None:
-    """A state directory written by 0dbd79b (one chunk id per 64 KiB chunk, holes as null ids;
+    """A state directory written by 0dbd79b (one block id per 64 KiB chunk, holes as null ids;
     see tests/data/README.md) mounts with the current code: every file, directory, hard link,
     symlink and xattr is as it was; a write across a chunk boundary of a migrated file, a
     truncate of a migrated sparse file into its data and back up, and an append through one

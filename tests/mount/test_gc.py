@@ -1,4 +1,4 @@
-"""Chunks that no file references any more are collected; shared (deduplicated) ones are not."""
+"""Blocks that no file references any more are collected; shared (deduplicated) ones are not."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def stored(mount: Mount) -> set[str]:
     return {d.name + f.name for d in root.iterdir() if d.is_dir() for f in d.iterdir()}
 
 
-def test_deleted_file_chunks_are_collected_at_mount_shared_ones_kept(mount: Mount) -> None:
+def test_deleted_file_blocks_are_collected_at_mount_shared_ones_kept(mount: Mount) -> None:
     mnt = mount.mountpoint
     shared = os.urandom(1024 * 1024)
     (mnt / "a").write_bytes(shared + os.urandom(1024 * 1024))

@@ -367,7 +367,7 @@ def test_user_xattrs(mount: Mount) -> None:
 
 
 def test_dhtfs_chunks_xattr(small_mount: Mount) -> None:
-    """user.dhtfs.chunks lists the file's chunk ids (SHA-256 of each chunk) and is read-only."""
+    """user.dhtfs.chunks lists the file's block ids (SHA-256 of each chunk) and is read-only."""
     f = small_mount.mountpoint / "f"
     data = os.urandom(2 * SMALL_CHUNK + 100)
     f.write_bytes(data)
@@ -388,7 +388,7 @@ def test_dhtfs_chunks_xattr(small_mount: Mount) -> None:
 def test_chunk_sized_writes_read_back(tmp_path: Path) -> None:
     """With chunks smaller than the kernel's writes, every chunk of every write is kept.
 
-    Regression: a chunk sealed within the write that filled it lost its id (read as zeros).
+    Regression: a chunk sealed within the write that filled it lost its block id (read as zeros).
     """
     m = Mount(tmp_path / "mnt", tmp_path / "state", options=["chunk_size=4096"]).start()
     try:

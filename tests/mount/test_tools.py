@@ -157,13 +157,13 @@ def test_dd_one_gib(mount: Mount) -> None:
     dd.stdin.close()
     assert dd.wait(timeout=300) == 0, dd.stderr.read() if dd.stderr else ""
     assert target.stat().st_size == 1024**3
-    assert mount.stop() == 0  # read back from the chunk store, not the kernel's page cache
+    assert mount.stop() == 0  # read back from the block store, not the kernel's page cache
     mount.start()
     out = sh(["sha256sum", target], timeout=300).stdout.split()[0]
     assert out == expected.hexdigest()
     target.unlink()
     assert mount.stop() == 0
-    mount.start()  # unreferenced chunks are collected at start: the GiB is freed again
+    mount.start()  # unreferenced blocks are collected at start: the GiB is freed again
     on_disk = sum(f.stat().st_size for f in (mount.state / "chunks").rglob("*") if f.is_file())
     assert on_disk < 1024 * 1024
 

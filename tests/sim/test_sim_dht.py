@@ -80,7 +80,7 @@ async def test_small_swarm_put_counts_what_exists(
 
 
 class TamperingNode(BlockNode):
-    """Serves every chunk with one byte flipped, by GET_CHUNK and inline in FIND_PROVIDERS."""
+    """Serves every block with one byte flipped, by GET_CHUNK and inline in FIND_PROVIDERS."""
 
     gets = 0
     inline = 0
@@ -100,7 +100,7 @@ class TamperingNode(BlockNode):
 async def test_tampered_bytes_are_penalized_and_avoided(
     autojump_clock: MockClock, make_swarm: MakeSwarm, world: SimWorld
 ) -> None:
-    """GET_CHUNK path: a chunk too large to travel inline."""
+    """GET_CHUNK path: a block too large to travel inline."""
     sw = make_swarm()
     await sw.grow(30)
     evil = await sw.spawn(node_cls=TamperingNode)
@@ -134,8 +134,8 @@ async def test_tampered_bytes_are_penalized_and_avoided(
 async def test_tampered_inline_bytes_are_penalized(
     autojump_clock: MockClock, make_swarm: MakeSwarm
 ) -> None:
-    """FIND_VALUE path: the liar is the holder closest to the chunk, so lookups reach it.
-    The chunk is too large to be spread with its records (else the liar's own announcement
+    """FIND_VALUE path: the liar is the holder closest to the block, so lookups reach it.
+    The block is too large to be spread with its records (else the liar's own announcement
     would hand honest copies to the k closest)."""
     sw = make_swarm()
     await sw.grow(30)
@@ -159,10 +159,10 @@ async def test_tampered_inline_bytes_are_penalized(
     assert await reader.get_block(cid) == data     # honest holders answer inline too
 
 
-async def test_small_chunk_get_is_one_lookup_without_get_chunk(
+async def test_small_block_get_is_one_lookup_without_get_chunk(
     autojump_clock: MockClock, make_swarm: MakeSwarm, world: SimWorld
 ) -> None:
-    """A small chunk comes back inline from the first holder reached: no GET_CHUNK is sent,
+    """A small block comes back inline from the first holder reached: no GET_CHUNK is sent,
     and the lookup stops there (fewer queries than a full FIND_NODE)."""
     sw = make_swarm()
     await sw.grow(40)
@@ -187,7 +187,7 @@ async def test_small_chunk_get_is_one_lookup_without_get_chunk(
 async def test_value_lookup_asks_only_the_closest_known_holder(
     autojump_clock: MockClock, make_swarm: MakeSwarm
 ) -> None:
-    """Narrow mode: a reader that knows a holder of a small chunk asks it alone (the closest
+    """Narrow mode: a reader that knows a holder of a small block asks it alone (the closest
     contact it knows is then a holder) and gets the bytes from that one RPC."""
     sw = make_swarm()
     await sw.grow(40)
@@ -225,12 +225,12 @@ async def test_value_lookup_hedges_past_a_silent_holder(
     assert trio.current_time() - t0 < reader.soft_timeout_ceiling
 
 
-async def test_small_chunks_spread_to_the_k_closest_with_their_records(
+async def test_small_blocks_spread_to_the_k_closest_with_their_records(
     autojump_clock: MockClock, make_swarm: MakeSwarm
 ) -> None:
-    """A chunk of at most ``spread_max`` bytes rides along its ADD_PROVIDERs: the k closest
+    """A block of at most ``spread_max`` bytes rides along its ADD_PROVIDERs: the k closest
     keep a copy (counted as announced now, so they do not republish it), and a read ends at
-    the first of them its lookup reaches. A larger chunk stays on its R replicas."""
+    the first of them its lookup reaches. A larger block stays on its R replicas."""
     sw = make_swarm(maintenance=True)
     await sw.grow(60)
     origin = sw.random_alive()[0]
@@ -260,7 +260,7 @@ async def test_lookups_start_from_replacement_contacts_too(
     autojump_clock: MockClock, make_swarm: MakeSwarm
 ) -> None:
     """A full bucket's newer contacts wait in its replacement cache; the node's own lookups
-    start from them too. Here the only holder of a chunk is such a contact, and the reader's
+    start from them too. Here the only holder of a block is such a contact, and the reader's
     bucket proper holds only far nodes that know nobody: the get still takes one query."""
     sw = make_swarm()
     data = blob(41, 1024)
@@ -279,7 +279,7 @@ async def test_lookups_start_from_replacement_contacts_too(
     assert (got.data, got.source, got.queries) == (data, "inline", 1)
 
 
-async def test_put_returns_once_the_settled_closest_hold_the_chunk(
+async def test_put_returns_once_the_settled_closest_hold_the_block(
     autojump_clock: MockClock, make_swarm: MakeSwarm
 ) -> None:
     """Pushes start when the lookup settles on the R closest; the put returns then, and the
@@ -328,7 +328,7 @@ async def test_lookup_settles_on_the_closest_before_it_ends(
 async def test_replicas_are_handed_to_a_closer_newcomer(
     autojump_clock: MockClock, make_swarm: MakeSwarm
 ) -> None:
-    """A node joining closer to a chunk than its replicas gets a copy from them (paper 2.5),
+    """A node joining closer to a block than its replicas gets a copy from them (paper 2.5),
     so the R closest keep holding it as the membership changes."""
     sw = make_swarm(maintenance=True)
     await sw.grow(30)
@@ -336,12 +336,12 @@ async def test_replicas_are_handed_to_a_closer_newcomer(
     res = await origin.put_block_detailed(blob(21))
     await res.placed.wait()
     cid = res.block_id
-    newcomer = await sw.spawn(from_int(to_int(cid) ^ 1))   # the closest node to the chunk
+    newcomer = await sw.spawn(from_int(to_int(cid) ^ 1))   # the closest node to the block
     await sw.join(newcomer)
     with trio.fail_after(120):
         while not newcomer.store.has(cid):
             await trio.sleep(1.0)
-    # nodes far from the chunk were not handed anything
+    # nodes far from the block were not handed anything
     far = from_int(to_int(cid) ^ (1 << 255))
     outsider = await sw.spawn(far)
     await sw.join(outsider)
@@ -392,7 +392,7 @@ async def test_hedged_get_beats_a_slow_provider(
     assert trio.current_time() - t0 < 2.0
 
 
-async def test_get_of_unknown_chunk_raises_missing(
+async def test_get_of_unknown_block_raises_missing(
     autojump_clock: MockClock, make_swarm: MakeSwarm
 ) -> None:
     sw = make_swarm()
@@ -510,7 +510,7 @@ async def test_three_hundred_nodes(autojump_clock: MockClock, make_swarm: MakeSw
 
 async def test_churn(autojump_clock: MockClock, make_swarm: MakeSwarm) -> None:
     """30% of nodes replaced over 3 simulated minutes: lookups still find the closest live
-    node, and every chunk that still has a live holder can be read."""
+    node, and every block that still has a live holder can be read."""
     sw = make_swarm(maintenance=True)
     await sw.grow(80)
     rng = random.Random(5)
@@ -562,7 +562,7 @@ async def test_partition_then_heal(
 
 
 class RefusingNode(BlockNode):
-    """Answers lookups but refuses to store chunks (say, its disk is full)."""
+    """Answers lookups but refuses to store blocks (say, its disk is full)."""
 
     async def handle(self, caller: Contact, method: str, args: Message) -> Message:
         if method == rpc.PUT_BLOCK:
@@ -573,7 +573,7 @@ class RefusingNode(BlockNode):
 async def test_put_moves_on_when_a_replica_target_fails(
     autojump_clock: MockClock, make_swarm: MakeSwarm
 ) -> None:
-    """The closest node refuses the chunk: the push moves on to the next closest."""
+    """The closest node refuses the block: the push moves on to the next closest."""
     sw = make_swarm()
     await sw.grow(30)
     data = blob(400, 8000)   # too large to be spread with its provider records

@@ -57,7 +57,7 @@ def test_unreferenced_blocks_go_everywhere_referenced_and_open_ones_stay(tmp_pat
         with open(b.mountpoint / "open", "wb") as fh:
             fh.write(open_data)
             wait_until(lambda: all(holds(s, blk) for s in states for blk in open_blocks),
-                       "the open file's full chunks on every node")
+                       "the blocks of the open file's full chunks on every node")
             (a.mountpoint / "gone").unlink()
             wait_until(lambda: not any(holds(s, blk) for s in states for blk in gone_blocks),
                        "the deleted file's blocks reclaimed on every node", 90)

@@ -29,8 +29,8 @@ def read(path: Path) -> bytes:
     try:
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         out = bytearray()
-        while chunk := os.read(fd, MIB):
-            out += chunk
+        while part := os.read(fd, MIB):
+            out += part
         return bytes(out)
     finally:
         os.close(fd)

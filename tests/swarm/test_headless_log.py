@@ -49,7 +49,7 @@ def test_returning_mount_catches_up_from_a_headless_node(tmp_path: Path) -> None
             a_vector = control(a.state, "oplog")["vector"]
             wait_until(lambda: control(h.state, "oplog")["vector"] == a_vector,
                        "the headless node to hold a's whole log")
-            # Its small chunks were placed too (they ride along their provider records).
+            # Its small blocks were placed too (they ride along their provider records).
             wait_until(lambda: control(a.state, "status")["placed"] >= 50, "placement", 90)
         finally:
             assert a.stop() == 0

@@ -57,7 +57,7 @@ async def control(node: NodeProc, method: str, timeout: float = 60, **args: obje
         await client.aclose()
 
 
-async def test_chunks_put_anywhere_are_fetched_everywhere(swarm: Swarm) -> None:
+async def test_blocks_put_anywhere_are_fetched_everywhere(swarm: Swarm) -> None:
     nodes = swarm.nodes[:N_NODES]
     assert all(n.proc.poll() is None for n in nodes)
     # every node knows a decent part of the swarm
@@ -79,7 +79,7 @@ async def test_chunks_put_anywhere_are_fetched_everywhere(swarm: Swarm) -> None:
             got = await control(n, "get", id=cid)
             assert got["data"] == blob, f"{n.name} returned different bytes"
             assert got["elapsed"] > 0
-    await wait_until_async(quiet, "fetched chunks to be cached", 30)
+    await wait_until_async(quiet, "fetched blocks to be cached", 30)
     for n in nodes:  # every reader keeps what it fetched
         assert (await control(n, "status"))["chunks"] == len(blobs)
     missing = os.urandom(32)
@@ -235,7 +235,7 @@ async def test_silent_peers_do_not_stall_lookups(
 
 
 class TamperingStore:
-    """A chunk store that serves every chunk with one bit flipped."""
+    """A block store that serves every block with one bit flipped."""
 
     root = None  # no files to stat: sizes and reads go through ``get``
 

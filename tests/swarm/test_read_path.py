@@ -5,7 +5,7 @@ Two storage nodes (``dhtfs swarm up``, ``replicas=2``) hold every block; a clien
 (``storage=false``) writes and fsyncs a file, another client mount, which holds nothing,
 reads it cold. The writer being a client, its node ID (the read's hint) is in nobody's
 routing table, so every read goes through the lookup and the RTT-ranked, hedged fetch
-(``Node.get_chunk_detailed`` / ``_fetch``). Blocks are 1 MiB, too large to travel inline,
+(``BlockNode.get_block_detailed`` / ``_fetch``). Blocks are 1 MiB, too large to travel inline,
 so each is fetched with GET_CHUNK from a provider. The faults are the transport's test
 switches, set over the control socket (``faults``: ``delay``, ``mute``, ``tamper``), or
 signals to a storage node's process.

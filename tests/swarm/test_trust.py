@@ -74,7 +74,7 @@ def test_foreign_ca_mount_sees_and_stores_nothing(tmp_path: Path) -> None:
             assert sorted(listing(intruder.mountpoint)) == ["planted"]
             chunks = intruder.state / "chunks"
             held = [p for p in chunks.rglob("*") if p.is_file()]
-            assert len(held) == 1  # its own file's chunk, nothing of the swarm's
+            assert len(held) == 1  # its own file's block, nothing of the swarm's
             wait_converged([n.state for n in nodes])
             assert "planted" not in listing(a) and "planted" not in listing(b)
             assert "TLS handshake failed" in intruder.log_text()

@@ -54,7 +54,7 @@ def test_handle_answers_or_raises_remote_error(method: str, args: object) -> Non
 
 def test_valid_requests_round_trip() -> None:
     node, caller = make_node()
-    data = b"some chunk"
+    data = b"some block"
     cid = sha256_id(data)
 
     async def run() -> None:

@@ -1,4 +1,4 @@
-"""How the node names chunk files for its size check: always the store's own path."""
+"""How the node names block files for its size check: always the store's own path."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from dhtfs.store.blockstore import BlockStore
 from dhtfs.store.masterkey import load_master_key
 
 
-def test_chunk_path_is_the_stores_path(tmp_path: Path) -> None:
+def test_block_path_is_the_stores_path(tmp_path: Path) -> None:
     store = BlockStore(tmp_path / "chunks", load_master_key("ephemeral", tmp_path))
     path = node_mod._block_path_function(store)
     assert path is not None and path.__name__ == "fast"

@@ -27,7 +27,7 @@ SIZE_FIELDS = SimpleNamespace(  # setattr's "which fields": the size only
 
 def check_invariants(lfs: LocalFilesystem) -> None:
     """Every link points at an existing object; directories have exactly one link; names
-    are unique per directory; every chunk a named file lists is stored and readable."""
+    are unique per directory; every block a named file lists is stored and readable."""
     db = lfs.namespace.db
     lfs.namespace.write_back()
     assert not db.execute(

@@ -1,4 +1,4 @@
-"""The encrypted chunk store and the master key: round trips, tampering, keys, modes."""
+"""The encrypted block store and the master key: round trips, tampering, keys, modes."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def test_on_disk_bytes_are_not_plaintext(tmp_path: Path) -> None:
     assert stat.S_IMODE(store.path_of(cid).stat().st_mode) == 0o600
 
 
-def test_tampered_chunk_is_corrupt_not_garbage(tmp_path: Path) -> None:
+def test_tampered_block_is_corrupt_not_garbage(tmp_path: Path) -> None:
     store = store_in(tmp_path)
     data = os.urandom(5000)
     cid = block_id_of(data)
@@ -53,7 +53,7 @@ def test_tampered_chunk_is_corrupt_not_garbage(tmp_path: Path) -> None:
         store.get(cid)
 
 
-def test_chunk_file_renamed_to_another_id_fails(tmp_path: Path) -> None:
+def test_block_file_renamed_to_another_id_fails(tmp_path: Path) -> None:
     store = store_in(tmp_path)
     a, b = b"a" * 10, b"b" * 10
     store.put(block_id_of(a), a)
@@ -61,7 +61,7 @@ def test_chunk_file_renamed_to_another_id_fails(tmp_path: Path) -> None:
     other.parent.mkdir(exist_ok=True)
     os.replace(store.path_of(block_id_of(a)), other)
     with pytest.raises(BlockCorrupt):
-        store.get(block_id_of(b))  # the chunk ID is the associated data
+        store.get(block_id_of(b))  # the block ID is the associated data
 
 
 def test_wrong_key_cannot_read(tmp_path: Path) -> None:
@@ -71,7 +71,7 @@ def test_wrong_key_cannot_read(tmp_path: Path) -> None:
         store_in(tmp_path, b"\1" * 32).get(block_id_of(data))
 
 
-def test_missing_chunk(tmp_path: Path) -> None:
+def test_missing_block(tmp_path: Path) -> None:
     with pytest.raises(BlockMissing):
         store_in(tmp_path).get(bytes(32))
 
@@ -104,7 +104,7 @@ def test_wrong_key_for_state_dir_is_refused(tmp_path: Path) -> None:
         verify_key_check(other, tmp_path)
 
 
-def test_ephemeral_key_is_never_written_and_discards_old_chunks(tmp_path: Path) -> None:
+def test_ephemeral_key_is_never_written_and_discards_old_blocks(tmp_path: Path) -> None:
     key = load_master_key("ephemeral", tmp_path)
     assert key.ephemeral and not list(tmp_path.iterdir())
     store = BlockStore(tmp_path / "chunks", key)
@@ -113,9 +113,9 @@ def test_ephemeral_key_is_never_written_and_discards_old_chunks(tmp_path: Path) 
     assert list(again.ids()) == []
 
 
-def test_torn_chunk_file_is_replaced_by_the_next_put(tmp_path: Path) -> None:
+def test_torn_block_file_is_replaced_by_the_next_put(tmp_path: Path) -> None:
     """A write cut short by a crash leaves a short file under the final name: a reader gets
-    ChunkCorrupt, and putting the same chunk again replaces it whole (no dedup against it)."""
+    BlockCorrupt, and putting the same block again replaces it whole (no dedup against it)."""
     store = store_in(tmp_path)
     data = os.urandom(10_000)
     cid = block_id_of(data)
@@ -135,7 +135,7 @@ def test_torn_chunk_file_is_replaced_by_the_next_put(tmp_path: Path) -> None:
 
 def test_durable_put_fsyncs_file_and_directory(tmp_path: Path, monkeypatch) -> None:
     """``put(durable=True)`` is ``put`` then ``sync``: the file and its directory fsynced,
-    whether the chunk is new, already there (dedup) or replaces a torn file."""
+    whether the block is new, already there (dedup) or replaces a torn file."""
     store = store_in(tmp_path)
     data = os.urandom(100_000)
     cid = block_id_of(data)
