@@ -1,7 +1,7 @@
 """Replication of the blocks written on this node to the R XOR-closest nodes.
 
 Every block stored here by a writer (``add``) joins the *backlog*; workers push each to the R
-nodes closest to its ID (``BlockNode.put_block_detailed``: a replica acknowledges once the
+nodes closest to its ID (``BlockNode.place_block``: a replica acknowledges once the
 block is fsynced there) and take it out once it has ``min(R, live peers + 1)`` copies (see
 ``live_peers``: a node cut off from the swarm is not alone). A block that could not get them
 is tried again later, with backoff.

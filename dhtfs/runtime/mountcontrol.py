@@ -100,7 +100,7 @@ class MountControl:
                 "fold_ts": self.fs.namespace.fold_ts}
 
     async def _gc(self, args: Message) -> Message:
-        """Delete chunk files no file references that are older than ``grace`` seconds
+        """Delete block files no file references that are older than ``grace`` seconds
         (default: the usual grace period)."""
         grace = args.get("grace", self.fs.config.gc_grace)
         if not isinstance(grace, int | float) or grace < 0:
@@ -108,7 +108,7 @@ class MountControl:
         return {"removed": collect_garbage(self.fs, float(grace))}
 
     async def _digest(self, args: Message) -> Message:
-        """A hash of the whole visible tree (names, kinds, modes, sizes, contents' chunk
+        """A hash of the whole visible tree (names, kinds, modes, sizes, contents' piece
         lists, object IDs): equal on two nodes exactly when they show the same tree."""
         self.fs.namespace.write_back()
         tree = self.fs.namespace.tree()
