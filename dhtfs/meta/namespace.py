@@ -129,6 +129,18 @@ class Namespace(TreeChanges):
         if self.journal is not None and not self._keep_journal:
             self.journal.reset()
 
+    def meta_set(self, key: str, value: bytes) -> None:
+        """Set ``meta`` key ``key`` in the open transaction (one is opened if none is). If the
+        write fails (a full disk: SQLITE_FULL may roll the whole transaction back), the ops
+        applied in that transaction are applied again, so the tables still hold every applied
+        op, and the error propagates."""
+        try:
+            super().meta_set(key, value)
+        except sqlite3.Error:
+            if self._tx_ops and not self.db.in_transaction:
+                self._redo_transaction()
+            raise
+
     def persist(self) -> None:
         """Make every applied op survive a crash of this process: journal them (one write),
         or, without a journal, commit."""

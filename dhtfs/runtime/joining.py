@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 from collections.abc import Callable
 
 import trio
@@ -128,11 +129,15 @@ class Joiner:
 
     def remember_peers(self) -> None:
         """Keep the addresses of the peers known now for the next run (``PEER_CACHE`` at
-        most)."""
+        most). A full disk makes it a warning, tried again next time: never fatal."""
         self.known.update(c.address for c in self.node.routing.contacts())
         if len(self.known) > PEER_CACHE:
             self.known = set(sorted(self.known)[:PEER_CACHE])
-        self.memory.save(sorted(self.known))
+        try:
+            self.memory.save(sorted(self.known))
+        except (sqlite3.Error, OSError) as exc:
+            log.warning("could not remember peer addresses (%s); tried again in %gs",
+                        exc, PEER_CACHE_INTERVAL)
 
     async def keep_joined(self) -> None:
         """Join again whenever the routing table lost peers heard from lately; remember
