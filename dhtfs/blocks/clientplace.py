@@ -43,7 +43,6 @@ class ClientPlacement:
         self.after = after
         self._new: dict[bytes, float] = {}   # block → when it was stored, oldest first
         self._wake = trio.Event()
-        self.hurried = 0   # blocks put first in line
 
     def sealed(self, cid: bytes, size: int, data: bytes) -> None:
         """A block was stored here (``FileContents.on_sealed``): replicate it."""
@@ -70,5 +69,4 @@ class ClientPlacement:
                 if self.replicator.is_pending(cid):
                     batch.append(cid)
             if batch:
-                self.hurried += len(batch)
                 await self.replicator.wait(batch, 0)  # first in line; no waiting

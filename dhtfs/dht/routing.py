@@ -40,7 +40,6 @@ class ContactStats:
     rtt_ewma: float | None = None
     failures: int = 0           # consecutive failed calls; reset by any success
     penalties: int = 0          # answers that failed verification (bad bytes); never reset
-    rpcs: int = 0               # successful RPCs observed
 
 
 class Bucket:
@@ -286,7 +285,6 @@ class RoutingTable:
         old = s.rtt_ewma
         s.rtt_ewma = rtt if old is None else EWMA_WEIGHT * rtt + (1 - EWMA_WEIGHT) * old
         s.failures = 0
-        s.rpcs += 1
 
     def record_failure(self, node_id: bytes) -> bool:
         """A call failed (timeout, unreachable). True once the contact should be evicted

@@ -38,7 +38,6 @@ from dhtfs.base.randbytes import random_bytes
 OP_FORMAT = 1
 OBJ_ID_BYTES = 16
 ROOT_OBJ = bytes(OBJ_ID_BYTES)
-ROOT_LINK = bytes(OBJ_ID_BYTES)
 
 Change = dict[str, Any]
 

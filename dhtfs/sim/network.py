@@ -95,9 +95,6 @@ class SimWorld:
     def is_alive(self, node_id: bytes) -> bool:
         return node_id in self._endpoints
 
-    def alive_ids(self) -> list[bytes]:
-        return list(self._endpoints)
-
     # -- links ---------------------------------------------------------------------------------
 
     def partition(self, groups: list[set[bytes]]) -> None:
