@@ -81,6 +81,10 @@ class KademliaProtocol:
         self.replicas = replicas
         # peer → when it last answered or called (see ``recent_peers``)
         self.seen_at: dict[bytes, float] = {}
+        # Peers shut out of the swarm (their certificate revoked: dhtfs.dht.revocations): never
+        # taken into routing again, even by a request or an answer already under way when the
+        # list arrived.
+        self.shut_out: set[bytes] = set()
         self.provider_ttl = provider_ttl
         self.rpc_timeout = rpc_timeout
         self.fetch_timeout = fetch_timeout
@@ -116,10 +120,17 @@ class KademliaProtocol:
     def contact(self) -> Contact:
         return self.network.local
 
+    def shut_out_peer(self, node_id: bytes) -> None:
+        """Forget ``node_id`` for good (its certificate is revoked): out of routing now, and
+        never taken in again while this node runs (``shut_out``)."""
+        self.shut_out.add(node_id)
+        self.routing.remove(node_id)
+        self.seen_at.pop(node_id, None)
+
     # -- plumbing ------------------------------------------------------------------------------
 
     def _seen(self, peer: Contact, rtt: float | None) -> None:
-        if peer.node_id == self.id or peer.port == 0:
+        if peer.node_id == self.id or peer.port == 0 or peer.node_id in self.shut_out:
             return  # port 0: a client-only node, never a contact to route or store through
         self.seen_at[peer.node_id] = trio.current_time()
         if rtt is not None:

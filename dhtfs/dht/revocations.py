@@ -5,7 +5,8 @@ swarm CA signed). Here, nodes hand newer lists to each other: every ``SYNC_SECON
 ``SYNC_PEERS`` peers of its routing table with its CRL number, and whoever has a newer list
 hands it over (``RevocationService``). ``start_revocation`` wires a node: its transport refuses
 revoked peers at the handshake, and each adopted list drops the connections to the peers it
-revokes and forgets them in routing.
+revokes and forgets them in routing, for good (``Node.shut_out_peer``: a request or an answer from
+one already under way when the list arrived does not bring it back).
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ def start_revocation(
 
     def adopted() -> None:
         for node_id in transport.drop_revoked():
-            node.routing.remove(node_id)
+            node.shut_out_peer(node_id)
             log.warning("dropped revoked peer %s", node_id.hex()[:16])
 
     # Lists adopted while loading find ``transport.revoked`` unset (nothing to drop yet): the

@@ -8,16 +8,18 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import random
 import shutil
 import time
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from testkit import swarmctl
 from testkit.mounting import is_mounted
-from testkit.observe import blocks_of, by_name, control, holds, write_fsynced
+from testkit.observe import blocks_of, by_name, closest, control, holds, write_fsynced
 from testkit.smalldisk import make_small_fs, remove_small_fs
 from testkit.wait import wait_until
 
@@ -36,19 +38,33 @@ def move_state_to_small_fs(root: Path, node: swarmctl.NodeInfo, image: Path) -> 
     os.chmod(node.state, 0o700)
 
 
+def least_keyspace(nodes: list[swarmctl.NodeInfo]) -> str:
+    """The node XOR-closest to the smallest share of random keys (at most 1/n of them):
+    the node that is responsible for the fewest of the blocks it writes."""
+    rng = random.Random(7)
+    keys = [f"{rng.getrandbits(256):064x}" for _ in range(4096)]
+    shares = Counter(closest(nodes, key, 1)[0] for key in keys)
+    return min((n.name for n in nodes), key=lambda name: shares[name])
+
+
 @contextlib.contextmanager
-def swarm_with_small_disk(tmp_path: Path, n: int, options: str,
-                          small: str) -> Iterator[dict[str, swarmctl.NodeInfo]]:
-    """An ``n``-node swarm (``swarm`` under ``tmp_path``) whose node ``small`` keeps its state
-    on a 64 MiB ext4 of its own; the nodes by name. Always brought down, the disk removed."""
+def swarm_with_small_disk(
+    tmp_path: Path, n: int, options: str, small: str | Callable[[list[swarmctl.NodeInfo]], str],
+) -> Iterator[dict[str, swarmctl.NodeInfo]]:
+    """An ``n``-node swarm (``swarm`` under ``tmp_path``) whose node ``small`` (a name, or
+    chosen from the nodes once their IDs are known) keeps its state on a 64 MiB ext4 of its
+    own; the nodes by name. Always brought down, the disk removed."""
     root = tmp_path / "swarm"
-    image = tmp_path / f"{small}.img"
+    image = tmp_path / "small.img"
+    name = small if isinstance(small, str) else None
     try:
         with swarmctl.running_swarm(root, n, options) as nodes:
-            move_state_to_small_fs(root, by_name(nodes)[small], image)
+            name = small if isinstance(small, str) else small(nodes)
+            move_state_to_small_fs(root, by_name(nodes)[name], image)
             yield by_name(swarmctl.restart(root))
     finally:
-        remove_small_fs(image, root / small / "state")
+        if name is not None:
+            remove_small_fs(image, root / name / "state")
 
 
 def fill(where: Path, leave: int) -> None:
@@ -88,15 +104,19 @@ def test_full_replica_refuses_and_the_block_goes_elsewhere(tmp_path: Path) -> No
 def test_cached_copies_make_room_for_writes(tmp_path: Path) -> None:
     """A writer whose disk holds cached copies (its blocks whose closest node is another,
     replicas=1 on 3 nodes) writes past what the disk has free: the copies are evicted for it
-    (they are reclaimable) instead of the write failing with ENOSPC."""
-    with swarm_with_small_disk(tmp_path, 3, "replicas=1", "node0") as nodes:
-        writer = nodes["node0"]
+    (they are reclaimable) instead of the write failing with ENOSPC. The writer is the node
+    closest to the fewest keys, so that most of its blocks (2/3 or more) belong elsewhere."""
+    with swarm_with_small_disk(tmp_path, 3, "replicas=1", least_keyspace) as nodes:
+        writer = next(n for n in nodes.values() if os.path.ismount(n.state))
         wait_until(lambda: control(writer.state, "status")["peers"] >= 2, "both peers")
         first = os.urandom(36 * MIB)
         write_fsynced(writer.mountpoint / "first", first)
-        cached = wait_until(lambda: control(writer.state, "status")["cache"]["bytes"]
-                            >= 16 * MIB and control(writer.state, "status")["cache"],
-                            "the writer's copies placed elsewhere become cached copies",
+        elsewhere = [b for b in blocks_of(writer.mountpoint / "first")
+                     if closest(list(nodes.values()), b, 1) != [writer.name]]
+        assert len(elsewhere) >= 12, f"only {len(elsewhere)} of 36 blocks belong elsewhere"
+        cached = wait_until(lambda: (c := control(writer.state, "status")["cache"])["blocks"]
+                            >= len(elsewhere) and c,
+                            f"the {len(elsewhere)} copies placed elsewhere become cached copies",
                             timeout=120)
         st = os.statvfs(writer.mountpoint)
         free = st.f_bavail * st.f_frsize
