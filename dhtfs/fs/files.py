@@ -52,6 +52,7 @@ from typing import Any
 import trio
 
 from dhtfs.base.errors import NamespaceError
+from dhtfs.base.periodic import Doorbell
 from dhtfs.fs.buffers import OpenFile, PlaintextCache, Sealing, clip_ranges, merge_range
 from dhtfs.fs.reading import FileReads
 from dhtfs.fs.sealing import THREAD_THRESHOLD, BlockSealing
@@ -60,6 +61,7 @@ from dhtfs.meta.schema import ObjectRow
 from dhtfs.meta.versions import MAX_FILE_SIZE
 from dhtfs.store.blockstore import BlockStore
 from dhtfs.store.space import BLOCK_SLACK
+from dhtfs.store.syncjournal import SyncJournal
 
 RECLAIM_MORE = 4 * 1024 * 1024
 """Evicted beyond what a write lacks when the disk is full (see ``make_room``)."""
@@ -91,6 +93,7 @@ class FileContents(FileReads, BlockSealing):
         admit: Callable[[], Awaitable[None]] | None = None,
         make_room: Callable[[int], Awaitable[int]] | None = None,
         on_dropped: Callable[[bytes], None] | None = None,
+        sync_journal: SyncJournal | None = None,
     ) -> None:
         """``commit(of)`` commits ``of``'s change as one content op and returns its ID;
         ``committed(obj, index)``: the pieces of a chunk in the namespace's current version.
@@ -103,7 +106,8 @@ class FileContents(FileReads, BlockSealing):
         while ``backlog_full()`` (the replication backlog), writes first ``await admit()``;
         ``make_room(nbytes)`` evicts that many bytes of cached copies (a write found the disk
         full); ``on_dropped`` is told the object of each dropped change (the kernel's cached
-        pages of it are stale)."""
+        pages of it are stale); ``sync_journal``: where small fsyncs write (None: each fsync
+        syncs the files themselves)."""
         self.store = store
         self.space = store.space  # what writes may still take (see the module docstring)
         self.cache = cache
@@ -119,6 +123,10 @@ class FileContents(FileReads, BlockSealing):
         self._unsynced_count = 0
         self._backlog_synced = trio.Event()
         self._backlog_synced.set()
+        self.sync_journal = sync_journal
+        self.journaled: set[bytes] = set()  # blocks durable only in the fsync journal
+        self.checkpoint_due = Doorbell()  # rung after each journaled fsync
+        self._durable_lock = trio.Lock()  # fsyncs and checkpoints take turns
         self._fetching: dict[bytes, trio.Event] = {}
         # Blocks read, by where they came from: the memory cache, the local store, the swarm.
         self.reads = {"memory": 0, "local": 0, "remote": 0}

@@ -22,7 +22,6 @@ from typing import Any
 
 import pyfuse3
 
-from dhtfs.base.durable import fsync_file
 from dhtfs.base.errors import NamespaceError
 from dhtfs.fs.attributes import ENTRY_TIMEOUT, direct_io, entry_attributes, statfs_of
 from dhtfs.fs.buffers import OpenFile
@@ -352,10 +351,8 @@ class Operations(pyfuse3.Operations):
         metadata survive power loss here, then (a swarm mount) wait for those blocks to be on
         their R nodes: EIO if ``replicate`` says some could not get there in time, ENOSPC if
         they could not because the nodes they go to are full (``FileContents.make_durable``)."""
-        self.tree.ns.commit()
-        wal = os.path.join(self.state_dir, "namespace.db-wal")
         await self.contents.make_durable(
-            files, lambda: fsync_file(wal), self.replicate, self.swarm_short_of_space
+            files, self.tree.ns, self.replicate, self.swarm_short_of_space
         )
 
     @errno_mapped

@@ -11,22 +11,31 @@ Invariants (the module docstring of ``dhtfs.fs.files`` has the whole picture):
 - every byte being sealed was reserved in ``space.reserved`` and is released once stored or
   failed;
 - ``unsynced`` names every block stored but not yet fsynced, per file; past
-  ``UNSYNCED_MAX`` all of them are synced in the background.
+  ``UNSYNCED_MAX`` all of them are synced in the background;
+- fsync makes the blocks and the ops durable with one write when they are few and small
+  (the fsync journal, ``dhtfs.store.syncjournal``): ``journaled`` names the blocks durable
+  only there; a checkpoint (a durable point: commit, block files and WAL fsynced) empties
+  it and ends the journal's lap. Fsyncs and checkpoints take turns (``_durable_lock``), and
+  a journal append writes blocks before the ops that name them.
 """
 
 from __future__ import annotations
 
 import errno
 import logging
+import os
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 import trio
 
-from dhtfs.base.errors import NamespaceError
+from dhtfs.base.errors import BlockMissing, NamespaceError
+from dhtfs.base.periodic import Doorbell
 from dhtfs.fs.buffers import OpenFile, PlaintextCache, Sealing
 from dhtfs.meta.extents import Piece, overlay_all
 from dhtfs.store.blockstore import BlockStore, block_id_of
 from dhtfs.store.space import DiskSpace
+from dhtfs.store.syncjournal import BLOCK, OP, SyncJournal
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +43,20 @@ THREAD_THRESHOLD = 64 * 1024  # hash/encrypt larger buffers off the trio thread
 UNSYNCED_MAX = 65536
 """Blocks that may wait for an fsync; past it all are synced in the background (as the
 kernel writes back dirty pages), so the list of them stays bounded."""
+JOURNAL_BLOCKS_MAX = 64
+JOURNAL_BYTES_MAX = 1024 * 1024
+"""An fsync whose blocks not yet durable are more or larger than this syncs their files
+(``_checkpoint``) instead of copying them into the fsync journal."""
+
+
+class DurableMetadata(Protocol):
+    """The namespace's side of a durable point (``dhtfs.meta.namespace.Namespace``)."""
+
+    def take_unsynced_records(self) -> list[bytes] | None: ...
+    def lose_unsynced_records(self) -> None: ...
+    def commit_mark(self) -> int: ...
+    def sync_wal(self) -> None: ...
+    def durable_through(self, mark: int) -> None: ...
 
 
 class BlockSealing:
@@ -48,6 +71,10 @@ class BlockSealing:
     cache: PlaintextCache
     nursery: trio.Nursery | None
     unsynced: dict[bytes, set[bytes]]
+    sync_journal: SyncJournal | None
+    journaled: set[bytes]
+    checkpoint_due: Doorbell
+    _durable_lock: trio.Lock
     on_sealed: Callable[[bytes, int, bytes], None] | None
     on_dropped: Callable[[bytes], None] | None
     _sealing_slots: trio.Semaphore
@@ -236,25 +263,26 @@ class BlockSealing:
     async def make_durable(
         self,
         files: list[OpenFile],
-        sync_metadata: Callable[[], None],
+        metadata: DurableMetadata,
         replicate: Callable[[list[bytes]], Awaitable[list[bytes]]] | None,
         short_of_space: Callable[[], bool],
     ) -> None:
-        """Make the named files' blocks (those stored since their last fsync) survive power
-        loss here, with ``sync_metadata`` (run in the same worker thread), then (a swarm
-        mount) wait for ``replicate`` to put them on their R nodes: EIO if some could not get
-        there in time, ENOSPC if they could not because the nodes they go to are full
+        """Make the named files' blocks (those stored since their last fsync) and every
+        applied op (``metadata``) survive power loss here, then (a swarm mount) wait for
+        ``replicate`` to put the blocks on their R nodes: EIO if some could not get there in
+        time, ENOSPC if they could not because the nodes they go to are full
         (``short_of_space``). On any failure the blocks stay unsynced: the next fsync of their
-        file waits for them again."""
+        file waits for them again.
+
+        One durable write when it is small (``_journal``): the fsync journal takes the
+        blocks not yet durable and the ops since the last durable point; else a durable
+        point (``_checkpoint``) syncs the blocks, the journal's and the WAL."""
         taken = {of.obj: await self.take_unsynced(of.obj) for of in files}
         ids = [i for blocks in taken.values() for i in blocks]
-
-        def sync() -> None:
-            self.store.sync(ids)
-            sync_metadata()
-
         try:
-            await trio.to_thread.run_sync(sync)
+            async with self._durable_lock:
+                if not await self._journal(ids, metadata):
+                    await self._checkpoint(ids, metadata)
             missing = await replicate(ids) if replicate is not None and ids else []
         except BaseException:
             for obj, blocks in taken.items():
@@ -274,3 +302,66 @@ class BlockSealing:
                 "replicating", len(missing), len(ids)
             )
             raise NamespaceError(errno.EIO, "replication deadline passed")
+
+    async def _journal(self, ids: list[bytes], metadata: DurableMetadata) -> bool:
+        """The small fsync: append the sealed bytes of every block stored and not yet durable
+        (``ids``, and other files' unsynced blocks: the ops name them too), then the records
+        of the ops since the last durable point, to the fsync journal, with one
+        ``fdatasync``. False (nothing done) when there is no journal, the ops' records were
+        dropped, or the blocks are too many or too large: the caller makes a durable point."""
+        journal = self.sync_journal
+        if journal is None:
+            return False
+        fresh = dict.fromkeys(ids)
+        for per_file in self.unsynced.values():
+            fresh.update(dict.fromkeys(per_file))
+        blocks = [b for b in fresh if b not in self.journaled]
+        if len(blocks) > JOURNAL_BLOCKS_MAX:
+            return False
+        records = metadata.take_unsynced_records()
+        if records is None:
+            return False
+        store = self.store
+
+        def append() -> bool:
+            sizes = [os.stat(store.path_of(b)).st_size for b in blocks]
+            if sum(sizes) > JOURNAL_BYTES_MAX:
+                return False
+            entries = [(BLOCK, b + store.sealed(b)) for b in blocks]
+            journal.append(entries + [(OP, r) for r in records])
+            return True
+
+        try:
+            done = await trio.to_thread.run_sync(append)
+        except (OSError, BlockMissing) as exc:
+            log.warning("fsync journal: %s; syncing the files themselves instead", exc)
+            done = False
+        if not done:
+            metadata.lose_unsynced_records()  # taken, not written: the durable point covers them
+            return False
+        self.journaled.update(blocks)
+        self.checkpoint_due.ring()
+        return True
+
+    async def checkpoint(self, metadata: DurableMetadata) -> None:
+        """A durable point in the background (``dhtfs.runtime.service``): the blocks and ops
+        the fsync journal holds made durable in their own files, and its lap ended."""
+        async with self._durable_lock:
+            if self.sync_journal is not None and self.sync_journal.size:
+                await self._checkpoint([], metadata)
+
+    async def _checkpoint(self, ids: list[bytes], metadata: DurableMetadata) -> None:
+        """A durable point: commit, fsync ``ids``, the journaled blocks and the WAL; then the
+        fsync journal starts a new lap. Holds ``_durable_lock`` (the caller's)."""
+        mark = metadata.commit_mark()
+        blocks = set(ids) | self.journaled
+
+        def sync() -> None:
+            self.store.sync(blocks)
+            metadata.sync_wal()
+
+        await trio.to_thread.run_sync(sync)
+        if self.sync_journal is not None:
+            self.sync_journal.reset()
+        self.journaled.clear()
+        metadata.durable_through(mark)

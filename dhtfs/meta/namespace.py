@@ -22,15 +22,25 @@ applied ops survive a crash of this process:
 
 At start ``replay_journal()`` re-applies what the journal holds (ops already committed are
 recognised and skipped), so a crash between a persist and the next commit loses nothing.
+
+Power loss: a COMMIT is not fsynced (``synchronous=NORMAL``). The records of the ops applied
+since the last *durable point* (a COMMIT whose WAL was then fsynced: ``commit_mark`` before,
+``durable_through`` after) are kept for the filesystem's fsync journal
+(``dhtfs.store.syncjournal``), which makes them durable with the blocks they name
+(``take_unsynced_records``). Past ``UNSYNCED_RECORDS_MAX`` bytes they are dropped and
+``take_unsynced_records`` says None until the next durable point: the caller then commits and
+fsyncs the WAL instead.
 """
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from typing import Any
 
 import msgpack
 
+from dhtfs.base.durable import fsync_file
 from dhtfs.base.periodic import Doorbell
 from dhtfs.meta.changes import TreeChanges
 from dhtfs.meta.journal import OpJournal
@@ -38,6 +48,12 @@ from dhtfs.meta.ops import Op, decode_op, encode_op, pack
 from dhtfs.meta.schema import decode_journal_record, upgrade
 from dhtfs.meta.undo import UndoableWrites, restore
 from dhtfs.oplog.entries import chain_link, chain_start
+
+log = logging.getLogger(__name__)
+
+
+UNSYNCED_RECORDS_MAX = 8 * 1024 * 1024
+"""Bytes of op records kept for the fsync journal between durable points (see above)."""
 
 
 class Namespace(TreeChanges):
@@ -58,6 +74,16 @@ class Namespace(TreeChanges):
         self._tx_ops: list[tuple[Op, int, bytes | None, bytes]] = []
         self._oplog_rows: list[tuple[Any, ...]] = []  # their unwritten rows
         self._keep_journal = False  # ops applied here may be missing from the tables
+        # Op records since the last durable point, not yet taken (see the module docstring):
+        # ``_applied`` counts every record ever kept; ``_unsynced`` holds those numbered
+        # ``_unsynced_from`` on; ``_lost_at``: records were dropped when ``_applied`` was that.
+        self._applied = 0
+        self._unsynced: list[bytes] = []
+        self._unsynced_bytes = 0
+        self._unsynced_from = 0
+        self._lost_at: int | None = None
+        name = next((r[2] for r in db.execute("PRAGMA database_list") if r[1] == "main"), "")
+        self.wal_path = f"{name}-wal" if name else None
         self.ensure_root()
         upgrade(db)
         self.vector: dict[bytes, int] = {}
@@ -153,13 +179,29 @@ class Namespace(TreeChanges):
         """Apply the journal's ops that the database lacks, commit, empty it; → how many."""
         if self.journal is None:
             return 0
-        replayed = 0
-        for record in self.journal.records():
-            op, seq, sig = decode_journal_record(record)
-            if seq is not None and seq <= self.vector.get(op.node, 0):
-                continue  # committed before the crash
-            replayed += self.apply(op, seq=seq, sig=sig)
+        replayed = self.replay_records(self.journal.records())
         self.commit()
+        return replayed
+
+    def replay_records(self, records: list[bytes]) -> int:
+        """Apply the journaled ops (op journal or fsync journal records) that the database
+        lacks, in order; → how many. An op that does not follow its origin's last one here
+        (power loss took ops before it that were never made durable) is skipped with the
+        rest of that origin's, with a warning: they were never acknowledged by an fsync."""
+        replayed = 0
+        for record in records:
+            op, seq, sig = decode_journal_record(record)
+            have = self.vector.get(op.node, 0)
+            if seq is not None and seq <= have:
+                continue  # committed before the crash
+            if seq is not None and seq > have + 1:
+                log.warning("journal: op %s#%d does not follow #%d here (lost to power loss "
+                            "before any fsync); skipped", op.node.hex()[:12], seq, have)
+                continue
+            try:
+                replayed += self.apply(op, seq=seq, sig=sig)
+            except ValueError as exc:  # older than the folded history: nothing to redo
+                log.warning("journal: op %s#%s skipped: %s", op.node.hex()[:12], seq, exc)
         return replayed
 
     def _begin(self) -> None:
@@ -231,9 +273,59 @@ class Namespace(TreeChanges):
             self.vector[op.node] = seq
             self.heads[op.node] = link
             self._tx_ops.append((op, seq, sig, link))
+            record = pack([seq, sig, body])
             if self.journal is not None:
-                self.journal.add(pack([seq, sig, body]))
+                self.journal.add(record)
+            self._keep_unsynced(record)
         return applied
+
+    # -- durable points (power loss) -----------------------------------------------------------
+
+    def _keep_unsynced(self, record: bytes) -> None:
+        self._applied += 1
+        self._unsynced.append(record)
+        self._unsynced_bytes += len(record)
+        if self._unsynced_bytes > UNSYNCED_RECORDS_MAX:
+            self.lose_unsynced_records()
+
+    def take_unsynced_records(self) -> list[bytes] | None:
+        """The records of the ops applied since the last durable point and not taken yet, in
+        order (the caller makes them durable: the fsync journal); None if some were dropped
+        (too many, or ``lose_unsynced_records``): only a durable point covers them then."""
+        if self._lost_at is not None:
+            return None
+        records, self._unsynced = self._unsynced, []
+        self._unsynced_from += len(records)
+        self._unsynced_bytes = 0
+        return records
+
+    def lose_unsynced_records(self) -> None:
+        """Forget the records kept so far (taken ones that did not reach the disk, or too
+        many): ``take_unsynced_records`` says None until the next durable point."""
+        self._unsynced_from += len(self._unsynced)
+        self._unsynced, self._unsynced_bytes = [], 0
+        self._lost_at = self._applied
+
+    def commit_mark(self) -> int:
+        """Commit; the mark to give ``durable_through`` once the WAL is fsynced."""
+        self.commit()
+        return self._applied
+
+    def sync_wal(self) -> None:
+        """fsync the WAL (any thread: no SQLite call): what is committed survives power loss."""
+        if self.wal_path is not None:
+            fsync_file(self.wal_path)
+
+    def durable_through(self, mark: int) -> None:
+        """Every op applied before ``commit_mark`` returned ``mark`` is durable (its COMMIT's
+        WAL was fsynced): their records need not be kept."""
+        drop = min(max(mark - self._unsynced_from, 0), len(self._unsynced))
+        if drop:
+            self._unsynced_bytes -= sum(len(r) for r in self._unsynced[:drop])
+            del self._unsynced[:drop]
+            self._unsynced_from += drop
+        if self._lost_at is not None and self._lost_at <= mark:
+            self._lost_at = None
 
     def _apply_in_order(
         self, op: Op, body: bytes, seq: int, sig: bytes | None, link: bytes

@@ -25,7 +25,7 @@ from typing import Any
 import trio
 
 from dhtfs.base.config import Config
-from dhtfs.base.errors import ConfigError
+from dhtfs.base.errors import BlockCorrupt, ConfigError
 from dhtfs.base.periodic import Doorbell
 from dhtfs.fs.buffers import PlaintextCache
 from dhtfs.fs.files import FileContents
@@ -35,8 +35,9 @@ from dhtfs.meta.journal import OpJournal
 from dhtfs.meta.namespace import Namespace
 from dhtfs.meta.schema import connect
 from dhtfs.meta.tree import Tree, bind_origin
-from dhtfs.store.blockstore import BlockStore
+from dhtfs.store.blockstore import ID_BYTES, BlockStore
 from dhtfs.store.statedir import open_block_store, prepare_state_dir
+from dhtfs.store.syncjournal import BLOCK, SyncJournal
 from dhtfs.trust import pki
 from dhtfs.trust.identity import load_or_create_identity
 
@@ -54,13 +55,51 @@ class StateDir:
     tree: Tree
     inodes: InodeMap
     identity: pki.Identity
+    sync_journal: SyncJournal
 
     def close(self) -> None:
-        self.namespace.commit()
-        self.namespace.db.close()
-        if self.namespace.journal is not None:
-            self.namespace.journal.close()
-        os.close(self.lock_fd)
+        """Commit, make what the fsync journal holds durable in its own files, close."""
+        try:
+            settle_journals(self.sync_journal, self.store, self.namespace)
+        finally:
+            self.sync_journal.close()
+            self.namespace.db.close()
+            if self.namespace.journal is not None:
+                self.namespace.journal.close()
+            os.close(self.lock_fd)
+
+
+def settle_journals(journal: SyncJournal, store: BlockStore,
+                    namespace: Namespace) -> tuple[int, int, int]:
+    """Replay what the fsync journal holds (blocks written back unless their files hold
+    those bytes, ops the namespace lacks applied: both idempotent), then what the op journal
+    holds (it may follow on from the fsync journal's ops: power loss, then a crash), commit
+    once (which empties the op journal: only now is all of it in the tables), make it all
+    durable (block files and WAL fsynced) and clear the fsync journal;
+    → (blocks written back, ops applied from each journal). At start (a crash or power loss
+    left records) and at a clean stop."""
+    blocks: list[bytes] = []
+    ops: list[bytes] = []
+    op_journal = namespace.journal.records() if namespace.journal is not None else []
+    restored = 0
+    for kind, body in journal.records():
+        if kind == BLOCK:
+            block_id, blob = body[:ID_BYTES], body[ID_BYTES:]
+            try:
+                restored += store.put_sealed(block_id, blob)
+                blocks.append(block_id)
+            except BlockCorrupt as exc:
+                log.error("fsync journal: block %s does not open (%s); not restored",
+                          block_id.hex()[:16], exc)
+        else:
+            ops.append(body)
+    synced = namespace.replay_records(ops)
+    replayed = namespace.replay_records(op_journal)
+    namespace.commit()
+    store.sync(blocks)
+    namespace.sync_wal()
+    journal.clear()
+    return restored, synced, replayed
 
 
 @dataclass
@@ -108,7 +147,12 @@ def open_state_dir(config: Config) -> StateDir:
         os.chmod(state / "namespace.db", 0o600)
         # ``opened``: the commit loop's (dhtfs.runtime.service); ``written``: the op log's.
         namespace = Namespace(db, OpJournal(state / "ops.journal"), opened=Doorbell())
-        replayed = namespace.replay_journal()
+        sync_journal = SyncJournal(state / "sync.journal")
+        restored, synced, replayed = settle_journals(sync_journal, store, namespace)
+        if restored or synced:
+            log.warning("restored %d blocks and %d namespace ops from the fsync journal: the "
+                        "machine lost power or the last run did not stop cleanly",
+                        restored, synced)
         if replayed:
             log.warning(
                 "replayed %d namespace ops from the journal: the last run did not stop cleanly",
@@ -119,7 +163,7 @@ def open_state_dir(config: Config) -> StateDir:
     except BaseException:
         os.close(lock_fd)
         raise
-    return StateDir(config, lock_fd, store, namespace, tree, inodes, identity)
+    return StateDir(config, lock_fd, store, namespace, tree, inodes, identity, sync_journal)
 
 
 def build_filesystem(
@@ -140,7 +184,8 @@ def build_filesystem(
     }
     contents = functools.partial(
         FileContents, state.store, PlaintextCache(config.cache_size), config.chunk_size,
-        committed=state.namespace.chunk_pieces, nursery=nursery, **parts,
+        committed=state.namespace.chunk_pieces, nursery=nursery,
+        sync_journal=state.sync_journal, **parts,
     )
     operations = Operations(
         state.tree, state.inodes, str(config.state_dir), contents, compact=compact,
@@ -151,7 +196,8 @@ def build_filesystem(
         }),
     )
     return LocalFilesystem(config, state.lock_fd, state.store, state.namespace, state.tree,
-                           state.inodes, state.identity, operations.contents, operations)
+                           state.inodes, state.identity, state.sync_journal,
+                           operations.contents, operations)
 
 
 def open_state(config: Config) -> LocalFilesystem:

@@ -93,6 +93,28 @@ async def _commit_loop(fs: LocalFilesystem, task_status=trio.TASK_STATUS_IGNORED
             log.error("committing metadata failed: %s", exc)
 
 
+CHECKPOINT_SECONDS = 2.0
+"""How long after a journaled fsync the fsync journal's contents are made durable in their
+own files (a durable point) and its lap ends: often enough to keep the journal short, rare
+enough that a burst of small fsyncs shares one."""
+
+
+async def _checkpoint_loop(fs: LocalFilesystem) -> None:
+    """A durable point ``CHECKPOINT_SECONDS`` after the first journaled fsync since the last
+    one (``FileContents.checkpoint``). A failure (a full disk) is logged; the journal keeps
+    what it holds, and the next fsync or checkpoint tries again."""
+    due = fs.contents.checkpoint_due
+    while True:
+        await due.wait()
+        due.clear()
+        await trio.sleep(CHECKPOINT_SECONDS)
+        try:
+            await fs.contents.checkpoint(fs.namespace)
+        except (OSError, sqlite3.Error) as exc:
+            log.error("making the fsync journal's blocks and ops durable failed: %s; they "
+                      "stay in the journal", exc)
+
+
 async def serve(state: StateDir, mountpoint: Path, ready: Callable[[], None]) -> None:
     """Join the swarm, mount, call ``ready()``, serve until unmounted or signalled, then
     flush, hand the last ops to peers, and unmount."""
@@ -136,6 +158,7 @@ async def _serve_mount(
             await nursery.start(stop_on_signal, pyfuse3.terminate, "flushing and unmounting",
                                 (signal.SIGTERM, signal.SIGINT, signal.SIGHUP))
             await nursery.start(_commit_loop, fs)
+            nursery.start_soon(_checkpoint_loop, fs)
             if fs.operations.compactor is not None:
                 nursery.start_soon(fs.operations.compactor.run)
             ready()

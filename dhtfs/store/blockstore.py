@@ -228,6 +228,31 @@ class BlockStore:
             raise BlockCorrupt(block_id, "content does not hash to its id")
         return self.put(block_id, plaintext, durable=durable)
 
+    def sealed(self, block_id: bytes) -> bytes:
+        """The block's file as stored (ciphertext: what the fsync journal keeps of it);
+        BlockMissing if absent."""
+        try:
+            return self.path_of(block_id).read_bytes()
+        except FileNotFoundError:
+            raise BlockMissing(block_id, "not stored on this node") from None
+
+    def put_sealed(self, block_id: bytes, blob: bytes) -> bool:
+        """Restore a block from its stored bytes (``sealed``) unless a file with exactly those
+        bytes is there; True if it wrote. The bytes must open under ``block_id`` with this
+        store's key (BlockCorrupt otherwise: nothing is written). Not fsynced: the caller
+        syncs (``sync``)."""
+        unseal(self._aead, block_id, blob)
+        path = self.path_of(block_id)
+        try:
+            if path.read_bytes() == blob:
+                return False
+        except FileNotFoundError:
+            path.parent.mkdir(mode=0o700, exist_ok=True)
+        with self._space_error():
+            self._write_atomically(str(path), blob)
+        self.space.wrote(len(blob))
+        return True
+
     def get(self, block_id: bytes) -> bytes:
         """The plaintext of ``block_id``; BlockMissing or BlockCorrupt otherwise."""
         try:
