@@ -115,6 +115,12 @@ class BlockReplicator:
         ``data``: its plaintext, if the caller has it at hand (kept while memory allows)."""
         if cid in self.sizes:
             return
+        if not self.node.client and self.live_peers() == 0:
+            # Alone: the copy here is every copy there can be (what placing it would find,
+            # after reading it back and a lookup); repair copies it once peers come.
+            self.added += 1
+            self.replicated += 1
+            return
         if data is not None and size >= STREAM_BYTES and self._held_bytes + size <= HELD_BYTES:
             self._held[cid] = data
             self._held_bytes += size
