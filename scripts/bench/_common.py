@@ -427,6 +427,7 @@ def work_dir(prefix: str) -> Iterator[Path]:
 # --- figures ------------------------------------------------------------------------------
 
 
+SUFFIXES = ("", "_cpu", "_client_cpu", "_requests")
 DECIMALS = {"ms": 3, "bytes": 0, "requests": 0, "ms/op": 3, "s": 2}
 
 
@@ -458,10 +459,10 @@ class Figures:
         return statistics.median(self.values[name])
 
     def print(self, keys: list[str], targets: list[str]) -> None:
-        """Medians, key by key (each target's figure, then its CPU figures; any other name
+        """Medians, key by key (each target's figure, then its CPU and request figures; others
         after), then ``dhtfs_KEY_vs_bindfs``: the ratio of the medians (and of dhtfs with its
         state on a tmpfs to bindfs over a tmpfs) for every KEY."""
-        order = [f"{t}_{k}{s}" for k in keys for t in targets for s in ("", "_cpu", "_client_cpu")]
+        order = [f"{t}_{k}{s}" for k in keys for t in targets for s in SUFFIXES]
         names = [n for n in order if n in self.units]
         names += [n for n in self.units if n not in names]
         for name in names:
