@@ -20,11 +20,9 @@ fresh mount; targets run interleaved within each run.
   the last process's exit. The op mix (fsstress's default frequencies) is documented in
   ``_fsstress.py``; real fsstress is packaged neither in Debian nor on PyPI.
 * ``git_clone``: ``git clone -q --no-hardlinks file://SRC`` of a synthetic source repository
-  into the target, seconds. SRC (made once and kept in ``/var/tmp/dhtfs-bench-gitsrc-*``, on
-  the disk) is deterministic: 4,400 files in 300 nested directories (4,700 entries), 41 MB in
-  all, like xfstests' tree: ~22 MB of text files of 0.3-16 KiB made of seeded pseudo-words
-  and 40 binary files of 0.2-0.8 MB of seeded random bytes; one commit with fixed author,
-  dates and message (the same commit id every time).
+  into the target, seconds. SRC (``_gitsrc.py``: made once and kept in
+  ``/var/tmp/dhtfs-bench-gitsrc-*``, on the disk) is deterministic: 4,400 files in 300 nested
+  directories (4,700 entries), 41 MB, like xfstests' tree; one commit.
 * ``git_status``: ``git status --porcelain`` in the clone right after it (warm caches), in
   seconds; it must print nothing (a clean tree), else the run says so. ``git_status_again``:
   a second one.
@@ -45,14 +43,11 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import random
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 from _common import (
-    DISK_BASE,
     KINDS,
     BenchError,
     Figures,
@@ -66,88 +61,9 @@ from _common import (
     work_dir,
 )
 from _fsstress import MIX, run_fsstress
+from _gitsrc import describe_source, git, source_repo
 
-SOURCE_VERSION = 1  # bump when the generator changes: the cached source is keyed by it
-FULL_FILES, FULL_DIRS, BINARIES = 4400, 300, 40
-GIT_ENV = {
-    "GIT_CONFIG_NOSYSTEM": "1", "GIT_AUTHOR_NAME": "bench", "GIT_AUTHOR_EMAIL": "bench@dhtfs",
-    "GIT_COMMITTER_NAME": "bench", "GIT_COMMITTER_EMAIL": "bench@dhtfs",
-    "GIT_AUTHOR_DATE": "2026-01-01T00:00:00Z", "GIT_COMMITTER_DATE": "2026-01-01T00:00:00Z",
-}
 STEP_KEYS = {"fsstress": ["fsstress"], "git": ["git_clone", "git_status", "git_status_again"]}
-
-
-def git(*args: str, cwd: Path | None = None) -> str:
-    home = DISK_BASE  # no user config: HOME points at a directory without .gitconfig
-    proc = subprocess.run(["git", "-c", "safe.directory=*", *args], cwd=cwd, text=True,
-                          capture_output=True, check=False,
-                          env={**os.environ, **GIT_ENV, "HOME": str(home)})
-    if proc.returncode != 0:
-        raise BenchError(f"git {' '.join(args)} exited {proc.returncode}: {proc.stderr[-500:]}")
-    return proc.stdout
-
-
-def make_source_tree(root: Path, nfiles: int, ndirs: int, nbin: int) -> int:
-    """The synthetic tree (see the module docstring) under ``root``; → bytes written."""
-    rng = random.Random(f"gitsrc:{SOURCE_VERSION}")
-    vocab = ["".join(rng.choices("abcdefghijklmnopqrstuvwxyz_", k=rng.randrange(2, 11)))
-             for _ in range(3000)]
-    dirs = [root]
-    for i in range(ndirs):  # nested: a directory's parent is an earlier one
-        parent = rng.choice(dirs[: max(1, len(dirs) // 2 + 1)])
-        dirs.append(parent / f"dir{i:03d}")
-        dirs[-1].mkdir(parents=True)
-    total = 0
-    for i in range(nfiles):
-        parent = rng.choice(dirs)
-        if i < nbin:
-            data = rng.randbytes(rng.randrange(200_000, 800_000))
-            name = f"blob{i:03d}.bin"
-        else:
-            size = int(min(16384, max(300, rng.lognormvariate(8.2, 0.9))))
-            words: list[str] = []
-            length = 0
-            while length < size:
-                line = " ".join(rng.choices(vocab, k=rng.randrange(3, 14)))
-                words.append(line)
-                length += len(line) + 1
-            data = ("\n".join(words) + "\n").encode()
-            name = f"file{i:04d}.{rng.choice(('c', 'h', 'sh', 'out', 'txt', 'py'))}"
-        (parent / name).write_bytes(data)
-        total += len(data)
-    return total
-
-
-def source_repo(quick: bool) -> Path:
-    """The cached source repository (made on first use, atomically by a rename)."""
-    scale = 4 if quick else 1
-    path = DISK_BASE / f"dhtfs-bench-gitsrc-v{SOURCE_VERSION}-{FULL_FILES // scale}"
-    if (path / ".git" / "HEAD").exists():
-        return path
-    temp = Path(f"{path}.tmp{os.getpid()}")
-    shutil.rmtree(temp, ignore_errors=True)
-    total = make_source_tree(temp, FULL_FILES // scale, FULL_DIRS // scale, BINARIES // scale)
-    git("init", "-q", cwd=temp)
-    git("add", "-A", cwd=temp)
-    git("commit", "-q", "-m", "synthetic source tree for the dhtfs benchmark", cwd=temp)
-    git("gc", "-q", cwd=temp)
-    os.rename(temp, path)
-    note(f"made source repository {path}: {total / 1e6:.1f} MB of files")
-    return path
-
-
-def describe_source(src: Path) -> str:
-    files = dirs = size = 0
-    for top, dnames, fnames in os.walk(src):
-        if top == str(src):
-            dnames.remove(".git")
-        dirs += len(dnames)
-        files += len(fnames)
-        size += sum(os.lstat(os.path.join(top, f)).st_size for f in fnames)
-    pack = sum(p.stat().st_size for p in (src / ".git" / "objects").rglob("*") if p.is_file())
-    return (f"source {src.name}: {files} files + {dirs} dirs = {files + dirs} "
-            f"entries, {size / 1e6:.1f} MB; .git objects {pack / 1e6:.1f} MB; "
-            f"commit {git('rev-parse', 'HEAD', cwd=src).strip()[:12]}")
 
 
 def requests_delta(before: dict[str, int] | None, after: dict[str, int] | None) -> dict[str, int]:
