@@ -214,7 +214,29 @@ class PlainTarget(Target):
         self.backing.remove()
 
 
-class BindfsTarget(Target):
+class DaemonTarget(Target):
+    """A FUSE mount served by a daemon we start (``_start``) and stop (``_stop``) over a
+    ``backing`` directory: cold = stop, drop the caches, start again."""
+
+    backing: Backing
+
+    def _start(self) -> None:
+        raise NotImplementedError
+
+    def _stop(self) -> None:
+        raise NotImplementedError
+
+    def setup(self) -> None:
+        self.backing.make()
+        self._start()
+
+    def cold(self) -> None:
+        self._stop()
+        drop_caches()
+        self._start()
+
+
+class BindfsTarget(DaemonTarget):
     """``bindfs -f -o big_writes BACKING MNT`` (drops ``big_writes`` if rejected); we start
     the daemon in the foreground ourselves, so its pid is ours to measure."""
 
@@ -255,18 +277,9 @@ class BindfsTarget(Target):
                 self.proc.kill()
                 self.proc.wait(10)
 
-    def setup(self) -> None:
-        self.backing.make()
-        self._start()
-
     def daemon_pid(self) -> int | None:
         proc = self.proc
         return proc.pid if proc is not None and proc.poll() is None else None
-
-    def cold(self) -> None:
-        self._stop()
-        drop_caches()
-        self._start()
 
     def teardown(self) -> None:
         try:
@@ -295,7 +308,7 @@ def scrape_fuse_requests(port: int) -> dict[str, int]:
     return out
 
 
-class DhtfsTarget(Target):
+class DhtfsTarget(DaemonTarget):
     """A single-node dhtfs mount whose state directory is on the disk or on a tmpfs; with
     ``metrics``, its Prometheus endpoint on a free loopback port (FUSE request counts)."""
 
@@ -320,10 +333,6 @@ class DhtfsTarget(Target):
         if status != 0:
             raise BenchError(f"mount.dhtfs exited {status}: {self.mount.log_text()[-2000:]}")
 
-    def setup(self) -> None:
-        self.backing.make()
-        self._start()
-
     def daemon_pid(self) -> int | None:
         proc = self.mount.proc
         return proc.pid if proc is not None and proc.poll() is None else None
@@ -337,11 +346,6 @@ class DhtfsTarget(Target):
         port = self.port
         wait_until(lambda: _answers(port), "the metrics endpoint", 30)
         return scrape_fuse_requests(port)
-
-    def cold(self) -> None:
-        self._stop()
-        drop_caches()
-        self._start()
 
     def teardown(self) -> None:
         try:
@@ -399,6 +403,20 @@ def check_tools(kinds: list[str]) -> str | None:
     if "bindfs" in kinds and shutil.which("bindfs") is None:
         return "bindfs not installed"
     return None
+
+
+def guarded(script: str, body: Callable[[], None]) -> int:
+    """Run a benchmark's ``body``: exit status 0, or 1 with a one-line error (BenchError),
+    or 130 when interrupted (the mounts are removed by ``work_dir`` on the way out)."""
+    try:
+        body()
+    except BenchError as exc:
+        print(f"{script}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{script}: interrupted; mounts removed", file=sys.stderr)
+        return 130
+    return 0
 
 
 @contextlib.contextmanager

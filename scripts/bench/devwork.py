@@ -54,6 +54,7 @@ from _common import (
     Target,
     check_tools,
     fmt,
+    guarded,
     make_targets,
     measured,
     note,
@@ -149,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     if why:
         print(f"devwork.py: {why}", file=sys.stderr)
         return 1
-    try:
+
+    def body() -> None:
         src = source_repo(args.quick) if "git" in steps else None
         with work_dir("dhtfs-bench-dev-") as work:
             targets = make_targets(work, kinds, stores, metrics=True)
@@ -170,13 +172,8 @@ def main(argv: list[str] | None = None) -> int:
                     if src is not None:
                         run_git_on(target, src, figs, i)
             figs.print([k for s in steps for k in STEP_KEYS[s]], [t.name for t in targets])
-    except BenchError as exc:
-        print(f"devwork.py: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("devwork.py: interrupted; mounts removed", file=sys.stderr)
-        return 130
-    return 0
+
+    return guarded("devwork.py", body)
 
 
 if __name__ == "__main__":

@@ -100,6 +100,7 @@ from _common import (
     Target,
     check_tools,
     fmt,
+    guarded,
     make_targets,
     measured,
     mount_tmpfs,
@@ -471,7 +472,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fs.py: {why}", file=sys.stderr)
         return 1
     params = Params(size_mib * MiB, nfiles, args.runs, writes, pairs, steps)
-    try:
+
+    def body() -> None:
         with work_dir("dhtfs-bench-fs-") as work:
             targets = make_targets(work, kinds, stores)
             header(params, [t.name for t in targets])
@@ -485,14 +487,8 @@ def main(argv: list[str] | None = None) -> int:
                 for target in targets:
                     bench_target(target, params, data, tree, ndirs, figs, i)
             figs.print(list(UNITS), [t.name for t in targets])
-    except BenchError as exc:
-        print(f"fs.py: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("fs.py: interrupted; mounts removed", file=sys.stderr)
-        return 130
-    return 0
 
+    return guarded("fs.py", body)
 
 if __name__ == "__main__":
     sys.exit(main())
