@@ -32,7 +32,8 @@ dhtfs, bindfs) and ``NAME_client_cpu`` (CPU seconds of this process and the chil
 for: the fsstress processes, git). For dhtfs (metrics on, ``-o metrics=127.0.0.1:PORT``),
 ``dhtfs_NAME_requests``: the FUSE requests the mount served during the step, from its
 ``dhtfs_fuse_op_seconds_count`` counters (every handler call, by kind; the kinds are printed
-in the run's ``# `` line). ``dhtfs_NAME_vs_bindfs``: the ratio of the medians.
+in the run's ``# `` line; the metrics cost the mount a few microseconds per request).
+``dhtfs_NAME_vs_bindfs``: the ratio of the medians.
 
 ``--quick``: 8 x 500 ops and a quarter-size repository (1,100 files, ~10 MB); 3 runs.
 Targets (issue 18): fsstress <= 2 x bindfs; git clone <= 1.5 x bindfs.

@@ -57,8 +57,10 @@ CPU beside every figure: ``NAME_cpu`` is the CPU (user + system, all threads, fr
 ``ls``, ``rm``) during the step, which holds the kernel's work on the client's side (for
 ``disk``: the whole file system's). Units: ms/MB for byte rates, ms/op for the others (an op:
 a file, an entry, a write, a write + fsync pair); the step's window includes its small
-untimed preparation (e.g. drawing the random offsets). A busy machine moves MB/s far more than
-these. ``NAME_vs_bindfs`` figures: the ratio of the dhtfs median to the bindfs median.
+untimed preparation (e.g. drawing the random offsets). The kernel counts CPU in 10 ms ticks:
+a step's CPU figure is only as fine as 10 ms over its amount of work. A busy machine moves
+MB/s far more than these. ``NAME_vs_bindfs`` figures: the ratio of the dhtfs median to the
+bindfs median.
 
 Targets run interleaved within each run (run 1: dhtfs, bindfs, disk; run 2: ...), so
 background noise spreads over all of them. ``--quick``: 64 MiB and 500 files (instead of
