@@ -5,11 +5,14 @@ costs the writer, with a single-node mount measured in the same run as the refer
 Usage (as root, from the repo root, with the venv's interpreter)::
 
     .venv/bin/python scripts/bench/swarm.py [--quick] [--runs N] [--changes C] [--files F]
-                                            [--size-mib M] [--no-sim] [--with-tahoe]
+                                            [--size-mib M] [--state-on disk|tmpfs]
+                                            [--no-git] [--no-sim] [--with-tahoe]
 
 Prints ``figure: NAME=VALUE UNIT`` lines (VALUE: the median over runs; each run is printed
 first as a ``# `` line). Per run, on a fresh 3-node swarm (``dhtfs swarm up --nodes 3``, nodes
-on 127.0.0.10-12, state on a tmpfs) and a fresh single-node mount (state on the same tmpfs):
+on 127.0.0.10-12) and a fresh single-node mount, every state directory in a fresh directory
+under ``/var/tmp`` (the root ext4 here, where ``/var/lib/dhtfs`` would be); ``--state-on
+tmpfs``: on a tmpfs instead (where fsync is free: not where users run it):
 
 * ``visible_{create,write,rename,delete}_{p50,p95}``: C changes of each kind on node A (create
   an empty file; write a new size into an existing file and close it; rename; unlink), each
@@ -31,6 +34,17 @@ on 127.0.0.10-12, state on a tmpfs) and a fresh single-node mount (state on the 
   ``replicated_write_cpu`` / ``remote_read_cold_cpu``: CPU time (user + system, all threads)
   the writing (reading) client and the 3 storage nodes used meanwhile, ms per MB: the work
   per byte, which moves far less than MB/s when other jobs share the machine.
+* ``git_clone_swarm``: ``git clone -q --no-hardlinks file://SRC`` of the synthetic source
+  repository (``_gitsrc.py``: 4,700 entries, 41 MB; quarter size with ``--quick``) into node A,
+  seconds; ``git_clone_swarm_cpu``: the CPU seconds the 3 nodes used meanwhile. References in
+  the same run, in this order before it: ``git_clone_single`` (the single-node mount),
+  ``git_clone_bindfs`` (bindfs over a directory on the same disk), ``git_clone_disk`` (that
+  directory); ``git_clone_swarm_vs_bindfs``: the ratio (target <= 1.5).
+  ``git_status_other_node``: from the end of the clone on A until ``git status --porcelain``
+  in the clone on node B has returned clean (empty): B's clone is polled (its ``.git/index``
+  present, then ``git status`` run again until clean), seconds (target <= 2);
+  ``git_status_other_node_cmd``: how long that last, clean ``git status`` itself took.
+  ``--no-git`` skips these.
 * with ``--with-tahoe``, after the above: ``tahoe_put`` / ``tahoe_get``, the issue's
   reference, Tahoe-LAFS 2-of-4 on a loopback grid (introducer, 4 storage nodes, 1 client)
   putting and getting a file of the same SIZE, in MB/s, same number of runs
@@ -38,8 +52,9 @@ on 127.0.0.10-12, state on a tmpfs) and a fresh single-node mount (state on the 
   use).
 * the simulator's dissemination figures (``scripts/bench/oplog_sim.py``), unless ``--no-sim``.
 
-``--quick``: 1 run of 100 changes per kind, 500 files and 64 MiB, simulator in quick mode;
-about a minute here. Every mount and daemon it starts is removed in ``finally`` blocks.
+``--quick``: 1 run of 100 changes per kind, 500 files and 64 MiB, the quarter-size git
+repository, simulator in quick mode; a few minutes here. Every mount and daemon it starts is
+removed in ``finally`` blocks.
 """
 
 from __future__ import annotations
@@ -51,17 +66,25 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
+from _common import (
+    REPO,
+    BenchError,
+    BindfsTarget,
+    PlainTarget,
+    Target,
+    mount_tmpfs,
+    umount_tmpfs,
+    work_dir,
+)
+from _gitsrc import describe_source, git, source_repo
 
-from testkit import swarmctl  # noqa: E402
-from testkit.mounting import Mount  # noqa: E402
-from testkit.observe import control, listing, member_options  # noqa: E402
-from testkit.wait import wait_until  # noqa: E402
+from testkit import swarmctl
+from testkit.mounting import Mount
+from testkit.observe import control, listing, member_options
+from testkit.wait import wait_until
 
 FILE_SIZE = 4096
 FILES_PER_DIR = 100
@@ -181,8 +204,61 @@ def vector(state: Path) -> dict[bytes, int]:
     return {o: s for o, s in control(state, "oplog")["vector"]}
 
 
+def git_clone_into(dest: Path, src: Path) -> float:
+    """Seconds for ``git clone -q --no-hardlinks file://src dest``."""
+    began = time.perf_counter()
+    git("clone", "-q", "--no-hardlinks", f"file://{src}", str(dest))
+    return time.perf_counter() - began
+
+
+def reference_clone(target: Target, src: Path) -> float:
+    """Seconds of a git clone into a fresh ``target`` (torn down after)."""
+    target.setup()
+    try:
+        return git_clone_into(target.root / "clone", src)
+    finally:
+        target.teardown()
+
+
+def clean_status_on(clone: Path, timeout: float = 300.0) -> tuple[int, float]:
+    """Poll ``clone`` (on another node) until ``git status --porcelain`` there prints nothing;
+    → (status runs, seconds of the last one). Raises TimeoutError past ``timeout``."""
+    end = time.perf_counter() + timeout
+    runs = 0
+    while time.perf_counter() < end:
+        if (clone / ".git" / "index").exists():
+            runs += 1
+            began = time.perf_counter()
+            try:
+                out = git("status", "--porcelain", cwd=clone)
+            except BenchError:
+                out = "failed"
+            if not out.strip():
+                return runs, time.perf_counter() - began
+        time.sleep(0.05)
+    raise TimeoutError(f"git status in {clone} not clean within {timeout} s ({runs} runs)")
+
+
+def git_figures(work: Path, src: Path, single: Mount, a: Path, b: Path, pids: list[int],
+                store: str) -> dict[str, float]:
+    """The git clone figures (see the module docstring): references first, then the swarm."""
+    fig = {"git_clone_single": git_clone_into(single.mountpoint / "clone", src)}
+    fig["git_clone_bindfs"] = reference_clone(BindfsTarget(work, store), src)
+    fig["git_clone_disk"] = reference_clone(PlainTarget(work, store), src)
+    used = cpu_seconds(pids)
+    fig["git_clone_swarm"] = git_clone_into(a / "clone", src)
+    done = time.perf_counter()
+    fig["git_clone_swarm_cpu"] = cpu_seconds(pids) - used
+    fig["git_clone_swarm_vs_bindfs"] = fig["git_clone_swarm"] / fig["git_clone_bindfs"]
+    runs, fig["git_status_other_node_cmd"] = clean_status_on(b / "clone")
+    fig["git_status_other_node"] = time.perf_counter() - done
+    note(f"git status on node B: clean after {runs} run(s)")
+    return fig
+
+
 def one_run(
-    work: Path, tree: Path, nfiles: int, changes: int, data: memoryview
+    work: Path, tree: Path, nfiles: int, changes: int, data: memoryview, src: Path | None,
+    store: str,
 ) -> dict[str, float]:
     fig: dict[str, float] = {}
     root = work / "swarm"
@@ -208,6 +284,9 @@ def one_run(
         shown = [p for p in listing(b.mountpoint / "tree") if p.count("/") == 1]
         if len(shown) != nfiles:
             raise RuntimeError(f"b shows {len(shown)} of {nfiles} files")
+        if src is not None:
+            pids = [n.pid for n in nodes if n.pid]
+            fig.update(git_figures(work, src, single, a.mountpoint, b.mountpoint, pids, store))
         mb = len(data) / 1e6
         fig["single_write"] = mb / timed_write_fsync(single.mountpoint / "big", data)
         seeds = "bootstrap=" + "+".join(n.address for n in nodes)
@@ -247,7 +326,10 @@ def one_run(
 
 UNITS = {"cp_swarm": "files/s", "cp_single": "files/s", "cp_ratio": "x", "cp_visible_all": "s",
          "single_write": "MB/s", "replicated_write": "MB/s", "remote_read_cold": "MB/s",
-         "replicated_write_cpu": "ms/MB", "remote_read_cold_cpu": "ms/MB"}
+         "replicated_write_cpu": "ms/MB", "remote_read_cold_cpu": "ms/MB",
+         "git_clone_single": "s", "git_clone_bindfs": "s", "git_clone_disk": "s",
+         "git_clone_swarm": "s", "git_clone_swarm_cpu": "s", "git_clone_swarm_vs_bindfs": "x",
+         "git_status_other_node": "s", "git_status_other_node_cmd": "s"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -257,6 +339,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--changes", type=int)
     p.add_argument("--files", type=int)
     p.add_argument("--size-mib", type=int)
+    p.add_argument("--state-on", choices=("disk", "tmpfs"), default="disk",
+                   help="where state directories are (default: disk, under /var/tmp)")
+    p.add_argument("--no-git", action="store_true", help="skip the git clone figures")
     p.add_argument("--no-sim", action="store_true")
     p.add_argument("--with-tahoe", action="store_true",
                    help="also run the Tahoe-LAFS reference (scripts/bench/tahoe_ref.py)")
@@ -269,21 +354,31 @@ def main(argv: list[str] | None = None) -> int:
         print("swarm.py: run as root (it mounts)", file=sys.stderr)
         return 1
     results: list[dict[str, float]] = []
-    with tempfile.TemporaryDirectory(prefix="dhtfs-bench-swarm-") as tmp:
-        work = Path(tmp)
-        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4g", "tmpfs", str(work)], check=True)
-        try:
-            tree = work / "src"
-            make_tree(tree, nfiles)
-            for run in range(runs):
-                run_dir = work / f"run{run}"
-                run_dir.mkdir()
-                fig = one_run(run_dir, tree, nfiles, changes, data)
-                note(f"run {run + 1}: " + " ".join(f"{k}={v:.3g}" for k, v in fig.items()))
-                results.append(fig)
-                shutil.rmtree(run_dir, ignore_errors=True)  # the tmpfs holds one run at a time
-        finally:
-            subprocess.run(["umount", "-l", str(work)], check=False)
+    try:
+        src = None if args.no_git else source_repo(args.quick)
+        with work_dir("dhtfs-bench-swarm-") as work:
+            note(f"state directories on {'a tmpfs' if args.state_on == 'tmpfs' else work}")
+            if src is not None:
+                note(describe_source(src))
+            if args.state_on == "tmpfs":
+                work = work / "tmpfs"
+                mount_tmpfs(work)
+            try:
+                tree = work / "src"
+                make_tree(tree, nfiles)
+                for run in range(runs):
+                    run_dir = work / f"run{run}"
+                    run_dir.mkdir()
+                    fig = one_run(run_dir, tree, nfiles, changes, data, src, args.state_on)
+                    note(f"run {run + 1}: " + " ".join(f"{k}={v:.3g}" for k, v in fig.items()))
+                    results.append(fig)
+                    shutil.rmtree(run_dir, ignore_errors=True)  # one run's state at a time
+            finally:
+                if args.state_on == "tmpfs":
+                    umount_tmpfs(work)
+    except (BenchError, RuntimeError, TimeoutError) as exc:
+        print(f"swarm.py: error: {exc}", file=sys.stderr)
+        return 1
     for key in results[0]:
         value = statistics.median(r[key] for r in results)
         unit = UNITS.get(key, "ms")
