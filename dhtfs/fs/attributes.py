@@ -29,13 +29,13 @@ def entry_attributes(
     ino: int,
     of: OpenFile | None,
     ns: Namespace,
-    data_chunks: dict[tuple[bytes, int, bytes], int],
     *,
     new: bool = False,
 ) -> pyfuse3.EntryAttributes:
     """The attributes of ``row`` as inode ``ino``; ``of``: its open file, if any; ``new``:
-    just created (one name, no subdirectories: nothing to count); ``data_chunks``: the
-    memo of ``chunks_with_data``."""
+    just created (one name, no subdirectories: nothing to count). The counts (links,
+    subdirectories, chunks with data) come from the namespace's memory (``LinkFacts``) once
+    known: a ``stat`` asks SQLite nothing."""
     a = pyfuse3.EntryAttributes()
     a.st_ino = ino
     a.generation = 0
@@ -57,30 +57,16 @@ def entry_attributes(
         a.st_nlink = 1 if new else ns.link_count(row.obj)
         if of is not None:
             size, mtime, cs = of.size, of.mtime, of.chunk_size
-            stored = chunks_with_data(ns, row, data_chunks) + len(of.new) + len(of.buffers)
+            stored = ns.chunks_with_data(row.obj) + len(of.new) + len(of.buffers)
         elif row.kind == stat.S_IFLNK:
             size, mtime, cs, stored = len(row.target or b""), row.mtime, 0, 0
         else:
             size, mtime, cs = row.size, row.mtime, row.chunk_size
-            stored = chunks_with_data(ns, row, data_chunks) if size else 0
+            stored = ns.chunks_with_data(row.obj) if size else 0
         a.st_size = size
         a.st_mtime_ns = mtime
         a.st_blocks = (min(size, stored * cs) + 511) // 512 if cs else (size + 511) // 512
     return a
-
-
-def chunks_with_data(
-    ns: Namespace, row: ObjectRow, counts: dict[tuple[bytes, int, bytes], int]
-) -> int:
-    """How many chunks of ``row``'s version hold data (a count over the file's extents
-    rows, memoized per version in ``counts``, which is emptied past 4096 versions)."""
-    version = (row.obj, row.content_ts, row.content_node)
-    count = counts.get(version)
-    if count is None:
-        if len(counts) >= 4096:
-            counts.clear()
-        count = counts[version] = ns.chunks_with_data(row.obj)
-    return count
 
 
 def direct_io(flags: int, row: ObjectRow, has_xattrs: bool) -> bool:

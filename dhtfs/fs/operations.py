@@ -80,7 +80,6 @@ class Operations(pyfuse3.Operations):
         self._handles: dict[int, OpenFile] = {}
         self._next_fh = 1
         self._kernel_version: dict[bytes, tuple[int, bytes]] = {}
-        self._data_chunks: dict[tuple[bytes, int, bytes], int] = {}
         self.observe = observe
         self.locate = locate
         self.replicate = replicate
@@ -119,7 +118,7 @@ class Operations(pyfuse3.Operations):
         if ino is None:
             ino = self.inodes.ino_of(row.obj, new=new)
         of = self.contents.open_files.get(row.obj)
-        return entry_attributes(row, ino, of, self.tree.ns, self._data_chunks, new=new)
+        return entry_attributes(row, ino, of, self.tree.ns, new=new)
 
     def _entry(
         self,

@@ -144,6 +144,7 @@ OBJECT_DEFAULTS: dict[str, Any] = {
 }
 LINK_COLUMNS = ("id", "link", "parent", "name", "obj", "kind", "lts", "lnode")
 LINK_KIND_INDEX = LINK_COLUMNS.index("kind")
+LINK_OBJ_INDEX = LINK_COLUMNS.index("obj")
 _object_values = operator.attrgetter(*OBJECT_COLUMNS)
 
 
