@@ -116,7 +116,10 @@ class Operations(pyfuse3.Operations):
         self, row: ObjectRow, ino: int | None = None, *, new: bool = False
     ) -> pyfuse3.EntryAttributes:
         if ino is None:
-            ino = self.inodes.ino_of(row.obj, new=new)
+            if row.is_dir:
+                ino = self.inodes.ino_of(row.obj, new=new)
+            else:  # the same number on every node (``InodeMap.file_ino``)
+                ino = self.inodes.file_ino(row.obj)
         of = self.contents.open_files.get(row.obj)
         return entry_attributes(row, ino, of, self.tree.ns, new=new)
 
