@@ -2,9 +2,22 @@
 direct-I/O choice of a handle, and statfs.
 
 Invariants: an open file's size, mtime and st_blocks are its live ones (its ``OpenFile``:
-bytes written and not yet committed included); entry and attribute timeouts are short
-because other nodes change the tree too; ``statfs`` never shows as free what writes were
-promised (``space.reserved``) or the margin kept for metadata.
+bytes written and not yet committed included); every other value is the object row's, set
+by ops only, so every node that holds the same ops reports the same attributes (a file's
+inode number included: ``dhtfs.fs.inodes.stable_number``); ``statfs`` never shows as free
+what writes were promised (``space.reserved``) or the margin kept for metadata.
+
+Timeouts: the kernel keeps an entry or attributes for ``ENTRY_TIMEOUT`` / ``ATTR_TIMEOUT``
+without asking. Other nodes change the tree too, but every remote op applied here queues the
+invalidation of each name and object it changed (``dhtfs.fs.remote``), those of the ops it
+redid included, and this mount's own changes go through the kernel, which updates or drops
+what it cached. So the timeouts bound only what no invalidation reaches: names that appear
+as a side effect (conflict copies), names after a snapshot of the whole tree was installed
+while mounted, and invalidations dropped when their queue is full. 60 s: a ``stat`` or a
+path walk repeated within a minute (a build, ``git status``, an editor's polling) costs no
+request, and those rare cases are still put right within a minute. A missing name is
+remembered only ``NEGATIVE_TIMEOUT``: a conflict copy's name, which no op names, shows up at
+once.
 """
 
 from __future__ import annotations
@@ -19,8 +32,9 @@ from dhtfs.meta.namespace import Namespace
 from dhtfs.meta.schema import ObjectRow
 from dhtfs.store.space import DiskSpace
 
-ENTRY_TIMEOUT = 1.0
-ATTR_TIMEOUT = 1.0
+ENTRY_TIMEOUT = 60.0
+ATTR_TIMEOUT = 60.0
+NEGATIVE_TIMEOUT = 1.0
 BLKSIZE = 128 * 1024
 
 

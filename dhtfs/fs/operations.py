@@ -7,7 +7,7 @@ and statfs come from ``dhtfs.fs.attributes``, the ``user.dhtfs.*`` xattrs from
 ``dhtfs.fs.xattrs``, fsync's wait for replicas from ``FileContents.make_durable``.
 
 The kernel enforces permissions (``default_permissions``); entry and attribute timeouts are
-short because other nodes change the tree too.
+long because remote changes invalidate what the kernel cached (``dhtfs.fs.attributes``).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import pyfuse3
 
 from dhtfs.base.durable import fsync_file
 from dhtfs.base.errors import NamespaceError
-from dhtfs.fs.attributes import ENTRY_TIMEOUT, direct_io, entry_attributes, statfs_of
+from dhtfs.fs.attributes import NEGATIVE_TIMEOUT, direct_io, entry_attributes, statfs_of
 from dhtfs.fs.buffers import OpenFile
 from dhtfs.fs.compaction import Compactor
 from dhtfs.fs.errnos import errno_mapped
@@ -174,10 +174,10 @@ class Operations(pyfuse3.Operations):
         if name == b"..":
             return self._entry(self.tree.ns.parent_of(parent) or parent)
         hit = self.tree.find_entry(parent, name)
-        if hit is None:  # a negative entry, which the kernel caches for ENTRY_TIMEOUT
+        if hit is None:  # a negative entry, which the kernel caches for NEGATIVE_TIMEOUT
             missing = pyfuse3.EntryAttributes()
             missing.st_ino = 0
-            missing.entry_timeout = ENTRY_TIMEOUT
+            missing.entry_timeout = NEGATIVE_TIMEOUT
             return missing
         follow = self.inodes.follower is not None and getattr(ctx, "pid", None) in (
             self.inodes.follower,

@@ -10,7 +10,10 @@ Invariants:
 - invalidations never run inline: the kernel may hold locks that a pending request waits
   for, and that request waits for this trio loop. They go through a bounded queue to one task,
   which makes each call in a worker thread while the loop goes on serving requests; when the
-  queue is full the rest are dropped (caches then expire within their 1 s timeouts);
+  queue is full the rest are dropped (caches then expire within their timeouts,
+  ``dhtfs.fs.attributes.ATTR_TIMEOUT``);
+- the ops a late op redid are in the batch too (``dhtfs.meta.replica``): what they do may
+  have changed;
 - only what the kernel can hold is invalidated: inodes it was given (``InodeMap``), every
   number of an object included (a directory moved behind the kernel's back gets a new one,
   and the old one lives on in what pins it);
@@ -180,7 +183,7 @@ class RemoteChanges:
     def everything_changed(self) -> None:
         """The whole tree was replaced (a snapshot installed while mounted): invalidate every
         inode the kernel holds, pages too, and refresh open files. (Names cached by the
-        kernel cannot be listed; they expire within their 1 s timeout.)"""
+        kernel cannot be listed; they expire within ``ENTRY_TIMEOUT``.)"""
         for ino in list(self.inodes.lookups):
             try:
                 self._send.send_nowait((ino, None, False))

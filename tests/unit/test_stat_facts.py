@@ -192,3 +192,32 @@ def test_counts_stay_exact_whatever_order_ops_arrive_in(ops: list[Op], data) -> 
         ns.apply(op)
         everything = [ROOT_OBJ, *OBJS, *(r[0] for r in ns.db.execute("SELECT obj FROM links"))]
         warm_and_check(ns, everything)
+
+
+def test_a_late_remote_op_reports_the_ops_it_redid_with_their_links_places_before() -> None:
+    """The mount invalidates what a batch changed (``dhtfs.fs.remote``); a late op changes
+    what the newer ops it redoes did, so those ops are reported too, with the place their
+    links held before: here a local link made at ts 10 that the late unlink of the file's
+    only name (ts 5) makes skip, so the kernel's entry ``g`` must go."""
+    from dhtfs.meta.ops import encode_op
+    from dhtfs.meta.replica import NamespaceLog
+    from dhtfs.oplog.entries import LogEntry
+
+    f, link0, link1 = FILES[0], LINKS[0], LINKS[1]
+    ns = fresh()
+    tree = Tree(ns, NODES[0])
+    ns.apply(Op(1, NODES[1], tuple(mkfile(f, link0, ROOT_OBJ, b"f"))), seq=1, sig=b"s")
+    ns.apply(Op(10, NODES[0], ({"c": "link", "link": link1, "parent": ROOT_OBJ, "name": b"g",
+                                "obj": f},)))
+    told: list = []
+    log = NamespaceLog(tree, on_remote=lambda ops, before: told.append((ops, before)))
+    late = Op(5, NODES[1], ({"c": "unlink", "link": link0},))
+    log.accept([LogEntry(NODES[1], 2, encode_op(late), b"s")])
+    [(ops, before)] = told
+    assert [op.ts for op in ops] == [5, 10]
+    assert before == {link0: (ROOT_OBJ, b"f"), link1: (ROOT_OBJ, b"g")}
+    assert ns.link_place(link1) is None and ns.link_count(f) == 0
+    told.clear()
+    on_time = Op(20, NODES[1], ({"c": "attr", "obj": f, "fields": {"mode": 0o600}},))
+    log.accept([LogEntry(NODES[1], 3, encode_op(on_time), b"s")])
+    assert [op.ts for op in told[0][0]] == [20]  # in order: nothing redone
