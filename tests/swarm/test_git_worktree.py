@@ -86,6 +86,7 @@ def test_git_status_on_another_node_needs_only_lstat(tmp_path: Path) -> None:
         assert git(there, "status", "--porcelain") == ""
         read_requests = fuse_requests(b.state, "read") - reads
         open_requests = fuse_requests(b.state, "open") - opens
+        print(f"git status on B: {open_requests:.0f} opens, {read_requests:.0f} reads")
         assert open_requests < FILES // 4, (open_requests, read_requests)
         assert read_requests < FILES // 4, (open_requests, read_requests)
         # A file's number is the same on both nodes.
