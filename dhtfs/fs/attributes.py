@@ -11,13 +11,14 @@ Timeouts: the kernel keeps an entry or attributes for ``ENTRY_TIMEOUT`` / ``ATTR
 without asking. Other nodes change the tree too, but every remote op applied here queues the
 invalidation of each name and object it changed (``dhtfs.fs.remote``), those of the ops it
 redid included, and this mount's own changes go through the kernel, which updates or drops
-what it cached. So the timeouts bound only what no invalidation reaches: names that appear
-as a side effect (conflict copies), names after a snapshot of the whole tree was installed
-while mounted, and invalidations dropped when their queue is full. 60 s: a ``stat`` or a
-path walk repeated within a minute (a build, ``git status``, an editor's polling) costs no
-request, and those rare cases are still put right within a minute. A missing name is
-remembered only ``NEGATIVE_TIMEOUT``: a conflict copy's name, which no op names, shows up at
-once.
+what it cached; a snapshot of the whole tree installed while mounted invalidates every
+entry and inode the kernel holds (``RemoteChanges.everything_changed``). So the timeouts
+bound only what no invalidation reaches: missing names that appear as a side effect
+(conflict copies, names after a snapshot install) and invalidations dropped when their queue
+is full. 60 s: a ``stat`` or a path walk repeated within a minute (a build, ``git status``,
+an editor's polling) costs no request, and those rare cases are still put right within a
+minute. A missing name is remembered only ``NEGATIVE_TIMEOUT``: a conflict copy's name,
+which no op names, shows up within a second.
 """
 
 from __future__ import annotations

@@ -43,6 +43,10 @@ Invariants:
 - ``lookups[ino]`` is how many references the kernel holds (each entry returned by lookup,
   create, mkdir, … or readdirplus adds one; ``forget`` takes them away); a number the kernel
   has forgotten may be dropped from the in-memory maps (and a superseded one is then gone);
+- every place ``(parent ino, name)`` at which the kernel was given a file number it still
+  holds is recorded (``file_places``; a superset: the kernel's own renames and unlinks are
+  not taken out), so that when the whole tree is replaced (a snapshot installed) every name
+  the kernel may hold can be invalidated (``held_places``);
 - a directory number the kernel holds was handed out at exactly one ``(parent ino, name)``
   (``placed``), moved only by the kernel's own renames; ``None`` once the kernel itself
   removed it (it marks that inode dead): such a number is never handed out again.
@@ -98,6 +102,7 @@ class InodeMap:
         self.lookups: dict[int, int] = {}
         self.placed: dict[int, Place | None] = {}  # directory number → where the kernel has it
         self._at: dict[Place, int] = {}  # the reverse of ``placed``
+        self.file_places: dict[int, set[Place]] = {}  # file number → where it was given
         self.renumbered = 0
         self.collisions = 0  # files that could not have their stable number
         # The thread id whose lookups follow a remote move, and the places they handed out
@@ -169,6 +174,22 @@ class InodeMap:
             self.renumbered += 1
         self._place(ino, place)
         return ino
+
+    def entered(self, ino: int, place: Place) -> None:
+        """The kernel was given file number ``ino`` as entry ``place`` (with a reference:
+        call after ``remember``)."""
+        places = self.file_places.get(ino)
+        if places is None:
+            self.file_places[ino] = {place}
+        else:
+            places.add(place)
+
+    def held_places(self) -> list[Place]:
+        """Every entry the kernel may hold for a number it holds (a superset)."""
+        out = [p for p in self.placed.values() if p is not None]
+        for places in self.file_places.values():
+            out.extend(places)
+        return out
 
     def _place(self, ino: int, place: Place | None) -> None:
         before = self.placed.get(ino)
@@ -253,6 +274,7 @@ class InodeMap:
             return False
         self.lookups.pop(ino, None)
         self._tentative.pop(ino, None)
+        self.file_places.pop(ino, None)
         place = self.placed.pop(ino, None)
         if place is not None and self._at.get(place) == ino:
             del self._at[place]

@@ -133,13 +133,16 @@ class Operations(pyfuse3.Operations):
     ) -> pyfuse3.EntryAttributes:
         """Attributes for an entry reply (counts a kernel lookup); ``new``: just created;
         ``place``: the entry replied, ``(parent inode, name)`` (a directory's number
-        depends on it, and on ``follow``: ``InodeMap.dir_ino``)."""
+        depends on it, and on ``follow``: ``InodeMap.dir_ino``; a file's is recorded:
+        ``InodeMap.entered``)."""
         row = self.tree.require(obj)
         ino = None
         if place is not None and row.is_dir:
             ino = self.inodes.dir_ino(obj, place[0], place[1], new=new, follow=follow)
         attrs = self._attrs(row, ino, new=new)
         self.inodes.remember(attrs.st_ino)
+        if place is not None and not row.is_dir:
+            self.inodes.entered(attrs.st_ino, place)
         return attrs
 
     def _new_fh(self, of: OpenFile) -> int:
@@ -250,7 +253,7 @@ class Operations(pyfuse3.Operations):
         parent = self._obj(parent_inode)
         gid, mode = self._new_group(parent, mode, ctx)
         obj = self.tree.create(parent, name, stat.S_IFMT(mode), mode, ctx.uid, gid, rdev=rdev)
-        return self._entry(obj, new=True)
+        return self._entry(obj, new=True, place=(parent_inode, name))
 
     @errno_mapped
     async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx):
@@ -264,7 +267,7 @@ class Operations(pyfuse3.Operations):
         parent = self._obj(parent_inode)
         gid, _mode = self._new_group(parent, stat.S_IFLNK | 0o777, ctx)
         obj = self.tree.create(parent, name, stat.S_IFLNK, 0o777, ctx.uid, gid, target=target)
-        return self._entry(obj, new=True)
+        return self._entry(obj, new=True, place=(parent_inode, name))
 
     @errno_mapped
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int, ctx):
@@ -287,13 +290,13 @@ class Operations(pyfuse3.Operations):
         self._kernel_version[obj] = of.base
         direct = direct_io(flags, row, has_xattrs=False)
         info = pyfuse3.FileInfo(fh=fh, keep_cache=True, direct_io=direct)
-        return info, self._entry(obj, new=True)
+        return info, self._entry(obj, new=True, place=(parent_inode, name))
 
     @errno_mapped
     async def link(self, inode: int, new_parent_inode: int, new_name: bytes, ctx):
         obj = self._obj(inode)
         self.tree.link(obj, self._obj(new_parent_inode), new_name)
-        return self._entry(obj)
+        return self._entry(obj, place=(new_parent_inode, new_name))
 
     @errno_mapped
     async def unlink(self, parent_inode: int, name: bytes, ctx) -> None:
@@ -404,6 +407,8 @@ class Operations(pyfuse3.Operations):
                 if not pyfuse3.readdir_reply(token, name, attrs, row_id + DOTDOT_OFFSET):
                     return
                 self.inodes.remember(attrs.st_ino)
+                if ino is None:
+                    self.inodes.entered(attrs.st_ino, (fh, name))
                 after = row_id
 
     @errno_mapped

@@ -182,11 +182,14 @@ class RemoteChanges:
 
     def everything_changed(self) -> None:
         """The whole tree was replaced (a snapshot installed while mounted): invalidate every
-        inode the kernel holds, pages too, and refresh open files. (Names cached by the
-        kernel cannot be listed; they expire within ``ENTRY_TIMEOUT``.)"""
-        for ino in list(self.inodes.lookups):
+        entry the kernel may hold for a number it holds (``InodeMap.held_places``) and every
+        inode it holds, pages too, and refresh open files. (Missing names the kernel
+        remembers expire within ``NEGATIVE_TIMEOUT``.)"""
+        items: list[Invalidation] = [(p, n, False) for p, n in self.inodes.held_places()]
+        items += [(ino, None, False) for ino in self.inodes.lookups]
+        for item in items:
             try:
-                self._send.send_nowait((ino, None, False))
+                self._send.send_nowait(item)
             except trio.WouldBlock:
                 self.dropped += 1
         for obj in list(self.contents.open_files):

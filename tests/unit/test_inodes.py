@@ -116,3 +116,15 @@ def test_a_colliding_file_number_falls_back_to_an_allocated_one_while_the_kernel
     inodes.forget(e, 1)  # E leaves the kernel: its number is free again, for F next time
     inodes.forget(f, 1)
     assert inodes.file_ino(F) == inodes_module.STABLE_BASE
+
+
+def test_every_place_a_held_number_was_given_at_is_known_until_the_kernel_forgets_it() -> None:
+    inodes = InodeMap(connect(":memory:"))
+    d = held(inodes, D, ROOT, b"d")
+    f = inodes.file_ino(F)
+    for place in ((ROOT, b"f"), (d, b"hard link"), (ROOT, b"f")):
+        inodes.remember(f)
+        inodes.entered(f, place)
+    assert sorted(inodes.held_places()) == sorted([(ROOT, b"d"), (ROOT, b"f"), (d, b"hard link")])
+    inodes.forget(f, 3)
+    assert inodes.held_places() == [(ROOT, b"d")]
