@@ -22,8 +22,9 @@ Invariants:
   directory's inode at another place, except to this mount's own walk to the new place
   (``follow``, queued after the batch's invalidations), which moves the old entry there when
   the VFS can (a cwd in it keeps a path, the directory its number);
-- an open file with no local changes in flight takes the new version at once; one with local
-  changes keeps them, and its next flush makes a conflict copy (concurrent writers).
+- an open file with no local changes in flight takes the new version (and a new mtime) at
+  once; one with local changes keeps them, and its next flush makes a conflict copy
+  (concurrent writers).
 """
 
 from __future__ import annotations
@@ -112,7 +113,7 @@ class RemoteChanges:
                         moved.append(change["link"])
                 if "obj" in change:
                     inode(change["obj"], attr_only=kind != "content")
-                    if kind == "content":
+                    if kind in ("content", "attr"):  # an open file reports its own mtime
                         self._refresh_open_file(change["obj"])
         items: list[Invalidation | bytes] = [(i, n, a) for (i, n), a in wanted.items()]
         if self.follow:

@@ -65,6 +65,10 @@ def test_every_kind_of_remote_change_shows_at_once(tmp_path: Path) -> None:
         seen("a utime", lambda: f.stat().st_mtime_ns != 10**18,
              lambda: os.utime(A / "d" / "f", ns=(10**18, 10**18)),
              lambda: f.stat().st_mtime_ns == 10**18)
+        with open(f, "rb"):  # a file open on b reports its open file's times: those too
+            seen("a utime of a file open there", lambda: f.stat().st_mtime_ns == 10**18,
+                 lambda: os.utime(A / "d" / "f", ns=(2 * 10**18, 2 * 10**18)),
+                 lambda: f.stat().st_mtime_ns == 2 * 10**18)
         ctime = f.stat().st_ctime_ns
         seen("an xattr", lambda: os.listxattr(f) == [],
              lambda: os.setxattr(A / "d" / "f", "user.k", b"v"),
