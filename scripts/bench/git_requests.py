@@ -41,7 +41,6 @@ import math
 import os
 import random
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -50,6 +49,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.append(str(REPO))  # after PYTHONPATH: a --ref checkout comes first
+
+from ab_runs import run_side_by_side  # noqa: E402 (scripts/bench, the script's folder)
 
 GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "gc.auto=0"]
 PER_DIR = 20
@@ -186,32 +187,8 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="git-requests-src-", dir=args.state_root))
     try:
         src = make_source(work, files)
-        targets = {"dhtfs": None} | ({"ref": args.ref.resolve()} if args.ref else {})
-        results: dict[str, list[dict[str, float]]] = {t: [] for t in targets}
-        for run in range(args.runs):
-            for target, path in targets.items():
-                env = dict(os.environ)
-                if path is not None:
-                    env["PYTHONPATH"] = str(path)
-                done = subprocess.run(
-                    [sys.executable, __file__, "--one-run", str(src), "--files", str(files),
-                     "--state-root", str(args.state_root)],
-                    env=env, capture_output=True, text=True, timeout=3600, cwd=path or REPO)
-                comments = [line for line in done.stdout.splitlines() if line.startswith("#")]
-                if done.returncode != 0:
-                    print(done.stdout, done.stderr, file=sys.stderr)
-                    return 1
-                figures = json.loads(done.stdout.splitlines()[-1])
-                print(f"# run {run + 1} {target}:", json.dumps(
-                    {k: round(v, 3) for k, v in figures.items()}))
-                for line in comments:
-                    print(line)
-                results[target].append(figures)
-        for target, runs in results.items():
-            for name, unit in UNITS.items():
-                value = statistics.median(r[name] for r in runs)
-                print(f"figure: {target}_{name}={value:.3f} {unit}")
-        return 0
+        return run_side_by_side(__file__, [str(src), "--files", str(files), "--state-root",
+                                           str(args.state_root)], args.ref, args.runs, UNITS)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

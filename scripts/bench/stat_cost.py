@@ -25,15 +25,15 @@ import argparse
 import json
 import os
 import shutil
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from types import SimpleNamespace
 
-REPO = Path(__file__).resolve().parents[2]
+from ab_runs import run_side_by_side
+
+UNITS = {"getattr_cpu_us": "us", "lookup_cpu_us": "us"}
 CTX = SimpleNamespace(uid=0, gid=0, pid=1, umask=0o022)
 PER_DIR = 100
 
@@ -94,29 +94,8 @@ def main() -> int:
         finally:
             shutil.rmtree(state, ignore_errors=True)
         return 0
-    targets = {"dhtfs": None} | ({"ref": args.ref.resolve()} if args.ref else {})
-    results: dict[str, list[dict[str, float]]] = {t: [] for t in targets}
-    for run in range(args.runs):
-        for target, path in targets.items():
-            env = dict(os.environ)
-            if path is not None:
-                env["PYTHONPATH"] = str(path)
-            done = subprocess.run(
-                [sys.executable, __file__, "--one-run", "--files", str(files),
-                 "--state-root", str(args.state_root)],
-                env=env, capture_output=True, text=True, timeout=1800, cwd=path or REPO)
-            if done.returncode != 0:
-                print(done.stdout, done.stderr, file=sys.stderr)
-                return 1
-            figures = json.loads(done.stdout.splitlines()[-1])
-            print(f"# run {run + 1} {target}:", json.dumps(
-                {k: round(v, 2) for k, v in figures.items()}))
-            results[target].append(figures)
-    for target, runs in results.items():
-        for name in runs[0]:
-            print(f"figure: {target}_{name}={statistics.median(r[name] for r in runs):.2f} us")
-    return 0
-
+    return run_side_by_side(__file__, ["--files", str(files), "--state-root",
+                                       str(args.state_root)], args.ref, args.runs, UNITS)
 
 if __name__ == "__main__":
     sys.exit(main())
