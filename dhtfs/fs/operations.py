@@ -85,11 +85,10 @@ class Operations(pyfuse3.Operations):
         self.replicate = replicate
         self.swarm_short_of_space = swarm_short_of_space
         self.after_init = after_init
-        # A dropped change (disk full): the next open must not keep the kernel's pages of it.
-        self.contents = contents(
-            commit=self._commit_content,
-            on_dropped=lambda obj: self._kernel_version.pop(obj, None),
-        )
+        # Told each object whose attributes changed behind the kernel's back (a dropped
+        # change); the mount wires ``RemoteChanges.changed_here`` (None: nobody is told).
+        self.invalidate: Callable[[bytes], None] | None = None
+        self.contents = contents(commit=self._commit_content, on_dropped=self._dropped)
         self.compactor = Compactor(tree, self.contents) if compact else None
         # Told (obj, {chunk index: pieces laid}) after each content change committed here.
         self.on_content: Callable[[bytes, dict[int, list[Piece]]], None] | None = (
@@ -157,6 +156,13 @@ class Operations(pyfuse3.Operations):
         if of is None:
             raise NamespaceError(errno.EBADF)
         return of
+
+    def _dropped(self, obj: bytes) -> None:
+        """A change of ``obj`` was dropped (disk full): the next open must not keep the
+        kernel's pages of it, and the kernel's size and mtime of it are stale."""
+        self._kernel_version.pop(obj, None)
+        if self.invalidate is not None:
+            self.invalidate(obj)
 
     def _commit_content(self, of: OpenFile) -> tuple[int, bytes]:
         op = self.tree.set_content(

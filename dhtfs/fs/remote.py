@@ -196,6 +196,15 @@ class RemoteChanges:
         for obj in list(self.contents.open_files):
             self._refresh_open_file(obj)
 
+    def changed_here(self, obj: bytes) -> None:
+        """``obj`` changed here behind the kernel's back (a dropped change: the file is back
+        to its last committed version): invalidate its attributes and pages."""
+        for ino in self.inodes.kernel_inos(obj):
+            try:
+                self._send.send_nowait((ino, None, False))
+            except trio.WouldBlock:
+                self.dropped += 1
+
     def _refresh_open_file(self, obj: bytes) -> None:
         of = self.contents.open_files.get(obj)
         row = self.ns.get_object(obj)
