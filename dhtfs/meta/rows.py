@@ -110,6 +110,9 @@ class LinkFacts:
     - ``subdirs``: directory → number of subdirectories; adding a directory's link changes it;
     - ``free_names``: ``(parent, name)`` pairs that no link holds; adding any link may take one
       (the kernel's lookup of a name, then the create's own checks, ask three times);
+    - ``names``: ``(parent, name)`` → ``(link, obj)`` of the link that holds it; adding a
+      link there (``link_added``) or removing it (``file_link_removed``) changes it, and
+      moving or renaming any link forgets every fact;
     - ``links``: object → number of its links (st_nlink of a file); adding or removing one of
       its links changes it;
     - ``data_chunks``: object → number of its chunks that hold data (an ``extents`` row each:
@@ -119,6 +122,7 @@ class LinkFacts:
     live_dirs: set[bytes] = field(default_factory=set)
     subdirs: dict[bytes, int] = field(default_factory=dict)
     free_names: set[tuple[bytes, bytes]] = field(default_factory=set)
+    names: dict[tuple[bytes, bytes], tuple[bytes, bytes]] = field(default_factory=dict)
     links: dict[bytes, int] = field(default_factory=dict)
     data_chunks: dict[bytes, int] = field(default_factory=dict)
 
@@ -134,6 +138,10 @@ class LinkFacts:
         _bounded(self.subdirs)
         self.subdirs[obj] = count
 
+    def remember_name(self, place: tuple[bytes, bytes], hit: tuple[bytes, bytes]) -> None:
+        _bounded(self.names)
+        self.names[place] = hit
+
     def remember_links(self, obj: bytes, count: int) -> None:
         _bounded(self.links)
         self.links[obj] = count
@@ -142,16 +150,19 @@ class LinkFacts:
         _bounded(self.data_chunks)
         self.data_chunks[obj] = count
 
-    def link_added(self, kind: int, obj: bytes) -> None:
-        """A link to ``obj`` (of kind ``kind``) was inserted."""
+    def link_added(self, kind: int, obj: bytes, place: tuple[bytes, bytes]) -> None:
+        """A link to ``obj`` (of kind ``kind``) was inserted at ``place``."""
         self.free_names.clear()
+        self.names.pop(place, None)
         self.links.pop(obj, None)
         if kind == stat.S_IFDIR:
             self.subdirs.clear()
 
-    def file_link_removed(self, obj: bytes) -> None:
-        """A link to the non-directory ``obj`` was deleted: it frees a name and changes no
-        directory, so only ``obj``'s link count is made false."""
+    def file_link_removed(self, obj: bytes, place: tuple[bytes, bytes]) -> None:
+        """A link to the non-directory ``obj`` at ``place`` was deleted: it frees that name
+        and changes no directory, so only that name and ``obj``'s link count are made
+        false."""
+        self.names.pop(place, None)
         self.links.pop(obj, None)
 
     def extents_changed(self, obj: bytes) -> None:
@@ -164,6 +175,7 @@ class LinkFacts:
         self.live_dirs.clear()
         self.subdirs.clear()
         self.free_names.clear()
+        self.names.clear()
         self.links.clear()
         self.data_chunks.clear()
 
@@ -234,16 +246,24 @@ class NamespaceRows:
         return self.db.execute("SELECT count(*) FROM objects").fetchone()[0]
 
     def lookup(self, parent: bytes, name: bytes) -> tuple[bytes, bytes] | None:
-        """``(link, obj)`` of ``name`` in directory ``parent``."""
-        if (parent, name) in self._facts.free_names:
+        """``(link, obj)`` of ``name`` in directory ``parent`` (from memory once known:
+        ``LinkFacts.names`` and ``free_names``)."""
+        place = (parent, name)
+        facts = self._facts
+        if place in facts.free_names:
             return None
+        hit = facts.names.get(place)
+        if hit is not None:
+            return hit
         row = self.db.execute(
-            "SELECT link, obj FROM links WHERE parent=? AND name=?", (parent, name)
+            "SELECT link, obj FROM links WHERE parent=? AND name=?", place
         ).fetchone()
         if row is None:
-            self._facts.remember_free(parent, name)
+            facts.remember_free(parent, name)
             return None
-        return (row[0], row[1])
+        hit = (row[0], row[1])
+        facts.remember_name(place, hit)
+        return hit
 
     def children(self, parent: bytes, after: int = 0, limit: int = 1000) -> list[tuple]:
         """``(id, name, obj)`` of entries in ``parent`` with ``id > after``, in id order."""

@@ -20,7 +20,14 @@ from typing import Any
 from dhtfs.meta.extents import Piece, pack_pieces
 from dhtfs.meta.ops import Op
 from dhtfs.meta.rows import LinkFacts, ObjectRows
-from dhtfs.meta.schema import LINK_KIND_INDEX, LINK_OBJ_INDEX, OBJECT_DEFAULTS, ObjectRow
+from dhtfs.meta.schema import (
+    LINK_KIND_INDEX,
+    LINK_NAME_INDEX,
+    LINK_OBJ_INDEX,
+    LINK_PARENT_INDEX,
+    OBJECT_DEFAULTS,
+    ObjectRow,
+)
 
 
 class UndoableWrites:
@@ -90,7 +97,7 @@ class UndoableWrites:
 
         The caller has made room at ``(parent, name)``, so an insert can only clash on ``link``.
         """
-        self.facts.link_added(kind, obj)
+        self.facts.link_added(kind, obj, (parent, name))
         if ("links", (link,)) not in self._seen:
             try:  # a new link (the common case) needs no before-image
                 self.db.execute(
@@ -125,7 +132,9 @@ class UndoableWrites:
         if before is None or before[LINK_KIND_INDEX] == stat.S_IFDIR:
             self.facts.forget()
         else:  # a file's link going away frees a name and changes no directory
-            self.facts.file_link_removed(before[LINK_OBJ_INDEX])
+            self.facts.file_link_removed(
+                before[LINK_OBJ_INDEX], (before[LINK_PARENT_INDEX], before[LINK_NAME_INDEX])
+            )
         self.db.execute("DELETE FROM links WHERE link=?", (link,))
 
     def put_extent(

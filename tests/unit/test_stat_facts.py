@@ -1,6 +1,7 @@
-"""The counts ``stat`` needs (links per object, chunks with data, subdirectories) answered from
-memory (``dhtfs.meta.rows.LinkFacts``) stay exactly what SQLite counts: after local ops, remote
-ops applied in order, late ops slotted in by undo and redo, and ops that fail and roll back."""
+"""The counts ``stat`` needs (links per object, chunks with data, subdirectories) and the names
+``lookup`` needs, answered from memory (``dhtfs.meta.rows.LinkFacts``), stay exactly what
+SQLite says: after local ops, remote ops applied in order, late ops slotted in by undo and
+redo, and ops that fail and roll back."""
 
 from __future__ import annotations
 
@@ -45,9 +46,18 @@ def remembered(ns: Namespace, obj: bytes) -> tuple[int, int, int]:
 
 
 def warm_and_check(ns: Namespace, objs: list[bytes]) -> None:
-    """Every count asked (so it is in memory for the next op) equals SQLite's."""
+    """Every count and every name asked (so it is in memory for the next op) equals what
+    SQLite says."""
     for obj in objs:
         assert remembered(ns, obj) == counted(ns, obj), obj.hex()[:4]
+    places = {(p, n) for p in (ROOT_OBJ, *DIRS) for n in NAMES}
+    places |= set(ns.db.execute("SELECT parent, name FROM links").fetchall())
+    places |= set(ns._facts.names)  # every name remembered, gone from the table or not
+    for parent, name in places:
+        row = ns.db.execute(
+            "SELECT link, obj FROM links WHERE parent=? AND name=?", (parent, name)
+        ).fetchone()
+        assert ns.lookup(parent, name) == (tuple(row) if row else None), name
 
 
 def content(obj: bytes, size: int, put: list[list], cut: int | None = None) -> dict:
