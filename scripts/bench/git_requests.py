@@ -23,7 +23,9 @@ directories are under ``--state-root`` (default /var/tmp: the real disk):
 * once node B shows the clone (every file's size and mtime as on A), ``git status
   --porcelain`` on node B: its FUSE requests (``status_b_requests``), the ``read`` requests
   among them (``status_b_reads``: git re-reads a file whose stat data differ from its
-  index), the wall time and B's CPU.
+  index), the wall time and B's CPU;
+* ``LATER`` (2 s) after that, ``ls -lR`` of the clone on node B: its FUSE requests
+  (``ls_b_requests``; what the kernel still holds from the status needs none).
 
 ``--ref PATH``: a checkout of the reference code (e.g. ``git worktree add /tmp/ref main``),
 run through the same venv with ``PYTHONPATH=PATH`` (the venv's editable finder comes after
@@ -54,6 +56,8 @@ from ab_runs import run_side_by_side  # noqa: E402 (scripts/bench, the script's 
 
 GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "gc.auto=0"]
 PER_DIR = 20
+LATER = 2.0
+"""Seconds between B's git status and its ``ls -lR`` (past a 1 s attribute timeout)."""
 
 
 def git(cwd: Path, *args: str) -> str:
@@ -150,6 +154,11 @@ def one_run(src: Path, files: int, state_root: Path) -> dict[str, float]:
             status = delta(s1, s0)
             print("#   status-on-B requests by kind:", json.dumps(dict(sorted(status.items()))))
             assert out == "", out
+            time.sleep(LATER)
+            l0 = requests(b.state)
+            subprocess.run(["ls", "-lR", str(there)], check=True, stdout=subprocess.DEVNULL)
+            listing = delta(requests(b.state), l0)
+            print("#   ls -lR on B requests by kind:", json.dumps(dict(sorted(listing.items()))))
             return {
                 "clone_requests": sum(clone.values()),
                 "clone_requests_per_file": sum(clone.values()) / files,
@@ -160,6 +169,7 @@ def one_run(src: Path, files: int, state_root: Path) -> dict[str, float]:
                 "status_b_seconds": u1 - u0,
                 "status_b_cpu_ms": (cb1 - cb0) * 1000,
                 "status_a_reads": refresh.get("read", 0),
+                "ls_b_requests": sum(listing.values()),
             }
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -168,7 +178,8 @@ def one_run(src: Path, files: int, state_root: Path) -> dict[str, float]:
 UNITS = {"clone_requests": "requests", "clone_requests_per_file": "requests/file",
          "clone_seconds": "s", "clone_cpu_ms_per_file": "ms/file",
          "status_b_requests": "requests", "status_b_reads": "requests",
-         "status_b_seconds": "s", "status_b_cpu_ms": "ms", "status_a_reads": "requests"}
+         "status_b_seconds": "s", "status_b_cpu_ms": "ms", "status_a_reads": "requests",
+         "ls_b_requests": "requests"}
 
 
 def main() -> int:
