@@ -2,9 +2,23 @@
 direct-I/O choice of a handle, and statfs.
 
 Invariants: an open file's size, mtime and st_blocks are its live ones (its ``OpenFile``:
-bytes written and not yet committed included); entry and attribute timeouts are short
-because other nodes change the tree too; ``statfs`` never shows as free what writes were
-promised (``space.reserved``) or the margin kept for metadata.
+bytes written and not yet committed included); every other value is the object row's, set
+by ops only, so every node that holds the same ops reports the same attributes (a file's
+inode number included: ``dhtfs.fs.inodes.stable_number``); ``statfs`` never shows as free
+what writes were promised (``space.reserved``) or the margin kept for metadata.
+
+Timeouts: the kernel keeps an entry or attributes for ``ENTRY_TIMEOUT`` / ``ATTR_TIMEOUT``
+without asking. Other nodes change the tree too, but every remote op applied here queues the
+invalidation of each name and object it changed (``dhtfs.fs.remote``), those of the ops it
+redid included, and this mount's own changes go through the kernel, which updates or drops
+what it cached; a snapshot of the whole tree installed while mounted invalidates every
+entry and inode the kernel holds (``RemoteChanges.everything_changed``). So the timeouts
+bound only what no invalidation reaches: missing names that appear as a side effect
+(conflict copies, names after a snapshot install) and invalidations dropped when their queue
+is full. 60 s: a ``stat`` or a path walk repeated within a minute (a build, ``git status``,
+an editor's polling) costs no request, and those rare cases are still put right within a
+minute. A missing name is remembered only ``NEGATIVE_TIMEOUT``: a conflict copy's name,
+which no op names, shows up within a second.
 """
 
 from __future__ import annotations
@@ -19,8 +33,9 @@ from dhtfs.meta.namespace import Namespace
 from dhtfs.meta.schema import ObjectRow
 from dhtfs.store.space import DiskSpace
 
-ENTRY_TIMEOUT = 1.0
-ATTR_TIMEOUT = 1.0
+ENTRY_TIMEOUT = 60.0
+ATTR_TIMEOUT = 60.0
+NEGATIVE_TIMEOUT = 1.0
 BLKSIZE = 128 * 1024
 
 
@@ -29,13 +44,13 @@ def entry_attributes(
     ino: int,
     of: OpenFile | None,
     ns: Namespace,
-    data_chunks: dict[tuple[bytes, int, bytes], int],
     *,
     new: bool = False,
 ) -> pyfuse3.EntryAttributes:
     """The attributes of ``row`` as inode ``ino``; ``of``: its open file, if any; ``new``:
-    just created (one name, no subdirectories: nothing to count); ``data_chunks``: the
-    memo of ``chunks_with_data``."""
+    just created (one name, no subdirectories: nothing to count). The counts (links,
+    subdirectories, chunks with data) come from the namespace's memory (``LinkFacts``) once
+    known: a ``stat`` asks SQLite nothing."""
     a = pyfuse3.EntryAttributes()
     a.st_ino = ino
     a.generation = 0
@@ -57,30 +72,16 @@ def entry_attributes(
         a.st_nlink = 1 if new else ns.link_count(row.obj)
         if of is not None:
             size, mtime, cs = of.size, of.mtime, of.chunk_size
-            stored = chunks_with_data(ns, row, data_chunks) + len(of.new) + len(of.buffers)
+            stored = ns.chunks_with_data(row.obj) + len(of.new) + len(of.buffers)
         elif row.kind == stat.S_IFLNK:
             size, mtime, cs, stored = len(row.target or b""), row.mtime, 0, 0
         else:
             size, mtime, cs = row.size, row.mtime, row.chunk_size
-            stored = chunks_with_data(ns, row, data_chunks) if size else 0
+            stored = ns.chunks_with_data(row.obj) if size else 0
         a.st_size = size
         a.st_mtime_ns = mtime
         a.st_blocks = (min(size, stored * cs) + 511) // 512 if cs else (size + 511) // 512
     return a
-
-
-def chunks_with_data(
-    ns: Namespace, row: ObjectRow, counts: dict[tuple[bytes, int, bytes], int]
-) -> int:
-    """How many chunks of ``row``'s version hold data (a count over the file's extents
-    rows, memoized per version in ``counts``, which is emptied past 4096 versions)."""
-    version = (row.obj, row.content_ts, row.content_node)
-    count = counts.get(version)
-    if count is None:
-        if len(counts) >= 4096:
-            counts.clear()
-        count = counts[version] = ns.chunks_with_data(row.obj)
-    return count
 
 
 def direct_io(flags: int, row: ObjectRow, has_xattrs: bool) -> bool:

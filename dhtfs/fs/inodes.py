@@ -1,5 +1,16 @@
-"""Local inode numbers for global object IDs, the kernel's lookup counts, and where the kernel
-was told each directory is.
+"""Inode numbers for global object IDs, the kernel's lookup counts, and where the kernel was
+told each directory is.
+
+Files (every object but directories) have a number derived from their object ID
+(``stable_number``: 62 bits of a hash, at or above ``STABLE_BASE``, apart from the allocated
+numbers below it), the same on every node and across restarts, so that a tool that compares
+``st_ino`` with what it recorded elsewhere (git's index, written on another node) sees the
+same file. Two objects whose numbers collide cannot both be held by the kernel: the second
+gets an allocated number (``collisions`` counts them) for as long as the kernel holds it.
+A collision between objects the kernel does not hold at once is not detected; it is harmless
+to the kernel (a number names one object at a time) and only shows two files with one
+``st_ino`` (about n² / 2**63 for n files: 1e-7 for a million). Directories keep allocated
+numbers, stored in the ``inodes`` table, for the reasons that follow.
 
 Why directories get a new number when they moved behind the kernel's back: the kernel keeps
 one dentry per directory inode. When another node moves (or removes) a directory, this
@@ -21,6 +32,9 @@ can usually move the old entry there; the new place counts only once the walk su
 and an inode whose move failed is never handed out again.
 
 Invariants:
+- a file's number is ``stable_number(obj)`` unless, when it was handed out, the kernel held
+  (or this map remembered) that number for another object: then it is an allocated one;
+  nothing about files is written to the ``inodes`` table but such an allocation;
 - numbers are allocated above every number ever allocated in this state directory (the
   ``inodes`` table is AUTOINCREMENT and each allocation is explicit, so a number is never
   reused, even when the transaction that stored it rolled back: a COMMIT on a full disk fails
@@ -29,6 +43,10 @@ Invariants:
 - ``lookups[ino]`` is how many references the kernel holds (each entry returned by lookup,
   create, mkdir, … or readdirplus adds one; ``forget`` takes them away); a number the kernel
   has forgotten may be dropped from the in-memory maps (and a superseded one is then gone);
+- every place ``(parent ino, name)`` at which the kernel was given a file number it still
+  holds is recorded (``file_places``; a superset: the kernel's own renames and unlinks are
+  not taken out), so that when the whole tree is replaced (a snapshot installed) every name
+  the kernel may hold can be invalidated (``held_places``);
 - a directory number the kernel holds was handed out at exactly one ``(parent ino, name)``
   (``placed``), moved only by the kernel's own renames; ``None`` once the kernel itself
   removed it (it marks that inode dead): such a number is never handed out again.
@@ -36,6 +54,7 @@ Invariants:
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 
 import pyfuse3
@@ -48,6 +67,17 @@ CREATE TABLE IF NOT EXISTS inodes (
     obj BLOB NOT NULL UNIQUE
 );
 """
+
+STABLE_BASE = 1 << 62
+"""Files' numbers are in ``[STABLE_BASE, 2 * STABLE_BASE)``; allocated ones stay below (a
+table's INTEGER PRIMARY KEY is a signed 64-bit value: 2**62 of them will never be used up)."""
+
+
+def stable_number(obj: bytes) -> int:
+    """The inode number of file ``obj`` on every node (62 bits of its BLAKE2b hash)."""
+    digest = int.from_bytes(hashlib.blake2b(obj, digest_size=8).digest(), "big")
+    return STABLE_BASE | (digest & (STABLE_BASE - 1))
+
 
 Place = tuple[int, bytes]
 """``(parent inode, name)``: an entry as the kernel knows it."""
@@ -62,7 +92,9 @@ class InodeMap:
         if db.execute("SELECT 1 FROM inodes WHERE ino=?", (pyfuse3.ROOT_INODE,)).fetchone() is None:
             db.execute("INSERT INTO inodes(ino, obj) VALUES (?, ?)", (pyfuse3.ROOT_INODE, ROOT_OBJ))
         seq = db.execute("SELECT seq FROM sqlite_sequence WHERE name='inodes'").fetchone()
-        top = db.execute("SELECT coalesce(max(ino), 0) FROM inodes").fetchone()[0]
+        top = db.execute(
+            "SELECT coalesce(max(ino), 0) FROM inodes WHERE ino<?", (STABLE_BASE,)
+        ).fetchone()[0]
         self._high: int = max(top, seq[0] if seq else 0)
         self._obj_by_ino: dict[int, bytes] = {pyfuse3.ROOT_INODE: ROOT_OBJ}
         self._ino_by_obj: dict[bytes, int] = {ROOT_OBJ: pyfuse3.ROOT_INODE}
@@ -70,7 +102,9 @@ class InodeMap:
         self.lookups: dict[int, int] = {}
         self.placed: dict[int, Place | None] = {}  # directory number → where the kernel has it
         self._at: dict[Place, int] = {}  # the reverse of ``placed``
+        self.file_places: dict[int, set[Place]] = {}  # file number → where it was given
         self.renumbered = 0
+        self.collisions = 0  # files that could not have their stable number
         # The thread id whose lookups follow a remote move, and the places they handed out
         # (they count once the follower's walk succeeded: ``followed``).
         self.follower: int | None = None
@@ -86,8 +120,9 @@ class InodeMap:
         return ino
 
     def ino_of(self, obj: bytes, *, new: bool = False) -> int:
-        """The inode number of ``obj``, allocated on first use. ``new``: the object was just
-        created here, so it cannot have a number yet (saves a query)."""
+        """The inode number of directory ``obj`` (files: ``file_ino``), allocated on first
+        use. ``new``: the object was just created here, so it cannot have a number yet (saves
+        a query)."""
         ino = self._ino_by_obj.get(obj)
         if ino is None:
             row = (
@@ -100,6 +135,21 @@ class InodeMap:
             ino = row[0]
             self._ino_by_obj[obj] = ino
             self._obj_by_ino[ino] = obj
+        return ino
+
+    def file_ino(self, obj: bytes) -> int:
+        """The inode number of the non-directory ``obj``: ``stable_number(obj)``, unless
+        another object holds that number here (then an allocated one). Asks SQLite nothing
+        but in that rare case."""
+        ino = self._ino_by_obj.get(obj)
+        if ino is not None:
+            return ino
+        ino = stable_number(obj)
+        if self._obj_by_ino.get(ino, obj) != obj:
+            self.collisions += 1
+            return self._allocate(obj)
+        self._ino_by_obj[obj] = ino
+        self._obj_by_ino[ino] = obj
         return ino
 
     def dir_ino(
@@ -124,6 +174,22 @@ class InodeMap:
             self.renumbered += 1
         self._place(ino, place)
         return ino
+
+    def entered(self, ino: int, place: Place) -> None:
+        """The kernel was given file number ``ino`` as entry ``place`` (with a reference:
+        call after ``remember``)."""
+        places = self.file_places.get(ino)
+        if places is None:
+            self.file_places[ino] = {place}
+        else:
+            places.add(place)
+
+    def held_places(self) -> list[Place]:
+        """Every entry the kernel may hold for a number it holds (a superset)."""
+        out = [p for p in self.placed.values() if p is not None]
+        for places in self.file_places.values():
+            out.extend(places)
+        return out
 
     def _place(self, ino: int, place: Place | None) -> None:
         before = self.placed.get(ino)
@@ -208,6 +274,7 @@ class InodeMap:
             return False
         self.lookups.pop(ino, None)
         self._tentative.pop(ino, None)
+        self.file_places.pop(ino, None)
         place = self.placed.pop(ino, None)
         if place is not None and self._at.get(place) == ino:
             del self._at[place]

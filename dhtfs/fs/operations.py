@@ -7,7 +7,7 @@ and statfs come from ``dhtfs.fs.attributes``, the ``user.dhtfs.*`` xattrs from
 ``dhtfs.fs.xattrs``, fsync's wait for replicas from ``FileContents.make_durable``.
 
 The kernel enforces permissions (``default_permissions``); entry and attribute timeouts are
-short because other nodes change the tree too.
+long because remote changes invalidate what the kernel cached (``dhtfs.fs.attributes``).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any
 import pyfuse3
 
 from dhtfs.base.errors import NamespaceError
-from dhtfs.fs.attributes import ENTRY_TIMEOUT, direct_io, entry_attributes, statfs_of
+from dhtfs.fs.attributes import NEGATIVE_TIMEOUT, direct_io, entry_attributes, statfs_of
 from dhtfs.fs.buffers import OpenFile
 from dhtfs.fs.compaction import Compactor
 from dhtfs.fs.errnos import errno_mapped
@@ -79,17 +79,15 @@ class Operations(pyfuse3.Operations):
         self._handles: dict[int, OpenFile] = {}
         self._next_fh = 1
         self._kernel_version: dict[bytes, tuple[int, bytes]] = {}
-        self._data_chunks: dict[tuple[bytes, int, bytes], int] = {}
         self.observe = observe
         self.locate = locate
         self.replicate = replicate
         self.swarm_short_of_space = swarm_short_of_space
         self.after_init = after_init
-        # A dropped change (disk full): the next open must not keep the kernel's pages of it.
-        self.contents = contents(
-            commit=self._commit_content,
-            on_dropped=lambda obj: self._kernel_version.pop(obj, None),
-        )
+        # Told each object whose attributes changed behind the kernel's back (a dropped
+        # change); the mount wires ``RemoteChanges.changed_here`` (None: nobody is told).
+        self.invalidate: Callable[[bytes], None] | None = None
+        self.contents = contents(commit=self._commit_content, on_dropped=self._dropped)
         self.compactor = Compactor(tree, self.contents) if compact else None
         # Told (obj, {chunk index: pieces laid}) after each content change committed here.
         self.on_content: Callable[[bytes, dict[int, list[Piece]]], None] | None = (
@@ -116,9 +114,12 @@ class Operations(pyfuse3.Operations):
         self, row: ObjectRow, ino: int | None = None, *, new: bool = False
     ) -> pyfuse3.EntryAttributes:
         if ino is None:
-            ino = self.inodes.ino_of(row.obj, new=new)
+            if row.is_dir:
+                ino = self.inodes.ino_of(row.obj, new=new)
+            else:  # the same number on every node (``InodeMap.file_ino``)
+                ino = self.inodes.file_ino(row.obj)
         of = self.contents.open_files.get(row.obj)
-        return entry_attributes(row, ino, of, self.tree.ns, self._data_chunks, new=new)
+        return entry_attributes(row, ino, of, self.tree.ns, new=new)
 
     def _entry(
         self,
@@ -130,13 +131,16 @@ class Operations(pyfuse3.Operations):
     ) -> pyfuse3.EntryAttributes:
         """Attributes for an entry reply (counts a kernel lookup); ``new``: just created;
         ``place``: the entry replied, ``(parent inode, name)`` (a directory's number
-        depends on it, and on ``follow``: ``InodeMap.dir_ino``)."""
+        depends on it, and on ``follow``: ``InodeMap.dir_ino``; a file's is recorded:
+        ``InodeMap.entered``)."""
         row = self.tree.require(obj)
         ino = None
         if place is not None and row.is_dir:
             ino = self.inodes.dir_ino(obj, place[0], place[1], new=new, follow=follow)
         attrs = self._attrs(row, ino, new=new)
         self.inodes.remember(attrs.st_ino)
+        if place is not None and not row.is_dir:
+            self.inodes.entered(attrs.st_ino, place)
         return attrs
 
     def _new_fh(self, of: OpenFile) -> int:
@@ -151,6 +155,13 @@ class Operations(pyfuse3.Operations):
         if of is None:
             raise NamespaceError(errno.EBADF)
         return of
+
+    def _dropped(self, obj: bytes) -> None:
+        """A change of ``obj`` was dropped (disk full): the next open must not keep the
+        kernel's pages of it, and the kernel's size and mtime of it are stale."""
+        self._kernel_version.pop(obj, None)
+        if self.invalidate is not None:
+            self.invalidate(obj)
 
     def _commit_content(self, of: OpenFile) -> tuple[int, bytes]:
         op = self.tree.set_content(
@@ -171,10 +182,10 @@ class Operations(pyfuse3.Operations):
         if name == b"..":
             return self._entry(self.tree.ns.parent_of(parent) or parent)
         hit = self.tree.find_entry(parent, name)
-        if hit is None:  # a negative entry, which the kernel caches for ENTRY_TIMEOUT
+        if hit is None:  # a negative entry, which the kernel caches for NEGATIVE_TIMEOUT
             missing = pyfuse3.EntryAttributes()
             missing.st_ino = 0
-            missing.entry_timeout = ENTRY_TIMEOUT
+            missing.entry_timeout = NEGATIVE_TIMEOUT
             return missing
         follow = self.inodes.follower is not None and getattr(ctx, "pid", None) in (
             self.inodes.follower,
@@ -247,7 +258,7 @@ class Operations(pyfuse3.Operations):
         parent = self._obj(parent_inode)
         gid, mode = self._new_group(parent, mode, ctx)
         obj = self.tree.create(parent, name, stat.S_IFMT(mode), mode, ctx.uid, gid, rdev=rdev)
-        return self._entry(obj, new=True)
+        return self._entry(obj, new=True, place=(parent_inode, name))
 
     @errno_mapped
     async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx):
@@ -261,7 +272,7 @@ class Operations(pyfuse3.Operations):
         parent = self._obj(parent_inode)
         gid, _mode = self._new_group(parent, stat.S_IFLNK | 0o777, ctx)
         obj = self.tree.create(parent, name, stat.S_IFLNK, 0o777, ctx.uid, gid, target=target)
-        return self._entry(obj, new=True)
+        return self._entry(obj, new=True, place=(parent_inode, name))
 
     @errno_mapped
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int, ctx):
@@ -284,13 +295,13 @@ class Operations(pyfuse3.Operations):
         self._kernel_version[obj] = of.base
         direct = direct_io(flags, row, has_xattrs=False)
         info = pyfuse3.FileInfo(fh=fh, keep_cache=True, direct_io=direct)
-        return info, self._entry(obj, new=True)
+        return info, self._entry(obj, new=True, place=(parent_inode, name))
 
     @errno_mapped
     async def link(self, inode: int, new_parent_inode: int, new_name: bytes, ctx):
         obj = self._obj(inode)
         self.tree.link(obj, self._obj(new_parent_inode), new_name)
-        return self._entry(obj)
+        return self._entry(obj, place=(new_parent_inode, new_name))
 
     @errno_mapped
     async def unlink(self, parent_inode: int, name: bytes, ctx) -> None:
@@ -399,6 +410,8 @@ class Operations(pyfuse3.Operations):
                 if not pyfuse3.readdir_reply(token, name, attrs, row_id + DOTDOT_OFFSET):
                     return
                 self.inodes.remember(attrs.st_ino)
+                if ino is None:
+                    self.inodes.entered(attrs.st_ino, (fh, name))
                 after = row_id
 
     @errno_mapped

@@ -10,7 +10,10 @@ Invariants:
 - invalidations never run inline: the kernel may hold locks that a pending request waits
   for, and that request waits for this trio loop. They go through a bounded queue to one task,
   which makes each call in a worker thread while the loop goes on serving requests; when the
-  queue is full the rest are dropped (caches then expire within their 1 s timeouts);
+  queue is full the rest are dropped (caches then expire within their timeouts,
+  ``dhtfs.fs.attributes.ATTR_TIMEOUT``);
+- the ops a late op redid are in the batch too (``dhtfs.meta.replica``): what they do may
+  have changed;
 - only what the kernel can hold is invalidated: inodes it was given (``InodeMap``), every
   number of an object included (a directory moved behind the kernel's back gets a new one,
   and the old one lives on in what pins it);
@@ -19,8 +22,9 @@ Invariants:
   directory's inode at another place, except to this mount's own walk to the new place
   (``follow``, queued after the batch's invalidations), which moves the old entry there when
   the VFS can (a cwd in it keeps a path, the directory its number);
-- an open file with no local changes in flight takes the new version at once; one with local
-  changes keeps them, and its next flush makes a conflict copy (concurrent writers).
+- an open file with no local changes in flight takes the new version (and a new mtime) at
+  once; one with local changes keeps them, and its next flush makes a conflict copy
+  (concurrent writers).
 """
 
 from __future__ import annotations
@@ -109,7 +113,7 @@ class RemoteChanges:
                         moved.append(change["link"])
                 if "obj" in change:
                     inode(change["obj"], attr_only=kind != "content")
-                    if kind == "content":
+                    if kind in ("content", "attr"):  # an open file reports its own mtime
                         self._refresh_open_file(change["obj"])
         items: list[Invalidation | bytes] = [(i, n, a) for (i, n), a in wanted.items()]
         if self.follow:
@@ -179,15 +183,27 @@ class RemoteChanges:
 
     def everything_changed(self) -> None:
         """The whole tree was replaced (a snapshot installed while mounted): invalidate every
-        inode the kernel holds, pages too, and refresh open files. (Names cached by the
-        kernel cannot be listed; they expire within their 1 s timeout.)"""
-        for ino in list(self.inodes.lookups):
+        entry the kernel may hold for a number it holds (``InodeMap.held_places``) and every
+        inode it holds, pages too, and refresh open files. (Missing names the kernel
+        remembers expire within ``NEGATIVE_TIMEOUT``.)"""
+        items: list[Invalidation] = [(p, n, False) for p, n in self.inodes.held_places()]
+        items += [(ino, None, False) for ino in self.inodes.lookups]
+        for item in items:
             try:
-                self._send.send_nowait((ino, None, False))
+                self._send.send_nowait(item)
             except trio.WouldBlock:
                 self.dropped += 1
         for obj in list(self.contents.open_files):
             self._refresh_open_file(obj)
+
+    def changed_here(self, obj: bytes) -> None:
+        """``obj`` changed here behind the kernel's back (a dropped change: the file is back
+        to its last committed version): invalidate its attributes and pages."""
+        for ino in self.inodes.kernel_inos(obj):
+            try:
+                self._send.send_nowait((ino, None, False))
+            except trio.WouldBlock:
+                self.dropped += 1
 
     def _refresh_open_file(self, obj: bytes) -> None:
         of = self.contents.open_files.get(obj)

@@ -369,6 +369,24 @@ class Namespace(TreeChanges):
 
     # -- queries -------------------------------------------------------------------------------
 
+    @property
+    def newest_op(self) -> tuple[int, bytes]:
+        """The ID of the newest op applied: an op ordered before it is slotted in (every
+        newer op is undone, then redone, and may then do something else)."""
+        return self._newest
+
+    def ops_after(self, op_id: tuple[int, bytes]) -> list[Op]:
+        """Every applied op not folded yet that is ordered after ``op_id``, in order: the
+        ops that applying an op at ``op_id`` undoes and redoes."""
+        self._write_oplog()
+        return [
+            decode_op(body)
+            for ts, node, body in self.db.execute(
+                "SELECT ts, node, body FROM oplog WHERE ts>=? ORDER BY ts, node", (op_id[0],)
+            )
+            if (ts, node) > op_id
+        ]
+
     def last_ts(self) -> int:
         self._write_oplog()
         newest = self.db.execute("SELECT coalesce(max(ts), 0) FROM oplog").fetchone()[0]

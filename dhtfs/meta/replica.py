@@ -12,7 +12,10 @@ Invariants:
   after it;
 - ``on_remote(ops, before)`` is told of every applied batch with the places ``(parent, name)``
   the ops' links held before, so that the mount can invalidate kernel caches and refresh
-  open files; it runs on the trio thread, never inside a FUSE handler.
+  open files; it runs on the trio thread, never inside a FUSE handler. An op of the batch
+  ordered before ops already applied here undoes and redoes them, and a redone op may do
+  something else than it did (a link to an object whose last name an earlier op removed is
+  skipped): those ops are in ``ops`` too, their links' places before the batch in ``before``.
 """
 
 from __future__ import annotations
@@ -96,6 +99,8 @@ class NamespaceLog(FoldingStore):
     def accept(self, entries: Sequence[LogEntry]) -> None:
         ops: list[Op] = []
         places: LinkPlaces = {}
+        redone: dict[tuple[int, bytes], Op] = {}
+        slotted_from: tuple[int, bytes] | None = None  # redone ops are known from there on
         try:
             for e in entries:
                 try:
@@ -104,7 +109,14 @@ class NamespaceLog(FoldingStore):
                     raise InvalidEntry(e, f"undecodable op ({exc})") from None
                 if op.node != e.origin:
                     raise InvalidEntry(e, f"op claims node {op.node.hex()[:12]}")
-                for change in op.changes:
+                later: list[Op] = []
+                if op.op_id < self.ns.newest_op and (
+                    slotted_from is None or op.op_id < slotted_from
+                ):
+                    slotted_from = op.op_id
+                    later = [o for o in self.ns.ops_after(op.op_id) if o.op_id not in redone]
+                    redone.update((o.op_id, o) for o in later)
+                for change in (c for o in (op, *later) for c in o.changes):
                     link = change.get("link") if isinstance(change, dict) else None
                     if isinstance(link, bytes) and link not in places:
                         places[link] = self.ns.link_place(link)
@@ -116,7 +128,7 @@ class NamespaceLog(FoldingStore):
                 ops.append(op)
         finally:
             if ops and self.on_remote is not None:
-                self.on_remote(ops, places)
+                self.on_remote([*ops, *redone.values()], places)
 
     def cert(self, origin: bytes) -> bytes | None:
         return self.history.cert(origin)

@@ -17,8 +17,10 @@ Invariants (``ObjectRows``):
   the caller's open transaction; whatever reads ``objects`` with SQL flushes first;
 - ``discard()`` forgets everything buffered (after a rollback, which the caller redoes).
 
-Facts about links: ``LinkFacts`` caches answers about names (a name is free, a directory is
-live, how many subdirectories) that every write to ``links`` keeps true (see its docstring).
+Facts about links and extents: ``LinkFacts`` caches answers about names (a name is free, a
+directory is live, how many subdirectories, how many links an object has) and about extents
+(how many chunks of an object hold data) that every write to ``links`` and ``extents`` keeps
+true (see its docstring): ``stat`` is answered from memory once an object was seen.
 """
 
 from __future__ import annotations
@@ -97,20 +99,32 @@ FACTS_ENTRIES = 65536
 
 @dataclass(slots=True)
 class LinkFacts:
-    """What the namespace knows about ``links`` without asking SQLite; every write to
-    ``links`` that could make a fact false tells it (``link_added`` or ``forget``), so a fact
-    is never stale. Removing a file's link makes none false (it frees a name).
+    """What the namespace knows about ``links`` and ``extents`` without asking SQLite; every
+    write to ``links`` that could make a fact false tells it (``link_added``,
+    ``file_link_removed`` or ``forget``), and every write to ``extents`` tells it
+    (``extents_changed``), so a fact is never stale. Undoing an op (``restore``) and rolling a
+    transaction back forget every fact.
 
     - ``live_dirs``: directories that have their name (or are the root); adding a link never
       takes a name away;
     - ``subdirs``: directory → number of subdirectories; adding a directory's link changes it;
     - ``free_names``: ``(parent, name)`` pairs that no link holds; adding any link may take one
-      (the kernel's lookup of a name, then the create's own checks, ask three times).
+      (the kernel's lookup of a name, then the create's own checks, ask three times);
+    - ``names``: ``(parent, name)`` → ``(link, obj)`` of the link that holds it; adding a
+      link there (``link_added``) or removing it (``file_link_removed``) changes it, and
+      moving or renaming any link forgets every fact;
+    - ``links``: object → number of its links (st_nlink of a file); adding or removing one of
+      its links changes it;
+    - ``data_chunks``: object → number of its chunks that hold data (an ``extents`` row each:
+      st_blocks); any write of one of its ``extents`` rows may change it.
     """
 
     live_dirs: set[bytes] = field(default_factory=set)
     subdirs: dict[bytes, int] = field(default_factory=dict)
     free_names: set[tuple[bytes, bytes]] = field(default_factory=set)
+    names: dict[tuple[bytes, bytes], tuple[bytes, bytes]] = field(default_factory=dict)
+    links: dict[bytes, int] = field(default_factory=dict)
+    data_chunks: dict[bytes, int] = field(default_factory=dict)
 
     def remember_free(self, parent: bytes, name: bytes) -> None:
         _bounded(self.free_names)
@@ -124,16 +138,46 @@ class LinkFacts:
         _bounded(self.subdirs)
         self.subdirs[obj] = count
 
-    def link_added(self, kind: int) -> None:
+    def remember_name(self, place: tuple[bytes, bytes], hit: tuple[bytes, bytes]) -> None:
+        _bounded(self.names)
+        self.names[place] = hit
+
+    def remember_links(self, obj: bytes, count: int) -> None:
+        _bounded(self.links)
+        self.links[obj] = count
+
+    def remember_data_chunks(self, obj: bytes, count: int) -> None:
+        _bounded(self.data_chunks)
+        self.data_chunks[obj] = count
+
+    def link_added(self, kind: int, obj: bytes, place: tuple[bytes, bytes]) -> None:
+        """A link to ``obj`` (of kind ``kind``) was inserted at ``place``."""
         self.free_names.clear()
+        self.names.pop(place, None)
+        self.links.pop(obj, None)
         if kind == stat.S_IFDIR:
             self.subdirs.clear()
 
+    def file_link_removed(self, obj: bytes, place: tuple[bytes, bytes]) -> None:
+        """A link to the non-directory ``obj`` at ``place`` was deleted: it frees that name
+        and changes no directory, so only that name and ``obj``'s link count are made
+        false."""
+        self.names.pop(place, None)
+        self.links.pop(obj, None)
+
+    def extents_changed(self, obj: bytes) -> None:
+        """An ``extents`` row of ``obj`` was written or deleted."""
+        self.data_chunks.pop(obj, None)
+
     def forget(self) -> None:
-        """A link moved, was renamed or went away (or the tables were rolled back)."""
+        """A link moved, was renamed or went away, or the tables were rolled back or
+        restored: forget every fact."""
         self.live_dirs.clear()
         self.subdirs.clear()
         self.free_names.clear()
+        self.names.clear()
+        self.links.clear()
+        self.data_chunks.clear()
 
 
 def _bounded(facts: set[Any] | dict[Any, Any]) -> None:
@@ -202,16 +246,24 @@ class NamespaceRows:
         return self.db.execute("SELECT count(*) FROM objects").fetchone()[0]
 
     def lookup(self, parent: bytes, name: bytes) -> tuple[bytes, bytes] | None:
-        """``(link, obj)`` of ``name`` in directory ``parent``."""
-        if (parent, name) in self._facts.free_names:
+        """``(link, obj)`` of ``name`` in directory ``parent`` (from memory once known:
+        ``LinkFacts.names`` and ``free_names``)."""
+        place = (parent, name)
+        facts = self._facts
+        if place in facts.free_names:
             return None
+        hit = facts.names.get(place)
+        if hit is not None:
+            return hit
         row = self.db.execute(
-            "SELECT link, obj FROM links WHERE parent=? AND name=?", (parent, name)
+            "SELECT link, obj FROM links WHERE parent=? AND name=?", place
         ).fetchone()
         if row is None:
-            self._facts.remember_free(parent, name)
+            facts.remember_free(parent, name)
             return None
-        return (row[0], row[1])
+        hit = (row[0], row[1])
+        facts.remember_name(place, hit)
+        return hit
 
     def children(self, parent: bytes, after: int = 0, limit: int = 1000) -> list[tuple]:
         """``(id, name, obj)`` of entries in ``parent`` with ``id > after``, in id order."""
@@ -223,15 +275,31 @@ class NamespaceRows:
     def children_with_objects(
         self, parent: bytes, after: int = 0, limit: int = 1000
     ) -> list[tuple[int, bytes, ObjectRow]]:
-        """Like ``children`` but with each entry's object row, in one query."""
+        """Like ``children`` but with each entry's object row, in one query, which also
+        counts each non-directory's links and chunks with data (``link_count`` and
+        ``chunks_with_data`` then answer from memory: a listing's stats ask SQLite nothing)."""
         cols = ",".join(f"o.{c}" for c in OBJECT_COLUMNS)
         self._rows.flush()
         rows = self.db.execute(
-            f"SELECT l.id, l.name, {cols} FROM links l JOIN objects o ON o.obj=l.obj "
+            f"SELECT l.id, l.name, {cols}, "
+            f"CASE WHEN l.kind={stat.S_IFDIR} THEN -1 ELSE "
+            "(SELECT count(*) FROM links c WHERE c.obj=l.obj) END, "
+            f"CASE WHEN l.kind={stat.S_IFREG} THEN "
+            "(SELECT count(*) FROM extents e WHERE e.obj=l.obj) ELSE -1 END "
+            "FROM links l JOIN objects o ON o.obj=l.obj "
             "WHERE l.parent=? AND l.id>? ORDER BY l.id LIMIT ?",
             (parent, after, limit),
         ).fetchall()
-        return [(r[0], r[1], ObjectRow(*r[2:])) for r in rows]
+        out = []
+        facts = self._facts
+        for r in rows:
+            row = ObjectRow(*r[2:-2])
+            if r[-2] >= 0:
+                facts.remember_links(row.obj, r[-2])
+            if r[-1] >= 0:
+                facts.remember_data_chunks(row.obj, r[-1])
+            out.append((r[0], r[1], row))
+        return out
 
     def link_place(self, link: bytes) -> tuple[bytes, bytes] | None:
         """``(parent, name)`` of ``link``, or None if it does not exist."""
@@ -243,7 +311,14 @@ class NamespaceRows:
         return row[0] if row else None
 
     def link_count(self, obj: bytes) -> int:
-        return self.db.execute("SELECT count(*) FROM links WHERE obj=?", (obj,)).fetchone()[0]
+        """How many links name ``obj`` (from memory once known: ``LinkFacts.links``)."""
+        count = self._facts.links.get(obj)
+        if count is None:
+            count = self.db.execute(
+                "SELECT count(*) FROM links WHERE obj=?", (obj,)
+            ).fetchone()[0]
+            self._facts.remember_links(obj, count)
+        return count
 
     def subdir_count(self, obj: bytes) -> int:
         count = self._facts.subdirs.get(obj)
@@ -290,7 +365,13 @@ class NamespaceRows:
         return blocks_of_object(self.db, obj)
 
     def chunks_with_data(self, obj: bytes) -> int:
-        return chunks_with_data(self.db, obj)
+        """How many chunks of ``obj`` hold data (from memory once known:
+        ``LinkFacts.data_chunks``)."""
+        count = self._facts.data_chunks.get(obj)
+        if count is None:
+            count = chunks_with_data(self.db, obj)
+            self._facts.remember_data_chunks(obj, count)
+        return count
 
     def tree(self) -> dict[bytes, Any]:
         """The visible tree as nested dicts (for tests and fsck): name → attrs or subtree."""

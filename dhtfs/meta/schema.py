@@ -144,6 +144,9 @@ OBJECT_DEFAULTS: dict[str, Any] = {
 }
 LINK_COLUMNS = ("id", "link", "parent", "name", "obj", "kind", "lts", "lnode")
 LINK_KIND_INDEX = LINK_COLUMNS.index("kind")
+LINK_OBJ_INDEX = LINK_COLUMNS.index("obj")
+LINK_PARENT_INDEX = LINK_COLUMNS.index("parent")
+LINK_NAME_INDEX = LINK_COLUMNS.index("name")
 _object_values = operator.attrgetter(*OBJECT_COLUMNS)
 
 

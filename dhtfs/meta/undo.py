@@ -20,7 +20,14 @@ from typing import Any
 from dhtfs.meta.extents import Piece, pack_pieces
 from dhtfs.meta.ops import Op
 from dhtfs.meta.rows import LinkFacts, ObjectRows
-from dhtfs.meta.schema import LINK_KIND_INDEX, OBJECT_DEFAULTS, ObjectRow
+from dhtfs.meta.schema import (
+    LINK_KIND_INDEX,
+    LINK_NAME_INDEX,
+    LINK_OBJ_INDEX,
+    LINK_PARENT_INDEX,
+    OBJECT_DEFAULTS,
+    ObjectRow,
+)
 
 
 class UndoableWrites:
@@ -90,7 +97,7 @@ class UndoableWrites:
 
         The caller has made room at ``(parent, name)``, so an insert can only clash on ``link``.
         """
-        self.facts.link_added(kind)
+        self.facts.link_added(kind, obj, (parent, name))
         if ("links", (link,)) not in self._seen:
             try:  # a new link (the common case) needs no before-image
                 self.db.execute(
@@ -124,7 +131,10 @@ class UndoableWrites:
         before = self._capture("links", (link,))
         if before is None or before[LINK_KIND_INDEX] == stat.S_IFDIR:
             self.facts.forget()
-        # A file's link going away frees a name and changes no directory: every fact holds.
+        else:  # a file's link going away frees a name and changes no directory
+            self.facts.file_link_removed(
+                before[LINK_OBJ_INDEX], (before[LINK_PARENT_INDEX], before[LINK_NAME_INDEX])
+            )
         self.db.execute("DELETE FROM links WHERE link=?", (link,))
 
     def put_extent(
@@ -132,6 +142,7 @@ class UndoableWrites:
     ) -> None:
         """Set chunk ``index`` of ``obj`` to ``pieces`` (none: the row goes). ``new_row``:
         the caller knows there is no such row (no before-image is read)."""
+        self.facts.extents_changed(obj)
         if new_row:
             self._record_new("extents", (obj, index))
         else:
@@ -146,6 +157,7 @@ class UndoableWrites:
 
     def copy_extents(self, source: bytes, copy: bytes) -> None:
         """Give the new object ``copy`` the extents of ``source``."""
+        self.facts.extents_changed(copy)
         if ("extents_all", (copy,)) not in self._seen:
             self._seen[("extents_all", (copy,))] = None
             self.undo.append(["extents_all", [copy], []])

@@ -157,6 +157,7 @@ class MountNode(NodeAssembly):
         self.reads = reads
         self.placement = placement
         self.remote = RemoteChanges(fs.namespace, fs.inodes, fs.contents, mountpoint)
+        fs.operations.invalidate = self.remote.changed_here
         log_store = NamespaceLog(
             fs.tree, on_remote=self.remote, on_installed=self.remote.everything_changed,
             protected=lambda: fs.inodes.known_objects() | set(fs.contents.open_files))

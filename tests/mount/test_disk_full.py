@@ -114,6 +114,7 @@ def test_storing_fails_after_write_acknowledged(full_mount: Mount, small_state: 
     fd = os.open(target, os.O_WRONLY)
     try:
         assert os.write(fd, pattern(1, 512 * 1024)) == 512 * 1024  # half a chunk: buffered
+        assert os.fstat(fd).st_size == 512 * 1024  # the kernel now holds that size
         ballast = small_state / "ballast"
         exc = fill_until_full(ballast, MiB)  # fill the disk to the last block
         assert exc.errno == errno.ENOSPC
@@ -125,6 +126,7 @@ def test_storing_fails_after_write_acknowledged(full_mount: Mount, small_state: 
         except OSError as exc:
             closed = exc
     data = target.read_bytes()
+    assert target.stat().st_size == len(data)  # the kernel was told (its attributes live 60 s)
     if closed is None:  # stored all the same (it fit): exactly what was written
         assert data[:512 * 1024] == pattern(1, 512 * 1024)
         assert data[512 * 1024:] == before[512 * 1024:]

@@ -88,3 +88,43 @@ def test_a_follow_keeps_the_number_once_its_walk_succeeded_and_retires_it_otherw
     inodes.renamed((b, b"D"), (a, b"X"), D, exchange=False)  # moved here during the walk
     inodes.followed(True)
     assert inodes.placed[d] is None
+
+
+def test_a_files_number_is_the_same_on_every_node_and_never_stored() -> None:
+    from dhtfs.fs.inodes import STABLE_BASE, stable_number
+
+    here, there = InodeMap(connect(":memory:")), InodeMap(connect(":memory:"))
+    dir_number = held(there, D, ROOT, b"d")  # numbers allocated there first change nothing
+    assert here.file_ino(F) == there.file_ino(F) == stable_number(F) >= STABLE_BASE
+    assert dir_number < STABLE_BASE and here.obj_of(stable_number(F)) == F
+    assert here.db.execute("SELECT count(*) FROM inodes WHERE obj=?", (F,)).fetchone()[0] == 0
+
+
+def test_a_colliding_file_number_falls_back_to_an_allocated_one_while_the_kernel_holds_it(
+    monkeypatch,
+) -> None:
+    import dhtfs.fs.inodes as inodes_module
+
+    monkeypatch.setattr(inodes_module, "stable_number", lambda obj: inodes_module.STABLE_BASE)
+    inodes = InodeMap(connect(":memory:"))
+    e = inodes.file_ino(E)
+    inodes.remember(e)
+    f = inodes.file_ino(F)  # the same hash: F must not get E's number
+    assert f != e and f < inodes_module.STABLE_BASE and inodes.collisions == 1
+    assert inodes.obj_of(e) == E and inodes.obj_of(f) == F
+    inodes.remember(f)
+    inodes.forget(e, 1)  # E leaves the kernel: its number is free again, for F next time
+    inodes.forget(f, 1)
+    assert inodes.file_ino(F) == inodes_module.STABLE_BASE
+
+
+def test_every_place_a_held_number_was_given_at_is_known_until_the_kernel_forgets_it() -> None:
+    inodes = InodeMap(connect(":memory:"))
+    d = held(inodes, D, ROOT, b"d")
+    f = inodes.file_ino(F)
+    for place in ((ROOT, b"f"), (d, b"hard link"), (ROOT, b"f")):
+        inodes.remember(f)
+        inodes.entered(f, place)
+    assert sorted(inodes.held_places()) == sorted([(ROOT, b"d"), (ROOT, b"f"), (d, b"hard link")])
+    inodes.forget(f, 3)
+    assert inodes.held_places() == [(ROOT, b"d")]

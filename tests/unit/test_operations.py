@@ -9,6 +9,7 @@ from types import SimpleNamespace
 
 import pyfuse3
 import pytest
+import trio
 
 from dhtfs.runtime.localfs import LocalFilesystem
 
@@ -198,3 +199,32 @@ async def test_inode_numbers_are_never_reused(fs: LocalFilesystem) -> None:
         seen.add(ino)
         await ops.unlink(ROOT, b"same", CTX)
         await ops.forget([(ino, 1)])
+
+
+async def test_a_snapshot_install_invalidates_every_entry_the_kernel_was_given(
+    fs: LocalFilesystem,
+) -> None:
+    """Entries live ``ENTRY_TIMEOUT`` (60 s) in the kernel: when the whole tree is replaced,
+    every name the kernel was given for a number it still holds is queued for invalidation
+    (lookup, create, link, mkdir and readdirplus replies), with every inode it holds."""
+    from dhtfs.fs.remote import RemoteChanges
+
+    ops = fs.operations
+    _fh, f = await create(fs, ROOT, b"f")
+    d = (await ops.mkdir(ROOT, b"d", 0o755, CTX)).st_ino
+    await ops.link(f, d, b"g", CTX)
+    assert (await ops.lookup(ROOT, b"f", CTX)).st_ino == f
+    _fh2, h = await create(fs, d, b"h")
+    ops.inodes.forget(h, 1)  # the kernel forgot h: its name need not be invalidated
+    remote = RemoteChanges(fs.namespace, fs.inodes, ops.contents)
+    remote.everything_changed()
+    queued = set()
+    while True:
+        try:
+            queued.add(remote._recv.receive_nowait())
+        except trio.WouldBlock:
+            break
+    assert queued == {
+        (ROOT, b"f", False), (d, b"g", False), (ROOT, b"d", False),
+        (f, None, False), (d, None, False),
+    }
