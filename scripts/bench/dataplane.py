@@ -13,17 +13,19 @@ directory on the real disk (under ``--state-dir``, default ``/var/tmp``):
 * ``replicated_write``: SIZE MiB of random data written in 1 MiB writes to the first client,
   then ``fsync`` (it returns once every block is fsynced on its R=3 storage nodes), MB/s;
   ``replicated_write_cpu``: CPU (user + system, all threads) of the writing client and the
-  three storage daemons meanwhile, ms per MB; ``replicated_write_cpu_writer`` and
+  three storage daemons meanwhile, ms per MB; ``replicated_write_cpu_client`` and
   ``replicated_write_cpu_storage`` (the three storage daemons' mean) split it.
 * ``remote_read_cold``: that file read in 1 MiB reads on the second client, which holds none
   of it (checked), MB/s; ``remote_read_cold_cpu`` (reader + storage daemons),
-  ``remote_read_cold_cpu_reader``, ``remote_read_cold_cpu_storage`` (mean per storage daemon).
+  ``remote_read_cold_cpu_client``, ``remote_read_cold_cpu_storage`` (mean per storage daemon).
 * the reference, same run, same disk: ``disk_write`` (the same bytes written and fsynced
   to a plain file beside the state directories) and its ``disk_write_cpu``.
 
-``--profile`` runs py-spy (``.venv/bin/py-spy``, ``pip install py-spy``) on the writing
-client and on one storage daemon during the write, and on the reader and one storage daemon
-during the read; the flame data (``--format raw``, collapsed stacks) goes to
+``--client-options O,...``: more mount options of both clients (``chunk_size=4194304``: the
+effect of 4 MiB blocks). ``--profile`` runs py-spy (``.venv/bin/py-spy``, ``pip install
+py-spy``; ``--perf``: perf, its split by shared object and symbol) on the writing client and
+on one storage daemon during the write, and on the reader and one storage daemon during the
+read; the flame data (``--format raw``, collapsed stacks) goes to
 ``--state-dir/dataplane-prof/`` and the top frames are printed as ``# `` lines.
 
 Prints ``figure: NAME=VALUE UNIT`` lines (the median over runs; each run first as a ``# ``
@@ -170,7 +172,8 @@ def summarize(title: str, path: Path, top: int = 25) -> None:
         note(f"  {100 * n / samples:5.1f}% {frame}")
 
 
-def one_run(work: Path, data: memoryview, prof: Path | None, tool: str) -> dict[str, float]:
+def one_run(work: Path, data: memoryview, prof: Path | None, tool: str,
+            client_options: list[str]) -> dict[str, float]:
     fig: dict[str, float] = {}
     mb = len(data) / 1e6
     # The reference: the same bytes to a plain file on the same disk, fsynced.
@@ -186,7 +189,7 @@ def one_run(work: Path, data: memoryview, prof: Path | None, tool: str) -> dict[
         for i in range(2):
             clients.append(Mount(work / f"client{i}-mnt", work / f"client{i}-state", options=[
                 *member_options(root / "ca", f"client{i}", work / f"client{i}"),
-                f"listen=127.0.0.{40 + i}:0", seeds, "storage=false"]))
+                f"listen=127.0.0.{40 + i}:0", seeds, "storage=false", *client_options]))
             clients[-1].start()
         writer, reader = clients
         for c in clients:
@@ -239,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--state-dir", type=Path, default=Path("/var/tmp"))
     p.add_argument("--profile", action="store_true", help="py-spy the writer, a storage node")
     p.add_argument("--perf", action="store_true", help="perf the writer, a storage node")
+    p.add_argument("--client-options", default="",
+                   help="more mount options of both clients (e.g. chunk_size=4194304)")
     args = p.parse_args(argv)
     runs = args.runs or (1 if args.quick else 3)
     data = memoryview(os.urandom((args.size_mib or (64 if args.quick else 256)) * MIB))
@@ -254,7 +259,8 @@ def main(argv: list[str] | None = None) -> int:
         for run in range(runs):
             run_dir = Path(tmp) / f"run{run}"
             run_dir.mkdir()
-            fig = one_run(run_dir, data, prof, "perf" if args.perf else "py-spy")
+            fig = one_run(run_dir, data, prof, "perf" if args.perf else "py-spy",
+                          [o for o in args.client_options.split(",") if o])
             note(f"run {run + 1}: " + " ".join(f"{k}={v:.3g}" for k, v in fig.items()))
             results.append(fig)
             shutil.rmtree(run_dir, ignore_errors=True)
