@@ -54,6 +54,9 @@ from testkit.mounting import Mount  # noqa: E402
 from testkit.observe import control, member_options  # noqa: E402
 from testkit.wait import wait_until  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from swarm import cpu_seconds, timed_read, timed_write_fsync  # noqa: E402
+
 MIB = 1 << 20
 
 
@@ -61,42 +64,9 @@ def note(text: str) -> None:
     print(f"# {text}", flush=True)
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds used so far by process ``pid`` (all its threads)."""
-    with open(f"/proc/{pid}/stat") as fh:
-        fields = fh.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def self_cpu() -> float:
     t = os.times()
     return t.user + t.system
-
-
-def write_fsync(path: Path, data: memoryview) -> float:
-    """Seconds to write ``data`` in 1 MiB writes and fsync it (open to fsync's return)."""
-    began = time.perf_counter()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        for offset in range(0, len(data), MIB):
-            os.write(fd, data[offset : offset + MIB])
-        os.fsync(fd)
-        return time.perf_counter() - began
-    finally:
-        os.close(fd)
-
-
-def read_all(path: Path, data: memoryview) -> float:
-    """Seconds to read ``path`` whole in 1 MiB reads; it must equal ``data``."""
-    began = time.perf_counter()
-    got = bytearray()
-    with open(path, "rb", buffering=0) as fh:
-        while part := fh.read(MIB):
-            got += part
-    seconds = time.perf_counter() - began
-    if got != data:
-        raise RuntimeError(f"{path}: read back differs from what was written")
-    return seconds
 
 
 class Profiler:
@@ -178,7 +148,7 @@ def one_run(work: Path, data: memoryview, prof: Path | None, tool: str,
     mb = len(data) / 1e6
     # The reference: the same bytes to a plain file on the same disk, fsynced.
     used = self_cpu()
-    fig["disk_write"] = mb / write_fsync(work / "plain", data)
+    fig["disk_write"] = mb / timed_write_fsync(work / "plain", data)
     fig["disk_write_cpu"] = (self_cpu() - used) / mb * 1e3
     (work / "plain").unlink()
     root = work / "swarm"
@@ -200,16 +170,16 @@ def one_run(work: Path, data: memoryview, prof: Path | None, tool: str,
 
         def measure(key: str, client: int, work_fn) -> None:
             pids = [client, *storage]
-            before = [cpu_seconds(p) for p in pids]
+            before = [cpu_seconds([p]) for p in pids]
             fig[key] = mb / work_fn()
-            used = [cpu_seconds(p) - b for p, b in zip(pids, before, strict=True)]
+            used = [cpu_seconds([p]) - b for p, b in zip(pids, before, strict=True)]
             fig[f"{key}_cpu"] = sum(used) / mb * 1e3
             fig[f"{key}_cpu_client"] = used[0] / mb * 1e3
             fig[f"{key}_cpu_storage"] = sum(used[1:]) / len(storage) / mb * 1e3
 
         with Profiler(prof, "write", {"writer": writer.proc.pid, "storage": storage[0]}, tool):
             measure("replicated_write", writer.proc.pid,
-                    lambda: write_fsync(writer.mountpoint / "big", data))
+                    lambda: timed_write_fsync(writer.mountpoint / "big", data))
         pending = control(writer.state, "status")["replication"]["pending"]
         if pending:
             raise RuntimeError(f"fsync returned with {pending} blocks not replicated")
@@ -217,7 +187,7 @@ def one_run(work: Path, data: memoryview, prof: Path | None, tool: str,
         wait_until(lambda: big.exists() and big.stat().st_size == len(data),
                    "the written version on the reading client")
         with Profiler(prof, "read", {"reader": reader.proc.pid, "storage": storage[0]}, tool):
-            measure("remote_read_cold", reader.proc.pid, lambda: read_all(big, data))
+            measure("remote_read_cold", reader.proc.pid, lambda: timed_read(big, data))
         reads = control(reader.state, "status")["reads"]
         if reads["local"]:
             raise RuntimeError(f"the reading client had {reads['local']} blocks locally")
