@@ -12,12 +12,13 @@ from trio.testing import MockClock
 
 from dhtfs.blocks.node import BlockNode
 from dhtfs.dht.node import TABLE_CHECK_EVERY, TABLE_TRUST_AFTER
+from dhtfs.dht.results import PutResult
 from dhtfs.sim.swarm import Swarm
 
 MakeSwarm = Callable[..., Swarm]
 
 
-def holders(node: BlockNode, res) -> set[bytes]:  # noqa: ANN001 (a PutResult)
+def holders(node: BlockNode, res: PutResult) -> set[bytes]:
     return {c.node_id for c in res.replicas} | ({node.id} if res.local_slot else set())
 
 
