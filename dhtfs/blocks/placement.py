@@ -2,8 +2,10 @@
 
 ``BlockPlacement`` is a mixin of ``BlockNode`` (it uses the node's lookups, calls and store;
 see the attributes declared below). A put stores the block here, then pushes its bytes to the
-R XOR-closest nodes (placement by XOR only; a peer that refused a block for want of space is
-skipped for a while, see ``dhtfs.dht.protocol.FULL_SECONDS``), then announces this node and the
+R XOR-closest nodes (placement by XOR only: found by a lookup, or taken from the routing table
+once lookups have shown it holds them, see ``Node.table_closest``; a peer that refused a block
+for want of space is skipped for a while, see ``dhtfs.dht.protocol.FULL_SECONDS``), then
+announces this node and the
 replicas that acknowledged as providers to the k closest (see ``rpc`` on replica hints), the
 bytes with them when the block is at most ``spread_max`` bytes (``dhtfs.dht.node``). Success,
 see ``dhtfs.dht.results.PutResult``.
@@ -41,6 +43,9 @@ class BlockPlacement:
     _call: Callable[[Contact, str, Message, float], Awaitable[Message]]
     _announce_to: Callable[..., Awaitable[int]]
     lookup: Callable[..., Awaitable[LookupResult]]
+    table_closest: Callable[[bytes], list[Contact] | None]
+    table_check: Callable[[bytes, list[Contact]], None]
+    table_distrust: Callable[[], None]
     peer_full: Callable[[Contact], bool]
     transfer_timeout: Callable[[int], float]
 
@@ -82,6 +87,7 @@ class BlockPlacement:
             try:
                 await self._call(c, rpc.PUT_BLOCK, args, timeout)
             except NetworkError:
+                self.table_distrust()
                 return False
             res.replicas.append(c)
             return True
@@ -104,7 +110,13 @@ class BlockPlacement:
 
         async def look() -> None:
             nonlocal result
-            result = await self.lookup(cid, settle=self.replicas, on_settled=on_settled)
+            known = self.table_closest(cid)
+            if known is not None:  # the routing table stands for the network (see there)
+                result = LookupResult(closest=known)
+                on_settled(known[: self.replicas])
+            else:
+                result = await self.lookup(cid, settle=self.replicas, on_settled=on_settled)
+                self.table_check(cid, result.closest)
             found.set()
 
         async def fill(slots: int) -> None:

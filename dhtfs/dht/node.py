@@ -54,6 +54,12 @@ log = logging.getLogger(__name__)
 
 MAX_BACKGROUND = 64
 """Background jobs (placements after a put) at once; past that they run inline."""
+TABLE_TRUST_AFTER = 8
+"""Lookups in a row (for unrelated targets) whose R closest the routing table already named,
+with no contact added or dropped meanwhile, before placements trust the table
+(``table_closest``)."""
+TABLE_CHECK_EVERY = 16
+"""While the table is trusted, one placement in this many still runs its lookup, as a check."""
 
 
 class Node(KademliaProtocol):
@@ -76,6 +82,10 @@ class Node(KademliaProtocol):
             raise ValueError("republish_interval must be positive and below provider_ttl")
         self.refresh_interval = refresh_interval
         self._background_jobs = 0
+        self._table_agreed = 0   # lookups in a row whose R closest the table already named
+        self._table_size = -1    # the routing table's size over that streak
+        self._table_uses = 0
+        self.table_placements = 0  # placements that took their targets from the table
 
     @property
     def background_jobs(self) -> int:
@@ -108,6 +118,47 @@ class Node(KademliaProtocol):
 
         stop = self._enough_providers(target) if providers and stop_early else None
         return await self._run_lookup(target, query, stop, settle, on_settled)
+
+    def table_closest(self, target: bytes) -> list[Contact] | None:
+        """The k closest to ``target`` from the routing table, when a placement may take them
+        from there instead of a lookup; else None (run the lookup, then ``table_check``).
+
+        The table stands for the network once ``TABLE_TRUST_AFTER`` lookups in a row, for
+        targets spread at random over the ID space (block IDs are hashes), ended on R closest
+        it already named, with no contact added or dropped since: every node such a lookup
+        could have learned of, it already knew. That holds in a swarm small enough for the
+        table to hold every node (the common case: a bucket holds k), and fails at once in a
+        large one (the far buckets are full, a lookup finds nodes they lack), which then keeps
+        looking up each block. The trust ends when the table changes size, when a lookup
+        disagrees with it (one placement in ``TABLE_CHECK_EVERY`` still looks up, which is
+        also how newcomers that have not called us yet are learned), and when a push to a node
+        it named fails (``table_distrust``). A placement on a table that missed a node is what
+        a lookup that missed one gives: repair and hand-off move the block to the nodes that
+        are its R closest once they are known."""
+        if self._table_agreed < TABLE_TRUST_AFTER or len(self.routing) != self._table_size:
+            return None
+        self._table_uses += 1
+        if self._table_uses % TABLE_CHECK_EVERY == 0:
+            return None
+        self.table_placements += 1
+        return self.routing.closest(target, self.k)
+
+    def table_check(self, target: bytes, found: list[Contact]) -> None:
+        """A lookup for ``target`` ended on ``found`` (closest first): note whether the routing
+        table named the same R closest (see ``table_closest``)."""
+        n = self.replicas
+        named = [c.node_id for c in self.routing.closest(target, n)]
+        size = len(self.routing)
+        if [c.node_id for c in found[:n]] != named:
+            self._table_agreed = 0
+        elif size != self._table_size:
+            self._table_agreed, self._table_size = 1, size
+        else:
+            self._table_agreed += 1
+
+    def table_distrust(self) -> None:
+        """A node the table named did not take a block: look up again (``table_closest``)."""
+        self._table_agreed = 0
 
     async def _run_lookup(
         self,

@@ -82,18 +82,28 @@ class FrameStream:
 
     async def receive(self) -> wire.Frame | None:
         """The next frame, or None at a clean EOF between frames."""
+        reader = self.reader
         while not self.ready:
+            direct = reader.direct_view()
             try:
-                pieces = await self.stream.receive_pieces()
+                if direct is not None:  # a large body: decrypted straight into its buffer
+                    n = await self.stream.receive_into(direct)
+                    pieces = [direct[:n]] if n else []
+                else:
+                    pieces = await self.stream.receive_pieces()
             except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError) as exc:
                 raise PeerUnreachable(f"connection lost: {tls_reason(exc)}") from None
             if not pieces:
-                if self.reader.pending_bytes:
+                if reader.pending_bytes:
                     raise ProtocolError("connection closed in the middle of a frame")
                 return None
+            if direct is not None:
+                self.counters.bytes_received += n
+                self.ready.extend(reader.filled(n))
+                continue
             for piece in pieces:
                 self.counters.bytes_received += len(piece)
-                self.ready.extend(self.reader.feed(piece))
+                self.ready.extend(reader.feed(piece))
         return wire.decode_body(self.ready.popleft())
 
 

@@ -209,37 +209,59 @@ class TLSStream:
         self._send_ciphertext()
         await self.flush()
 
+    def _decrypt(self, size: int, into: memoryview | None = None) -> bytes | int | None:
+        """One read from the TLS engine: a record's plaintext (with ``into``: its length,
+        written there), at most ``size`` bytes; None when the engine needs more ciphertext;
+        empty (``b""`` or 0) at EOF, with ``_eof`` set."""
+        obj, incoming = self._obj, self._in
+        # Ask OpenSSL only when it has bytes to work on: a miss costs it an exception.
+        if not (incoming.pending or obj.pending() or incoming.eof):
+            return None
+        try:
+            got = obj.read(size) if into is None else obj.read(size, into)
+        except ssl.SSLWantReadError:
+            return None
+        except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+            got = b""
+        if not got:
+            self._eof = True
+        return got
+
+    async def _more(self) -> bool:
+        """Feed the engine from the socket (sending first what it wants sent: TLS 1.3
+        post-handshake messages); False at EOF (``_eof`` set)."""
+        self._send_ciphertext()
+        if not await self._fill():
+            self._eof = True
+            return False
+        return True
+
     async def receive_pieces(self) -> list[bytes]:
         """All the plaintext available now, one piece per TLS record (at least one byte);
         ``[]`` at EOF. Pieces are not joined: the frame reader joins once per frame."""
-        if self._eof:
-            return []
         pieces: list[bytes] = []
-        obj, incoming = self._obj, self._in
-        while True:
-            # Ask OpenSSL only when it has bytes to work on: a miss costs it an exception.
-            if incoming.pending or obj.pending() or incoming.eof:
-                try:
-                    piece = obj.read(RECORD_READ_BYTES)
-                except ssl.SSLWantReadError:
-                    piece = None
-                except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
-                    self._eof = True
-                    break
-                if piece is not None:
-                    if not piece:
-                        self._eof = True
-                        break
-                    pieces.append(piece)
-                    continue
-            if pieces:
-                break
-            self._send_ciphertext()  # post-handshake messages the engine wants to send
-            if not await self._fill():
-                self._eof = True
+        while not self._eof:
+            piece = self._decrypt(RECORD_READ_BYTES)
+            if piece:
+                pieces.append(piece)  # type: ignore[arg-type]
+            elif pieces or self._eof or not await self._more():
                 break
         self._send_ciphertext()
         return pieces
+
+    async def receive_into(self, view: memoryview) -> int:
+        """Decrypt plaintext available now straight into ``view`` (at most ``len(view)``
+        bytes, at least one); 0 at EOF. For the body of a large frame: no piece per record
+        and no join (see ``dhtfs.net.wire.FrameReader.direct_view``)."""
+        filled = 0
+        while not self._eof and filled < len(view):
+            n = self._decrypt(len(view) - filled, view[filled:])
+            if n:
+                filled += n  # type: ignore[operator]
+            elif filled or self._eof or not await self._more():
+                break
+        self._send_ciphertext()
+        return filled
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         """All the plaintext available now (at least one byte), or ``b""`` at EOF."""

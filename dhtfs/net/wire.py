@@ -260,6 +260,11 @@ def decode(data: bytes, max_frame: int = DEFAULT_MAX_FRAME) -> Frame:
     return decode_body(memoryview(data)[HEADER_BYTES:])
 
 
+DIRECT_BYTES = BIG_BIN
+"""A frame body at least this long that has not arrived whole is received straight into a
+buffer of its own (``FrameReader.direct_view``)."""
+
+
 class FrameReader:
     """Reassembles frames from a byte stream fed in arbitrary pieces.
 
@@ -267,6 +272,11 @@ class FrameReader:
     internal buffer: decode them before the next ``feed``, or copy them); a header announcing
     more than ``max_frame`` raises ``ProtocolError`` at once, before the body arrives.
     Each byte is copied at most twice (pieces are joined only once a frame is complete).
+
+    Large bodies (``DIRECT_BYTES`` or more, not yet whole): ``direct_view()`` is then the part
+    of the body's own buffer still to fill; a reader that writes into it (``TLSStream``
+    decrypts into it) and calls ``filled(n)`` spares the pieces and their join. ``feed`` works
+    the same meanwhile (it copies into that buffer).
     """
 
     def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
@@ -274,10 +284,39 @@ class FrameReader:
         self._pieces: list[bytes] = []
         self._have = 0
         self._need: int | None = None  # total length (header + body) of the frame in progress
+        self._body: bytearray | None = None  # a large body being filled in place
+        self._filled = 0
 
     @property
     def pending_bytes(self) -> int:
-        return self._have
+        return self._have + self._filled
+
+    def direct_view(self) -> memoryview | None:
+        """Where the next bytes of a large body go, or None (no large body in progress)."""
+        if self._body is None:
+            return None
+        return memoryview(self._body)[self._filled :]
+
+    def filled(self, n: int) -> list[memoryview]:
+        """``n`` bytes were written at ``direct_view()``; returns the body once whole."""
+        assert self._body is not None and 0 <= n <= len(self._body) - self._filled
+        self._filled += n
+        if self._filled < len(self._body):
+            return []
+        body = self._body
+        self._body, self._filled = None, 0
+        return [memoryview(body)]
+
+    def _go_direct(self, buf: bytes, pos: int) -> None:
+        """The frame at ``pos`` of ``buf`` (its header read, ``_need`` set) is large and
+        incomplete: move what arrived of its body into a buffer of its own."""
+        assert self._need is not None
+        have = memoryview(buf)[pos + HEADER_BYTES :]
+        self._body = bytearray(self._need - HEADER_BYTES)
+        self._body[: len(have)] = have
+        self._filled = len(have)
+        self._need = None
+        self._pieces, self._have = [], 0
 
     def _joined(self) -> bytes:
         if len(self._pieces) != 1:
@@ -285,18 +324,27 @@ class FrameReader:
         return self._pieces[0]
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[memoryview]:
+        out: list[memoryview] = []
+        if self._body is not None:
+            view = self.direct_view()
+            assert view is not None
+            n = min(len(view), len(data))
+            view[:n] = memoryview(data)[:n]
+            out = self.filled(n)
+            data = memoryview(data)[n:]
         if data:
             self._pieces.append(bytes(data) if not isinstance(data, bytes) else data)
             self._have += len(data)
         if self._need is None:
             if self._have < HEADER_BYTES:
-                return []
+                return out
             self._need = HEADER_BYTES + body_length(self._joined()[:HEADER_BYTES], self.max_frame)
         if self._have < self._need:
-            return []
+            if self._need - HEADER_BYTES >= DIRECT_BYTES:
+                self._go_direct(self._joined(), 0)
+            return out
         buf = self._joined()
         view = memoryview(buf)
-        out: list[memoryview] = []
         pos = 0
         while True:
             assert self._need is not None
@@ -308,6 +356,9 @@ class FrameReader:
                 break
             self._need = HEADER_BYTES + body_length(view[pos : pos + HEADER_BYTES], self.max_frame)
             if len(buf) - pos < self._need:
+                if self._need - HEADER_BYTES >= DIRECT_BYTES:
+                    self._go_direct(buf, pos)
+                    return out
                 break
         rest = buf[pos:]
         self._pieces = [rest] if rest else []

@@ -154,3 +154,31 @@ def test_parts_are_the_frame_unjoined(args: dict, sizes: list[int], mutable: boo
     with pytest.raises(ProtocolError, match="exceeds"):
         wire.encode_request_parts(3, "M", {**args, "x": b"x" * wire.BIG_BIN},
                                   max_frame=wire.BIG_BIN)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.sampled_from([0, 100, wire.DIRECT_BYTES - 40, wire.DIRECT_BYTES, 200_000]),
+                min_size=1, max_size=5), st.data())
+def test_reader_fills_large_bodies_in_place(sizes: list[int], data: st.DataObject) -> None:
+    """Frames with large bodies, the stream cut anywhere, read as ``FrameStream`` does: into
+    ``direct_view`` while a large body is in progress (a receive there gets at most what the
+    view holds), by ``feed`` otherwise; the frames come out whole and in order."""
+    fs = [wire.Frame(wire.RESPONSE, request_id=i + 1, payload={"data": bytes([i]) * n})
+          for i, n in enumerate(sizes)]
+    stream = memoryview(b"".join(wire.encode(f) for f in fs))
+    reader = wire.FrameReader()
+    got: list[memoryview] = []
+    pos = 0
+    while pos < len(stream):
+        want = data.draw(st.integers(1, 70_000))
+        view = reader.direct_view()
+        if view is not None:
+            n = min(want, len(view), len(stream) - pos)
+            view[:n] = stream[pos : pos + n]
+            got += reader.filled(n)
+        else:
+            n = min(want, len(stream) - pos)
+            got += reader.feed(stream[pos : pos + n])
+        pos += n
+    assert [wire.decode_body(b) for b in got] == fs
+    assert reader.pending_bytes == 0 and reader.direct_view() is None
