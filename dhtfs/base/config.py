@@ -119,6 +119,9 @@ class Config:
     repair_interval: float = 60.0
     # Prometheus metrics on this loopback HOST:PORT (dhtfs.runtime.metrics); "" = off.
     metrics: str = ""
+    # The read-only HTTP gateway on this HOST:PORT (dhtfs.gateway); "" = off. Loopback only
+    # for now: a wider address needs TLS and client authentication, not built yet.
+    http: str = ""
     # Seconds a read may wait for a block from the swarm before it fails with EIO.
     read_deadline: float = 30.0
     # False: a client-only mount, which stores nothing for others and is never a replica.
@@ -165,6 +168,29 @@ def parse_metrics_address(text: str) -> tuple[str, int]:
     if not loopback:
         raise ConfigError(f"metrics={text}: only a loopback address may serve metrics "
                           f"(tunnel or proxy it to scrape from elsewhere)")
+    return host, port
+
+
+def parse_http_address(text: str) -> tuple[str, int]:
+    """``http=HOST:PORT`` on a loopback address (port 0: any free one; ``dhtfs status``
+    shows the one taken). Any other address is refused: a gateway reachable from elsewhere
+    must use TLS and authenticate its clients (swarm client certificates or a bearer token),
+    which this version does not do yet."""
+    host, sep, port_text = text.rpartition(":")
+    host = host.strip("[]")
+    try:
+        port = int(port_text) if sep else -1
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        raise ConfigError(f"http={text}: expected a loopback HOST:PORT, e.g. "
+                          f"127.0.0.1:8080") from None
+    if not 0 <= port < 65536:
+        raise ConfigError(f"http={text}: the port must be 0..65535")
+    if not loopback:
+        raise ConfigError(f"http={text}: only a loopback address may serve the HTTP gateway "
+                          f"for now: a non-loopback gateway needs TLS and client certificates "
+                          f"or a bearer token, which are not built yet (use 127.0.0.1 and a "
+                          f"tunnel or a TLS proxy)")
     return host, port
 
 
@@ -234,6 +260,11 @@ def _coerce(key: str, value: Any) -> Any:
         if str(value) in ("", "off"):
             return ""
         parse_metrics_address(str(value))
+        return str(value)
+    if key == "http":
+        if str(value) in ("", "off"):
+            return ""
+        parse_http_address(str(value))
         return str(value)
     if key in ("swarm", "key", "listen"):
         if not isinstance(value, str):

@@ -1,0 +1,239 @@
+"""A small trio HTTP/1.1 server: ``h11`` parses and frames, this module drives it per
+connection with deadlines and bounded buffers, and asks ``Routes`` for each response.
+
+Invariants:
+- nothing a client sends can end the server task: every connection runs in its own task
+  whose errors are caught and logged (a malformed request is a 400 from h11's own error,
+  its status hint kept: 431 for a head over ``MAX_HEAD`` bytes); an unexpected error in a
+  route is a plain 500, never a traceback on the wire;
+- bounded: at most ``MAX_CONNECTIONS`` connections are served at once (more are answered 503
+  and closed); a request's head may take ``MAX_HEAD`` bytes and must arrive within
+  ``HEAD_SECONDS`` (an idle keep-alive connection is closed after that too); each send must
+  complete within ``SEND_SECONDS`` or the connection is closed (a client that stopped
+  reading); a request that carries a body, or any method other than GET and HEAD, is
+  answered and the connection closed, its body never read;
+- backpressure: a body is sent piece by piece, each ``send_all`` awaited before the next
+  piece is read, so a slow client slows the read path and a stopped one stops it;
+- the first piece of a body is read before the response's head is sent, so a read that
+  fails at once is a 502 and not a cut 200; a body that fails later (its file changed, a
+  block could not be fetched) is cut: the connection closes before the body's end, which
+  the client sees as a short or unterminated body, never as complete.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import h11
+import trio
+
+from dhtfs.base.errors import NamespaceError
+from dhtfs.gateway.content import VersionChanged
+from dhtfs.gateway.routes import REASONS, Response, Routes, error
+from dhtfs.gateway.stats import GatewayStats
+from dhtfs.gateway.validators import http_date
+
+log = logging.getLogger(__name__)
+
+MAX_CONNECTIONS = 128
+MAX_HEAD = 16 * 1024
+RECEIVE_BYTES = 16 * 1024
+HEAD_SECONDS = 15.0
+SEND_SECONDS = 60.0
+BUSY = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\n"
+        b"content-length: 24\r\nconnection: close\r\n\r\n503 Service Unavailable\n")
+_BODY_ERRORS = (VersionChanged, NamespaceError, ValueError)
+
+
+class ClientGone(Exception):
+    """The client closed the connection or stopped reading (a send timed out)."""
+
+
+class HttpServer:
+    """Serves ``routes`` on ``host:port`` (port 0: any free one; ``address`` once bound)."""
+
+    def __init__(self, routes: Routes, host: str, port: int, *,
+                 stats: GatewayStats | None = None,
+                 max_connections: int = MAX_CONNECTIONS) -> None:
+        self.routes = routes
+        self.host = host
+        self.port = port
+        self.stats = stats if stats is not None else GatewayStats()
+        self._slots = trio.Semaphore(max_connections)
+        self.address: tuple[str, int] | None = None
+
+    async def serve(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Listen, report the bound address to ``task_status``, serve until cancelled;
+        OSError if the address cannot be bound."""
+        listeners = await trio.open_tcp_listeners(self.port, host=self.host)
+        self.address = listeners[0].socket.getsockname()[:2]
+        log.info("HTTP gateway on http://%s:%d/", *self.address)
+        task_status.started(self.address)
+        await trio.serve_listeners(self._connection, listeners)
+
+    async def _connection(self, stream: trio.SocketStream) -> None:
+        """One connection, whatever happens on it (see the module docstring)."""
+        try:
+            if self._slots.value == 0:
+                self.stats.refused += 1
+                with trio.move_on_after(SEND_SECONDS):
+                    await stream.send_all(BUSY)
+                return
+            async with self._slots:
+                self.stats.connections += 1
+                try:
+                    await self._serve(stream)
+                finally:
+                    self.stats.connections -= 1
+        except (ClientGone, trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        except Exception:
+            log.exception("gateway: a connection failed")
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(1):
+                await stream.aclose()
+
+    async def _serve(self, stream: trio.SocketStream) -> None:
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
+        while True:
+            try:
+                with trio.fail_after(HEAD_SECONDS):
+                    event = await _next_event(conn, stream)
+            except trio.TooSlowError:
+                return
+            except h11.RemoteProtocolError as exc:
+                await self._send_error(conn, stream, exc.error_status_hint, str(exc))
+                return
+            if not isinstance(event, h11.Request):
+                return  # ConnectionClosed, or PAUSED
+            started = trio.current_time()
+            headers = _header_dict(event.headers)
+            close = (event.method not in (b"GET", b"HEAD") or b"transfer-encoding" in headers
+                     or headers.get(b"content-length", b"0").strip() not in (b"0", b""))
+            try:
+                response = await self.routes.respond(event.method, event.target, headers)
+            except Exception:
+                log.exception("gateway: %s %r failed", event.method.decode(), event.target)
+                response = error(500)
+            sent = await self._send(conn, stream, event.method, response, started, close)
+            if not sent or close or conn.our_state is h11.MUST_CLOSE:
+                return
+            try:
+                with trio.fail_after(HEAD_SECONDS):
+                    event = await _next_event(conn, stream)
+            except (trio.TooSlowError, h11.RemoteProtocolError):
+                return
+            if not isinstance(event, h11.EndOfMessage):
+                return
+            conn.start_next_cycle()
+
+    async def _send(self, conn: h11.Connection, stream: trio.SocketStream, method: bytes,
+                    response: Response, started: float, close: bool) -> bool:
+        """Send ``response``; False if its body was cut (the connection must close)."""
+        body = response.body
+        try:
+            first = b""
+            with_body = method != b"HEAD" and response.status not in (204, 304)
+            if with_body:
+                try:
+                    first = await body.__anext__()
+                except StopAsyncIteration:
+                    pass
+                except _BODY_ERRORS as exc:
+                    log.warning("gateway: %r: %s", response.status, exc)
+                    response = error(502, "the file could not be read")
+                    first = await response.body.__anext__()
+                    close = True
+            head = [(b"date", http_date(time.time())), (b"server", b"dhtfs"),
+                    *response.headers]
+            if response.length is not None and response.status != 304:
+                head.append((b"content-length", b"%d" % response.length))
+            if close:
+                head.append((b"connection", b"close"))
+            await _send(stream, conn.send(h11.Response(
+                status_code=response.status, headers=head,
+                reason=REASONS.get(response.status, "").encode())))
+            self.stats.answered(response.status, trio.current_time() - started)
+            if with_body:
+                try:
+                    piece = first
+                    while True:
+                        if piece:
+                            await _send(stream, conn.send(h11.Data(data=piece)))
+                            self.stats.bytes_sent += len(piece)
+                        piece = await response.body.__anext__()
+                except StopAsyncIteration:
+                    pass
+                except _BODY_ERRORS as exc:
+                    log.warning("gateway: a body was cut: %s", exc)
+                    self.stats.cut += 1
+                    return False
+            await _send(stream, conn.send(h11.EndOfMessage()))
+            return True
+        except ClientGone:
+            self.stats.cut += 1
+            return False
+        finally:
+            await _close(body)
+            await _close(response.body)
+
+    async def _send_error(self, conn: h11.Connection, stream: trio.SocketStream,
+                          status: int, detail: str) -> None:
+        """A plain error for a request h11 refused, if a response may still be sent."""
+        if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+            return
+        response = error(status if 400 <= status < 600 else 400, detail)
+        self.stats.answered(response.status, 0.0)
+        body = b"".join([piece async for piece in response.body])
+        head = [(b"date", http_date(time.time())), (b"server", b"dhtfs"), *response.headers,
+                (b"content-length", b"%d" % len(body)), (b"connection", b"close")]
+        try:
+            await _send(stream, conn.send(h11.Response(
+                status_code=response.status, headers=head,
+                reason=REASONS.get(response.status, "").encode())))
+            await _send(stream, conn.send(h11.Data(data=body)))
+            await _send(stream, conn.send(h11.EndOfMessage()))
+        except (ClientGone, h11.LocalProtocolError):
+            pass
+
+
+async def _next_event(conn: h11.Connection, stream: trio.SocketStream) -> Any:
+    """h11's next event, receiving as it needs (at most ``RECEIVE_BYTES`` at a time)."""
+    while True:
+        event = conn.next_event()
+        if event is not h11.NEED_DATA:
+            return event
+        try:
+            data = await stream.receive_some(RECEIVE_BYTES)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            data = b""
+        conn.receive_data(data)
+
+
+async def _send(stream: trio.SocketStream, data: bytes | None) -> None:
+    """Send ``data`` within ``SEND_SECONDS``; ClientGone if the client is gone or stalled."""
+    if not data:
+        return
+    try:
+        with trio.fail_after(SEND_SECONDS):
+            await stream.send_all(data)
+    except (trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError):
+        raise ClientGone() from None
+
+
+async def _close(body: AsyncIterator[bytes]) -> None:
+    aclose = getattr(body, "aclose", None)
+    if aclose is not None:
+        with trio.CancelScope(shield=True):
+            await aclose()
+
+
+def _header_dict(headers: list[tuple[bytes, bytes]]) -> dict[bytes, bytes]:
+    """Lower-cased names (h11 gives them so); repeated fields joined with ``, ``."""
+    out: dict[bytes, bytes] = {}
+    for name, value in headers:
+        out[name] = out[name] + b", " + value if name in out else value
+    return out
