@@ -49,11 +49,10 @@ def parse_range(header: bytes, size: int) -> list[tuple[int, int]] | None:
                 out.append((max(0, size - length), size - 1))
             continue
         first = int(first_text)
-        last = int(last_text) if last_text else size - 1
-        if last < first:
+        if last_text and int(last_text) < first:
             return None  # invalid range-spec: the whole header is ignored
         if first < size:
-            out.append((first, min(last, size - 1)))
+            out.append((first, min(int(last_text), size - 1) if last_text else size - 1))
     if not out:
         raise Unsatisfiable(f"bytes */{size}")
     return out
