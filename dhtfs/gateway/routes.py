@@ -13,7 +13,6 @@ awaiting each send before asking for the next (backpressure reaches the read pat
 
 from __future__ import annotations
 
-import errno
 import logging
 import mimetypes
 import stat
@@ -100,7 +99,7 @@ class Routes:
         try:
             if target.startswith(BLOCKS):
                 return await self._block(target[len(BLOCKS):], headers)
-            names, _slash = paths.split_target(target)
+            names, slash = paths.split_target(target)
             found = self.resolver.resolve(names)
         except paths.BadTarget as exc:
             return error(400, str(exc))
@@ -114,7 +113,7 @@ class Routes:
             kind = b"application/json" if as_json else b"text/html; charset=utf-8"
             return Response(200, [(b"content-type", kind), (b"cache-control", b"no-cache")],
                             listing_chunks(self.tree, row.obj, found.names, as_json), None)
-        if row.kind != stat.S_IFREG:
+        if row.kind != stat.S_IFREG or slash:
             return error(404)
         version = FileVersion(self.tree, self.contents, row, self.contents.default_chunk_size)
         name = found.names[-1] if found.names else b""
@@ -134,11 +133,13 @@ class Routes:
         early = evaluate(headers, etag, None)
         if early is not None:
             return Response(early, [(b"etag", etag)]) if early == 304 else error(early)
+        contents = self.contents
+        if contents.fetch is None and contents.cache.get(block_id) is None \
+                and not contents.store.has(block_id):
+            return error(404, "no such block here")  # a node alone: nowhere else to look
         try:
-            body = await BlockBody.fetch(self.contents, block_id)
+            body = await BlockBody.fetch(contents, block_id)
         except NamespaceError as exc:
-            if exc.errno == errno.EIO and self.contents.fetch is None:
-                return error(404, "no such block here")
             return error(502, f"the block could not be read: {exc}")
         except ValueError as exc:
             log.error("gateway: %s", exc)

@@ -43,6 +43,8 @@ MAX_HEAD = 16 * 1024
 RECEIVE_BYTES = 16 * 1024
 HEAD_SECONDS = 15.0
 SEND_SECONDS = 60.0
+LINGER_SECONDS = 2.0
+LINGER_BYTES = 256 * 1024
 BUSY = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\n"
         b"content-length: 24\r\nconnection: close\r\n\r\n503 Service Unavailable\n")
 _BODY_ERRORS = (VersionChanged, NamespaceError, ValueError)
@@ -86,6 +88,7 @@ class HttpServer:
                 self.stats.connections += 1
                 try:
                     await self._serve(stream)
+                    await self._linger(stream)
                 finally:
                     self.stats.connections -= 1
         except (ClientGone, trio.BrokenResourceError, trio.ClosedResourceError):
@@ -95,6 +98,19 @@ class HttpServer:
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(1):
                 await stream.aclose()
+
+    async def _linger(self, stream: trio.SocketStream) -> None:
+        """Close our side, then read and drop what the client still sends (at most
+        ``LINGER_BYTES`` for ``LINGER_SECONDS``): closing with unread bytes would reset the
+        connection, and the client could lose the response (a 400, a 431, a 405)."""
+        with trio.move_on_after(LINGER_SECONDS):
+            try:
+                await stream.send_eof()
+                left = LINGER_BYTES
+                while left > 0 and (data := await stream.receive_some(RECEIVE_BYTES)):
+                    left -= len(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
 
     async def _serve(self, stream: trio.SocketStream) -> None:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)

@@ -15,7 +15,6 @@ from dhtfs.gateway import paths
 from dhtfs.gateway.ranges import MAX_RANGES, Multipart, Unsatisfiable, parse_range
 from dhtfs.gateway.validators import evaluate, http_date, parse_date, range_applies
 
-
 # -- ranges ------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("header", "size", "want"), [
@@ -151,7 +150,7 @@ def test_http_option() -> None:
         apply_options(Config(), {"http": "0.0.0.0:8080"})
     with pytest.raises(ConfigError, match="loopback HOST:PORT"):
         apply_options(Config(), {"http": "nonsense"})
-    with pytest.raises(ConfigError, match="0..65535"):
+    with pytest.raises(ConfigError, match=r"0\.\.65535"):
         apply_options(Config(), {"http": "127.0.0.1:70000"})
 
 
