@@ -283,6 +283,7 @@ class MountNode(NodeAssembly):
             "replication_backlog_blocks": rep["pending"],
             "replication_backlog_bytes": rep["pending_bytes"],
             "oplog_lag": {p["node_id"].hex()[:16]: p["missing_here"] for p in lag["peers"]},
+            "http": self.gateway.stats.status() if self.gateway is not None else {},
         }
 
 

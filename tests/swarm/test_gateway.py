@@ -11,9 +11,11 @@ import hashlib
 import json
 import os
 import subprocess
+import urllib.request
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from testkit import swarmctl
 from testkit.observe import blocks_of, control, write_fsynced
@@ -45,7 +47,7 @@ def parts(content_type: str, body: bytes) -> list[tuple[str, bytes]]:
 
 def test_gateway_serves_the_swarm_tree(tmp_path: Path) -> None:
     with swarmctl.running_swarm(tmp_path / "swarm", 3, "replicas=2",
-                                {"node1": "http=127.0.0.1:0"}) as nodes:
+                                {"node1": "http=127.0.0.1:0,metrics=127.0.0.1:0"}) as nodes:
         writer, gateway = nodes[0], nodes[1]
         wait_until(lambda: control(gateway.state, "status")["http"].get("address"),
                    "the gateway's address in dhtfs status")
@@ -131,3 +133,17 @@ def test_gateway_serves_the_swarm_tree(tmp_path: Path) -> None:
         assert status == 403 and b"root:" not in body
         stats = control(gateway.state, "status")["http"]
         assert stats["requests"]["200"] >= 5 and stats["bytes_sent"] >= len(big)
+        assert stats["requests"]["405"] == 3 and stats["connections"] == 0
+        shown = swarmctl.run_cli("status", "--state", str(gateway.state))
+        assert shown.returncode == 0 and f"{base}/ (read-only)" in shown.stdout, shown.stdout
+        samples = scrape(control(gateway.state, "status")["metrics"])
+        assert samples[("dhtfs_http_requests_total", (("status", "405"),))] == 3
+        assert samples[("dhtfs_http_sent_bytes_total", ())] >= len(big)
+        assert samples[("dhtfs_http_first_byte_seconds_count", ())] >= 10
+
+
+def scrape(address: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
