@@ -59,8 +59,12 @@ class HttpServer:
 
     def __init__(self, routes: Routes, host: str, port: int, *,
                  stats: GatewayStats | None = None,
-                 max_connections: int = MAX_CONNECTIONS) -> None:
+                 max_connections: int = MAX_CONNECTIONS,
+                 head_seconds: float = HEAD_SECONDS) -> None:
+        """``head_seconds``: how long a request's head may take to arrive (and an idle
+        keep-alive connection may stay open)."""
         self.routes = routes
+        self.head_seconds = head_seconds
         self.host = host
         self.port = port
         self.stats = stats if stats is not None else GatewayStats()
@@ -116,9 +120,10 @@ class HttpServer:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
         while True:
             try:
-                with trio.fail_after(HEAD_SECONDS):
+                with trio.fail_after(self.head_seconds):
                     event = await _next_event(conn, stream)
             except trio.TooSlowError:
+                self.stats.timed_out += 1
                 return
             except h11.RemoteProtocolError as exc:
                 await self._send_error(conn, stream, exc.error_status_hint, str(exc))
@@ -138,7 +143,7 @@ class HttpServer:
             if not sent or close or conn.our_state is h11.MUST_CLOSE:
                 return
             try:
-                with trio.fail_after(HEAD_SECONDS):
+                with trio.fail_after(self.head_seconds):
                     event = await _next_event(conn, stream)
             except (trio.TooSlowError, h11.RemoteProtocolError):
                 return

@@ -1,7 +1,8 @@
 """The gateway's counters, shown by ``dhtfs status`` (``http``) and the Prometheus metrics:
 requests by status, body bytes sent, time to first byte (from the request's head received
 to the response's head sent), connections open and refused (over the limit), bodies cut
-(the client left, or a file changed while being sent)."""
+(the client left, or a file changed while being sent), connections closed because a request's
+head did not arrive in time."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ class GatewayStats:
     connections: int = 0
     refused: int = 0
     cut: int = 0
+    timed_out: int = 0
 
     def answered(self, status: int, ttfb: float) -> None:
         self.by_status[status] = self.by_status.get(status, 0) + 1
@@ -35,4 +37,5 @@ class GatewayStats:
             "ttfb_seconds": {"count": self.ttfb_count, "sum": round(self.ttfb_sum, 6),
                              "max": round(self.ttfb_max, 6)},
             "connections": self.connections, "refused": self.refused, "cut": self.cut,
+            "timed_out": self.timed_out,
         }

@@ -233,6 +233,35 @@ async def test_malformed_requests(fs: LocalFilesystem, gw: HttpServer) -> None:
     assert gw.stats.by_status[400] >= 2
 
 
+async def test_head_of_a_directory_and_http_1_0(fs: LocalFilesystem, gw: HttpServer) -> None:
+    addr = addr_of(gw)
+    await put(fs, ROOT, b"f", b"x")
+    status, h, body = await request(addr, "/", method="HEAD")
+    assert (status, body) == (200, b"") and h[b"content-type"].startswith(b"text/html")
+    reply = await raw(addr, b"GET / HTTP/1.0\r\n\r\n")  # no length: the close ends the body
+    assert reply.startswith(b"HTTP/1.1 200 ") and reply.endswith(b"</html>\n")
+
+
+async def test_slow_and_too_many_clients(fs: LocalFilesystem, nursery: trio.Nursery) -> None:
+    gw = HttpServer(Routes(fs.tree, fs.contents, MOUNT), "127.0.0.1", 0, max_connections=2,
+                    head_seconds=0.5)
+    await nursery.start(gw.serve)
+    addr = addr_of(gw)
+    slow = [await trio.open_tcp_stream(*addr) for _ in range(2)]
+    for s in slow:
+        await s.send_all(b"GET / HTT")  # and nothing more: a slow loris
+    await wait_until_async(lambda: gw.stats.connections == 2, "both slow clients in")
+    assert (await raw(addr, b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")).startswith(
+        b"HTTP/1.1 503 ")  # over the limit
+    for s in slow:  # closed by the server once their head is late
+        with trio.fail_after(10):
+            assert await s.receive_some(100) == b""
+        await s.aclose()
+    await wait_until_async(lambda: gw.stats.connections == 0, "slow clients closed")
+    assert gw.stats.timed_out == 2 and gw.stats.refused == 1
+    assert (await request(addr, "/"))[0] == 200
+
+
 PIECES = st.one_of(
     st.binary(max_size=200),
     st.sampled_from([b"GET / HTTP/1.1\r\n", b"host: x\r\n", b"\r\n", b"HEAD /f HTTP/1.0\r\n",
