@@ -27,7 +27,7 @@ from dhtfs.fs.files import FileContents
 from dhtfs.meta.schema import ObjectRow
 from dhtfs.meta.tree import Tree
 
-READ_BYTES = 256 * 1024
+READ_BYTES = 1024 * 1024
 HASH_INLINE = 64 * 1024
 
 

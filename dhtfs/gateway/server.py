@@ -182,8 +182,9 @@ class HttpServer:
                 try:
                     piece = first
                     while True:
-                        if piece:
-                            await _send(stream, conn.send(h11.Data(data=piece)))
+                        if piece:  # h11 frames it; the piece itself is sent as is
+                            for part in conn.send_with_data_passthrough(h11.Data(data=piece)):
+                                await _send(stream, part)
                             self.stats.bytes_sent += len(piece)
                         piece = await response.body.__anext__()
                 except StopAsyncIteration:
