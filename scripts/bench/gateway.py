@@ -112,7 +112,8 @@ class Nginx:
         (work / "logs").mkdir(parents=True, exist_ok=True)
         self.conf = work / "nginx.conf"
         self.conf.write_text(
-            f"daemon off; worker_processes 1; pid {work}/nginx.pid; error_log {work}/error.log;\n"
+            f"daemon off; user root; worker_processes 1; pid {work}/nginx.pid;\n"
+            f"error_log {work}/error.log;\n"
             f"events {{ worker_connections 1024; }}\n"
             f"http {{ access_log off; sendfile on; keepalive_requests 100000;\n"
             f"  client_body_temp_path {work}/b; proxy_temp_path {work}/p;\n"
