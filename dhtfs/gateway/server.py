@@ -43,6 +43,7 @@ MAX_HEAD = 16 * 1024
 RECEIVE_BYTES = 16 * 1024
 HEAD_SECONDS = 15.0
 SEND_SECONDS = 60.0
+COALESCE_BYTES = 64 * 1024
 LINGER_SECONDS = 2.0
 LINGER_BYTES = 256 * 1024
 BUSY = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\n"
@@ -174,9 +175,15 @@ class HttpServer:
                 head.append((b"content-length", b"%d" % response.length))
             if close:
                 head.append((b"connection", b"close"))
-            await _send(stream, conn.send(h11.Response(
+            out = conn.send(h11.Response(
                 status_code=response.status, headers=head,
-                reason=REASONS.get(response.status, "").encode())))
+                reason=REASONS.get(response.status, "").encode())) or b""
+            if with_body and first and len(first) <= COALESCE_BYTES:
+                # a small body leaves with its head: one send, one segment
+                out += b"".join(conn.send_with_data_passthrough(h11.Data(data=first)))
+                self.stats.bytes_sent += len(first)
+                first = b""
+            await _send(stream, out)
             self.stats.answered(response.status, trio.current_time() - started)
             if with_body:
                 try:
