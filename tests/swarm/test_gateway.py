@@ -147,3 +147,87 @@ def scrape(address: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]
         text = r.read().decode()
     return {(s.name, tuple(sorted(s.labels.items()))): s.value
             for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+GIB = 1 << 30
+READERS = 4
+CACHE = 32 * MIB
+
+
+def rss(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS")
+
+
+def test_concurrent_range_readers_of_a_large_file_stay_within_memory(tmp_path: Path) -> None:
+    """4 readers stream a quarter each of a 1 GiB file at once from a gateway that holds
+    about half of its blocks (R=1 on 2 nodes): every byte right, and the gateway's resident
+    memory grows by less than its plaintext cache plus each reader's pieces and read-ahead
+    plus the process-wide terms: the queue of fetched blocks waiting (at idle priority) to be
+    written as cached copies, and the free heap glibc keeps for reuse
+    (``dhtfs.base.malloc.TRIM_THRESHOLD``). Those two dominate; the gateway's own share is
+    ``READ_BYTES`` per reader."""
+    import random
+    import threading
+
+    from dhtfs.base.malloc import TRIM_THRESHOLD
+    from dhtfs.blocks.node import CACHE_QUEUE
+    from dhtfs.fs.reading import PREFETCH_CHUNKS
+    from dhtfs.gateway.content import READ_BYTES
+
+    rng = random.Random(19)
+    data = b"".join(rng.randbytes(MIB) for _ in range(GIB // MIB))
+    with swarmctl.running_swarm(tmp_path / "swarm", 2, "replicas=1",
+                                {"node1": f"http=127.0.0.1:0,cache_size={CACHE}"}) as nodes:
+        writer, gateway = nodes
+        wait_until(lambda: control(gateway.state, "status")["http"].get("address"),
+                   "the gateway's address")
+        base = "http://" + control(gateway.state, "status")["http"]["address"]
+        write_fsynced(writer.mountpoint / "large.bin", data)
+        wait_until(lambda: (gateway.mountpoint / "large.bin").exists()
+                   and (gateway.mountpoint / "large.bin").stat().st_size == GIB, "the file")
+        assert gateway.pid is not None
+        baseline = peak = rss(gateway.pid)
+        done = threading.Event()
+
+        def watch() -> None:
+            nonlocal peak
+            while not done.wait(0.02):
+                peak = max(peak, rss(gateway.pid))
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        quarter = GIB // READERS
+        procs = [subprocess.Popen(
+            ["curl", "-sS", "--fail", "-r", f"{i * quarter}-{(i + 1) * quarter - 1}",
+             f"{base}/large.bin"], stdout=subprocess.PIPE) for i in range(READERS)]
+        digests: list[str] = [""] * READERS
+
+        def drain(i: int) -> None:
+            h = hashlib.sha256()
+            assert procs[i].stdout is not None
+            while piece := procs[i].stdout.read(MIB):
+                h.update(piece)
+            digests[i] = h.hexdigest()
+
+        drains = [threading.Thread(target=drain, args=(i,)) for i in range(READERS)]
+        for t in drains:
+            t.start()
+        for t in drains:
+            t.join(600)
+        for p in procs:
+            assert p.wait(60) == 0
+        done.set()
+        watcher.join()
+        want = [hashlib.sha256(data[i * quarter : (i + 1) * quarter]).hexdigest()
+                for i in range(READERS)]
+        assert digests == want
+        chunk = MIB
+        bound = (CACHE + READERS * (READ_BYTES + (PREFETCH_CHUNKS + 1) * chunk)
+                 + CACHE_QUEUE * chunk + TRIM_THRESHOLD + 64 * MIB)
+        print(f"gateway RSS: baseline {baseline / MIB:.0f} MiB, peak {peak / MIB:.0f} MiB, "
+              f"growth {(peak - baseline) / MIB:.0f} MiB, bound {bound / MIB:.0f} MiB")
+        assert peak - baseline < bound
