@@ -152,23 +152,30 @@ def parse_size(key: str, text: str | int) -> int:
     return value
 
 
-def parse_metrics_address(text: str) -> tuple[str, int]:
-    """``metrics=HOST:PORT`` on a loopback address (port 0: any free one). Only loopback: the
-    numbers describe the node and its peers; a tunnel or a proxy exposes them further."""
+def _loopback_address(key: str, text: str, example: str, refusal: str) -> tuple[str, int]:
+    """``HOST:PORT`` of option ``key`` on a loopback address (port 0: any free one);
+    ConfigError with ``refusal`` for any other address."""
     host, sep, port_text = text.rpartition(":")
     host = host.strip("[]")
     try:
         port = int(port_text) if sep else -1
         loopback = ipaddress.ip_address(host).is_loopback
     except ValueError:
-        raise ConfigError(f"metrics={text}: expected a loopback HOST:PORT, e.g. "
-                          f"127.0.0.1:9477") from None
+        raise ConfigError(f"{key}={text}: expected a loopback HOST:PORT, e.g. "
+                          f"{example}") from None
     if not 0 <= port < 65536:
-        raise ConfigError(f"metrics={text}: the port must be 0..65535")
+        raise ConfigError(f"{key}={text}: the port must be 0..65535")
     if not loopback:
-        raise ConfigError(f"metrics={text}: only a loopback address may serve metrics "
-                          f"(tunnel or proxy it to scrape from elsewhere)")
+        raise ConfigError(f"{key}={text}: {refusal}")
     return host, port
+
+
+def parse_metrics_address(text: str) -> tuple[str, int]:
+    """``metrics=HOST:PORT`` on a loopback address (port 0: any free one). Only loopback: the
+    numbers describe the node and its peers; a tunnel or a proxy exposes them further."""
+    return _loopback_address("metrics", text, "127.0.0.1:9477",
+                             "only a loopback address may serve metrics (tunnel or proxy it "
+                             "to scrape from elsewhere)")
 
 
 def parse_http_address(text: str) -> tuple[str, int]:
@@ -176,22 +183,11 @@ def parse_http_address(text: str) -> tuple[str, int]:
     shows the one taken). Any other address is refused: a gateway reachable from elsewhere
     must use TLS and authenticate its clients (swarm client certificates or a bearer token),
     which this version does not do yet."""
-    host, sep, port_text = text.rpartition(":")
-    host = host.strip("[]")
-    try:
-        port = int(port_text) if sep else -1
-        loopback = ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        raise ConfigError(f"http={text}: expected a loopback HOST:PORT, e.g. "
-                          f"127.0.0.1:8080") from None
-    if not 0 <= port < 65536:
-        raise ConfigError(f"http={text}: the port must be 0..65535")
-    if not loopback:
-        raise ConfigError(f"http={text}: only a loopback address may serve the HTTP gateway "
-                          f"for now: a non-loopback gateway needs TLS and client certificates "
-                          f"or a bearer token, which are not built yet (use 127.0.0.1 and a "
-                          f"tunnel or a TLS proxy)")
-    return host, port
+    return _loopback_address("http", text, "127.0.0.1:8080",
+                             "only a loopback address may serve the HTTP gateway for now: a "
+                             "non-loopback gateway needs TLS and client certificates or a "
+                             "bearer token, which are not built yet (use 127.0.0.1 and a "
+                             "tunnel or a TLS proxy)")
 
 
 def _parse_bool(key: str, value: Any) -> bool:
