@@ -119,9 +119,14 @@ class Config:
     repair_interval: float = 60.0
     # Prometheus metrics on this loopback HOST:PORT (dhtfs.runtime.metrics); "" = off.
     metrics: str = ""
-    # The read-only HTTP gateway on this HOST:PORT (dhtfs.gateway); "" = off. Loopback only
-    # for now: a wider address needs TLS and client authentication, not built yet.
+    # The read-only HTTP gateway on this HOST:PORT (dhtfs.gateway); "" = off. On an address
+    # that is not loopback, or with http_cert, it speaks TLS (http_cert/http_key, else the
+    # node's own swarm certificate) and clients authenticate: the bearer token in the file
+    # http_token, else a client certificate of the swarm CA (dhtfs.gateway.access).
     http: str = ""
+    http_cert: Path | None = None
+    http_key: Path | None = None
+    http_token: Path | None = None
     # Seconds a read may wait for a block from the swarm before it fails with EIO.
     read_deadline: float = 30.0
     # False: a client-only mount, which stores nothing for others and is never a replica.
@@ -179,15 +184,20 @@ def parse_metrics_address(text: str) -> tuple[str, int]:
 
 
 def parse_http_address(text: str) -> tuple[str, int]:
-    """``http=HOST:PORT`` on a loopback address (port 0: any free one; ``dhtfs status``
-    shows the one taken). Any other address is refused: a gateway reachable from elsewhere
-    must use TLS and authenticate its clients (swarm client certificates or a bearer token),
-    which this version does not do yet."""
-    return _loopback_address("http", text, "127.0.0.1:8080",
-                             "only a loopback address may serve the HTTP gateway for now: a "
-                             "non-loopback gateway needs TLS and client certificates or a "
-                             "bearer token, which are not built yet (use 127.0.0.1 and a "
-                             "tunnel or a TLS proxy)")
+    """``http=HOST:PORT`` (an IP address; port 0: any free one, which ``dhtfs status``
+    shows). Any address but loopback is served over TLS with client authentication
+    (``dhtfs.gateway.access``)."""
+    host, sep, port_text = text.rpartition(":")
+    host = host.strip("[]")
+    try:
+        port = int(port_text) if sep else -1
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ConfigError(f"http={text}: expected an IP address and a port, e.g. "
+                          f"127.0.0.1:8080") from None
+    if not 0 <= port < 65536:
+        raise ConfigError(f"http={text}: the port must be 0..65535")
+    return host, port
 
 
 def _parse_bool(key: str, value: Any) -> bool:
@@ -244,7 +254,7 @@ def _coerce(key: str, value: Any) -> Any:
         if not 0 < seconds <= 30 * 86400:
             raise ConfigError(f"{key}={value}: must be more than 0 and at most 30 days")
         return seconds
-    if key in ("state", "ca", "cert", "cert_key", "crl"):
+    if key in ("state", "ca", "cert", "cert_key", "crl", "http_cert", "http_key", "http_token"):
         if not str(value):
             raise ConfigError(f"{key}: needs a path")
         return Path(str(value)).expanduser()
@@ -291,6 +301,9 @@ def validate(config: Config) -> None:
             f"chunk_size={config.chunk_size}: must be between {MIN_CHUNK_SIZE} and "
             f"{MAX_CHUNK_SIZE} bytes"
         )
+    if (config.http_cert is None) != (config.http_key is None):
+        raise ConfigError("http_cert and http_key go together: the gateway's certificate "
+                          "(PEM, its chain after it) and its private key")
     if not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", config.swarm):
         raise ConfigError(f"swarm={config.swarm!r}: use 1-64 letters, digits, '.', '_' or '-'")
 

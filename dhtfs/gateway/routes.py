@@ -40,6 +40,7 @@ ALLOW = b"GET, HEAD"
 BLOCKS = b"/.blocks/"
 Body = FileVersion | BlockBody
 REASONS = {200: "OK", 206: "Partial Content", 304: "Not Modified", 400: "Bad Request",
+           401: "Unauthorized",
            403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
            412: "Precondition Failed", 416: "Range Not Satisfiable",
            500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable"}

@@ -22,7 +22,9 @@ Invariants:
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import ssl
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -31,6 +33,7 @@ import h11
 import trio
 
 from dhtfs.base.errors import NamespaceError
+from dhtfs.gateway.access import Access
 from dhtfs.gateway.content import VersionChanged
 from dhtfs.gateway.routes import REASONS, Response, Routes, error
 from dhtfs.gateway.stats import GatewayStats
@@ -56,15 +59,18 @@ class ClientGone(Exception):
 
 
 class HttpServer:
-    """Serves ``routes`` on ``host:port`` (port 0: any free one; ``address`` once bound)."""
+    """Serves ``routes`` on ``host:port`` (port 0: any free one; ``address`` once bound) to
+    the clients ``access`` lets in (``dhtfs.gateway.access``; default: plain HTTP, anyone)."""
 
     def __init__(self, routes: Routes, host: str, port: int, *,
+                 access: Access | None = None,
                  stats: GatewayStats | None = None,
                  max_connections: int = MAX_CONNECTIONS,
                  head_seconds: float = HEAD_SECONDS) -> None:
         """``head_seconds``: how long a request's head may take to arrive (and an idle
         keep-alive connection may stay open)."""
         self.routes = routes
+        self.access = access if access is not None else Access()
         self.head_seconds = head_seconds
         self.host = host
         self.port = port
@@ -81,19 +87,27 @@ class HttpServer:
         task_status.started(self.address)
         await trio.serve_listeners(self._connection, listeners)
 
-    async def _connection(self, stream: trio.SocketStream) -> None:
+    async def _connection(self, tcp: trio.SocketStream) -> None:
         """One connection, whatever happens on it (see the module docstring)."""
+        stream: trio.abc.Stream = tcp
         try:
             if self._slots.value == 0:
                 self.stats.refused += 1
-                with trio.move_on_after(SEND_SECONDS):
-                    await stream.send_all(BUSY)
+                if self.access.context is None:
+                    with trio.move_on_after(SEND_SECONDS):
+                        await tcp.send_all(BUSY)
                 return
             async with self._slots:
                 self.stats.connections += 1
                 try:
+                    if self.access.context is not None:
+                        secured = await self._tls(tcp)
+                        if secured is None:
+                            return
+                        stream = secured
                     await self._serve(stream)
-                    await self._linger(stream)
+                    if stream is tcp:
+                        await self._linger(tcp)
                 finally:
                     self.stats.connections -= 1
         except (ClientGone, trio.BrokenResourceError, trio.ClosedResourceError):
@@ -101,8 +115,30 @@ class HttpServer:
         except Exception:
             log.exception("gateway: a connection failed")
         finally:
-            with trio.CancelScope(shield=True), trio.move_on_after(1):
+            with trio.CancelScope(shield=True), trio.move_on_after(1), contextlib.suppress(
+                    trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError):
                 await stream.aclose()
+
+    async def _tls(self, tcp: trio.SocketStream) -> trio.SSLStream | None:
+        """The TLS session over ``tcp`` (handshake within ``head_seconds``); None, counted
+        as ``denied``, if the handshake fails or the client's certificate is revoked."""
+        access = self.access
+        assert access.context is not None
+        stream = trio.SSLStream(tcp, access.context, server_side=True, https_compatible=True)
+        try:
+            with trio.fail_after(self.head_seconds):
+                await stream.do_handshake()
+        except (trio.TooSlowError, trio.BrokenResourceError, ssl.SSLError, OSError) as exc:
+            log.info("gateway: a TLS handshake failed: %s", exc)
+            self.stats.denied += 1
+            return None
+        if access.client_certificates and access.revoked is not None:
+            der = stream.getpeercert(binary_form=True)
+            if der is None or access.revoked(der):
+                log.warning("gateway: a client presented a revoked certificate")
+                self.stats.denied += 1
+                return None
+        return stream
 
     async def _linger(self, stream: trio.SocketStream) -> None:
         """Close our side, then read and drop what the client still sends (at most
@@ -117,7 +153,7 @@ class HttpServer:
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
 
-    async def _serve(self, stream: trio.SocketStream) -> None:
+    async def _serve(self, stream: trio.abc.Stream) -> None:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
         while True:
             try:
@@ -136,7 +172,13 @@ class HttpServer:
             close = (event.method not in (b"GET", b"HEAD") or b"transfer-encoding" in headers
                      or headers.get(b"content-length", b"0").strip() not in (b"0", b""))
             try:
-                response = await self.routes.respond(event.method, event.target, headers)
+                if not self.access.authorized(headers):
+                    self.stats.denied += 1
+                    close = True
+                    response = error(401, "a bearer token is required",
+                                     www_authenticate=b'Bearer realm="dhtfs"')
+                else:
+                    response = await self.routes.respond(event.method, event.target, headers)
             except Exception:
                 log.exception("gateway: %s %r failed", event.method.decode(), event.target)
                 response = error(500)
@@ -152,7 +194,7 @@ class HttpServer:
                 return
             conn.start_next_cycle()
 
-    async def _send(self, conn: h11.Connection, stream: trio.SocketStream, method: bytes,
+    async def _send(self, conn: h11.Connection, stream: trio.abc.Stream, method: bytes,
                     response: Response, started: float, close: bool) -> bool:
         """Send ``response``; False if its body was cut (the connection must close)."""
         body = response.body
@@ -209,7 +251,7 @@ class HttpServer:
             await _close(body)
             await _close(response.body)
 
-    async def _send_error(self, conn: h11.Connection, stream: trio.SocketStream,
+    async def _send_error(self, conn: h11.Connection, stream: trio.abc.Stream,
                           status: int, detail: str) -> None:
         """A plain error for a request h11 refused, if a response may still be sent."""
         if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
@@ -229,7 +271,7 @@ class HttpServer:
             pass
 
 
-async def _next_event(conn: h11.Connection, stream: trio.SocketStream) -> Any:
+async def _next_event(conn: h11.Connection, stream: trio.abc.Stream) -> Any:
     """h11's next event, receiving as it needs (at most ``RECEIVE_BYTES`` at a time)."""
     while True:
         event = conn.next_event()
@@ -242,7 +284,7 @@ async def _next_event(conn: h11.Connection, stream: trio.SocketStream) -> Any:
         conn.receive_data(data)
 
 
-async def _send(stream: trio.SocketStream, data: bytes | None) -> None:
+async def _send(stream: trio.abc.Stream, data: bytes | None) -> None:
     """Send ``data`` within ``SEND_SECONDS``; ClientGone if the client is gone or stalled."""
     if not data:
         return

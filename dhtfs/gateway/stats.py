@@ -2,7 +2,8 @@
 requests by status, body bytes sent, time to first byte (from the request's head received
 to the response's head sent), connections open and refused (over the limit), bodies cut
 (the client left, or a file changed while being sent), connections closed because a request's
-head did not arrive in time."""
+head did not arrive in time, clients denied (a failed TLS handshake, a revoked certificate,
+no bearer token)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ class GatewayStats:
     refused: int = 0
     cut: int = 0
     timed_out: int = 0
+    denied: int = 0
 
     def answered(self, status: int, ttfb: float) -> None:
         self.by_status[status] = self.by_status.get(status, 0) + 1
@@ -37,5 +39,5 @@ class GatewayStats:
             "ttfb_seconds": {"count": self.ttfb_count, "sum": round(self.ttfb_sum, 6),
                              "max": round(self.ttfb_max, 6)},
             "connections": self.connections, "refused": self.refused, "cut": self.cut,
-            "timed_out": self.timed_out,
+            "timed_out": self.timed_out, "denied": self.denied,
         }

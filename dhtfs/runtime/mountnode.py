@@ -44,6 +44,7 @@ from dhtfs.blocks.reclaim import REFS
 from dhtfs.blocks.replication import BlockReplicator
 from dhtfs.blocks.verify import log_lag
 from dhtfs.fs.remote import RemoteChanges
+from dhtfs.gateway.access import gateway_access
 from dhtfs.gateway.routes import Routes
 from dhtfs.gateway.server import HttpServer
 from dhtfs.meta.replica import NamespaceLog
@@ -176,8 +177,15 @@ class MountNode(NodeAssembly):
                                     revocations)
         # The read-only HTTP gateway (-o http=HOST:PORT, dhtfs.gateway), reading through
         # this mount's file contents (its cache, read-ahead and fetches).
-        self.gateway = HttpServer(Routes(fs.tree, fs.contents, os.fsencode(mountpoint)),
-                                  *parse_http_address(config.http)) if config.http else None
+        self.gateway = None
+        if config.http:
+            host, port = parse_http_address(config.http)
+            access = gateway_access(
+                host, cert=config.http_cert, key=config.http_key, token=config.http_token,
+                node_cert=fs.identity.cert, node_key=fs.identity.key,
+                ca_cert=fs.identity.ca_cert, revoked=revocations.is_revoked)
+            self.gateway = HttpServer(Routes(fs.tree, fs.contents, os.fsencode(mountpoint)),
+                                      host, port, access=access)
 
     def control_methods(self) -> dict[str, ControlMethod]:
         return {**super().control_methods(), **self.control.methods()}
@@ -268,6 +276,7 @@ class MountNode(NodeAssembly):
             "refusals": self.transport.refusals,
             "oplog": log_lag(self.log_replicator.store.vector(), self.log_replicator.fold.reports),
             "http": {"address": "{}:{}".format(*self.gateway.address),
+                     "tls": self.gateway.access.context is not None,
                      **self.gateway.stats.status()}
             if self.gateway is not None and self.gateway.address else {},
         }

@@ -231,3 +231,27 @@ def test_concurrent_range_readers_of_a_large_file_stay_within_memory(tmp_path: P
         print(f"gateway RSS: baseline {baseline / MIB:.0f} MiB, peak {peak / MIB:.0f} MiB, "
               f"growth {(peak - baseline) / MIB:.0f} MiB, bound {bound / MIB:.0f} MiB")
         assert peak - baseline < bound
+
+
+def test_a_token_file_guards_the_gateway(tmp_path: Path) -> None:
+    """``http_token``: every request needs ``Authorization: Bearer`` with the file's token
+    (401 otherwise, and nothing of the tree)."""
+    token = tmp_path / "token"
+    token.write_text("a-token-of-the-swarm-1234\n")
+    token.chmod(0o600)
+    with swarmctl.running_swarm(tmp_path / "swarm", 2, None,
+                                {"node1": f"http=127.0.0.1:0,http_token={token}"}) as nodes:
+        writer, gateway = nodes
+        wait_until(lambda: control(gateway.state, "status")["http"].get("address"),
+                   "the gateway's address")
+        base = "http://" + control(gateway.state, "status")["http"]["address"]
+        write_fsynced(writer.mountpoint / "f", b"guarded")
+        wait_until(lambda: (gateway.mountpoint / "f").exists(), "f on the gateway")
+        status, h, body = curl(f"{base}/f")
+        assert status == 401 and b"guarded" not in body and h["www-authenticate"]
+        status, _, body = curl(f"{base}/f", "-H", "Authorization: Bearer wrong-token-12345")
+        assert status == 401 and b"guarded" not in body
+        status, _, body = curl(f"{base}/f", "-H",
+                               "Authorization: Bearer a-token-of-the-swarm-1234")
+        assert (status, body) == (200, b"guarded")
+        assert control(gateway.state, "status")["http"]["denied"] == 2

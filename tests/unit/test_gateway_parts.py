@@ -146,9 +146,10 @@ def test_http_option() -> None:
     assert apply_options(Config(), {"http": "127.0.0.1:0"}).http == "127.0.0.1:0"
     assert apply_options(Config(), {"http": "[::1]:8080"}).http == "[::1]:8080"
     assert apply_options(Config(), {"http": "off"}).http == ""
-    with pytest.raises(ConfigError, match="TLS"):
-        apply_options(Config(), {"http": "0.0.0.0:8080"})
-    with pytest.raises(ConfigError, match="loopback HOST:PORT"):
+    assert apply_options(Config(), {"http": "0.0.0.0:8080"}).http == "0.0.0.0:8080"  # TLS
+    with pytest.raises(ConfigError, match="go together"):
+        apply_options(Config(), {"http": "0.0.0.0:8080", "http_cert": "/x.pem"})
+    with pytest.raises(ConfigError, match="IP address and a port"):
         apply_options(Config(), {"http": "nonsense"})
     with pytest.raises(ConfigError, match=r"0\.\.65535"):
         apply_options(Config(), {"http": "127.0.0.1:70000"})
