@@ -39,7 +39,9 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
@@ -64,27 +66,16 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def timed_get(url: str, size: int) -> float:
+def timed_drain(source: Callable[[], Any], what: str, size: int) -> float:
+    """Seconds to read everything ``source()`` opens (1 MiB reads); it must be ``size``."""
     t0 = time.perf_counter()
     got = 0
-    with urllib.request.urlopen(url, timeout=600) as r:
-        while piece := r.read(MIB):
-            got += len(piece)
-    seconds = time.perf_counter() - t0
-    if got != size:
-        raise RuntimeError(f"{url}: {got} bytes, expected {size}")
-    return seconds
-
-
-def timed_read(path: Path, size: int) -> float:
-    t0 = time.perf_counter()
-    got = 0
-    with open(path, "rb", buffering=0) as fh:
+    with source() as fh:
         while piece := fh.read(MIB):
             got += len(piece)
     seconds = time.perf_counter() - t0
     if got != size:
-        raise RuntimeError(f"{path}: {got} bytes, expected {size}")
+        raise RuntimeError(f"{what}: {got} bytes, expected {size}")
     return seconds
 
 
@@ -181,11 +172,14 @@ def one_run(tmp: Path, size: int, files: int, rounds: int) -> dict[str, float]:
             for phase, reader, target in (("cold", m, m.mountpoint / "big.bin"),
                                           ("warm", g, g.mountpoint / "big.bin")):
                 c0 = cpu_seconds(g.proc.pid)
-                seconds = timed_get(f"{base}/big.bin", size)
+                seconds = timed_drain(
+                    lambda: urllib.request.urlopen(f"{base}/big.bin", timeout=600), "GET", size)
                 out[f"get_{phase}"] = mb / seconds
                 out[f"get_{phase}_cpu"] = 1000 * (cpu_seconds(g.proc.pid) - c0) / mb
                 c0 = cpu_seconds(reader.proc.pid)
-                seconds = timed_read(target, size)
+                seconds = timed_drain(lambda t=target: open(t, "rb", buffering=0),  # noqa: SIM115
+                                      str(target),
+                                      size)
                 out[f"mount_read_{phase}"] = mb / seconds
                 out[f"mount_read_{phase}_cpu"] = 1000 * (cpu_seconds(reader.proc.pid) - c0) / mb
                 out[f"get_{phase}_ratio"] = out[f"get_{phase}"] / out[f"mount_read_{phase}"]
