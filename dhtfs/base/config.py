@@ -119,6 +119,14 @@ class Config:
     repair_interval: float = 60.0
     # Prometheus metrics on this loopback HOST:PORT (dhtfs.runtime.metrics); "" = off.
     metrics: str = ""
+    # The read-only HTTP gateway on this HOST:PORT (dhtfs.gateway); "" = off. On an address
+    # that is not loopback, or with http_cert, it speaks TLS (http_cert/http_key, else the
+    # node's own swarm certificate) and clients authenticate: the bearer token in the file
+    # http_token, else a client certificate of the swarm CA (dhtfs.gateway.access).
+    http: str = ""
+    http_cert: Path | None = None
+    http_key: Path | None = None
+    http_token: Path | None = None
     # Seconds a read may wait for a block from the swarm before it fails with EIO.
     read_deadline: float = 30.0
     # False: a client-only mount, which stores nothing for others and is never a replica.
@@ -149,22 +157,46 @@ def parse_size(key: str, text: str | int) -> int:
     return value
 
 
-def parse_metrics_address(text: str) -> tuple[str, int]:
-    """``metrics=HOST:PORT`` on a loopback address (port 0: any free one). Only loopback: the
-    numbers describe the node and its peers; a tunnel or a proxy exposes them further."""
+def _loopback_address(key: str, text: str, example: str, refusal: str) -> tuple[str, int]:
+    """``HOST:PORT`` of option ``key`` on a loopback address (port 0: any free one);
+    ConfigError with ``refusal`` for any other address."""
     host, sep, port_text = text.rpartition(":")
     host = host.strip("[]")
     try:
         port = int(port_text) if sep else -1
         loopback = ipaddress.ip_address(host).is_loopback
     except ValueError:
-        raise ConfigError(f"metrics={text}: expected a loopback HOST:PORT, e.g. "
-                          f"127.0.0.1:9477") from None
+        raise ConfigError(f"{key}={text}: expected a loopback HOST:PORT, e.g. "
+                          f"{example}") from None
     if not 0 <= port < 65536:
-        raise ConfigError(f"metrics={text}: the port must be 0..65535")
+        raise ConfigError(f"{key}={text}: the port must be 0..65535")
     if not loopback:
-        raise ConfigError(f"metrics={text}: only a loopback address may serve metrics "
-                          f"(tunnel or proxy it to scrape from elsewhere)")
+        raise ConfigError(f"{key}={text}: {refusal}")
+    return host, port
+
+
+def parse_metrics_address(text: str) -> tuple[str, int]:
+    """``metrics=HOST:PORT`` on a loopback address (port 0: any free one). Only loopback: the
+    numbers describe the node and its peers; a tunnel or a proxy exposes them further."""
+    return _loopback_address("metrics", text, "127.0.0.1:9477",
+                             "only a loopback address may serve metrics (tunnel or proxy it "
+                             "to scrape from elsewhere)")
+
+
+def parse_http_address(text: str) -> tuple[str, int]:
+    """``http=HOST:PORT`` (an IP address; port 0: any free one, which ``dhtfs status``
+    shows). Any address but loopback is served over TLS with client authentication
+    (``dhtfs.gateway.access``)."""
+    host, sep, port_text = text.rpartition(":")
+    host = host.strip("[]")
+    try:
+        port = int(port_text) if sep else -1
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ConfigError(f"http={text}: expected an IP address and a port, e.g. "
+                          f"127.0.0.1:8080") from None
+    if not 0 <= port < 65536:
+        raise ConfigError(f"http={text}: the port must be 0..65535")
     return host, port
 
 
@@ -222,7 +254,7 @@ def _coerce(key: str, value: Any) -> Any:
         if not 0 < seconds <= 30 * 86400:
             raise ConfigError(f"{key}={value}: must be more than 0 and at most 30 days")
         return seconds
-    if key in ("state", "ca", "cert", "cert_key", "crl"):
+    if key in ("state", "ca", "cert", "cert_key", "crl", "http_cert", "http_key", "http_token"):
         if not str(value):
             raise ConfigError(f"{key}: needs a path")
         return Path(str(value)).expanduser()
@@ -234,6 +266,11 @@ def _coerce(key: str, value: Any) -> Any:
         if str(value) in ("", "off"):
             return ""
         parse_metrics_address(str(value))
+        return str(value)
+    if key == "http":
+        if str(value) in ("", "off"):
+            return ""
+        parse_http_address(str(value))
         return str(value)
     if key in ("swarm", "key", "listen"):
         if not isinstance(value, str):
@@ -264,6 +301,9 @@ def validate(config: Config) -> None:
             f"chunk_size={config.chunk_size}: must be between {MIN_CHUNK_SIZE} and "
             f"{MAX_CHUNK_SIZE} bytes"
         )
+    if (config.http_cert is None) != (config.http_key is None):
+        raise ConfigError("http_cert and http_key go together: the gateway's certificate "
+                          "(PEM, its chain after it) and its private key")
     if not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", config.swarm):
         raise ConfigError(f"swarm={config.swarm!r}: use 1-64 letters, digits, '.', '_' or '-'")
 

@@ -122,6 +122,14 @@ def cmd_status(args: argparse.Namespace) -> int:
                      f"handshakes refused"])
     if st.get("metrics"):
         rows.append(["metrics", f"http://{st['metrics']}/metrics"])
+    if gw := st.get("http"):
+        ttfb = gw["ttfb_seconds"]
+        mean = ttfb["sum"] / ttfb["count"] * 1000 if ttfb["count"] else 0.0
+        answered = ", ".join(f"{n} x {code}" for code, n in gw["requests"].items()) or "none"
+        scheme = "https" if gw.get("tls") else "http"
+        rows.append(["http", f"{scheme}://{gw['address']}/ (read-only): requests {answered}; "
+                     f"{size_text(gw['bytes_sent'])} sent; first byte after {mean:.1f} ms "
+                     f"on average; {gw['connections']} connections open"])
     print_table(["", ""], rows, header=False)
     return 0
 

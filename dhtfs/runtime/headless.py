@@ -94,6 +94,9 @@ async def serve_node(
     handle_signals: bool = True,
 ) -> int:
     """Run the node until SIGTERM/SIGINT (or cancellation). Returns the exit status."""
+    if config.http:
+        raise ConfigError(f"http={config.http}: a headless node holds no namespace to serve "
+                          "over HTTP yet; use it on a mount")
     identity = load_identity(config)
     store = open_store(config)
     seeds = seed_addresses(config.bootstrap)

@@ -17,6 +17,9 @@ Off by default; when on, an HTTP endpoint on a loopback address serves ``/metric
 ``dhtfs_oplog_lag_ops{peer}``                ops a peer last reported that this node lacks
 ``dhtfs_peers``                              contacts in the routing table
 ``dhtfs_network_bytes_total{direction}``     bytes received and sent on peer connections
+``dhtfs_http_requests_total{status}``         HTTP gateway (``-o http``) requests by status;
+``dhtfs_http_sent_bytes_total``               its body bytes sent; its time to first byte
+``dhtfs_http_first_byte_seconds``             (a summary: ``_count`` and ``_sum``)
 ============================================ =================================================
 
 Invariants:
@@ -130,7 +133,11 @@ class _SnapshotCollector:
         return []  # values exist only at scrape time; nothing to check at registration
 
     def collect(self) -> Iterator[Any]:
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+        from prometheus_client.core import (
+            CounterMetricFamily,
+            GaugeMetricFamily,
+            SummaryMetricFamily,
+        )
 
         snap = self.metrics.read_snapshot()
         if snap is None:
@@ -158,3 +165,15 @@ class _SnapshotCollector:
         for peer, value in snap.get("oplog_lag", {}).items():
             lag.add_metric([peer], value)
         yield lag
+        if gateway := snap.get("http"):
+            requests = CounterMetricFamily("dhtfs_http_requests", "HTTP gateway requests by "
+                                           "status", labels=["status"])
+            for status, value in gateway["requests"].items():
+                requests.add_metric([status], value)
+            yield requests
+            yield CounterMetricFamily("dhtfs_http_sent_bytes", "HTTP gateway body bytes sent",
+                                      value=gateway["bytes_sent"])
+            ttfb = gateway["ttfb_seconds"]
+            yield SummaryMetricFamily("dhtfs_http_first_byte_seconds", "HTTP gateway: time "
+                                      "from a request's head to the response's head",
+                                      count_value=ttfb["count"], sum_value=ttfb["sum"])

@@ -35,8 +35,8 @@ from typing import Any
 import trio
 
 from dhtfs.base import systemd
-from dhtfs.base.config import DEFAULT_LISTEN, Config
-from dhtfs.base.errors import BlockError, NamespaceError, NetworkError
+from dhtfs.base.config import DEFAULT_LISTEN, Config, parse_http_address
+from dhtfs.base.errors import BlockError, ConfigError, NamespaceError, NetworkError
 from dhtfs.blocks.clientplace import ClientPlacement
 from dhtfs.blocks.node import BlockNode
 from dhtfs.blocks.reclaim import BATCH as REFS_BATCH
@@ -44,6 +44,9 @@ from dhtfs.blocks.reclaim import REFS
 from dhtfs.blocks.replication import BlockReplicator
 from dhtfs.blocks.verify import log_lag
 from dhtfs.fs.remote import RemoteChanges
+from dhtfs.gateway.access import gateway_access
+from dhtfs.gateway.routes import Routes
+from dhtfs.gateway.server import HttpServer
 from dhtfs.meta.replica import NamespaceLog
 from dhtfs.net import rpc
 from dhtfs.net.network import Contact, Message
@@ -173,6 +176,17 @@ class MountNode(NodeAssembly):
         node.services[REFS] = self._refs
         self.control = MountControl(fs, node, transport, self.log_replicator, self.remote,
                                     revocations)
+        # The read-only HTTP gateway (-o http=HOST:PORT, dhtfs.gateway), reading through
+        # this mount's file contents (its cache, read-ahead and fetches).
+        self.gateway = None
+        if config.http:
+            host, port = parse_http_address(config.http)
+            access = gateway_access(
+                host, cert=config.http_cert, key=config.http_key, token=config.http_token,
+                node_cert=fs.identity.cert, node_key=fs.identity.key,
+                ca_cert=fs.identity.ca_cert, revoked=revocations.is_revoked)
+            self.gateway = HttpServer(Routes(fs.tree, fs.contents, os.fsencode(mountpoint)),
+                                      host, port, access=access)
 
     def control_methods(self) -> dict[str, ControlMethod]:
         return {**super().control_methods(), **self.control.methods()}
@@ -183,6 +197,12 @@ class MountNode(NodeAssembly):
             nursery.start_soon(self.placement.run)
         nursery.start_soon(self._hold_open_blocks, self.config.gc_grace / 4)
         nursery.start_soon(self.remote.run)
+        if self.gateway is not None:
+            try:
+                await nursery.start(self.gateway.serve)
+            except OSError as exc:
+                raise ConfigError(f"http={self.config.http}: cannot listen: "
+                                  f"{exc.strerror or exc}") from None
         await super().start(nursery)
         if len(self.node.routing):
             systemd.notify(f"STATUS=catching up with {len(self.node.routing)} peers")
@@ -256,6 +276,10 @@ class MountNode(NodeAssembly):
             "crl": self.revocations.number,
             "refusals": self.transport.refusals,
             "oplog": log_lag(self.log_replicator.store.vector(), self.log_replicator.fold.reports),
+            "http": {"address": "{}:{}".format(*self.gateway.address),
+                     "tls": self.gateway.access.context is not None,
+                     **self.gateway.stats.status()}
+            if self.gateway is not None and self.gateway.address else {},
         }
 
     def metrics_snapshot(self) -> dict[str, Any]:
@@ -269,6 +293,7 @@ class MountNode(NodeAssembly):
             "replication_backlog_blocks": rep["pending"],
             "replication_backlog_bytes": rep["pending_bytes"],
             "oplog_lag": {p["node_id"].hex()[:16]: p["missing_here"] for p in lag["peers"]},
+            "http": self.gateway.stats.status() if self.gateway is not None else {},
         }
 
 

@@ -23,11 +23,13 @@ ALLOWED: dict[str, set[str]] = {
     "oplog": {"trust", "net", "dht"},
     "meta": {"oplog"},
     "fs": {"net", "store", "blocks", "meta"},
-    "runtime": {"trust", "net", "store", "dht", "blocks", "oplog", "meta", "fs"},
+    "gateway": {"store", "meta", "fs"},
+    "runtime": {"trust", "net", "store", "dht", "blocks", "oplog", "meta", "fs", "gateway"},
     "sim": {"net", "dht", "store", "blocks", "oplog"},
-    "commands": {"trust", "net", "store", "dht", "blocks", "oplog", "meta", "fs", "runtime"},
-    "": {"trust", "net", "store", "dht", "blocks", "oplog", "meta", "fs", "runtime",
-         "commands"},  # the entry programs: dhtfs.cli, dhtfs.mount, dhtfs.umount
+    "commands": {"trust", "net", "store", "dht", "blocks", "oplog", "meta", "fs", "gateway",
+                 "runtime"},
+    "": {"trust", "net", "store", "dht", "blocks", "oplog", "meta", "fs", "gateway",
+         "runtime", "commands"},  # the entry programs: dhtfs.cli, dhtfs.mount, dhtfs.umount
 }
 MAX_MODULE_LINES = 520
 MAX_FOLDER_MODULES = 12
