@@ -124,6 +124,7 @@ class FileContents(FileReads, BlockSealing):
         self._backlog_synced = trio.Event()
         self._backlog_synced.set()
         self.sync_journal = sync_journal
+        self.not_durable: set[bytes] = set()  # blocks stored, neither synced nor journaled
         self.journaled: set[bytes] = set()  # blocks durable only in the fsync journal
         self.checkpoint_due = Doorbell()  # rung after each journaled fsync
         self._durable_lock = trio.Lock()  # fsyncs and checkpoints take turns

@@ -12,11 +12,13 @@ Invariants (the module docstring of ``dhtfs.fs.files`` has the whole picture):
   failed;
 - ``unsynced`` names every block stored but not yet fsynced, per file; past
   ``UNSYNCED_MAX`` all of them are synced in the background;
-- fsync makes the blocks and the ops durable with one write when they are few and small
-  (the fsync journal, ``dhtfs.store.syncjournal``): ``journaled`` names the blocks durable
-  only there; a checkpoint (a durable point: commit, block files and WAL fsynced) empties
-  it and ends the journal's lap. Fsyncs and checkpoints take turns (``_durable_lock``), and
-  a journal append writes blocks before the ops that name them.
+- ``not_durable`` names every block stored here and not yet durable (neither synced nor in
+  the fsync journal), whichever file it is for; fsync makes them and the ops durable with
+  one write when they are few and small (the fsync journal, ``dhtfs.store.syncjournal``):
+  ``journaled`` then names them; a checkpoint (a durable point: commit, every such block
+  synced, then the WAL) empties both and ends the journal's lap. Fsyncs and checkpoints
+  take turns (``_durable_lock``), and a journal append writes blocks before the ops that
+  name them.
 """
 
 from __future__ import annotations
@@ -47,6 +49,9 @@ JOURNAL_BLOCKS_MAX = 64
 JOURNAL_BYTES_MAX = 1024 * 1024
 """An fsync whose blocks not yet durable are more or larger than this syncs their files
 (``_checkpoint``) instead of copying them into the fsync journal."""
+SYNCFS_ABOVE = 64
+"""A durable point with more blocks to sync than this syncs the state directory's whole
+filesystem (one ``syncfs``) instead of fsyncing each block file and its directory."""
 
 
 class DurableMetadata(Protocol):
@@ -72,6 +77,7 @@ class BlockSealing:
     nursery: trio.Nursery | None
     unsynced: dict[bytes, set[bytes]]
     sync_journal: SyncJournal | None
+    not_durable: set[bytes]
     journaled: set[bytes]
     checkpoint_due: Doorbell
     _durable_lock: trio.Lock
@@ -216,6 +222,7 @@ class BlockSealing:
         """Bookkeeping for a block just stored for ``of`` (on the trio thread)."""
         for e in entries:
             e.block = block
+        self.not_durable.add(block)
         waiting = self.unsynced.setdefault(of.obj, set())
         if block not in waiting:
             waiting.add(block)
@@ -252,6 +259,7 @@ class BlockSealing:
         try:
             blocks = [b for per_file in backlog.values() for b in per_file]
             await trio.to_thread.run_sync(self.store.sync, blocks)
+            self.not_durable.difference_update(blocks)
         except OSError as exc:
             log.error("syncing %d stored blocks failed: %s", len(backlog), exc)
             for obj, per_file in backlog.items():  # an fsync of their files will retry
@@ -281,8 +289,8 @@ class BlockSealing:
         ids = [i for blocks in taken.values() for i in blocks]
         try:
             async with self._durable_lock:
-                if not await self._journal(ids, metadata):
-                    await self._checkpoint(ids, metadata)
+                if not await self._journal(metadata):
+                    await self._checkpoint(metadata)
             missing = await replicate(ids) if replicate is not None and ids else []
         except BaseException:
             for obj, blocks in taken.items():
@@ -303,19 +311,16 @@ class BlockSealing:
             )
             raise NamespaceError(errno.EIO, "replication deadline passed")
 
-    async def _journal(self, ids: list[bytes], metadata: DurableMetadata) -> bool:
+    async def _journal(self, metadata: DurableMetadata) -> bool:
         """The small fsync: append the sealed bytes of every block stored and not yet durable
-        (``ids``, and other files' unsynced blocks: the ops name them too), then the records
-        of the ops since the last durable point, to the fsync journal, with one
+        (``not_durable``: this file's and others', whose ops are journaled too), then the
+        records of the ops since the last durable point, to the fsync journal, with one
         ``fdatasync``. False (nothing done) when there is no journal, the ops' records were
         dropped, or the blocks are too many or too large: the caller makes a durable point."""
         journal = self.sync_journal
         if journal is None:
             return False
-        fresh = dict.fromkeys(ids)
-        for per_file in self.unsynced.values():
-            fresh.update(dict.fromkeys(per_file))
-        blocks = [b for b in fresh if b not in self.journaled]
+        blocks = list(self.not_durable)
         if len(blocks) > JOURNAL_BLOCKS_MAX:
             return False
         records = metadata.take_unsynced_records()
@@ -339,6 +344,7 @@ class BlockSealing:
         if not done:
             metadata.lose_unsynced_records()  # taken, not written: the durable point covers them
             return False
+        self.not_durable.difference_update(blocks)
         self.journaled.update(blocks)
         self.checkpoint_due.ring()
         return True
@@ -348,20 +354,27 @@ class BlockSealing:
         the fsync journal holds made durable in their own files, and its lap ended."""
         async with self._durable_lock:
             if self.sync_journal is not None and self.sync_journal.size:
-                await self._checkpoint([], metadata)
+                await self._checkpoint(metadata)
 
-    async def _checkpoint(self, ids: list[bytes], metadata: DurableMetadata) -> None:
-        """A durable point: commit, fsync ``ids``, the journaled blocks and the WAL; then the
-        fsync journal starts a new lap. Holds ``_durable_lock`` (the caller's)."""
+    async def _checkpoint(self, metadata: DurableMetadata) -> None:
+        """A durable point: commit, then make every block stored here durable (those not yet
+        durable and the journaled ones: fsynced, or past ``SYNCFS_ABOVE`` the whole
+        filesystem synced at once), then fsync the WAL; the fsync journal starts a new lap.
+        Holds ``_durable_lock`` (the caller's)."""
         mark = metadata.commit_mark()
-        blocks = set(ids) | self.journaled
+        blocks = self.not_durable | self.journaled
+        store = self.store
 
         def sync() -> None:
-            self.store.sync(blocks)
+            if len(blocks) > SYNCFS_ABOVE:
+                store.sync_all()
+            else:
+                store.sync(blocks)
             metadata.sync_wal()
 
         await trio.to_thread.run_sync(sync)
         if self.sync_journal is not None:
             self.sync_journal.reset()
-        self.journaled.clear()
+        self.not_durable.difference_update(blocks)
+        self.journaled.difference_update(blocks)
         metadata.durable_through(mark)

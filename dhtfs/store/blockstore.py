@@ -40,7 +40,7 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from dhtfs.base.durable import fsync_dir, fsync_file
+from dhtfs.base.durable import fsync_dir, fsync_file, sync_filesystem
 from dhtfs.base.errors import BlockCorrupt, BlockMissing
 from dhtfs.base.randbytes import random_bytes
 from dhtfs.store.masterkey import MasterKey
@@ -294,6 +294,10 @@ class BlockStore:
                 dirs.add(path.parent)
         for d in dirs:
             fsync_dir(d)
+
+    def sync_all(self) -> None:
+        """Make every block written so far durable (the filesystem's own sync: one call)."""
+        sync_filesystem(self.root)
 
     def ids(self) -> Iterator[bytes]:
         """Every stored block ID (order unspecified)."""
