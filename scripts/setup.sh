@@ -8,8 +8,9 @@ want_test=0
 [ "${1:-}" = "--test" ] && want_test=1
 
 pkgs=(fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv rsync sqlite3 attr git)
-# e2fsprogs and mount: the full-disk tests make small loop-mounted ext4 filesystems
-[ "$want_test" = 1 ] && pkgs+=(bindfs e2fsprogs mount)
+# e2fsprogs and mount: the full-disk tests make small loop-mounted ext4 filesystems; curl:
+# the HTTP gateway tests
+[ "$want_test" = 1 ] && pkgs+=(bindfs e2fsprogs mount curl)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
