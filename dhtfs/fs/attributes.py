@@ -15,10 +15,13 @@ what it cached; a snapshot of the whole tree installed while mounted invalidates
 entry and inode the kernel holds (``RemoteChanges.everything_changed``). So the timeouts
 bound only what no invalidation reaches: missing names that appear as a side effect
 (conflict copies, names after a snapshot install) and invalidations dropped when their queue
-is full. 60 s: a ``stat`` or a path walk repeated within a minute (a build, ``git status``,
-an editor's polling) costs no request, and those rare cases are still put right within a
-minute. A missing name is remembered only ``NEGATIVE_TIMEOUT``: a conflict copy's name,
-which no op names, shows up within a second.
+is full, and one race: a remote change to an object whose lookup reply is on its way to the
+kernel while the invalidation is sent finds no inode to invalidate, and the reply then
+installs attributes from before the change (seen with 60 s: a new file stayed empty on
+another node for the whole minute). 10 s: a ``stat`` or a path walk repeated within seconds
+(a build, ``git status``, an editor's polling) costs no request, and what no invalidation
+reached is put right within seconds. A missing name is remembered only
+``NEGATIVE_TIMEOUT``: a conflict copy's name, which no op names, shows up within a second.
 """
 
 from __future__ import annotations
@@ -33,8 +36,8 @@ from dhtfs.meta.namespace import Namespace
 from dhtfs.meta.schema import ObjectRow
 from dhtfs.store.space import DiskSpace
 
-ENTRY_TIMEOUT = 60.0
-ATTR_TIMEOUT = 60.0
+ENTRY_TIMEOUT = 10.0
+ATTR_TIMEOUT = 10.0
 NEGATIVE_TIMEOUT = 1.0
 BLKSIZE = 128 * 1024
 

@@ -126,7 +126,7 @@ def test_storing_fails_after_write_acknowledged(full_mount: Mount, small_state: 
         except OSError as exc:
             closed = exc
     data = target.read_bytes()
-    assert target.stat().st_size == len(data)  # the kernel was told (its attributes live 60 s)
+    assert target.stat().st_size == len(data)  # the kernel was told (its attributes live 10 s)
     if closed is None:  # stored all the same (it fit): exactly what was written
         assert data[:512 * 1024] == pattern(1, 512 * 1024)
         assert data[512 * 1024:] == before[512 * 1024:]

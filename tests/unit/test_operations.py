@@ -204,7 +204,7 @@ async def test_inode_numbers_are_never_reused(fs: LocalFilesystem) -> None:
 async def test_a_snapshot_install_invalidates_every_entry_the_kernel_was_given(
     fs: LocalFilesystem,
 ) -> None:
-    """Entries live ``ENTRY_TIMEOUT`` (60 s) in the kernel: when the whole tree is replaced,
+    """Entries live ``ENTRY_TIMEOUT`` (10 s) in the kernel: when the whole tree is replaced,
     every name the kernel was given for a number it still holds is queued for invalidation
     (lookup, create, link, mkdir and readdirplus replies), with every inode it holds."""
     from dhtfs.fs.remote import RemoteChanges
