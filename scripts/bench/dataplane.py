@@ -55,7 +55,13 @@ from testkit.observe import control, member_options  # noqa: E402
 from testkit.wait import wait_until  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from swarm import cpu_seconds, timed_read, timed_write_fsync  # noqa: E402
+from swarm import (  # noqa: E402
+    cpu_seconds,
+    replicated_and_seen,
+    take_down,
+    timed_read,
+    timed_write_fsync,
+)
 
 MIB = 1 << 20
 
@@ -180,23 +186,14 @@ def one_run(work: Path, data: memoryview, prof: Path | None, tool: str,
         with Profiler(prof, "write", {"writer": writer.proc.pid, "storage": storage[0]}, tool):
             measure("replicated_write", writer.proc.pid,
                     lambda: timed_write_fsync(writer.mountpoint / "big", data))
-        pending = control(writer.state, "status")["replication"]["pending"]
-        if pending:
-            raise RuntimeError(f"fsync returned with {pending} blocks not replicated")
-        big = reader.mountpoint / "big"
-        wait_until(lambda: big.exists() and big.stat().st_size == len(data),
-                   "the written version on the reading client")
+        big = replicated_and_seen(writer, reader, data)
         with Profiler(prof, "read", {"reader": reader.proc.pid, "storage": storage[0]}, tool):
             measure("remote_read_cold", reader.proc.pid, lambda: timed_read(big, data))
         reads = control(reader.state, "status")["reads"]
         if reads["local"]:
             raise RuntimeError(f"the reading client had {reads['local']} blocks locally")
     finally:
-        for client in clients:
-            client.close()
-        with contextlib.suppress(Exception):
-            swarmctl.down(root)
-        swarmctl.kill_all(root)
+        take_down(clients, root)
     return fig
 
 

@@ -68,6 +68,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from _common import (
     REPO,
@@ -190,6 +191,19 @@ def timed_read(path: Path, data: memoryview) -> float:
     return seconds
 
 
+def replicated_and_seen(writer: Any, reader: Any, data: memoryview) -> Path:
+    """After the writer's fsync of ``big``: check no block is left to replicate (else the
+    fsync returned too early), wait until the reader's mount shows the written version; its
+    path there."""
+    pending = control(writer.state, "status")["replication"]["pending"]
+    if pending:
+        raise RuntimeError(f"fsync returned with {pending} blocks not replicated")
+    big = reader.mountpoint / "big"
+    wait_until(lambda: big.exists() and big.stat().st_size == len(data),
+               "the written version on the reading client")
+    return big
+
+
 def cpu_seconds(pids: list[int]) -> float:
     """User + system CPU seconds used so far by the processes ``pids`` (all their threads)."""
     total = 0
@@ -302,12 +316,7 @@ def one_run(
         used = cpu_seconds([writer.proc.pid, *storage])
         fig["replicated_write"] = mb / timed_write_fsync(writer.mountpoint / "big", data)
         fig["replicated_write_cpu"] = (cpu_seconds([writer.proc.pid, *storage]) - used) / mb * 1e3
-        pending = control(writer.state, "status")["replication"]["pending"]
-        if pending:
-            raise RuntimeError(f"fsync returned with {pending} blocks not replicated")
-        big = reader.mountpoint / "big"
-        wait_until(lambda: big.exists() and big.stat().st_size == len(data),
-                   "the written version on the reading client")
+        big = replicated_and_seen(writer, reader, data)
         used = cpu_seconds([reader.proc.pid, *storage])
         fig["remote_read_cold"] = mb / timed_read(big, data)
         fig["remote_read_cold_cpu"] = (cpu_seconds([reader.proc.pid, *storage]) - used) / mb * 1e3
@@ -316,12 +325,18 @@ def one_run(
             raise RuntimeError(f"the reading client had {reads['local']} blocks locally")
     finally:
         single.close()
-        for client in clients:
-            client.close()
-        with contextlib.suppress(Exception):
-            swarmctl.down(root)
-        swarmctl.kill_all(root)
+        take_down(clients, root)
     return fig
+
+
+def take_down(clients: list[Mount], root: Path) -> None:
+    """Close the client mounts, then bring the swarm under ``root`` down (killing what is
+    left)."""
+    for client in clients:
+        client.close()
+    with contextlib.suppress(Exception):
+        swarmctl.down(root)
+    swarmctl.kill_all(root)
 
 
 UNITS = {"cp_swarm": "files/s", "cp_single": "files/s", "cp_ratio": "x", "cp_visible_all": "s",
